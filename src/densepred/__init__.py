@@ -1,0 +1,35 @@
+"""densepred: fast, exact dense prediction of images and volumes with convolutional networks.
+
+Example:
+    >>> import densepred
+    >>> cfg = densepred.load_config("examples/neuro3d.toml")          # doctest: +SKIP
+    >>> net = densepred.build_net(cfg)                                 # doctest: +SKIP
+    >>> probs = densepred.predict_dense(net, volume, mirror=True)      # doctest: +SKIP
+"""
+
+from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config
+from .engines import DenseEngine
+from .errors import ConfigError, DensePredError
+from .geometry import Geometry
+from .network import DenseNet, build_net
+from .predict import class_probabilities, predict_dense
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DenseEngine",
+    "DenseNet",
+    "DensePredError",
+    "Geometry",
+    "LayerSpec",
+    "NetworkConfig",
+    "PredictionConfig",
+    "__version__",
+    "build_net",
+    "class_probabilities",
+    "config_from_dict",
+    "load_config",
+    "predict_dense",
+]

@@ -1,0 +1,126 @@
+"""The ``densepred`` command. Thin: each subcommand parses arguments and calls the library.
+
+Every error a user can cause is printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import load_config
+from .errors import DensePredError
+from .geometry import Geometry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DensePredError as exc:
+        print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("densepred: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="densepred",
+        description="Fast, exact dense prediction of images and volumes with convolutional networks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = sub.add_parser("info", help="print the network's geometry: per-layer sizes, FOV, stride, offset")
+    info.add_argument("config", help="network config file (TOML)")
+    info.add_argument("--input-shape", metavar="Z,Y,X", help="input tile shape to size the table for")
+    info.set_defaults(run=run_info)
+    return parser
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    net = cfg.network
+    if net.dims == 0:
+        sizes = " -> ".join(str(v) for v in (net.in_channels, *net.mlp, net.n_classes))
+        print(f"network '{cfg.name}': feature vectors, perceptron {sizes}, {net.activation}")
+        return 0
+    geometry = Geometry.from_config(net)
+    shape = parse_shape(args.input_shape, geometry.ndim, "--input-shape") if args.input_shape else None
+    print(f"network '{cfg.name}': {net.dims}D, {net.in_channels} channel(s) -> {net.n_classes} classes, "
+          f"{len(geometry.layers)} layers, {net.activation}")
+    print(format_table(geometry, shape))
+    print()
+    print(format_summary(geometry, shape))
+    return 0
+
+
+def format_table(geometry: Geometry, input_shape: tuple[int, ...] | None) -> str:
+    header = ["layer", "kernel", "pool", "maps", "stride", "receptive field"]
+    if input_shape is not None:
+        header += ["map (plain)", "MFP fragments x shape"]
+    rows = [header]
+    for row in geometry.table(input_shape):
+        cells = [row.name, _x(row.kernel), _x(row.pool), str(row.channels), _x(row.stride),
+                 _x(row.receptive_field)]
+        if input_shape is not None:
+            cells.append(_x(row.map_shape) if row.map_shape else "-")
+            cells.append(f"{row.fragments} x {_x(row.fragment_shape)}" if row.fragment_shape else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def format_summary(geometry: Geometry, input_shape: tuple[int, ...] | None) -> str:
+    lines = [
+        f"field of view   {_x(geometry.fov)}",
+        f"stride          {_x(geometry.stride)}",
+        f"offset          {_x(geometry.offset)} (low side), {_x(geometry.border_high)} (high side)",
+        f"useful work     {geometry.flops_per_voxel / 1e6:.4g} MFLOP per output voxel",
+        f"smallest input  plain {_x(geometry.smallest_valid('plain'))}, "
+        f"MFP {_x(geometry.smallest_valid('mfp'))}, dilated {_x(geometry.fov)}",
+    ]
+    if input_shape is None:
+        return "\n".join(lines)
+    dense = geometry.dense_output_shape(input_shape)
+    if any(d < 1 for d in dense):
+        lines.append(f"input {_x(input_shape)} is smaller than the field of view")
+        return "\n".join(lines)
+    lines.append(f"input {_x(input_shape)}: dense output {_x(dense)}, "
+                 f"plain output {_x(geometry.plain_output_shape(input_shape))} at stride {_x(geometry.stride)}")
+    for mode in ("plain", "mfp"):
+        if geometry.is_valid(input_shape, mode):
+            lines.append(f"  valid for {mode}")
+        else:
+            below, above = geometry.nearest_valid(input_shape, mode)
+            near = " or ".join(_x(s) for s in (below, above) if s is not None)
+            lines.append(f"  not valid for {mode}; nearest valid: {near}")
+    return "\n".join(lines)
+
+
+def parse_shape(text: str, dims: int, option: str) -> tuple[int, ...]:
+    """``"64"`` or ``"32,64,64"`` -> a tuple of ``dims`` positive integers."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * dims
+    if len(values) != dims or any(v < 1 for v in values):
+        raise DensePredError(f"{option} {text!r} is invalid; expected {dims} positive integers like "
+                             f"{','.join(['64'] * dims)} (z, y, x order) or one integer for all axes")
+    return tuple(values)
+
+
+def _x(shape: Sequence[int] | None) -> str:
+    return "-" if shape is None else " x ".join(str(v) for v in shape)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

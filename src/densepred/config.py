@@ -1,0 +1,277 @@
+"""Configuration files: TOML data, parsed and validated once.
+
+A config describes the network and, in optional sections, training and prediction::
+
+    name = "membranes3d"
+    save_dir = "runs/membranes3d"      # relative to the config file
+
+    [network]
+    dims = 3                           # 2 or 3 spatial axes; 0 for feature vectors
+    in_channels = 1
+    n_classes = 2
+    activation = "relu"
+    layers = [
+      { filters = 16, kernel = [1, 5, 5], pool = [1, 2, 2] },
+      { filters = 32, kernel = 3, pool = 2 },
+    ]
+    mlp = []                           # perceptron sizes after the convolutions
+    output_kernel = 1                  # kernel of the implied output convolution
+
+    [prediction]
+    tile_shape = [32, 128, 128]        # input window per step
+    mode = "auto"
+
+Every problem is a :class:`ConfigError` naming the key, the bad value and what is valid.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "linear")
+MODES = ("auto", "mfp", "dilated", "naive")
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One valid convolution with an optional max-pool after it (per-axis tuples)."""
+
+    filters: int
+    kernel: Shape
+    pool: Shape
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    dims: int
+    in_channels: int
+    n_classes: int
+    activation: str = "relu"
+    layers: tuple[LayerSpec, ...] = ()
+    mlp: tuple[int, ...] = ()
+    output_kernel: Shape = ()
+    dropout: float = 0.0
+    batchnorm: bool = False
+    patch_size: Shape | None = None
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    tile_shape: Shape | None = None
+    mode: str = "auto"
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. ``path`` is the file it came from (None if built in code)."""
+
+    name: str
+    network: NetworkConfig
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    save_dir: Path | None = None
+    path: Path | None = None
+
+    def with_prediction(self, **changes: Any) -> Config:
+        return replace(self, prediction=replace(self.prediction, **changes))
+
+
+TOP_KEYS = ("name", "save_dir", "network", "training", "prediction")
+NETWORK_KEYS = (
+    "dims", "in_channels", "n_classes", "activation", "layers", "mlp", "output_kernel",
+    "dropout", "batchnorm", "patch_size",
+)
+LAYER_KEYS = ("filters", "kernel", "pool")
+PREDICTION_KEYS = ("tile_shape", "mode", "batch_size")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file.
+
+    Example:
+        >>> cfg = load_config("examples/m36.toml")        # doctest: +SKIP
+        >>> cfg.network.layers[0].kernel                   # doctest: +SKIP
+        (2, 2, 2)
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(data, path=path)
+
+
+def config_from_dict(data: Mapping[str, Any], path: str | Path | None = None) -> Config:
+    """Validate a config given as a mapping (the parsed TOML document)."""
+    path = Path(path) if path is not None else None
+    _check_keys(data, TOP_KEYS, "top level")
+    if "network" not in data:
+        raise ConfigError("missing [network] section; it needs at least dims, in_channels, n_classes")
+    name = data.get("name", path.stem if path else "net")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
+        raise ConfigError(f"name = {name!r} is invalid; expected a non-empty string without slashes")
+    network = parse_network(_table(data["network"], "network"))
+    prediction = parse_prediction(_table(data.get("prediction", {}), "prediction"), network)
+    training = _table(data.get("training", {}), "training")
+    save_dir = None
+    if "save_dir" in data:
+        raw = data["save_dir"]
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"save_dir = {raw!r} is invalid; expected a directory path string")
+        base = path.parent if path else Path.cwd()
+        save_dir = (base / raw).resolve()
+    elif path is not None:
+        save_dir = path.parent.resolve()
+    return Config(name, network, prediction, training, save_dir, path)
+
+
+def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
+    _check_keys(table, NETWORK_KEYS, "[network]")
+    for key in ("dims", "in_channels", "n_classes"):
+        if key not in table:
+            raise ConfigError(f"[network] is missing '{key}'")
+    dims = table["dims"]
+    if dims not in (0, 2, 3) or isinstance(dims, bool):
+        raise ConfigError(f"network.dims = {dims!r} is invalid; expected 2, 3 or 0 (feature vectors)")
+    in_channels = _positive_int(table["in_channels"], "network.in_channels")
+    n_classes = _positive_int(table["n_classes"], "network.n_classes")
+    if n_classes < 2:
+        raise ConfigError(f"network.n_classes = {n_classes} is invalid; expected at least 2 classes")
+    activation = table.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        hint = did_you_mean(str(activation), ACTIVATIONS)
+        raise ConfigError(
+            f"network.activation = {activation!r} is unknown{hint}; valid: {', '.join(ACTIVATIONS)}"
+        )
+    layers = _parse_layers(table.get("layers", []), dims)
+    mlp = _parse_mlp(table.get("mlp", []))
+    dropout = table.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ConfigError(f"network.dropout = {dropout!r} is invalid; expected a rate in [0, 1)")
+    batchnorm = table.get("batchnorm", False)
+    if not isinstance(batchnorm, bool):
+        raise ConfigError(f"network.batchnorm = {batchnorm!r} is invalid; expected true or false")
+    if dims == 0:
+        if layers:
+            raise ConfigError("network.layers must be empty when dims = 0 (feature vectors use mlp only)")
+        for key in ("output_kernel", "patch_size"):
+            if key in table:
+                raise ConfigError(f"network.{key} has no meaning when dims = 0; remove it")
+        return NetworkConfig(0, in_channels, n_classes, activation, (), mlp, (), float(dropout),
+                             batchnorm, None)
+    output_kernel = per_axis(table.get("output_kernel", 1), dims, "network.output_kernel")
+    patch_size = None
+    if "patch_size" in table:
+        patch_size = per_axis(table["patch_size"], dims, "network.patch_size")
+    if mlp and patch_size is None:
+        raise ConfigError(
+            "network.patch_size is required when mlp is non-empty: it fixes the feature map "
+            "that the first perceptron sees (e.g. patch_size = [95, 95])"
+        )
+    if mlp and any(k != 1 for k in output_kernel):
+        raise ConfigError(f"network.output_kernel = {list(output_kernel)} is invalid with an mlp head; "
+                          "the output layer after perceptrons is a perceptron (output_kernel = 1)")
+    cfg = NetworkConfig(dims, in_channels, n_classes, activation, layers, mlp, output_kernel,
+                        float(dropout), batchnorm, patch_size)
+    if patch_size is not None:
+        _check_patch(cfg)
+    return cfg
+
+
+def parse_prediction(table: Mapping[str, Any], network: NetworkConfig) -> PredictionConfig:
+    _check_keys(table, PREDICTION_KEYS, "[prediction]")
+    tile = None
+    if "tile_shape" in table:
+        if network.dims == 0:
+            raise ConfigError("prediction.tile_shape has no meaning when dims = 0")
+        tile = per_axis(table["tile_shape"], network.dims, "prediction.tile_shape")
+    mode = table.get("mode", "auto")
+    if mode not in MODES:
+        raise ConfigError(f"prediction.mode = {mode!r} is invalid{did_you_mean(str(mode), MODES)}; "
+                          f"valid: {', '.join(MODES)}")
+    batch = table.get("batch_size")
+    if batch is not None:
+        batch = _positive_int(batch, "prediction.batch_size")
+    return PredictionConfig(tile, mode, batch)
+
+
+def per_axis(value: Any, dims: int, key: str, minimum: int = 1) -> Shape:
+    """A scalar or a list of ``dims`` integers >= ``minimum``, as a tuple in (z, y, x) order."""
+    items = value if isinstance(value, list | tuple) else [value] * dims
+    ok = len(items) == dims and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key} = {value!r} is invalid; expected an integer >= {minimum} or a list of {dims} "
+            f"such integers in (z, y, x) order"
+        )
+    return tuple(int(v) for v in items)
+
+
+def _parse_layers(raw: Any, dims: int) -> tuple[LayerSpec, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"network.layers = {raw!r} is invalid; expected a list of tables "
+                          "like {{ filters = 16, kernel = 3, pool = 2 }}")
+    layers = []
+    for i, item in enumerate(raw):
+        where = f"network.layers[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where} = {item!r} is invalid; expected a table with filters, kernel, pool")
+        _check_keys(item, LAYER_KEYS, where)
+        for key in ("filters", "kernel"):
+            if key not in item:
+                raise ConfigError(f"{where} is missing '{key}'")
+        filters = _positive_int(item["filters"], f"{where}.filters")
+        kernel = per_axis(item["kernel"], dims, f"{where}.kernel")
+        pool = per_axis(item.get("pool", 1), dims, f"{where}.pool")
+        layers.append(LayerSpec(filters, kernel, pool))
+    return tuple(layers)
+
+
+def _parse_mlp(raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"network.mlp = {raw!r} is invalid; expected a list of perceptron sizes")
+    return tuple(_positive_int(v, f"network.mlp[{i}]") for i, v in enumerate(raw))
+
+
+def _check_patch(cfg: NetworkConfig) -> None:
+    from .geometry import Geometry  # geometry depends on config types only
+
+    Geometry.from_config(cfg)  # raises ConfigError naming the nearest valid patch sizes
+
+
+def _table(value: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"'{name}' must be a table ([{name}]), got {value!r}")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key '{key}' in {where}{did_you_mean(key, allowed)}; "
+                f"valid keys: {', '.join(allowed)}"
+            )
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} = {value!r} is invalid; expected a positive integer")
+    return value

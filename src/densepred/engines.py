@@ -1,0 +1,199 @@
+"""Three ways to the same dense output of a network on one input tile.
+
+* ``naive`` (shift-and-stitch): one strided forward per output phase, interleaved. The
+  reference, and what ELEKTRONN did without MFP.
+* ``mfp`` (max fragment pooling): after each pool, all pooling offsets are kept as
+  fragments in the batch; at the end they are interleaved back. Dense position along an
+  axis is ``o_1 + p_1*o_2 + p_1*p_2*o_3 + ... + T*m`` (first pool's offset least significant).
+* ``dilated`` (a trous): pools run with stride 1 and dilation ``s_l``, later convolutions are
+  dilated by the product of the pools before them.
+
+All work on the eval-mode network: dropout is off and batch norm, folded into the preceding
+convolution, uses its running statistics. Input ``(B, C, *n)``, output logits
+``(B, K, *(n - FOV + 1))`` for any ``n >= FOV``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DensePredError
+from .geometry import Geometry
+from .network import ACTIVATION_FUNCTIONS, DenseNet
+
+ENGINE_MODES = ("mfp", "dilated", "naive")
+CONV_FN = {2: F.conv2d, 3: F.conv3d}
+MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One eval-mode layer: convolution (batch norm folded in), activation, max-pool."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    activation: str | None
+    pool: tuple[int, ...]
+
+    @property
+    def pools(self) -> bool:
+        return any(p > 1 for p in self.pool)
+
+
+def eval_stages(net: DenseNet, device: torch.device, dtype: torch.dtype) -> list[Stage]:
+    """The net's layers as eval-mode stages on ``device`` in ``dtype`` (batch norm folded)."""
+    stages = []
+    for block in net.blocks:
+        conv = block.transform
+        weight = conv.weight.detach().to(torch.float64)
+        bias = conv.bias.detach().to(torch.float64)
+        if isinstance(block.norm, nn.modules.batchnorm._BatchNorm):
+            weight, bias = _fold_batchnorm(weight, bias, block.norm)
+        if weight.ndim > 2:
+            weight = weight.contiguous(memory_format=CHANNELS_LAST[weight.ndim - 2])
+        stages.append(Stage(weight.to(device, dtype), bias.to(device, dtype), block.activation, block.pool))
+    return stages
+
+
+def _fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = norm.running_mean.detach().to(torch.float64)
+    var = norm.running_var.detach().to(torch.float64)
+    gamma = norm.weight.detach().to(torch.float64) if norm.affine else torch.ones_like(mean)
+    beta = norm.bias.detach().to(torch.float64) if norm.affine else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + norm.eps)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    return weight * scale.reshape(shape), (bias - mean) * scale + beta
+
+
+class DenseEngine:
+    """Dense logits of one network, by one mode, on batches of input tiles.
+
+    Example:
+        >>> engine = DenseEngine(net, "mfp", torch.device("cpu"))       # doctest: +SKIP
+        >>> logits = engine(torch.rand(1, 1, 108, 108, 108))           # doctest: +SKIP
+    """
+
+    def __init__(self, net: DenseNet, mode: str, device: torch.device, dtype: torch.dtype = torch.float32):
+        if mode not in ENGINE_MODES:
+            raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(ENGINE_MODES)}")
+        if net.geometry is None:
+            raise DensePredError("networks with dims = 0 have no dense output; use class_probabilities")
+        self.geometry: Geometry = net.geometry
+        self.mode = mode
+        self.device = device
+        self.dtype = dtype
+        self.stages = eval_stages(net, device, dtype)
+        self.dims = self.geometry.ndim
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype)
+        if x.device.type == "cpu":  # oneDNN convolutions are fastest channels-last
+            x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
+        with torch.inference_mode():
+            if self.mode == "mfp":
+                return self._mfp(x)
+            if self.mode == "dilated":
+                return dilated_forward(self.stages, x)
+            return naive_forward(self.stages, x, self.geometry)
+
+    def _mfp(self, x: torch.Tensor) -> torch.Tensor:
+        # A tile that is not MFP-valid (a tile clipped to a small image) is padded at the
+        # high end up to the next valid size; every kept output's window lies in real data.
+        size = tuple(x.shape[2:])
+        valid = self.geometry.nearest_valid(size, "mfp")[1]
+        if valid != size:
+            pad = [v - s for s, v in zip(size, valid, strict=True)]
+            x = F.pad(x, [q for p in reversed(pad) for q in (0, p)])
+        out = mfp_forward(self.stages, x)
+        dense = self.geometry.dense_output_shape(size)
+        return out[(..., *(slice(0, d) for d in dense))]
+
+
+def plain_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
+    """The strided forward (pools with stride p, floor mode)."""
+    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
+    for stage in stages:
+        x = _activate(conv(x, stage.weight, stage.bias), stage.activation)
+        if stage.pools:
+            x = pool(x, stage.pool, stage.pool)
+    return x
+
+
+def naive_forward(stages: list[Stage], x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Shift-and-stitch: one strided forward per output phase, results interleaved."""
+    dense = geometry.dense_output_shape(x.shape[2:])
+    out = None
+    for phase in itertools.product(*(range(min(t, d)) for t, d in zip(geometry.stride, dense, strict=True))):
+        shifted = x[(..., *(slice(o, None) for o in phase))]
+        y = plain_forward(stages, shifted)
+        if out is None:
+            out = y.new_empty((x.shape[0], y.shape[1], *dense))
+        out[(..., *(slice(o, None, t) for o, t in zip(phase, geometry.stride, strict=True)))] = y
+    assert out is not None
+    return out
+
+
+def dilated_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
+    """A trous: stride-1 pools with dilation, each later convolution dilated by the pools before it."""
+    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
+    dilation = (1,) * (x.ndim - 2)
+    for stage in stages:
+        x = _activate(conv(x, stage.weight, stage.bias, dilation=dilation), stage.activation)
+        if stage.pools:
+            x = pool(x, stage.pool, 1, 0, dilation)
+            dilation = tuple(d * p for d, p in zip(dilation, stage.pool, strict=True))
+    return x
+
+
+def mfp_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
+    """Max fragment pooling on an MFP-valid input; returns the interleaved dense logits."""
+    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
+    batch, pools = x.shape[0], []
+    for stage in stages:
+        x = _activate(conv(x, stage.weight, stage.bias), stage.activation)
+        if stage.pools:
+            x = split_fragments(pool(x, stage.pool, 1), stage.pool)
+            pools.append(stage.pool)
+    return interleave_fragments(x, pools, batch) if pools else x
+
+
+def split_fragments(x: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
+    """``(N, C, *(m*p))`` -> ``(N*prod(p), C, *m)``; fragment ``o`` holds positions ``o + p*i``.
+
+    The result keeps a channels-last layout, so the next convolution needs no copy.
+    """
+    n, channels, dims = x.shape[0], x.shape[1], len(pool)
+    sizes = [s // p for s, p in zip(x.shape[2:], pool, strict=True)]
+    grid = x.permute(0, *range(2, 2 + dims), 1)  # (N, *L, C): free for channels-last input
+    grid = grid.reshape(n, *(v for a in range(dims) for v in (sizes[a], pool[a])), channels)
+    order = [0, *(2 + 2 * a for a in range(dims)), *(1 + 2 * a for a in range(dims)), 1 + 2 * dims]
+    fragments = grid.permute(order).reshape(n * math.prod(pool), *sizes, channels)
+    return fragments.permute(0, dims + 1, *range(1, dims + 1))
+
+
+def interleave_fragments(x: torch.Tensor, pools: list[tuple[int, ...]], batch: int) -> torch.Tensor:
+    """Inverse of the fragment splits: ``(B*F, K, *m)`` -> ``(B, K, *(T*m))``.
+
+    The batch is nested as ``(B, fragments of pool 1, ..., fragments of pool L)``; along an
+    axis, dense position ``o_1 + p_1*(o_2 + p_2*(... + p_L*m))`` puts ``m`` first in C order.
+    """
+    dims, layers = len(pools[0]), len(pools)
+    classes, sizes = x.shape[1], x.shape[2:]
+    x = x.reshape(batch, *(p for pool in pools for p in pool), classes, *sizes)
+    order = [0, 1 + layers * dims]
+    for a in range(dims):
+        order.append(2 + layers * dims + a)
+        order.extend(1 + layer * dims + a for layer in reversed(range(layers)))
+    dense = [sizes[a] * math.prod(pool[a] for pool in pools) for a in range(dims)]
+    return x.permute(order).reshape(batch, classes, *dense)
+
+
+def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return x if activation is None else ACTIVATION_FUNCTIONS[activation](x)

@@ -1,0 +1,20 @@
+"""Exceptions a user can cause. Each message says what was wrong and what would be valid."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DensePredError(ValueError):
+    """Base of every error a user of densepred can cause (bad config, shapes, files)."""
+
+
+class ConfigError(DensePredError):
+    """A configuration file or value is invalid."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` hint for a misspelt key, or ``""`` if nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

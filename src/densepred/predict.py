@@ -1,0 +1,290 @@
+"""Dense prediction of images and volumes of any size, tile by tile.
+
+Input values: float images are used as they are; integer images are divided by the
+largest value of their dtype (uint8 by 255, uint16 by 65535, int16 by 32767), so they
+arrive in [0, 1] (or [-1, 1] when signed); booleans become 0 and 1. Training applies the
+same rule, so a net sees the same values at prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import MODES
+from .engines import DenseEngine
+from .errors import DensePredError
+from .geometry import Geometry
+from .network import DenseNet
+from .tiling import Tile, TilePlan, default_output_tile, tile_bytes
+
+CPU_MEMORY_FRACTION = 0.25  # of the available RAM, for the tile's activations
+CUDA_MEMORY_FRACTION = 0.6  # of the free GPU memory
+
+
+def predict_dense(
+    net: DenseNet,
+    image: Any,
+    *,
+    mirror: bool = False,
+    tile_shape: Sequence[int] | int | None = None,
+    mode: str = "auto",
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Class probabilities for every voxel of an image, exactly as if the network were applied
+    to each field-of-view window separately.
+
+    Args:
+        net: a network from :func:`densepred.build_net` or :func:`create_prediction_net`.
+        image: ``(C, *S)`` or ``(*S)`` for one channel; a NumPy array or an array-like
+            (h5py dataset, zarr array, memmap) that is read tile by tile.
+        mirror: pad the image by mirror reflection (NumPy ``reflect`` mode) so the output
+            covers the whole image; otherwise the output is smaller by ``FOV - 1`` and its
+            voxel 0 is the prediction centred on image voxel ``offset``.
+        tile_shape: input window per step (a scalar means the same on every axis). Larger is
+            faster until memory runs out. Default: the largest that fits in the device's
+            available memory. The result is the same for every valid tile shape.
+        mode: ``"mfp"``, ``"dilated"``, ``"naive"`` or ``"auto"`` (fastest valid one).
+        batch_size: tiles per forward pass (default 1).
+        device: a torch device; default CUDA when available, else the CPU.
+        progress: show a progress bar with voxels/s.
+
+    Returns:
+        float32 probabilities of shape ``(n_classes, *(S - FOV + 1))``, or
+        ``(n_classes, *S)`` with ``mirror=True``.
+
+    Example:
+        >>> net = densepred.build_net(densepred.load_config("examples/neuro3d.toml"))  # doctest: +SKIP
+        >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
+    """
+    geometry = _image_geometry(net)
+    source = ChannelFirst(image, net.config.in_channels, geometry.ndim)
+    device = resolve_device(device)
+    batch_size = _positive(batch_size, "batch_size", default=1)
+    if mode not in MODES:
+        raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
+    plan = _plan(geometry, source.spatial_shape, tile_shape, mode, mirror, device)
+    engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
+    engine = DenseEngine(net, engine_mode, device)
+
+    out = np.empty((net.config.n_classes, *plan.output_shape), dtype=np.float32)
+    tiles = list(plan.tiles())
+    bar = _progress_bar(progress, len(tiles) * math.prod(plan.output_tile), engine_mode)
+    for first in range(0, len(tiles), batch_size):
+        batch = tiles[first:first + batch_size]
+        windows = np.stack([read_window(source, plan, tile) for tile in batch])
+        probabilities = torch.softmax(engine(torch.from_numpy(windows)), dim=1).cpu().numpy()
+        for tile, tile_probs in zip(batch, probabilities, strict=True):
+            out[(slice(None), *tile.output_slices())] = tile_probs
+        if bar is not None:
+            bar.update(len(batch) * math.prod(plan.output_tile))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
+                        device: str | torch.device | None = None) -> np.ndarray:
+    """Class probabilities ``(batch, n_classes)`` of feature vectors or image patches.
+
+    ``x`` is ``(batch, features)`` for ``dims = 0`` nets, or a batch of patches
+    ``(batch, C, *FOV)`` for image nets (``(batch, *FOV)`` with one channel).
+    """
+    cfg = net.config
+    x = np.asarray(x)
+    if cfg.dims == 0:
+        expected = (cfg.in_channels,)
+    else:
+        assert net.geometry is not None
+        expected = (cfg.in_channels, *net.geometry.fov)
+        if x.ndim == cfg.dims + 1 and cfg.in_channels == 1:
+            x = x[:, None]
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise DensePredError(
+            f"input of shape {list(x.shape)} is invalid; expected (batch, {', '.join(map(str, expected))})"
+            + ("" if cfg.dims == 0 else " (patches the size of the field of view)")
+        )
+    device = resolve_device(device)
+    batch_size = _positive(batch_size, "batch_size", default=256)
+    was_training = net.training
+    net.eval()
+    try:
+        chunks = []
+        with torch.inference_mode():
+            for first in range(0, len(x), batch_size):
+                model = _on_device(net, device)
+                dtype = next(model.parameters()).dtype
+                chunk = torch.from_numpy(to_float32(x[first:first + batch_size])).to(device, dtype)
+                logits = model(chunk)
+                chunks.append(torch.softmax(logits.reshape(len(chunk), -1), dim=1).cpu().numpy())
+    finally:
+        net.train(was_training)
+    return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
+
+
+class ChannelFirst:
+    """A view of an image as ``(C, *S)`` that reads boxes on demand from any array-like."""
+
+    def __init__(self, image: Any, channels: int, dims: int):
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            image = np.asarray(image)
+        shape = tuple(image.shape)
+        self.image = image
+        self.has_channel_axis = len(shape) == dims + 1
+        if len(shape) == dims and channels == 1:
+            self.spatial_shape = shape
+        elif self.has_channel_axis and shape[0] == channels:
+            self.spatial_shape = shape[1:]
+        else:
+            axes = ", ".join("zyx"[3 - dims:])
+            one = f" or ({axes}) for one channel" if channels == 1 else ""
+            raise DensePredError(
+                f"image of shape {list(shape)} is invalid for this network; expected "
+                f"({channels}, {axes}){one}"
+            )
+        self.dtype = np.dtype(image.dtype)
+        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_):
+            raise DensePredError(f"image dtype {self.dtype} is not numeric")
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        key = (slice(None), *box) if self.has_channel_axis else tuple(box)
+        data = np.asarray(self.image[key])
+        return data if self.has_channel_axis else data[None]
+
+
+def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile) -> np.ndarray:
+    """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image."""
+    axes = plan.source_window(tile)
+    data = source.read([slice(lo, hi) for lo, hi, _ in axes])
+    if any(take is not None for _, _, take in axes):
+        index = [np.arange(hi - lo) if take is None else np.asarray(take) for lo, hi, take in axes]
+        data = data[(slice(None), *np.ix_(*index))]
+    return to_float32(data)
+
+
+def to_float32(data: np.ndarray) -> np.ndarray:
+    """Float input as is; integers divided by their dtype's maximum; booleans as 0/1."""
+    if np.issubdtype(data.dtype, np.integer):
+        return (data / np.iinfo(data.dtype).max).astype(np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
+    """The engine for a tile: ``mode`` itself, or for ``"auto"`` the fastest valid one.
+
+    MFP and dilated convolutions do the same FLOPs; MFP's plain convolutions run faster
+    on both oneDNN and cuDNN than dilated ones, so MFP wins where the tile allows it.
+    """
+    if mode != "auto":
+        return mode
+    return "mfp" if geometry.is_valid(input_tile, "mfp") else "dilated"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DensePredError(f"device {device!r} is invalid; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DensePredError(f"device {device!r} was requested but no CUDA GPU is available; use 'cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DensePredError(
+                f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    return resolved
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a tile may use on ``device``: a fraction of free GPU memory or available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_MEMORY_FRACTION)
+    return int(_available_ram() * CPU_MEMORY_FRACTION)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _plan(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
+          device: torch.device) -> TilePlan:
+    if tile_shape is None:
+        padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror)
+        budget = available_memory(device)
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget)
+        return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror)
+    tile = _tile_tuple(tile_shape, geometry.ndim)
+    check_tile(geometry, tile, mode)
+    return TilePlan.create(spatial, geometry.fov, tile, mirror)
+
+
+def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
+    """Raise a :class:`DensePredError` listing the nearest valid tiles if ``tile`` is invalid."""
+    needed = "mfp" if mode == "mfp" else "dilated"
+    if geometry.is_valid(tile, needed):
+        return
+    below, above = geometry.nearest_valid(tile, needed)
+    choices = " or ".join(str(list(s)) for s in (below, above) if s is not None)
+    why = ("is smaller than the field of view " + str(list(geometry.fov))) if needed == "dilated" else (
+        "is not valid for MFP (per pooling layer (conv_out - p + 1) % p must be 0)")
+    raise DensePredError(f"tile_shape {list(tile)} {why}; nearest valid tile shapes: {choices}")
+
+
+def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
+    tile = (tile_shape,) * dims if isinstance(tile_shape, int | np.integer) else tuple(tile_shape)
+    if len(tile) != dims or not all(isinstance(t, int | np.integer) and t > 0 for t in tile):
+        raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected {dims} positive integers (z, y, x order)")
+    return tuple(int(t) for t in tile)
+
+
+def _image_geometry(net: Any) -> Geometry:
+    if not isinstance(net, DenseNet):
+        raise DensePredError(f"net must be a densepred network (build_net or create_prediction_net), got {type(net).__name__}")
+    if net.geometry is None:
+        raise DensePredError("this network classifies feature vectors (dims = 0); use class_probabilities")
+    return net.geometry
+
+
+def _positive(value: int | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
+    return int(value)
+
+
+def _on_device(net: DenseNet, device: torch.device) -> DenseNet:
+    parameter = next(net.parameters(), None)
+    if parameter is None or parameter.device == device:
+        return net
+    import copy
+
+    return copy.deepcopy(net).to(device)
+
+
+def _progress_bar(enabled: bool, total: int, mode: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="vox", unit_scale=True, desc=f"predict ({mode})")
+
+
+__all__ = ["class_probabilities", "predict_dense", "tile_bytes"]

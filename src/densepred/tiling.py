@@ -1,0 +1,169 @@
+"""How a dense prediction is cut into tiles: plain arithmetic, no torch, no I/O.
+
+Output tiles do not overlap. Each reads its input window, the output tile plus the
+network border. The last tile on an axis is shifted back to end at the image edge, so no
+tile ever sees invented data and the result does not depend on the tile shape::
+
+    output  |<- tile 0 ->|<- tile 1 ->|<- tile 2 ->|
+                                     |<- last tile ->|     shifted back, overlaps tile 2
+    input   |<- tile 0 + FOV - 1 ->|
+                 ...
+
+With ``mirror`` the image is padded (NumPy ``reflect`` mode: mirrored about the edge voxel,
+which is not repeated) by ``offset`` below and ``FOV - 1 - offset`` above, so the output
+covers the whole image. Tile coordinates are in that padded frame; :func:`source_window`
+maps them back to the stored image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import DensePredError
+from .geometry import Geometry
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One output tile: its grid position, its output box and (same start) its input window."""
+
+    index: Shape
+    output_start: Shape
+    output_shape: Shape
+
+    def output_slices(self) -> tuple[slice, ...]:
+        return tuple(slice(s, s + n) for s, n in zip(self.output_start, self.output_shape, strict=True))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles that cover the dense output of an image.
+
+    Example:
+        >>> plan = TilePlan.create((50, 40), fov=(9, 9), input_tile=(24, 24), mirror=False)
+        >>> plan.output_shape, plan.output_tile, plan.grid
+        ((42, 32), (16, 16), (3, 2))
+        >>> [t.output_start for t in plan.tiles()][:3]
+        [(0, 0), (0, 16), (16, 0)]
+    """
+
+    image_shape: Shape
+    fov: Shape
+    pad_low: Shape
+    pad_high: Shape
+    output_shape: Shape
+    output_tile: Shape
+
+    @classmethod
+    def create(cls, image_shape: Sequence[int], fov: Sequence[int], input_tile: Sequence[int],
+               mirror: bool) -> TilePlan:
+        image_shape, fov, input_tile = tuple(image_shape), tuple(fov), tuple(input_tile)
+        pad_low = tuple((f - 1) // 2 for f in fov) if mirror else (0,) * len(fov)
+        pad_high = tuple(f - 1 - lo for f, lo in zip(fov, pad_low, strict=True)) if mirror else pad_low
+        padded = tuple(n + lo + hi for n, lo, hi in zip(image_shape, pad_low, pad_high, strict=True))
+        output = tuple(p - f + 1 for p, f in zip(padded, fov, strict=True))
+        if any(o < 1 for o in output):
+            raise DensePredError(
+                f"image spatial shape {list(image_shape)} is smaller than the network's field of view "
+                f"{list(fov)}; use mirror=True or an image at least that large"
+            )
+        if any(t < f for t, f in zip(input_tile, fov, strict=True)):
+            raise DensePredError(f"tile shape {list(input_tile)} is smaller than the field of view {list(fov)}")
+        tile = tuple(min(t - f + 1, o) for t, f, o in zip(input_tile, fov, output, strict=True))
+        return cls(image_shape, fov, pad_low, pad_high, output, tile)
+
+    @property
+    def input_tile(self) -> Shape:
+        return tuple(t + f - 1 for t, f in zip(self.output_tile, self.fov, strict=True))
+
+    @property
+    def grid(self) -> Shape:
+        return tuple(math.ceil(o / t) for o, t in zip(self.output_shape, self.output_tile, strict=True))
+
+    def __len__(self) -> int:
+        return math.prod(self.grid)
+
+    def tiles(self) -> Iterator[Tile]:
+        """Tiles in C order of their grid position; the last on each axis is shifted back."""
+        starts = [axis_starts(o, t) for o, t in zip(self.output_shape, self.output_tile, strict=True)]
+        for index in itertools.product(*(range(len(s)) for s in starts)):
+            start = tuple(s[i] for s, i in zip(starts, index, strict=True))
+            yield Tile(index, start, self.output_tile)
+
+    def source_window(self, tile: Tile) -> list[tuple[int, int, list[int] | None]]:
+        """Per axis: the stored-image range ``[lo, hi)`` the tile's input window needs, and the
+        indices into that range that mirror it (None where no mirroring is needed)."""
+        return [
+            source_window(start, length, low, n)
+            for start, length, low, n in zip(tile.output_start, self.input_tile, self.pad_low,
+                                             self.image_shape, strict=True)
+        ]
+
+
+def axis_starts(extent: int, tile: int) -> list[int]:
+    """Start of each output tile along an axis; the last is shifted back to end at ``extent``."""
+    starts = list(range(0, extent - tile, tile))
+    starts.append(extent - tile)
+    return starts
+
+
+def reflect_index(i: int, n: int) -> int:
+    """Index ``i`` of an axis of length ``n`` extended by reflection (NumPy ``reflect`` mode)."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    i %= period
+    return i if i < n else period - i
+
+
+def source_window(start: int, length: int, pad_low: int, n: int) -> tuple[int, int, list[int] | None]:
+    """Stored range and mirror indices for padded positions ``[start, start + length)``."""
+    lo, hi = start - pad_low, start - pad_low + length
+    if lo >= 0 and hi <= n:
+        return lo, hi, None
+    indices = [reflect_index(i, n) for i in range(lo, hi)]
+    first, last = min(indices), max(indices)
+    return first, last + 1, [i - first for i in indices]
+
+
+def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: str,
+                        budget_bytes: int, itemsize: int = 4) -> Shape:
+    """The largest output tile, a multiple of the stride and about as many voxels long on
+    every axis, whose activations fit in ``budget_bytes``; never larger than the output.
+
+    The result's input (tile + FOV - 1) is MFP-valid unless the output itself is smaller.
+    """
+    estimate_mode = "mfp" if mode in ("mfp", "auto") else mode
+    output_shape = tuple(output_shape)
+
+    def tile_for(side: int) -> Shape:
+        return tuple(min(t * math.ceil(side / t), o) for t, o in zip(geometry.stride, output_shape, strict=True))
+
+    def fits(tile: Shape) -> bool:
+        return tile_bytes(geometry, tile, estimate_mode, itemsize) <= budget_bytes
+
+    best, side = tile_for(1), 1
+    while True:
+        side = max(side + 1, int(side * 1.15))
+        candidate = tile_for(side)
+        if candidate == best:
+            if candidate == output_shape:
+                return best
+            continue
+        if not fits(candidate):
+            return best
+        best = candidate
+
+
+def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsize: int = 4) -> int:
+    """Estimated memory of one tile's forward pass: twice its largest layer (input plus
+    output), for the convolution's scratch space and the fragment reshuffle."""
+    input_tile = geometry.input_shape_for(output_tile)
+    if mode == "mfp" and not geometry.is_valid(input_tile, "mfp"):
+        input_tile = geometry.nearest_valid(input_tile, "mfp")[1]
+    return 2 * geometry.activation_bytes(input_tile, mode, itemsize)

@@ -1,0 +1,96 @@
+"""Shared helpers: random networks and the window-by-window definition of dense prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import densepred
+from densepred.network import DenseNet
+
+
+def make_net(network: dict, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseNet:
+    """A random network with random batch-norm statistics, in eval mode.
+
+    The output layer is scaled up so that probabilities are far from uniform and a wrong
+    voxel cannot hide in a softmax that is flat everywhere.
+    """
+    torch.manual_seed(seed)
+    net = densepred.build_net(densepred.config_from_dict({"network": network})).to(dtype)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) * 2 - 1)
+                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+        net.blocks[-1].transform.weight.mul_(8.0)
+    return net.eval()
+
+
+def reference_logits(net: DenseNet, image: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """The definition: the net applied to every FOV-sized window separately, in float64.
+
+    ``image`` is ``(C, *S)``; returns ``(n_classes, *out)`` logits.
+    """
+    geometry = net.geometry
+    if mirror:
+        pad = [(0, 0)] + [(lo, hi) for lo, hi in zip(geometry.offset, geometry.border_high, strict=True)]
+        image = np.pad(image, pad, mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(image, geometry.fov, axis=tuple(range(1, image.ndim)))
+    out_shape = windows.shape[1:1 + geometry.ndim]
+    # (C, *out, *fov) -> (N, C, *fov)
+    windows = np.moveaxis(windows, 0, geometry.ndim).reshape(-1, image.shape[0], *geometry.fov)
+    reference = net.double().eval()
+    chunks = []
+    with torch.no_grad():
+        for first in range(0, len(windows), 512):
+            batch = torch.from_numpy(np.array(windows[first:first + 512], dtype=np.float64))
+            chunks.append(reference(batch).reshape(len(batch), -1).numpy())
+    logits = np.concatenate(chunks)  # (N, K)
+    return np.moveaxis(logits.reshape(*out_shape, -1), -1, 0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+
+
+# Small networks that cover what the engines must get right.
+NETS = {
+    "2d_pool2": {
+        "dims": 2, "in_channels": 1, "n_classes": 3,
+        "layers": [{"filters": 4, "kernel": 3, "pool": 2}, {"filters": 5, "kernel": 2, "pool": 2},
+                   {"filters": 4, "kernel": 3}],
+    },
+    "2d_pool3_mixed": {
+        "dims": 2, "in_channels": 2, "n_classes": 2, "activation": "tanh", "batchnorm": True, "dropout": 0.3,
+        "layers": [{"filters": 3, "kernel": [2, 3], "pool": [3, 2]}, {"filters": 4, "kernel": 2, "pool": 2}],
+        "output_kernel": [2, 1],
+    },
+    "2d_mlp": {
+        "dims": 2, "in_channels": 1, "n_classes": 2, "activation": "leaky_relu", "dropout": 0.5,
+        "layers": [{"filters": 4, "kernel": 3, "pool": 2}, {"filters": 4, "kernel": 2, "pool": 3}],
+        "mlp": [7, 5], "patch_size": [16, 22], "batchnorm": True,
+    },
+    "3d_aniso": {
+        "dims": 3, "in_channels": 1, "n_classes": 2, "batchnorm": True,
+        "layers": [{"filters": 3, "kernel": [1, 3, 3], "pool": [1, 2, 2]},
+                   {"filters": 4, "kernel": [2, 3, 2], "pool": [2, 3, 2]},
+                   {"filters": 3, "kernel": [1, 2, 2]}],
+    },
+    "3d_mlp": {
+        "dims": 3, "in_channels": 2, "n_classes": 3, "activation": "elu", "dropout": 0.2,
+        "layers": [{"filters": 3, "kernel": 2, "pool": 2}, {"filters": 3, "kernel": [1, 2, 2], "pool": [1, 2, 2]}],
+        "mlp": [6], "patch_size": [7, 11, 11],
+    },
+}

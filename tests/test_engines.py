@@ -1,0 +1,57 @@
+"""The three dense engines against the definition, in float64, tile by tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densepred.engines import DenseEngine, interleave_fragments, split_fragments
+from tests.conftest import NETS, make_net, reference_logits
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated"])
+def test_engine_equals_window_by_window_in_float64(name, mode, rng):
+    net = make_net(NETS[name], seed=len(name))
+    fov, stride = net.geometry.fov, net.geometry.stride
+    # odd sizes that are neither valid for MFP nor multiples of the stride
+    shape = tuple(f + 2 * t + 3 for f, t in zip(fov, stride, strict=True))
+    image = rng.standard_normal((net.config.in_channels, *shape))
+    expected = reference_logits(net, image)
+    got = DenseEngine(net, mode, CPU, torch.float64)(torch.from_numpy(image)[None])[0].numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated"])
+def test_engines_handle_a_batch_of_tiles(mode, rng):
+    net = make_net(NETS["3d_aniso"], seed=3)
+    tiles = rng.standard_normal((3, 1, 9, 41, 35))
+    got = DenseEngine(net, mode, CPU, torch.float64)(torch.from_numpy(tiles)).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(got[i], reference_logits(net, tiles[i]), rtol=0, atol=1e-10)
+
+
+def test_engine_uses_running_statistics_even_in_training_mode(rng):
+    net = make_net(NETS["2d_pool3_mixed"], seed=5)
+    image = rng.standard_normal((2, 30, 31))
+    expected = reference_logits(net, image)
+    net.train()
+    got = DenseEngine(net, "mfp", CPU, torch.float64)(torch.from_numpy(image)[None])[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("pool", [(2, 2), (3, 2), (1, 3), (2, 2, 2), (1, 2, 3)])
+def test_split_then_interleave_is_the_identity_up_to_fragment_order(pool):
+    sizes = [p * (4 + a) for a, p in enumerate(pool)]
+    x = torch.arange(2 * 3 * np.prod(sizes), dtype=torch.float64).reshape(2, 3, *sizes)
+    fragments = split_fragments(x, pool)
+    assert fragments.shape == (2 * np.prod(pool), 3, *(s // p for s, p in zip(sizes, pool, strict=True)))
+    # fragment o holds positions o + p*i along each axis
+    first = fragments[1]  # batch 0, fragment index 1: offset 1 on the last axis only
+    expected = x[(0, slice(None), *(slice(0, None, p) for p in pool[:-1]), slice(1, None, pool[-1]))]
+    assert torch.equal(first, expected)
+    assert torch.equal(interleave_fragments(fragments, [pool], 2), x)

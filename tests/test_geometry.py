@@ -1,0 +1,146 @@
+"""Geometry and tiling arithmetic: formulas from DESIGN §2 and properties that must hold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from densepred import DensePredError, Geometry, config_from_dict
+from densepred.geometry import LayerGeometry
+from densepred.tiling import TilePlan, axis_starts, default_output_tile, reflect_index, source_window
+
+
+def geometry_of(layers):
+    return Geometry([LayerGeometry(f"l{i}", (k,), (p,), 1, 1) for i, (k, p) in enumerate(layers)])
+
+
+layer_stacks = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=4)
+
+
+def simulate(layers, n, mode):
+    """Per-layer validity by direct simulation of the sizes (independent of the implementation)."""
+    c = n
+    for k, p in layers:
+        c -= k - 1
+        if c < p:
+            return False
+        if mode == "plain":
+            if c % p:
+                return False
+            c //= p
+        else:
+            if (c - p + 1) % p:
+                return False
+            c = (c - p + 1) // p
+    return c >= 1
+
+
+def test_m36_matches_the_published_numbers():
+    cfg = config_from_dict({"network": {
+        "dims": 3, "in_channels": 1, "n_classes": 3,
+        "layers": [{"filters": 80, "kernel": 2, "pool": 2}, {"filters": 80, "kernel": 3, "pool": 2},
+                   {"filters": 80, "kernel": 3, "pool": 2}] + [{"filters": 80, "kernel": 3}] * 3,
+        "output_kernel": 3}})
+    g = Geometry.from_config(cfg.network)
+    assert g.fov == (85, 85, 85) and g.stride == (8, 8, 8) and g.offset == (42, 42, 42)
+    assert round(g.flops_per_voxel / 1e6, 3) == 1.742
+    assert g.is_valid((108,) * 3, "mfp") and g.dense_output_shape((108,) * 3) == (24,) * 3
+    # shift-and-stitch costs 15.3x the useful FLOPs of MFP on an infinite volume (ZNNi)
+    per_layer = [layer.flops_per_voxel for layer in g.layers]
+    strides_before = [1, 2, 4, 8, 8, 8, 8]
+    naive = sum(w * (8 / s) ** 3 for w, s in zip(per_layer, strides_before, strict=True))
+    assert round(naive / g.flops_per_voxel, 1) == 15.3
+
+
+def test_n4_mlp_head_becomes_a_convolution_over_the_last_feature_map():
+    cfg = config_from_dict({"network": {
+        "dims": 2, "in_channels": 1, "n_classes": 2,
+        "layers": [{"filters": 48, "kernel": k, "pool": 2} for k in (4, 5, 4, 4)],
+        "mlp": [200], "patch_size": 95}})
+    g = Geometry.from_config(cfg.network)
+    assert g.fov == (95, 95) and g.stride == (16, 16)
+    assert [layer.kernel for layer in g.layers[-2:]] == [(3, 3), (1, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(layers=layer_stacks, n=st.integers(1, 200))
+def test_validity_and_suggestions(layers, n):
+    g = geometry_of(layers)
+    fov, t = g.fov[0], g.stride[0]
+    for mode in ("plain", "mfp"):
+        valid = simulate(layers, n, mode)
+        assert g.is_valid((n,), mode) == valid
+        below, above = g.nearest_valid((n,), mode)
+        assert simulate(layers, above[0], mode) and above[0] >= n
+        assert not any(simulate(layers, m, mode) for m in range(n, above[0]))
+        if below is not None:
+            assert simulate(layers, below[0], mode) and below[0] <= n
+            assert not any(simulate(layers, m, mode) for m in range(below[0] + 1, n + 1))
+        else:
+            assert not any(simulate(layers, m, mode) for m in range(1, n + 1))
+    # DESIGN §2: the valid sizes are arithmetic progressions
+    assert g.is_valid((n,), "plain") == (n >= fov and (n - fov) % t == 0)
+    assert g.is_valid((n,), "mfp") == (n >= fov - 1 + t and (n - fov + 1) % t == 0)
+    assert g.is_valid((n,), "dilated") == (n >= fov)
+    if n >= fov:
+        assert g.dense_output_shape((n,)) == (n - fov + 1,)
+        assert g.plain_output_shape((n,)) == ((n - fov) // t + 1,)
+    if g.is_valid((n,), "mfp"):
+        assert g.dense_output_shape((n,))[0] % t == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(extent=st.integers(1, 300), tile=st.integers(1, 300))
+def test_tiles_cover_every_output_voxel_and_stay_inside(extent, tile):
+    tile = min(tile, extent)
+    starts = axis_starts(extent, tile)
+    covered = np.zeros(extent, int)
+    for s in starts:
+        assert 0 <= s and s + tile <= extent
+        covered[s:s + tile] += 1
+    assert covered.min() == 1  # every voxel covered
+    assert covered.sum() - extent < tile  # only the last tile overlaps its neighbour
+    assert len(starts) == math.ceil(extent / tile)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 40), pad=st.integers(0, 60), start=st.integers(0, 80), length=st.integers(1, 60))
+def test_mirror_indices_equal_numpy_reflect_padding(n, pad, start, length):
+    data = np.arange(n) * 10 + 3
+    padded = np.pad(data, (pad, pad + 100), mode="reflect")
+    assert [data[reflect_index(i - pad, n)] for i in range(len(padded))] == list(padded)
+    lo, hi, take = source_window(start, length, pad, n)
+    window = data[lo:hi] if take is None else data[lo:hi][take]
+    assert list(window) == list(padded[start:start + length])
+
+
+def test_tile_plan_shapes_and_errors():
+    plan = TilePlan.create((50, 40), fov=(9, 9), input_tile=(24, 24), mirror=False)
+    assert plan.output_shape == (42, 32) and plan.output_tile == (16, 16) and len(plan) == 6
+    mirrored = TilePlan.create((50, 40), fov=(9, 8), input_tile=(24, 24), mirror=True)
+    assert mirrored.output_shape == (50, 40) and mirrored.pad_low == (4, 3) and mirrored.pad_high == (4, 4)
+    with pytest.raises(DensePredError, match="mirror=True"):
+        TilePlan.create((5, 40), fov=(9, 9), input_tile=(24, 24), mirror=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(layers=layer_stacks, extent=st.integers(1, 500), budget=st.integers(10**2, 10**6))
+def test_default_tile_fits_the_budget_and_is_mfp_valid(layers, extent, budget):
+    g = geometry_of(layers)
+    tile = default_output_tile(g, (extent,), "auto", budget)
+    assert 1 <= tile[0] <= extent
+    assert tile[0] == extent or tile[0] % g.stride[0] == 0
+    if tile[0] % g.stride[0] == 0:
+        assert g.is_valid(g.input_shape_for(tile), "mfp")
+
+
+def test_flop_counts_follow_the_modes():
+    g = geometry_of([(2, 2), (3, 2), (3, 1)])
+    n = g.smallest_valid("mfp")[0] + 4 * g.stride[0]
+    useful = g.dense_output_shape((n,))[0] * g.flops_per_voxel
+    assert g.flops((n,), "mfp") >= useful
+    assert g.flops((n,), "naive") > g.flops((n,), "mfp")
