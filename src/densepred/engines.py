@@ -26,6 +26,7 @@ from torch import nn
 from .errors import DensePredError
 from .geometry import Geometry
 from .network import ACTIVATION_FUNCTIONS, DenseNet
+from .runtime import tune_cpu_allocator
 
 ENGINE_MODES = ("mfp", "dilated", "naive")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
@@ -91,6 +92,8 @@ class DenseEngine:
         self.dtype = dtype
         self.stages = eval_stages(net, device, dtype)
         self.dims = self.geometry.ndim
+        if device.type == "cpu":
+            tune_cpu_allocator()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
@@ -118,9 +121,9 @@ class DenseEngine:
 
 def plain_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
     """The strided forward (pools with stride p, floor mode)."""
-    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
+    pool = MAX_POOL[x.ndim - 2]
     for stage in stages:
-        x = _activate(conv(x, stage.weight, stage.bias), stage.activation)
+        x = _conv_activate(x, stage)
         if stage.pools:
             x = pool(x, stage.pool, stage.pool)
     return x
@@ -142,26 +145,43 @@ def naive_forward(stages: list[Stage], x: torch.Tensor, geometry: Geometry) -> t
 
 def dilated_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
     """A trous: stride-1 pools with dilation, each later convolution dilated by the pools before it."""
-    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
     dilation = (1,) * (x.ndim - 2)
     for stage in stages:
-        x = _activate(conv(x, stage.weight, stage.bias, dilation=dilation), stage.activation)
+        x = _conv_activate(x, stage, dilation)
         if stage.pools:
-            x = pool(x, stage.pool, 1, 0, dilation)
+            x = sliding_max(x, stage.pool, dilation)
             dilation = tuple(d * p for d, p in zip(dilation, stage.pool, strict=True))
     return x
 
 
 def mfp_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
     """Max fragment pooling on an MFP-valid input; returns the interleaved dense logits."""
-    conv, pool = CONV_FN[x.ndim - 2], MAX_POOL[x.ndim - 2]
     batch, pools = x.shape[0], []
     for stage in stages:
-        x = _activate(conv(x, stage.weight, stage.bias), stage.activation)
+        x = _conv_activate(x, stage)
         if stage.pools:
-            x = split_fragments(pool(x, stage.pool, 1), stage.pool)
+            x = split_fragments(sliding_max(x, stage.pool), stage.pool)
             pools.append(stage.pool)
     return interleave_fragments(x, pools, batch) if pools else x
+
+
+def sliding_max(x: torch.Tensor, pool: tuple[int, ...], dilation: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Max-pool with stride 1 (and a dilation), one axis at a time.
+
+    The same numbers as ``max_pool3d(x, pool, 1, 0, dilation)``, without the int64 index
+    tensor that PyTorch's CPU pooling allocates (twice the output's size, fresh pages each
+    time); the box maximum is separable, so this is ``sum(p - 1)`` elementwise maxima.
+    """
+    dilation = dilation or (1,) * len(pool)
+    for axis, (p, d) in enumerate(zip(pool, dilation, strict=True)):
+        if p == 1:
+            continue
+        dim, size = axis + 2, x.shape[axis + 2] - (p - 1) * d
+        y = torch.maximum(x.narrow(dim, 0, size), x.narrow(dim, d, size))
+        for i in range(2, p):
+            torch.maximum(y, x.narrow(dim, i * d, size), out=y)
+        x = y
+    return x
 
 
 def split_fragments(x: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
@@ -195,5 +215,52 @@ def interleave_fragments(x: torch.Tensor, pools: list[tuple[int, ...]], batch: i
     return x.permute(order).reshape(batch, classes, *dense)
 
 
-def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
-    return x if activation is None else ACTIVATION_FUNCTIONS[activation](x)
+def _conv_activate(x: torch.Tensor, stage: Stage, dilation: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Convolution then activation, in place on the fresh output, kept channels-last on the CPU."""
+    dims = x.ndim - 2
+    dilation = dilation or (1,) * dims
+    if x.device.type == "cpu" and math.prod(stage.weight.shape[1:]) <= SMALL_CONV_INPUTS:
+        y = _small_conv(x, stage, dilation)
+    else:
+        y = CONV_FN[dims](x, stage.weight, stage.bias, dilation=dilation)
+        if y.device.type == "cpu":
+            y = y.contiguous(memory_format=CHANNELS_LAST[dims])
+    if stage.activation is None:
+        return y
+    inplace = IN_PLACE.get(stage.activation)
+    return inplace(y) if inplace is not None else ACTIVATION_FUNCTIONS[stage.activation](y)
+
+
+SMALL_CONV_INPUTS = 64  # Cin * prod(kernel) up to which a convolution is one matrix product
+
+
+def _small_conv(x: torch.Tensor, stage: Stage, dilation: tuple[int, ...]) -> torch.Tensor:
+    """A convolution with few inputs per output (a first layer) as one matrix product.
+
+    oneDNN leaves a one-channel input's convolution in the default layout, and converting a
+    map of 80 channels afterwards costs more than the convolution; this writes the output
+    channels-last directly.
+    """
+    weight = stage.weight
+    dims, (out_channels, in_channels), kernel = x.ndim - 2, weight.shape[:2], weight.shape[2:]
+    spatial = x.shape[2:]
+    out = [n - (k - 1) * d for n, k, d in zip(spatial, kernel, dilation, strict=True)]
+    strides = x.stride()
+    windows = x.as_strided(
+        (x.shape[0], *out, in_channels, *kernel),
+        (strides[0], *strides[2:], strides[1], *(s * d for s, d in zip(strides[2:], dilation, strict=True))),
+    )
+    columns = windows.reshape(-1, in_channels * math.prod(kernel))
+    y = torch.addmm(stage.bias, columns, weight.reshape(out_channels, -1).t())
+    return y.view(x.shape[0], *out, out_channels).permute(0, dims + 1, *range(1, dims + 1))
+
+
+IN_PLACE = {
+    "relu": torch.relu_,
+    "leaky_relu": lambda x: F.leaky_relu_(x, 0.01),
+    "elu": lambda x: F.elu_(x),
+    "silu": lambda x: F.silu(x, inplace=True),
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "linear": lambda x: x,
+}
