@@ -25,7 +25,10 @@ import densepred
 from densepred.engines import DenseEngine
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-DEFAULT_RUNS = [("m36", 24), ("m36", 64), ("n4", 128), ("n4", 512)]
+ALL_MODES = ["mfp", "dilated", "naive"]
+# shift-and-stitch on m36 at 64^3 would take about half an hour here; it runs on the small tiles
+DEFAULT_RUNS = [("m36", 24, ALL_MODES), ("m36", 64, ALL_MODES[:2]), ("n4", 128, ALL_MODES),
+                ("n4", 512, ALL_MODES[:2])]
 
 
 def matmul_peak(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
@@ -99,14 +102,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=["m36", "m76", "n4", "neuro3d"], help="one network (default: m36 and n4)")
     parser.add_argument("--tile", type=int, nargs="+", help="output tile side(s) in voxels")
-    parser.add_argument("--modes", default="mfp,dilated,naive")
+    parser.add_argument("--modes", help="comma-separated engines (default: mfp,dilated,naive where affordable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long", type=float, default=20.0, help="seconds above which one run suffices")
     args = parser.parse_args()
     device = torch.device(args.device)
-    runs = DEFAULT_RUNS if args.net is None else [(args.net, t) for t in (args.tile or [24])]
-    modes = args.modes.split(",")
+    chosen = args.modes.split(",") if args.modes else None
+    if args.net is None:
+        runs = [(net, side, chosen or modes) for net, side, modes in DEFAULT_RUNS]
+    else:
+        runs = [(args.net, side, chosen or ALL_MODES) for side in (args.tile or [24])]
 
     peak = matmul_peak(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -116,10 +122,10 @@ def main() -> None:
     print("| net | output tile | mode | s/tile | output voxels/s | useful GFLOP/s | of matmul peak | computed GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
-    for net_name, side in runs:
+    for net_name, side, modes in runs:
         results += run(net_name, side, modes, device, peak, args.repeats, args.long)
     print()
-    for net_name, side in runs:
+    for net_name, side, _ in runs:
         by_mode = {r["mode"]: r for r in results if r["net"] == net_name and r["output"][0] == side}
         if "naive" in by_mode:
             for mode in ("mfp", "dilated"):

@@ -13,6 +13,11 @@ from .errors import ConfigError, DensePredError
 from .geometry import Geometry
 from .network import DenseNet, build_net
 from .predict import class_probabilities, predict_dense
+from .predictor import create_prediction_net, create_predncnn
+from .training import TrainResult, train
+
+# ELEKTRONN's names, for users coming from it
+predictDense = predict_dense
 
 __version__ = "0.1.0"
 
@@ -29,7 +34,12 @@ __all__ = [
     "__version__",
     "build_net",
     "class_probabilities",
+    "create_prediction_net",
+    "create_predncnn",
     "config_from_dict",
     "load_config",
+    "predictDense",
     "predict_dense",
+    "train",
+    "TrainResult",
 ]

@@ -37,7 +37,48 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("config", help="network config file (TOML)")
     info.add_argument("--input-shape", metavar="Z,Y,X", help="input tile shape to size the table for")
     info.set_defaults(run=run_info)
+
+    train = sub.add_parser("train", help="train the config's network; weights go to its save_dir")
+    train.add_argument("config", help="config file with [network] and [training] (TOML)")
+    train.add_argument("--resume", action="store_true", help="continue from <name>-LAST.safetensors")
+    train.add_argument("--steps", type=int, help="total steps (overrides training.steps)")
+    train.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
+
+    demo = sub.add_parser("demo", help="synthetic EM data end to end: train, predict, score")
+    demo.add_argument("--out", default="demo", help="output folder (default: demo)")
+    demo.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    demo.set_defaults(run=run_demo)
     return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    _log_warnings()
+    result = train(args.config, resume=args.resume, steps=args.steps, device=args.device,
+                   progress=not args.quiet)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; weights saved to {result.last}; "
+              "continue with --resume", file=sys.stderr)
+        return 130
+    best = f", best validation loss {result.best_val_loss:.4g} in {result.best}" if result.best else ""
+    print(f"trained to step {result.step}: {result.last}{best}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    _log_warnings()
+    return demo_main(["--out", args.out, "--steps", str(args.steps)])
+
+
+def _log_warnings() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="densepred: warning: %(message)s")
 
 
 def run_info(args: argparse.Namespace) -> int:

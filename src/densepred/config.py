@@ -71,15 +71,56 @@ class PredictionConfig:
 
 
 @dataclass(frozen=True)
+class DataPair:
+    """One training source: an image (or features) and its labels, as array specs."""
+
+    raw: str
+    label: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    data: tuple[DataPair, ...] = ()
+    validation: tuple[DataPair, ...] = ()
+    validation_fraction: float = 0.1
+    patch_size: Shape | None = None
+    batch_size: int = 8
+    steps: int = 1000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.5
+    lr_step: int = 1000
+    class_weights: tuple[float, ...] | None = None
+    ignore_label: int | None = None
+    save_every: int = 100
+    validate_every: int = 100
+    validation_patches: int = 64
+    seed: int = 0
+    flips: bool = True
+    swap_axes: bool = True
+    grey_jitter: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
-    """A validated configuration. ``path`` is the file it came from (None if built in code)."""
+    """A validated configuration. ``path`` is the file it came from (None if built in code);
+    ``source`` is the parsed document, kept to write the config back out."""
 
     name: str
     network: NetworkConfig
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
-    training: Mapping[str, Any] = field(default_factory=dict)
+    training: TrainingConfig | None = None
     save_dir: Path | None = None
     path: Path | None = None
+    source: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the config are resolved against."""
+        return self.path.parent.resolve() if self.path else Path.cwd()
 
     def with_prediction(self, **changes: Any) -> Config:
         return replace(self, prediction=replace(self.prediction, **changes))
@@ -92,6 +133,9 @@ NETWORK_KEYS = (
 )
 LAYER_KEYS = ("filters", "kernel", "pool")
 PREDICTION_KEYS = ("tile_shape", "mode", "batch_size")
+TRAINING_KEYS = tuple(TrainingConfig.__dataclass_fields__)
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 def load_config(path: str | Path) -> Config:
@@ -127,7 +171,9 @@ def config_from_dict(data: Mapping[str, Any], path: str | Path | None = None) ->
         raise ConfigError(f"name = {name!r} is invalid; expected a non-empty string without slashes")
     network = parse_network(_table(data["network"], "network"))
     prediction = parse_prediction(_table(data.get("prediction", {}), "prediction"), network)
-    training = _table(data.get("training", {}), "training")
+    training = None
+    if "training" in data:
+        training = parse_training(_table(data["training"], "training"), network)
     save_dir = None
     if "save_dir" in data:
         raw = data["save_dir"]
@@ -137,7 +183,7 @@ def config_from_dict(data: Mapping[str, Any], path: str | Path | None = None) ->
         save_dir = (base / raw).resolve()
     elif path is not None:
         save_dir = path.parent.resolve()
-    return Config(name, network, prediction, training, save_dir, path)
+    return Config(name, network, prediction, training, save_dir, path, data)
 
 
 def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
@@ -208,6 +254,104 @@ def parse_prediction(table: Mapping[str, Any], network: NetworkConfig) -> Predic
     if batch is not None:
         batch = _positive_int(batch, "prediction.batch_size")
     return PredictionConfig(tile, mode, batch)
+
+
+def parse_training(table: Mapping[str, Any], network: NetworkConfig) -> TrainingConfig:
+    _check_keys(table, TRAINING_KEYS, "[training]")
+    defaults = TrainingConfig()
+    values: dict[str, Any] = {}
+    for key in ("data", "validation"):
+        values[key] = _parse_data(table.get(key, []), f"training.{key}")
+    for key in ("batch_size", "steps", "save_every", "validate_every", "validation_patches", "lr_step"):
+        if key in table:
+            values[key] = _positive_int(table[key], f"training.{key}")
+    if "seed" in table:
+        seed = table["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"training.seed = {seed!r} is invalid; expected an integer >= 0")
+        values["seed"] = seed
+    for key, low, high in (("lr", 0.0, None), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, None),
+                           ("lr_decay", 0.0, 1.0), ("grey_jitter", 0.0, 1.0),
+                           ("validation_fraction", 0.0, 0.9)):
+        if key in table:
+            values[key] = _number(table[key], f"training.{key}", low, high, strict_low=key == "lr")
+    for key in ("flips", "swap_axes"):
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ConfigError(f"training.{key} = {table[key]!r} is invalid; expected true or false")
+            values[key] = table[key]
+    for key, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+        if key in table:
+            if table[key] not in choices:
+                raise ConfigError(f"training.{key} = {table[key]!r} is invalid"
+                                  f"{did_you_mean(str(table[key]), choices)}; valid: {', '.join(choices)}")
+            values[key] = table[key]
+    if "class_weights" in table:
+        weights = table["class_weights"]
+        if (not isinstance(weights, list) or len(weights) != network.n_classes
+                or not all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights)):
+            raise ConfigError(f"training.class_weights = {weights!r} is invalid; expected "
+                              f"{network.n_classes} non-negative numbers, one per class")
+        values["class_weights"] = tuple(float(w) for w in weights)
+    if "ignore_label" in table:
+        label = table["ignore_label"]
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise ConfigError(f"training.ignore_label = {label!r} is invalid; expected an integer label")
+        values["ignore_label"] = label
+    values["patch_size"] = _training_patch(table, network)
+    return replace(defaults, **values)
+
+
+def _training_patch(table: Mapping[str, Any], network: NetworkConfig) -> Shape | None:
+    if network.dims == 0:
+        if "patch_size" in table:
+            raise ConfigError("training.patch_size has no meaning when dims = 0; remove it")
+        return None
+    if "patch_size" not in table:
+        if network.patch_size is None:
+            raise ConfigError("training.patch_size is required: the input patch per training sample "
+                              "(e.g. patch_size = [9, 65, 65])")
+        return network.patch_size
+    patch = per_axis(table["patch_size"], network.dims, "training.patch_size")
+    if network.patch_size is not None and patch != network.patch_size:
+        raise ConfigError(f"training.patch_size = {list(patch)} differs from network.patch_size = "
+                          f"{list(network.patch_size)}, which fixes the perceptron head; use one value")
+    from .geometry import Geometry
+
+    geometry = Geometry.from_config(network)
+    if not geometry.is_valid(patch, "plain"):
+        below, above = geometry.nearest_valid(patch, "plain")
+        choices = " or ".join(str(list(s)) for s in (below, above) if s is not None)
+        raise ConfigError(
+            f"training.patch_size = {list(patch)} is not a valid input for this network (every "
+            f"convolution output must be divisible by its pool; field of view {list(geometry.fov)}, "
+            f"stride {list(geometry.stride)}); nearest valid: {choices}"
+        )
+    return patch
+
+
+def _parse_data(raw: Any, key: str) -> tuple[DataPair, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{key} is invalid; expected a list like "
+                          '[{ raw = "train.h5:raw", label = "train.h5:label" }]')
+    pairs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or set(item) != {"raw", "label"} or not all(
+                isinstance(v, str) and v for v in item.values()):
+            raise ConfigError(f"{key}[{i}] = {item!r} is invalid; expected "
+                              '{ raw = "SPEC", label = "SPEC" } with SPEC like file.h5:dataset, '
+                              "file.zarr:path, file.tif, file.npy or file.csv")
+        pairs.append(DataPair(item["raw"], item["label"]))
+    return tuple(pairs)
+
+
+def _number(value: Any, key: str, low: float, high: float | None, strict_low: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (value > low if strict_low else value >= low) and (high is None or value < high)
+    if not ok:
+        bound = f"{'>' if strict_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        raise ConfigError(f"{key} = {value!r} is invalid; expected a number {bound}")
+    return float(value)
 
 
 def per_axis(value: Any, dims: int, key: str, minimum: int = 1) -> Shape:

@@ -71,6 +71,9 @@ class DenseNet(nn.Module):
         self.config = config
         self.geometry: Geometry | None = Geometry.from_config(config) if config.dims else None
         self.blocks = nn.ModuleList(self._make_blocks())
+        # prediction defaults, set by create_prediction_net: input tile and dense engine
+        self.tile_shape: tuple[int, ...] | None = None
+        self.mode: str = "auto"
 
     def _make_blocks(self) -> list[Block]:
         cfg = self.config

@@ -52,6 +52,8 @@ def predict_dense(
             faster until memory runs out. Default: the largest that fits in the device's
             available memory. The result is the same for every valid tile shape.
         mode: ``"mfp"``, ``"dilated"``, ``"naive"`` or ``"auto"`` (fastest valid one).
+            ``tile_shape=None`` and ``mode="auto"`` fall back to the net's ``tile_shape`` and
+            ``mode`` attributes, which :func:`create_prediction_net` sets.
         batch_size: tiles per forward pass (default 1).
         device: a torch device; default CUDA when available, else the CPU.
         progress: show a progress bar with voxels/s.
@@ -65,6 +67,10 @@ def predict_dense(
         >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
     """
     geometry = _image_geometry(net)
+    if tile_shape is None:
+        tile_shape = net.tile_shape
+    if mode == "auto":
+        mode = net.mode
     source = ChannelFirst(image, net.config.in_channels, geometry.ndim)
     device = resolve_device(device)
     batch_size = _positive(batch_size, "batch_size", default=1)

@@ -1,0 +1,136 @@
+"""Array specs: where an image or label volume lives on disk, opened for reading on demand.
+
+A spec is one string:
+
+* ``file.h5:dataset`` (or ``.hdf5``) - an HDF5 dataset (h5py)
+* ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3)
+* ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
+* ``file.npy`` - a NumPy array (memory-mapped)
+* ``file.csv`` - a numeric table (features or labels; read whole)
+
+Relative paths are resolved against ``base`` (the config file's folder), never against a
+changed working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DensePredError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    path: Path
+    key: str | None  # dataset inside an HDF5 file or zarr group
+
+    @classmethod
+    def parse(cls, spec: str, base: Path | None = None) -> ArraySpec:
+        if not isinstance(spec, str) or not spec:
+            raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
+        path_text, key = spec, None
+        for suffix in (*HDF5_SUFFIXES, ".zarr"):
+            marker = suffix + ":"
+            if marker in spec:
+                head, _, key = spec.rpartition(marker)
+                path_text, key = head + suffix, key.strip("/") or None
+                break
+        path = Path(path_text).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        return cls(path, key)
+
+    @property
+    def kind(self) -> str:
+        suffix = self.path.suffix.lower()
+        if suffix in HDF5_SUFFIXES:
+            return "hdf5"
+        if suffix == ".zarr":
+            return "zarr"
+        if suffix in (".tif", ".tiff"):
+            return "tiff"
+        if suffix in (".npy", ".csv"):
+            return suffix[1:]
+        raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.key}" if self.key else str(self.path)
+
+
+def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
+    """An array-like (``shape``, ``dtype``, slicing) for a spec, read lazily where possible."""
+    spec = spec if isinstance(spec, ArraySpec) else ArraySpec.parse(spec, base)
+    kind = spec.kind
+    if not spec.path.exists():
+        raise DensePredError(f"input not found: {spec.path}")
+    try:
+        if kind == "hdf5":
+            return _open_hdf5(spec)
+        if kind == "zarr":
+            return _open_zarr(spec)
+        if kind == "tiff":
+            return _open_tiff(spec.path)
+        if kind == "npy":
+            return np.load(spec.path, mmap_mode="r", allow_pickle=False)
+        return _read_csv(spec.path)
+    except DensePredError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise DensePredError(f"cannot read {spec}: {exc}") from None
+
+
+def _open_hdf5(spec: ArraySpec) -> Any:
+    import h5py
+
+    handle = h5py.File(spec.path, "r")
+    datasets: list[str] = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    if spec.key is None:
+        if len(datasets) == 1:
+            return handle[datasets[0]]
+        raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
+                             f"{spec.path}:DATASET (available: {', '.join(datasets) or 'none'})")
+    if spec.key not in datasets:
+        raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
+                             f"available: {', '.join(datasets) or 'none'}")
+    return handle[spec.key]
+
+
+def _open_zarr(spec: ArraySpec) -> Any:
+    import zarr
+
+    node = zarr.open(spec.path, mode="r")
+    if spec.key is not None:
+        try:
+            node = node[spec.key]
+        except (KeyError, TypeError):
+            raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
+    if not isinstance(node, zarr.Array):
+        arrays = sorted(name for name, _ in node.arrays())
+        raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
+                             f"(available: {', '.join(arrays) or 'none'})")
+    return node
+
+
+def _open_tiff(path: Path) -> Any:
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except ValueError:  # compressed or tiled: not memory-mappable
+        return tifffile.imread(path)
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    has_header = any(c.isalpha() for c in first.replace("e", "").replace("E", ""))
+    data = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
+    return data[:, 0] if data.shape[1] == 1 else data

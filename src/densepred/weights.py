@@ -1,0 +1,136 @@
+"""Weights and optimizer state in safetensors files: no pickle, written atomically.
+
+A weights file is the network's ``state_dict``; its metadata records the training step.
+Files are written to a temporary name in the same folder and renamed into place, so a
+reader (or a run killed mid-write) only ever sees a complete old or a complete new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import DensePredError
+
+
+def save_weights(net: torch.nn.Module, path: Path, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``net.state_dict()`` to ``path`` atomically; metadata values are stored as strings."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_save(tensors, path, {k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_weights(net: torch.nn.Module, path: Path) -> dict[str, str]:
+    """Load a weights file into ``net`` strictly; returns the file's metadata.
+
+    Raises a :class:`DensePredError` naming the file and the tensor for a missing file, a
+    file that is not safetensors, a missing or unexpected tensor, or a shape mismatch.
+    """
+    tensors, metadata = read_safetensors(path)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise DensePredError(f"weights in {path} do not fit this network: {'; '.join(parts)} "
+                             "(was it trained with a different config?)")
+    for name, value in expected.items():
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise DensePredError(
+                f"weights in {path} do not fit this network: tensor '{name}' has shape "
+                f"{list(tensors[name].shape)} in the file but {list(value.shape)} in the network "
+                "(was it trained with a different config?)"
+            )
+    net.load_state_dict(tensors, strict=True)
+    return metadata
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DensePredError(f"weights file not found: {path}")
+    try:
+        tensors = load_file(path)
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DensePredError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+    return tensors, metadata
+
+
+def atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(dict(tensors), tmp, metadata=dict(metadata))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    """The optimizer's state: tensors in the file, everything else as JSON metadata."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    metadata = {"step": str(step), "param_groups": json.dumps(state["param_groups"]),
+                "scalars": json.dumps(scalars)}
+    atomic_save(tensors, path, metadata)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:
+    """Restore an optimizer saved by :func:`save_optimizer`; returns the step it was saved at."""
+    tensors, metadata = read_safetensors(path)
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in json.loads(metadata.get("scalars", "{}")).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    except (KeyError, ValueError) as exc:
+        raise DensePredError(f"optimizer state in {path} does not fit this network ({exc})") from None
+    return int(metadata.get("step", 0))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
