@@ -349,7 +349,8 @@ def _number(value: Any, key: str, low: float, high: float | None, strict_low: bo
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     ok = ok and (value > low if strict_low else value >= low) and (high is None or value < high)
     if not ok:
-        bound = f"{'>' if strict_low else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        relation = ">" if strict_low else ">="
+        bound = f"{relation} {low:g}" + (f" and < {high:g}" if high is not None else "")
         raise ConfigError(f"{key} = {value!r} is invalid; expected a number {bound}")
     return float(value)
 

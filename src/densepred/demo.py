@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     config.write_text(DEMO_CONFIG.format(steps=args.steps))
 
     print(f"[2/4] training {config.name} for {args.steps} steps on the CPU")
-    result = train(config, resume=False, steps=args.steps, device="cpu") if not _trained(out) else None
-    if result is None:
-        print("      (reusing the finished run in", out / "run", ")")
+    if _trained(out):
+        print(f"      continuing the run in {out / 'run'} (delete it to start afresh)")
+    train(config, resume=_trained(out), steps=args.steps, device="cpu")
 
     print("[3/4] prediction net with a larger tile and MFP, predicting the test volume (mirrored)")
     net = create_prediction_net(config, mode="mfp")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +123,8 @@ class _Run:
         self.history = [row for row in read_history(self.history_file) if row["step"] <= self.start]
         losses = [row["val_loss"] for row in self.history if row["val_loss"] is not None]
         self.best_loss = min(losses, default=math.inf)
-        if self.start >= self.steps:
-            log.warning("LAST is at step %d, which is already >= steps = %d", self.start, self.steps)
+        if self.start > self.steps:
+            log.warning("LAST is at step %d, already past steps = %d; nothing to train", self.start, self.steps)
 
     def lr(self, step: int) -> float:
         t = self.training
@@ -136,31 +138,32 @@ class _Run:
         seconds0 = self.history[-1]["seconds"] if self.history else 0.0
         clock0 = time.perf_counter()
         bar = _bar(progress, self.start, self.steps)
-        step, losses, interrupted = self.start, [], False
+        step, losses = self.start, []
         try:
-            while step < self.steps:
-                loss = self.train_step(step + 1)
-                step += 1
-                losses.append(loss)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                if step % self.training.validate_every == 0 or step == self.steps:
-                    seconds = seconds0 + time.perf_counter() - clock0
-                    self.record(step, seconds, float(np.mean(losses)))
-                    losses = []
-                if step % self.training.save_every == 0 or step == self.steps:
+            with StopOnInterrupt() as stop:
+                while step < self.steps and not stop.requested:
+                    loss = self.train_step(step + 1)
+                    step += 1
+                    losses.append(loss)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                    if step % self.training.validate_every == 0 or step == self.steps:
+                        seconds = seconds0 + time.perf_counter() - clock0
+                        self.record(step, seconds, float(np.mean(losses)))
+                        losses = []
+                    if step % self.training.save_every == 0 or step == self.steps:
+                        self.save(step)
+                if stop.requested:
                     self.save(step)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.save(step)
-            log.warning("interrupted at step %d; LAST saved to %s (continue with --resume)", step, self.last)
+                    log.warning("interrupted at step %d; LAST saved to %s (continue with --resume)",
+                                step, self.last)
         finally:
             if bar is not None:
                 bar.close()
         best = self.best if self.best.exists() else None
         return TrainResult(step, self.save_dir, self.last, best,
-                           None if math.isinf(self.best_loss) else self.best_loss, interrupted)
+                           None if math.isinf(self.best_loss) else self.best_loss, stop.requested)
 
     def train_step(self, step: int) -> float:
         rng = np.random.default_rng([self.training.seed, step])
@@ -240,6 +243,28 @@ def trained_config_text(cfg: Config) -> str:
                                  for pair in training[key]]
         source["training"] = training
     return "# The config this run was trained with (written by densepred train).\n" + dump_toml(source)
+
+
+class StopOnInterrupt:
+    """Turns the first Ctrl-C into a request to stop after the current step (so a save is
+    never cut in half); a second Ctrl-C interrupts at once. Main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
