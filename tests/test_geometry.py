@@ -100,7 +100,7 @@ def test_tiles_cover_every_output_voxel_and_stay_inside(extent, tile):
     starts = axis_starts(extent, tile)
     covered = np.zeros(extent, int)
     for s in starts:
-        assert 0 <= s and s + tile <= extent
+        assert s >= 0 and s + tile <= extent
         covered[s:s + tile] += 1
     assert covered.min() == 1  # every voxel covered
     assert covered.sum() - extent < tile  # only the last tile overlaps its neighbour

@@ -9,6 +9,7 @@ also slides densely over any larger image.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -79,7 +80,7 @@ class DenseNet(nn.Module):
         cfg = self.config
         if cfg.dims == 0:
             sizes = [cfg.in_channels, *cfg.mlp, cfg.n_classes]
-            layers = [(nn.Linear(a, b), (1,)) for a, b in zip(sizes, sizes[1:], strict=False)]
+            layers = [(nn.Linear(a, b), (1,)) for a, b in itertools.pairwise(sizes)]
         else:
             assert self.geometry is not None
             layers = [(_conv(layer, cfg.dims), layer.pool) for layer in self.geometry.layers]

@@ -185,8 +185,10 @@ def to_float32(data: np.ndarray) -> np.ndarray:
 def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
     """The engine for a tile: ``mode`` itself, or for ``"auto"`` the fastest valid one.
 
-    MFP and dilated convolutions do the same FLOPs; MFP's plain convolutions run faster
-    on both oneDNN and cuDNN than dilated ones, so MFP wins where the tile allows it.
+    Shift-and-stitch is never the fastest. MFP and dilated convolutions do the same FLOPs
+    and measured within 5% of each other on the CPU (docs/BENCHMARKS.md); MFP is taken
+    where the tile allows it because it runs only undilated convolutions, the kernels every
+    backend optimises first, and dilated convolutions serve every other tile.
     """
     if mode != "auto":
         return mode
