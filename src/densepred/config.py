@@ -320,12 +320,10 @@ def _training_patch(table: Mapping[str, Any], network: NetworkConfig) -> Shape |
 
     geometry = Geometry.from_config(network)
     if not geometry.is_valid(patch, "plain"):
-        below, above = geometry.nearest_valid(patch, "plain")
-        choices = " or ".join(str(list(s)) for s in (below, above) if s is not None)
         raise ConfigError(
             f"training.patch_size = {list(patch)} is not a valid input for this network (every "
             f"convolution output must be divisible by its pool; field of view {list(geometry.fov)}, "
-            f"stride {list(geometry.stride)}); nearest valid: {choices}"
+            f"stride {list(geometry.stride)}); nearest valid: {geometry.nearest_valid_text(patch, 'plain')}"
         )
     return patch
 

@@ -160,6 +160,11 @@ class Geometry:
             above.append(self._axis_valid_above(a, n, mode))
         return (None if None in below else tuple(below)), tuple(above)  # type: ignore[arg-type]
 
+    def nearest_valid_text(self, input_shape: Iterable[int], mode: str) -> str:
+        """The nearest valid shapes as text for error messages, e.g. ``"[101, 101] or [109, 109]"``."""
+        below, above = self.nearest_valid(input_shape, mode)
+        return " or ".join(str(list(s)) for s in (below, above) if s is not None)
+
     def smallest_valid(self, mode: str) -> Shape:
         """The smallest valid input for ``mode``."""
         return self.nearest_valid((1,) * self.ndim, mode)[1]
@@ -320,11 +325,9 @@ def _mlp_input_shape(conv_layers: list[LayerGeometry], patch: Shape) -> Shape:
         return patch
     conv = Geometry(conv_layers)
     if not conv.is_valid(patch, "plain"):
-        below, above = conv.nearest_valid(patch, "plain")
-        choices = " or ".join(str(list(s)) for s in (below, above) if s is not None)
         raise ConfigError(
             f"network.patch_size = {list(patch)} is not a valid input for the conv layers "
             f"(every convolution output must be divisible by its pool; their field of view is "
-            f"{list(conv.fov)}); nearest valid: {choices}"
+            f"{list(conv.fov)}); nearest valid: {conv.nearest_valid_text(patch, 'plain')}"
         )
     return conv.plain_output_shape(patch)

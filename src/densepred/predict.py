@@ -248,8 +248,7 @@ def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
     needed = "mfp" if mode == "mfp" else "dilated"
     if geometry.is_valid(tile, needed):
         return
-    below, above = geometry.nearest_valid(tile, needed)
-    choices = " or ".join(str(list(s)) for s in (below, above) if s is not None)
+    choices = geometry.nearest_valid_text(tile, needed)
     why = ("is smaller than the field of view " + str(list(geometry.fov))) if needed == "dilated" else (
         "is not valid for MFP (per pooling layer (conv_out - p + 1) % p must be 0)")
     raise DensePredError(f"tile_shape {list(tile)} {why}; nearest valid tile shapes: {choices}")
