@@ -122,9 +122,6 @@ class Config:
         """The folder relative paths in the config are resolved against."""
         return self.path.parent.resolve() if self.path else Path.cwd()
 
-    def with_prediction(self, **changes: Any) -> Config:
-        return replace(self, prediction=replace(self.prediction, **changes))
-
 
 TOP_KEYS = ("name", "save_dir", "network", "training", "prediction")
 NETWORK_KEYS = (

@@ -21,7 +21,7 @@ from .engines import DenseEngine
 from .errors import DensePredError
 from .geometry import Geometry
 from .network import DenseNet
-from .tiling import Tile, TilePlan, default_output_tile, tile_bytes
+from .tiling import Tile, TilePlan, default_output_tile
 
 CPU_MEMORY_FRACTION = 0.25  # of the available RAM, for the tile's activations
 CUDA_MEMORY_FRACTION = 0.6  # of the free GPU memory
@@ -294,4 +294,4 @@ def _progress_bar(enabled: bool, total: int, mode: str) -> Any:
     return tqdm(total=total, unit="vox", unit_scale=True, desc=f"predict ({mode})")
 
 
-__all__ = ["class_probabilities", "predict_dense", "tile_bytes"]
+__all__ = ["class_probabilities", "predict_dense"]

@@ -2,9 +2,8 @@
 
 Dense prediction allocates and frees activations of hundreds of megabytes per layer.
 glibc's malloc serves such blocks with fresh ``mmap`` pages and returns them on free, so
-every layer pays for page faults and zeroing again: measured here, a stride-1 max-pool of
-a 80 x 120^3 map took 0.83 s that way and 0.13 s with freed memory kept for reuse. The
-same advice is behind the jemalloc/tcmalloc recommendations for PyTorch on CPUs.
+every layer pays for page faults and zeroing again (docs/BENCHMARKS.md shows what this
+cost on m36). The same advice is behind the jemalloc/tcmalloc recommendations for PyTorch on CPUs.
 ``tune_cpu_allocator`` asks glibc to keep freed memory (the process's resident memory then
 stays at its high-water mark). Set ``DENSEPRED_NO_MALLOC_TUNING=1`` to leave malloc alone.
 """
