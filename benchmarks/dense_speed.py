@@ -23,27 +23,13 @@ import torch
 
 import densepred
 from densepred.engines import DenseEngine
+from densepred.profiling import matmul_peak
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ALL_MODES = ["mfp", "dilated", "naive"]
 # shift-and-stitch on m36 at 64^3 would take about half an hour here; it runs on the small tiles
 DEFAULT_RUNS = [("m36", 24, ALL_MODES), ("m36", 64, ALL_MODES[:2]), ("n4", 128, ALL_MODES),
                 ("n4", 512, ALL_MODES[:2])]
-
-
-def matmul_peak(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
-    """Best float32 FLOP/s of an n x n matrix product."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def time_engine(engine: DenseEngine, x: torch.Tensor, repeats: int, long: float) -> float:

@@ -14,6 +14,7 @@ from .geometry import Geometry
 from .network import DenseNet, build_net
 from .predict import class_probabilities, predict_dense
 from .predictor import create_prediction_net, create_predncnn
+from .profiling import ProfileResult, profile
 from .training import TrainResult, train
 
 # ELEKTRONN's names, for users coming from it
@@ -31,6 +32,7 @@ __all__ = [
     "LayerSpec",
     "NetworkConfig",
     "PredictionConfig",
+    "ProfileResult",
     "TrainResult",
     "__version__",
     "build_net",
@@ -41,5 +43,6 @@ __all__ = [
     "load_config",
     "predictDense",
     "predict_dense",
+    "profile",
     "train",
 ]

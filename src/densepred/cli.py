@@ -46,6 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)
 
+    prof = sub.add_parser("profile", help="measure speed against tile size and find the fastest tile that fits")
+    prof.add_argument("config", help="network config file (TOML)")
+    prof.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
+    prof.add_argument("--modes", default="mfp,dilated", help="engines to compare (default: mfp,dilated; also naive)")
+    prof.add_argument("--memory-limit", metavar="SIZE",
+                      help="peak memory allowed, e.g. 8GiB or 500MB (default: 80%% of available RAM, "
+                           "90%% of free GPU memory)")
+    prof.add_argument("--max-seconds", type=float, default=600.0,
+                      help="time budget of the whole profile (default: 600)")
+    prof.add_argument("--out", help="folder for profile.csv and profile.png (default: the config's save_dir)")
+    prof.add_argument("--write", action="store_true",
+                      help="store the fastest tile as [prediction] tile_shape and mode in CONFIG")
+    prof.add_argument("--aspect", metavar="Z,Y,X", help="relative tile extent per axis (default: the patch's)")
+    prof.add_argument("--repeats", type=int, default=3, help="timed runs per shape after the warm-up (default: 3)")
+    prof.add_argument("--quiet", action="store_true", help="no progress display")
+    prof.set_defaults(run=run_profile)
+
     demo = sub.add_parser("demo", help="synthetic EM data end to end: train, predict, score")
     demo.add_argument("--out", default="demo", help="output folder (default: demo)")
     demo.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
@@ -65,6 +82,42 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     best = f", best validation loss {result.best_val_loss:.4g} in {result.best}" if result.best else ""
     print(f"trained to step {result.step}: {result.last}{best}")
+    return 0
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from .profiling import profile
+
+    _log_warnings()
+    cfg = load_config(args.config)
+    dims = cfg.network.dims
+    aspect = parse_numbers(args.aspect, dims, "--aspect") if args.aspect else None
+    limit = parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None
+    if args.max_seconds <= 0 or args.repeats < 1:
+        raise DensePredError("--max-seconds must be positive and --repeats at least 1")
+    result = profile(cfg, device=args.device, modes=args.modes, memory_limit=limit,
+                     max_seconds=args.max_seconds, out=args.out, write=args.write, aspect=aspect,
+                     repeats=args.repeats, progress=not args.quiet)
+    print(f"device {result.device}: matmul peak {result.matmul_flops / 1e9:.1f} GFLOP/s, "
+          f"memory limit {result.memory_limit / 2**30:.2f} GiB")
+    for stop in result.stops:
+        print(f"  stopped {stop}")
+    ratios = [(r.peak_bytes - result.baseline) / r.estimated_bytes for r in result.rows
+              if r.status == "ok" and r.estimated_bytes >= 2**26]
+    if ratios:
+        print(f"  measured peak over the {result.baseline / 2**20:.0f} MiB baseline / estimate: "
+              f"{min(ratios):.2f} to {max(ratios):.2f} (tiles estimated at 64 MiB or more)")
+    if result.csv_path is not None:
+        print(f"wrote {result.csv_path} and {result.png_path}")
+    print(result.recommendation())
+    best = result.best
+    if best is None:
+        return 1
+    if args.write:
+        print(f"stored [prediction] tile_shape = {list(best.input_shape)}, mode = \"{best.mode}\" in {args.config}")
+    else:
+        print(f"use it: --write stores it in the config, or densepred predict ... "
+              f"--tile {','.join(map(str, best.input_shape))} --mode {best.mode}")
     return 0
 
 
@@ -153,6 +206,35 @@ def parse_shape(text: str, dims: int, option: str) -> tuple[int, ...]:
         raise DensePredError(f"{option} {text!r} is invalid; expected {dims} positive integers like "
                              f"{','.join(['64'] * dims)} (z, y, x order) or one integer for all axes")
     return tuple(values)
+
+
+def parse_numbers(text: str, dims: int, option: str) -> tuple[float, ...]:
+    """``"1"`` or ``"1,4,4"`` -> ``dims`` positive numbers."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * dims
+    if len(values) != dims or any(v <= 0 for v in values):
+        raise DensePredError(f"{option} {text!r} is invalid; expected {dims} positive numbers like "
+                             f"{','.join(['1'] * dims)} (z, y, x order)")
+    return tuple(values)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+              "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """``"8GiB"``, ``"500MB"``, ``"2e9"`` -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise DensePredError(f"{option} {text!r} is invalid; expected a size like 8GiB, 500MB or 2000000000")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
 def _x(shape: Sequence[int] | None) -> str:

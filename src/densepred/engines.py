@@ -27,6 +27,7 @@ from .errors import DensePredError
 from .geometry import Geometry
 from .network import ACTIVATION_FUNCTIONS, DenseNet
 from .runtime import tune_cpu_allocator
+from .tiling import SMALL_CONV_INPUTS
 
 ENGINE_MODES = ("mfp", "dilated", "naive")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
@@ -229,9 +230,6 @@ def _conv_activate(x: torch.Tensor, stage: Stage, dilation: tuple[int, ...] | No
         return y
     inplace = IN_PLACE.get(stage.activation)
     return inplace(y) if inplace is not None else ACTIVATION_FUNCTIONS[stage.activation](y)
-
-
-SMALL_CONV_INPUTS = 64  # Cin * prod(kernel) up to which a convolution is one matrix product
 
 
 def _small_conv(x: torch.Tensor, stage: Stage, dilation: tuple[int, ...]) -> torch.Tensor:

@@ -277,10 +277,13 @@ class Geometry:
         voxels = self.conv_output_voxels(input_shape, mode)
         return sum(v * layer.flops_per_voxel for v, layer in zip(voxels, self.layers, strict=True))
 
-    def activation_bytes(self, input_shape: Iterable[int], mode: str, itemsize: int = 4) -> int:
+    def activation_bytes(self, input_shape: Iterable[int], mode: str, itemsize: int = 4,
+                         unfold_up_to: int = 0) -> int:
         """Largest input-plus-output activation of one layer for one tile, in bytes.
 
-        The dominant term of a tile's memory: a layer's input and output live together.
+        The dominant term of a tile's memory: a layer's input and output live together. A
+        convolution with at most ``unfold_up_to`` inputs per output (``Cin * prod(kernel)``)
+        is counted as computed on an unfolded copy of its input, one column per output.
         """
         shape = self._shape(input_shape)
         if mode == "naive":  # one phase at a time: the largest is an unshifted strided pass
@@ -293,7 +296,9 @@ class Geometry:
         previous = math.prod(shape)
         largest = 0
         for v, layer in zip(voxels, self.layers, strict=True):
-            largest = max(largest, previous * layer.in_channels + v * layer.out_channels)
+            unfolded = layer.in_channels * math.prod(layer.kernel)
+            columns = v * unfolded if unfolded <= unfold_up_to else 0
+            largest = max(largest, previous * layer.in_channels + v * layer.out_channels + columns)
             previous = v
         return largest * itemsize
 

@@ -36,3 +36,14 @@ def tune_cpu_allocator() -> bool:
     _tuned = all(mallopt(option, value) == 1 for option, value in (
         (M_MMAP_THRESHOLD, largest), (M_TRIM_THRESHOLD, largest), (M_TOP_PAD, 256 * 2**20)))
     return _tuned
+
+
+def release_free_memory() -> bool:
+    """Return the heap memory malloc keeps for reuse to the system (glibc ``malloc_trim``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -26,6 +26,9 @@ from .errors import DensePredError
 from .geometry import Geometry
 
 Shape = tuple[int, ...]
+# A convolution with at most this many inputs per output (Cin * prod(kernel), a first layer)
+# runs on the CPU as one matrix product over an unfolded copy of its input.
+SMALL_CONV_INPUTS = 64
 
 
 @dataclass(frozen=True)
@@ -166,4 +169,4 @@ def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsi
     input_tile = geometry.input_shape_for(output_tile)
     if mode == "mfp" and not geometry.is_valid(input_tile, "mfp"):
         input_tile = geometry.nearest_valid(input_tile, "mfp")[1]
-    return 2 * geometry.activation_bytes(input_tile, mode, itemsize)
+    return 2 * geometry.activation_bytes(input_tile, mode, itemsize, unfold_up_to=SMALL_CONV_INPUTS)
