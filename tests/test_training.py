@@ -98,7 +98,7 @@ def test_prediction_net_loads_the_last_weights_and_predicts_like_the_trained_net
     config = write_config(tmp_path, steps=20)
     densepred.train(config, progress=False)
     saved = load_file(tmp_path / "run" / "tiny-LAST.safetensors")
-    net = create_prediction_net(config, patch_size=101)  # not MFP-valid: moved, with a warning
+    net = create_prediction_net(config, patch_size=101, mode="mfp")  # not MFP-valid: moved, with a warning
     assert "not valid for mfp prediction; using the nearest valid" in caplog.text
     assert net.geometry.is_valid(net.tile_shape, "mfp") and not net.training
     for key, value in net.state_dict().items():

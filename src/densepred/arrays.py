@@ -3,7 +3,8 @@
 A spec is one string:
 
 * ``file.h5:dataset`` (or ``.hdf5``) - an HDF5 dataset (h5py)
-* ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3)
+* ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3); a group that is an
+  OME-Zarr image stands for its full-resolution array
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
@@ -113,10 +114,23 @@ def _open_zarr(spec: ArraySpec) -> Any:
         except (KeyError, TypeError):
             raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
     if not isinstance(node, zarr.Array):
+        image = _ome_first_level(node)
+        if image is not None:
+            return image
         arrays = sorted(name for name, _ in node.arrays())
         raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
                              f"(available: {', '.join(arrays) or 'none'})")
     return node
+
+
+def _ome_first_level(group: Any) -> Any:
+    """The full-resolution array of an OME-Zarr image group (0.4 or 0.5), else None."""
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    try:
+        return group[multiscales[0]["datasets"][0]["path"]]
+    except (TypeError, KeyError, IndexError):
+        return None
 
 
 def _open_tiff(path: Path) -> Any:

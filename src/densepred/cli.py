@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from .config import load_config
 from .errors import DensePredError
 from .geometry import Geometry
+from .outputs import OUTPUT_DTYPES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per shape after the warm-up (default: 3)")
     prof.add_argument("--quiet", action="store_true", help="no progress display")
     prof.set_defaults(run=run_profile)
+
+    pred = sub.add_parser("predict", help="predict a volume on disk into an output on disk, tile by tile")
+    pred.add_argument("config", help="the network's config file (TOML)")
+    pred.add_argument("--input", required=True, metavar="SPEC",
+                      help="file.h5:dataset, file.zarr[:path], file.tif or file.npy")
+    pred.add_argument("--output", required=True, metavar="SPEC",
+                      help="out.zarr[:group], out.h5:dataset, out.tif or out.npy")
+    pred.add_argument("--weights", metavar="FILE", help="weights file (default: <save_dir>/<name>-LAST.safetensors)")
+    pred.add_argument("--tile", metavar="Z,Y,X",
+                      help="input tile shape (default: [prediction] tile_shape, else sized to memory)")
+    pred.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive"],
+                      help="dense engine (default: the config's)")
+    pred.add_argument("--mirror", action="store_true", help="mirror the edges so the output covers the whole input")
+    pred.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
+    pred.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32",
+                      help="stored probabilities: float32, float16, or uint8 (x255, rounded)")
+    pred.add_argument("--argmax", action="store_true", help="store the most probable class per voxel instead")
+    pred.add_argument("--classes", metavar="1,2", help="store only these classes' probabilities")
+    pred.add_argument("--roi", metavar="Z0:Z1,Y0:Y1,X0:X1", help="predict only this box (image coordinates)")
+    pred.add_argument("--batch-size", type=int, help="tiles per forward pass (default: 1)")
+    pred.add_argument("--resume", action="store_true", help="finish an interrupted run: compute only missing tiles")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.set_defaults(run=run_predict)
 
     demo = sub.add_parser("demo", help="synthetic EM data end to end: train, predict, score")
     demo.add_argument("--out", default="demo", help="output folder (default: demo)")
@@ -119,6 +144,53 @@ def run_profile(args: argparse.Namespace) -> int:
         print(f"use it: --write stores it in the config, or densepred predict ... "
               f"--tile {','.join(map(str, best.input_shape))} --mode {best.mode}")
     return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .job import PredictJob, predict_to_file
+
+    _log_warnings()
+    cfg = load_config(args.config)
+    dims = cfg.network.dims
+    job = PredictJob(
+        config=args.config, input=args.input, output=args.output, weights=args.weights,
+        tile=parse_shape(args.tile, dims, "--tile") if args.tile else None, mode=args.mode, mirror=args.mirror,
+        device=args.device, dtype=args.dtype, argmax=args.argmax,
+        classes=parse_indices(args.classes, "--classes") if args.classes else None,
+        roi=parse_roi(args.roi, dims) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
+        overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        result = predict_to_file(job)
+    except KeyboardInterrupt:
+        print(f"densepred: interrupted; finished tiles are kept, continue with: densepred predict ... --resume "
+              f"(output {args.output})", file=sys.stderr)
+        return 130
+    print(f"wrote {result.output}: shape {list(result.shape)}, {result.computed} tile(s) computed"
+          + (f", {result.skipped} already done" if result.skipped else ""))
+    return 0
+
+
+def parse_indices(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 0 for v in values):
+        raise DensePredError(f"{option} {text!r} is invalid; expected class indices like 1 or 1,2")
+    return values
+
+
+def parse_roi(text: str, dims: int) -> list[tuple[int, int]]:
+    """``"0:10,5:50,5:50"`` -> ``[(0, 10), (5, 50), (5, 50)]``."""
+    example = ",".join(["0:64"] * dims)
+    try:
+        roi = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        roi = []
+    if len(roi) != dims or any(len(r) != 2 or not 0 <= r[0] < r[1] for r in roi):
+        raise DensePredError(f"--roi {text!r} is invalid; expected {dims} ranges start:stop like {example} "
+                             "(z, y, x order, stop excluded)")
+    return roi  # type: ignore[return-value]
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from .engines import DenseEngine
 from .errors import DensePredError
 from .geometry import Geometry
 from .network import DenseNet
+from .streaming import run_pipeline
 from .tiling import Tile, TilePlan, default_output_tile
 
 CPU_MEMORY_FRACTION = 0.25  # of the available RAM, for the tile's activations
@@ -37,7 +38,8 @@ def predict_dense(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-) -> np.ndarray:
+    out: Any = None,
+) -> np.ndarray | Any:
     """Class probabilities for every voxel of an image, exactly as if the network were applied
     to each field-of-view window separately.
 
@@ -57,10 +59,13 @@ def predict_dense(
         batch_size: tiles per forward pass (default 1).
         device: a torch device; default CUDA when available, else the CPU.
         progress: show a progress bar with voxels/s.
+        out: an array-like to stream the result into (a zarr array, an h5py dataset, a
+            memmap) of the result's shape; each tile is written as soon as it is done, so
+            memory depends on the tile, not on the image.
 
     Returns:
         float32 probabilities of shape ``(n_classes, *(S - FOV + 1))``, or
-        ``(n_classes, *S)`` with ``mirror=True``.
+        ``(n_classes, *S)`` with ``mirror=True``; ``out`` itself when given.
 
     Example:
         >>> net = densepred.build_net(densepred.load_config("examples/neuro3d.toml"))  # doctest: +SKIP
@@ -76,24 +81,53 @@ def predict_dense(
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
-    plan = _plan(geometry, source.spatial_shape, tile_shape, mode, mirror, device)
+    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, device)
     engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
     engine = DenseEngine(net, engine_mode, device)
 
-    out = np.empty((net.config.n_classes, *plan.output_shape), dtype=np.float32)
-    tiles = list(plan.tiles())
-    bar = _progress_bar(progress, len(tiles) * math.prod(plan.output_tile), engine_mode)
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first:first + batch_size]
-        windows = np.stack([read_window(source, plan, tile) for tile in batch])
-        probabilities = torch.softmax(engine(torch.from_numpy(windows)), dim=1).cpu().numpy()
-        for tile, tile_probs in zip(batch, probabilities, strict=True):
-            out[(slice(None), *tile.output_slices())] = tile_probs
-        if bar is not None:
-            bar.update(len(batch) * math.prod(plan.output_tile))
-    if bar is not None:
-        bar.close()
+    expected = (net.config.n_classes, *plan.output_shape)
+    if out is None:
+        out = np.empty(expected, dtype=np.float32)
+    elif tuple(getattr(out, "shape", ())) != expected:
+        raise DensePredError(f"out has shape {list(getattr(out, 'shape', []))}; this prediction needs {list(expected)}")
+
+    def write(tile: Tile, probabilities: np.ndarray) -> None:
+        out[(slice(None), *tile.owned_slices())] = probabilities
+
+    predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress)
     return out
+
+
+def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
+                  write: Callable[[Tile, np.ndarray], None], *, batch_size: int = 1, progress: bool = False,
+                  prefetch: int = 2, pending: int = 2) -> None:
+    """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
+    the box it owns (``tile.owned_slices()``), to ``write`` in a background thread.
+
+    Tiles are batched in the order given; a caller that needs identical numbers on a rerun
+    passes the same batches (see :mod:`densepred.job`).
+    """
+    bar = _progress_bar(progress, sum(math.prod(t.owned_shape) for t in tiles), engine.mode)
+    batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+    def read(batch: list[Tile]) -> np.ndarray:
+        return np.stack([read_window(source, plan, tile) for tile in batch])
+
+    def compute(windows: np.ndarray) -> np.ndarray:
+        logits = engine(torch.from_numpy(windows))
+        return torch.softmax(logits, dim=1).to(torch.float32).cpu().numpy()
+
+    def write_batch(batch: list[Tile], probabilities: np.ndarray) -> None:
+        for tile, tile_probs in zip(batch, probabilities, strict=True):
+            write(tile, tile_probs[(slice(None), *tile.owned_in_tile())])
+            if bar is not None:
+                bar.update(math.prod(tile.owned_shape))
+
+    try:
+        run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
@@ -231,16 +265,17 @@ def _available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def _plan(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
-          device: torch.device) -> TilePlan:
+def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
+               device: torch.device, roi: Sequence[tuple[int, int]] | None = None) -> TilePlan:
+    """The tiles for an image: of ``tile_shape`` (checked), or sized to the device's memory."""
     if tile_shape is None:
-        padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror)
+        padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
         budget = available_memory(device)
         output_tile = default_output_tile(geometry, padded.output_shape, mode, budget)
-        return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror)
+        return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
     tile = _tile_tuple(tile_shape, geometry.ndim)
     check_tile(geometry, tile, mode)
-    return TilePlan.create(spatial, geometry.fov, tile, mirror)
+    return TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
 
 
 def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
@@ -263,7 +298,8 @@ def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
 
 def _image_geometry(net: Any) -> Geometry:
     if not isinstance(net, DenseNet):
-        raise DensePredError(f"net must be a densepred network (build_net or create_prediction_net), got {type(net).__name__}")
+        raise DensePredError("net must be a densepred network (build_net or create_prediction_net), "
+                             f"got {type(net).__name__}")
     if net.geometry is None:
         raise DensePredError("this network classifies feature vectors (dims = 0); use class_probabilities")
     return net.geometry

@@ -18,7 +18,7 @@ PREDICTION_MODES = ("auto", "mfp", "dilated", "naive")
 
 def create_prediction_net(config: Config | str | Path, save_dir: str | Path | None = None,
                           param_file: str | Path | None = None, patch_size=None,
-                          mode: str = "mfp") -> DenseNet:
+                          mode: str | None = None) -> DenseNet:
     """The config's network with trained weights, in eval mode, ready for ``predict_dense``.
 
     Args:
@@ -29,7 +29,9 @@ def create_prediction_net(config: Config | str | Path, save_dir: str | Path | No
             default ``[prediction] tile_shape``, else sized to memory by ``predict_dense``.
             A size that is not valid for ``mode`` is moved to the nearest valid one, with a
             logged warning.
-        mode: the dense engine ``predict_dense`` uses by default.
+        mode: the dense engine ``predict_dense`` uses by default (``mfp``, ``dilated``,
+            ``naive`` or ``auto``); default the config's ``[prediction] mode``, which
+            ``densepred profile --write`` sets to the fastest one.
 
     The returned net's ``tile_shape`` and ``mode`` attributes are ``predict_dense``'s defaults.
 
@@ -38,6 +40,8 @@ def create_prediction_net(config: Config | str | Path, save_dir: str | Path | No
         >>> probs = predict_dense(net, volume, mirror=True)                            # doctest: +SKIP
     """
     cfg = config if isinstance(config, Config) else load_config(config)
+    if mode is None:
+        mode = cfg.prediction.mode
     if mode not in PREDICTION_MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(PREDICTION_MODES)}")
     net = build_net(cfg)
@@ -50,7 +54,7 @@ def create_prediction_net(config: Config | str | Path, save_dir: str | Path | No
         weights = last_path(folder, cfg.name)
     load_weights(net, weights)
     net.eval()
-    net.mode = mode if mode != "auto" else (cfg.prediction.mode if cfg.prediction.mode != "auto" else "auto")
+    net.mode = mode
     if net.geometry is not None:
         requested = patch_size if patch_size is not None else cfg.prediction.tile_shape
         net.tile_shape = None if requested is None else valid_tile(net.geometry, requested, net.mode)

@@ -47,6 +47,7 @@ CUDA_MEMORY_MARGIN = 0.9  # of the free GPU memory at the start
 GROWTH = 1.35  # each shape has at least this many times the output voxels of the one before
 SHAPE_SECONDS = 20.0  # repeats of one shape stop adding up after about this long
 MAX_SHAPES = 60
+JUMP = 8  # a jump over shapes (to stay in the time budget) grows the tile at most this much
 CALIBRATE_BYTES = 64 * 2**20  # estimates from which a measured peak recalibrates the next prediction
 
 
@@ -223,16 +224,20 @@ class _Walk:
         return sum(self.seconds(m, index) for m in self.active if self.fits(m, index))
 
     def next_index(self, index: int, seconds_left: float) -> int | None:
-        """The next shape: the following one while the whole rest of the walk fits the time left;
-        otherwise a jump to the largest shape costing at most a third of it (so a few points remain
-        between here and the largest affordable shape), else the largest affordable one."""
+        """The next shape: the following one while the whole rest of the walk fits the time left.
+
+        Otherwise a jump, of at most ``JUMP`` times the voxels, to the largest shape that costs
+        at most a third of the time left (so points remain between here and the end), else to
+        the largest shape still affordable at all.
+        """
         later = [j for j in range(index + 1, len(self.shapes)) if any(self.fits(m, j) for m in self.active)]
         if not later:
             return None
         if sum(self.cost(j) for j in later) <= seconds_left:
             return later[0]
-        for share in (3, 1):
-            affordable = [j for j in later if self.cost(j) <= seconds_left / share]
+        near = [j for j in later if math.prod(self.shapes[j]) <= JUMP * math.prod(self.shapes[index])]
+        for candidates, share in ((near, 3), (later, 1)):
+            affordable = [j for j in candidates if self.cost(j) <= seconds_left / share]
             if affordable:
                 return max(affordable)
         return None
@@ -284,12 +289,17 @@ def _walk(worker: _Worker, geometry: Geometry, modes: Sequence[str], aspect: Seq
 
 
 def _predict_peak(baseline: int, estimate: int, previous: ProfileRow | None) -> int:
-    """Baseline plus the estimate, scaled up if the last sizeable measurement exceeded its own
-    estimate (below ``CALIBRATE_BYTES`` the allocator's granularity dominates the figure)."""
+    """The next shape's peak: the baseline plus the estimate, or the previous measured peak plus
+    the growth of the estimate, whichever is larger; both scaled up if the last sizeable
+    measurement exceeded its own estimate (below ``CALIBRATE_BYTES`` the allocator's granularity
+    dominates the figure)."""
+    if previous is None or not previous.peak_bytes:
+        return baseline + estimate
     scale = 1.0
-    if previous is not None and previous.estimated_bytes >= CALIBRATE_BYTES and previous.peak_bytes:
+    if previous.estimated_bytes >= CALIBRATE_BYTES:
         scale = max(1.0, (previous.peak_bytes - baseline) / previous.estimated_bytes)
-    return int(baseline + scale * estimate)
+    from_previous = previous.peak_bytes + scale * max(estimate - previous.estimated_bytes, 0)
+    return int(max(baseline + scale * estimate, from_previous))
 
 
 def _repeats_for(seconds: float, repeats: int) -> int:
@@ -548,7 +558,8 @@ def plot_profile(result: ProfileResult, path: Path, name: str = "") -> None:
     ax.set_ylabel("output voxels / s")
     ax.set_title(f"{name} on {result.device}: matmul peak {result.matmul_flops / 1e9:.0f} GFLOP/s".strip())
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -36,7 +36,8 @@ class Augmentation:
     swap_groups: list[list[int]]  # spatial axes that may be permuted among themselves
     grey_jitter: float
 
-    def apply(self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    def apply(self, x: np.ndarray, y: np.ndarray | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """``x`` is ``(C, *S)``; ``y`` is ``(*out)`` on the output grid, or None for one label."""
         dims = x.ndim - 1
         if self.flips:

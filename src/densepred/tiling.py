@@ -33,14 +33,40 @@ SMALL_CONV_INPUTS = 64
 
 @dataclass(frozen=True)
 class Tile:
-    """One output tile: its grid position, its output box and (same start) its input window."""
+    """One output tile: its grid position, the box it computes and the box it owns.
+
+    Computed boxes of the last tiles on an axis overlap their neighbours (they are shifted
+    back); owned boxes partition the output, so every voxel is written by exactly one tile
+    and the result does not depend on the order tiles finish in. Owned boxes start at
+    multiples of the tile shape: they are the chunks of an output chunked like the tiles::
+
+        computed  |<-- 0 -->|<-- 1 -->|
+                                 |<-- 2 -->|     (shifted back)
+        owned     |<-- 0 -->|<-- 1 -->|<2>|
+    """
 
     index: Shape
     output_start: Shape
     output_shape: Shape
+    owned_start: Shape
+    owned_shape: Shape
 
     def output_slices(self) -> tuple[slice, ...]:
-        return tuple(slice(s, s + n) for s, n in zip(self.output_start, self.output_shape, strict=True))
+        """The computed box in the output."""
+        return _slices(self.output_start, self.output_shape)
+
+    def owned_slices(self) -> tuple[slice, ...]:
+        """The box this tile writes, in the output."""
+        return _slices(self.owned_start, self.owned_shape)
+
+    def owned_in_tile(self) -> tuple[slice, ...]:
+        """The owned box in the tile's own computed output."""
+        starts = tuple(o - s for o, s in zip(self.owned_start, self.output_start, strict=True))
+        return _slices(starts, self.owned_shape)
+
+
+def _slices(start: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(s, s + n) for s, n in zip(start, shape, strict=True))
 
 
 @dataclass(frozen=True)
@@ -61,10 +87,16 @@ class TilePlan:
     pad_high: Shape
     output_shape: Shape
     output_tile: Shape
+    origin: Shape = ()  # where the output starts in the full dense output (a region of interest)
 
     @classmethod
     def create(cls, image_shape: Sequence[int], fov: Sequence[int], input_tile: Sequence[int],
-               mirror: bool) -> TilePlan:
+               mirror: bool, roi: Sequence[tuple[int, int]] | None = None) -> TilePlan:
+        """Tiles of ``input_tile`` over the dense output, or over the part ``roi`` of it.
+
+        ``roi`` is ``[(start, stop), ...]`` per axis in the coordinates of the full dense output
+        (with ``mirror`` those are the image's own coordinates).
+        """
         image_shape, fov, input_tile = tuple(image_shape), tuple(fov), tuple(input_tile)
         pad_low = tuple((f - 1) // 2 for f in fov) if mirror else (0,) * len(fov)
         pad_high = tuple(f - 1 - lo for f, lo in zip(fov, pad_low, strict=True)) if mirror else pad_low
@@ -77,8 +109,18 @@ class TilePlan:
             )
         if any(t < f for t, f in zip(input_tile, fov, strict=True)):
             raise DensePredError(f"tile shape {list(input_tile)} is smaller than the field of view {list(fov)}")
+        origin = (0,) * len(fov)
+        if roi is not None:
+            roi = [tuple(r) for r in roi]
+            if len(roi) != len(fov) or any(not 0 <= a < b <= o for (a, b), o in zip(roi, output, strict=True)):
+                raise DensePredError(
+                    f"region of interest {_roi_text(roi)} is invalid; it must lie within the dense output "
+                    f"{_roi_text([(0, o) for o in output])}" + ("" if mirror else
+                    f" (without mirroring, output voxel 0 is centred on image voxel {list(pad_low_for(fov))})"))
+            origin = tuple(a for a, _ in roi)
+            output = tuple(b - a for a, b in roi)
         tile = tuple(min(t - f + 1, o) for t, f, o in zip(input_tile, fov, output, strict=True))
-        return cls(image_shape, fov, pad_low, pad_high, output, tile)
+        return cls(image_shape, fov, pad_low, pad_high, output, tile, origin)
 
     @property
     def input_tile(self) -> Shape:
@@ -96,16 +138,36 @@ class TilePlan:
         starts = [axis_starts(o, t) for o, t in zip(self.output_shape, self.output_tile, strict=True)]
         for index in itertools.product(*(range(len(s)) for s in starts)):
             start = tuple(s[i] for s, i in zip(starts, index, strict=True))
-            yield Tile(index, start, self.output_tile)
+            owned = tuple(i * t for i, t in zip(index, self.output_tile, strict=True))
+            owned_shape = tuple(min(t, o - s) for t, o, s in zip(self.output_tile, self.output_shape, owned,
+                                                                   strict=True))
+            yield Tile(index, start, self.output_tile, owned, owned_shape)
+
+    def tile_id(self, tile: Tile) -> int:
+        """The tile's position in C order of the grid: a stable id for done records."""
+        flat = 0
+        for i, n in zip(tile.index, self.grid, strict=True):
+            flat = flat * n + i
+        return flat
 
     def source_window(self, tile: Tile) -> list[tuple[int, int, list[int] | None]]:
         """Per axis: the stored-image range ``[lo, hi)`` the tile's input window needs, and the
         indices into that range that mirror it (None where no mirroring is needed)."""
+        origin = self.origin or (0,) * len(self.fov)
         return [
-            source_window(start, length, low, n)
-            for start, length, low, n in zip(tile.output_start, self.input_tile, self.pad_low,
-                                             self.image_shape, strict=True)
+            source_window(o + start, length, low, n)
+            for o, start, length, low, n in zip(origin, tile.output_start, self.input_tile, self.pad_low,
+                                                self.image_shape, strict=True)
         ]
+
+
+def pad_low_for(fov: Sequence[int]) -> Shape:
+    """The low-side border: output voxel 0 is centred on this image voxel."""
+    return tuple((f - 1) // 2 for f in fov)
+
+
+def _roi_text(roi: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{a}:{b}" for a, b in roi)
 
 
 def axis_starts(extent: int, tile: int) -> list[int]:

@@ -1,0 +1,254 @@
+"""Output arrays that prediction streams into, one tile at a time.
+
+The same specs as for input (see :mod:`densepred.arrays`):
+
+* ``out.zarr`` - an OME-Zarr 0.5 image: a zarr v3 group with multiscales metadata and the
+  array ``0`` in it, chunked like the output tiles (napari and neuroglancer open it).
+  ``out.zarr:name`` puts that image group at ``name`` inside the store.
+* ``out.h5:dataset`` - an HDF5 dataset, chunked like the tiles, gzip-compressed.
+* ``out.tif`` - an uncompressed TIFF (BigTIFF when large), written through a memory map.
+* ``out.npy`` - a NumPy file, written through a memory map.
+
+Each tile is written into its own box (a whole chunk for zarr and HDF5) and flushed before
+the tile is recorded as done.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arrays import ArraySpec
+from .errors import DensePredError
+
+OUTPUT_DTYPES = ("float32", "float16", "uint8")
+WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
+TIFF_LIMIT = 2**32 - 2**25  # classic TIFF offsets are 32 bit; beyond that BigTIFF
+
+
+class OutputArray:
+    """An array being written: ``array[box] = data``, ``flush()``, ``attrs``, ``close()``."""
+
+    def __init__(self, spec: ArraySpec, array: Any, handle: Any = None, group: Any = None):
+        self.spec, self.array, self._handle, self._group = spec, array, handle, group
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        self.array[key] = value
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[key])
+
+    def flush(self) -> None:
+        """Make written tiles durable against a crash of this process."""
+        if self._handle is not None:  # HDF5
+            self._handle.flush()
+        elif isinstance(self.array, np.memmap):
+            self.array.flush()
+
+    def set_attributes(self, values: dict[str, Any]) -> None:
+        """Store metadata where the format has room for it (zarr and HDF5)."""
+        if self.spec.kind == "zarr":
+            target = self._group if self._group is not None else self.array
+            target.update_attributes(values)
+        elif self.spec.kind == "hdf5":
+            import json
+
+            for key, value in values.items():
+                self.array.attrs[key] = json.dumps(value)
+
+    def close(self) -> None:
+        self.flush()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if isinstance(self.array, np.memmap):
+            mm = getattr(self.array, "_mmap", None)
+            if mm is not None:
+                mm.close()
+
+
+def output_exists(spec: ArraySpec) -> bool:
+    """Whether the output named by ``spec`` is already there (for HDF5: the dataset)."""
+    if spec.kind == "hdf5":
+        if not spec.path.exists():
+            return False
+        import h5py
+
+        try:
+            with h5py.File(spec.path, "r") as f:
+                return _h5_key(spec) in f
+        except OSError:
+            return True  # a file that is not HDF5: writing would destroy it
+    if spec.kind == "zarr" and spec.key is not None:
+        return (spec.path / spec.key).exists()
+    return spec.path.exists()
+
+
+def remove_output(spec: ArraySpec) -> None:
+    """Delete an existing output (for HDF5 only the dataset; the file's other data stay)."""
+    if spec.kind == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(spec.path, "a") as f:
+                if _h5_key(spec) in f:
+                    del f[_h5_key(spec)]
+            return
+        except OSError:
+            spec.path.unlink()
+            return
+    target = spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+
+
+def check_writable(spec: ArraySpec) -> None:
+    """Raise a clear error now if the output cannot be written at all."""
+    import os
+
+    if spec.kind not in ("zarr", "hdf5", "tiff", "npy"):
+        raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
+    folder = spec.path.parent
+    if not folder.is_dir():
+        raise DensePredError(f"cannot write {spec}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DensePredError(f"cannot write {spec}: no permission to write in {folder}")
+
+
+def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
+                  axes: Sequence[str], scale: Sequence[float] | None = None,
+                  translation: Sequence[float] | None = None) -> OutputArray:
+    """A new output array of ``shape``; ``chunks`` (the output tile) lays out zarr and HDF5."""
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+    chunks = tuple(int(c) for c in chunks)
+    try:
+        if spec.kind == "zarr":
+            return _create_zarr(spec, shape, dtype, chunks, axes, scale, translation)
+        if spec.kind == "hdf5":
+            return _create_hdf5(spec, shape, dtype, chunks)
+        if spec.kind == "tiff":
+            import tifffile
+
+            bigtiff = int(np.prod(shape)) * dtype.itemsize > TIFF_LIMIT
+            array = tifffile.memmap(spec.path, shape=shape, dtype=dtype, bigtiff=bigtiff)
+            _reserve(spec.path)
+            return OutputArray(spec, array)
+        if spec.kind == "npy":
+            array = np.lib.format.open_memmap(spec.path, mode="w+", dtype=dtype, shape=shape)
+            _reserve(spec.path)
+            return OutputArray(spec, array)
+    except OSError as exc:
+        raise DensePredError(f"cannot create {spec}: {exc.strerror or exc}") from None
+    raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is an error here, not a crash
+    (SIGBUS) in the middle of writing a tile."""
+    import os
+
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                f.close()
+                path.unlink()
+                raise
+            # the file system cannot preallocate (EOPNOTSUPP): write it as a sparse file
+
+
+def open_output(spec: ArraySpec) -> OutputArray:
+    """An existing output, opened for writing the tiles that are still missing."""
+    try:
+        if spec.kind == "zarr":
+            import zarr
+
+            group = zarr.open_group(spec.path / spec.key if spec.key else spec.path, mode="r+")
+            return OutputArray(spec, group["0"], group=group)
+        if spec.kind == "hdf5":
+            import h5py
+
+            handle = h5py.File(spec.path, "r+")
+            return OutputArray(spec, handle[_h5_key(spec)], handle=handle)
+        if spec.kind == "tiff":
+            import tifffile
+
+            return OutputArray(spec, tifffile.memmap(spec.path, mode="r+"))
+        return OutputArray(spec, np.load(spec.path, mmap_mode="r+", allow_pickle=False))
+    except (OSError, KeyError, ValueError) as exc:
+        raise DensePredError(f"cannot reopen {spec} to resume: {exc}; start again with --overwrite") from None
+
+
+def _create_zarr(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+                 axes: Sequence[str], scale: Sequence[float] | None,
+                 translation: Sequence[float] | None) -> OutputArray:
+    import zarr
+
+    root = zarr.open_group(spec.path, mode="a", zarr_format=3)
+    group = root.create_group(spec.key) if spec.key else root
+    array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                               dimension_names=list(axes))
+    group.update_attributes({"ome": ome_multiscales(axes, scale, translation, spec.key or spec.path.stem)})
+    return OutputArray(spec, array, group=group)
+
+
+def ome_multiscales(axes: Sequence[str], scale: Sequence[float] | None = None,
+                    translation: Sequence[float] | None = None, name: str = "") -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attributes of a one-level image with these axes (``c``, ``z``, ``y``, ``x``)."""
+    kinds = {"c": "channel", "z": "space", "y": "space", "x": "space"}
+    scale = list(scale) if scale is not None else [1.0] * len(axes)
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [float(v) for v in scale]}]
+    if translation is not None and any(translation):
+        transforms.append({"type": "translation", "translation": [float(v) for v in translation]})
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": [{"name": a, "type": kinds[a], **({"unit": "pixel"} if kinds[a] == "space" else {})}
+                     for a in axes],
+            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+        }],
+    }
+
+
+def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> OutputArray:
+    import h5py
+
+    handle = h5py.File(spec.path, "a")
+    try:
+        array = handle.create_dataset(_h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, dtype),
+                                      compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
+    except BaseException:
+        handle.close()
+        raise
+    return OutputArray(spec, array, handle=handle)
+
+
+def _h5_chunks(chunks: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """The tile as the chunk, halved along its longest axis until under HDF5's 4 GiB limit."""
+    chunks = list(chunks)
+    while int(np.prod(chunks)) * dtype.itemsize >= 2**32 - 1:
+        axis = int(np.argmax(chunks))
+        chunks[axis] = (chunks[axis] + 1) // 2
+    return tuple(chunks)
+
+
+def _h5_key(spec: ArraySpec) -> str:
+    return spec.key or "prediction"
