@@ -15,7 +15,7 @@ import ctypes.util
 import os
 import sys
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
 _tuned: bool | None = None
 
 
@@ -32,9 +32,10 @@ def tune_cpu_allocator() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
-    largest = 2**31 - 1
+    # No mmap for large blocks (a threshold cannot exceed 2 GiB, and a 2 GiB activation map
+    # mmapped afresh for every layer paid its page faults every time) and no trimming (-1).
     _tuned = all(mallopt(option, value) == 1 for option, value in (
-        (M_MMAP_THRESHOLD, largest), (M_TRIM_THRESHOLD, largest), (M_TOP_PAD, 256 * 2**20)))
+        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 256 * 2**20)))
     return _tuned
 
 
