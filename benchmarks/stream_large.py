@@ -31,7 +31,7 @@ from densepred.weights import save_weights
 
 SHAPE = (128, 4096, 4096)
 CHUNKS = (32, 512, 512)
-TILE = "34,519,519"  # MFP-valid; output tiles of 32 x 512 x 512
+TILE = "34,263,263"  # MFP-valid; output tiles of 32 x 256 x 256
 CONFIG = """name = "large"
 save_dir = "run"
 

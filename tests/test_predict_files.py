@@ -243,8 +243,11 @@ def test_resume_with_other_settings_or_weights_is_refused(config, volume, tmp_pa
     weights = make_config(other, seed=1).parent / "run" / "stream-LAST.safetensors"
     assert predict(config, tmp_path, out, "--resume", "--weights", str(weights)) == 2
     assert "the network config or weights differs" in capsys.readouterr().err
-    assert predict(config, tmp_path, str(tmp_path / "never.npy"), "--resume") == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    assert predict(config, tmp_path, str(tmp_path / "never.npy"), "--resume") == 0  # nothing begun: a fresh start
+    np.save(tmp_path / "mine.npy", volume)
+    assert predict(config, tmp_path, str(tmp_path / "mine.npy"), "--resume") == 2
+    assert "it has no run record" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(tmp_path / "mine.npy"), volume)  # not touched
 
 
 def bad(tmp_path, name, data):

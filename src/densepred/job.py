@@ -140,7 +140,7 @@ def predict_to_file(job: PredictJob) -> JobResult:
     _check_not_input(out_spec, job.input)
     record_dir = record_path(out_spec)
 
-    previous = _read_record(record_dir) if job.resume else None
+    previous = _resumable_record(out_spec, record_dir) if job.resume else None
     tile, mode, batch_size = _settings(job, cfg, net, previous)
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
     plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, device, roi)
@@ -165,16 +165,16 @@ def predict_to_file(job: PredictJob) -> JobResult:
         if previous.get("complete"):
             log.warning("%s is already complete; nothing to do", out_spec)
             return JobResult(out_spec, tuple(record["output"]["shape"]), len(plan), 0, len(plan))
+        done = read_done(record_dir)
+    if previous is not None and (done or output_exists(out_spec)):
         output = open_output(out_spec)
         if output.shape != tuple(record["output"]["shape"]) or output.dtype != encoding.stored_dtype:
             output.close()
             raise DensePredError(f"{out_spec} has shape {list(output.shape)} and dtype {output.dtype}, not what its "
                                  "run record says; start again with --overwrite")
-        done = read_done(record_dir)
-    else:
-        output = _new_output(out_spec, record_dir, plan, encoding, geometry.offset, job)
-        _write_record(record_dir, record)
-        output.set_attributes({"densepred": {"complete": False}})
+    else:  # a new run, or one killed before its output existed
+        replace = job.overwrite or previous is not None
+        output = _new_output(out_spec, record_dir, plan, encoding, geometry.offset, job, record, replace)
         done = set()
 
     engine = DenseEngine(net, engine_mode, device)
@@ -248,13 +248,25 @@ def read_done(record_dir: Path) -> set[int]:
     return {int(line) for line in lines[:-1] if line.strip().isdigit()}  # the last piece lacks its newline
 
 
-def _read_record(record_dir: Path) -> dict[str, Any]:
+def _resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | None:
+    """The interrupted run's record; None when there is nothing to resume (a fresh start).
+
+    A record folder without ``run.json`` is a run killed before it began: nothing of it counts.
+    An output without any record was not written by ``densepred predict`` and is not touched.
+    """
     path = record_dir / "run.json"
+    if not path.exists():
+        if output_exists(spec) and not record_dir.exists():
+            raise DensePredError(f"cannot resume {spec}: it has no run record ({path}), so it was not written "
+                                 "by densepred predict; choose another output, or pass --overwrite")
+        if record_dir.exists():
+            if output_exists(spec):
+                remove_output(spec)
+            shutil.rmtree(record_dir, ignore_errors=True)
+        log.info("nothing to resume for %s; starting", spec)
+        return None
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DensePredError(f"nothing to resume: {path} does not exist (the output was not started by "
-                             "densepred predict); run without --resume") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DensePredError(f"cannot read the run record {path}: {exc}; start again with --overwrite") from None
 
@@ -335,9 +347,10 @@ def _output_shape(plan: TilePlan, encoding: Encoding) -> tuple[int, ...]:
 
 
 def _new_output(spec: ArraySpec, record_dir: Path, plan: TilePlan, encoding: Encoding, offset: Sequence[int],
-                job: PredictJob) -> Any:
+                job: PredictJob, record: dict[str, Any], replace: bool) -> Any:
+    """Create the run record, then the output (marked incomplete), replacing old ones if allowed."""
     if output_exists(spec) or record_dir.exists():
-        if not job.overwrite:
+        if not replace:
             raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
                                  "finish an interrupted run")
         remove_output(spec)
@@ -346,14 +359,17 @@ def _new_output(spec: ArraySpec, record_dir: Path, plan: TilePlan, encoding: Enc
         record_dir.mkdir(parents=True)
     except OSError as exc:
         raise DensePredError(f"cannot create {record_dir}: {exc.strerror}") from None
+    _write_record(record_dir, record)
     spatial_axes = list("zyx"[3 - len(plan.output_shape):])
     axes = spatial_axes if encoding.argmax else ["c", *spatial_axes]
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     # where output voxel 0 sits in the image, in voxels: the ROI start, plus the border without mirroring
     start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
     translation = start if encoding.argmax else [0, *start]
-    return create_output(spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks, axes,
-                         translation=translation)
+    output = create_output(spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks, axes,
+                           translation=translation)
+    output.set_attributes({"densepred": {"complete": False}})
+    return output
 
 
 def _write_error(exc: OSError, spec: ArraySpec, done: int, total: int) -> DensePredError:
