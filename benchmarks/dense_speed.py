@@ -105,7 +105,8 @@ def main() -> None:
     print(f"device {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak (float32, 4096^2): {peak / 1e9:.1f} GFLOP/s")
     print()
-    print("| net | output tile | mode | s/tile | output voxels/s | useful GFLOP/s | of matmul peak | computed GFLOP/s |")
+    print("| net | output tile | mode | s/tile | output voxels/s | useful GFLOP/s | of matmul peak "
+          "| computed GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
     for net_name, side, modes in runs:

@@ -67,21 +67,31 @@ def main() -> None:
         for trial in range(args.trials):
             out = work / "cut.zarr"
             delay = rng.uniform(0.0, seconds)
-            victim = subprocess.Popen([*base, "--output", str(out), "--overwrite"])
+            victim = subprocess.Popen([*base, "--output", str(out), "--overwrite"], stdout=subprocess.DEVNULL)
             time.sleep(delay)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             log = work / "cut.zarr.densepred" / "done.log"
             record = work / "cut.zarr.densepred" / "run.json"
-            done = len(log.read_text().split("\n")) - 1 if log.exists() else (
-                "all" if record.exists() else "no")
+            if log.exists():
+                state = f"{len(log.read_text().split(chr(10))) - 1} tiles recorded"
+            elif record.exists() and '"complete": true' in record.read_text():
+                state = "the output complete (the run had finished, or had not yet replaced the last one)"
+            else:
+                state = "no run record yet"
             resumed = subprocess.run([*base, "--output", str(out), "--resume"], capture_output=True, text=True,
                                      check=False)
             if resumed.returncode != 0:
                 raise SystemExit(f"resume failed: {resumed.stderr.strip()}")
-            same = chunk_bytes(out) == reference
+            got = chunk_bytes(out)
+            same = got == reference
+            if not same:
+                differing = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+                print(f"  differing chunk files: {differing[:10]} ({len(differing)})")
+                import shutil
+                shutil.copytree(work, Path(f"/tmp/kill-failure-{trial + 1}"), dirs_exist_ok=True)
             identical += same
-            print(f"trial {trial + 1}: killed after {delay:.2f} s with {done} tiles recorded; "
+            print(f"trial {trial + 1}: killed after {delay:.2f} s with {state}; "
                   f"resume: {resumed.stdout.strip()}; byte-identical: {same}")
         print(f"{identical} of {args.trials} resumed outputs byte-identical to the uninterrupted run")
         if identical != args.trials:

@@ -208,7 +208,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_byte_identical(config, tmp_pat
     subprocess.run([*base, "--output", str(tmp_path / "whole.zarr")], check=True)
     record = tmp_path / "cut.zarr.densepred" / "done.log"
     rng = random.Random(os.getpid())
-    for attempt in range(3):  # the kill can land after the last tile; then try again
+    for _ in range(3):  # the kill can land after the last tile; then try again
         victim = subprocess.Popen([*base, "--output", str(tmp_path / "cut.zarr"), "--overwrite"])
         deadline = time.monotonic() + 60
         while not (record.exists() and record.stat().st_size > 0) and time.monotonic() < deadline:

@@ -111,14 +111,15 @@ def test_prediction_net_loads_the_last_weights_and_predicts_like_the_trained_net
 
 def test_weight_file_errors_name_the_file_and_the_tensor(tmp_path):
     config = write_config(tmp_path, steps=10)
-    with pytest.raises(DensePredError, match="weights file not found: .*tiny-LAST.safetensors"):
+    with pytest.raises(DensePredError, match=r"weights file not found: .*tiny-LAST\.safetensors"):
         create_prediction_net(config)
     densepred.train(config, progress=False)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00not a safetensors file" * 10)
-    with pytest.raises(DensePredError, match="corrupt.safetensors is not a readable safetensors file"):
+    with pytest.raises(DensePredError, match=r"corrupt\.safetensors is not a readable safetensors file"):
         create_prediction_net(config, param_file=corrupt)
-    wider = write_config(tmp_path / "..", network=NETWORK.replace("filters = 12, kernel = 3 },", "filters = 16, kernel = 3 },", 1))
+    wider_network = NETWORK.replace("filters = 12, kernel = 3 },", "filters = 16, kernel = 3 },", 1)
+    wider = write_config(tmp_path / "..", network=wider_network)
     with pytest.raises(DensePredError, match=r"tensor 'blocks.1.transform.weight' has shape \[12, 8, 3, 3\] "
                                              r"in the file but \[16, 8, 3, 3\] in the network"):
         create_prediction_net(wider, param_file=tmp_path / "run" / "tiny-LAST.safetensors")
@@ -188,7 +189,8 @@ def test_training_config_errors(tmp_path, extra, message):
 def test_wrong_training_patch_names_the_nearest_valid_sizes(tmp_path):
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace("patch_size = 33", "patch_size = 34"))
-    with pytest.raises(DensePredError, match=r"training.patch_size = \[34, 34\] is not a valid.*nearest valid: \[33, 33\] or \[35, 35\]"):
+    with pytest.raises(DensePredError, match=r"training.patch_size = \[34, 34\] is not a valid.*"
+                                             r"nearest valid: \[33, 33\] or \[35, 35\]"):
         load_config(path)
 
 
@@ -196,7 +198,7 @@ def test_labels_out_of_range_are_reported(tmp_path):
     config = write_config(tmp_path)
     with h5py.File(tmp_path / "data.h5", "a") as f:
         f["label"][...] = f["label"][...] * 3
-    with pytest.raises(DensePredError, match="label 3 is out of range; labels must be 0..1"):
+    with pytest.raises(DensePredError, match=r"label 3 is out of range; labels must be 0\.\.1"):
         densepred.train(config, progress=False)
 
 

@@ -353,8 +353,11 @@ def _new_output(spec: ArraySpec, record_dir: Path, plan: TilePlan, encoding: Enc
         if not replace:
             raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
                                  "finish an interrupted run")
-        remove_output(spec)
+        # the record goes first: a crash while the old output is being deleted must not leave
+        # a half-deleted output that a record still calls complete
+        (record_dir / "run.json").unlink(missing_ok=True)
         shutil.rmtree(record_dir, ignore_errors=True)
+        remove_output(spec)
     try:
         record_dir.mkdir(parents=True)
     except OSError as exc:
