@@ -277,15 +277,25 @@ def _walk(worker: _Worker, geometry: Geometry, modes: Sequence[str], aspect: Seq
         following = walk.next_index(index, seconds_left)
         if bar is not None:
             bar.update((len(shapes) if following is None else following) - index)
-        if following is None and index + 1 < len(shapes) and walk.active:
-            walk.stops.append(f"at the time budget: {_x(geometry.input_shape_for(shapes[index + 1]))} and larger would "
-                              f"not finish in the {max(seconds_left, 0):.0f} s left")
-        elif following is None and walk.active:
-            walk.stops.append("at the memory limit: the next shape's activation estimate exceeds it")
+        if following is None and walk.active:
+            walk.stops.append(_why_stopped(walk, geometry, index, seconds_left, limit))
         index = following
     result.stops.extend(walk.stops)
     if bar is not None:
         bar.close()
+
+
+def _why_stopped(walk: _Walk, geometry: Geometry, index: int, seconds_left: float, limit: int) -> str:
+    """Why the walk ends after ``index``: memory (no larger shape fits any mode) or time."""
+    following = index + 1
+    if following < len(walk.shapes) and any(walk.fits(m, following) for m in walk.active):
+        return (f"at the time budget: {_x(geometry.input_shape_for(walk.shapes[following]))} and larger would "
+                f"not finish in the {max(seconds_left, 0):.0f} s left")
+    if following < len(walk.shapes):
+        peak = min(walk.predicted_peak(m, following) for m in walk.active)
+        return (f"at the memory limit: {_x(geometry.input_shape_for(walk.shapes[following]))} would need about "
+                f"{peak / 2**30:.2f} GiB, over the limit of {limit / 2**30:.2f} GiB")
+    return "at the memory limit: the next shape's activation estimate exceeds it"
 
 
 def _predict_peak(baseline: int, estimate: int, previous: ProfileRow | None) -> int:
