@@ -220,9 +220,11 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
     """The engine for a tile: ``mode`` itself, or for ``"auto"`` the fastest valid one.
 
     Shift-and-stitch is never the fastest. MFP and dilated convolutions do the same FLOPs
-    and measured within 5% of each other on the CPU (docs/BENCHMARKS.md); MFP is taken
-    where the tile allows it because it runs only undilated convolutions, the kernels every
-    backend optimises first, and dilated convolutions serve every other tile.
+    and measured within 5-10% of each other on the CPU, either way round depending on the
+    tile (docs/BENCHMARKS.md); MFP is taken where the tile allows it because it runs only
+    undilated convolutions, the kernels every backend optimises first, and dilated
+    convolutions serve every other tile. ``densepred profile --write`` measures both and
+    stores the faster one in the config.
     """
     if mode != "auto":
         return mode
