@@ -193,6 +193,8 @@ def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, t
     monkeypatch.setattr(Encoding, "__call__", original)
     assert predict(config, tmp_path, out) == 2  # exists: refused without --resume
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    # a chunk write cut short by a crash leaves zarr's temporary file; resume clears it
+    (tmp_path / "part.zarr" / "0" / "c" / "0" / "0" / "0" / "0.1234.partial").write_bytes(b"cut")
     assert predict(config, tmp_path, out, "--resume") == 0  # tile, mode and batch size from the record
     assert "8 already done" in capsys.readouterr().out
     np.testing.assert_array_equal(open_array(out)[...], open_array(str(tmp_path / "whole.zarr"))[...])

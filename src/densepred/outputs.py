@@ -180,7 +180,9 @@ def open_output(spec: ArraySpec) -> OutputArray:
         if spec.kind == "zarr":
             import zarr
 
-            group = zarr.open_group(spec.path / spec.key if spec.key else spec.path, mode="r+")
+            folder = spec.path / spec.key if spec.key else spec.path
+            remove_partial_writes(folder)
+            group = zarr.open_group(folder, mode="r+")
             return OutputArray(spec, group["0"], group=group)
         if spec.kind == "hdf5":
             import h5py
@@ -194,6 +196,18 @@ def open_output(spec: ArraySpec) -> OutputArray:
         return OutputArray(spec, np.load(spec.path, mmap_mode="r+", allow_pickle=False))
     except (OSError, KeyError, ValueError) as exc:
         raise DensePredError(f"cannot reopen {spec} to resume: {exc}; start again with --overwrite") from None
+
+
+def remove_partial_writes(folder: Path) -> int:
+    """Delete the temporary files of chunk writes a crash cut short.
+
+    zarr's local store writes each chunk to ``<chunk>.<random>.partial`` and renames it into
+    place, so a killed process can leave one behind; the chunk itself is rewritten on resume.
+    """
+    stray = list(folder.rglob("*.partial"))
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
 
 
 def _create_zarr(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
