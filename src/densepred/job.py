@@ -132,12 +132,13 @@ def predict_to_file(job: PredictJob) -> JobResult:
     net = create_prediction_net(cfg, param_file=weights)
     geometry = net.geometry
     assert geometry is not None
-    source = ChannelFirst(open_array(job.input), cfg.network.in_channels, geometry.ndim)
+    in_spec = ArraySpec.parse(job.input)
+    source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     device = resolve_device(job.device)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     out_spec = ArraySpec.parse(job.output)
     check_writable(out_spec)
-    _check_not_input(out_spec, job.input)
+    _check_not_input(out_spec, in_spec)
     record_dir = record_path(out_spec)
 
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
@@ -147,7 +148,7 @@ def predict_to_file(job: PredictJob) -> JobResult:
     engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
     record = {
         "version": RECORD_VERSION,
-        "input": {"spec": str(ArraySpec.parse(job.input).path.resolve()) + _key(job.input),
+        "input": {"spec": str(ArraySpec(in_spec.path.resolve(), in_spec.key)),
                   "shape": list(source.image.shape), "dtype": str(source.dtype)},
         "network": {"config_sha256": _network_hash(cfg), "weights_sha256": _file_hash(weights),
                     "fov": list(geometry.fov), "stride": list(geometry.stride)},
@@ -185,7 +186,7 @@ def _run(job: PredictJob, engine: DenseEngine, source: ChannelFirst, plan: TileP
          output: Any, out_spec: ArraySpec, record_dir: Path, record: dict[str, Any], done: set[int],
          batch_size: int) -> JobResult:
     tiles = list(plan.tiles())
-    todo = [t for t in _batches_to_run(tiles, plan, done, batch_size)]
+    todo = _batches_to_run(tiles, plan, done, batch_size)
     log_file = open(record_dir / "done.log", "a", encoding="ascii")  # noqa: SIM115 - closed below
     written = 0
 
@@ -381,15 +382,9 @@ def _write_error(exc: OSError, spec: ArraySpec, done: int, total: int) -> DenseP
                           "done); fix the cause and rerun with --resume")
 
 
-def _check_not_input(out_spec: ArraySpec, input_spec: str) -> None:
-    source = ArraySpec.parse(input_spec)
+def _check_not_input(out_spec: ArraySpec, source: ArraySpec) -> None:
     if out_spec.path.resolve() == source.path.resolve() and (out_spec.key == source.key or out_spec.kind != "hdf5"):
         raise DensePredError(f"the output {out_spec} is the input; choose another output")
-
-
-def _key(spec: str) -> str:
-    parsed = ArraySpec.parse(spec)
-    return f":{parsed.key}" if parsed.key else ""
 
 
 def _network_hash(cfg: Config) -> str:

@@ -327,6 +327,7 @@ class _Worker:
 
     def __init__(self, cfg: Config, device: str):
         self.cfg, self.device = cfg, device
+        self.flops_per_voxel = Geometry.from_config(cfg.network).flops_per_voxel
         self._context = multiprocessing.get_context("spawn")
         self._start()
 
@@ -352,7 +353,7 @@ class _Worker:
         reply = self._receive()
         wall = time.monotonic() - start
         common = dict(mode=mode, input_shape=input_shape, output_shape=output, estimated_bytes=estimate,
-                      useful_flops_per_voxel=Geometry.from_config(self.cfg.network).flops_per_voxel,
+                      useful_flops_per_voxel=self.flops_per_voxel,
                       matmul_flops=self.matmul_flops, wall_seconds=wall)
         if reply is None:
             return ProfileRow(seconds=0.0, peak_bytes=0, status="oom", **common)

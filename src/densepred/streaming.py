@@ -67,7 +67,7 @@ def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute
         thread.start()
     try:
         while True:
-            item = _get(inputs, stop, errors)
+            item = _get(inputs, errors)
             if item is _END or item is None:
                 break
             batch, data = item
@@ -101,7 +101,7 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event, force: bool = False,
                 _drain_one(q)
 
 
-def _get(q: queue.Queue, stop: threading.Event, errors: Sequence[BaseException]) -> Any:
+def _get(q: queue.Queue, errors: Sequence[BaseException]) -> Any:
     while True:
         if errors:
             return None

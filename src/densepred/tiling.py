@@ -98,7 +98,7 @@ class TilePlan:
         (with ``mirror`` those are the image's own coordinates).
         """
         image_shape, fov, input_tile = tuple(image_shape), tuple(fov), tuple(input_tile)
-        pad_low = tuple((f - 1) // 2 for f in fov) if mirror else (0,) * len(fov)
+        pad_low = pad_low_for(fov) if mirror else (0,) * len(fov)
         pad_high = tuple(f - 1 - lo for f, lo in zip(fov, pad_low, strict=True)) if mirror else pad_low
         padded = tuple(n + lo + hi for n, lo, hi in zip(image_shape, pad_low, pad_high, strict=True))
         output = tuple(p - f + 1 for p, f in zip(padded, fov, strict=True))
