@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench clean
+.PHONY: test test-slow lint demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m densepred.demo --out demo
+	$(VENV)/bin/densepred demo --out demo
 
-test: $(STAMP)
+# ruff and the import-linter contracts (pyproject.toml), then the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -27,4 +32,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/dense_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .import_linter_cache .ruff_cache

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import densepred
-from densepred.engines import DenseEngine
-from densepred.profiling import matmul_peak
+from densepred.networks.engines import DenseEngine
+from densepred.running.profiling import matmul_peak
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ALL_MODES = ["mfp", "dilated", "naive"]

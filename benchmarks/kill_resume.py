@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import densepred
-from densepred.weights import save_weights
+from densepred.networks.weights import save_weights
 
 CONFIG = """name = "kill"
 save_dir = "run"
@@ -67,7 +67,7 @@ def main() -> None:
         torch.manual_seed(0)
         save_weights(densepred.build_net(densepred.load_config(config)), work / "run" / "kill-LAST.safetensors")
         np.save(work / "raw.npy", np.random.default_rng(0).random((40, 300, 300), dtype=np.float32))
-        base = [sys.executable, "-m", "densepred.cli", "predict", str(config), "--input", str(work / "raw.npy"),
+        base = [sys.executable, "-m", "densepred", "predict", str(config), "--input", str(work / "raw.npy"),
                 "--tile", "8,41,41", "--mode", "mfp", "--batch-size", "3", "--quiet"]
         start = time.monotonic()
         whole, out = work / f"whole.{args.format}", work / f"cut.{args.format}"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import densepred
-from densepred.weights import save_weights
+from densepred.networks.weights import save_weights
 
 
 def main() -> None:

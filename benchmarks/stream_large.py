@@ -28,7 +28,7 @@ import torch
 import zarr
 
 import densepred
-from densepred.weights import save_weights
+from densepred.networks.weights import save_weights
 
 SHAPE = (128, 4096, 4096)
 CHUNKS = (32, 512, 512)
@@ -76,7 +76,7 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
 
 
 def run_prediction(config: Path, volume: Path, output: Path) -> None:
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "densepred.cli", "predict", str(config),
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "densepred", "predict", str(config),
                "--input", str(volume), "--output", str(output), "--tile", TILE, "--mode", "mfp",
                "--dtype", "uint8", "--classes", "1", "--overwrite", "--quiet"]
     print("$", " ".join(command[2:]))

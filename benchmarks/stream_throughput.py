@@ -20,8 +20,8 @@ import torch
 import zarr
 
 import densepred
-from densepred.job import PredictJob, predict_to_file
-from densepred.weights import save_weights
+from densepred.networks.weights import save_weights
+from densepred.running.file_job import PredictJob, predict_to_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

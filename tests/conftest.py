@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import densepred
-from densepred.network import DenseNet
+from densepred.networks import DenseNet
 
 
 def make_net(network: dict, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseNet:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from densepred.cli import main
+from densepred.interfaces.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -15,20 +15,23 @@ def test_info_prints_the_layer_table_and_geometry(capsys):
     assert main(["info", str(EXAMPLES / "m36.toml"), "--input-shape", "108"]) == 0
     out = capsys.readouterr().out
     assert "conv2   3 x 3 x 3  2 x 2 x 2  80    4 x 4 x 4  9 x 9 x 9" in out
-    assert "field of view   85 x 85 x 85" in out and "stride          8 x 8 x 8" in out
-    assert "dense output 24 x 24 x 24" in out and "valid for mfp" in out
+    assert "field of view   85 x 85 x 85" in out
+    assert "stride          8 x 8 x 8" in out
+    assert "dense output 24 x 24 x 24" in out
+    assert "valid for mfp" in out
     assert "nearest valid: 101 x 101 x 101 or 109 x 109 x 109" in out
 
 
 def test_bad_config_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[network]\ndims = 3\nin_channels = 1\nn_classes = 2\nactivation = "rleu"\n')
-    result = subprocess.run([sys.executable, "-m", "densepred.cli", "info", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "densepred", "info", str(bad)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "did you mean 'relu'" in lines[0]
+    assert len(lines) == 1
+    assert "did you mean 'relu'" in lines[0]
 
 
 def test_bad_shape_option(capsys):

@@ -34,10 +34,14 @@ tile_shape = [20, 100, 100]
 mode = "mfp"
 """)
     cfg = load_config(path)
-    assert cfg.name == "aniso" and cfg.save_dir == (tmp_path / "runs").resolve()
-    assert cfg.network.layers[0].kernel == (1, 5, 5) and cfg.network.layers[1].pool == (3, 3, 3)
-    assert cfg.network.activation == "relu" and cfg.network.output_kernel == (1, 1, 1)
-    assert cfg.prediction.tile_shape == (20, 100, 100) and cfg.prediction.mode == "mfp"
+    assert cfg.name == "aniso"
+    assert cfg.save_dir == (tmp_path / "runs").resolve()
+    assert cfg.network.layers[0].kernel == (1, 5, 5)
+    assert cfg.network.layers[1].pool == (3, 3, 3)
+    assert cfg.network.activation == "relu"
+    assert cfg.network.output_kernel == (1, 1, 1)
+    assert cfg.prediction.tile_shape == (20, 100, 100)
+    assert cfg.prediction.mode == "mfp"
 
 
 def net_with(**changes):
@@ -75,7 +79,8 @@ def test_mistakes_are_config_errors_that_say_what_is_valid(data, message):
     with pytest.raises(ConfigError) as error:
         densepred.config_from_dict(data)
     assert message in str(error.value)
-    assert isinstance(error.value, DensePredError) and isinstance(error.value, ValueError)
+    assert isinstance(error.value, DensePredError)
+    assert isinstance(error.value, ValueError)
 
 
 def test_patch_size_error_names_the_nearest_valid_sizes():

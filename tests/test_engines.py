@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from densepred.engines import DenseEngine, interleave_fragments, split_fragments
+from densepred.networks.engines import DenseEngine, interleave_fragments, split_fragments
 from tests.conftest import NETS, make_net, reference_logits
 
 CPU = torch.device("cpu")

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from densepred import DensePredError, Geometry, config_from_dict
-from densepred.geometry import LayerGeometry
-from densepred.tiling import TilePlan, axis_starts, default_output_tile, reflect_index, source_window
+from densepred.config import network_geometry
+from densepred.geometry import LayerGeometry, TilePlan, axis_starts, default_output_tile, reflect_index, source_window
 
 
 def geometry_of(layers):
@@ -45,10 +45,13 @@ def test_m36_matches_the_published_numbers():
         "layers": [{"filters": 80, "kernel": 2, "pool": 2}, {"filters": 80, "kernel": 3, "pool": 2},
                    {"filters": 80, "kernel": 3, "pool": 2}] + [{"filters": 80, "kernel": 3}] * 3,
         "output_kernel": 3}})
-    g = Geometry.from_config(cfg.network)
-    assert g.fov == (85, 85, 85) and g.stride == (8, 8, 8) and g.offset == (42, 42, 42)
+    g = network_geometry(cfg.network)
+    assert g.fov == (85, 85, 85)
+    assert g.stride == (8, 8, 8)
+    assert g.offset == (42, 42, 42)
     assert round(g.flops_per_voxel / 1e6, 3) == 1.742
-    assert g.is_valid((108,) * 3, "mfp") and g.dense_output_shape((108,) * 3) == (24,) * 3
+    assert g.is_valid((108,) * 3, "mfp")
+    assert g.dense_output_shape((108,) * 3) == (24,) * 3
     # shift-and-stitch costs 15.3x the useful FLOPs of MFP on an infinite volume (ZNNi)
     per_layer = [layer.flops_per_voxel for layer in g.layers]
     strides_before = [1, 2, 4, 8, 8, 8, 8]
@@ -61,8 +64,9 @@ def test_n4_mlp_head_becomes_a_convolution_over_the_last_feature_map():
         "dims": 2, "in_channels": 1, "n_classes": 2,
         "layers": [{"filters": 48, "kernel": k, "pool": 2} for k in (4, 5, 4, 4)],
         "mlp": [200], "patch_size": 95}})
-    g = Geometry.from_config(cfg.network)
-    assert g.fov == (95, 95) and g.stride == (16, 16)
+    g = network_geometry(cfg.network)
+    assert g.fov == (95, 95)
+    assert g.stride == (16, 16)
     assert [layer.kernel for layer in g.layers[-2:]] == [(3, 3), (1, 1)]
 
 
@@ -75,10 +79,12 @@ def test_validity_and_suggestions(layers, n):
         valid = simulate(layers, n, mode)
         assert g.is_valid((n,), mode) == valid
         below, above = g.nearest_valid((n,), mode)
-        assert simulate(layers, above[0], mode) and above[0] >= n
+        assert simulate(layers, above[0], mode)
+        assert above[0] >= n
         assert not any(simulate(layers, m, mode) for m in range(n, above[0]))
         if below is not None:
-            assert simulate(layers, below[0], mode) and below[0] <= n
+            assert simulate(layers, below[0], mode)
+            assert below[0] <= n
             assert not any(simulate(layers, m, mode) for m in range(below[0] + 1, n + 1))
         else:
             assert not any(simulate(layers, m, mode) for m in range(1, n + 1))
@@ -100,7 +106,8 @@ def test_tiles_cover_every_output_voxel_and_stay_inside(extent, tile):
     starts = axis_starts(extent, tile)
     covered = np.zeros(extent, int)
     for s in starts:
-        assert s >= 0 and s + tile <= extent
+        assert s >= 0
+        assert s + tile <= extent
         covered[s:s + tile] += 1
     assert covered.min() == 1  # every voxel covered
     assert covered.sum() - extent < tile  # only the last tile overlaps its neighbour
@@ -120,9 +127,13 @@ def test_mirror_indices_equal_numpy_reflect_padding(n, pad, start, length):
 
 def test_tile_plan_shapes_and_errors():
     plan = TilePlan.create((50, 40), fov=(9, 9), input_tile=(24, 24), mirror=False)
-    assert plan.output_shape == (42, 32) and plan.output_tile == (16, 16) and len(plan) == 6
+    assert plan.output_shape == (42, 32)
+    assert plan.output_tile == (16, 16)
+    assert len(plan) == 6
     mirrored = TilePlan.create((50, 40), fov=(9, 8), input_tile=(24, 24), mirror=True)
-    assert mirrored.output_shape == (50, 40) and mirrored.pad_low == (4, 3) and mirrored.pad_high == (4, 4)
+    assert mirrored.output_shape == (50, 40)
+    assert mirrored.pad_low == (4, 3)
+    assert mirrored.pad_high == (4, 4)
     with pytest.raises(DensePredError, match="mirror=True"):
         TilePlan.create((5, 40), fov=(9, 9), input_tile=(24, 24), mirror=False)
 

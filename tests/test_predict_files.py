@@ -19,10 +19,10 @@ import torch
 import zarr
 
 import densepred
-from densepred.arrays import open_array
-from densepred.cli import main
-from densepred.job import Encoding
-from densepred.weights import save_weights
+from densepred.interfaces.cli import main
+from densepred.io.arrays import open_array
+from densepred.networks.weights import save_weights
+from densepred.running.file_job import Encoding
 
 CONFIG = """name = "stream"
 save_dir = "run"
@@ -98,7 +98,8 @@ def test_every_format_round_trips_to_exactly_the_in_memory_prediction(config, vo
     out = str(tmp_path / OUTPUTS[kind])
     assert predict(config, tmp_path, out, input_spec=spec) == 0
     stored = np.asarray(open_array(out)[...])
-    assert stored.dtype == np.float32 and stored.shape == expected.shape
+    assert stored.dtype == np.float32
+    assert stored.shape == expected.shape
     np.testing.assert_array_equal(stored, expected)
 
 
@@ -112,7 +113,8 @@ def test_zarr_output_is_ome_zarr_chunked_like_the_tiles(config, volume, tmp_path
     net = densepred.build_net(densepred.load_config(config))
     assert transforms[1]["translation"] == [0, *net.geometry.offset]  # output voxel 0 sits at the offset
     array = group["0"]
-    assert array.metadata.zarr_format == 3 and array.chunks == (3, 4, 12, 10)
+    assert array.metadata.zarr_format == 3
+    assert array.chunks == (3, 4, 12, 10)
     assert group.attrs["densepred"]["complete"] is True
 
 
@@ -122,7 +124,8 @@ def test_hdf5_output_is_chunked_and_compressed_and_keeps_other_datasets(config, 
     assert predict(config, tmp_path, f"{tmp_path / 'out.h5'}:pred/probs") == 0
     with h5py.File(tmp_path / "out.h5", "r") as f:
         dataset = f["pred/probs"]
-        assert dataset.chunks == (3, 4, 12, 10) and dataset.compression == "gzip"
+        assert dataset.chunks == (3, 4, 12, 10)
+        assert dataset.compression == "gzip"
         np.testing.assert_array_equal(f["raw"][...], volume)
         assert json.loads(dataset.attrs["densepred"])["complete"] is True
 
@@ -139,7 +142,8 @@ def test_stored_values_are_the_encoded_probabilities(config, volume, tmp_path, e
     assert stored.dtype == expected.dtype
     np.testing.assert_array_equal(stored, expected)
     if "uint8" in extra:
-        assert stored.max() > 200 and stored.min() < 50
+        assert stored.max() > 200
+        assert stored.min() < 50
 
 
 @pytest.mark.parametrize("mirror", [False, True])
@@ -186,7 +190,8 @@ def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, t
     out = str(tmp_path / "part.zarr")
     assert predict(config, tmp_path, out, "--batch-size", "2") == 2
     err = capsys.readouterr().err
-    assert "the disk is full; the output is incomplete (8 of " in err and "--resume" in err
+    assert "the disk is full; the output is incomplete (8 of " in err
+    assert "--resume" in err
     assert len(err.strip().splitlines()) == 1
     assert zarr.open_group(out, mode="r").attrs["densepred"]["complete"] is False
     assert json.loads((tmp_path / "part.zarr.densepred" / "run.json").read_text())["complete"] is False
@@ -205,7 +210,7 @@ def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, t
 def test_kill_9_at_a_random_moment_then_resume_is_byte_identical(config, tmp_path):
     data = np.random.default_rng(3).random((16, 90, 80), dtype=np.float32)
     np.save(tmp_path / "big.npy", data)
-    base = [sys.executable, "-m", "densepred.cli", "predict", str(config), "--input", str(tmp_path / "big.npy"),
+    base = [sys.executable, "-m", "densepred", "predict", str(config), "--input", str(tmp_path / "big.npy"),
             "--tile", "6,17,17", "--mode", "mfp", "--quiet"]
     subprocess.run([*base, "--output", str(tmp_path / "whole.zarr")], check=True)
     record = tmp_path / "cut.zarr.densepred" / "done.log"
@@ -277,8 +282,11 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_output(config, volume, tmp_p
     code = main(["predict", str(config), "--input", make_input(tmp_path), "--output", str(tmp_path / output),
                  "--quiet", *extra])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / output).exists() and not (tmp_path / (output + ".densepred")).exists()
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / output).exists()
+    assert not (tmp_path / (output + ".densepred")).exists()
 
 
 def test_missing_weights_name_the_file(tmp_path, volume, capsys):

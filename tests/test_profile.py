@@ -5,15 +5,16 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import tomllib
 
 import pytest
 import torch
 
 import densepred
-from densepred.cli import main
-from densepred.geometry import Geometry
-from densepred.profiling import CSV_COLUMNS, profile, set_prediction_keys, tile_walk
-from densepred.weights import save_weights
+from densepred.config import network_geometry, set_prediction_settings
+from densepred.interfaces.cli import main
+from densepred.networks.weights import save_weights
+from densepred.running.profiling import CSV_COLUMNS, profile, tile_walk
 
 TINY_2D = """name = "tiny2d"
 save_dir = "run"
@@ -63,7 +64,7 @@ def test_walk_grows_with_the_aspect_and_every_input_is_mfp_valid():
     cfg = densepred.config_from_dict({"network": {
         "dims": 3, "in_channels": 1, "n_classes": 2,
         "layers": [{"filters": 4, "kernel": [1, 3, 3], "pool": [1, 2, 2]}, {"filters": 4, "kernel": 3, "pool": 3}]}})
-    geometry = Geometry.from_config(cfg.network)
+    geometry = network_geometry(cfg.network)
     shapes = tile_walk(geometry, (0.25, 1, 1), ("mfp",), 200 * 2**20)
     assert len(shapes) > 5
     for before, after in itertools.pairwise(shapes):
@@ -79,8 +80,9 @@ def test_profile_writes_a_csv_of_valid_measured_shapes_and_a_plot(tiny_config, t
     header, rows = read_rows(result.csv_path)
     assert tuple(header) == CSV_COLUMNS
     assert result.png_path.stat().st_size > 1000
-    assert {r["mode"] for r in rows} == {"mfp", "dilated"} and len(rows) >= 4
-    geometry = Geometry.from_config(densepred.load_config(tiny_config).network)
+    assert {r["mode"] for r in rows} == {"mfp", "dilated"}
+    assert len(rows) >= 4
+    geometry = network_geometry(densepred.load_config(tiny_config).network)
     for r in rows:
         assert r["status"] == "ok"
         input_shape, output = shape(r["input_shape"]), shape(r["output_shape"])
@@ -100,7 +102,8 @@ def test_profile_writes_a_csv_of_valid_measured_shapes_and_a_plot(tiny_config, t
 
 def test_memory_limit_stops_growth_before_the_measured_peak_passes_it(tiny_config, tmp_path):
     nothing = profile(tiny_config, device="cpu", memory_limit=1, out=None, progress=False)
-    assert nothing.rows == [] and nothing.best is None
+    assert nothing.rows == []
+    assert nothing.best is None
     assert "exceed the memory limit" in nothing.stops[0]
     limit = nothing.baseline + 24 * 2**20  # the worker's own memory plus 24 MiB for tiles
     bounded = profile(tiny_config, device="cpu", max_seconds=90, memory_limit=limit, out=None, progress=False)
@@ -115,8 +118,9 @@ def test_mlp_head_nets_profile_like_any_other(tmp_path):
     path = tmp_path / "mlp2d.toml"
     path.write_text(MLP_2D)
     result = profile(path, device="cpu", modes="mfp", max_seconds=4, out=None, progress=False)
-    geometry = Geometry.from_config(densepred.load_config(path).network)
-    assert result.rows and all(geometry.is_valid(r.input_shape, "mfp") for r in result.rows)
+    geometry = network_geometry(densepred.load_config(path).network)
+    assert result.rows
+    assert all(geometry.is_valid(r.input_shape, "mfp") for r in result.rows)
 
 
 def test_write_round_trips_and_becomes_the_prediction_default(tiny_config, tmp_path, capsys):
@@ -125,22 +129,40 @@ def test_write_round_trips_and_becomes_the_prediction_default(tiny_config, tmp_p
     assert code == 0
     printed = capsys.readouterr().out
     cfg = densepred.load_config(tiny_config)
-    assert cfg.prediction.mode == "mfp" and cfg.prediction.tile_shape is not None
+    assert cfg.prediction.mode == "mfp"
+    assert cfg.prediction.tile_shape is not None
     assert f"tile_shape = {list(cfg.prediction.tile_shape)}" in printed
     assert "# a comment that --write must keep" in tiny_config.read_text()
     torch.manual_seed(0)
     save_weights(densepred.build_net(cfg), tmp_path / "run" / "tiny2d-LAST.safetensors")
     net = densepred.create_prediction_net(tiny_config)
-    assert net.tile_shape == cfg.prediction.tile_shape and net.mode == "mfp"
+    assert net.tile_shape == cfg.prediction.tile_shape
+    assert net.mode == "mfp"
 
 
-def test_set_prediction_keys_replaces_or_appends_the_table():
+def test_set_prediction_settings_replaces_or_appends_the_table():
     text = 'name = "a"\n[prediction]\n# keep\nmode = "dilated"\nbatch_size = 2\n[training]\nsteps = 3\n'
-    updated = set_prediction_keys(text, {"tile_shape": [9, 9], "mode": "mfp"})
-    assert updated == ('name = "a"\n[prediction]\ntile_shape = [9, 9]\nmode = "mfp"\n# keep\nbatch_size = 2\n'
-                       "[training]\nsteps = 3\n")
-    appended = set_prediction_keys('name = "a"\n', {"tile_shape": [9, 9], "mode": "mfp"})
-    assert appended.endswith('\n[prediction]\ntile_shape = [9, 9]\nmode = "mfp"\n')
+    updated = set_prediction_settings(text, [9, 9], "mfp")
+    assert "# keep" in updated
+    assert tomllib.loads(updated) == {
+        "name": "a", "prediction": {"mode": "mfp", "batch_size": 2, "tile_shape": [9, 9]}, "training": {"steps": 3}}
+    appended = set_prediction_settings('name = "a"\n', [9, 9], "mfp")
+    assert tomllib.loads(appended) == {"name": "a", "prediction": {"tile_shape": [9, 9], "mode": "mfp"}}
+
+
+@pytest.mark.parametrize("spelling", [
+    '[prediction] # the fastest tile goes here\nmode = "dilated"\n',
+    '[ prediction ]\nmode = "dilated"\n',
+    'prediction.mode = "dilated"\n',
+    '[prediction]\ntile_shape = [\n  41,\n  41,\n]\nmode = "dilated"\n',
+])
+def test_set_prediction_settings_accepts_every_valid_spelling(spelling):
+    """Valid TOML that a line-based editor broke: a comment after the header, spaces in it,
+    dotted keys, a multi-line array."""
+    text = 'name = "a"\n# top comment\n' + spelling
+    updated = set_prediction_settings(text, [9, 9], "mfp")
+    assert tomllib.loads(updated)["prediction"] == {"tile_shape": [9, 9], "mode": "mfp"}
+    assert "# top comment" in updated
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -152,4 +174,5 @@ def test_set_prediction_keys_replaces_or_appends_the_table():
 def test_bad_profile_options_are_one_line_with_exit_code_2(tiny_config, capsys, args, message):
     assert main(["profile", str(tiny_config), "--quiet", *args]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 import densepred
 from densepred import DensePredError, create_prediction_net, load_config, predict_dense
-from densepred.synthetic import em_volume
-from densepred.training import read_history
+from densepred.io.synthetic import em_volume
+from densepred.running.training import read_history
 from tests.conftest import reference_logits, softmax
 
 NETWORK = """
@@ -60,7 +60,8 @@ def test_loss_falls_and_the_run_leaves_its_files(tmp_path):
     config = write_config(tmp_path, steps=80)
     result = densepred.train(config, progress=False)
     run = tmp_path / "run"
-    assert result.step == 80 and not result.interrupted
+    assert result.step == 80
+    assert not result.interrupted
     for name in ("tiny-LAST.safetensors", "tiny-BEST.safetensors", "tiny.toml", "history.csv", "history.png"):
         assert (run / name).is_file(), name
     history = read_history(run / "history.csv")
@@ -69,7 +70,8 @@ def test_loss_falls_and_the_run_leaves_its_files(tmp_path):
     assert min(row["val_loss"] for row in history) < history[0]["val_loss"]
     # the stored config loads on its own and builds the same network
     copy = load_config(run / "tiny.toml")
-    assert copy.network == load_config(config).network and copy.save_dir == run.resolve()
+    assert copy.network == load_config(config).network
+    assert copy.save_dir == run.resolve()
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
 
 
@@ -100,13 +102,15 @@ def test_prediction_net_loads_the_last_weights_and_predicts_like_the_trained_net
     saved = load_file(tmp_path / "run" / "tiny-LAST.safetensors")
     net = create_prediction_net(config, patch_size=101, mode="mfp")  # not MFP-valid: moved, with a warning
     assert "not valid for mfp prediction; using the nearest valid" in caplog.text
-    assert net.geometry.is_valid(net.tile_shape, "mfp") and not net.training
+    assert net.geometry.is_valid(net.tile_shape, "mfp")
+    assert not net.training
     for key, value in net.state_dict().items():
         assert torch.equal(value, saved[key]), key
     image = rng.random((70, 81)).astype(np.float32)
     expected = softmax(reference_logits(net, image[None].astype(np.float64), mirror=True))
     np.testing.assert_allclose(predict_dense(net.float(), image, mirror=True), expected, rtol=0, atol=1e-4)
-    assert densepred.create_predncnn is create_prediction_net and densepred.predictDense is predict_dense
+    assert densepred.create_predncnn is create_prediction_net
+    assert densepred.predictDense is predict_dense
 
 
 def test_weight_file_errors_name_the_file_and_the_tensor(tmp_path):
@@ -161,7 +165,8 @@ validate_every = 20
 """)
     for name, steps in (("patch", 20), ("features", 40)):
         result = densepred.train(tmp_path / f"{name}.toml", progress=False)
-        assert result.step == steps and result.best is not None
+        assert result.step == steps
+        assert result.best is not None
         (tmp_path / "history.csv").unlink()  # both runs share the config folder as save_dir
     patch_net = create_prediction_net(tmp_path / "patch.toml")
     assert densepred.class_probabilities(patch_net, patches[:5]).shape == (5, 2)
@@ -214,7 +219,7 @@ def _wait_for_step(history: Path, step: int, process: subprocess.Popen, timeout:
 
 
 def _train_process(config: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "densepred.cli", "train", str(config), "--quiet", *args],
+    return subprocess.Popen([sys.executable, "-m", "densepred", "train", str(config), "--quiet", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -230,9 +235,10 @@ def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_p
 
     with safe_open(last, "pt") as f:
         step = int(f.metadata()["step"])
-    assert step >= 30 and step % 10 == 0
+    assert step >= 30
+    assert step % 10 == 0
     create_prediction_net(config)  # loads
-    resumed = subprocess.run([sys.executable, "-m", "densepred.cli", "train", str(config), "--quiet",
+    resumed = subprocess.run([sys.executable, "-m", "densepred", "train", str(config), "--quiet",
                               "--resume", "--steps", str(step + 10)], capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"trained to step {step + 10}" in resumed.stdout
@@ -246,7 +252,8 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "continue with --resume" in stderr and "Traceback" not in stderr
+    assert "continue with --resume" in stderr
+    assert "Traceback" not in stderr
     from safetensors import safe_open
 
     with safe_open(tmp_path / "run" / "tiny-LAST.safetensors", "pt") as f:

@@ -1,5 +1,10 @@
 """densepred: fast, exact dense prediction of images and volumes with convolutional networks.
 
+The package is layered; a layer imports only those below it (checked by import-linter):
+``geometry`` (plain integers) < ``config`` < ``networks`` (torch) and ``io`` (files, no torch)
+< ``running`` (prediction, jobs, training, profiling) < ``interfaces`` (CLI, demo).
+``errors`` and ``files`` are the foundation every layer may use.
+
 Example:
     >>> import densepred
     >>> cfg = densepred.load_config("examples/neuro3d.toml")          # doctest: +SKIP
@@ -8,14 +13,10 @@ Example:
 """
 
 from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config
-from .engines import DenseEngine
 from .errors import ConfigError, DensePredError
 from .geometry import Geometry
-from .network import DenseNet, build_net
-from .predict import class_probabilities, predict_dense
-from .predictor import create_prediction_net, create_predncnn
-from .profiling import ProfileResult, profile
-from .training import TrainResult, train
+from .networks import DenseEngine, DenseNet, build_net, create_prediction_net, create_predncnn
+from .running import ProfileResult, TrainResult, class_probabilities, predict_dense, profile, train
 
 # ELEKTRONN's names, for users coming from it
 predictDense = predict_dense

@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySpec, open_array
-from .config import Config, load_config
-from .engines import DenseEngine
-from .errors import DensePredError
-from .outputs import OUTPUT_DTYPES, check_writable, create_output, open_output, output_exists, remove_output
-from .predict import ChannelFirst, choose_mode, plan_tiles, predict_tiles, resolve_device
-from .predictor import create_prediction_net
-from .tiling import Tile, TilePlan
-from .training import last_path
+from ..config import Config, load_config
+from ..errors import DensePredError
+from ..files import atomic_write_text
+from ..geometry import Tile, TilePlan
+from ..io import ArraySpec, ChannelFirst, open_array
+from ..io.outputs import OUTPUT_DTYPES, check_writable, create_output, open_output, output_exists, remove_output
+from ..networks import DenseEngine, create_prediction_net, last_path
+from .devices import resolve_device
+from .predict import choose_mode, plan_tiles, predict_tiles
 
 log = logging.getLogger("densepred")
 
@@ -273,8 +273,6 @@ def _resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | Non
 
 
 def _write_record(record_dir: Path, record: dict[str, Any]) -> None:
-    from .weights import atomic_write_text
-
     atomic_write_text(record_dir / "run.json", json.dumps(record, indent=2) + "\n")
 
 

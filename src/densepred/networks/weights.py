@@ -1,6 +1,8 @@
 """Weights and optimizer state in safetensors files: no pickle, written atomically.
 
 A weights file is the network's ``state_dict``; its metadata records the training step.
+A training run names its files ``<name>-LAST.safetensors`` (the latest) and
+``<name>-BEST.safetensors`` (the lowest validation loss), as ELEKTRONN's ``*-LAST.param``.
 Files are written to a temporary name in the same folder and renamed into place, so a
 reader (or a run killed mid-write) only ever sees a complete old or a complete new file.
 """
@@ -8,17 +10,31 @@ reader (or a run killed mid-write) only ever sees a complete old or a complete n
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import DensePredError
+from ..errors import DensePredError
+from ..files import atomic_path
+
+
+def last_path(save_dir: Path, name: str) -> Path:
+    """The latest weights of the run ``name`` in ``save_dir``."""
+    return Path(save_dir) / f"{name}-LAST.safetensors"
+
+
+def best_path(save_dir: Path, name: str) -> Path:
+    """The weights with the lowest validation loss of the run ``name``."""
+    return Path(save_dir) / f"{name}-BEST.safetensors"
+
+
+def optimizer_path(save_dir: Path, name: str) -> Path:
+    """The optimizer state saved beside LAST, for resuming training."""
+    return Path(save_dir) / f"{name}-LAST.optimizer.safetensors"
 
 
 def save_weights(net: torch.nn.Module, path: Path, metadata: Mapping[str, Any] | None = None) -> None:
@@ -62,8 +78,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise DensePredError(f"weights file not found: {path}")
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as f:
             metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -72,31 +86,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write a safetensors file atomically, with the permissions of a plainly written file."""
+    with atomic_path(path) as tmp:
         save_file(dict(tensors), tmp, metadata=dict(metadata))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:

@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import open_array
-from .config import Config, DataPair, TrainingConfig
-from .errors import DensePredError
-from .geometry import Geometry
-from .predict import ChannelFirst, to_float32
+from ..config import Config, DataPair, TrainingConfig
+from ..errors import DensePredError
+from ..geometry import Geometry
+from ..io import ChannelFirst, open_array, to_float32
 
 Shape = tuple[int, ...]
 Batch = tuple[np.ndarray, np.ndarray]

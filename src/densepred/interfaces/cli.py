@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .config import load_config
-from .errors import DensePredError
-from .geometry import Geometry
-from .outputs import OUTPUT_DTYPES
+from ..config import load_config, network_geometry
+from ..errors import DensePredError
+from ..geometry import Geometry
+from ..io.outputs import OUTPUT_DTYPES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,11 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast, exact dense prediction of images and volumes with convolutional networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_demo):
+        add(sub)
+    return parser
+
+
+def _add_info(sub: Any) -> None:
     info = sub.add_parser("info", help="print the network's geometry: per-layer sizes, FOV, stride, offset")
     info.add_argument("config", help="network config file (TOML)")
     info.add_argument("--input-shape", metavar="Z,Y,X", help="input tile shape to size the table for")
     info.set_defaults(run=run_info)
 
+
+def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train the config's network; weights go to its save_dir")
     train.add_argument("config", help="config file with [network] and [training] (TOML)")
     train.add_argument("--resume", action="store_true", help="continue from <name>-LAST.safetensors")
@@ -47,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)
 
+
+def _add_profile(sub: Any) -> None:
     prof = sub.add_parser("profile", help="measure speed against tile size and find the fastest tile that fits")
     prof.add_argument("config", help="network config file (TOML)")
     prof.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
@@ -64,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--quiet", action="store_true", help="no progress display")
     prof.set_defaults(run=run_profile)
 
+
+def _add_predict(sub: Any) -> None:
     pred = sub.add_parser("predict", help="predict a volume on disk into an output on disk, tile by tile")
     pred.add_argument("config", help="the network's config file (TOML)")
     pred.add_argument("--input", required=True, metavar="SPEC",
@@ -88,15 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(run=run_predict)
 
+
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="synthetic EM data end to end: train, predict, score")
     demo.add_argument("--out", default="demo", help="output folder (default: demo)")
     demo.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
     demo.set_defaults(run=run_demo)
-    return parser
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from ..running import train
 
     _log_warnings()
     result = train(args.config, resume=args.resume, steps=args.steps, device=args.device,
@@ -111,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from .profiling import profile
+    from ..running import profile
 
     _log_warnings()
     cfg = load_config(args.config)
@@ -147,7 +161,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .job import PredictJob, predict_to_file
+    from ..running import PredictJob, predict_to_file
 
     _log_warnings()
     cfg = load_config(args.config)
@@ -213,7 +227,7 @@ def run_info(args: argparse.Namespace) -> int:
         sizes = " -> ".join(str(v) for v in (net.in_channels, *net.mlp, net.n_classes))
         print(f"network '{cfg.name}': feature vectors, perceptron {sizes}, {net.activation}")
         return 0
-    geometry = Geometry.from_config(net)
+    geometry = network_geometry(net)
     shape = parse_shape(args.input_shape, geometry.ndim, "--input-shape") if args.input_shape else None
     print(f"network '{cfg.name}': {net.dims}D, {net.in_channels} channel(s) -> {net.n_classes} classes, "
           f"{len(geometry.layers)} layers, {net.activation}")

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, NetworkConfig
-from .errors import DensePredError
-from .geometry import Geometry, LayerGeometry
+from ..config import Config, NetworkConfig, network_geometry
+from ..errors import DensePredError
+from ..geometry import Geometry, LayerGeometry
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -70,7 +70,7 @@ class DenseNet(nn.Module):
     def __init__(self, config: NetworkConfig):
         super().__init__()
         self.config = config
-        self.geometry: Geometry | None = Geometry.from_config(config) if config.dims else None
+        self.geometry: Geometry | None = network_geometry(config) if config.dims else None
         self.blocks = nn.ModuleList(self._make_blocks())
         # prediction defaults, set by create_prediction_net: input tile and dense engine
         self.tile_shape: tuple[int, ...] | None = None

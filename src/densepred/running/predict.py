@@ -1,31 +1,24 @@
-"""Dense prediction of images and volumes of any size, tile by tile.
+"""Dense prediction of images and volumes of any size, tile by tile (``predict_dense``).
 
-Input values: float images are used as they are; integer images are divided by the
-largest value of their dtype (uint8 by 255, uint16 by 65535, int16 by 32767), so they
-arrive in [0, 1] (or [-1, 1] when signed); booleans become 0 and 1. Training applies the
-same rule, so a net sees the same values at prediction.
+Input values are scaled as :mod:`densepred.io.images` says (integers by their dtype's maximum).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import MODES
-from .engines import DenseEngine
-from .errors import DensePredError
-from .geometry import Geometry
-from .network import DenseNet
-from .streaming import run_pipeline
-from .tiling import Tile, TilePlan, default_output_tile
-
-CPU_MEMORY_FRACTION = 0.25  # of the available RAM, for the tile's activations
-CUDA_MEMORY_FRACTION = 0.6  # of the free GPU memory
+from ..config import MODES
+from ..errors import DensePredError
+from ..geometry import Geometry, Tile, TilePlan, default_output_tile
+from ..io import ChannelFirst, read_window, to_float32
+from ..networks import DenseEngine, DenseNet
+from .devices import available_memory, on_device, resolve_device
+from .pipeline import run_pipeline
 
 
 def predict_dense(
@@ -157,63 +150,16 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     net.eval()
     try:
         chunks = []
+        model = on_device(net, device)
+        dtype = next(model.parameters()).dtype
         with torch.inference_mode():
             for first in range(0, len(x), batch_size):
-                model = _on_device(net, device)
-                dtype = next(model.parameters()).dtype
                 chunk = torch.from_numpy(to_float32(x[first:first + batch_size])).to(device, dtype)
                 logits = model(chunk)
                 chunks.append(torch.softmax(logits.reshape(len(chunk), -1), dim=1).cpu().numpy())
     finally:
         net.train(was_training)
     return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
-
-
-class ChannelFirst:
-    """A view of an image as ``(C, *S)`` that reads boxes on demand from any array-like."""
-
-    def __init__(self, image: Any, channels: int, dims: int):
-        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-            image = np.asarray(image)
-        shape = tuple(image.shape)
-        self.image = image
-        self.has_channel_axis = len(shape) == dims + 1
-        if len(shape) == dims and channels == 1:
-            self.spatial_shape = shape
-        elif self.has_channel_axis and shape[0] == channels:
-            self.spatial_shape = shape[1:]
-        else:
-            axes = ", ".join("zyx"[3 - dims:])
-            one = f" or ({axes}) for one channel" if channels == 1 else ""
-            raise DensePredError(
-                f"image of shape {list(shape)} is invalid for this network; expected "
-                f"({channels}, {axes}){one}"
-            )
-        self.dtype = np.dtype(image.dtype)
-        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_):
-            raise DensePredError(f"image dtype {self.dtype} is not numeric")
-
-    def read(self, box: Sequence[slice]) -> np.ndarray:
-        key = (slice(None), *box) if self.has_channel_axis else tuple(box)
-        data = np.asarray(self.image[key])
-        return data if self.has_channel_axis else data[None]
-
-
-def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile) -> np.ndarray:
-    """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image."""
-    axes = plan.source_window(tile)
-    data = source.read([slice(lo, hi) for lo, hi, _ in axes])
-    if any(take is not None for _, _, take in axes):
-        index = [np.arange(hi - lo) if take is None else np.asarray(take) for lo, hi, take in axes]
-        data = data[(slice(None), *np.ix_(*index))]
-    return to_float32(data)
-
-
-def to_float32(data: np.ndarray) -> np.ndarray:
-    """Float input as is; integers divided by their dtype's maximum; booleans as 0/1."""
-    if np.issubdtype(data.dtype, np.integer):
-        return (data / np.iinfo(data.dtype).max).astype(np.float32)
-    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
@@ -229,42 +175,6 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
     if mode != "auto":
         return mode
     return "mfp" if geometry.is_valid(input_tile, "mfp") else "dilated"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DensePredError(f"device {device!r} is invalid; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DensePredError(f"device {device!r} was requested but no CUDA GPU is available; use 'cpu'")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise DensePredError(
-                f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-    return resolved
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes a tile may use on ``device``: a fraction of free GPU memory or available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_MEMORY_FRACTION)
-    return int(_available_ram() * CPU_MEMORY_FRACTION)
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
@@ -313,15 +223,6 @@ def _positive(value: int | None, name: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
     return int(value)
-
-
-def _on_device(net: DenseNet, device: torch.device) -> DenseNet:
-    parameter = next(net.parameters(), None)
-    if parameter is None or parameter.device == device:
-        return net
-    import copy
-
-    return copy.deepcopy(net).to(device)
 
 
 def _progress_bar(enabled: bool, total: int, mode: str) -> Any:

@@ -29,14 +29,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arrays import ArraySpec
-from .config import Config, load_config
-from .errors import DensePredError
-from .network import DenseNet, build_net
-from .predict import resolve_device
+from ..config import Config, load_config, set_values
+from ..errors import DensePredError
+from ..files import atomic_write_text
+from ..io import ArraySpec
+from ..networks import DenseNet, build_net
+from ..networks.weights import (
+    best_path,
+    last_path,
+    load_optimizer,
+    load_weights,
+    optimizer_path,
+    save_optimizer,
+    save_weights,
+)
+from .devices import resolve_device
 from .samplers import augmentation_for, build_samplers
-from .tomlwrite import dump_toml
-from .weights import atomic_write_text, load_optimizer, load_weights, save_optimizer, save_weights
 
 log = logging.getLogger("densepred")
 HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr")
@@ -50,14 +58,6 @@ class TrainResult:
     best: Path | None
     best_val_loss: float | None
     interrupted: bool
-
-
-def last_path(save_dir: Path, name: str) -> Path:
-    return Path(save_dir) / f"{name}-LAST.safetensors"
-
-
-def best_path(save_dir: Path, name: str) -> Path:
-    return Path(save_dir) / f"{name}-BEST.safetensors"
 
 
 def train(config: Config | str | Path, *, resume: bool = False, steps: int | None = None,
@@ -79,12 +79,13 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
 
 class _Run:
     def __init__(self, cfg: Config, steps: int, device: torch.device, resume: bool):
-        assert cfg.training is not None and cfg.save_dir is not None
+        assert cfg.training is not None
+        assert cfg.save_dir is not None
         self.cfg, self.training, self.steps, self.device = cfg, cfg.training, steps, device
         self.save_dir = cfg.save_dir
         self.last = last_path(self.save_dir, cfg.name)
         self.best = best_path(self.save_dir, cfg.name)
-        self.optimizer_file = self.save_dir / f"{cfg.name}-LAST.optimizer.safetensors"
+        self.optimizer_file = optimizer_path(self.save_dir, cfg.name)
         self.history_file = self.save_dir / "history.csv"
         torch.manual_seed(self.training.seed)
         self.net: DenseNet = build_net(cfg).to(device)
@@ -231,18 +232,20 @@ class _Run:
 
 
 def trained_config_text(cfg: Config) -> str:
-    """The config as trained, to be stored in save_dir: data paths absolute, save_dir '.'."""
-    source = {key: value for key, value in cfg.source.items()}
-    source["name"] = cfg.name
-    source["save_dir"] = "."
-    if "training" in source:
-        training = dict(source["training"])
-        for key in ("data", "validation"):
-            if key in training:
-                training[key] = [{side: str(ArraySpec.parse(spec, cfg.base_dir)) for side, spec in pair.items()}
-                                 for pair in training[key]]
-        source["training"] = training
-    return "# The config this run was trained with (written by densepred train).\n" + dump_toml(source)
+    """The config as trained, to be stored in save_dir: data paths absolute, save_dir '.'.
+
+    Edited from the config file's own text when there is one, so its comments stay.
+    """
+    values: dict[str, Any] = {"name": cfg.name, "save_dir": "."}
+    training = cfg.source.get("training", {})
+    for key in ("data", "validation"):
+        if key in training:
+            values[f"training.{key}"] = [
+                {side: str(ArraySpec.parse(spec, cfg.base_dir)) for side, spec in pair.items()}
+                for pair in training[key]]
+    source = cfg.path.read_text(encoding="utf-8") if cfg.path is not None and cfg.path.is_file() else cfg.source
+    header = "# The config this run was trained with (written by densepred train).\n"
+    return header + set_values(source, values)
 
 
 class StopOnInterrupt:

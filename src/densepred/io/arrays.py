@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DensePredError
+from ..errors import DensePredError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DensePredError
-from .geometry import Geometry
-from .network import ACTIVATION_FUNCTIONS, DenseNet
-from .runtime import tune_cpu_allocator
-from .tiling import SMALL_CONV_INPUTS
+from ..errors import DensePredError
+from ..geometry import SMALL_CONV_INPUTS, Geometry
+from .build import ACTIVATION_FUNCTIONS, DenseNet
+from .cpu_allocator import tune_cpu_allocator
 
 ENGINE_MODES = ("mfp", "dilated", "naive")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
@@ -256,7 +255,7 @@ def _small_conv(x: torch.Tensor, stage: Stage, dilation: tuple[int, ...]) -> tor
 IN_PLACE = {
     "relu": torch.relu_,
     "leaky_relu": lambda x: F.leaky_relu_(x, 0.01),
-    "elu": lambda x: F.elu_(x),
+    "elu": F.elu_,
     "silu": lambda x: F.silu(x, inplace=True),
     "tanh": torch.tanh_,
     "sigmoid": torch.sigmoid_,

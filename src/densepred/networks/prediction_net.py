@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import Config, load_config
-from .errors import DensePredError
-from .geometry import Geometry
-from .network import DenseNet, build_net
-from .training import last_path
-from .weights import load_weights
+from ..config import Config, load_config
+from ..errors import DensePredError
+from ..geometry import Geometry
+from .build import DenseNet, build_net
+from .weights import last_path, load_weights
 
 log = logging.getLogger("densepred")
 PREDICTION_MODES = ("auto", "mfp", "dilated", "naive")

@@ -1,6 +1,6 @@
 """End to end on synthetic EM data: generate, train, build a larger prediction net, predict, score.
 
-    python -m densepred.demo --out demo       (what ``make demo`` runs)
+    densepred demo --out demo       (what ``make demo`` runs)
 
 Steps: write a training volume and a larger held-out test volume (HDF5); train a small
 anisotropic 3D membrane detector on the CPU; rebuild it with a larger tile and MFP from its
@@ -18,10 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .predict import predict_dense
-from .predictor import create_prediction_net
-from .synthetic import em_volume
-from .training import train
+from ..io.synthetic import em_volume
+from ..networks import create_prediction_net
+from ..running import predict_dense, train
 
 DEMO_CONFIG = """\
 # A small anisotropic 3D membrane detector (z is coarser than y, x).

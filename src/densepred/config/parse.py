@@ -26,102 +26,26 @@ Every problem is a :class:`ConfigError` naming the key, the bad value and what i
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
-
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "linear")
-MODES = ("auto", "mfp", "dilated", "naive")
-
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One valid convolution with an optional max-pool after it (per-axis tuples)."""
-
-    filters: int
-    kernel: Shape
-    pool: Shape
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    dims: int
-    in_channels: int
-    n_classes: int
-    activation: str = "relu"
-    layers: tuple[LayerSpec, ...] = ()
-    mlp: tuple[int, ...] = ()
-    output_kernel: Shape = ()
-    dropout: float = 0.0
-    batchnorm: bool = False
-    patch_size: Shape | None = None
-
-
-@dataclass(frozen=True)
-class PredictionConfig:
-    tile_shape: Shape | None = None
-    mode: str = "auto"
-    batch_size: int | None = None
-
-
-@dataclass(frozen=True)
-class DataPair:
-    """One training source: an image (or features) and its labels, as array specs."""
-
-    raw: str
-    label: str
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    data: tuple[DataPair, ...] = ()
-    validation: tuple[DataPair, ...] = ()
-    validation_fraction: float = 0.1
-    patch_size: Shape | None = None
-    batch_size: int = 8
-    steps: int = 1000
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_decay: float = 0.5
-    lr_step: int = 1000
-    class_weights: tuple[float, ...] | None = None
-    ignore_label: int | None = None
-    save_every: int = 100
-    validate_every: int = 100
-    validation_patches: int = 64
-    seed: int = 0
-    flips: bool = True
-    swap_axes: bool = True
-    grey_jitter: float = 0.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """A validated configuration. ``path`` is the file it came from (None if built in code);
-    ``source`` is the parsed document, kept to write the config back out."""
-
-    name: str
-    network: NetworkConfig
-    prediction: PredictionConfig = field(default_factory=PredictionConfig)
-    training: TrainingConfig | None = None
-    save_dir: Path | None = None
-    path: Path | None = None
-    source: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def base_dir(self) -> Path:
-        """The folder relative paths in the config are resolved against."""
-        return self.path.parent.resolve() if self.path else Path.cwd()
-
+from ..errors import ConfigError, did_you_mean
+from .schema import (
+    ACTIVATIONS,
+    MODES,
+    Config,
+    DataPair,
+    LayerSpec,
+    NetworkConfig,
+    PredictionConfig,
+    Shape,
+    TrainingConfig,
+    network_geometry,
+)
 
 TOP_KEYS = ("name", "save_dir", "network", "training", "prediction")
 NETWORK_KEYS = (
@@ -189,34 +113,36 @@ def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
         if key not in table:
             raise ConfigError(f"[network] is missing '{key}'")
     dims = table["dims"]
-    if dims not in (0, 2, 3) or isinstance(dims, bool):
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims not in (0, 2, 3):
         raise ConfigError(f"network.dims = {dims!r} is invalid; expected 2, 3 or 0 (feature vectors)")
     in_channels = _positive_int(table["in_channels"], "network.in_channels")
     n_classes = _positive_int(table["n_classes"], "network.n_classes")
     if n_classes < 2:
         raise ConfigError(f"network.n_classes = {n_classes} is invalid; expected at least 2 classes")
-    activation = table.get("activation", "relu")
-    if activation not in ACTIVATIONS:
-        hint = did_you_mean(str(activation), ACTIVATIONS)
-        raise ConfigError(
-            f"network.activation = {activation!r} is unknown{hint}; valid: {', '.join(ACTIVATIONS)}"
-        )
+    activation = _choice(table.get("activation", "relu"), ACTIVATIONS, "network.activation", "unknown")
     layers = _parse_layers(table.get("layers", []), dims)
     mlp = _parse_mlp(table.get("mlp", []))
     dropout = table.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise ConfigError(f"network.dropout = {dropout!r} is invalid; expected a rate in [0, 1)")
-    batchnorm = table.get("batchnorm", False)
-    if not isinstance(batchnorm, bool):
-        raise ConfigError(f"network.batchnorm = {batchnorm!r} is invalid; expected true or false")
+    batchnorm = _boolean(table.get("batchnorm", False), "network.batchnorm")
+    common = {"in_channels": in_channels, "n_classes": n_classes, "activation": activation, "mlp": mlp,
+              "dropout": float(dropout), "batchnorm": batchnorm}
     if dims == 0:
         if layers:
             raise ConfigError("network.layers must be empty when dims = 0 (feature vectors use mlp only)")
         for key in ("output_kernel", "patch_size"):
             if key in table:
                 raise ConfigError(f"network.{key} has no meaning when dims = 0; remove it")
-        return NetworkConfig(0, in_channels, n_classes, activation, (), mlp, (), float(dropout),
-                             batchnorm, None)
+        return NetworkConfig(dims=0, **common)
+    cfg = NetworkConfig(dims=dims, layers=layers, **common, **_spatial_head(table, dims, mlp))
+    if cfg.patch_size is not None:
+        _check_patch(cfg)
+    return cfg
+
+
+def _spatial_head(table: Mapping[str, Any], dims: int, mlp: tuple[int, ...]) -> dict[str, Any]:
+    """``output_kernel`` and ``patch_size`` of an image net, checked against its perceptron head."""
     output_kernel = per_axis(table.get("output_kernel", 1), dims, "network.output_kernel")
     patch_size = None
     if "patch_size" in table:
@@ -229,11 +155,7 @@ def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
     if mlp and any(k != 1 for k in output_kernel):
         raise ConfigError(f"network.output_kernel = {list(output_kernel)} is invalid with an mlp head; "
                           "the output layer after perceptrons is a perceptron (output_kernel = 1)")
-    cfg = NetworkConfig(dims, in_channels, n_classes, activation, layers, mlp, output_kernel,
-                        float(dropout), batchnorm, patch_size)
-    if patch_size is not None:
-        _check_patch(cfg)
-    return cfg
+    return {"output_kernel": output_kernel, "patch_size": patch_size}
 
 
 def parse_prediction(table: Mapping[str, Any], network: NetworkConfig) -> PredictionConfig:
@@ -255,18 +177,12 @@ def parse_prediction(table: Mapping[str, Any], network: NetworkConfig) -> Predic
 
 def parse_training(table: Mapping[str, Any], network: NetworkConfig) -> TrainingConfig:
     _check_keys(table, TRAINING_KEYS, "[training]")
-    defaults = TrainingConfig()
     values: dict[str, Any] = {}
     for key in ("data", "validation"):
         values[key] = _parse_data(table.get(key, []), f"training.{key}")
     for key in ("batch_size", "steps", "save_every", "validate_every", "validation_patches", "lr_step"):
         if key in table:
             values[key] = _positive_int(table[key], f"training.{key}")
-    if "seed" in table:
-        seed = table["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"training.seed = {seed!r} is invalid; expected an integer >= 0")
-        values["seed"] = seed
     for key, low, high in (("lr", 0.0, None), ("momentum", 0.0, 1.0), ("weight_decay", 0.0, None),
                            ("lr_decay", 0.0, 1.0), ("grey_jitter", 0.0, 1.0),
                            ("validation_fraction", 0.0, 0.9)):
@@ -274,29 +190,53 @@ def parse_training(table: Mapping[str, Any], network: NetworkConfig) -> Training
             values[key] = _number(table[key], f"training.{key}", low, high, strict_low=key == "lr")
     for key in ("flips", "swap_axes"):
         if key in table:
-            if not isinstance(table[key], bool):
-                raise ConfigError(f"training.{key} = {table[key]!r} is invalid; expected true or false")
-            values[key] = table[key]
+            values[key] = _boolean(table[key], f"training.{key}")
     for key, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
         if key in table:
-            if table[key] not in choices:
-                raise ConfigError(f"training.{key} = {table[key]!r} is invalid"
-                                  f"{did_you_mean(str(table[key]), choices)}; valid: {', '.join(choices)}")
-            values[key] = table[key]
+            values[key] = _choice(table[key], choices, f"training.{key}")
+    values.update(_training_labels(table, network))
+    values["patch_size"] = _training_patch(table, network)
+    training = replace(TrainingConfig(), **values)
+    _check_batchnorm_batch(network, training)
+    return training
+
+
+def _training_labels(table: Mapping[str, Any], network: NetworkConfig) -> dict[str, Any]:
+    """``seed``, ``class_weights`` and ``ignore_label``, checked."""
+    values: dict[str, Any] = {}
+    if "seed" in table:
+        seed = table["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"training.seed = {seed!r} is invalid; expected an integer >= 0")
+        values["seed"] = seed
     if "class_weights" in table:
         weights = table["class_weights"]
         if (not isinstance(weights, list) or len(weights) != network.n_classes
                 or not all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights)):
             raise ConfigError(f"training.class_weights = {weights!r} is invalid; expected "
                               f"{network.n_classes} non-negative numbers, one per class")
+        if not any(w > 0 for w in weights):
+            raise ConfigError("training.class_weights are all 0: no voxel would count; give a class a weight > 0")
         values["class_weights"] = tuple(float(w) for w in weights)
     if "ignore_label" in table:
         label = table["ignore_label"]
         if isinstance(label, bool) or not isinstance(label, int):
             raise ConfigError(f"training.ignore_label = {label!r} is invalid; expected an integer label")
         values["ignore_label"] = label
-    values["patch_size"] = _training_patch(table, network)
-    return replace(defaults, **values)
+    return values
+
+
+def _check_batchnorm_batch(network: NetworkConfig, training: TrainingConfig) -> None:
+    """Batch norm in training mode needs two or more values per channel in every layer's output."""
+    if not network.batchnorm or training.batch_size > 1:
+        return
+    if network.dims:
+        assert training.patch_size is not None
+        maps = [row.map_shape for row in network_geometry(network).table(training.patch_size)[:-1]]
+        if all(shape is not None and math.prod(shape) > 1 for shape in maps):
+            return
+    raise ConfigError("training.batch_size = 1 is invalid with network.batchnorm = true: a layer's output has "
+                      "one value per channel, which batch norm cannot normalise; use batch_size >= 2")
 
 
 def _training_patch(table: Mapping[str, Any], network: NetworkConfig) -> Shape | None:
@@ -313,9 +253,7 @@ def _training_patch(table: Mapping[str, Any], network: NetworkConfig) -> Shape |
     if network.patch_size is not None and patch != network.patch_size:
         raise ConfigError(f"training.patch_size = {list(patch)} differs from network.patch_size = "
                           f"{list(network.patch_size)}, which fixes the perceptron head; use one value")
-    from .geometry import Geometry
-
-    geometry = Geometry.from_config(network)
+    geometry = network_geometry(network)
     if not geometry.is_valid(patch, "plain"):
         raise ConfigError(
             f"training.patch_size = {list(patch)} is not a valid input for this network (every "
@@ -391,9 +329,7 @@ def _parse_mlp(raw: Any) -> tuple[int, ...]:
 
 
 def _check_patch(cfg: NetworkConfig) -> None:
-    from .geometry import Geometry  # geometry depends on config types only
-
-    Geometry.from_config(cfg)  # raises ConfigError naming the nearest valid patch sizes
+    network_geometry(cfg)  # raises ConfigError naming the nearest valid patch sizes
 
 
 def _table(value: Any, name: str) -> Mapping[str, Any]:
@@ -409,6 +345,19 @@ def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) 
                 f"unknown key '{key}' in {where}{did_you_mean(key, allowed)}; "
                 f"valid keys: {', '.join(allowed)}"
             )
+
+
+def _boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r} is invalid; expected true or false")
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str, problem: str = "invalid") -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is {problem}{did_you_mean(str(value), choices)}; "
+                          f"valid: {', '.join(choices)}")
+    return value
 
 
 def _positive_int(value: Any, key: str) -> int:

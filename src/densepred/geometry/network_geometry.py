@@ -28,8 +28,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .config import NetworkConfig
-from .errors import ConfigError, DensePredError
+from ..errors import DensePredError
 
 Shape = tuple[int, ...]
 MODES = ("plain", "mfp", "dilated", "naive")
@@ -92,32 +91,6 @@ class Geometry:
         self.stride: Shape = tuple(stride)
         self.offset: Shape = tuple((f - 1) // 2 for f in fov)
         self.border_high: Shape = tuple(f - 1 - o for f, o in zip(fov, self.offset, strict=True))
-
-    @classmethod
-    def from_config(cfg_cls, cfg: NetworkConfig) -> Geometry:
-        """The geometry of the network a config describes (dims must be 2 or 3).
-
-        An MLP head becomes convolutions: the first perceptron's kernel is the feature map
-        that ``patch_size`` leaves after the last conv layer, later perceptrons are 1x1.
-        """
-        if cfg.dims == 0:
-            raise DensePredError("networks with dims = 0 classify feature vectors and have no geometry")
-        ones = (1,) * cfg.dims
-        layers, channels = [], cfg.in_channels
-        for i, spec in enumerate(cfg.layers):
-            layers.append(LayerGeometry(f"conv{i + 1}", spec.kernel, spec.pool, channels, spec.filters))
-            channels = spec.filters
-        if cfg.mlp:
-            assert cfg.patch_size is not None
-            feature_map = _mlp_input_shape(layers, cfg.patch_size)
-            for i, size in enumerate(cfg.mlp):
-                kernel = feature_map if i == 0 else ones
-                layers.append(LayerGeometry(f"mlp{i + 1}", kernel, ones, channels, size))
-                channels = size
-            layers.append(LayerGeometry("output", ones, ones, channels, cfg.n_classes))
-        else:
-            layers.append(LayerGeometry("output", cfg.output_kernel, ones, channels, cfg.n_classes))
-        return cfg_cls(layers)
 
     # -- sizes ------------------------------------------------------------------------
 
@@ -323,16 +296,3 @@ def _axis_sizes(layers: Sequence[tuple[int, int]], n: int, mode: str) -> list[tu
         c = pooled
     return sizes
 
-
-def _mlp_input_shape(conv_layers: list[LayerGeometry], patch: Shape) -> Shape:
-    """The feature map that ``patch`` leaves after the conv layers (the first perceptron's kernel)."""
-    if not conv_layers:
-        return patch
-    conv = Geometry(conv_layers)
-    if not conv.is_valid(patch, "plain"):
-        raise ConfigError(
-            f"network.patch_size = {list(patch)} is not a valid input for the conv layers "
-            f"(every convolution output must be divisible by its pool; their field of view is "
-            f"{list(conv.fov)}); nearest valid: {conv.nearest_valid_text(patch, 'plain')}"
-        )
-    return conv.plain_output_shape(patch)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DensePredError
 from .arrays import ArraySpec
-from .errors import DensePredError
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"

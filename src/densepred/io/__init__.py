@@ -1,0 +1,25 @@
+"""Layer 4, I/O (no torch): where images live, how they are read, where predictions are written.
+
+* :mod:`.arrays` - array specs (``file.h5:dataset``, ``file.zarr[:path]``, ``.tif``, ``.npy``, ``.csv``)
+* :mod:`.images` - an image as ``(C, *S)``, read box by box and scaled to float32
+* :mod:`.outputs` - output arrays written tile by tile (OME-Zarr, HDF5, TIFF, NumPy)
+* :mod:`.synthetic` - synthetic EM-like volumes for the demo and the tests
+"""
+
+from .arrays import ArraySpec, open_array
+from .images import ChannelFirst, read_window, to_float32
+from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output, output_exists, remove_output
+
+__all__ = [
+    "OUTPUT_DTYPES",
+    "ArraySpec",
+    "ChannelFirst",
+    "OutputArray",
+    "create_output",
+    "open_array",
+    "open_output",
+    "output_exists",
+    "read_window",
+    "remove_output",
+    "to_float32",
+]

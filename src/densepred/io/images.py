@@ -1,0 +1,64 @@
+"""Images as the networks see them: channels first, read box by box, scaled to float32.
+
+Input values: float images are used as they are; integer images are divided by the
+largest value of their dtype (uint8 by 255, uint16 by 65535, int16 by 32767), so they
+arrive in [0, 1] (or [-1, 1] when signed); booleans become 0 and 1. Training and
+prediction apply the same rule, so a net sees the same values in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import DensePredError
+from ..geometry import Tile, TilePlan
+
+
+class ChannelFirst:
+    """A view of an image as ``(C, *S)`` that reads boxes on demand from any array-like."""
+
+    def __init__(self, image: Any, channels: int, dims: int):
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            image = np.asarray(image)
+        shape = tuple(image.shape)
+        self.image = image
+        self.has_channel_axis = len(shape) == dims + 1
+        if len(shape) == dims and channels == 1:
+            self.spatial_shape = shape
+        elif self.has_channel_axis and shape[0] == channels:
+            self.spatial_shape = shape[1:]
+        else:
+            axes = ", ".join("zyx"[3 - dims:])
+            one = f" or ({axes}) for one channel" if channels == 1 else ""
+            raise DensePredError(
+                f"image of shape {list(shape)} is invalid for this network; expected "
+                f"({channels}, {axes}){one}"
+            )
+        self.dtype = np.dtype(image.dtype)
+        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_):
+            raise DensePredError(f"image dtype {self.dtype} is not numeric")
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        key = (slice(None), *box) if self.has_channel_axis else tuple(box)
+        data = np.asarray(self.image[key])
+        return data if self.has_channel_axis else data[None]
+
+
+def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile) -> np.ndarray:
+    """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image."""
+    axes = plan.source_window(tile)
+    data = source.read([slice(lo, hi) for lo, hi, _ in axes])
+    if any(take is not None for _, _, take in axes):
+        index = [np.arange(hi - lo) if take is None else np.asarray(take) for lo, hi, take in axes]
+        data = data[(slice(None), *np.ix_(*index))]
+    return to_float32(data)
+
+
+def to_float32(data: np.ndarray) -> np.ndarray:
+    """Float input as is; integers divided by their dtype's maximum; booleans as 0/1."""
+    if np.issubdtype(data.dtype, np.integer):
+        return (data / np.iinfo(data.dtype).max).astype(np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32)

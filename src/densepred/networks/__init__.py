@@ -1,0 +1,30 @@
+"""Layer 3, networks (torch): nets built from configs, the dense engines, weights files.
+
+* :mod:`.build` - :func:`build_net`: valid convolutions, max-pools, an MLP head as convolutions
+* :mod:`.engines` - the three dense engines (``naive``, ``mfp``, ``dilated``) on one tile
+* :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
+* :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
+* :mod:`.cpu_allocator` - glibc malloc settings that keep CPU inference fast
+"""
+
+from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net
+from .engines import ENGINE_MODES, DenseEngine
+from .prediction_net import PREDICTION_MODES, create_prediction_net, create_predncnn, valid_tile
+from .weights import best_path, last_path, load_weights, optimizer_path, save_weights
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ENGINE_MODES",
+    "PREDICTION_MODES",
+    "DenseEngine",
+    "DenseNet",
+    "best_path",
+    "build_net",
+    "create_prediction_net",
+    "create_predncnn",
+    "last_path",
+    "load_weights",
+    "optimizer_path",
+    "save_weights",
+    "valid_tile",
+]
