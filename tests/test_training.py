@@ -203,7 +203,8 @@ def test_labels_out_of_range_are_reported(tmp_path):
     config = write_config(tmp_path)
     with h5py.File(tmp_path / "data.h5", "a") as f:
         f["label"][...] = f["label"][...] * 3
-    with pytest.raises(DensePredError, match=r"label 3 is out of range; labels must be 0\.\.1"):
+    message = r"data.h5:label: label 3 at position \[0, 0\] is out of range; labels must be 0\.\.1"
+    with pytest.raises(DensePredError, match=message):
         densepred.train(config, progress=False)
 
 

@@ -95,6 +95,12 @@ class Geometry:
     # -- sizes ------------------------------------------------------------------------
 
     @property
+    def parameter_count(self) -> int:
+        """Weights and biases of all layers (batch norm excluded)."""
+        return sum(math.prod(layer.kernel) * layer.in_channels * layer.out_channels + layer.out_channels
+                   for layer in self.layers)
+
+    @property
     def flops_per_voxel(self) -> int:
         """Useful FLOPs per dense output voxel: ``sum_l 2 * prod(k_l) * Cin_l * Cout_l``."""
         return sum(layer.flops_per_voxel for layer in self.layers)

@@ -97,7 +97,10 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("--roi", metavar="Z0:Z1,Y0:Y1,X0:X1", help="predict only this box (image coordinates)")
     pred.add_argument("--batch-size", type=int, help="tiles per forward pass (default: 1)")
     pred.add_argument("--resume", action="store_true", help="finish an interrupted run: compute only missing tiles")
-    pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output that densepred wrote (never other data)")
+    pred.add_argument("--strict", action="store_true",
+                      help="stop at input windows with NaN or inf (default: a warning with their count)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(run=run_predict)
 
@@ -172,7 +175,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_indices(args.classes, "--classes") if args.classes else None,
         roi=parse_roi(args.roi, dims) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
-        overwrite=args.overwrite, progress=not args.quiet)
+        overwrite=args.overwrite, progress=not args.quiet, strict=args.strict)
     try:
         result = predict_to_file(job)
     except KeyboardInterrupt:

@@ -2,20 +2,28 @@
 
 * :mod:`.arrays` - array specs (``file.h5:dataset``, ``file.zarr[:path]``, ``.tif``, ``.npy``, ``.csv``)
 * :mod:`.images` - an image as ``(C, *S)``, read box by box and scaled to float32
-* :mod:`.outputs` - output arrays written tile by tile (OME-Zarr, HDF5, TIFF, NumPy)
+* :mod:`.outputs` - output arrays written tile by tile (OME-Zarr, HDF5, TIFF, NumPy), durably
+* :mod:`.output_checks` - what may be written or replaced: never data densepred did not write
+* :mod:`.fingerprint` - a cheap fingerprint of an input's contents, to notice a changed input
 * :mod:`.synthetic` - synthetic EM-like volumes for the demo and the tests
 """
 
 from .arrays import ArraySpec, open_array
+from .fingerprint import array_fingerprint, file_stamp
 from .images import ChannelFirst, read_window, to_float32
-from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output, output_exists, remove_output
+from .output_checks import check_not_input, check_writable, output_exists, remove_output
+from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output
 
 __all__ = [
     "OUTPUT_DTYPES",
     "ArraySpec",
     "ChannelFirst",
     "OutputArray",
+    "array_fingerprint",
+    "check_not_input",
+    "check_writable",
     "create_output",
+    "file_stamp",
     "open_array",
     "open_output",
     "output_exists",

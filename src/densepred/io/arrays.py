@@ -38,11 +38,12 @@ class ArraySpec:
             raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
         path_text, key = spec, None
         for suffix in (*HDF5_SUFFIXES, ".zarr"):
-            marker = suffix + ":"
-            if marker in spec:
-                head, _, key = spec.rpartition(marker)
-                path_text, key = head + suffix, key.strip("/") or None
+            at = spec.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
+            if at >= 0:
+                path_text, key = spec[:at + len(suffix)], spec[at + len(suffix) + 1:].strip("/") or None
                 break
+        if key is not None:
+            _check_key(key, spec)
         path = Path(path_text).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
@@ -63,6 +64,14 @@ class ArraySpec:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.key}" if self.key else str(self.path)
+
+
+def _check_key(key: str, spec: str) -> None:
+    """A dataset or group path inside a file: relative, without ``.`` or ``..`` parts."""
+    parts = key.split("/")
+    if key.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in key:
+        raise DensePredError(f"array spec {spec!r} is invalid: the path inside the file, {key!r}, must be "
+                             "relative and must not contain '.', '..' or empty parts (e.g. file.zarr:pred/membranes)")
 
 
 def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
@@ -145,6 +154,10 @@ def _open_tiff(path: Path) -> Any:
 def _read_csv(path: Path) -> np.ndarray:
     with open(path, encoding="utf-8") as f:
         first = f.readline()
-    has_header = any(c.isalpha() for c in first.replace("e", "").replace("E", ""))
+    try:  # a header is a first row that is not numbers (nan and inf are numbers)
+        [float(v) for v in first.split(",")]
+        has_header = False
+    except ValueError:
+        has_header = True
     data = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
     return data[:, 0] if data.shape[1] == 1 else data

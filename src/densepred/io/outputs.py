@@ -16,7 +16,8 @@ the tile is recorded as done.
 from __future__ import annotations
 
 import errno
-import shutil
+import itertools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
+from ..files import fsync_folder
 from .arrays import ArraySpec
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
@@ -52,11 +54,38 @@ class OutputArray:
         return np.asarray(self.array[key])
 
     def flush(self) -> None:
-        """Make written tiles durable against a crash of this process."""
+        """Hand written tiles to the operating system (they survive a crash of this process)."""
         if self._handle is not None:  # HDF5
             self._handle.flush()
         elif isinstance(self.array, np.memmap):
             self.array.flush()
+
+    def sync(self, box: tuple[slice, ...]) -> None:
+        """Make the data written in ``box`` durable on disk (it survives a power loss).
+
+        HDF5: the file is flushed and fsynced; memory maps: ``msync``; zarr: every chunk
+        file the box touches, and their folders, are fsynced.
+        """
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.id.get_vfd_handle())
+        elif isinstance(self.array, np.memmap):
+            self.array.flush()  # msync(MS_SYNC)
+        elif self.spec.kind == "zarr":
+            for path in self._chunk_files(box):
+                _fsync_file(path)
+            for folder in {path.parent for path in self._chunk_files(box)}:
+                fsync_folder(folder)
+
+    def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
+        array = self.array
+        grid = getattr(array, "shards", None) or array.chunks
+        ranges = []
+        for s, n, c in zip(box, array.shape, grid, strict=False):
+            start, stop, _ = s.indices(n)
+            ranges.append(range(start // c, (max(stop, start + 1) - 1) // c + 1))
+        folder = Path(str(array.store_path.store.root)) / array.store_path.path
+        return [folder / array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges)]
 
     def set_attributes(self, values: dict[str, Any]) -> None:
         """Store metadata where the format has room for it (zarr and HDF5)."""
@@ -78,56 +107,6 @@ class OutputArray:
             mm = getattr(self.array, "_mmap", None)
             if mm is not None:
                 mm.close()
-
-
-def output_exists(spec: ArraySpec) -> bool:
-    """Whether the output named by ``spec`` is already there (for HDF5: the dataset)."""
-    if spec.kind == "hdf5":
-        if not spec.path.exists():
-            return False
-        import h5py
-
-        try:
-            with h5py.File(spec.path, "r") as f:
-                return _h5_key(spec) in f
-        except OSError:
-            return True  # a file that is not HDF5: writing would destroy it
-    if spec.kind == "zarr" and spec.key is not None:
-        return (spec.path / spec.key).exists()
-    return spec.path.exists()
-
-
-def remove_output(spec: ArraySpec) -> None:
-    """Delete an existing output (for HDF5 only the dataset; the file's other data stay)."""
-    if spec.kind == "hdf5":
-        import h5py
-
-        try:
-            with h5py.File(spec.path, "a") as f:
-                if _h5_key(spec) in f:
-                    del f[_h5_key(spec)]
-            return
-        except OSError:
-            spec.path.unlink()
-            return
-    target = spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path
-    if target.is_dir():
-        shutil.rmtree(target)
-    elif target.exists():
-        target.unlink()
-
-
-def check_writable(spec: ArraySpec) -> None:
-    """Raise a clear error now if the output cannot be written at all."""
-    import os
-
-    if spec.kind not in ("zarr", "hdf5", "tiff", "npy"):
-        raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
-    folder = spec.path.parent
-    if not folder.is_dir():
-        raise DensePredError(f"cannot write {spec}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DensePredError(f"cannot write {spec}: no permission to write in {folder}")
 
 
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
@@ -157,11 +136,20 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
     raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
 
 
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # a chunk zarr did not store (all fill value)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _reserve(path: Path) -> None:
     """Allocate a memory-mapped file's blocks now: a full disk is an error here, not a crash
     (SIGBUS) in the middle of writing a tile."""
-    import os
-
     size = path.stat().st_size
     with open(path, "r+b") as f:
         try:
@@ -188,7 +176,7 @@ def open_output(spec: ArraySpec) -> OutputArray:
             import h5py
 
             handle = h5py.File(spec.path, "r+")
-            return OutputArray(spec, handle[_h5_key(spec)], handle=handle)
+            return OutputArray(spec, handle[h5_key(spec)], handle=handle)
         if spec.kind == "tiff":
             import tifffile
 
@@ -247,7 +235,7 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunk
 
     handle = h5py.File(spec.path, "a")
     try:
-        array = handle.create_dataset(_h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, dtype),
+        array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, dtype),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
     except BaseException:
         handle.close()
@@ -264,5 +252,5 @@ def _h5_chunks(chunks: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _h5_key(spec: ArraySpec) -> str:
+def h5_key(spec: ArraySpec) -> str:
     return spec.key or "prediction"

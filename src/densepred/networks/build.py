@@ -19,6 +19,7 @@ from torch import nn
 from ..config import Config, NetworkConfig, network_geometry
 from ..errors import DensePredError
 from ..geometry import Geometry, LayerGeometry
+from ..system import available_ram
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -136,7 +137,28 @@ def build_net(config: Config | NetworkConfig) -> DenseNet:
         >>> net.geometry.fov                                        # doctest: +SKIP
     """
     network = config.network if isinstance(config, Config) else config
+    check_fits_in_memory(network)
     return DenseNet(network)
+
+
+# A net's parameters need their own memory, a copy per engine (float64 while folding batch norm),
+# and an optimizer's state in training: about this many times the float32 weights.
+PARAMETER_COPIES = 6
+
+
+def check_fits_in_memory(network: NetworkConfig) -> None:
+    """Refuse, before allocating, a network whose weights cannot fit in the available memory."""
+    if network.dims:
+        count = network_geometry(network).parameter_count
+    else:
+        sizes = [network.in_channels, *network.mlp, network.n_classes]
+        count = sum(a * b + b for a, b in itertools.pairwise(sizes))
+    need = count * 4 * PARAMETER_COPIES
+    available = available_ram()
+    if need > available:
+        raise DensePredError(f"this network has {count:,} parameters and needs about {need / 2**30:.1f} GiB for "
+                             f"them, more than the {available / 2**30:.1f} GiB of memory available; use fewer "
+                             "filters or smaller kernels")
 
 
 def _conv(layer: LayerGeometry, dims: int) -> nn.Module:

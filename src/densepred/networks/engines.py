@@ -94,6 +94,8 @@ class DenseEngine:
         self.dims = self.geometry.ndim
         if device.type == "cpu":
             tune_cpu_allocator()
+        else:
+            exact_float32_on_cuda()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
@@ -117,6 +119,19 @@ class DenseEngine:
         out = mfp_forward(self.stages, x)
         dense = self.geometry.dense_output_shape(size)
         return out[(..., *(slice(0, d) for d in dense))]
+
+
+def exact_float32_on_cuda() -> None:
+    """Turn off TF32 in cuDNN convolutions and cuBLAS matrix products (process-wide).
+
+    On Ampere and later GPUs PyTorch lets cuDNN round convolution inputs to TF32 (10-bit
+    mantissa) by default, so the engines would agree only to ~1e-3 and the profiler's
+    "fraction of the float32 peak" could pass 1. Dense prediction promises the same numbers
+    from every engine and tile, so it computes in true float32 (or asks for float16 or
+    bfloat16 explicitly).
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def plain_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,17 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
             else:
                 scalars[f"{index}.{key}"] = value
     metadata = {"step": str(step), "param_groups": json.dumps(state["param_groups"]),
-                "scalars": json.dumps(scalars)}
+                "scalars": json.dumps(scalars), "optimizer": type(optimizer).__name__.lower()}
     atomic_save(tensors, path, metadata)
+
+
+def saved_optimizer_kind(path: Path) -> str:
+    """``"adam"`` or ``"sgd"``: the optimizer whose state a file holds."""
+    _, metadata = read_safetensors(path)
+    if "optimizer" in metadata:
+        return metadata["optimizer"]
+    groups = json.loads(metadata.get("param_groups", "[{}]"))  # files from before the name was stored
+    return "sgd" if groups and "momentum" in groups[0] and "betas" not in groups[0] else "adam"
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:

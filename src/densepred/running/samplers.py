@@ -104,17 +104,14 @@ class VolumeSampler:
         x = to_float32(raw.read([slice(s, s + p) for s, p in zip(start, self.patch, strict=True)]))
         box = tuple(slice(s + o, s + o + t * (m - 1) + 1, t)
                     for s, o, t, m in zip(start, g.offset, g.stride, self.out, strict=True))
-        y = np.asarray(label[box]).astype(np.int64)
-        check_labels(y, self.n_classes, self.ignore_label)
-        return x, y
+        return x, np.asarray(label[box]).astype(np.int64)
 
 
 class ArraySampler:
     """Random rows of patch arrays ``(N, C, *patch)`` or feature vectors ``(N, F)`` with labels ``(N,)``."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, ignore_label: int | None):
+    def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y.astype(np.int64)
-        check_labels(self.y, n_classes, ignore_label)
 
     def sample(self, rng: np.random.Generator, n: int, augmentation: Augmentation | None = None) -> Batch:
         rows = rng.integers(0, len(self.x), size=n)
@@ -130,15 +127,32 @@ class ArraySampler:
         return to_float32(np.asarray(self.x)), self.y
 
 
-def check_labels(y: np.ndarray, n_classes: int, ignore_label: int | None) -> None:
+def check_labels(y: np.ndarray, n_classes: int, ignore_label: int | None, where: str = "",
+                 origin: tuple[int, ...] = ()) -> None:
+    """Raise naming the first label outside ``0..n_classes-1`` (and not the ignore label): its value,
+    its position (``origin`` plus the index in ``y``) and ``where`` it comes from."""
     valid = (y >= 0) & (y < n_classes)
     if ignore_label is not None:
         valid |= y == ignore_label
-    if not valid.all():
-        bad = int(y[~valid].flat[0])
-        ignore = f" or the ignore_label {ignore_label}" if ignore_label is not None else ""
-        raise DensePredError(f"label {bad} is out of range; labels must be 0..{n_classes - 1}{ignore} "
-                             "(set training.ignore_label for unlabelled voxels)")
+    if valid.all():
+        return
+    index = tuple(int(i) for i in np.argwhere(~valid)[0])
+    position = tuple(o + i for o, i in zip(origin or (0,) * len(index), index, strict=True))
+    ignore = f" or the ignore_label {ignore_label}" if ignore_label is not None else ""
+    source = f"{where}: " if where else ""
+    raise DensePredError(f"{source}label {int(y[index])} at position {list(position)} is out of range; labels must "
+                         f"be 0..{n_classes - 1}{ignore} (set training.ignore_label for unlabelled voxels)")
+
+
+def check_label_volume(label: Any, n_classes: int, ignore_label: int | None, where: str,
+                       block_voxels: int = 2**24) -> None:
+    """Check every label of a volume once, in slabs along the first axis, before training starts."""
+    shape = tuple(label.shape)
+    per_slice = max(math.prod(shape[1:]), 1)
+    step = max(1, block_voxels // per_slice)
+    for start in range(0, shape[0], step):
+        block = np.asarray(label[start:start + step])
+        check_labels(block, n_classes, ignore_label, where, (start,) + (0,) * (len(shape) - 1))
 
 
 def build_samplers(cfg: Config, geometry: Geometry | None) -> tuple[Any, Any | None]:
@@ -157,6 +171,8 @@ def build_samplers(cfg: Config, geometry: Geometry | None) -> tuple[Any, Any | N
     assert patch is not None
     volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec) for raw, label, spec in pairs]
     val_volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec) for raw, label, spec in val_pairs]
+    for _, label, spec in pairs + val_pairs:
+        check_label_volume(label, net.n_classes, training.ignore_label, spec)
     train_volumes, held_out = [], []
     if val_volumes or training.validation_fraction == 0:
         train_volumes = volumes
@@ -215,6 +231,7 @@ def _array_samplers(cfg: Config, pairs, val_pairs, geometry: Geometry | None):
         if geometry is not None and x.ndim == len(expected) and net.in_channels == 1:
             x = x[:, None]
         y = np.asarray(label).reshape(-1)
+        check_labels(y, net.n_classes, training.ignore_label, spec)
         if tuple(x.shape[1:]) != expected or len(x) != len(y):
             raise DensePredError(
                 f"{spec}: data of shape {list(x.shape)} with {len(y)} labels is invalid; expected "
@@ -235,6 +252,6 @@ def _array_samplers(cfg: Config, pairs, val_pairs, geometry: Geometry | None):
             raise DensePredError(f"{len(x)} samples are too few to hold out a validation fraction")
         x, vx, y, vy = x[order[n_val:]], x[order[:n_val]], y[order[n_val:]], y[order[:n_val]]
     else:
-        return ArraySampler(x, y, net.n_classes, training.ignore_label), None
-    return (ArraySampler(x, y, net.n_classes, training.ignore_label),
-            ArraySampler(vx, vy, net.n_classes, training.ignore_label))
+        return ArraySampler(x, y), None
+    return (ArraySampler(x, y),
+            ArraySampler(vx, vy))

@@ -40,14 +40,37 @@ from ..networks.weights import (
     load_optimizer,
     load_weights,
     optimizer_path,
+    read_safetensors,
     save_optimizer,
     save_weights,
+    saved_optimizer_kind,
 )
 from .devices import resolve_device
 from .samplers import augmentation_for, build_samplers
 
 log = logging.getLogger("densepred")
-HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr")
+HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr", "skipped_batches")
+
+
+class _Window:
+    """Training losses since the last record; skipped batches (nothing labelled) counted apart."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.skipped = 0
+        self.last_text = "-"
+
+    def add(self, loss: float | None) -> None:
+        if loss is None:
+            self.skipped += 1
+            self.last_text = "skipped"
+        else:
+            self.losses.append(loss)
+            self.last_text = f"{loss:.4f}"
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.losses)) if self.losses else None
 
 
 @dataclass
@@ -111,21 +134,49 @@ class _Run:
         return torch.optim.Adam(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     def _resume(self) -> None:
+        """Continue from LAST. What a resume may change: steps, lr and its schedule, weight_decay,
+        momentum, class weights, data, batch size, augmentation (all applied from the config).
+        Refused: another network (the weights do not fit) or another optimizer (its state does not)."""
         if not self.last.exists():
             raise DensePredError(f"cannot resume: {self.last} does not exist; start without --resume")
         metadata = load_weights(self.net, self.last)
         self.start = int(metadata.get("step", 0))
         if self.optimizer_file.exists():
+            saved = saved_optimizer_kind(self.optimizer_file)
+            if saved != self.training.optimizer:
+                raise DensePredError(
+                    f"cannot resume with optimizer = \"{self.training.optimizer}\": {self.optimizer_file} holds "
+                    f"{saved} state; keep optimizer = \"{saved}\", or train a new run (another save_dir)")
             saved_at = load_optimizer(self.optimizer, self.optimizer_file)
             if saved_at != self.start:
                 log.warning("optimizer state is from step %d but LAST from step %d; restarting the optimizer",
                             saved_at, self.start)
                 self.optimizer = self._optimizer()
+            self._apply_hyperparameters()
         self.history = [row for row in read_history(self.history_file) if row["step"] <= self.start]
-        losses = [row["val_loss"] for row in self.history if row["val_loss"] is not None]
-        self.best_loss = min(losses, default=math.inf)
+        self.best_loss = self._best_score()
         if self.start > self.steps:
             log.warning("LAST is at step %d, already past steps = %d; nothing to train", self.start, self.steps)
+
+    def _apply_hyperparameters(self) -> None:
+        """The config's weight decay and momentum win over those saved with the optimizer state."""
+        wanted = {"weight_decay": self.training.weight_decay}
+        if self.training.optimizer == "sgd":
+            wanted["momentum"] = self.training.momentum
+        for group in self.optimizer.param_groups:
+            for key, value in wanted.items():
+                if group.get(key) != value:
+                    log.warning("resuming with %s = %g (it was %g)", key, value, group.get(key))
+                    group[key] = value
+
+    def _best_score(self) -> float:
+        """The score BEST was saved with (validation loss, or training loss without validation)."""
+        if not self.best.exists():
+            return math.inf
+        try:
+            return float(read_safetensors(self.best)[1].get("score", math.inf))
+        except ValueError:
+            return math.inf
 
     def lr(self, step: int) -> float:
         t = self.training
@@ -139,20 +190,18 @@ class _Run:
         seconds0 = self.history[-1]["seconds"] if self.history else 0.0
         clock0 = time.perf_counter()
         bar = _bar(progress, self.start, self.steps)
-        step, losses = self.start, []
+        step, window = self.start, _Window()
         try:
             with StopOnInterrupt() as stop:
                 while step < self.steps and not stop.requested:
-                    loss = self.train_step(step + 1)
                     step += 1
-                    losses.append(loss)
+                    window.add(self.train_step(step))
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}")
+                        bar.set_postfix(loss=window.last_text)
                     if step % self.training.validate_every == 0 or step == self.steps:
-                        seconds = seconds0 + time.perf_counter() - clock0
-                        self.record(step, seconds, float(np.mean(losses)))
-                        losses = []
+                        self.record(step, seconds0 + time.perf_counter() - clock0, window)
+                        window = _Window()
                     if step % self.training.save_every == 0 or step == self.steps:
                         self.save(step)
                 if stop.requested:
@@ -166,7 +215,9 @@ class _Run:
         return TrainResult(step, self.save_dir, self.last, best,
                            None if math.isinf(self.best_loss) else self.best_loss, stop.requested)
 
-    def train_step(self, step: int) -> float:
+    def train_step(self, step: int) -> float | None:
+        """One optimizer step; None (and no step) for a batch without a labelled voxel of weight > 0:
+        sparse annotation leaves such batches, and their loss would be 0/0."""
         rng = np.random.default_rng([self.training.seed, step])
         torch.manual_seed(self.training.seed * 1_000_003 + step)
         x, y = self.sampler.sample(rng, self.training.batch_size, self.augmentation)
@@ -174,7 +225,10 @@ class _Run:
             group["lr"] = self.lr(step)
         self.net.train()
         logits = self.net(torch.from_numpy(x).to(self.device))
-        loss = self.loss(logits, torch.from_numpy(y).to(self.device))
+        total, weight = self.loss_sum(logits, torch.from_numpy(y).to(self.device))
+        if float(weight) == 0:
+            return None
+        loss = total / weight
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -184,13 +238,25 @@ class _Run:
                                  f"(now {self.training.lr}) or check the data")
         return value
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-weighted cross-entropy summed over labelled voxels, and the sum of their weights
+        (their ratio is PyTorch's weighted mean; a weight of 0 means nothing was labelled)."""
         if labels.ndim == 1 and logits.ndim > 2:  # one label per patch: a 1-voxel output grid
             logits = logits.reshape(logits.shape[0], logits.shape[1])
-        ignore = self.training.ignore_label if self.training.ignore_label is not None else -100
-        return F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=ignore)
+        keep = self._labelled(labels)
+        safe = torch.where(keep, labels, torch.zeros_like(labels))
+        per_voxel = F.cross_entropy(logits, safe, reduction="none")
+        weights = keep.to(per_voxel.dtype)
+        if self.class_weights is not None:
+            weights = weights * self.class_weights[safe]
+        return (per_voxel * weights).sum(), weights.sum()
 
-    def validate(self) -> tuple[float, float] | None:
+    def _labelled(self, labels: torch.Tensor) -> torch.Tensor:
+        ignore = self.training.ignore_label
+        return labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
+
+    def validate(self) -> tuple[float | None, float | None] | None:
+        """Mean validation loss and accuracy over labelled voxels (None where none is labelled)."""
         if self.validation is None:
             return None
         rng = np.random.default_rng([self.training.seed, 2**31])  # the same patches every time
@@ -199,28 +265,34 @@ class _Run:
         else:
             x, y = self.validation.sample(rng, self.training.validation_patches)
         self.net.eval()
-        total_loss, correct, counted = 0.0, 0, 0
+        total_loss, total_weight, correct, counted = 0.0, 0.0, 0, 0
         with torch.no_grad():
             for first in range(0, len(x), self.training.batch_size):
                 xb = torch.from_numpy(x[first:first + self.training.batch_size]).to(self.device)
                 yb = torch.from_numpy(y[first:first + self.training.batch_size]).to(self.device)
                 logits = self.net(xb)
-                total_loss += float(self.loss(logits, yb)) * len(xb)
+                loss, weight = self.loss_sum(logits, yb)
+                total_loss, total_weight = total_loss + float(loss), total_weight + float(weight)
                 if yb.ndim == 1 and logits.ndim > 2:
                     logits = logits.reshape(logits.shape[0], logits.shape[1])
-                keep = yb != (self.training.ignore_label if self.training.ignore_label is not None else -100)
+                keep = self._labelled(yb)
                 correct += int((logits.argmax(1) == yb)[keep].sum())
                 counted += int(keep.sum())
-        return total_loss / len(x), correct / max(counted, 1)
+        return (total_loss / total_weight if total_weight else None), (correct / counted if counted else None)
 
-    def record(self, step: int, seconds: float, train_loss: float) -> None:
+    def record(self, step: int, seconds: float, window: _Window) -> None:
         validation = self.validate()
         val_loss, val_accuracy = validation if validation is not None else (None, None)
+        train_loss = window.mean
         self.history.append({"step": step, "seconds": round(seconds, 3), "train_loss": train_loss,
-                             "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": self.lr(step)})
+                             "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": self.lr(step),
+                             "skipped_batches": window.skipped})
         write_history(self.history_file, self.history)
+        if window.skipped:
+            log.info("%d of the last %d batches had no labelled voxel and were skipped", window.skipped,
+                     window.skipped + len(window.losses))
         score = val_loss if val_loss is not None else train_loss
-        if score < self.best_loss:
+        if score is not None and score < self.best_loss:
             self.best_loss = score
             save_weights(self.net, self.best, {"step": step, "score": score, "name": self.cfg.name})
 
@@ -271,14 +343,20 @@ class StopOnInterrupt:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``history.csv``; columns a file from an older version lacks are None."""
     if not path.exists():
         return []
     rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            rows.append({key: (None if row[key] in ("", None) else
-                               (int(row[key]) if key == "step" else float(row[key]))) for key in HISTORY_FIELDS})
+            rows.append({key: _history_value(key, row.get(key)) for key in HISTORY_FIELDS})
     return rows
+
+
+def _history_value(key: str, text: str | None) -> Any:
+    if text in ("", None):
+        return None
+    return int(text) if key in ("step", "skipped_batches") else float(text)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -297,7 +375,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path, name: str) -> None:
 
     steps = [r["step"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(steps, [r["train_loss"] for r in rows], label="train loss")
+    ax_loss.plot(steps, [math.nan if r["train_loss"] is None else r["train_loss"] for r in rows], label="train loss")
     val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
     if val:
         ax_loss.plot(*zip(*val, strict=True), label="validation loss")

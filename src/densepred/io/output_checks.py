@@ -1,0 +1,153 @@
+"""What an output may be, and what may be replaced: never data densepred did not write.
+
+* An output is checked before anything is created or deleted: a known format, a folder that
+  exists and is writable, a zarr key that stays inside its store, a zarr container of the
+  same format (v3), an HDF5 file that is not the input's own file.
+* ``--overwrite`` replaces only what a densepred run wrote: an HDF5 dataset or a zarr group
+  carrying the ``densepred`` attribute, or a TIFF/NumPy file the user names as the output.
+  An HDF5 file is never deleted, only the dataset inside it; a file h5py cannot open for
+  writing (open elsewhere, locked, read-only, corrupt) is an error, never a reason to delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import DensePredError
+from .arrays import ArraySpec
+from .outputs import WRITABLE, h5_key
+
+MARK = "densepred"  # the attribute densepred predict puts on every zarr and HDF5 output
+
+
+def check_writable(spec: ArraySpec) -> None:
+    """Raise a clear error now if the output cannot be written at all."""
+    if spec.kind not in ("zarr", "hdf5", "tiff", "npy"):
+        raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
+    folder = spec.path.parent
+    if not folder.is_dir():
+        raise DensePredError(f"cannot write {spec}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DensePredError(f"cannot write {spec}: no permission to write in {folder}")
+    if spec.kind == "zarr":
+        _check_zarr_container(spec)
+
+
+def check_not_input(output: ArraySpec, source: ArraySpec) -> None:
+    """Refuse an output that is the input, or lies in the input's own HDF5 file or zarr array."""
+    if output.path.resolve() != source.path.resolve():
+        return
+    if output.kind == "hdf5" and output.key != source.key:
+        raise DensePredError(
+            f"the output {output} is in the input's own HDF5 file, which is open for reading while the "
+            f"prediction is written; write to another file (e.g. {output.path.with_name('prediction.h5')}:"
+            f"{h5_key(output)}) and keep {output.path} as it is")
+    if output.kind == "zarr" and output.key and source.key and not _nested(output.key, source.key):
+        return  # another group of the same store
+    raise DensePredError(f"the output {output} is the input ({source}) or holds it; choose another output")
+
+
+def _nested(a: str, b: str) -> bool:
+    a_parts, b_parts = a.strip("/").split("/"), b.strip("/").split("/")
+    shorter = min(len(a_parts), len(b_parts))
+    return a_parts[:shorter] == b_parts[:shorter]
+
+
+def _check_zarr_container(spec: ArraySpec) -> None:
+    root = spec.path
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DensePredError(f"cannot write {spec}: {root} is a file, not a zarr store")
+    if (root / ".zgroup").exists() or (root / ".zarray").exists():
+        raise DensePredError(
+            f"cannot write {spec}: {root} is a zarr v2 store and densepred writes zarr v3 (OME-Zarr 0.5); "
+            "one container cannot hold both (zarr would list only the v3 part); choose a new .zarr output")
+    if not (root / "zarr.json").exists() and any(root.iterdir()):
+        raise DensePredError(f"cannot write {spec}: {root} is a folder that is not a zarr store; "
+                             "choose a new .zarr output")
+
+
+def output_exists(spec: ArraySpec) -> bool:
+    """Whether the output named by ``spec`` is already there (for HDF5: the dataset)."""
+    if spec.kind == "hdf5":
+        if not spec.path.exists():
+            return False
+        with _h5_file(spec, "r") as f:
+            return h5_key(spec) in f
+    if spec.kind == "zarr" and spec.key is not None:
+        return (spec.path / spec.key).exists()
+    return spec.path.exists()
+
+
+def check_replaceable(spec: ArraySpec) -> None:
+    """Raise unless the existing output is one ``--overwrite`` may replace (see the module docstring)."""
+    if spec.kind == "hdf5":
+        with _h5_file(spec, "a") as f:  # the file must open for writing, or nothing is deleted at all
+            key = h5_key(spec)
+            if key in f and MARK not in f[key].attrs:
+                raise _not_ours(spec)
+        return
+    target = _target(spec)
+    if spec.kind == "zarr" and target.exists() and not _zarr_written_by_densepred(target):
+        raise _not_ours(spec)
+    if spec.kind != "zarr" and target.is_dir():
+        raise DensePredError(f"cannot replace {spec}: it is a folder, not a {spec.kind} file")
+
+
+def remove_output(spec: ArraySpec) -> None:
+    """Delete an output a densepred run wrote (for HDF5 only the dataset); refuse anything else."""
+    check_replaceable(spec)
+    if spec.kind == "hdf5":
+        with _h5_file(spec, "a") as f:
+            if h5_key(spec) in f:
+                del f[h5_key(spec)]
+        return
+    target = _target(spec)
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def _target(spec: ArraySpec) -> Path:
+    return spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path
+
+
+def _zarr_written_by_densepred(folder: Path) -> bool:
+    import zarr
+
+    try:
+        group = zarr.open_group(folder, mode="r")
+    except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
+        return False
+    names = {name for name, _ in group.members()}
+    return MARK in group.attrs and names <= {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
+
+
+def _not_ours(spec: ArraySpec) -> DensePredError:
+    return DensePredError(f"{spec} exists and was not written by densepred predict; --overwrite replaces only "
+                          "densepred outputs, so choose another output (or delete it yourself)")
+
+
+@contextlib.contextmanager
+def _h5_file(spec: ArraySpec, mode: str) -> Iterator[Any]:
+    """``h5py.File`` whose failure to open is a clear error that deletes nothing."""
+    import h5py
+
+    try:
+        handle = h5py.File(spec.path, mode)
+    except OSError as exc:
+        why = str(exc).split("(")[0].strip() or "unreadable"
+        raise DensePredError(
+            f"cannot open {spec.path} for {'reading' if mode == 'r' else 'writing'} ({why}): it may be open "
+            "in another program, locked, read-only or not an HDF5 file; nothing was changed") from None
+    try:
+        yield handle
+    finally:
+        handle.close()

@@ -1,0 +1,50 @@
+"""Non-finite values: an input window with NaN or inf gives no prediction for its voxels.
+
+Softmax of a NaN is NaN, which ``--dtype uint8`` would store as 0 and ``--argmax`` as class 0,
+silently. Each tile's probabilities are checked over the box it owns (owned boxes partition
+the output, so every voxel is counted once); the run ends with a warning that gives the count
+and the first position in image coordinates, or, with ``strict``, stops at the first one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import DensePredError
+from ..geometry import Tile
+
+log = logging.getLogger("densepred")
+
+
+class NonFinite:
+    """Counts output voxels without a finite prediction; ``shift`` maps output to image voxels."""
+
+    def __init__(self, shift: Sequence[int], strict: bool = False):
+        self.shift, self.strict = tuple(shift), strict
+        self.count = 0
+        self.first: tuple[int, ...] | None = None
+
+    def check(self, tile: Tile, probabilities: np.ndarray) -> None:
+        """``probabilities`` is the tile's owned box, ``(K, *box)``."""
+        bad = ~np.isfinite(probabilities).all(axis=0)
+        if not bad.any():
+            return
+        self.count += int(bad.sum())
+        if self.first is None:
+            where = np.argwhere(bad)[0]
+            self.first = tuple(int(w + o + s) for w, o, s in zip(where, tile.owned_start, self.shift, strict=True))
+        if self.strict:
+            raise DensePredError(self.message())
+
+    def message(self) -> str:
+        position = ",".join(map(str, self.first or ()))
+        return (f"{self.count} output voxel(s) have no finite prediction because their input window holds NaN "
+                f"or inf (the first at image voxel {position}); uint8 outputs store them as 0 and --argmax as "
+                "class 0. Clean the input, or drop --strict to accept this")
+
+    def report(self) -> None:
+        if self.count:
+            log.warning("%s", self.message().replace("drop --strict to accept this", "pass --strict to refuse it"))

@@ -1,0 +1,146 @@
+"""The run record beside an output: what a run computes, and which tiles are done.
+
+``<output>.densepred/`` (for ``out.h5:pred``, ``out.h5.pred.densepred/``) holds
+
+* ``run.json`` - what is being computed: input (with a fingerprint of its contents), output,
+  network, weights, tiles. A resume whose record differs is refused, so an output never mixes
+  two predictions. Written atomically.
+* ``done.log`` - one line per finished tile, ``<tile id> <crc32 of the id, 8 hex digits>``.
+
+**Durability.** A tile's line is appended only after its data was written *and made
+durable* (:meth:`densepred.io.OutputArray.sync`: fsync of the HDF5 file or of the zarr chunk
+files, msync of a memory map), and the line itself is fsynced. So after a crash or a power
+loss every tile the log names is on disk. A line torn by a crash fails its checksum and is
+ignored; before appending, the log is cut back to its last complete line, so a new entry can
+never merge with a torn one ("17" + "3" is not tile 173).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import DensePredError
+from ..files import atomic_write_text
+from ..io import ArraySpec
+
+log = logging.getLogger("densepred")
+
+RECORD_VERSION = 2
+DONE_LOG = "done.log"
+RUN_JSON = "run.json"
+SECTIONS = (("input", "input"), ("network", "network config or weights"),
+            ("tiles", "tiling (tile, mode, batch size, mirror or region)"), ("output", "output format"))
+
+
+def record_path(spec: ArraySpec) -> Path:
+    """The run-record folder beside an output."""
+    suffix = f".{spec.key.replace('/', '.')}" if spec.key else ""
+    return spec.path.with_name(spec.path.name + suffix + ".densepred")
+
+
+def done_line(tile_id: int) -> str:
+    """One ``done.log`` line: the id and its checksum, so a torn or merged line is never believed."""
+    return f"{tile_id} {zlib.crc32(str(tile_id).encode()):08x}\n"
+
+
+def read_done(record_dir: Path) -> set[int]:
+    """Tile ids recorded as done; lines without a newline or a matching checksum are ignored."""
+    try:
+        text = (Path(record_dir) / DONE_LOG).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return set()
+    done = set()
+    for line in text.split("\n")[:-1]:  # the last piece lacks its newline: torn, or empty
+        parts = line.split(" ")
+        if len(parts) == 2 and parts[0].isdigit() and done_line(int(parts[0])) == line + "\n":
+            done.add(int(parts[0]))
+    return done
+
+
+class DoneLog:
+    """``done.log`` opened for appending durable lines; a torn last line is cut off first."""
+
+    def __init__(self, record_dir: Path):
+        path = Path(record_dir) / DONE_LOG
+        self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
+        self._file.seek(0)
+        content = self._file.read()
+        complete = content.rfind(b"\n") + 1
+        if complete != len(content):
+            self._file.truncate(complete)
+            os.fsync(self._file.fileno())
+
+    def append(self, tile_id: int) -> None:
+        self._file.write(done_line(tile_id).encode("ascii"))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_record(record_dir: Path) -> dict[str, Any] | None:
+    """The record's ``run.json``, or None when there is none."""
+    path = Path(record_dir) / RUN_JSON
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DensePredError(f"cannot read the run record {path}: {exc}; start again with --overwrite") from None
+    if record.get("version") != RECORD_VERSION:
+        raise DensePredError(f"the run record {path} was written by another version of densepred (record "
+                             f"version {record.get('version')}, this one reads {RECORD_VERSION}); "
+                             "start again with --overwrite")
+    return record
+
+
+def write_record(record_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(Path(record_dir) / RUN_JSON, json.dumps(record, indent=2) + "\n")
+
+
+def check_same(previous: dict[str, Any], current: dict[str, Any], spec: ArraySpec) -> None:
+    """Refuse a resume that would mix two different predictions in one output."""
+    for section, what in SECTIONS:
+        before, now = previous.get(section) or {}, current[section]
+        if before != now:
+            keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            details = "; ".join(f"{k}: {_short(before.get(k))} before, {_short(now.get(k))} now" for k in keys[:3])
+            raise DensePredError(f"cannot resume {spec}: the {what} differs from the interrupted run ({details}); "
+                                 "rerun with the same settings, or start again with --overwrite")
+    if previous.get("input_file") != current.get("input_file"):
+        log.warning("the input file's size or modification time changed since the interrupted run, but its "
+                    "sampled contents are the same; resuming")
+    if previous.get("device") != current["device"]:
+        log.warning("resuming on %s a run started on %s: the new tiles may differ in the last bits",
+                    current["device"], previous.get("device"))
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:12] + "..."
+
+
+def provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """What a finished output's attributes say about how it was made."""
+    return {"input": record["input"]["spec"], "network": record["network"], "tiles": record["tiles"]}
+
+
+def network_hash(cfg: Config) -> str:
+    network = dict(cfg.source.get("network", {}))
+    return hashlib.sha256(json.dumps(network, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
