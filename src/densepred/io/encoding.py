@@ -50,5 +50,6 @@ class Encoding:
         if self.classes is not None:
             probabilities = probabilities[list(self.classes)]
         if self.dtype == "uint8":
-            return np.rint(probabilities * 255).astype(np.uint8)
+            # NaN (an input window with NaN) is stored as 0; the job reports such voxels
+            return np.rint(np.nan_to_num(probabilities, nan=0.0) * 255).astype(np.uint8)
         return probabilities.astype(self.stored_dtype, copy=False)

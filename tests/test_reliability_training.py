@@ -1,0 +1,188 @@
+"""Faults around training, configs, the profiler and devices found in review (docs/RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import densepred
+from densepred import ConfigError, DensePredError
+from densepred.interfaces.cli import main
+from densepred.networks.weights import read_safetensors, save_weights
+from densepred.running.devices import same_device
+from densepred.running.training import read_history
+from densepred.system import cgroup_memory_room
+from tests.test_training import write_config
+
+# -- 8. sparse labels ------------------------------------------------------------------------------
+
+
+def no_validation(config):
+    config.write_text(config.read_text().replace("validation_fraction = 0.25", "validation_fraction = 0"))
+    return config
+
+
+def sparse(folder, fraction_labelled=0.002, seed=0):
+    """Labels that are ignore_label (255) almost everywhere, as sparse annotation leaves them."""
+    with h5py.File(folder / "data.h5", "a") as f:
+        label = f["label"][...]
+        keep = np.random.default_rng(seed).random(label.shape) < fraction_labelled
+        f["label"][...] = np.where(keep, label, 255)
+
+
+def test_8_batches_without_a_labelled_voxel_are_skipped_and_counted(tmp_path):
+    config = no_validation(write_config(tmp_path, steps=20, extra="ignore_label = 255"))
+    sparse(tmp_path)
+    result = densepred.train(config, progress=False)
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert result.step == 20
+    assert sum(row["skipped_batches"] for row in history) > 0
+    assert all(row["train_loss"] is None or math.isfinite(row["train_loss"]) for row in history)
+    assert (tmp_path / "run" / "tiny-LAST.safetensors").exists()
+
+
+def test_8_validation_without_labelled_voxels_still_leads_to_best(tmp_path):
+    config = write_config(tmp_path, steps=20, extra="ignore_label = 255")
+    sparse(tmp_path, fraction_labelled=0.0)
+    with h5py.File(tmp_path / "data.h5", "a") as f:  # training half labelled, validation half not
+        label = f["label"][...]
+        label[:60] = np.where(label[:60] == 255, 0, label[:60])
+        f["label"][...] = label
+    result = densepred.train(config, progress=False)
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert all(row["val_loss"] is None for row in history)
+    assert result.best is not None
+
+
+# -- 9. what a training resume may change -----------------------------------------------------------
+
+def test_9_resume_without_validation_keeps_a_better_best(tmp_path):
+    config = no_validation(write_config(tmp_path, steps=10))
+    densepred.train(config, progress=False)
+    best = tmp_path / "run" / "tiny-BEST.safetensors"
+    net = densepred.build_net(densepred.load_config(config))
+    save_weights(net, best, {"step": 10, "score": 1e-9, "name": "tiny"})  # a BEST no later step can beat
+    before = best.read_bytes()
+    densepred.train(config, resume=True, steps=20, progress=False)
+    assert best.read_bytes() == before
+
+
+def test_9_resume_applies_a_changed_weight_decay_and_refuses_another_optimizer(tmp_path):
+    config = write_config(tmp_path, steps=10, extra='optimizer = "sgd"\nweight_decay = 0.0')
+    densepred.train(config, progress=False)
+    config.write_text(config.read_text().replace("weight_decay = 0.0", "weight_decay = 0.05"))
+    densepred.train(config, resume=True, steps=20, progress=False)
+    _, metadata = read_safetensors(tmp_path / "run" / "tiny-LAST.optimizer.safetensors")
+    assert {group["weight_decay"] for group in json.loads(metadata["param_groups"])} == {0.05}
+    config.write_text(config.read_text().replace('optimizer = "sgd"', 'optimizer = "adam"'))
+    with pytest.raises(DensePredError, match=r'cannot resume with optimizer = "adam": .* holds sgd state'):
+        densepred.train(config, resume=True, steps=30, progress=False)
+
+
+# -- 10. label range checked before training -----------------------------------------------------------
+
+def test_10_one_bad_label_anywhere_is_named_before_the_first_step(tmp_path):
+    config = write_config(tmp_path, steps=1000)
+    with h5py.File(tmp_path / "data.h5", "a") as f:
+        f["label"][117, 3] = 7
+    with pytest.raises(DensePredError, match=r"data.h5:label: label 7 at position \[117, 3\] is out of range"):
+        densepred.train(config, progress=False)
+    assert not (tmp_path / "run" / "tiny-LAST.safetensors").exists()
+
+
+# -- 13. the profiler from a plain script --------------------------------------------------------------
+
+def test_13_profile_runs_from_a_script_without_a_main_guard(tmp_path):
+    (tmp_path / "net.toml").write_text(textwrap.dedent("""\
+        [network]
+        dims = 2
+        in_channels = 1
+        n_classes = 2
+        layers = [{ filters = 3, kernel = 3, pool = 2 }, { filters = 3, kernel = 3 }]
+    """))
+    script = tmp_path / "run_profile.py"
+    script.write_text("import densepred\n"
+                      f"result = densepred.profile({str(tmp_path / 'net.toml')!r}, device='cpu', modes='dilated', "
+                      f"max_seconds=4, repeats=1, out={str(tmp_path)!r}, progress=False)\n"
+                      "print('best', result.best.input_shape)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "best" in done.stdout
+
+
+# -- 14. config mistakes that raised raw tracebacks ----------------------------------------------------
+
+NET = '[network]\nin_channels = 1\nn_classes = 2\nlayers = [{ filters = 4, kernel = 3 }]\n'
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("dims = 3.0\n", "network.dims = 3.0 is invalid; expected 2, 3 or 0"),
+    ("dims = 2\nbatchnorm = true\nmlp = [4]\npatch_size = 5\n",
+     "training.batch_size = 1 is invalid with network.batchnorm = true"),
+])
+def test_14_config_mistakes_are_one_line(tmp_path, capsys, text, message):
+    body = NET.replace("[network]\n", "[network]\n" + text)
+    if "batchnorm" in text:
+        body += '[training]\ndata = []\nbatch_size = 1\n'
+    (tmp_path / "bad.toml").write_text(body)
+    assert main(["info", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_14_a_network_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    (tmp_path / "huge.toml").write_text("[network]\ndims = 3\nin_channels = 1\nn_classes = 2\n"
+                                        "layers = [{ filters = 1000000000, kernel = 3 }]\n")
+    with pytest.raises(DensePredError, match=r"30,000,000,002 parameters and needs about .* GiB .* fewer filters"):
+        densepred.build_net(densepred.load_config(tmp_path / "huge.toml"))
+    code = main(["predict", str(tmp_path / "huge.toml"), "--input", "x.npy", "--output", str(tmp_path / "o.npy"),
+                 "--weights", str(tmp_path / "w.safetensors")])
+    assert code == 2
+    assert "parameters and needs about" in capsys.readouterr().err
+
+
+def test_14_batchnorm_with_batch_1_is_fine_when_every_map_has_many_values():
+    cfg = densepred.config_from_dict({"network": {"dims": 2, "in_channels": 1, "n_classes": 2, "batchnorm": True,
+                                                  "layers": [{"filters": 2, "kernel": 3}]},
+                                      "training": {"batch_size": 1, "patch_size": 9}})
+    assert cfg.training.batch_size == 1
+    with pytest.raises(ConfigError):
+        densepred.config_from_dict({"network": {"dims": 0, "in_channels": 3, "n_classes": 2, "batchnorm": True,
+                                                "mlp": [4]}, "training": {"batch_size": 1}})
+
+
+# -- 16. devices and memory limits -------------------------------------------------------------------
+
+def test_16_equal_devices_are_recognised_and_the_net_is_not_copied_per_chunk(monkeypatch):
+    assert same_device("cpu:0", "cpu")
+    assert same_device(torch.device("cpu"), "cpu:0")
+    import copy
+
+    copies = []
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: (copies.append(1), real(*a, **k))[1])
+    net = densepred.build_net(densepred.config_from_dict({"network": {"dims": 0, "in_channels": 3, "n_classes": 2,
+                                                                     "mlp": [4]}}))
+    x = np.random.default_rng(0).random((2000, 3), dtype=np.float32)
+    densepred.class_probabilities(net, x, device="cpu:0")
+    assert copies == []
+
+
+def test_16_a_cgroup_limit_bounds_the_memory_budget(tmp_path):
+    (tmp_path / "proc").write_text("0::/slurm/job1\n")
+    group = tmp_path / "cg" / "slurm" / "job1"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text("1000000000\n")
+    (group / "memory.current").write_text("400000000\n")
+    assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) == 600_000_000
+    (group / "memory.max").write_text("max\n")
+    assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) is None
