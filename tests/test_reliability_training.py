@@ -186,3 +186,9 @@ def test_16_a_cgroup_limit_bounds_the_memory_budget(tmp_path):
     assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) == 600_000_000
     (group / "memory.max").write_text("max\n")
     assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) is None
+
+
+def test_8_class_weights_that_are_all_zero_are_a_config_error():
+    with pytest.raises(ConfigError, match="class_weights are all 0"):
+        densepred.config_from_dict({"network": {"dims": 0, "in_channels": 3, "n_classes": 2, "mlp": [4]},
+                                    "training": {"class_weights": [0, 0]}})
