@@ -44,6 +44,7 @@ from .schema import (
     PredictionConfig,
     Shape,
     TrainingConfig,
+    check_plain_patch,
     network_geometry,
 )
 
@@ -253,13 +254,7 @@ def _training_patch(table: Mapping[str, Any], network: NetworkConfig) -> Shape |
     if network.patch_size is not None and patch != network.patch_size:
         raise ConfigError(f"training.patch_size = {list(patch)} differs from network.patch_size = "
                           f"{list(network.patch_size)}, which fixes the perceptron head; use one value")
-    geometry = network_geometry(network)
-    if not geometry.is_valid(patch, "plain"):
-        raise ConfigError(
-            f"training.patch_size = {list(patch)} is not a valid input for this network (every "
-            f"convolution output must be divisible by its pool; field of view {list(geometry.fov)}, "
-            f"stride {list(geometry.stride)}); nearest valid: {geometry.nearest_valid_text(patch, 'plain')}"
-        )
+    check_plain_patch(network_geometry(network), patch, "training.patch_size")
     return patch
 
 

@@ -130,10 +130,17 @@ def _mlp_input_shape(conv_layers: list[LayerGeometry], patch: Shape) -> Shape:
     if not conv_layers:
         return patch
     conv = Geometry(conv_layers)
-    if not conv.is_valid(patch, "plain"):
-        raise ConfigError(
-            f"network.patch_size = {list(patch)} is not a valid input for the conv layers "
-            f"(every convolution output must be divisible by its pool; their field of view is "
-            f"{list(conv.fov)}); nearest valid: {conv.nearest_valid_text(patch, 'plain')}"
-        )
+    check_plain_patch(conv, patch, "network.patch_size", "the conv layers")
     return conv.plain_output_shape(patch)
+
+
+def check_plain_patch(geometry: Geometry, patch: Shape, key: str, what: str = "this network") -> None:
+    """Raise a :class:`ConfigError` naming the nearest valid sizes unless ``patch`` is a valid
+    input of the plain (strided) forward, as training patches must be."""
+    if geometry.is_valid(patch, "plain"):
+        return
+    raise ConfigError(
+        f"{key} = {list(patch)} is not a valid input for {what} (every convolution output must be "
+        f"divisible by its pool; field of view {list(geometry.fov)}, stride {list(geometry.stride)}); "
+        f"nearest valid: {geometry.nearest_valid_text(patch, 'plain')}"
+    )

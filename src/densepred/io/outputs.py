@@ -111,15 +111,21 @@ class OutputArray:
 
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
                   axes: Sequence[str], scale: Sequence[float] | None = None,
-                  translation: Sequence[float] | None = None) -> OutputArray:
-    """A new output array of ``shape``; ``chunks`` (the output tile) lays out zarr and HDF5."""
+                  translation: Sequence[float] | None = None,
+                  attributes: dict[str, Any] | None = None) -> OutputArray:
+    """A new output array of ``shape``; ``chunks`` (the output tile) lays out zarr and HDF5.
+
+    ``attributes`` (zarr and HDF5) are stored as the output comes into being, before any
+    data, so an output is never seen without them (they mark what densepred wrote).
+    """
     shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     chunks = tuple(int(c) for c in chunks)
+    attributes = attributes or {}
     try:
         if spec.kind == "zarr":
-            return _create_zarr(spec, shape, dtype, chunks, axes, scale, translation)
+            return _create_zarr(spec, shape, dtype, chunks, axes, scale, translation, attributes)
         if spec.kind == "hdf5":
-            return _create_hdf5(spec, shape, dtype, chunks)
+            return _create_hdf5(spec, shape, dtype, chunks, attributes)
         if spec.kind == "tiff":
             import tifffile
 
@@ -200,14 +206,15 @@ def remove_partial_writes(folder: Path) -> int:
 
 def _create_zarr(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  axes: Sequence[str], scale: Sequence[float] | None,
-                 translation: Sequence[float] | None) -> OutputArray:
+                 translation: Sequence[float] | None, attributes: dict[str, Any]) -> OutputArray:
     import zarr
 
     root = zarr.open_group(spec.path, mode="a", zarr_format=3)
     group = root.create_group(spec.key) if spec.key else root
+    group.update_attributes({**attributes,
+                             "ome": ome_multiscales(axes, scale, translation, spec.key or spec.path.stem)})
     array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                                dimension_names=list(axes))
-    group.update_attributes({"ome": ome_multiscales(axes, scale, translation, spec.key or spec.path.stem)})
     return OutputArray(spec, array, group=group)
 
 
@@ -230,17 +237,20 @@ def ome_multiscales(axes: Sequence[str], scale: Sequence[float] | None = None,
     }
 
 
-def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> OutputArray:
+def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+                 attributes: dict[str, Any]) -> OutputArray:
     import h5py
 
     handle = h5py.File(spec.path, "a")
     try:
         array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, dtype),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
+        output = OutputArray(spec, array, handle=handle)
+        output.set_attributes(attributes)
     except BaseException:
         handle.close()
         raise
-    return OutputArray(spec, array, handle=handle)
+    return output
 
 
 def _h5_chunks(chunks: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:

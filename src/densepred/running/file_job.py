@@ -327,10 +327,8 @@ def _create(setup: _Setup, job: PredictJob) -> Any:
     offset = setup.net.geometry.offset
     start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
     translation = start if encoding.argmax else [0, *start]
-    output = create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks, axes,
-                           translation=translation)
-    output.set_attributes({"densepred": {"complete": False}})
-    return output
+    return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks, axes,
+                         translation=translation, attributes={"densepred": {"complete": False}})
 
 
 # -- helpers --------------------------------------------------------------------------------------
