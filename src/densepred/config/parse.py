@@ -51,7 +51,7 @@ from .schema import (
 TOP_KEYS = ("name", "save_dir", "network", "training", "prediction")
 NETWORK_KEYS = (
     "dims", "in_channels", "n_classes", "activation", "layers", "mlp", "output_kernel",
-    "dropout", "batchnorm", "patch_size",
+    "dropout", "batchnorm", "patch_size", "class_names",
 )
 LAYER_KEYS = ("filters", "kernel", "pool")
 PREDICTION_KEYS = ("tile_shape", "mode", "batch_size")
@@ -128,7 +128,8 @@ def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
         raise ConfigError(f"network.dropout = {dropout!r} is invalid; expected a rate in [0, 1)")
     batchnorm = _boolean(table.get("batchnorm", False), "network.batchnorm")
     common = {"in_channels": in_channels, "n_classes": n_classes, "activation": activation, "mlp": mlp,
-              "dropout": float(dropout), "batchnorm": batchnorm}
+              "dropout": float(dropout), "batchnorm": batchnorm,
+              "class_names": _class_names(table.get("class_names", []), n_classes)}
     if dims == 0:
         if layers:
             raise ConfigError("network.layers must be empty when dims = 0 (feature vectors use mlp only)")
@@ -140,6 +141,15 @@ def parse_network(table: Mapping[str, Any]) -> NetworkConfig:
     if cfg.patch_size is not None:
         _check_patch(cfg)
     return cfg
+
+
+def _class_names(raw: Any, n_classes: int) -> tuple[str, ...]:
+    if raw == []:
+        return ()
+    if not isinstance(raw, list) or len(raw) != n_classes or not all(isinstance(n, str) and n for n in raw):
+        raise ConfigError(f"network.class_names = {raw!r} is invalid; expected {n_classes} non-empty names, one "
+                          'per class (e.g. ["background", "membrane"])')
+    return tuple(raw)
 
 
 def _spatial_head(table: Mapping[str, Any], dims: int, mlp: tuple[int, ...]) -> dict[str, Any]:

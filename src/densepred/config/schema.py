@@ -37,6 +37,7 @@ class NetworkConfig:
     dropout: float = 0.0
     batchnorm: bool = False
     patch_size: Shape | None = None
+    class_names: tuple[str, ...] = ()  # optional, one per class: channel names of outputs
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,45 @@ arithmetic on tuples and can be tested in microseconds.
 * :mod:`.network_geometry` - field of view, stride, offset, valid input sizes, FLOPs, activations
 * :mod:`.tiles` - how a dense output is cut into tiles, mirror indices
 * :mod:`.memory` - a tile's memory estimate and the largest tile that fits a budget
+* :mod:`.pyramid` - multiscale levels, shards and inner chunks of viewer-ready outputs
 """
 
 from .memory import SMALL_CONV_INPUTS, default_output_tile, tile_bytes
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
+from .pyramid import (
+    INNER_CHUNK,
+    VIEWER_SIDE,
+    Level,
+    inner_chunks,
+    level_shard,
+    level_transform,
+    pyramid,
+    shard_boxes,
+    source_box,
+)
 from .tiles import Tile, TilePlan, axis_starts, pad_low_for, reflect_index, source_window
 
 __all__ = [
+    "INNER_CHUNK",
     "MODES",
     "SMALL_CONV_INPUTS",
+    "VIEWER_SIDE",
     "Geometry",
     "LayerGeometry",
     "LayerRow",
+    "Level",
     "Tile",
     "TilePlan",
     "axis_starts",
     "default_output_tile",
+    "inner_chunks",
+    "level_shard",
+    "level_transform",
     "pad_low_for",
+    "pyramid",
     "reflect_index",
+    "shard_boxes",
+    "source_box",
     "source_window",
     "tile_bytes",
 ]

@@ -101,6 +101,12 @@ def _add_predict(sub: Any) -> None:
                       help="replace an existing output that densepred wrote (never other data)")
     pred.add_argument("--strict", action="store_true",
                       help="stop at input windows with NaN or inf (default: a warning with their count)")
+    pred.add_argument("--levels", type=int,
+                      help="OME-Zarr pyramid levels (default: down to 256 voxels per side; 1 = none)")
+    pred.add_argument("--chunks", metavar="Z,Y,X", help="OME-Zarr inner chunk shape (default: about 64 per side)")
+    pred.add_argument("--voxel-size", metavar="Z,Y,X",
+                      help="physical voxel size for the OME-Zarr metadata (default: the input's, else 1)")
+    pred.add_argument("--unit", help="unit of --voxel-size, a UDUNITS name such as nanometer or micrometer")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(run=run_predict)
 
@@ -175,7 +181,10 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_indices(args.classes, "--classes") if args.classes else None,
         roi=parse_roi(args.roi, dims) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
-        overwrite=args.overwrite, progress=not args.quiet, strict=args.strict)
+        overwrite=args.overwrite, progress=not args.quiet, strict=args.strict, levels=args.levels,
+        chunks=parse_shape(args.chunks, dims, "--chunks") if args.chunks else None,
+        voxel_size=parse_numbers(args.voxel_size, dims, "--voxel-size") if args.voxel_size else None,
+        unit=args.unit)
     try:
         result = predict_to_file(job)
     except KeyboardInterrupt:

@@ -134,10 +134,38 @@ def _open_zarr(spec: ArraySpec) -> Any:
 
 def _ome_first_level(group: Any) -> Any:
     """The full-resolution array of an OME-Zarr image group (0.4 or 0.5), else None."""
+    path = _first_level_path(group)
+    return None if path is None else group[path]
+
+
+def input_voxel_size(spec: ArraySpec) -> tuple[list[float], str | None] | None:
+    """The physical voxel size and unit of an OME-Zarr input (the level it names, else level 0)."""
+    if spec.kind != "zarr":
+        return None
+    import zarr
+
+    from .ome_zarr import ome_voxel_size
+
+    try:
+        root = zarr.open(spec.path, mode="r")
+        node = root[spec.key] if spec.key else root
+        if isinstance(node, zarr.Array):
+            parent_key, _, dataset = (spec.key or "").rpartition("/")
+            group = root[parent_key] if parent_key else root
+        else:
+            group, dataset = node, _first_level_path(node)
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    if dataset is None or not isinstance(group, zarr.Group):
+        return None
+    return ome_voxel_size(dict(group.attrs), dataset)
+
+
+def _first_level_path(group: Any) -> str | None:
     attrs = dict(group.attrs)
     multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
     try:
-        return group[multiscales[0]["datasets"][0]["path"]]
+        return multiscales[0]["datasets"][0]["path"]
     except (TypeError, KeyError, IndexError):
         return None
 

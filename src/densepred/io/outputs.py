@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
+from .ome_zarr import OmeLayout, create_levels, ome_attributes
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
@@ -36,8 +37,16 @@ TIFF_LIMIT = 2**32 - 2**25  # classic TIFF offsets are 32 bit; beyond that BigTI
 class OutputArray:
     """An array being written: ``array[box] = data``, ``flush()``, ``attrs``, ``close()``."""
 
-    def __init__(self, spec: ArraySpec, array: Any, handle: Any = None, group: Any = None):
+    def __init__(self, spec: ArraySpec, array: Any, handle: Any = None, group: Any = None,
+                 levels: Sequence[Any] = ()):
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
+        self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
+
+    def level(self, index: int) -> OutputArray:
+        """The output's pyramid level ``index`` (level 0 is the output itself)."""
+        if index == 0:
+            return self
+        return OutputArray(self.spec, self.levels[index], group=self._group, levels=self.levels)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -110,10 +119,9 @@ class OutputArray:
 
 
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-                  axes: Sequence[str], scale: Sequence[float] | None = None,
-                  translation: Sequence[float] | None = None,
-                  attributes: dict[str, Any] | None = None) -> OutputArray:
-    """A new output array of ``shape``; ``chunks`` (the output tile) lays out zarr and HDF5.
+                  attributes: dict[str, Any] | None = None, layout: OmeLayout | None = None) -> OutputArray:
+    """A new output array of ``shape``; ``chunks`` (the output tile) lays out HDF5, ``layout``
+    the levels, shards and metadata of an OME-Zarr output (required for zarr).
 
     ``attributes`` (zarr and HDF5) are stored as the output comes into being, before any
     data, so an output is never seen without them (they mark what densepred wrote).
@@ -123,7 +131,8 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
     attributes = attributes or {}
     try:
         if spec.kind == "zarr":
-            return _create_zarr(spec, shape, dtype, chunks, axes, scale, translation, attributes)
+            assert layout is not None, "a zarr output needs its OME-Zarr layout"
+            return _create_zarr(spec, dtype, layout, attributes)
         if spec.kind == "hdf5":
             return _create_hdf5(spec, shape, dtype, chunks, attributes)
         if spec.kind == "tiff":
@@ -177,7 +186,9 @@ def open_output(spec: ArraySpec) -> OutputArray:
             folder = spec.path / spec.key if spec.key else spec.path
             remove_partial_writes(folder)
             group = zarr.open_group(folder, mode="r+")
-            return OutputArray(spec, group["0"], group=group)
+            datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+            levels = [group[d["path"]] for d in datasets]
+            return OutputArray(spec, levels[0], group=group, levels=levels)
         if spec.kind == "hdf5":
             import h5py
 
@@ -204,37 +215,14 @@ def remove_partial_writes(folder: Path) -> int:
     return len(stray)
 
 
-def _create_zarr(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                 axes: Sequence[str], scale: Sequence[float] | None,
-                 translation: Sequence[float] | None, attributes: dict[str, Any]) -> OutputArray:
+def _create_zarr(spec: ArraySpec, dtype: np.dtype, layout: OmeLayout, attributes: dict[str, Any]) -> OutputArray:
     import zarr
 
     root = zarr.open_group(spec.path, mode="a", zarr_format=3)
     group = root.create_group(spec.key) if spec.key else root
-    group.update_attributes({**attributes,
-                             "ome": ome_multiscales(axes, scale, translation, spec.key or spec.path.stem)})
-    array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                               dimension_names=list(axes))
-    return OutputArray(spec, array, group=group)
-
-
-def ome_multiscales(axes: Sequence[str], scale: Sequence[float] | None = None,
-                    translation: Sequence[float] | None = None, name: str = "") -> dict[str, Any]:
-    """OME-Zarr 0.5 ``ome`` attributes of a one-level image with these axes (``c``, ``z``, ``y``, ``x``)."""
-    kinds = {"c": "channel", "z": "space", "y": "space", "x": "space"}
-    scale = list(scale) if scale is not None else [1.0] * len(axes)
-    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [float(v) for v in scale]}]
-    if translation is not None and any(translation):
-        transforms.append({"type": "translation", "translation": [float(v) for v in translation]})
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "name": name,
-            "axes": [{"name": a, "type": kinds[a], **({"unit": "pixel"} if kinds[a] == "space" else {})}
-                     for a in axes],
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-        }],
-    }
+    group.update_attributes({**attributes, "ome": ome_attributes(layout)})
+    arrays = create_levels(group, layout, dtype)
+    return OutputArray(spec, arrays[0], group=group, levels=arrays)
 
 
 def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],

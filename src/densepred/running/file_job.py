@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Config, load_config
 from ..errors import DensePredError
-from ..geometry import Geometry, Tile, TilePlan
+from ..geometry import INNER_CHUNK, Geometry, Tile, TilePlan, pyramid
 from ..io import (
     ArraySpec,
     ChannelFirst,
@@ -39,12 +39,15 @@ from ..io import (
     output_exists,
     remove_output,
 )
+from ..io.arrays import input_voxel_size
 from ..io.encoding import Encoding
+from ..io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
 from ..io.output_checks import check_replaceable
 from ..networks import DenseEngine, create_prediction_net, last_path
 from .devices import resolve_device
 from .input_checks import NonFinite
 from .predict import choose_mode, plan_tiles, predict_tiles
+from .pyramid import build_pyramid
 from .run_record import (
     RECORD_VERSION,
     RUN_JSON,
@@ -85,6 +88,10 @@ class PredictJob:
     overwrite: bool = False
     progress: bool = True
     strict: bool = False  # refuse input windows with NaN or inf instead of warning
+    levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
+    chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
+    voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
+    unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
 
 
 @dataclass
@@ -110,6 +117,7 @@ class _Setup:
     out_spec: ArraySpec
     record_dir: Path
     record: dict[str, Any]
+    layout: OmeLayout | None  # for zarr outputs
 
 
 def predict_to_file(job: PredictJob) -> JobResult:
@@ -145,10 +153,14 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
     plan, engine_mode, batch_size = _plan(job, cfg, net, source, previous)
+    layout = ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset) if out_spec.kind == "zarr" else None
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
+    if layout is not None:
+        record["output"]["levels"] = [list(level.shape) for level in layout.levels]
+        record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record)
+    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record, layout)
     return setup, previous
 
 
@@ -223,11 +235,17 @@ def _run(job: PredictJob, setup: _Setup, engine: DenseEngine, output: Any, done:
     try:
         predict_tiles(engine, setup.source, plan, todo, write, batch_size=setup.batch_size, progress=job.progress)
     except OSError as exc:
-        raise _write_error(exc, out_spec, len(done) + written, len(tiles)) from None
+        raise _write_error(exc, out_spec, f"{len(done) + written} of {len(tiles)} tiles done") from None
     finally:
         done_log.close()
         output.flush()
     non_finite.report()
+    if setup.layout is not None and len(setup.layout.levels) > 1:
+        try:
+            build_pyramid(output, setup.layout.levels, plan.output_tile, encoding.argmax, setup.record_dir,
+                          job.progress)
+        except OSError as exc:
+            raise _write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
     _finish(setup, output)
     return JobResult(out_spec, tuple(setup.record["output"]["shape"]), len(tiles), len(todo), len(done))
 
@@ -239,10 +257,10 @@ def _finish(setup: _Setup, output: Any) -> None:
         output.close()
         setup.record["complete"] = True
         write_record(setup.record_dir, setup.record)
-        (setup.record_dir / "done.log").unlink(missing_ok=True)
+        for log_file in (setup.record_dir / "done.log", *setup.record_dir.glob("level*.log")):
+            log_file.unlink(missing_ok=True)
     except OSError as exc:
-        n = len(setup.plan)
-        raise _write_error(exc, setup.out_spec, n, n) from None
+        raise _write_error(exc, setup.out_spec, "all tiles done, the completion mark is not") from None
 
 
 def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_size: int) -> list[Tile]:
@@ -320,15 +338,59 @@ def _new_output(setup: _Setup, job: PredictJob) -> Any:
 
 def _create(setup: _Setup, job: PredictJob) -> Any:
     plan, encoding = setup.plan, setup.encoding
-    spatial_axes = list("zyx"[3 - len(plan.output_shape):])
-    axes = spatial_axes if encoding.argmax else ["c", *spatial_axes]
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
-    # where output voxel 0 sits in the image, in voxels: the ROI start, plus the border without mirroring
-    offset = setup.net.geometry.offset
+    return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
+                         attributes={"densepred": {"complete": False}}, layout=setup.layout)
+
+
+def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,
+               offset: Sequence[int]) -> OmeLayout:
+    """Levels, shards, chunks and physical metadata of an OME-Zarr output."""
+    check_zarr_dtype(encoding.stored_dtype)
+    dims = len(plan.output_shape)
+    voxel_size, unit = _voxel_size(job, in_spec, dims)
+    # where output voxel 0 sits in the image: the ROI start, plus the border without mirroring
     start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
-    translation = start if encoding.argmax else [0, *start]
-    return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks, axes,
-                         translation=translation, attributes={"densepred": {"complete": False}})
+    translation = tuple(s * v for s, v in zip(start, voxel_size, strict=True))
+    levels = _levels(job.levels)
+    chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
+    classes = range(cfg.network.n_classes) if encoding.classes is None else encoding.classes
+    spatial_axes = tuple("zyx"[3 - dims:])
+    return OmeLayout(
+        axes=spatial_axes if encoding.argmax else ("c", *spatial_axes),
+        levels=tuple(pyramid(plan.output_shape, voxel_size, levels)), tile=plan.output_tile,
+        chunk_target=chunk_target, voxel_size=voxel_size, translation=translation, unit=unit,
+        channel_names=() if encoding.argmax else channel_names(cfg.network.class_names or None, list(classes)),
+        label=encoding.argmax, name=cfg.name)
+
+
+def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], str | None]:
+    unit = check_unit(job.unit)
+    if job.voxel_size is not None:
+        size = tuple(float(v) for v in job.voxel_size)
+        if len(size) != dims or not all(v > 0 for v in size):
+            raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive numbers "
+                                 "(z, y, x order)")
+        return size, unit
+    found = input_voxel_size(in_spec)
+    if found is not None and len(found[0]) == dims:
+        return tuple(found[0]), unit or found[1]
+    if unit is not None:
+        raise DensePredError(f"--unit {unit} needs --voxel-size (the input has no physical scale)")
+    return (1.0,) * dims, None
+
+
+def _levels(levels: int | None) -> int | None:
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
+        raise DensePredError(f"levels = {levels!r} is invalid; expected a positive integer (1 = no pyramid)")
+    return levels
+
+
+def _per_axis_ints(value: Sequence[int] | int, dims: int, name: str) -> tuple[int, ...]:
+    values = (value,) * dims if isinstance(value, int) else tuple(value)
+    if len(values) != dims or not all(isinstance(v, int) and v > 0 for v in values):
+        raise DensePredError(f"{name} {value!r} is invalid; expected {dims} positive integers (z, y, x order)")
+    return values
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -369,7 +431,7 @@ def _output_shape(plan: TilePlan, encoding: Encoding) -> tuple[int, ...]:
     return plan.output_shape if channels is None else (channels, *plan.output_shape)
 
 
-def _write_error(exc: OSError, spec: ArraySpec, done: int, total: int) -> DensePredError:
+def _write_error(exc: OSError, spec: ArraySpec, progress: str) -> DensePredError:
     why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return DensePredError(f"writing {spec} failed: {why}; the output is incomplete ({done} of {total} tiles "
-                          "done); fix the cause and rerun with --resume")
+    return DensePredError(f"writing {spec} failed: {why}; the output is incomplete ({progress}); fix the cause "
+                          "and rerun with --resume")

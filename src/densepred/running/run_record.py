@@ -50,10 +50,10 @@ def done_line(tile_id: int) -> str:
     return f"{tile_id} {zlib.crc32(str(tile_id).encode()):08x}\n"
 
 
-def read_done(record_dir: Path) -> set[int]:
-    """Tile ids recorded as done; lines without a newline or a matching checksum are ignored."""
+def read_done(record_dir: Path, name: str = DONE_LOG) -> set[int]:
+    """Ids recorded as done; lines without a newline or a matching checksum are ignored."""
     try:
-        text = (Path(record_dir) / DONE_LOG).read_text(encoding="ascii", errors="replace")
+        text = (Path(record_dir) / name).read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
         return set()
     done = set()
@@ -65,10 +65,11 @@ def read_done(record_dir: Path) -> set[int]:
 
 
 class DoneLog:
-    """``done.log`` opened for appending durable lines; a torn last line is cut off first."""
+    """``done.log`` (or a pyramid level's log) opened for appending durable lines; a torn last
+    line is cut off first."""
 
-    def __init__(self, record_dir: Path):
-        path = Path(record_dir) / DONE_LOG
+    def __init__(self, record_dir: Path, name: str = DONE_LOG):
+        path = Path(record_dir) / name
         self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
         self._file.seek(0)
         content = self._file.read()

@@ -1,0 +1,110 @@
+"""Building the multiscale pyramid of an OME-Zarr output, block by block, resumably.
+
+After the last tile of level 0 is written, each further level is computed from the level
+below, one shard at a time (memory: one shard of the level and the ``2^d`` times larger box
+it is read from). Probabilities are downsampled by the mean, labels by the mode (ties go
+to the smaller label). Each finished block is made durable and recorded in
+``level<N>.log`` beside ``done.log``, so a resumed run continues the pyramid where it
+stopped and the result is byte-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Level, level_shard, shard_boxes, source_box
+from .run_record import DoneLog, read_done
+
+log = logging.getLogger("densepred")
+
+
+def level_log(index: int) -> str:
+    return f"level{index}.log"
+
+
+def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], label: bool, record_dir: Path,
+                  progress: bool = False) -> int:
+    """Write levels 1.. of ``output`` from level 0; returns the number of blocks computed."""
+    computed = 0
+    bar = _bar(progress, sum(math.prod(_counts(lv, tile)) for lv in levels[1:]))
+    try:
+        for level in levels[1:]:
+            below, target = output.level(level.index - 1), output.level(level.index)
+            below_shape = levels[level.index - 1].shape
+            done = read_done(record_dir, level_log(level.index))
+            done_log = DoneLog(record_dir, level_log(level.index))
+            try:
+                for block_id, box in shard_boxes(level.shape, level_shard(tile, level.shape)):
+                    if block_id not in done:
+                        _write_block(below, target, box, source_box(box, level.step, below_shape), level.step, label)
+                        done_log.append(block_id)
+                        computed += 1
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                done_log.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    return computed
+
+
+def _write_block(below: Any, target: Any, box: Sequence[tuple[int, int]], source: Sequence[tuple[int, int]],
+                 step: Sequence[int], label: bool) -> None:
+    lead = () if label else (slice(None),)
+    data = below[(*lead, *(slice(a, b) for a, b in source))]
+    reduce = downsample_mode if label else downsample_mean
+    out_box = (*lead, *(slice(a, b) for a, b in box))
+    target[out_box] = reduce(np.asarray(data), step)
+    target.sync(out_box)
+
+
+def _blocks(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """``(..., *S)`` -> ``(..., *ceil(S / step), prod(step))``: each output voxel's block, the
+    high edge padded by repeating the last voxel."""
+    spatial = len(step)
+    lead = data.ndim - spatial
+    pad = [(0, 0)] * lead + [(0, (-n) % s) for n, s in zip(data.shape[lead:], step, strict=True)]
+    if any(p for _, p in pad):
+        data = np.pad(data, pad, mode="edge")
+    shape = list(data.shape[:lead])
+    for n, s in zip(data.shape[lead:], step, strict=True):
+        shape += [n // s, s]
+    blocks = data.reshape(shape)
+    order = list(range(lead)) + [lead + 2 * a for a in range(spatial)] + [lead + 2 * a + 1 for a in range(spatial)]
+    out = [data.shape[lead + a] // step[a] for a in range(spatial)]
+    return blocks.transpose(order).reshape(*data.shape[:lead], *out, math.prod(step))
+
+
+def downsample_mean(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """Mean over each ``step`` block, in the data's dtype (integers rounded)."""
+    mean = _blocks(data, step).mean(axis=-1, dtype=np.float64)
+    if np.issubdtype(data.dtype, np.integer):
+        return np.rint(mean).astype(data.dtype)
+    return mean.astype(data.dtype)
+
+
+def downsample_mode(labels: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """The most frequent label of each ``step`` block; ties go to the smaller label."""
+    blocks = np.sort(_blocks(labels, step), axis=-1)
+    counts = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1)
+    # the first of the most frequent in sorted order is the smallest of them
+    return np.take_along_axis(blocks, counts.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+
+
+def _counts(level: Level, tile: Sequence[int]) -> list[int]:
+    return [math.ceil(n / s) for n, s in zip(level.shape, level_shard(tile, level.shape), strict=True)]
+
+
+def _bar(enabled: bool, total: int) -> Any:
+    if not enabled or not total:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="block", desc="pyramid")

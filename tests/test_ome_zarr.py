@@ -1,0 +1,137 @@
+"""Viewer-ready OME-Zarr outputs: sharded levels, a pyramid, physical metadata, labels, validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr_models.v05.image import Image
+from ome_zarr_models.v05.image_label import ImageLabel
+
+from densepred.geometry import inner_chunks, pyramid
+from densepred.interfaces.cli import main
+from densepred.io.arrays import open_array
+from densepred.running.pyramid import downsample_mean, downsample_mode
+from tests.test_predict_files import TILE, chunk_files, make_config
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    data = np.random.default_rng(5).random((15, 73, 61), dtype=np.float32)
+    np.save(tmp_path / "in.npy", data)
+    return data
+
+
+def predict(config, tmp_path, output, *extra, input_spec=None):
+    return main(["predict", str(config), "--input", input_spec or str(tmp_path / "in.npy"), "--output", output,
+                 "--tile", TILE, "--mode", "mfp", "--quiet", *extra])
+
+
+def test_pyramid_levels_halve_fine_axes_first_and_stop_at_the_viewer_size():
+    levels = pyramid((40, 2048, 2048), voxel_size=(30, 8, 8))
+    assert [lv.shape for lv in levels] == [(40, 2048, 2048), (40, 1024, 1024), (40, 512, 512), (20, 256, 256)]
+    assert [lv.factor for lv in levels] == [(1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 8, 8)]
+    assert len(pyramid((10, 300, 300), levels=1)) == 1
+    assert len(pyramid((10, 20, 20), levels=4)) == 4
+    assert inner_chunks((112, 12, 97), 64) == (56, 12, 97)
+
+
+def test_mean_and_mode_downsampling_match_a_plain_numpy_reference():
+    rng = np.random.default_rng(0)
+    data = rng.random((2, 5, 7, 6)).astype(np.float32)
+    mean = downsample_mean(data, (1, 2, 2))
+    padded = np.pad(data, [(0, 0), (0, 0), (0, 1), (0, 0)], mode="edge")
+    expected = padded.reshape(2, 5, 4, 2, 3, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(mean, expected, rtol=1e-6)
+    labels = rng.integers(0, 4, size=(6, 6, 6)).astype(np.uint8)
+    mode = downsample_mode(labels, (2, 2, 2))
+    for index in np.ndindex(mode.shape):
+        block = labels[tuple(slice(2 * i, 2 * i + 2) for i in index)].ravel()
+        counts = np.bincount(block, minlength=4)
+        assert mode[index] == np.flatnonzero(counts == counts.max())[0]
+
+
+def test_probability_output_is_a_valid_multiscale_image_with_names_scales_and_units(config, volume, tmp_path):
+    config.write_text(config.read_text().replace("n_classes = 3", 'n_classes = 3\nclass_names = ["a", "b", "c"]'))
+    out = tmp_path / "probs.zarr"
+    assert predict(config, tmp_path, str(out), "--levels", "3", "--voxel-size", "30,8,8", "--unit", "nanometer",
+                   "--chunks", "4,8,8", "--mirror") == 0
+    group = zarr.open_group(out, mode="r")
+    Image.from_zarr(group)  # raises unless valid OME-Zarr 0.5
+    ome = group.attrs["ome"]
+    assert [c["label"] for c in ome["omero"]["channels"]] == ["a", "b", "c"]
+    axes = ome["multiscales"][0]["axes"]
+    assert [a.get("unit") for a in axes] == [None, "nanometer", "nanometer", "nanometer"]
+    datasets = ome["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [
+        [1, 30, 8, 8], [1, 30, 16, 16], [1, 30, 32, 32]]
+    assert datasets[1]["coordinateTransformations"][1]["translation"] == [0, 0, 4, 4]  # block centres
+    level0, level1 = group["0"], group["1"]
+    assert level0.chunks == (1, 4, 6, 10)  # divisors of the tile (4, 12, 10) nearest 4, 8, 8
+    assert level1.shape == (3, 15, 37, 31)
+    np.testing.assert_allclose(level1[...], downsample_mean(level0[...], (1, 2, 2)), rtol=1e-6)
+    assert group.attrs["densepred"]["complete"] is True
+
+
+def test_argmax_output_is_an_image_label_downsampled_by_mode(config, volume, tmp_path):
+    out = tmp_path / "labels.zarr"
+    assert predict(config, tmp_path, str(out), "--argmax", "--levels", "2") == 0
+    group = zarr.open_group(out, mode="r")
+    ImageLabel.from_zarr(group)
+    assert "image-label" in group.attrs["ome"]
+    np.testing.assert_array_equal(group["1"][...], downsample_mode(group["0"][...], (2, 2, 2)))
+
+
+def test_viewer_dtypes_and_units_are_checked_before_anything_is_written(config, volume, tmp_path, capsys):
+    assert predict(config, tmp_path, str(tmp_path / "h.zarr"), "--dtype", "float16") == 2
+    assert "neuroglancer reads uint8, uint16, uint32, float32" in capsys.readouterr().err
+    assert predict(config, tmp_path, str(tmp_path / "u.zarr"), "--voxel-size", "30,8,8", "--unit", "nm") == 2
+    assert "did you mean 'nanometer'" in capsys.readouterr().err
+    assert not (tmp_path / "h.zarr").exists()
+    assert not (tmp_path / "u.zarr").exists()
+    assert predict(config, tmp_path, str(tmp_path / "ok.h5:p"), "--dtype", "float16") == 0  # HDF5 keeps float16
+
+
+def test_an_ome_zarr_input_gives_its_voxel_size_and_any_level_can_be_read(config, volume, tmp_path):
+    source = tmp_path / "probs.zarr"
+    assert predict(config, tmp_path, str(source), "--levels", "2", "--voxel-size", "40,4,4", "--unit",
+                   "nanometer", "--classes", "1") == 0
+    out = tmp_path / "again.zarr"
+    assert predict(config, tmp_path, str(out), "--levels", "1", input_spec=f"{source}:1") == 0
+    ome = zarr.open_group(out, mode="r").attrs["ome"]
+    scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[1:] == [40, 8, 8]  # level 1 of the input: y and x halved (z was already coarse)
+    assert ome["multiscales"][0]["axes"][1]["unit"] == "nanometer"
+    assert open_array(f"{source}:1").shape[1:] == zarr.open_group(source, mode="r")["1"].shape[1:]
+
+
+def test_killed_during_the_pyramid_then_resumed_is_byte_identical(config, volume, tmp_path, monkeypatch):
+    assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--levels", "3") == 0
+    import densepred.running.pyramid as pyramid_module
+
+    original = pyramid_module._write_block
+    calls = {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        original(*args)
+
+    monkeypatch.setattr(pyramid_module, "_write_block", failing)
+    out = tmp_path / "cut.zarr"
+    assert predict(config, tmp_path, str(out), "--levels", "3") == 2
+    record = json.loads((tmp_path / "cut.zarr.densepred" / "run.json").read_text())
+    assert record["complete"] is False
+    monkeypatch.undo()
+    assert predict(config, tmp_path, str(out), "--levels", "3", "--resume") == 0
+    assert chunk_files(out) == chunk_files(tmp_path / "whole.zarr")
+    with pytest.raises(AssertionError):  # a changed pyramid is another output
+        assert predict(config, tmp_path, str(out), "--levels", "2", "--resume") == 0
