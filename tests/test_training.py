@@ -228,7 +228,8 @@ def _train_process(config: Path, *args: str) -> subprocess.Popen:
 def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_path):
     config = write_config(tmp_path, steps=100000)
     process = _train_process(config)
-    _wait_for_step(tmp_path / "run" / "history.csv", 30, process)
+    # history.csv reaches step 40 only after LAST of step 30 was saved (a step records, then saves)
+    _wait_for_step(tmp_path / "run" / "history.csv", 40, process)
     process.kill()  # SIGKILL: no chance to clean up
     process.wait()
     last = tmp_path / "run" / "tiny-LAST.safetensors"
