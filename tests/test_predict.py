@@ -159,8 +159,8 @@ def test_image_errors():
     net = make_net(NETS["2d_pool2"])
     with pytest.raises(DensePredError, match=r"smaller than the network's field of view.*mirror=True"):
         predict_dense(net, np.random.rand(10, 40))
-    with pytest.raises(DensePredError, match=r"expected \(1, y, x\) or \(y, x\)"):
-        predict_dense(net, np.random.rand(2, 40, 40))
+    with pytest.raises(DensePredError, match=r"expected \(1, y, x\) or \(y, x\) for one channel, or a stack"):
+        predict_dense(net, np.random.rand(2, 3, 40, 40))  # (2, 40, 40) is a stack of two images
     with pytest.raises(DensePredError, match="class_probabilities"):
         predict_dense(densepred.build_net(densepred.config_from_dict(
             {"network": {"dims": 0, "in_channels": 3, "n_classes": 2}})), np.random.rand(4, 3))

@@ -9,7 +9,7 @@ arithmetic on tuples and can be tested in microseconds.
 * :mod:`.pyramid` - multiscale levels, shards and inner chunks of viewer-ready outputs
 """
 
-from .memory import SMALL_CONV_INPUTS, default_output_tile, tile_bytes
+from .memory import SMALL_CONV_INPUTS, default_output_tile, slices_that_fit, tile_bytes
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
 from .pyramid import (
     INNER_CHUNK,
@@ -44,6 +44,7 @@ __all__ = [
     "pyramid",
     "reflect_index",
     "shard_boxes",
+    "slices_that_fit",
     "source_box",
     "source_window",
     "tile_bytes",

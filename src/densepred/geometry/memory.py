@@ -49,3 +49,17 @@ def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsi
     if mode == "mfp" and not geometry.is_valid(input_tile, "mfp"):
         input_tile = geometry.nearest_valid(input_tile, "mfp")[1]
     return 2 * geometry.activation_bytes(input_tile, mode, itemsize, unfold_up_to=SMALL_CONV_INPUTS)
+
+
+def slices_that_fit(geometry: Geometry, output_plane: Sequence[int], depth: int, mode: str,
+                    budget_bytes: int, itemsize: int = 4) -> int:
+    """How many slices of a stack one forward pass takes: the most, up to ``depth``, whose
+    activations fit ``budget_bytes`` (at least one). ``geometry`` is a stacked 2D geometry."""
+    low, high = 1, max(int(depth), 1)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if tile_bytes(geometry, (middle, *output_plane), mode, itemsize) <= budget_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return low

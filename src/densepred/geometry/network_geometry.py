@@ -92,6 +92,15 @@ class Geometry:
         self.offset: Shape = tuple((f - 1) // 2 for f in fov)
         self.border_high: Shape = tuple(f - 1 - o for f, o in zip(fov, self.offset, strict=True))
 
+    def stacked(self) -> Geometry:
+        """This 2D geometry applied to every slice of a stack: a leading axis with kernel and
+        pool 1 (field of view 1, stride 1, no border), so tiles, regions and mirroring extend
+        to ``(Z, Y, X)`` unchanged."""
+        if self.ndim != 2:
+            raise DensePredError(f"only 2D networks run over stacks of images; this one has {self.ndim} axes")
+        return Geometry([LayerGeometry(layer.name, (1, *layer.kernel), (1, *layer.pool), layer.in_channels,
+                                       layer.out_channels) for layer in self.layers])
+
     # -- sizes ------------------------------------------------------------------------
 
     @property

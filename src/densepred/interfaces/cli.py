@@ -177,13 +177,15 @@ def run_predict(args: argparse.Namespace) -> int:
     dims = cfg.network.dims
     job = PredictJob(
         config=args.config, input=args.input, output=args.output, weights=args.weights,
-        tile=parse_shape(args.tile, dims, "--tile") if args.tile else None, mode=args.mode, mirror=args.mirror,
-        device=args.device, dtype=args.dtype, argmax=args.argmax,
+        tile=parse_shape(args.tile, dims, "--tile", stack=True) if args.tile else None, mode=args.mode,
+        mirror=args.mirror, device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_indices(args.classes, "--classes") if args.classes else None,
-        roi=parse_roi(args.roi, dims) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
+        roi=parse_roi(args.roi, dims, stack=True) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
         overwrite=args.overwrite, progress=not args.quiet, strict=args.strict, levels=args.levels,
-        chunks=parse_shape(args.chunks, dims, "--chunks") if args.chunks else None,
-        voxel_size=parse_numbers(args.voxel_size, dims, "--voxel-size") if args.voxel_size else None,
+        chunks=parse_shape(args.chunks, 1, "--chunks") if args.chunks and "," not in args.chunks else (
+            parse_shape(args.chunks, dims, "--chunks", stack=True) if args.chunks else None),
+        voxel_size=parse_numbers(args.voxel_size, 1, "--voxel-size") if args.voxel_size and "," not in args.voxel_size
+        else (parse_numbers(args.voxel_size, dims, "--voxel-size", stack=True) if args.voxel_size else None),
         unit=args.unit)
     try:
         result = predict_to_file(job)
@@ -206,16 +208,16 @@ def parse_indices(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def parse_roi(text: str, dims: int) -> list[tuple[int, int]]:
+def parse_roi(text: str, dims: int, stack: bool = False) -> list[tuple[int, int]]:
     """``"0:10,5:50,5:50"`` -> ``[(0, 10), (5, 50), (5, 50)]``."""
     example = ",".join(["0:64"] * dims)
     try:
         roi = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
     except ValueError:
         roi = []
-    if len(roi) != dims or any(len(r) != 2 or not 0 <= r[0] < r[1] for r in roi):
-        raise DensePredError(f"--roi {text!r} is invalid; expected {dims} ranges start:stop like {example} "
-                             "(z, y, x order, stop excluded)")
+    if len(roi) not in _lengths(dims, stack) or any(len(r) != 2 or not 0 <= r[0] < r[1] for r in roi):
+        raise DensePredError(f"--roi {text!r} is invalid; expected {_counts_text(dims, stack)} ranges start:stop "
+                             f"like {example} (z, y, x order, stop excluded)")
     return roi  # type: ignore[return-value]
 
 
@@ -292,31 +294,40 @@ def format_summary(geometry: Geometry, input_shape: tuple[int, ...] | None) -> s
     return "\n".join(lines)
 
 
-def parse_shape(text: str, dims: int, option: str) -> tuple[int, ...]:
-    """``"64"`` or ``"32,64,64"`` -> a tuple of ``dims`` positive integers."""
+def parse_shape(text: str, dims: int, option: str, stack: bool = False) -> tuple[int, ...]:
+    """``"64"`` or ``"32,64,64"`` -> a tuple of ``dims`` positive integers (or ``dims + 1`` with
+    ``stack``: a 2D net over a stack of images takes (z, y, x) too)."""
     try:
         values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
         values = []
     if len(values) == 1:
         values = values * dims
-    if len(values) != dims or any(v < 1 for v in values):
-        raise DensePredError(f"{option} {text!r} is invalid; expected {dims} positive integers like "
-                             f"{','.join(['64'] * dims)} (z, y, x order) or one integer for all axes")
+    if len(values) not in _lengths(dims, stack) or any(v < 1 for v in values):
+        raise DensePredError(f"{option} {text!r} is invalid; expected {_counts_text(dims, stack)} positive integers "
+                             f"like {','.join(['64'] * dims)} (z, y, x order) or one integer for all axes")
     return tuple(values)
 
 
-def parse_numbers(text: str, dims: int, option: str) -> tuple[float, ...]:
-    """``"1"`` or ``"1,4,4"`` -> ``dims`` positive numbers."""
+def _lengths(dims: int, stack: bool) -> tuple[int, ...]:
+    return (dims, dims + 1) if stack and dims == 2 else (dims,)
+
+
+def _counts_text(dims: int, stack: bool) -> str:
+    return " or ".join(str(n) for n in _lengths(dims, stack))
+
+
+def parse_numbers(text: str, dims: int, option: str, stack: bool = False) -> tuple[float, ...]:
+    """``"1"`` or ``"1,4,4"`` -> ``dims`` positive numbers (``dims + 1`` allowed with ``stack``)."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if len(values) == 1:
         values = values * dims
-    if len(values) != dims or any(v <= 0 for v in values):
-        raise DensePredError(f"{option} {text!r} is invalid; expected {dims} positive numbers like "
-                             f"{','.join(['1'] * dims)} (z, y, x order)")
+    if len(values) not in _lengths(dims, stack) or any(v <= 0 for v in values):
+        raise DensePredError(f"{option} {text!r} is invalid; expected {_counts_text(dims, stack)} positive numbers "
+                             f"like {','.join(['1'] * dims)} (z, y, x order)")
     return tuple(values)
 
 

@@ -18,25 +18,42 @@ from ..geometry import Tile, TilePlan
 
 
 class ChannelFirst:
-    """A view of an image as ``(C, *S)`` that reads boxes on demand from any array-like."""
+    """A view of an image as ``(C, *S)`` that reads boxes on demand from any array-like.
+
+    For a 2D network (``dims = 2``) an image may also be a **stack** of 2D images, predicted
+    or sampled slice by slice; then ``stacked`` is True and ``S`` is ``(Z, Y, X)``. The rule,
+    by the number of axes and the network's ``C = in_channels``:
+
+    ========  =========================  ==================================
+    axes      C = 1                      C > 1
+    ========  =========================  ==================================
+    2         (Y, X) image               invalid
+    3         (1, Y, X) image if the     (C, Y, X) image if the first axis
+              first axis is 1, else      is C, else invalid (a stack of
+              (Z, Y, X) stack            C-channel images is (C, Z, Y, X))
+    4         (1, Z, Y, X) stack         (C, Z, Y, X) stack
+    ========  =========================  ==================================
+
+    A one-slice stack of a one-channel net is therefore written ``(1, 1, Y, X)``.
+    """
 
     def __init__(self, image: Any, channels: int, dims: int):
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
             image = np.asarray(image)
         shape = tuple(image.shape)
         self.image = image
-        self.has_channel_axis = len(shape) == dims + 1
+        self.stacked = False
         if len(shape) == dims and channels == 1:
-            self.spatial_shape = shape
-        elif self.has_channel_axis and shape[0] == channels:
-            self.spatial_shape = shape[1:]
+            self.has_channel_axis, self.spatial_shape = False, shape
+        elif len(shape) == dims + 1 and shape[0] == channels:
+            self.has_channel_axis, self.spatial_shape = True, shape[1:]
+        elif dims == 2 and len(shape) == 3 and channels == 1:
+            self.has_channel_axis, self.spatial_shape, self.stacked = False, shape, True
+        elif dims == 2 and len(shape) == 4 and shape[0] == channels:
+            self.has_channel_axis, self.spatial_shape, self.stacked = True, shape[1:], True
         else:
-            axes = ", ".join("zyx"[3 - dims:])
-            one = f" or ({axes}) for one channel" if channels == 1 else ""
-            raise DensePredError(
-                f"image of shape {list(shape)} is invalid for this network; expected "
-                f"({channels}, {axes}){one}"
-            )
+            raise DensePredError(f"image of shape {list(shape)} is invalid for this network; expected "
+                                 f"{_expected(channels, dims)}")
         self.dtype = np.dtype(image.dtype)
         if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_):
             raise DensePredError(f"image dtype {self.dtype} is not numeric")
@@ -45,6 +62,27 @@ class ChannelFirst:
         key = (slice(None), *box) if self.has_channel_axis else tuple(box)
         data = np.asarray(self.image[key])
         return data if self.has_channel_axis else data[None]
+
+
+def _expected(channels: int, dims: int) -> str:
+    axes = ", ".join("zyx"[3 - dims:])
+    text = f"({channels}, {axes})" + (f" or ({axes}) for one channel" if channels == 1 else "")
+    if dims == 2:
+        text += (", or a stack of such images: (Z, Y, X)" if channels == 1 else
+                 f", or a stack of such images: ({channels}, Z, Y, X)")
+    return text
+
+
+class OneSliceStack:
+    """A 2D image seen as a stack of one slice (``(C, 1, Y, X)``), so 2D images and stacks are
+    sampled alike."""
+
+    def __init__(self, image: ChannelFirst):
+        self.image, self.dtype, self.stacked = image, image.dtype, True
+        self.spatial_shape = (1, *image.spatial_shape)
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        return self.image.read(box[1:])[:, None]
 
 
 def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile) -> np.ndarray:

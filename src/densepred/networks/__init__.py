@@ -8,7 +8,7 @@
 """
 
 from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net
-from .engines import ENGINE_MODES, DenseEngine
+from .engines import ENGINE_MODES, DenseEngine, StackEngine
 from .prediction_net import PREDICTION_MODES, create_prediction_net, create_predncnn, valid_tile
 from .weights import best_path, last_path, load_weights, optimizer_path, save_weights
 
@@ -18,6 +18,7 @@ __all__ = [
     "PREDICTION_MODES",
     "DenseEngine",
     "DenseNet",
+    "StackEngine",
     "best_path",
     "build_net",
     "create_prediction_net",

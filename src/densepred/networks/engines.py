@@ -121,6 +121,22 @@ class DenseEngine:
         return out[(..., *(slice(0, d) for d in dense))]
 
 
+class StackEngine:
+    """A 2D engine run over a stack: ``(B, C, Z, Y, X)`` tiles become ``B * Z`` slices of one
+    forward pass, and the logits ``(B, K, Z, Y', X')`` come back in the stack's layout."""
+
+    def __init__(self, engine: DenseEngine):
+        self.engine = engine
+        self.mode, self.device = engine.mode, engine.device
+        self.geometry = engine.geometry.stacked()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, depth = x.shape[:3]
+        slices = x.permute(0, 2, 1, 3, 4).reshape(batch * depth, channels, *x.shape[3:])
+        logits = self.engine(slices)
+        return logits.reshape(batch, depth, *logits.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
 def exact_float32_on_cuda() -> None:
     """Turn off TF32 in cuDNN convolutions and cuBLAS matrix products (process-wide).
 

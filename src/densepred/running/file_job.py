@@ -43,10 +43,10 @@ from ..io.arrays import input_voxel_size
 from ..io.encoding import Encoding
 from ..io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
 from ..io.output_checks import check_replaceable
-from ..networks import DenseEngine, create_prediction_net, last_path
+from ..networks import create_prediction_net, last_path
 from .devices import resolve_device
 from .input_checks import NonFinite
-from .predict import choose_mode, plan_tiles, predict_tiles
+from .predict import choose_mode, make_engine, plan_tiles, predict_tiles, source_geometry
 from .pyramid import build_pyramid
 from .run_record import (
     RECORD_VERSION,
@@ -118,6 +118,7 @@ class _Setup:
     record_dir: Path
     record: dict[str, Any]
     layout: OmeLayout | None  # for zarr outputs
+    offset: tuple[int, ...]  # where output voxel 0 is centred without mirroring (stack: z offset 0)
 
 
 def predict_to_file(job: PredictJob) -> JobResult:
@@ -130,8 +131,7 @@ def predict_to_file(job: PredictJob) -> JobResult:
         output, done = _reopen(setup), read_done(setup.record_dir)
     else:
         output, done = _new_output(setup, job), set()
-    device = resolve_device(job.device)
-    engine = DenseEngine(setup.net, setup.engine_mode, device)
+    engine = make_engine(setup.net, setup.engine_mode, resolve_device(job.device), setup.source.stacked)
     return _run(job, setup, engine, output, done)
 
 
@@ -149,10 +149,11 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
+    geometry = source_geometry(geometry, source)  # a 2D net over a stack: slice by slice
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
-    plan, engine_mode, batch_size = _plan(job, cfg, net, source, previous)
+    plan, engine_mode, batch_size = _plan(job, cfg, net, geometry, source, previous)
     layout = ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset) if out_spec.kind == "zarr" else None
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
     if layout is not None:
@@ -160,18 +161,18 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record, layout)
+    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record, layout,
+                   geometry.offset)
     return setup, previous
 
 
-def _plan(job: PredictJob, cfg: Config, net: Any, source: ChannelFirst,
+def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: ChannelFirst,
           previous: dict[str, Any] | None) -> tuple[TilePlan, str, int]:
     """Tiles, engine and batch size: given, else those of the interrupted run, else the config's.
 
     A resumed run takes its recorded tile as it was planned (after clipping to the image or
     region), without checking it again for the mode: it was valid when first planned.
     """
-    geometry: Geometry = net.geometry
     device = resolve_device(job.device)
     tiles = previous["tiles"] if previous else None
     mode = job.mode if job.mode is not None else (tiles["mode"] if tiles else net.mode)
@@ -184,7 +185,7 @@ def _plan(job: PredictJob, cfg: Config, net: Any, source: ChannelFirst,
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
     else:
         tile = job.tile if job.tile is not None else net.tile_shape
-        plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, device, roi)
+        plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, device, roi, source.stacked)
     return plan, choose_mode(geometry, plan.input_tile, mode, device), batch
 
 
@@ -211,12 +212,12 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
     }
 
 
-def _run(job: PredictJob, setup: _Setup, engine: DenseEngine, output: Any, done: set[int]) -> JobResult:
+def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int]) -> JobResult:
     plan, encoding, out_spec = setup.plan, setup.encoding, setup.out_spec
     tiles = list(plan.tiles())
     todo = _batches_to_run(tiles, plan, done, setup.batch_size)
     done_log = DoneLog(setup.record_dir)
-    shift = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, setup.net.geometry.offset, strict=True)]
+    shift = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, setup.offset, strict=True)]
     non_finite = NonFinite(shift, strict=job.strict)
     written = 0
 
@@ -368,6 +369,7 @@ def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[f
     unit = check_unit(job.unit)
     if job.voxel_size is not None:
         size = tuple(float(v) for v in job.voxel_size)
+        size = size * dims if len(size) == 1 else size
         if len(size) != dims or not all(v > 0 for v in size):
             raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive numbers "
                                  "(z, y, x order)")
@@ -388,6 +390,7 @@ def _levels(levels: int | None) -> int | None:
 
 def _per_axis_ints(value: Sequence[int] | int, dims: int, name: str) -> tuple[int, ...]:
     values = (value,) * dims if isinstance(value, int) else tuple(value)
+    values = values * dims if len(values) == 1 else values
     if len(values) != dims or not all(isinstance(v, int) and v > 0 for v in values):
         raise DensePredError(f"{name} {value!r} is invalid; expected {dims} positive integers (z, y, x order)")
     return values

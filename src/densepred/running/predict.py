@@ -14,9 +14,9 @@ import torch
 
 from ..config import MODES
 from ..errors import DensePredError
-from ..geometry import Geometry, Tile, TilePlan, default_output_tile
+from ..geometry import Geometry, Tile, TilePlan, default_output_tile, slices_that_fit
 from ..io import ChannelFirst, read_window, to_float32
-from ..networks import DenseEngine, DenseNet
+from ..networks import DenseEngine, DenseNet, StackEngine
 from .devices import available_memory, on_device, resolve_device
 from .pipeline import run_pipeline
 
@@ -39,13 +39,17 @@ def predict_dense(
     Args:
         net: a network from :func:`densepred.build_net` or :func:`create_prediction_net`.
         image: ``(C, *S)`` or ``(*S)`` for one channel; a NumPy array or an array-like
-            (h5py dataset, zarr array, memmap) that is read tile by tile.
+            (h5py dataset, zarr array, memmap) that is read tile by tile. For a 2D net also a
+            stack of 2D images, ``(Z, Y, X)`` or ``(C, Z, Y, X)``, predicted slice by slice
+            (the rule: :class:`densepred.io.ChannelFirst`).
         mirror: pad the image by mirror reflection (NumPy ``reflect`` mode) so the output
             covers the whole image; otherwise the output is smaller by ``FOV - 1`` and its
             voxel 0 is the prediction centred on image voxel ``offset``.
         tile_shape: input window per step (a scalar means the same on every axis). Larger is
-            faster until memory runs out. Default: the largest that fits in the device's
-            available memory. The result is the same for every valid tile shape.
+            faster until memory runs out. For a stack, ``(z, y, x)`` (z slices per forward),
+            or ``(y, x)`` with as many slices per forward as fit in memory. Default: the largest
+            that fits in the device's available memory. The result is the same for every valid
+            tile shape.
         mode: ``"mfp"``, ``"dilated"``, ``"naive"`` or ``"auto"`` (fastest valid one).
             ``tile_shape=None`` and ``mode="auto"`` fall back to the net's ``tile_shape`` and
             ``mode`` attributes, which :func:`create_prediction_net` sets.
@@ -64,19 +68,19 @@ def predict_dense(
         >>> net = densepred.build_net(densepred.load_config("examples/neuro3d.toml"))  # doctest: +SKIP
         >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
     """
-    geometry = _image_geometry(net)
+    net_geometry = _image_geometry(net)
     if tile_shape is None:
         tile_shape = net.tile_shape
     if mode == "auto":
         mode = net.mode
-    source = ChannelFirst(image, net.config.in_channels, geometry.ndim)
+    source = ChannelFirst(image, net.config.in_channels, net_geometry.ndim)
+    geometry = source_geometry(net_geometry, source)
     device = resolve_device(device)
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
-    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, device)
-    engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
-    engine = DenseEngine(net, engine_mode, device)
+    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, device, stacked=source.stacked)
+    engine = make_engine(net, choose_mode(geometry, plan.input_tile, mode, device), device, source.stacked)
 
     expected = (net.config.n_classes, *plan.output_shape)
     if out is None:
@@ -178,16 +182,42 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
 
 
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
-               device: torch.device, roi: Sequence[tuple[int, int]] | None = None) -> TilePlan:
-    """The tiles for an image: of ``tile_shape`` (checked), or sized to the device's memory."""
+               device: torch.device, roi: Sequence[tuple[int, int]] | None = None,
+               stacked: bool = False) -> TilePlan:
+    """The tiles for an image: of ``tile_shape`` (checked), or sized to the device's memory.
+
+    For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
+    ``(y, x)`` tile gets as many slices per forward as fit in the memory budget.
+    """
+    padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
     if tile_shape is None:
-        padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
-        budget = available_memory(device)
-        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget)
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, available_memory(device))
         return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
+    if stacked and not isinstance(tile_shape, int | np.integer) and len(tuple(tile_shape)) == geometry.ndim - 1:
+        plane = _tile_tuple(tile_shape, geometry.ndim - 1)
+        check_tile(geometry, (1, *plane), mode)
+        output_plane = tuple(p - f + 1 for p, f in zip(plane, geometry.fov[1:], strict=True))
+        depth = slices_that_fit(geometry, output_plane, padded.output_shape[0], _estimate_mode(mode),
+                                available_memory(device))
+        tile_shape = (depth, *plane)
     tile = _tile_tuple(tile_shape, geometry.ndim)
     check_tile(geometry, tile, mode)
     return TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
+
+
+def _estimate_mode(mode: str) -> str:
+    return "mfp" if mode in ("mfp", "auto") else mode
+
+
+def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:
+    """The geometry tiles are planned with: the net's, or for a stack of 2D images its stacked form."""
+    return geometry.stacked() if source.stacked else geometry
+
+
+def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool) -> DenseEngine | StackEngine:
+    """The dense engine for a tile: the net's own, or run over the slices of a stack."""
+    engine = DenseEngine(net, mode, device)
+    return StackEngine(engine) if stacked else engine
 
 
 def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:

@@ -22,6 +22,7 @@ from ..config import Config, DataPair, TrainingConfig
 from ..errors import DensePredError
 from ..geometry import Geometry
 from ..io import ChannelFirst, open_array, to_float32
+from ..io.images import OneSliceStack
 
 Shape = tuple[int, ...]
 Batch = tuple[np.ndarray, np.ndarray]
@@ -76,8 +77,9 @@ class VolumeSampler:
     """Random patches from image volumes, labels cropped to the patch's output grid."""
 
     def __init__(self, volumes: list[tuple[ChannelFirst, Any, list[tuple[int, int]]]], geometry: Geometry,
-                 patch: Shape, n_classes: int, ignore_label: int | None):
+                 patch: Shape, n_classes: int, ignore_label: int | None, squeeze: bool = False):
         self.volumes = volumes  # (raw, label, region per axis)
+        self.squeeze = squeeze  # 2D nets: patches are (C, 1, y, x) slices of stacks, handed on as (C, y, x)
         self.geometry = geometry
         self.patch = patch
         self.out = geometry.plain_output_shape(patch)
@@ -93,6 +95,8 @@ class VolumeSampler:
             raw, label, region = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
             start = [int(rng.integers(lo, hi - p + 1)) for (lo, hi), p in zip(region, self.patch, strict=True)]
             x, y = self.read(raw, label, start)
+            if self.squeeze:
+                x, y = x[:, 0], y[0]
             if augmentation is not None:
                 x, y = augmentation.apply(x, y, rng)
             xs.append(x)
@@ -169,8 +173,12 @@ def build_samplers(cfg: Config, geometry: Geometry | None) -> tuple[Any, Any | N
         return _array_samplers(cfg, pairs, val_pairs, geometry)
     patch = training.patch_size
     assert patch is not None
-    volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec) for raw, label, spec in pairs]
-    val_volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec) for raw, label, spec in val_pairs]
+    stack = net.dims == 2  # 2D images and stacks of them alike: every 2D patch is a slice of a stack
+    if stack:
+        geometry, patch = geometry.stacked(), (1, *patch)
+    volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec, stack) for raw, label, spec in pairs]
+    val_volumes = [_volume(raw, label, net.in_channels, net.dims, patch, spec, stack)
+                   for raw, label, spec in val_pairs]
     for _, label, spec in pairs + val_pairs:
         check_label_volume(label, net.n_classes, training.ignore_label, spec)
     train_volumes, held_out = [], []
@@ -182,7 +190,10 @@ def build_samplers(cfg: Config, geometry: Geometry | None) -> tuple[Any, Any | N
             fit, rest = _split_region(region, patch, training.validation_fraction, raw)
             train_volumes.append((raw, label, fit))
             held_out.append((raw, label, rest))
-    make = lambda vols: VolumeSampler(vols, geometry, patch, net.n_classes, training.ignore_label)  # noqa: E731
+
+    def make(vols: list) -> VolumeSampler:
+        return VolumeSampler(vols, geometry, patch, net.n_classes, training.ignore_label, squeeze=stack)
+
     return make(train_volumes), (make(held_out) if held_out else None)
 
 
@@ -194,15 +205,29 @@ def _are_patch_arrays(pairs: list[tuple[Any, Any, str]], dims: int) -> bool:
     return all(np.ndim(label) == 1 or len(label.shape) == 1 for _, label, _ in pairs) and dims > 0
 
 
-def _volume(raw: Any, label: Any, channels: int, dims: int, patch: Shape, spec: str):
+def _volume(raw: Any, label: Any, channels: int, dims: int, patch: Shape, spec: str, stack: bool = False):
+    """An image, its labels and the region patches come from; with ``stack`` a 2D image is a
+    stack of one slice."""
     image = ChannelFirst(raw, channels, dims)
     if tuple(label.shape) != image.spatial_shape:
         raise DensePredError(f"{spec}: label shape {list(label.shape)} differs from the image's spatial "
                              f"shape {list(image.spatial_shape)}")
+    if stack and not image.stacked:
+        image, label = OneSliceStack(image), _OneSliceLabels(label)
     if any(s < p for s, p in zip(image.spatial_shape, patch, strict=True)):
         raise DensePredError(f"{spec}: image {list(image.spatial_shape)} is smaller than the training "
-                             f"patch {list(patch)}")
+                             f"patch {list(patch[1:] if stack else patch)}")
     return image, label, [(0, s) for s in image.spatial_shape]
+
+
+class _OneSliceLabels:
+    """A 2D label image seen as a stack of one slice, like :class:`~densepred.io.images.OneSliceStack`."""
+
+    def __init__(self, label: Any):
+        self.label, self.shape = label, (1, *label.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self.label[key[1:]])[None]
 
 
 def _split_region(region: list[tuple[int, int]], patch: Shape, fraction: float, raw: ChannelFirst):
