@@ -12,11 +12,17 @@ Example:
     >>> probs = densepred.predict_dense(net, volume, mirror=True)      # doctest: +SKIP
 """
 
-from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config
-from .errors import ConfigError, DensePredError
-from .geometry import Geometry
-from .networks import DenseEngine, DenseNet, build_net, create_prediction_net, create_predncnn
-from .running import ProfileResult, TrainResult, class_probabilities, predict_dense, profile, train
+# glibc malloc settings for fast, bounded CPU inference, before any library starts a thread
+# (threads started later would keep arenas of their own); DENSEPRED_NO_MALLOC_TUNING=1 opts out
+from .system import tune_cpu_allocator
+
+tune_cpu_allocator()
+
+from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config  # noqa: E402
+from .errors import ConfigError, DensePredError  # noqa: E402
+from .geometry import Geometry  # noqa: E402
+from .networks import DenseEngine, DenseNet, build_net, create_prediction_net, create_predncnn  # noqa: E402
+from .running import ProfileResult, TrainResult, class_probabilities, predict_dense, profile, train  # noqa: E402
 
 # ELEKTRONN's names, for users coming from it
 predictDense = predict_dense

@@ -9,7 +9,7 @@ arithmetic on tuples and can be tested in microseconds.
 * :mod:`.pyramid` - multiscale levels, shards and inner chunks of viewer-ready outputs
 """
 
-from .memory import SMALL_CONV_INPUTS, default_output_tile, slices_that_fit, tile_bytes
+from .memory import SMALL_CONV_INPUTS, Footprint, default_output_tile, slices_that_fit, tile_bytes
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
 from .pyramid import (
     INNER_CHUNK,
@@ -29,6 +29,7 @@ __all__ = [
     "MODES",
     "SMALL_CONV_INPUTS",
     "VIEWER_SIDE",
+    "Footprint",
     "Geometry",
     "LayerGeometry",
     "LayerRow",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .network_geometry import Geometry
 
@@ -13,21 +14,60 @@ Shape = tuple[int, ...]
 SMALL_CONV_INPUTS = 64
 
 
-def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: str,
-                        budget_bytes: int, itemsize: int = 4) -> Shape:
+@dataclass(frozen=True)
+class Footprint:
+    """What a prediction run holds in memory besides the network's activations, per tile.
+
+    The pipeline (:mod:`densepred.running.pipeline`) reads up to ``prefetch`` batches ahead
+    while one is read and one computed, and holds up to ``pending`` computed batches while
+    one is written. Each input window is held as stored (``input_itemsize``) and as float32;
+    each result as logits and probabilities (float32), then encoded (``stored_itemsize``)
+    and compressed.
+    """
+
+    in_channels: int
+    n_classes: int
+    input_itemsize: int = 4
+    stored_channels: int | None = None  # None: all classes
+    stored_itemsize: int = 4
+    batch: int = 1
+    prefetch: int = 2
+    pending: int = 2
+
+    def bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
+        """Estimated peak memory of a run with this output tile, over the process's baseline."""
+        input_voxels = math.prod(geometry.input_shape_for(output_tile))
+        output_voxels = math.prod(output_tile)
+        windows = (self.prefetch + 2) * self.batch * self.in_channels * input_voxels * (4 + self.input_itemsize)
+        compute = self.batch * tile_bytes(geometry, output_tile, mode)
+        results = (self.pending + 3) * self.batch * self.n_classes * output_voxels * 4
+        stored = self.n_classes if self.stored_channels is None else self.stored_channels
+        encoded = 2 * (self.pending + 1) * stored * output_voxels * self.stored_itemsize
+        return windows + compute + results + encoded
+
+    def device_bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
+        """Estimated peak of GPU memory: the activations plus one batch's input, logits and probabilities."""
+        input_voxels = math.prod(geometry.input_shape_for(output_tile))
+        output_voxels = math.prod(output_tile)
+        return self.batch * (tile_bytes(geometry, output_tile, mode) + 4 * self.in_channels * input_voxels
+                             + 2 * 4 * self.n_classes * output_voxels)
+
+
+def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: str, budget_bytes: int,
+                        cost: Callable[[Shape], int] | None = None) -> Shape:
     """The largest output tile, a multiple of the stride and about as many voxels long on
-    every axis, whose activations fit in ``budget_bytes``; never larger than the output.
+    every axis, whose ``cost`` (default: the activations, :func:`tile_bytes`) fits in
+    ``budget_bytes``; never larger than the output. The smallest tile is returned even when
+    it does not fit: the caller decides what that means.
 
     The result's input (tile + FOV - 1) is MFP-valid unless the output itself is smaller.
     """
     estimate_mode = "mfp" if mode in ("mfp", "auto") else mode
     output_shape = tuple(output_shape)
+    cost = cost or (lambda tile: tile_bytes(geometry, tile, estimate_mode))
 
     def tile_for(side: int) -> Shape:
         return tuple(min(t * math.ceil(side / t), o) for t, o in zip(geometry.stride, output_shape, strict=True))
-
-    def fits(tile: Shape) -> bool:
-        return tile_bytes(geometry, tile, estimate_mode, itemsize) <= budget_bytes
 
     best, side = tile_for(1), 1
     while True:
@@ -37,7 +77,7 @@ def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: s
             if candidate == output_shape:
                 return best
             continue
-        if not fits(candidate):
+        if cost(candidate) > budget_bytes:
             return best
         best = candidate
 
@@ -51,14 +91,13 @@ def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsi
     return 2 * geometry.activation_bytes(input_tile, mode, itemsize, unfold_up_to=SMALL_CONV_INPUTS)
 
 
-def slices_that_fit(geometry: Geometry, output_plane: Sequence[int], depth: int, mode: str,
-                    budget_bytes: int, itemsize: int = 4) -> int:
+def slices_that_fit(cost: Callable[[int], int], depth: int, budget_bytes: int) -> int:
     """How many slices of a stack one forward pass takes: the most, up to ``depth``, whose
-    activations fit ``budget_bytes`` (at least one). ``geometry`` is a stacked 2D geometry."""
+    ``cost(slices)`` fits ``budget_bytes`` (at least one)."""
     low, high = 1, max(int(depth), 1)
     while low < high:
         middle = (low + high + 1) // 2
-        if tile_bytes(geometry, (middle, *output_plane), mode, itemsize) <= budget_bytes:
+        if cost(middle) <= budget_bytes:
             low = middle
         else:
             high = middle - 1

@@ -107,6 +107,9 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("--voxel-size", metavar="Z,Y,X",
                       help="physical voxel size for the OME-Zarr metadata (default: the input's, else 1)")
     pred.add_argument("--unit", help="unit of --voxel-size, a UDUNITS name such as nanometer or micrometer")
+    pred.add_argument("--memory-limit", metavar="SIZE",
+                      help="peak memory of the whole run, e.g. 2G or 8GiB (default: half of the available RAM, "
+                           "60%% of the free GPU memory); the default tile is the largest that fits")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(run=run_predict)
 
@@ -186,7 +189,7 @@ def run_predict(args: argparse.Namespace) -> int:
             parse_shape(args.chunks, dims, "--chunks", stack=True) if args.chunks else None),
         voxel_size=parse_numbers(args.voxel_size, 1, "--voxel-size") if args.voxel_size and "," not in args.voxel_size
         else (parse_numbers(args.voxel_size, dims, "--voxel-size", stack=True) if args.voxel_size else None),
-        unit=args.unit)
+        unit=args.unit, memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
     try:
         result = predict_to_file(job)
     except KeyboardInterrupt:
@@ -194,7 +197,8 @@ def run_predict(args: argparse.Namespace) -> int:
               f"(output {args.output})", file=sys.stderr)
         return 130
     print(f"wrote {result.output}: shape {list(result.shape)}, {result.computed} tile(s) computed"
-          + (f", {result.skipped} already done" if result.skipped else ""))
+          + (f", {result.skipped} already done" if result.skipped else "")
+          + f"; tile {list(result.input_tile)}, estimated peak memory {result.estimated_peak / 2**30:.2f} GiB")
     return 0
 
 

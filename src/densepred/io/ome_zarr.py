@@ -49,6 +49,7 @@ class OmeLayout:
     channel_names: tuple[str, ...] = ()
     label: bool = False
     name: str = ""
+    value_range: tuple[float, float] = (0.0, 1.0)  # of stored probabilities: (0, 255) for uint8
     extra_attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,13 +105,14 @@ def ome_attributes(layout: OmeLayout) -> dict[str, Any]:
     if layout.label:
         ome["image-label"] = {"version": "0.5"}
     else:
-        ome["omero"] = {"channels": [_channel(name) for name in layout.channel_names]}
+        ome["omero"] = {"channels": [_channel(name, layout.value_range) for name in layout.channel_names]}
     return ome
 
 
-def _channel(name: str) -> dict[str, Any]:
+def _channel(name: str, value_range: tuple[float, float]) -> dict[str, Any]:
+    low, high = (float(v) for v in value_range)
     return {"label": name, "active": True, "color": "FFFFFF",
-            "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
+            "window": {"start": low, "end": high, "min": low, "max": high}}
 
 
 def create_levels(group: Any, layout: OmeLayout, dtype: np.dtype) -> list[Any]:

@@ -4,7 +4,6 @@
 * :mod:`.engines` - the three dense engines (``naive``, ``mfp``, ``dilated``) on one tile
 * :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
 * :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
-* :mod:`.cpu_allocator` - glibc malloc settings that keep CPU inference fast
 """
 
 from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net

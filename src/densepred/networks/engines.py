@@ -25,8 +25,8 @@ from torch import nn
 
 from ..errors import DensePredError
 from ..geometry import SMALL_CONV_INPUTS, Geometry
+from ..system import tune_cpu_allocator
 from .build import ACTIVATION_FUNCTIONS, DenseNet
-from .cpu_allocator import tune_cpu_allocator
 
 ENGINE_MODES = ("mfp", "dilated", "naive")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}

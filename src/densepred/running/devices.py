@@ -1,4 +1,4 @@
-"""Torch devices: choosing one, the memory a tile may use on it, moving a net there."""
+"""Torch devices: choosing one, telling two names of one device apart, moving a net there."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import copy
 import torch
 
 from ..errors import DensePredError
-from ..system import available_ram
-
-CPU_MEMORY_FRACTION = 0.25  # of the available RAM, for the tile's activations
-CUDA_MEMORY_FRACTION = 0.6  # of the free GPU memory
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -28,14 +24,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                 f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
             )
     return resolved
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes a tile may use on ``device``: a fraction of free GPU memory or available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_MEMORY_FRACTION)
-    return int(available_ram() * CPU_MEMORY_FRACTION)
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:

@@ -44,9 +44,11 @@ from ..io.encoding import Encoding
 from ..io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
 from ..io.output_checks import check_replaceable
 from ..networks import create_prediction_net, last_path
+from ..system import tune_cpu_allocator
 from .devices import resolve_device
 from .input_checks import NonFinite
-from .predict import choose_mode, make_engine, plan_tiles, predict_tiles, source_geometry
+from .memory_budget import memory_budget, tile_cost
+from .predict import choose_mode, footprint_for, make_engine, plan_tiles, predict_tiles, source_geometry
 from .pyramid import build_pyramid
 from .run_record import (
     RECORD_VERSION,
@@ -92,6 +94,7 @@ class PredictJob:
     chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
     voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
     unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
+    memory_limit: int | None = None  # bytes the process may use at its peak (default: half the available)
 
 
 @dataclass
@@ -101,6 +104,8 @@ class JobResult:
     tiles: int
     computed: int
     skipped: int
+    input_tile: tuple[int, ...] = ()
+    estimated_peak: int = 0  # bytes: the memory estimate the tile was chosen by
 
 
 @dataclass
@@ -118,6 +123,7 @@ class _Setup:
     record_dir: Path
     record: dict[str, Any]
     layout: OmeLayout | None  # for zarr outputs
+    estimated_peak: int  # bytes, the whole process
     offset: tuple[int, ...]  # where output voxel 0 is centred without mirroring (stack: z offset 0)
 
 
@@ -126,7 +132,8 @@ def predict_to_file(job: PredictJob) -> JobResult:
     setup, previous = _prepare(job)
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", setup.out_spec)
-        return JobResult(setup.out_spec, tuple(setup.record["output"]["shape"]), len(setup.plan), 0, len(setup.plan))
+        return JobResult(setup.out_spec, tuple(setup.record["output"]["shape"]), len(setup.plan), 0, len(setup.plan),
+                         setup.plan.input_tile, setup.estimated_peak)
     if previous is not None:
         output, done = _reopen(setup), read_done(setup.record_dir)
     else:
@@ -142,6 +149,8 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
+    if resolve_device(job.device).type == "cpu":
+        tune_cpu_allocator()  # before zarr, h5py or torch start threads with arenas of their own
     weights = Path(job.weights) if job.weights is not None else _default_weights(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
@@ -153,7 +162,7 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
-    plan, engine_mode, batch_size = _plan(job, cfg, net, geometry, source, previous)
+    plan, engine_mode, batch_size, estimate = _plan(job, cfg, net, geometry, source, encoding, previous)
     layout = ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset) if out_spec.kind == "zarr" else None
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
     if layout is not None:
@@ -162,13 +171,14 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     if previous is not None:
         check_same(previous, record, out_spec)
     setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record, layout,
-                   geometry.offset)
+                   estimate, geometry.offset)
     return setup, previous
 
 
-def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: ChannelFirst,
-          previous: dict[str, Any] | None) -> tuple[TilePlan, str, int]:
-    """Tiles, engine and batch size: given, else those of the interrupted run, else the config's.
+def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: ChannelFirst, encoding: Encoding,
+          previous: dict[str, Any] | None) -> tuple[TilePlan, str, int, int]:
+    """Tiles, engine and batch size (given, else those of the interrupted run, else the config's),
+    and the estimated peak memory of the run.
 
     A resumed run takes its recorded tile as it was planned (after clipping to the image or
     region), without checking it again for the mode: it was valid when first planned.
@@ -181,12 +191,16 @@ def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: Ch
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
+    budget = memory_budget(job.memory_limit, device)
+    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize)
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
     else:
         tile = job.tile if job.tile is not None else net.tile_shape
-        plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, device, roi, source.stacked)
-    return plan, choose_mode(geometry, plan.input_tile, mode, device), batch
+        plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint, roi,
+                          source.stacked)
+    estimate = budget.baseline + tile_cost(geometry, mode, footprint, budget)(plan.output_tile)
+    return plan, choose_mode(geometry, plan.input_tile, mode, device), batch, estimate
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,
@@ -248,7 +262,8 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
         except OSError as exc:
             raise _write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
     _finish(setup, output)
-    return JobResult(out_spec, tuple(setup.record["output"]["shape"]), len(tiles), len(todo), len(done))
+    return JobResult(out_spec, tuple(setup.record["output"]["shape"]), len(tiles), len(todo), len(done),
+                     plan.input_tile, setup.estimated_peak)
 
 
 def _finish(setup: _Setup, output: Any) -> None:
@@ -362,7 +377,7 @@ def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan,
         levels=tuple(pyramid(plan.output_shape, voxel_size, levels)), tile=plan.output_tile,
         chunk_target=chunk_target, voxel_size=voxel_size, translation=translation, unit=unit,
         channel_names=() if encoding.argmax else channel_names(cfg.network.class_names or None, list(classes)),
-        label=encoding.argmax, name=cfg.name)
+        label=encoding.argmax, name=cfg.name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
 def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], str | None]:

@@ -14,10 +14,11 @@ import torch
 
 from ..config import MODES
 from ..errors import DensePredError
-from ..geometry import Geometry, Tile, TilePlan, default_output_tile, slices_that_fit
+from ..geometry import Footprint, Geometry, Tile, TilePlan, default_output_tile, slices_that_fit
 from ..io import ChannelFirst, read_window, to_float32
 from ..networks import DenseEngine, DenseNet, StackEngine
-from .devices import available_memory, on_device, resolve_device
+from .devices import on_device, resolve_device
+from .memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
 from .pipeline import run_pipeline
 
 
@@ -32,6 +33,7 @@ def predict_dense(
     device: str | torch.device | None = None,
     progress: bool = False,
     out: Any = None,
+    memory_limit: int | None = None,
 ) -> np.ndarray | Any:
     """Class probabilities for every voxel of an image, exactly as if the network were applied
     to each field-of-view window separately.
@@ -48,8 +50,7 @@ def predict_dense(
         tile_shape: input window per step (a scalar means the same on every axis). Larger is
             faster until memory runs out. For a stack, ``(z, y, x)`` (z slices per forward),
             or ``(y, x)`` with as many slices per forward as fit in memory. Default: the largest
-            that fits in the device's available memory. The result is the same for every valid
-            tile shape.
+            that fits ``memory_limit``. The result is the same for every valid tile shape.
         mode: ``"mfp"``, ``"dilated"``, ``"naive"`` or ``"auto"`` (fastest valid one).
             ``tile_shape=None`` and ``mode="auto"`` fall back to the net's ``tile_shape`` and
             ``mode`` attributes, which :func:`create_prediction_net` sets.
@@ -59,6 +60,10 @@ def predict_dense(
         out: an array-like to stream the result into (a zarr array, an h5py dataset, a
             memmap) of the result's shape; each tile is written as soon as it is done, so
             memory depends on the tile, not on the image.
+        memory_limit: bytes the whole process may use at its peak (resident memory on the
+            CPU, allocated memory on a GPU); the default tile is the largest whose estimate
+            fits. Default: half of the available RAM (60% of the free GPU memory). Without
+            ``out`` the result array counts against it.
 
     Returns:
         float32 probabilities of shape ``(n_classes, *(S - FOV + 1))``, or
@@ -79,7 +84,12 @@ def predict_dense(
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
-    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, device, stacked=source.stacked)
+    budget = memory_budget(memory_limit, device)
+    if out is None:  # the result is held in memory whole
+        budget = budget.less(4 * net.config.n_classes * math.prod(geometry.dense_output_shape(
+            [n + (f - 1 if mirror else 0) for n, f in zip(source.spatial_shape, geometry.fov, strict=True)])))
+    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, budget,
+                      footprint_for(net, source, batch_size), stacked=source.stacked)
     engine = make_engine(net, choose_mode(geometry, plan.input_tile, mode, device), device, source.stacked)
 
     expected = (net.config.n_classes, *plan.output_shape)
@@ -182,31 +192,40 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
 
 
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
-               device: torch.device, roi: Sequence[tuple[int, int]] | None = None,
+               budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
                stacked: bool = False) -> TilePlan:
-    """The tiles for an image: of ``tile_shape`` (checked), or sized to the device's memory.
+    """The tiles for an image: of ``tile_shape`` (checked; a warning if over the budget), or the
+    largest whose estimated peak fits the memory ``budget`` (an error if none does).
 
     For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
-    ``(y, x)`` tile gets as many slices per forward as fit in the memory budget.
+    ``(y, x)`` tile gets as many slices per forward as fit in the budget.
     """
     padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
+    cost = tile_cost(geometry, mode, footprint, budget)
     if tile_shape is None:
-        output_tile = default_output_tile(geometry, padded.output_shape, mode, available_memory(device))
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
+        if cost(output_tile) > budget.room:
+            raise too_small(budget, cost(output_tile))
         return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
     if stacked and not isinstance(tile_shape, int | np.integer) and len(tuple(tile_shape)) == geometry.ndim - 1:
         plane = _tile_tuple(tile_shape, geometry.ndim - 1)
         check_tile(geometry, (1, *plane), mode)
-        output_plane = tuple(p - f + 1 for p, f in zip(plane, geometry.fov[1:], strict=True))
-        depth = slices_that_fit(geometry, output_plane, padded.output_shape[0], _estimate_mode(mode),
-                                available_memory(device))
+        output_plane = tuple(min(p - f + 1, o) for p, f, o in
+                             zip(plane, geometry.fov[1:], padded.output_shape[1:], strict=True))
+        depth = slices_that_fit(lambda z: cost((z, *output_plane)), padded.output_shape[0], budget.room)
         tile_shape = (depth, *plane)
     tile = _tile_tuple(tile_shape, geometry.ndim)
     check_tile(geometry, tile, mode)
-    return TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
+    plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
+    warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
+    return plan
 
 
-def _estimate_mode(mode: str) -> str:
-    return "mfp" if mode in ("mfp", "auto") else mode
+def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,
+                  stored_itemsize: int = 4) -> Footprint:
+    """The buffers of a run of ``net`` on ``source``, for the memory estimate."""
+    return Footprint(net.config.in_channels, net.config.n_classes, source.dtype.itemsize, stored_channels,
+                     stored_itemsize, batch_size)
 
 
 def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:

@@ -27,8 +27,7 @@ import torch
 
 from ...config import Config, network_geometry
 from ...errors import DensePredError
-from ...networks.cpu_allocator import release_free_memory
-from ..devices import available_ram
+from ...system import available_ram, release_free_memory
 from .report import ProfileRow
 from .walk import repeats_for
 

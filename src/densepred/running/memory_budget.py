@@ -1,0 +1,86 @@
+"""The memory budget of a run: what the whole process may use at its peak, and the tile that fits.
+
+``memory_limit`` bounds the process's peak resident memory on the CPU, or the memory allocated
+on a GPU. The default is a fraction of what is available when the run starts (at most half
+of the available RAM, cgroup limits included; 60% of the free GPU memory). The estimate
+(:class:`densepred.geometry.Footprint`) counts every buffer in flight: input windows read
+ahead, the forward pass, logits and probabilities, results waiting to be written, encoding
+and compression; it was calibrated against measured peaks of light and heavy networks
+(docs/BENCHMARKS.md), and ``ESTIMATE_MARGIN`` covers what it does not model (the
+allocator's fragmentation, library buffers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import DensePredError
+from ..geometry import Footprint, Geometry
+from ..system import available_ram, resident_bytes
+
+log = logging.getLogger("densepred")
+
+CPU_FRACTION = 0.5  # of the available RAM at the start: the default limit on the CPU
+CUDA_FRACTION = 0.6  # of the free GPU memory
+ESTIMATE_MARGIN = 2.25  # measured peak over the raw estimate stayed below this (docs/BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The peak memory a run may reach (``limit``) and what the process holds already."""
+
+    limit: int
+    baseline: int
+    device: str  # "cpu" or "cuda"
+
+    @property
+    def room(self) -> int:
+        """Bytes the run's buffers may take: the limit less the baseline."""
+        return max(self.limit - self.baseline, 0)
+
+    def less(self, reserved: int) -> MemoryBudget:
+        """The budget with ``reserved`` bytes taken (an in-memory result, say)."""
+        return MemoryBudget(self.limit, self.baseline + reserved, self.device)
+
+
+def memory_budget(memory_limit: int | None, device: torch.device) -> MemoryBudget:
+    """The budget for a run on ``device``: ``memory_limit`` or the default fraction."""
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
+                                     or memory_limit <= 0):
+        raise DensePredError(f"memory_limit = {memory_limit!r} is invalid; expected a number of bytes > 0")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+        return MemoryBudget(memory_limit or allocated + int(free * CUDA_FRACTION), allocated, "cuda")
+    baseline = resident_bytes()
+    return MemoryBudget(memory_limit or baseline + int(available_ram() * CPU_FRACTION), baseline, "cpu")
+
+
+def tile_cost(geometry: Geometry, mode: str, footprint: Footprint, budget: MemoryBudget) -> Callable[[tuple], int]:
+    """Estimated peak bytes over the baseline for an output tile, margin included."""
+    estimate_mode = "mfp" if mode in ("mfp", "auto") else mode
+    if budget.device == "cuda":
+        return lambda tile: int(ESTIMATE_MARGIN * footprint.device_bytes(geometry, tile, estimate_mode))
+    return lambda tile: int(ESTIMATE_MARGIN * footprint.bytes(geometry, tile, estimate_mode))
+
+
+def too_small(budget: MemoryBudget, need: int) -> DensePredError:
+    return DensePredError(
+        f"the memory limit of {_gib(budget.limit)} is too small: even the smallest valid tile needs about "
+        f"{_gib(budget.baseline + need)} ({_gib(budget.baseline)} for the process itself and {_gib(need)} for the "
+        "tile's buffers); raise --memory-limit (memory_limit=) to at least that")
+
+
+def warn_if_over(budget: MemoryBudget, need: int, tile: tuple[int, ...]) -> None:
+    if need > budget.room:
+        log.warning("tile %s needs about %s with the process's %s, over the memory limit of %s; "
+                    "it runs anyway because it was asked for", list(tile), _gib(budget.baseline + need),
+                    _gib(budget.baseline), _gib(budget.limit))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

@@ -1,0 +1,72 @@
+"""The memory budget: the default tile fits it, a too small one is a clear error, the numbers never change."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from densepred import DensePredError, predict_dense
+from densepred.geometry import Footprint, default_output_tile
+from densepred.interfaces.cli import main
+from densepred.running.memory_budget import MemoryBudget, tile_cost
+from densepred.system import resident_bytes
+from tests.conftest import NETS, make_net
+
+
+def test_the_estimate_grows_with_every_buffer_it_counts():
+    net = make_net(NETS["3d_aniso"])
+    geometry = net.geometry
+    base = Footprint(1, 2)
+    tile = (4, 12, 12)
+    assert Footprint(1, 2, batch=2).bytes(geometry, tile, "mfp") > base.bytes(geometry, tile, "mfp")
+    assert Footprint(1, 2, prefetch=4).bytes(geometry, tile, "mfp") > base.bytes(geometry, tile, "mfp")
+    assert base.bytes(geometry, (8, 24, 24), "mfp") > base.bytes(geometry, tile, "mfp")
+    assert base.device_bytes(geometry, tile, "mfp") < base.bytes(geometry, tile, "mfp")
+
+
+@pytest.mark.parametrize("room", [2**20, 2**24, 2**28])
+def test_the_default_tile_is_the_largest_that_fits(room):
+    geometry = make_net(NETS["3d_aniso"]).geometry
+    budget = MemoryBudget(room, 0, "cpu")
+    cost = tile_cost(geometry, "mfp", Footprint(1, 2), budget)
+    output = (40, 300, 300)
+    tile = default_output_tile(geometry, output, "mfp", room, cost)
+    assert cost(tile) <= room or tile == tuple(geometry.stride)
+    bigger = tuple(min(t + s, o) for t, s, o in zip(tile, geometry.stride, output, strict=True))
+    if bigger != tile:
+        assert cost(bigger) > room or bigger == output
+
+
+def test_a_limit_below_the_smallest_tile_names_the_memory_needed(rng):
+    net = make_net(NETS["3d_aniso"], dtype=torch.float32)
+    with pytest.raises(DensePredError, match=r"memory limit of .* is too small: even the smallest valid tile needs "
+                                             r"about .* GiB .* raise --memory-limit"):
+        predict_dense(net, rng.random((20, 60, 60), dtype=np.float32), memory_limit=resident_bytes() + 1000)
+
+
+def test_smaller_limits_give_smaller_tiles_and_the_same_numbers(rng):
+    net = make_net(NETS["3d_aniso"], dtype=torch.float32)
+    image = rng.random((23, 95, 87), dtype=np.float32)
+    roomy = predict_dense(net, image, memory_limit=resident_bytes() + 2**31)
+    tight = predict_dense(net, image, memory_limit=resident_bytes() + 40 * 2**20)
+    np.testing.assert_allclose(tight, roomy, atol=2e-5)
+
+
+def test_an_explicit_tile_over_the_limit_warns_and_runs(rng, caplog):
+    net = make_net(NETS["2d_pool2"], dtype=torch.float32)
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        predict_dense(net, rng.random((200, 200), dtype=np.float32), tile_shape=199,
+                      memory_limit=resident_bytes() + 2**20)
+    assert "over the memory limit" in caplog.text
+
+
+def test_bad_memory_limits_are_one_line(tmp_path, capsys):
+    (tmp_path / "x.toml").write_text("[network]\ndims = 2\nin_channels = 1\nn_classes = 2\n")
+    assert main(["predict", str(tmp_path / "x.toml"), "--input", "a.npy", "--output", "b.npy",
+                 "--memory-limit", "lots"]) == 2
+    assert "--memory-limit 'lots' is invalid" in capsys.readouterr().err
+    with pytest.raises(DensePredError, match="memory_limit = -5 is invalid"):
+        predict_dense(make_net(NETS["2d_pool2"]), np.ones((30, 30)), memory_limit=-5)
