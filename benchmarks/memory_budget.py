@@ -99,8 +99,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="uint8")
     parser.add_argument("--shape", help="input shape Z,Y,X instead of the case's")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case and limit (peaks vary a little)")
+    parser.add_argument("--roi", help="predict only this region, Z0:Z1,Y0:Y1,X0:X1 (the tile is chosen as for it)")
     args = parser.parse_args()
     extra = ["--dtype", args.dtype, "--classes", "1"] + (["--levels", args.levels] if args.levels else [])
+    extra += ["--roi", args.roi] if args.roi else []
     print(f"{'case':8s} {'limit':>8s} {'peak GiB':>9s} {'estimate':>9s} {'peak/est':>9s} {'seconds':>8s} "
           f"{'Mvox/s':>7s}  tile")
     for case in args.cases.split(","):

@@ -213,7 +213,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_byte_identical(config, tmp_pat
     data = np.random.default_rng(3).random((16, 90, 80), dtype=np.float32)
     np.save(tmp_path / "big.npy", data)
     base = [sys.executable, "-m", "densepred", "predict", str(config), "--input", str(tmp_path / "big.npy"),
-            "--tile", "6,17,17", "--mode", "mfp", "--quiet"]
+            "--tile", "6,17,17", "--mode", "mfp", "--levels", "2", "--quiet"]  # shards and a pyramid level
     subprocess.run([*base, "--output", str(tmp_path / "whole.zarr")], check=True)
     record = tmp_path / "cut.zarr.densepred" / "done.log"
     rng = random.Random(os.getpid())
