@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Config, load_config
 from ..errors import DensePredError
-from ..geometry import INNER_CHUNK, Geometry, Tile, TilePlan, pyramid
+from ..geometry import Geometry, Tile, TilePlan
 from ..io import (
     ArraySpec,
     ChannelFirst,
@@ -39,15 +39,15 @@ from ..io import (
     output_exists,
     remove_output,
 )
-from ..io.arrays import input_voxel_size
 from ..io.encoding import Encoding
-from ..io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
+from ..io.ome_zarr import OmeLayout
 from ..io.output_checks import check_replaceable
 from ..networks import create_prediction_net, last_path
 from ..system import tune_cpu_allocator
 from .devices import resolve_device
 from .input_checks import NonFinite
 from .memory_budget import memory_budget, tile_cost
+from .output_layout import ome_layout
 from .predict import choose_mode, footprint_for, make_engine, plan_tiles, predict_tiles, source_geometry
 from .pyramid import build_pyramid
 from .run_record import (
@@ -357,58 +357,6 @@ def _create(setup: _Setup, job: PredictJob) -> Any:
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
                          attributes={"densepred": {"complete": False}}, layout=setup.layout)
-
-
-def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,
-               offset: Sequence[int]) -> OmeLayout:
-    """Levels, shards, chunks and physical metadata of an OME-Zarr output."""
-    check_zarr_dtype(encoding.stored_dtype)
-    dims = len(plan.output_shape)
-    voxel_size, unit = _voxel_size(job, in_spec, dims)
-    # where output voxel 0 sits in the image: the ROI start, plus the border without mirroring
-    start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
-    translation = tuple(s * v for s, v in zip(start, voxel_size, strict=True))
-    levels = _levels(job.levels)
-    chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
-    classes = range(cfg.network.n_classes) if encoding.classes is None else encoding.classes
-    spatial_axes = tuple("zyx"[3 - dims:])
-    return OmeLayout(
-        axes=spatial_axes if encoding.argmax else ("c", *spatial_axes),
-        levels=tuple(pyramid(plan.output_shape, voxel_size, levels)), tile=plan.output_tile,
-        chunk_target=chunk_target, voxel_size=voxel_size, translation=translation, unit=unit,
-        channel_names=() if encoding.argmax else channel_names(cfg.network.class_names or None, list(classes)),
-        label=encoding.argmax, name=cfg.name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
-
-
-def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], str | None]:
-    unit = check_unit(job.unit)
-    if job.voxel_size is not None:
-        size = tuple(float(v) for v in job.voxel_size)
-        size = size * dims if len(size) == 1 else size
-        if len(size) != dims or not all(v > 0 for v in size):
-            raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive numbers "
-                                 "(z, y, x order)")
-        return size, unit
-    found = input_voxel_size(in_spec)
-    if found is not None and len(found[0]) == dims:
-        return tuple(found[0]), unit or found[1]
-    if unit is not None:
-        raise DensePredError(f"--unit {unit} needs --voxel-size (the input has no physical scale)")
-    return (1.0,) * dims, None
-
-
-def _levels(levels: int | None) -> int | None:
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 1):
-        raise DensePredError(f"levels = {levels!r} is invalid; expected a positive integer (1 = no pyramid)")
-    return levels
-
-
-def _per_axis_ints(value: Sequence[int] | int, dims: int, name: str) -> tuple[int, ...]:
-    values = (value,) * dims if isinstance(value, int) else tuple(value)
-    values = values * dims if len(values) == 1 else values
-    if len(values) != dims or not all(isinstance(v, int) and v > 0 for v in values):
-        raise DensePredError(f"{name} {value!r} is invalid; expected {dims} positive integers (z, y, x order)")
-    return values
 
 
 # -- helpers --------------------------------------------------------------------------------------

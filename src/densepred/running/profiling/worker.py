@@ -2,10 +2,10 @@
 
 A separate process gives a clean peak-memory figure (on the CPU the peak resident set, reset
 between shapes through ``/proc/self/clear_refs``; on CUDA the allocator's peak) and keeps the
-profiler alive if the kernel's OOM killer strikes anyway. It is started as
-``python -m densepred.running.profiling.worker`` (not with multiprocessing's spawn, which
-re-runs the caller's script), so a plain script that calls :func:`densepred.profile` needs
-no ``if __name__ == "__main__":`` guard. Requests and replies travel over a socket pair as
+profiler alive if the kernel's OOM killer strikes anyway. It is started as a fresh
+``python -c`` that calls :func:`serve` (not with multiprocessing's spawn, which re-runs the
+caller's script), so a plain script that calls :func:`densepred.profile` needs no
+``if __name__ == "__main__":`` guard. Requests and replies travel over a socket pair as
 multiprocessing connection messages between these two trusted processes.
 """
 
@@ -31,6 +31,8 @@ from ...system import available_ram, release_free_memory
 from .report import ProfileRow
 from .walk import repeats_for
 
+WORKER_MAIN = ("import sys; from multiprocessing.connection import Connection; "
+               "from densepred.running.profiling.worker import serve; serve(Connection(int(sys.argv[1])))")
 CPU_MEMORY_MARGIN = 0.8  # of the available memory at the start
 CUDA_MEMORY_MARGIN = 0.9  # of the free GPU memory at the start
 
@@ -47,7 +49,7 @@ class Worker:
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+            [sys.executable, "-c", WORKER_MAIN, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -114,6 +116,7 @@ def serve(conn: Connection) -> None:
         net = build_net(cfg).eval()
         engines: dict[str, Any] = {}
         flops = matmul_peak(device)
+        release_free_memory()  # the matmul's matrices are not the baseline of a tile
         conn.send({"matmul_flops": flops, "baseline": _memory_now(device),
                    "default_limit": _default_limit(device)})
     except Exception as exc:  # reported to the parent as one message
@@ -219,8 +222,3 @@ def _default_limit(device: Any) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * CUDA_MEMORY_MARGIN)
     return int(available_ram() * CPU_MEMORY_MARGIN) + _memory_now(device)
-
-
-
-if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))
