@@ -94,3 +94,26 @@ NETS = {
         "mlp": [6], "patch_size": [7, 11, 11],
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def _every_ome_zarr_output_is_valid(request):
+    """After each test, every OME-Zarr image a test left in its tmp_path must validate with
+    ome-zarr-models (images, and label images for --argmax outputs)."""
+    yield
+    folder = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if folder is None:
+        return
+    import json
+
+    import zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    for meta in folder.rglob("zarr.json"):
+        attributes = json.loads(meta.read_text()).get("attributes", {})
+        ome = attributes.get("ome", {})
+        if "multiscales" not in ome:
+            continue
+        group = zarr.open_group(meta.parent, mode="r")
+        (ImageLabel if "image-label" in ome else Image).from_zarr(group)
