@@ -6,9 +6,11 @@ arithmetic on tuples and can be tested in microseconds.
 * :mod:`.network_geometry` - field of view, stride, offset, valid input sizes, FLOPs, activations
 * :mod:`.tiles` - how a dense output is cut into tiles, mirror indices
 * :mod:`.memory` - a tile's memory estimate and the largest tile that fits a budget
+* :mod:`.blocks` - blocks of whole tiles, the units of work of a cluster, and their totals
 * :mod:`.pyramid` - multiscale levels, shards and inner chunks of viewer-ready outputs
 """
 
+from .blocks import BlockPlan
 from .memory import SMALL_CONV_INPUTS, Footprint, default_output_tile, slices_that_fit, tile_bytes
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
 from .pyramid import (
@@ -29,6 +31,7 @@ __all__ = [
     "MODES",
     "SMALL_CONV_INPUTS",
     "VIEWER_SIDE",
+    "BlockPlan",
     "Footprint",
     "Geometry",
     "LayerGeometry",

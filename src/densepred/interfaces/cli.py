@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast, exact dense prediction of images and volumes with convolutional networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_demo):
+    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, _add_demo):
         add(sub)
     return parser
 
@@ -112,6 +112,47 @@ def _add_predict(sub: Any) -> None:
                            "60%% of the free GPU memory); the default tile is the largest that fits")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(run=run_predict)
+
+
+def _add_plan(sub: Any) -> None:
+    plan = sub.add_parser("plan", help="size a prediction before running it: tiles, blocks, bytes, hours for N workers")
+    plan.add_argument("config", help="the network's config file (TOML)")
+    where = plan.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input", metavar="SPEC", help="the volume to predict (only its shape and dtype are read)")
+    where.add_argument("--shape", metavar="Z,Y,X", help="or the volume's shape")
+    plan.add_argument("--input-dtype", default="uint8", help="dtype of a --shape volume (default: uint8)")
+    plan.add_argument("--workers", type=int, default=1, help="workers (processes or GPUs) the job runs on")
+    plan.add_argument("--tile", metavar="Z,Y,X", help="input tile (default: [prediction] tile_shape, else by memory)")
+    plan.add_argument("--block", metavar="Z,Y,X", default="1", help="tiles per block on each axis (default: 1)")
+    plan.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive"],
+                      help="dense engine (default: the config's)")
+    plan.add_argument("--mirror", action="store_true", help="the output covers the whole input")
+    plan.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32", help="stored dtype")
+    plan.add_argument("--channels", type=int, help="stored channels (default: all classes; 1 for --argmax)")
+    rate = plan.add_mutually_exclusive_group()
+    rate.add_argument("--profile", metavar="CSV", help="a profile.csv of this net on the workers' device")
+    rate.add_argument("--measure", action="store_true", help="time one tile now on this machine")
+    plan.add_argument("--memory-limit", metavar="SIZE", help="per worker, as for predict")
+    plan.add_argument("--device", help="cpu or cuda:N (for --measure and the memory default)")
+    plan.set_defaults(run=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from ..running.plan import plan_job
+
+    _log_warnings()
+    cfg = load_config(args.config)
+    dims = cfg.network.dims
+    result = plan_job(
+        cfg, input=args.input, shape=parse_shape(args.shape, dims, "--shape") if args.shape else None,
+        input_dtype=args.input_dtype, workers=args.workers,
+        tile=parse_shape(args.tile, dims, "--tile") if args.tile else None,
+        tiles_per_block=parse_shape(args.block, dims, "--block"), mode=args.mode, mirror=args.mirror,
+        stored_channels=args.channels, stored_dtype=args.dtype, profile_csv=args.profile, measure=args.measure,
+        memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None,
+        device=args.device)
+    print(result.report())
+    return 0
 
 
 def _add_demo(sub: Any) -> None:

@@ -1,0 +1,68 @@
+"""Blocks: the units of work a cluster runs, each a whole number of output tiles (shards).
+
+A block owns a box of the output made of ``tiles_per_block`` tiles on every axis, on the
+*write* grid (block ``i`` starts at ``i * block``), so no two blocks ever write one shard;
+it reads its own input window (the block plus the network border, ``FOV - 1``) from
+storage. Block ids are C-order positions on that grid: deterministic, so a rerun finds the
+same blocks. Totals are computed per axis, never by listing blocks, so a petavoxel plan is
+instant::
+
+    output   |<-- block 0 -->|<-- block 1 -->|<-- 2 -->|
+    read     |<-- block 0 + FOV - 1 -->|
+                             |<-- block 1 + FOV - 1 -->|
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Blocks of ``block`` output voxels (a multiple of ``tile``) over an output of ``output_shape``.
+
+    Example:
+        >>> plan = BlockPlan.create((100, 1000, 1000), tile=(20, 100, 100), tiles_per_block=(2, 4, 4), fov=(9, 9, 9))
+        >>> plan.block, plan.grid, len(plan)
+        ((40, 400, 400), (3, 3, 3), 27)
+        >>> plan.input_voxels() - math.prod(plan.output_shape)
+        30023424
+    """
+
+    output_shape: Shape
+    tile: Shape
+    block: Shape
+    fov: Shape
+
+    @classmethod
+    def create(cls, output_shape: Sequence[int], tile: Sequence[int], tiles_per_block: Sequence[int],
+               fov: Sequence[int]) -> BlockPlan:
+        output_shape, tile, fov = tuple(output_shape), tuple(tile), tuple(fov)
+        block = tuple(min(t * n, o) for t, n, o in zip(tile, tiles_per_block, output_shape, strict=True))
+        return cls(output_shape, tile, block, fov)
+
+    @property
+    def grid(self) -> Shape:
+        return tuple(math.ceil(o / b) for o, b in zip(self.output_shape, self.block, strict=True))
+
+    def __len__(self) -> int:
+        return math.prod(self.grid)
+
+    def boxes(self) -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:
+        """``(block id, ((start, stop), ...))`` of every block's output box, in C order."""
+        for block_id, index in enumerate(itertools.product(*(range(g) for g in self.grid))):
+            yield block_id, tuple((i * b, min((i + 1) * b, o))
+                                  for i, b, o in zip(index, self.block, self.output_shape, strict=True))
+
+    def input_voxels(self) -> int:
+        """Input voxels all blocks read together, halos included (each block reads its own)."""
+        return math.prod(o + g * (f - 1) for o, g, f in zip(self.output_shape, self.grid, self.fov, strict=True))
+
+    def read_amplification(self) -> float:
+        """Input voxels read per output voxel: 1 plus the halo each block reads again."""
+        return self.input_voxels() / math.prod(self.output_shape)

@@ -1,0 +1,179 @@
+"""``densepred plan``: size a prediction before it runs: tiles, blocks, bytes, hours for N workers.
+
+The rate of one worker comes from a measurement: the row of a ``profile.csv`` for the tile
+(or its fastest row, said so), or one tile timed now on random data (``measure``). Nothing is
+read but the input's shape and dtype, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, load_config, network_geometry
+from ..errors import DensePredError
+from ..geometry import BlockPlan, Footprint, Geometry, pyramid
+from ..io import ArraySpec, ChannelFirst, open_array
+from ..networks import DenseEngine, build_net
+from .devices import resolve_device
+from .memory_budget import memory_budget
+from .predict import choose_mode, plan_tiles
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a prediction job will do, and how long it takes at a measured rate."""
+
+    name: str
+    output_shape: tuple[int, ...]
+    input_tile: tuple[int, ...]
+    output_tile: tuple[int, ...]
+    mode: str
+    blocks: BlockPlan
+    input_bytes: int
+    output_bytes: int  # level 0 and the pyramid
+    rate: float | None  # output voxels/s of one worker
+    rate_source: str
+    workers: int
+
+    @property
+    def output_voxels(self) -> int:
+        return math.prod(self.output_shape)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if not self.rate else self.output_voxels / (self.rate * self.workers)
+
+    def report(self) -> str:
+        tiles = math.prod(math.ceil(o / t) for o, t in zip(self.output_shape, self.output_tile, strict=True))
+        lines = [
+            f"network '{self.name}': output {_x(self.output_shape)} = {_count(self.output_voxels)} voxels",
+            f"tiles    {_count(tiles)} of {_x(self.output_tile)} (input window {_x(self.input_tile)}, {self.mode})",
+            f"blocks   {_count(len(self.blocks))} of {_x(self.blocks.block)} voxels (whole shards; each reads its "
+            f"own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
+            f"read     {_bytes(self.input_bytes)}",
+            f"write    {_bytes(self.output_bytes)} (with the pyramid)",
+        ]
+        if self.seconds is None:
+            lines.append("time     unknown: give a profile.csv (--profile) or time one tile now (--measure)")
+        else:
+            lines.append(f"rate     {self.rate:,.0f} output voxels/s per worker ({self.rate_source})")
+            lines.append(f"time     {_duration(self.seconds)} on {self.workers} worker(s) "
+                         f"({_duration(self.seconds * self.workers)} of worker time)")
+        return "\n".join(lines)
+
+
+def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Sequence[int] | None = None,
+             input_dtype: str = "uint8", workers: int = 1, tile: Sequence[int] | None = None,
+             tiles_per_block: Sequence[int] | int = 1, mode: str | None = None, mirror: bool = False,
+             stored_channels: int | None = None, stored_dtype: str = "float32", profile_csv: str | Path | None = None,
+             measure: bool = False, memory_limit: int | None = None, device: str | None = None) -> JobPlan:
+    """Plan a prediction of ``input`` (or of a volume of ``shape``) without running it."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    if cfg.network.dims == 0:
+        raise DensePredError("this network classifies feature vectors (dims = 0); there is nothing to plan")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DensePredError(f"workers = {workers!r} is invalid; expected a positive integer")
+    geometry = network_geometry(cfg.network)
+    spatial, itemsize = _input_shape(cfg, geometry, input, shape, input_dtype)
+    mode = mode or cfg.prediction.mode
+    device_ = resolve_device(device)
+    classes = stored_channels or cfg.network.n_classes
+    footprint = Footprint(cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
+                          np.dtype(stored_dtype).itemsize)
+    tiles = plan_tiles(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
+                       memory_budget(memory_limit, device_), footprint)
+    engine_mode = choose_mode(geometry, tiles.input_tile, mode, device_)
+    per_block = (tiles_per_block,) * geometry.ndim if isinstance(tiles_per_block, int) else tuple(tiles_per_block)
+    if len(per_block) != geometry.ndim or any(n < 1 for n in per_block):
+        raise DensePredError(f"tiles per block {list(per_block)} are invalid; expected {geometry.ndim} positive "
+                             "integers")
+    blocks = BlockPlan.create(tiles.output_shape, tiles.output_tile, per_block, geometry.fov)
+    levels = pyramid(tiles.output_shape)
+    output_bytes = sum(math.prod(level.shape) for level in levels) * classes * np.dtype(stored_dtype).itemsize
+    rate, source = _rate(cfg, geometry, tiles.input_tile, engine_mode, profile_csv, measure, device_)
+    return JobPlan(cfg.name, tiles.output_shape, tiles.input_tile, tiles.output_tile, engine_mode, blocks,
+                   blocks.input_voxels() * cfg.network.in_channels * itemsize, output_bytes, rate, source, workers)
+
+
+def _input_shape(cfg: Config, geometry: Geometry, input: str | None, shape: Sequence[int] | None,
+                 input_dtype: str) -> tuple[tuple[int, ...], int]:
+    if (input is None) == (shape is None):
+        raise DensePredError("give the input (--input SPEC) or its shape (--shape Z,Y,X), one of them")
+    if input is not None:
+        source = ChannelFirst(open_array(ArraySpec.parse(input)), cfg.network.in_channels, geometry.ndim)
+        if source.stacked:
+            raise DensePredError("plan a 2D net over a stack by its slices: --shape Y,X with --workers for the slices")
+        return tuple(source.spatial_shape), source.dtype.itemsize
+    spatial = tuple(int(n) for n in shape)
+    if len(spatial) != geometry.ndim or any(n < 1 for n in spatial):
+        raise DensePredError(f"shape {list(spatial)} is invalid; expected {geometry.ndim} positive integers")
+    try:
+        return spatial, np.dtype(input_dtype).itemsize
+    except TypeError:
+        raise DensePredError(f"input dtype {input_dtype!r} is invalid; expected e.g. uint8, uint16, float32") from None
+
+
+def _rate(cfg: Config, geometry: Geometry, input_tile: tuple[int, ...], mode: str, profile_csv: str | Path | None,
+          measure: bool, device: torch.device) -> tuple[float | None, str]:
+    if profile_csv is not None:
+        return rate_from_profile(profile_csv, input_tile, mode)
+    if not measure:
+        return None, ""
+    engine = DenseEngine(build_net(cfg).eval(), mode, device)
+    x = torch.rand((1, cfg.network.in_channels, *input_tile), generator=torch.Generator().manual_seed(0))
+    torch.softmax(engine(x), dim=1)  # warm-up
+    start = time.perf_counter()
+    torch.softmax(engine(x), dim=1).cpu()
+    seconds = time.perf_counter() - start
+    return math.prod(geometry.dense_output_shape(input_tile)) / seconds, f"one {_x(input_tile)} tile timed now"
+
+
+def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str) -> tuple[float, str]:
+    """Output voxels/s for a tile from ``profile.csv``: its own row, else the fastest row (said so)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+    except OSError as exc:
+        raise DensePredError(f"cannot read the profile {path}: {exc.strerror}") from None
+    if not rows:
+        raise DensePredError(f"{path} has no measured rows; run densepred profile first")
+    tile = _x(input_tile).replace(" ", "")
+    own = [r for r in rows if r["input_shape"] == tile and r["mode"] == mode]
+    if own:
+        return float(own[0]["voxels_per_s"]), f"{path}, this tile"
+    best = max(rows, key=lambda r: float(r["voxels_per_s"]))
+    return float(best["voxels_per_s"]), f"{path}, its fastest row ({best['mode']} {best['input_shape']}), not this tile"
+
+
+def _x(shape: Sequence[int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def _count(n: float) -> str:
+    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 * 2:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
