@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import densepred
 from densepred.networks import DenseNet
+from densepred.networks.weights import save_weights
 
 
 def make_net(network: dict, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseNet:
@@ -117,3 +120,34 @@ def _every_ome_zarr_output_is_valid(request):
             continue
         group = zarr.open_group(meta.parent, mode="r")
         (ImageLabel if "image-label" in ome else Image).from_zarr(group)
+
+
+# A small anisotropic 3D net with trained-looking (sharp) outputs, saved as LAST: the file tests' network.
+CONFIG = """name = "stream"
+save_dir = "run"
+
+[network]
+dims = 3
+in_channels = 1
+n_classes = 3
+layers = [
+  { filters = 5, kernel = [1, 3, 3], pool = [1, 2, 2] },
+  { filters = 6, kernel = 3 },
+]
+"""
+
+
+def make_config(folder: Path, seed: int = 0) -> Path:
+    path = folder / "stream.toml"
+    path.write_text(CONFIG)
+    torch.manual_seed(seed)
+    net = densepred.build_net(densepred.load_config(path))
+    with torch.no_grad():
+        net.blocks[-1].transform.weight.mul_(40.0)  # probabilities far from uniform
+    save_weights(net, folder / "run" / "stream-LAST.safetensors")
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)

@@ -14,12 +14,7 @@ from densepred.geometry import inner_chunks, pyramid
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
 from densepred.running.pyramid import downsample_mean, downsample_mode
-from tests.test_predict_files import TILE, chunk_files, make_config
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
+from tests.test_predict_files import TILE, chunk_files
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from densepred import DensePredError, load_config
 from densepred.geometry import BlockPlan
 from densepred.interfaces.cli import main
 from densepred.running.plan import plan_job
-from tests.test_predict_files import make_config
+from tests.conftest import make_config
 
 
 @settings(max_examples=60, deadline=None)

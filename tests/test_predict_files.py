@@ -15,44 +15,15 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 import densepred
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
-from densepred.networks.weights import save_weights
 from densepred.running.file_job import Encoding
+from tests.conftest import CONFIG, make_config
 
-CONFIG = """name = "stream"
-save_dir = "run"
-
-[network]
-dims = 3
-in_channels = 1
-n_classes = 3
-layers = [
-  { filters = 5, kernel = [1, 3, 3], pool = [1, 2, 2] },
-  { filters = 6, kernel = 3 },
-]
-"""
 TILE = "6,19,17"  # MFP-valid: output tiles of 4 x 12 x 10
-
-
-def make_config(folder: Path, seed: int = 0) -> Path:
-    path = folder / "stream.toml"
-    path.write_text(CONFIG)
-    torch.manual_seed(seed)
-    net = densepred.build_net(densepred.load_config(path))
-    with torch.no_grad():
-        net.blocks[-1].transform.weight.mul_(40.0)  # probabilities far from uniform
-    save_weights(net, folder / "run" / "stream-LAST.safetensors")
-    return path
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
 
 
 @pytest.fixture

@@ -22,12 +22,7 @@ from densepred.io.arrays import ArraySpec, open_array
 from densepred.io.encoding import Encoding
 from densepred.networks.weights import save_weights
 from densepred.running.run_record import DoneLog, done_line, read_done
-from tests.test_predict_files import TILE, in_memory, make_config, predict
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
+from tests.test_predict_files import TILE, in_memory, predict
 
 
 @pytest.fixture

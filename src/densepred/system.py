@@ -30,14 +30,22 @@ def available_ram() -> int:
 
 
 def _meminfo_available() -> int:
+    available = proc_values("/proc/meminfo").get("MemAvailable")
+    return available if available is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def proc_values(path: str = "/proc/self/status") -> dict[str, int]:
+    """The ``key: N kB`` lines of a /proc file (``status``, ``meminfo``) in bytes; empty where unreadable."""
+    values = {}
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    values[key] = int(rest.split()[0]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return values
 
 
 def cgroup_memory_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
@@ -83,14 +91,7 @@ def _read_int(path: str) -> int | None:
 
 def resident_bytes() -> int:
     """This process's resident memory now (VmRSS), 0 where it cannot be read."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_values().get("VmRSS", 0)
 
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8

@@ -27,7 +27,7 @@ import torch
 
 from ...config import Config, network_geometry
 from ...errors import DensePredError
-from ...system import available_ram, release_free_memory
+from ...system import available_ram, proc_values, release_free_memory
 from .report import ProfileRow
 from .walk import repeats_for
 
@@ -192,7 +192,7 @@ def _reset_peak(device: Any) -> None:
 def _peak_memory(device: Any) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    status = _proc_status()
+    status = proc_values()
     if "VmHWM" in status:
         return status["VmHWM"]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -201,20 +201,7 @@ def _peak_memory(device: Any) -> int:
 def _memory_now(device: Any) -> int:
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
-    return _proc_status().get("VmRSS", 0)
-
-
-def _proc_status() -> dict[str, int]:
-    values = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if rest.strip().endswith("kB"):
-                    values[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return values
+    return proc_values().get("VmRSS", 0)
 
 
 def _default_limit(device: Any) -> int:
