@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated"])
+@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated", "stream"])
 def test_engine_equals_window_by_window_in_float64(name, mode, rng):
     net = make_net(NETS[name], seed=len(name))
     fov, stride = net.geometry.fov, net.geometry.stride
@@ -26,7 +26,7 @@ def test_engine_equals_window_by_window_in_float64(name, mode, rng):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated"])
+@pytest.mark.parametrize("mode", ["naive", "mfp", "dilated", "stream"])
 def test_engines_handle_a_batch_of_tiles(mode, rng):
     net = make_net(NETS["3d_aniso"], seed=3)
     tiles = rng.standard_normal((3, 1, 9, 41, 35))
@@ -55,3 +55,20 @@ def test_split_then_interleave_is_the_identity_up_to_fragment_order(pool):
     expected = x[(0, slice(None), *(slice(0, None, p) for p in pool[:-1]), slice(1, None, pool[-1]))]
     assert torch.equal(first, expected)
     assert torch.equal(interleave_fragments(fragments, [pool], 2), x)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("slab", [1, 2, 5, 64])
+def test_stream_equals_dilated_in_float64_whatever_the_slab(name, slab, rng):
+    """Stream lengths that are multiples of nothing, slabs thinner and thicker than any halo."""
+    from densepred.networks.engines import dilated_forward, eval_stages, stream_forward
+
+    net = make_net(NETS[name], seed=3)
+    g = net.geometry
+    stages = eval_stages(net, torch.device("cpu"), torch.float64)
+    shape = (g.fov[0] + 17, *(f + 3 for f in g.fov[1:]))
+    x = torch.from_numpy(rng.standard_normal((2, net.config.in_channels, *shape)))
+    expected = dilated_forward(stages, x)
+    got = stream_forward(stages, x, slab)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-10

@@ -25,7 +25,7 @@ def tiles_for(net, image_shape, mode):
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-@pytest.mark.parametrize("mode", ["mfp", "dilated", "naive", "auto"])
+@pytest.mark.parametrize("mode", ["mfp", "dilated", "naive", "stream", "auto"])
 @pytest.mark.parametrize("mirror", [False, True])
 def test_predict_dense_equals_window_by_window(name, mode, mirror, rng):
     net = make_net(NETS[name], seed=7 + len(name))

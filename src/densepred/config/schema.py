@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..geometry import Geometry, LayerGeometry
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "linear")
-MODES = ("auto", "mfp", "dilated", "naive")
+MODES = ("auto", "mfp", "dilated", "naive", "stream")
 
 Shape = tuple[int, ...]
 

@@ -11,7 +11,7 @@ arithmetic on tuples and can be tested in microseconds.
 """
 
 from .blocks import BlockPlan
-from .memory import SMALL_CONV_INPUTS, Footprint, default_output_tile, slices_that_fit, tile_bytes
+from .memory import SMALL_CONV_INPUTS, STREAM_SLAB, Footprint, default_output_tile, slices_that_fit, tile_bytes
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
 from .pyramid import (
     INNER_CHUNK,
@@ -30,6 +30,7 @@ __all__ = [
     "INNER_CHUNK",
     "MODES",
     "SMALL_CONV_INPUTS",
+    "STREAM_SLAB",
     "VIEWER_SIDE",
     "BlockPlan",
     "Footprint",

@@ -12,6 +12,8 @@ Shape = tuple[int, ...]
 # A convolution with at most this many inputs per output (Cin * prod(kernel), a first layer)
 # runs on the CPU as one matrix product over an unfolded copy of its input.
 SMALL_CONV_INPUTS = 64
+# The stream engine feeds this many input slices at a time along the first spatial axis.
+STREAM_SLAB = 8
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsi
     input_tile = geometry.input_shape_for(output_tile)
     if mode == "mfp" and not geometry.is_valid(input_tile, "mfp"):
         input_tile = geometry.nearest_valid(input_tile, "mfp")[1]
+    if mode == "stream":  # activations of one slab (plus the halo) at a time
+        input_tile = (min(input_tile[0], STREAM_SLAB + geometry.fov[0] - 1), *input_tile[1:])
     return 2 * geometry.activation_bytes(input_tile, mode, itemsize, unfold_up_to=SMALL_CONV_INPUTS)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..errors import DensePredError
 
 Shape = tuple[int, ...]
-MODES = ("plain", "mfp", "dilated", "naive")
+MODES = ("plain", "mfp", "dilated", "naive", "stream")
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Geometry:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
         if n < self.fov[axis]:
             return False
-        if mode in ("dilated", "naive"):
+        if mode in ("dilated", "naive", "stream"):
             return True
         return _axis_sizes(self._axis_layers(axis), n, mode) is not None
 
@@ -242,7 +242,7 @@ class Geometry:
                 assert sizes is not None
                 totals = [t + conv for t, (conv, _) in zip(totals, sizes, strict=True)]
             return totals
-        if mode == "dilated":
+        if mode in ("dilated", "stream"):  # stream: the dilated network, slab by slab
             fields, result, before = self.receptive_fields(), [], 1
             for (k, _), rf, s in zip(layers, fields, self._strides_before(axis), strict=True):
                 result.append(n - (before + (k - 1) * s) + 1)

@@ -86,7 +86,7 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("--weights", metavar="FILE", help="weights file (default: <save_dir>/<name>-LAST.safetensors)")
     pred.add_argument("--tile", metavar="Z,Y,X",
                       help="input tile shape (default: [prediction] tile_shape, else sized to memory)")
-    pred.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive"],
+    pred.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream"],
                       help="dense engine (default: the config's)")
     pred.add_argument("--mirror", action="store_true", help="mirror the edges so the output covers the whole input")
     pred.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
@@ -124,7 +124,7 @@ def _add_plan(sub: Any) -> None:
     plan.add_argument("--workers", type=int, default=1, help="workers (processes or GPUs) the job runs on")
     plan.add_argument("--tile", metavar="Z,Y,X", help="input tile (default: [prediction] tile_shape, else by memory)")
     plan.add_argument("--block", metavar="Z,Y,X", default="1", help="tiles per block on each axis (default: 1)")
-    plan.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive"],
+    plan.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream"],
                       help="dense engine (default: the config's)")
     plan.add_argument("--mirror", action="store_true", help="the output covers the whole input")
     plan.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32", help="stored dtype")

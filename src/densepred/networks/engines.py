@@ -15,8 +15,10 @@ convolution, uses its running statistics. Input ``(B, C, *n)``, output logits
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DensePredError
-from ..geometry import SMALL_CONV_INPUTS, Geometry
+from ..geometry import SMALL_CONV_INPUTS, STREAM_SLAB, Geometry
 from ..system import tune_cpu_allocator
 from .build import ACTIVATION_FUNCTIONS, DenseNet
 
-ENGINE_MODES = ("mfp", "dilated", "naive")
+ENGINE_MODES = ("mfp", "dilated", "naive", "stream")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
 MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
@@ -106,6 +108,8 @@ class DenseEngine:
                 return self._mfp(x)
             if self.mode == "dilated":
                 return dilated_forward(self.stages, x)
+            if self.mode == "stream":
+                return stream_forward(self.stages, x, STREAM_SLAB)
             return naive_forward(self.stages, x, self.geometry)
 
     def _mfp(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +187,49 @@ def dilated_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
             x = sliding_max(x, stage.pool, dilation)
             dilation = tuple(d * p for d, p in zip(dilation, stage.pool, strict=True))
     return x
+
+
+def stream_forward(stages: list[Stage], x: torch.Tensor, slab: int) -> torch.Tensor:
+    """The dilated network evaluated ``slab`` input slices at a time along the first spatial axis.
+
+    Each operation keeps the last ``(k - 1) * d`` slices of its input (its halo along that
+    axis) and is applied to them plus the new slices, so every output slice is computed once
+    and activations are held for a slab, not for the whole length. The numbers are those of
+    :func:`dilated_forward`::
+
+        input slices   |<- slab ->|<- slab ->|<- slab ->| ...
+        layer l        [halo_l| new ] -> new - 0 ... outputs, then keep the last halo_l
+    """
+    ops = _stream_ops(stages, x.ndim - 2)
+    held: list[torch.Tensor | None] = [None] * len(ops)
+    outputs = []
+    for start in range(0, x.shape[2], slab):
+        h: torch.Tensor | None = x[:, :, start:start + slab]
+        for i, (apply, halo) in enumerate(ops):
+            if held[i] is not None:
+                h = torch.cat([held[i], h], dim=2)
+            if h.shape[2] <= halo:  # not enough slices yet for one output slice
+                held[i], h = h, None
+                break
+            held[i] = h[:, :, h.shape[2] - halo:].clone() if halo else None
+            h = apply(h)
+        if h is not None:
+            outputs.append(h)
+    return torch.cat(outputs, dim=2)
+
+
+def _stream_ops(stages: list[Stage], dims: int) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
+    """The dilated network as a list of (operation, halo along the first axis)."""
+    ops: list[tuple[Callable[[torch.Tensor], torch.Tensor], int]] = []
+    dilation = (1,) * dims
+    for stage in stages:
+        kernel = stage.weight.shape[2]
+        ops.append((functools.partial(_conv_activate, stage=stage, dilation=dilation), (kernel - 1) * dilation[0]))
+        if stage.pools:
+            ops.append((functools.partial(sliding_max, pool=stage.pool, dilation=dilation),
+                        (stage.pool[0] - 1) * dilation[0]))
+            dilation = tuple(d * p for d, p in zip(dilation, stage.pool, strict=True))
+    return ops
 
 
 def mfp_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:

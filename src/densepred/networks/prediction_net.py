@@ -12,7 +12,7 @@ from .build import DenseNet, build_net
 from .weights import last_path, load_weights
 
 log = logging.getLogger("densepred")
-PREDICTION_MODES = ("auto", "mfp", "dilated", "naive")
+PREDICTION_MODES = ("auto", "mfp", "dilated", "naive", "stream")
 
 
 def create_prediction_net(config: Config | str | Path, save_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ from ...config import load_config, set_prediction_settings
 from ...errors import DensePredError
 from ...files import atomic_write_text
 
-PROFILE_MODES = ("mfp", "dilated", "naive")
+PROFILE_MODES = ("mfp", "dilated", "naive", "stream")
 CSV_COLUMNS = ("mode", "input_shape", "output_shape", "output_voxels", "seconds", "voxels_per_s",
                "peak_bytes", "useful_gflops", "fraction_of_peak", "status")
 
