@@ -61,7 +61,8 @@ def _add_profile(sub: Any) -> None:
     prof = sub.add_parser("profile", help="measure speed against tile size and find the fastest tile that fits")
     prof.add_argument("config", help="network config file (TOML)")
     prof.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
-    prof.add_argument("--modes", default="mfp,dilated", help="engines to compare (default: mfp,dilated; also naive)")
+    prof.add_argument("--modes", default="mfp,dilated",
+                      help="engines to compare (default: mfp,dilated; also naive, stream)")
     prof.add_argument("--memory-limit", metavar="SIZE",
                       help="peak memory allowed, e.g. 8GiB or 500MB (default: 80%% of available RAM, "
                            "90%% of free GPU memory)")
