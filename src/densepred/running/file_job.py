@@ -43,7 +43,6 @@ from ..io.encoding import Encoding
 from ..io.ome_zarr import OmeLayout
 from ..io.output_checks import check_replaceable
 from ..networks import create_prediction_net, last_path
-from ..system import tune_cpu_allocator
 from .devices import resolve_device
 from .input_checks import NonFinite
 from .memory_budget import memory_budget, tile_cost
@@ -149,8 +148,6 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
-    if resolve_device(job.device).type == "cpu":
-        tune_cpu_allocator()  # before zarr, h5py or torch start threads with arenas of their own
     weights = Path(job.weights) if job.weights is not None else _default_weights(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
