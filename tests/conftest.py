@@ -151,3 +151,13 @@ def make_config(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def config(tmp_path):
     return make_config(tmp_path)
+
+
+def mark_interrupted(output) -> None:
+    """Turn a finished run's record back into an interrupted one, so ``--resume`` takes it up."""
+    import json
+
+    record = Path(str(output) + ".densepred") / "run.json"
+    state = json.loads(record.read_text())
+    state["complete"] = False
+    record.write_text(json.dumps(state))

@@ -21,7 +21,7 @@ import densepred
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
 from densepred.running.file_job import Encoding
-from tests.conftest import CONFIG, make_config
+from tests.conftest import CONFIG, make_config, mark_interrupted
 
 TILE = "6,19,17"  # MFP-valid: output tiles of 4 x 12 x 10
 
@@ -210,10 +210,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_byte_identical(config, tmp_pat
 def test_resume_with_other_settings_or_weights_is_refused(config, volume, tmp_path, capsys):
     out = str(tmp_path / "out.npy")
     assert predict(config, tmp_path, out) == 0
-    record = tmp_path / "out.npy.densepred" / "run.json"
-    state = json.loads(record.read_text())
-    state["complete"] = False
-    record.write_text(json.dumps(state))
+    mark_interrupted(out)
     capsys.readouterr()
     assert main(["predict", str(config), "--input", str(tmp_path / "in.npy"), "--output", out, "--tile", "6,23,17",
                  "--resume", "--quiet"]) == 2

@@ -6,7 +6,6 @@ a dead end. The numbers refer to the review's list (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -22,6 +21,7 @@ from densepred.io.arrays import ArraySpec, open_array
 from densepred.io.encoding import Encoding
 from densepred.networks.weights import save_weights
 from densepred.running.run_record import DoneLog, done_line, read_done
+from tests.conftest import mark_interrupted
 from tests.test_predict_files import TILE, in_memory, predict
 
 
@@ -175,11 +175,8 @@ def test_3_a_deleted_output_is_computed_again_not_reported_done(config, volume, 
 
 def test_4_resume_over_a_changed_input_is_refused(config, volume, tmp_path, capsys):
     out = str(tmp_path / "out.npy")
-    fail_after_run = tmp_path / "out.npy.densepred" / "run.json"
     assert predict(config, tmp_path, out) == 0
-    state = json.loads(fail_after_run.read_text())
-    state["complete"] = False
-    fail_after_run.write_text(json.dumps(state))
+    mark_interrupted(out)
     np.save(tmp_path / "in.npy", volume[:, ::-1].copy())  # same path, shape and dtype; other contents
     capsys.readouterr()
     one_error_line(capsys, predict(config, tmp_path, out, "--resume"), "the input differs from the interrupted run")
@@ -188,10 +185,7 @@ def test_4_resume_over_a_changed_input_is_refused(config, volume, tmp_path, caps
 def test_4_a_touched_but_unchanged_input_resumes_with_a_warning(config, volume, tmp_path, caplog):
     out = str(tmp_path / "out.npy")
     assert predict(config, tmp_path, out) == 0
-    record = tmp_path / "out.npy.densepred" / "run.json"
-    state = json.loads(record.read_text())
-    state["complete"] = False
-    record.write_text(json.dumps(state))
+    mark_interrupted(out)
     os.utime(tmp_path / "in.npy", ns=(1, 1))
     with caplog.at_level(logging.WARNING, logger="densepred"):
         assert predict(config, tmp_path, out, "--resume") == 0
