@@ -59,6 +59,28 @@ class BlockPlan:
             yield block_id, tuple((i * b, min((i + 1) * b, o))
                                   for i, b, o in zip(index, self.block, self.output_shape, strict=True))
 
+    def block_index(self, block_id: int) -> Shape:
+        """The grid position of block ``block_id`` (C order)."""
+        index = []
+        for n in reversed(self.grid):
+            block_id, i = divmod(block_id, n)
+            index.append(i)
+        return tuple(reversed(index))
+
+    def tile_indices(self, block_id: int) -> list[Shape]:
+        """Grid positions of the output tiles block ``block_id`` owns, in C order.
+
+        Example:
+            >>> plan = BlockPlan.create((10, 10), tile=(4, 4), tiles_per_block=(2, 2), fov=(3, 3))
+            >>> plan.grid, plan.tile_indices(3)
+            ((2, 2), [(2, 2)])
+        """
+        per_block = [math.ceil(b / t) for b, t in zip(self.block, self.tile, strict=True)]
+        tiles = [math.ceil(o / t) for o, t in zip(self.output_shape, self.tile, strict=True)]
+        ranges = [range(i * n, min((i + 1) * n, g))
+                  for i, n, g in zip(self.block_index(block_id), per_block, tiles, strict=True)]
+        return list(itertools.product(*ranges))
+
     def input_voxels(self) -> int:
         """Input voxels all blocks read together, halos included (each block reads its own)."""
         return math.prod(o + g * (f - 1) for o, g, f in zip(self.output_shape, self.grid, self.fov, strict=True))

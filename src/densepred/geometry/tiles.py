@@ -131,13 +131,16 @@ class TilePlan:
 
     def tiles(self) -> Iterator[Tile]:
         """Tiles in C order of their grid position; the last on each axis is shifted back."""
-        starts = [axis_starts(o, t) for o, t in zip(self.output_shape, self.output_tile, strict=True)]
-        for index in itertools.product(*(range(len(s)) for s in starts)):
-            start = tuple(s[i] for s, i in zip(starts, index, strict=True))
-            owned = tuple(i * t for i, t in zip(index, self.output_tile, strict=True))
-            owned_shape = tuple(min(t, o - s) for t, o, s in zip(self.output_tile, self.output_shape, owned,
-                                                                   strict=True))
-            yield Tile(index, start, self.output_tile, owned, owned_shape)
+        for index in itertools.product(*(range(g) for g in self.grid)):
+            yield self.tile_at(index)
+
+    def tile_at(self, index: Sequence[int]) -> Tile:
+        """The tile at grid position ``index``."""
+        index = tuple(index)
+        owned = tuple(i * t for i, t in zip(index, self.output_tile, strict=True))
+        owned_shape = tuple(min(t, o - s) for t, o, s in zip(self.output_tile, self.output_shape, owned, strict=True))
+        start = tuple(min(s, max(o - t, 0)) for s, o, t in zip(owned, self.output_shape, self.output_tile, strict=True))
+        return Tile(index, start, self.output_tile, owned, owned_shape)
 
     def tile_id(self, tile: Tile) -> int:
         """The tile's position in C order of the grid: a stable id for done records."""

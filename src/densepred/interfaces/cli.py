@@ -112,6 +112,14 @@ def _add_predict(sub: Any) -> None:
                       help="peak memory of the whole run, e.g. 2G or 8GiB (default: half of the available RAM, "
                            "60%% of the free GPU memory); the default tile is the largest that fits")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    scale = pred.add_argument_group("on a Dask cluster (see the README, On a cluster)")
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="run on a local cluster of N worker processes (with --device cuda: one per GPU)")
+    scale.add_argument("--threads-per-worker", type=int, metavar="T", help="torch threads per worker "
+                       "(default: this machine's cores shared out)")
+    scale.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this address")
+    scale.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file names")
+    scale.add_argument("--block", metavar="Z,Y,X", help="output tiles per cluster task on each axis (default: 1)")
     pred.set_defaults(run=run_predict)
 
 
@@ -231,7 +239,11 @@ def run_predict(args: argparse.Namespace) -> int:
             parse_shape(args.chunks, dims, "--chunks", stack=True) if args.chunks else None),
         voxel_size=parse_numbers(args.voxel_size, 1, "--voxel-size") if args.voxel_size and "," not in args.voxel_size
         else (parse_numbers(args.voxel_size, dims, "--voxel-size", stack=True) if args.voxel_size else None),
-        unit=args.unit, memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
+        unit=args.unit, memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None,
+        workers=args.workers, threads_per_worker=args.threads_per_worker, scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file, tiles_per_block=_per_axis(args.block, dims, "--block"))
+    if args.workers or args.scheduler or args.scheduler_file:
+        _quiet_cluster_logs()
     try:
         result = predict_to_file(job)
     except KeyboardInterrupt:
@@ -242,6 +254,23 @@ def run_predict(args: argparse.Namespace) -> int:
           + (f", {result.skipped} already done" if result.skipped else "")
           + f"; tile {list(result.input_tile)}, estimated peak memory {result.estimated_peak / 2**30:.2f} GiB")
     return 0
+
+
+def _quiet_cluster_logs() -> None:
+    """Dask's routine messages (workers starting, connections) stay out of the run's output;
+    its errors and densepred's own messages (retries, failures) remain."""
+    import logging
+
+    import distributed  # noqa: F401 - it sets its loggers' levels on import; override them after
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def _per_axis(text: str | None, dims: int, option: str) -> int | tuple[int, ...] | None:
+    """One integer for every axis, or one per axis (a stack's z too)."""
+    if not text:
+        return None
+    return parse_shape(text, 1, option)[0] if "," not in text else parse_shape(text, dims, option, stack=True)
 
 
 def parse_indices(text: str, option: str) -> tuple[int, ...]:

@@ -49,6 +49,10 @@ class ArraySpec:
             path = base / path
         return cls(path, key)
 
+    def resolved(self) -> ArraySpec:
+        """The same array by its absolute path (as a process elsewhere opens it)."""
+        return ArraySpec(self.path.resolve(), self.key)
+
     @property
     def kind(self) -> str:
         suffix = self.path.suffix.lower()

@@ -177,14 +177,19 @@ def _reserve(path: Path) -> None:
             # the file system cannot preallocate (EOPNOTSUPP): write it as a sparse file
 
 
-def open_output(spec: ArraySpec) -> OutputArray:
-    """An existing output, opened for writing the tiles that are still missing."""
+def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
+    """An existing output, opened for writing the tiles that are still missing.
+
+    ``clean`` deletes the leftovers of zarr chunk writes a crash cut short; a cluster worker
+    opens the output with ``clean=False``, since other workers' writes are in flight.
+    """
     try:
         if spec.kind == "zarr":
             import zarr
 
             folder = spec.path / spec.key if spec.key else spec.path
-            remove_partial_writes(folder)
+            if clean:
+                remove_partial_writes(folder)
             group = zarr.open_group(folder, mode="r+")
             datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
             levels = [group[d["path"]] for d in datasets]

@@ -94,6 +94,11 @@ class PredictJob:
     voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
     unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
     memory_limit: int | None = None  # bytes the process may use at its peak (default: half the available)
+    workers: int | None = None  # run on a local Dask cluster of this many worker processes
+    threads_per_worker: int | None = None  # torch threads per worker (default: the cores shared out)
+    scheduler: str | None = None  # or on the existing Dask cluster at this address
+    scheduler_file: str | Path | None = None  # or at the address in this scheduler file
+    tiles_per_block: Sequence[int] | int | None = None  # tiles per cluster task on each axis (default 1)
 
 
 @dataclass
@@ -124,10 +129,26 @@ class _Setup:
     layout: OmeLayout | None  # for zarr outputs
     estimated_peak: int  # bytes, the whole process
     offset: tuple[int, ...]  # where output voxel 0 is centred without mirroring (stack: z offset 0)
+    weights: Path
+    input_spec: ArraySpec  # absolute, as workers on other machines open it
+    mirror: bool
+
+    @property
+    def shift(self) -> tuple[int, ...]:
+        """Output voxel -> the image voxel it is centred on."""
+        return tuple(o + (0 if self.mirror else b) for o, b in zip(self.plan.origin, self.offset, strict=True))
 
 
-def predict_to_file(job: PredictJob) -> JobResult:
-    """Run a prediction job: check everything, create (or reopen) the output, stream the tiles."""
+def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
+    """Run a prediction job: check everything, create (or reopen) the output, stream the tiles.
+
+    With ``client`` (a ``distributed.Client``), or ``job.workers``, ``job.scheduler`` or
+    ``job.scheduler_file``, the tiles are computed on a Dask cluster (:mod:`.distributed`).
+    """
+    from .distributed import predict_on_cluster, uses_cluster
+
+    if client is not None or uses_cluster(job):
+        return predict_on_cluster(job, client)
     setup, previous = _prepare(job)
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", setup.out_spec)
@@ -167,8 +188,8 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record, layout,
-                   estimate, geometry.offset)
+    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
+                   layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror)
     return setup, previous
 
 
@@ -228,8 +249,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     tiles = list(plan.tiles())
     todo = _batches_to_run(tiles, plan, done, setup.batch_size)
     done_log = DoneLog(setup.record_dir)
-    shift = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, setup.offset, strict=True)]
-    non_finite = NonFinite(shift, strict=job.strict)
+    non_finite = NonFinite(setup.shift, strict=job.strict)
     written = 0
 
     def write(tile: Tile, probabilities: np.ndarray) -> None:

@@ -25,6 +25,7 @@ from ..networks import DenseEngine, build_net
 from .devices import resolve_device
 from .memory_budget import memory_budget
 from .predict import choose_mode, plan_tiles
+from .progress import count_text, duration_text
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ class JobPlan:
     def report(self) -> str:
         tiles = math.prod(math.ceil(o / t) for o, t in zip(self.output_shape, self.output_tile, strict=True))
         lines = [
-            f"network '{self.name}': output {_x(self.output_shape)} = {_count(self.output_voxels)} voxels",
-            f"tiles    {_count(tiles)} of {_x(self.output_tile)} (input window {_x(self.input_tile)}, {self.mode})",
-            f"blocks   {_count(len(self.blocks))} of {_x(self.blocks.block)} voxels (whole shards; each reads its "
+            f"network '{self.name}': output {_x(self.output_shape)} = {count_text(self.output_voxels)} voxels",
+            f"tiles    {count_text(tiles)} of {_x(self.output_tile)} (input window {_x(self.input_tile)}, {self.mode})",
+            f"blocks   {count_text(len(self.blocks))} of {_x(self.blocks.block)} voxels (whole shards; each reads its "
             f"own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
             f"read     {_bytes(self.input_bytes)}",
             f"write    {_bytes(self.output_bytes)} (with the pyramid)",
@@ -65,8 +66,8 @@ class JobPlan:
             lines.append("time     unknown: give a profile.csv (--profile) or time one tile now (--measure)")
         else:
             lines.append(f"rate     {self.rate:,.0f} output voxels/s per worker ({self.rate_source})")
-            lines.append(f"time     {_duration(self.seconds)} on {self.workers} worker(s) "
-                         f"({_duration(self.seconds * self.workers)} of worker time)")
+            lines.append(f"time     {duration_text(self.seconds)} on {self.workers} worker(s) "
+                         f"({duration_text(self.seconds * self.workers)} of worker time)")
         return "\n".join(lines)
 
 
@@ -157,23 +158,8 @@ def _x(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
 
 
-def _count(n: float) -> str:
-    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _bytes(n: float) -> str:
     for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f} B"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 86400 * 2:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 7200:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"

@@ -42,7 +42,8 @@ def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], lab
             try:
                 for block_id, box in shard_boxes(level.shape, level_shard(tile, level.shape)):
                     if block_id not in done:
-                        _write_block(below, target, box, source_box(box, level.step, below_shape), level.step, label)
+                        source = source_box(box, level.step, below_shape)
+                        write_level_block(below, target, box, source, level.step, label)
                         done_log.append(block_id)
                         computed += 1
                     if bar is not None:
@@ -55,7 +56,7 @@ def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], lab
     return computed
 
 
-def _write_block(below: Any, target: Any, box: Sequence[tuple[int, int]], source: Sequence[tuple[int, int]],
+def write_level_block(below: Any, target: Any, box: Sequence[tuple[int, int]], source: Sequence[tuple[int, int]],
                  step: Sequence[int], label: bool) -> None:
     lead = () if label else (slice(None),)
     data = below[(*lead, *(slice(a, b) for a, b in source))]

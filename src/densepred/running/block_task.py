@@ -1,0 +1,188 @@
+"""What a cluster worker runs: one block of output tiles, or one shard of a pyramid level.
+
+A task carries everything it needs by value (the config, the weights' bytes, the tile plan),
+so a worker on another node needs only the input and output on storage it can see. Each
+worker process builds the net once per (network, weights, device) and reuses it for all its
+blocks. A block reads its own input window and halo from storage, writes whole output shards
+and makes them durable before it returns, so running it twice writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import DensePredError
+from ..geometry import BlockPlan, Tile, TilePlan
+from ..io import ArraySpec, ChannelFirst, open_array, open_output
+from ..io.encoding import Encoding
+from ..networks import create_prediction_net
+from .devices import resolve_device
+from .input_checks import NonFinite
+from .predict import make_engine, predict_tiles
+from .pyramid import write_level_block
+
+_NETS: dict[tuple[str, str], Any] = {}
+_NETS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class NetPayload:
+    """A network by value: its config and the bytes of its safetensors weights."""
+
+    config: Config
+    weights: bytes
+    key: str = field(default="")  # sha256 of the weights, the per-worker cache key
+
+    @classmethod
+    def from_files(cls, config: Config, weights: Path) -> NetPayload:
+        data = Path(weights).read_bytes()
+        return cls(config, data, hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What every block of one prediction shares."""
+
+    input: ArraySpec
+    output: ArraySpec
+    in_channels: int
+    ndim: int  # the net's spatial dimensions
+    plan: TilePlan
+    blocks: BlockPlan
+    engine_mode: str
+    batch_size: int
+    encoding: Encoding
+    device: str | None
+    shift: tuple[int, ...]  # output voxel -> image voxel, for messages
+    strict: bool = False
+    threads: int | None = None  # torch threads per worker; default the worker's cores / its task slots
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    block_id: int
+    tile_ids: tuple[int, ...]  # the tiles the block owns, all durable now
+    voxels: int  # output voxels written
+    non_finite: int
+    first_non_finite: tuple[int, ...] | None
+    worker: str
+    seconds: float
+
+
+class BlockFailed(Exception):
+    """A block's error, with the worker it ran on; ``final`` for errors a retry cannot cure."""
+
+    def __init__(self, message: str, worker: str, final: bool):
+        super().__init__(message, worker, final)
+        self.message, self.worker, self.final = message, worker, final
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run_block(payload: NetPayload, job: BlockJob, block_id: int, done: Sequence[int] = ()) -> BlockResult:
+    """Compute block ``block_id`` and write its tiles (those in ``done`` are durable already and
+    only recomputed when their batch has a missing tile)."""
+    worker = _worker_address()
+    start = time.perf_counter()
+    try:
+        return _run_block(payload, job, block_id, set(done), worker, start)
+    except DensePredError as exc:
+        raise BlockFailed(str(exc), worker, final=True) from None
+    except Exception as exc:
+        raise BlockFailed(f"{type(exc).__name__}: {exc}", worker, final=False) from exc
+
+
+def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int], worker: str,
+               start: float) -> BlockResult:
+    plan = job.plan
+    tiles = [plan.tile_at(index) for index in job.blocks.tile_indices(block_id)]
+    ids = [plan.tile_id(t) for t in tiles]
+    batches = [tiles[i:i + job.batch_size] for i in range(0, len(tiles), job.batch_size)]
+    todo = [t for batch in batches if any(plan.tile_id(t) not in done for t in batch) for t in batch]
+    source = ChannelFirst(open_array(job.input), job.in_channels, job.ndim)
+    engine = make_engine(_net(payload, job), job.engine_mode, resolve_device(job.device), source.stacked)
+    output = open_output(job.output, clean=False)
+    non_finite = NonFinite(job.shift, strict=job.strict)
+    written = 0
+
+    def write(tile: Tile, probabilities: np.ndarray) -> None:
+        nonlocal written
+        if plan.tile_id(tile) in done:
+            return
+        non_finite.check(tile, probabilities)
+        box = tile.owned_slices() if job.encoding.argmax else (slice(None), *tile.owned_slices())
+        output[box] = job.encoding(probabilities)
+        output.sync(box)
+        written += int(np.prod(tile.owned_shape))
+
+    try:
+        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size)
+    finally:
+        output.close()
+    return BlockResult(block_id, tuple(ids), written, non_finite.count, non_finite.first, worker,
+                       time.perf_counter() - start)
+
+
+def run_level_shard(output_spec: ArraySpec, level: int, box: tuple[tuple[int, int], ...],
+                    source: tuple[tuple[int, int], ...], step: tuple[int, ...], label: bool) -> int:
+    """Write one shard of pyramid ``level`` from the level below; returns the shard's voxels."""
+    worker = _worker_address()
+    try:
+        output = open_output(output_spec, clean=False)
+        try:
+            write_level_block(output.level(level - 1), output.level(level), box, source, step, label)
+        finally:
+            output.close()
+    except DensePredError as exc:
+        raise BlockFailed(str(exc), worker, final=True) from None
+    except Exception as exc:
+        raise BlockFailed(f"{type(exc).__name__}: {exc}", worker, final=False) from exc
+    return int(np.prod([b - a for a, b in box]))
+
+
+def _net(payload: NetPayload, job: BlockJob) -> Any:
+    """This process's copy of the net, built on its first block."""
+    key = (payload.key, str(job.device))
+    with _NETS_LOCK:
+        if key not in _NETS:
+            torch.set_num_threads(job.threads or _default_threads())
+            with tempfile.TemporaryDirectory(prefix="densepred-") as folder:
+                weights = Path(folder) / "weights.safetensors"
+                weights.write_bytes(payload.weights)
+                net = create_prediction_net(payload.config, param_file=weights)
+            _NETS[key] = net.to(resolve_device(job.device))
+        return _NETS[key]
+
+
+def _default_threads() -> int:
+    """The worker's cores shared among the tasks it runs at once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        slots = 1
+    return max(1, cores // max(1, slots))
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"process {os.getpid()}"
