@@ -22,7 +22,17 @@ from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_f
 from .errors import ConfigError, DensePredError  # noqa: E402
 from .geometry import Geometry  # noqa: E402
 from .networks import DenseEngine, DenseNet, build_net, create_prediction_net, create_predncnn  # noqa: E402
-from .running import ProfileResult, TrainResult, class_probabilities, predict_dense, profile, train  # noqa: E402
+from .running import (  # noqa: E402
+    JobResult,
+    PredictJob,
+    ProfileResult,
+    TrainResult,
+    class_probabilities,
+    predict_dense,
+    predict_to_file,
+    profile,
+    train,
+)
 
 # ELEKTRONN's names, for users coming from it
 predictDense = predict_dense
@@ -36,8 +46,10 @@ __all__ = [
     "DenseNet",
     "DensePredError",
     "Geometry",
+    "JobResult",
     "LayerSpec",
     "NetworkConfig",
+    "PredictJob",
     "PredictionConfig",
     "ProfileResult",
     "TrainResult",
@@ -50,6 +62,7 @@ __all__ = [
     "load_config",
     "predictDense",
     "predict_dense",
+    "predict_to_file",
     "profile",
     "train",
 ]

@@ -5,6 +5,8 @@
 * :mod:`.devices` - choosing a device and the memory a tile may use on it
 * :mod:`.file_job` - ``densepred predict``: a volume on disk to a prediction on disk
 * :mod:`.run_record` - the record beside an output that makes a run resumable
+* :mod:`.distributed`, :mod:`.block_task` - the same job on a Dask cluster (client and worker side)
+* :mod:`.plan` - ``densepred plan``: sizing a job before it runs
 * :mod:`.training`, :mod:`.samplers` - ``densepred train``
 * :mod:`.profiling` - ``densepred profile``
 """
