@@ -23,7 +23,6 @@ from densepred.interfaces.cli import main
 from densepred.running import distributed as cluster_run
 from densepred.running import file_job
 from densepred.running.file_job import PredictJob, predict_to_file
-from tests.conftest import make_config
 
 TILE = (6, 19, 17)  # output tiles of 4 x 12 x 10
 BIN = Path(sys.executable).parent
@@ -139,7 +138,8 @@ def test_cluster_mistakes_are_one_line_exit_2(config, volume, tmp_path, capsys, 
         args += ["--workers", "1"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert len(err) == 1, err
+    assert message in err[0]
     assert not list(tmp_path.glob("o.*"))
 
 
@@ -217,7 +217,8 @@ def test_a_worker_killed_mid_run_loses_no_block_and_records_none_twice(config, v
     killer.start()
     result = predict_to_file(job(config, volume, output, threads_per_worker=1), client=client)
     killer.join()
-    assert killed_at and 3 <= killed_at[0] < result.tiles  # mid-run
+    assert killed_at
+    assert 3 <= killed_at[0] < result.tiles
     assert sorted(recorded) == list(range(result.tiles))  # each tile recorded once
     assert same_bytes(output, reference)
 
@@ -237,5 +238,6 @@ def test_client_killed_mid_run_then_resume_is_byte_identical(config, volume, tmp
     record = json.loads((Path(str(output) + ".densepred") / "run.json").read_text())
     assert record["complete"] is False
     result = predict_to_file(job(config, volume, output, threads_per_worker=1, resume=True), client=client)
-    assert result.skipped >= 3 and result.computed + result.skipped == result.tiles
+    assert result.skipped >= 3
+    assert result.computed + result.skipped == result.tiles
     assert same_bytes(output, reference)

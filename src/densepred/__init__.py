@@ -21,7 +21,16 @@ tune_cpu_allocator()
 from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config  # noqa: E402
 from .errors import ConfigError, DensePredError  # noqa: E402
 from .geometry import Geometry  # noqa: E402
-from .networks import DenseEngine, DenseNet, build_net, create_prediction_net, create_predncnn  # noqa: E402
+from .networks import (  # noqa: E402
+    DenseEngine,
+    DenseNet,
+    ForeignNet,
+    TilingContract,
+    build_net,
+    create_prediction_net,
+    create_predncnn,
+    from_torch,
+)
 from .running import (  # noqa: E402
     JobResult,
     PredictJob,
@@ -45,6 +54,7 @@ __all__ = [
     "DenseEngine",
     "DenseNet",
     "DensePredError",
+    "ForeignNet",
     "Geometry",
     "JobResult",
     "LayerSpec",
@@ -52,6 +62,7 @@ __all__ = [
     "PredictJob",
     "PredictionConfig",
     "ProfileResult",
+    "TilingContract",
     "TrainResult",
     "__version__",
     "build_net",
@@ -59,6 +70,7 @@ __all__ = [
     "config_from_dict",
     "create_prediction_net",
     "create_predncnn",
+    "from_torch",
     "load_config",
     "predictDense",
     "predict_dense",

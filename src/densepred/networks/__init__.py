@@ -4,10 +4,12 @@
 * :mod:`.engines` - the three dense engines (``naive``, ``mfp``, ``dilated``) on one tile
 * :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
 * :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
+* :mod:`.foreign` - :func:`from_torch`: models written elsewhere and their tiling contract
 """
 
 from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net
 from .engines import ENGINE_MODES, DenseEngine, StackEngine
+from .foreign import ForeignNet, TilingContract, from_torch
 from .prediction_net import PREDICTION_MODES, create_prediction_net, create_predncnn, valid_tile
 from .weights import best_path, last_path, load_weights, optimizer_path, save_weights
 
@@ -17,11 +19,14 @@ __all__ = [
     "PREDICTION_MODES",
     "DenseEngine",
     "DenseNet",
+    "ForeignNet",
     "StackEngine",
+    "TilingContract",
     "best_path",
     "build_net",
     "create_prediction_net",
     "create_predncnn",
+    "from_torch",
     "last_path",
     "load_weights",
     "optimizer_path",

@@ -17,6 +17,7 @@ from ..errors import DensePredError
 from ..geometry import Footprint, Geometry, Tile, TilePlan, default_output_tile, slices_that_fit
 from ..io import ChannelFirst, read_window, to_float32
 from ..networks import DenseEngine, DenseNet, StackEngine
+from ..networks.foreign import ForeignNet
 from .devices import on_device, resolve_device
 from .memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
 from .pipeline import run_pipeline
@@ -34,6 +35,9 @@ def predict_dense(
     progress: bool = False,
     out: Any = None,
     memory_limit: int | None = None,
+    overlap: float = 0.5,
+    tta: str | Sequence[int] | None = None,
+    channel_map: dict[int, Sequence[int]] | None = None,
 ) -> np.ndarray | Any:
     """Class probabilities for every voxel of an image, exactly as if the network were applied
     to each field-of-view window separately.
@@ -65,6 +69,10 @@ def predict_dense(
             fits. Default: half of the available RAM (60% of the free GPU memory). Without
             ``out`` the result array counts against it.
 
+        overlap, tta, channel_map: for a model from :func:`densepred.from_torch` only (``mode``
+            ``"exact"``, ``"blend"`` or ``"auto"``; ``tile_shape`` is its window); see
+            :func:`densepred.running.foreign_predict.predict_foreign`.
+
     Returns:
         float32 probabilities of shape ``(n_classes, *(S - FOV + 1))``, or
         ``(n_classes, *S)`` with ``mirror=True``; ``out`` itself when given.
@@ -73,6 +81,8 @@ def predict_dense(
         >>> net = densepred.build_net(densepred.load_config("examples/neuro3d.toml"))  # doctest: +SKIP
         >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
     """
+    if isinstance(net, ForeignNet):
+        return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map)
     net_geometry = _image_geometry(net)
     if tile_shape is None:
         tile_shape = net.tile_shape
@@ -103,6 +113,19 @@ def predict_dense(
 
     predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress)
     return out
+
+
+def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mode: str, device: Any, out: Any,
+                     overlap: float, tta: Any, channel_map: Any) -> np.ndarray:
+    from .foreign_predict import predict_foreign
+
+    if mirror:
+        raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
+                             "its output already covers the image")
+    if out is not None:
+        raise DensePredError("out= is not available for a model from from_torch: its result is returned in memory")
+    return predict_foreign(net, image, mode=mode, window=window, overlap=overlap, tta=tta, channel_map=channel_map,
+                           device=device)
 
 
 def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],

@@ -1,0 +1,90 @@
+"""Window placement for models written elsewhere (U-Nets): exact crop-only tiling, or blending.
+
+A model's **tiling contract** per axis: its total downsampling ``factor`` F (window origins
+must be multiples of it), the ``crop`` c it cuts from each side (0 for same padding; a
+valid-convolution U-Net's output is ``window - 2c``), and its ``context`` (how far an output
+voxel's inputs reach, low and high side). Output coordinates are input coordinates less c.
+
+**Exact.** A window of ``w`` input voxels at origin ``o`` gives outputs ``[o, o + w - 2c)``;
+those at least the context away from an interior window side equal the whole-volume forward.
+Windows step by the largest multiple of F that keeps those trusted parts touching, the last
+one ends at the (padded) volume's end, and each output voxel is *owned* by exactly one window::
+
+    window 0  |ctx.........trusted.........ctx|
+    window 1                     |ctx.........trusted.........ctx|
+    owned     |<------ 0 ------->|<------------- 1 ------------->|
+
+The volume is padded with zeros at its high end to the smallest size ``P >= max(S, w)`` with
+``P - w`` a multiple of F (for a same-padded net: a multiple of F); the result equals the
+whole-volume forward of that padded volume, cropped to the volume.
+
+**Blend.** Windows overlap by a fraction; every window's output is weighted (Gaussian) and the
+weighted sum is divided by the sum of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import DensePredError
+
+
+@dataclass(frozen=True)
+class AxisWindow:
+    """One window on one axis: its input ``start`` and the output range ``[own_lo, own_hi)`` it owns."""
+
+    start: int
+    own_lo: int
+    own_hi: int
+
+
+def padded_size(size: int, window: int, factor: int) -> int:
+    """The smallest ``P >= max(size, window)`` with ``P - window`` a multiple of ``factor``."""
+    extent = max(size, window)
+    return window + math.ceil((extent - window) / factor) * factor
+
+
+def exact_axis(size: int, window: int, factor: int, crop: int, context: tuple[int, int],
+               smallest: int = 1) -> list[AxisWindow]:
+    """Crop-only windows over ``size`` input voxels whose owned ranges partition the output
+    ``[0, padded_size - 2 crop)``. ``smallest`` is the model's smallest input size (it accepts
+    ``smallest + k * factor``), for the message when ``window`` is too small.
+
+    Example:
+        >>> [(w.start, w.own_lo, w.own_hi) for w in exact_axis(100, 48, 8, 0, (10, 9))]
+        [(0, 0, 34), (24, 34, 58), (48, 58, 66), (56, 66, 104)]
+    """
+    low, high = context
+    step = (window - 2 * crop - low - high) // factor * factor
+    if step < factor:
+        raise DensePredError(f"window {window} is too small for exact tiling: its output less a context of "
+                             f"{low}+{high} voxels must hold one downsampling factor ({factor}); the smallest valid "
+                             f"window is {smallest_window(factor, crop, context, smallest)}")
+    total = padded_size(size, window, factor)
+    starts = sorted({*range(0, total - window, step), total - window})
+    bounds = [0] + [s + low for s in starts[1:]] + [total - 2 * crop]
+    return [AxisWindow(s, lo, hi) for s, lo, hi in zip(starts, bounds[:-1], bounds[1:], strict=True)]
+
+
+def smallest_window(factor: int, crop: int, context: tuple[int, int], smallest: int = 1) -> int:
+    """The smallest input size the model accepts (``smallest + k * factor``) whose output less
+    the context holds one factor."""
+    need = factor + 2 * crop + sum(context)
+    start = smallest if smallest > 1 else factor
+    return start + max(0, math.ceil((need - start) / factor)) * factor
+
+
+def blend_axis(size: int, window: int, factor: int, overlap: float) -> list[int]:
+    """Window starts over ``size`` voxels with ``overlap`` (a fraction of the window), aligned
+    to ``factor``; the last window ends at the padded end.
+
+    Example:
+        >>> blend_axis(100, 32, 8, 0.5)
+        [0, 16, 32, 48, 64, 72]
+    """
+    if not 0 <= overlap < 1:
+        raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
+    step = max(factor, int(window * (1 - overlap)) // factor * factor)
+    total = padded_size(size, window, factor)
+    return sorted({*range(0, total - window, step), total - window})

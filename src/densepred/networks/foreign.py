@@ -1,0 +1,309 @@
+"""Models written elsewhere (MONAI, segmentation_models_pytorch, funlib, plain PyTorch U-Nets).
+
+:func:`from_torch` wraps a ``torch.nn.Module`` that maps ``(N, C, *spatial)`` to
+``(N, K, *spatial')`` and finds its **tiling contract** by probing it once on the CPU:
+
+* ``factor`` - the total downsampling per axis: the product of the strides of its strided
+  convolutions and poolings. Window origins must be multiples of it.
+* ``crop`` - voxels the output loses per side (0 for same padding; a valid-convolution U-Net
+  loses some): one forward of a probe window.
+* ``context`` - how far an output voxel's inputs reach on the low and high side: one NaN put
+  in an input window spreads, in eval mode, exactly over the outputs that depend on it. It
+  is probed at every position modulo the factor (a U-Net's reach depends on it), in one batch.
+* ``verdict`` - exact tiling is possible unless something mixes the whole window: instance,
+  group or layer norm over space, global pooling, attention (named), or a NaN that reaches
+  every output.
+
+Every field can be given instead of probed (``contract=TilingContract(...)`` or keyword
+overrides). Probes are cached per process by a hash of the model's class and weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..errors import DensePredError
+
+log = logging.getLogger("densepred")
+
+OUTPUTS = ("softmax", "sigmoid", "identity")
+NON_LOCAL = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm,
+             torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
+             torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool3d,
+             torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.LocalResponseNorm)
+PROBE_VOXELS = 2**22  # the largest probe window (voxels); a larger context must be given
+PROBE_BATCH = 4  # NaN positions per probe forward
+_CACHE: dict[tuple[str, tuple[int, ...]], TilingContract] = {}
+
+
+@dataclass(frozen=True)
+class TilingContract:
+    """How a model may be tiled; see the module docstring."""
+
+    factor: tuple[int, ...]
+    crop: tuple[int, ...]
+    context: tuple[tuple[int, int], ...]
+    exact: bool
+    reason: str = ""  # why exact tiling is impossible
+    smallest: tuple[int, ...] = ()  # the smallest input per axis; it accepts smallest + k * factor
+
+    def describe(self) -> str:
+        context = ", ".join(f"{a}/{b}" for a, b in self.context)
+        verdict = "exact tiling possible" if self.exact else f"not exactly tileable: {self.reason}"
+        return (f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, smallest input "
+                f"{list(self.smallest)}; {verdict}")
+
+    def valid(self, window: tuple[int, ...]) -> bool:
+        """Whether the model accepts an input window of this size."""
+        smallest = self.smallest or (1,) * len(window)
+        return all(w >= m and (w - m) % f == 0 for w, m, f in zip(window, smallest, self.factor, strict=True))
+
+
+class ForeignNet(torch.nn.Module):
+    """A model written elsewhere, with what densepred needs to tile it."""
+
+    def __init__(self, model: torch.nn.Module, dims: int, in_channels: int, output: str, contract: TilingContract,
+                 window: tuple[int, ...] | None):
+        super().__init__()
+        self.model, self.dims, self.in_channels, self.output = model, dims, in_channels, output
+        self.contract, self.window = contract, window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.output == "softmax":
+            return torch.softmax(logits, dim=1)
+        return torch.sigmoid(logits) if self.output == "sigmoid" else logits
+
+
+def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: str = "softmax",
+               window: tuple[int, ...] | int | None = None, contract: TilingContract | None = None,
+               **overrides: Any) -> ForeignNet:
+    """Wrap ``model`` for :func:`densepred.predict_dense` (``mode="exact"``, ``"blend"`` or ``"auto"``).
+
+    Args:
+        model: maps ``(N, in_channels, *spatial)`` to ``(N, K, *spatial')``; put in eval mode.
+        dims: 2 or 3 spatial dimensions.
+        output: ``"softmax"`` (classes), ``"sigmoid"`` (affinities, multi-label) or ``"identity"``.
+        window: the input window to tile with (default: the smallest exact window, at least 64).
+        contract: the tiling contract, instead of probing; or override fields by keyword
+            (``factor=(1, 16, 16)``, ``context=((40, 40),) * 3``, ...).
+    """
+    if dims not in (2, 3):
+        raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
+    if output not in OUTPUTS:
+        raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")
+    model = model.eval()
+    window = (window,) * dims if isinstance(window, int) else (tuple(window) if window is not None else None)
+    if contract is None:
+        factor = overrides.pop("factor", None)
+        contract = probe(model, dims, in_channels, None if factor is None else tuple(factor))
+    unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
+    if unknown:
+        raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, reason")
+    contract = replace(contract, **overrides)
+    log.info("tiling contract: %s", contract.describe())
+    return ForeignNet(model, dims, in_channels, output, contract, window)
+
+
+def _strided(module: torch.nn.Module) -> tuple[int, ...] | None:
+    """The stride of a downsampling convolution or pooling module, else None."""
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+        return None
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        return tuple(module.stride)
+    if isinstance(module, torch.nn.modules.pooling._MaxPoolNd | torch.nn.modules.pooling._AvgPoolNd):
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return (stride,) if isinstance(stride, int) else tuple(stride)
+    return None
+
+
+def first_forward(model: torch.nn.Module, in_channels: int, dims: int) -> tuple[int, tuple[int, ...], int]:
+    """A cube side the model tiles from (``side + k * factor`` are all accepted, each output
+    ``2 * crop`` smaller), the factor (the product of the strides of the downsampling modules
+    it called, per axis; a reused pooling module counts each time) and the crop.
+
+    Sides from 1 up are tried; a side where pooling rounds down (its output loses extra
+    voxels) or a decoder upsamples beyond the input is passed over.
+    """
+    best: tuple[int, tuple[int, ...], int] | None = None
+    for side in range(1, 257):
+        first = _accepted(model, in_channels, dims, side)
+        if first is None:
+            continue
+        out, factor = first
+        f = max(factor)
+        second = _accepted(model, in_channels, dims, side + f)
+        crop = side - out
+        if second is None or second[0] - out != f or crop < 0 or crop % 2:
+            continue
+        if best is None or crop < 2 * best[2]:
+            best = (side, factor, crop // 2)
+        if side >= best[0] + f - 1:
+            return best
+    if best is not None:
+        return best
+    raise DensePredError(f"the model accepted no {dims}D window from 1 to 256 voxels per side with {in_channels} "
+                         "input channel(s) whose output is as large or smaller by a constant; check dims= and "
+                         "in_channels=, or give contract=")
+
+
+def _accepted(model: torch.nn.Module, in_channels: int, dims: int, side: int) -> tuple[int, tuple[int, ...]] | None:
+    """The output side and the downsampling factor of one forward of a cube, or None if it fails."""
+    calls: list[tuple[int, ...]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(_strided(m)))
+             for m in model.modules() if _strided(m) is not None and max(_strided(m)) > 1]
+    try:
+        with torch.inference_mode():
+            out = model(_rand(model, (1, in_channels, *(side,) * dims), 0))
+    except (RuntimeError, ValueError):  # too small, or sizes that do not fit together
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    factor = [1] * dims
+    for stride in calls:
+        per_axis = stride * dims if len(stride) == 1 else stride[-dims:]
+        factor = [f * t for f, t in zip(factor, per_axis, strict=True)]
+    sides = set(out.shape[2:])
+    return (sides.pop(), tuple(factor)) if len(sides) == 1 else None
+
+
+def non_local_layers(model: torch.nn.Module) -> list[str]:
+    """Names (and types) of layers that mix a whole window."""
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules() if isinstance(m, NON_LOCAL)
+            and not _identity_norm(m)]
+
+
+def _identity_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.LayerNorm) and len(module.normalized_shape) == 1  # over channels only
+
+
+def probe(model: torch.nn.Module, dims: int, in_channels: int,
+          factor: tuple[int, ...] | None = None) -> TilingContract:
+    """The model's factor, crop and context and its verdict (module docstring); cached by the
+    model's hash. A factor found too small by the shift check is doubled, up to 8 times."""
+    key = (_model_hash(model), factor or ())
+    if key in _CACHE:
+        return _CACHE[key]
+    first, found_factor, crop_side = first_forward(model, in_channels, dims)
+    crop = (crop_side,) * dims
+    given = factor is not None
+    factor = tuple(factor) if given else found_factor
+    contract = replace(_verdict(model, dims, in_channels, factor, crop, first), smallest=(first,) * dims)
+    for _ in range(3):  # a pooling the hooks did not see (a functional call) leaves the factor too small
+        larger = tuple(2 * f for f in factor)
+        if given or contract.exact or "shift-equivariant" not in contract.reason or _probe_voxels(
+                first, larger, dims) > PROBE_VOXELS:
+            break
+        factor = larger
+        contract = replace(_verdict(model, dims, in_channels, factor, crop, first), smallest=(first,) * dims)
+    _CACHE[key] = contract
+    return contract
+
+
+def _verdict(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[int, ...], crop: tuple[int, ...],
+             first: int) -> TilingContract:
+    found = non_local_layers(model)
+    if found:  # no NaN probe: it would fill any window
+        return TilingContract(factor, crop, ((0, 0),) * dims, False, f"{', '.join(found)} mix the whole window")
+    side = [_valid_side(first, f, max(4 * f, 32)) for f in factor]
+    while True:
+        reach = _reach(model, in_channels, side, factor, crop)
+        if reach is not None or math.prod(side) * 2**dims > PROBE_VOXELS:
+            break
+        side = [_valid_side(first, f, 2 * s) for s, f in zip(side, factor, strict=True)]
+    if reach is None:
+        return TilingContract(factor, crop, ((0, 0),) * dims, False,
+                              f"one input voxel reaches every output of a {side} window (a non-local operation, or "
+                              "a context larger than the probe: give context=)")
+    contract = TilingContract(factor, crop, reach, True)
+    shifted = _shift_error(model, in_channels, contract, side)
+    return replace(contract, exact=False, reason=shifted) if shifted else contract
+
+
+def _probe_voxels(first: int, factor: tuple[int, ...], dims: int) -> int:
+    """Voxels of the shift check's larger window for ``factor``."""
+    side = [_valid_side(first, f, max(4 * f, 32)) for f in factor]
+    return math.prod(s + f * max(2, math.ceil(s / f)) for s, f in zip(side, factor, strict=True)) * (dims - 1)
+
+
+def _valid_side(first: int, factor: int, at_least: int) -> int:
+    """The smallest ``first + k * factor`` of at least ``at_least`` (sizes the model accepts)."""
+    return first + max(0, math.ceil((at_least - first) / factor)) * factor
+
+
+def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tuple[int, ...],
+           crop: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
+    """Context per axis, the largest over every position modulo the factor; None if a NaN
+    reaches the probe window's edge (a larger window is needed, or the model is non-local)."""
+    centre = [s // 2 // f * f for s, f in zip(side, factor, strict=True)]
+    positions = [[c + k % f for c, f in zip(centre, factor, strict=True)] for k in range(max(factor))]
+    out_side = [s - 2 * c for s, c in zip(side, crop, strict=True)]
+    context = [[0, 0] for _ in side]
+    for first in range(0, len(positions), PROBE_BATCH):
+        batch = positions[first:first + PROBE_BATCH]
+        x = _rand(model, (len(batch), in_channels, *side), 1)
+        for k, p in enumerate(batch):
+            x[(k, slice(None), *p)] = float("nan")
+        with torch.inference_mode():
+            bad = torch.isnan(model(x)).any(dim=1)
+        for k, p in enumerate(batch):
+            where = torch.nonzero(bad[k])
+            if len(where) == 0:
+                continue
+            lo, hi = where.min(dim=0).values.tolist(), where.max(dim=0).values.tolist()
+            if any(a == 0 or b == n - 1 for a, b, n in zip(lo, hi, out_side, strict=True)):
+                return None
+            for axis, (a, b, q, c) in enumerate(zip(lo, hi, p, crop, strict=True)):
+                context[axis][0] = max(context[axis][0], b - q)  # outputs above q reach down to it
+                context[axis][1] = max(context[axis][1], q - 2 * c - a)
+    return tuple((a, b) for a, b in context)
+
+
+def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContract, side: list[int]) -> str:
+    """Why a window's trusted outputs differ from those of a window twice as large that holds
+    it at an aligned offset ("" when they agree): a check that the model is shift-equivariant
+    (interpolation with ``align_corners=True``, position encodings and the like are not)."""
+    offset = list(contract.factor)
+    big = [s + f * max(2, math.ceil(s / f)) for s, f in zip(side, offset, strict=True)]  # also a valid size
+    x = _rand(model, (1, in_channels, *big), 2)
+    window = tuple(slice(o, o + s) for o, s in zip(offset, side, strict=True))
+    with torch.inference_mode():
+        whole, part = model(x), model(x[(slice(None), slice(None), *window)])
+    trusted = [(lo, s - 2 * c - hi) for (lo, hi), s, c in zip(contract.context, side, contract.crop, strict=True)]
+    if any(a >= b for a, b in trusted):
+        return ""
+    inner = tuple(slice(a, b) for a, b in trusted)
+    outer = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, trusted, strict=True))
+    a, b = whole[(slice(None), slice(None), *outer)], part[(slice(None), slice(None), *inner)]
+    error = float((a - b).abs().max())
+    scale = float(a.abs().max()) or 1.0
+    if error <= 1e-4 * scale:
+        return ""
+    named = [f"{name} ({type(m).__name__}, align_corners=True)" for name, m in model.named_modules()
+             if getattr(m, "align_corners", False)]
+    what = ", ".join(named) if named else "an operation that depends on the window's size or position"
+    return f"its output is not shift-equivariant (differs by {error:.3g} between aligned windows): {what}"
+
+
+def _rand(model: torch.nn.Module, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """A random probe input in the model's dtype, on its device."""
+    parameter = next(model.parameters(), None)
+    dtype, device = (torch.float32, "cpu") if parameter is None else (parameter.dtype, parameter.device)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+
+
+def _model_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

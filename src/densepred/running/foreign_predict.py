@@ -1,0 +1,236 @@
+"""Dense prediction with a model written elsewhere (:func:`densepred.from_torch`).
+
+``mode="exact"`` tiles crop-only (:func:`densepred.geometry.overlap.exact_axis`): each window's
+output is cut to the part it owns and written straight into the result, which equals one
+whole-volume forward. ``mode="blend"`` overlaps windows and weighs each with a Gaussian
+(sigma = window / 8, as nnU-Net and MONAI), for models that cannot be tiled exactly; the
+weights are products of per-axis weights, so their sum is one small vector per axis, never a
+second volume. ``mode="auto"`` is exact when the model's contract allows it, else blend (with
+a warning). Flip test-time augmentation averages the logits of every flip of each window in
+a running sum on the device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DensePredError
+from ..geometry.overlap import blend_axis, exact_axis, padded_size
+from ..io import to_float32
+from ..networks.foreign import ForeignNet
+from .devices import on_device, resolve_device
+
+log = logging.getLogger("densepred")
+
+MODES = ("auto", "exact", "blend")
+DEFAULT_WINDOW = 64
+
+
+def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
+                    overlap: float = 0.5, tta: str | Sequence[int] | None = None,
+                    channel_map: dict[int, Sequence[int]] | None = None,
+                    device: str | torch.device | None = None) -> np.ndarray:
+    """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``)."""
+    image = _channel_first(net, image)
+    mode = _mode(net, mode)
+    spatial = image.shape[1:]
+    flips = _flips(net, tta, channel_map)
+    window = _window(net, window, mode, _context(net, flips))
+    device = resolve_device(device)
+    model = on_device(net, device)
+    out = _Result(tuple(s - 2 * c for s, c in zip(spatial, net.contract.crop, strict=True)))
+    if mode == "exact":
+        _exact(model, net, image, window, flips, channel_map, device, out)
+    else:
+        _blend(model, net, image, window, overlap, flips, channel_map, device, out)
+    return out.array
+
+
+class _Result:
+    """The output array, allocated when the first window says how many channels it has."""
+
+    def __init__(self, spatial: tuple[int, ...]):
+        self.shape, self.array = spatial, None
+
+    def put(self, box: Sequence[tuple[int, int]], values: np.ndarray, add: bool = False) -> None:
+        if self.array is None:
+            self.array = np.zeros((values.shape[0], *self.shape), np.float32)
+        key = (slice(None), *(slice(a, b) for a, b in box))
+        if add:
+            self.array[key] += values
+        else:
+            self.array[key] = values
+
+
+def _exact(model: Any, net: ForeignNet, image: np.ndarray, window: tuple[int, ...], flips: list[tuple[int, ...]],
+           channel_map: Any, device: torch.device, out: _Result) -> None:
+    c = net.contract
+    context = _context(net, flips)
+    axes = [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
+            zip(image.shape[1:], window, c.factor, c.crop, context, strict=True)]  # window checked by _window
+    for pieces in itertools.product(*axes):
+        starts = [p.start for p in pieces]
+        result = _forward(model, net, _read(image, starts, window), flips, channel_map, device)
+        box = [(p.own_lo, min(p.own_hi, n)) for p, n in zip(pieces, out.shape, strict=True)]
+        if any(a >= b for a, b in box):
+            continue
+        local = tuple(slice(a - s, b - s) for (a, b), s in zip(box, starts, strict=True))
+        out.put(box, result[(slice(None), *local)])
+
+
+def _blend(model: Any, net: ForeignNet, image: np.ndarray, window: tuple[int, ...], overlap: float,
+           flips: list[tuple[int, ...]], channel_map: Any, device: torch.device, out: _Result) -> None:
+    c = net.contract
+    sizes = [w - 2 * cr for w, cr in zip(window, c.crop, strict=True)]
+    weights = [gaussian(n) for n in sizes]
+    axes = [blend_axis(s, w, f, overlap) for s, w, f in zip(image.shape[1:], window, c.factor, strict=True)]
+    totals = [np.zeros(padded_size(s, w, f) - 2 * cr, np.float64)
+              for s, w, f, cr in zip(image.shape[1:], window, c.factor, c.crop, strict=True)]
+    for total, starts, weight in zip(totals, axes, weights, strict=True):
+        for s in starts:
+            total[s:s + len(weight)] += weight
+    for starts in itertools.product(*axes):
+        result = _forward(model, net, _read(image, starts, window), flips, channel_map, device)
+        box = [(s, min(s + n, m)) for s, n, m in zip(starts, sizes, out.shape, strict=True)]
+        if any(a >= b for a, b in box):
+            continue
+        w = _outer([weight[:b - a] for weight, (a, b) in zip(weights, box, strict=True)])
+        local = tuple(slice(0, b - a) for a, b in box)
+        out.put(box, result[(slice(None), *local)] * w, add=True)
+    out.array /= _outer([total[:n] for total, n in zip(totals, out.shape, strict=True)])[None]
+
+
+def _context(net: ForeignNet, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
+    """The context windows must keep: the model's, or with flips the larger side on both
+    (a flipped view reaches the other way)."""
+    context = net.contract.context
+    return context if flips == [()] else tuple((max(a, b),) * 2 for a, b in context)
+
+
+def gaussian(n: int) -> np.ndarray:
+    """Per-axis blending weights: a Gaussian with sigma n/8 centred on the window, floored at
+    1e-3 of its peak so edge voxels covered by one window keep a defined value."""
+    x = np.arange(n) - (n - 1) / 2
+    g = np.exp(-(x**2) / (2 * (n / 8) ** 2))
+    return np.maximum(g / g.max(), 1e-3).astype(np.float32)
+
+
+def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    result = np.asarray(vectors[0], np.float32)
+    for v in vectors[1:]:
+        result = np.multiply.outer(result, np.asarray(v, np.float32))
+    return result
+
+
+def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
+             device: torch.device) -> np.ndarray:
+    """The window's activated outputs: logits averaged over the flips, then the activation."""
+    x_t = torch.from_numpy(x[None]).to(device, _dtype(model))
+    total = None
+    with torch.inference_mode():
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            logits = model(x_t.flip(dims) if dims else x_t)
+            if dims:
+                logits = logits.flip(dims)
+                for a in axes:
+                    if channel_map and a in channel_map:
+                        logits = logits[:, list(channel_map[a])]
+            total = logits if total is None else total + logits
+        result = net.activate(total / len(flips))
+    return result[0].float().cpu().numpy()
+
+
+def _read(image: np.ndarray, starts: Sequence[int], window: Sequence[int]) -> np.ndarray:
+    """The window at ``starts``, zero beyond the image's high end (its padding to the factor)."""
+    box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, image.shape[1:], strict=True))
+    data = to_float32(np.asarray(image[(slice(None), *box)]))
+    pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
+    return np.pad(data, pad) if any(p for _, p in pad[1:]) else np.ascontiguousarray(data)
+
+
+def flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (the identity first): 2^len(axes) views."""
+    return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
+
+
+def _flips(net: ForeignNet, tta: str | Sequence[int] | None, channel_map: Any) -> list[tuple[int, ...]]:
+    if tta is None:
+        return [()]
+    valid = tta == "flips" or (not isinstance(tta, str) and all(
+        isinstance(a, int) and 0 <= a < net.dims for a in tta))
+    if not valid:
+        raise DensePredError(f"tta {tta!r} is invalid; expected 'flips' or a list of spatial axes in "
+                             f"0..{net.dims - 1}")
+    axes = tuple(range(net.dims)) if tta == "flips" else tuple(tta)
+    if net.output == "sigmoid" and not channel_map:
+        raise DensePredError("flip test-time augmentation of sigmoid outputs (affinities) needs channel_map= "
+                             "(per flipped axis, the channel order after flipping back); without it flips would "
+                             "mix affinity directions")
+    flips = flip_sets(axes)
+    log.info("flip test-time augmentation: %d forwards per window (%dx the time)", len(flips), len(flips))
+    return flips
+
+
+def _channel_first(net: ForeignNet, image: Any) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == net.dims and net.in_channels == 1:
+        image = image[None]
+    if image.ndim != net.dims + 1 or image.shape[0] != net.in_channels:
+        raise DensePredError(f"image of shape {list(image.shape)} is invalid; expected ({net.in_channels}, "
+                             f"{', '.join('S' for _ in range(net.dims))})" +
+                             (" or the spatial shape alone" if net.in_channels == 1 else ""))
+    return image
+
+
+def _mode(net: ForeignNet, mode: str) -> str:
+    if mode not in MODES:
+        raise DensePredError(f"mode {mode!r} is invalid for a model from from_torch; valid: {', '.join(MODES)}")
+    if mode == "exact" and not net.contract.exact:
+        raise DensePredError(f"mode 'exact' is impossible for this model: {net.contract.reason}; use mode='blend' "
+                             "(overlapping windows, Gaussian weights)")
+    if mode == "auto":
+        if net.contract.exact:
+            return "exact"
+        log.warning("this model cannot be tiled exactly (%s); blending overlapping windows", net.contract.reason)
+        return "blend"
+    return mode
+
+
+def _window(net: ForeignNet, window: Sequence[int] | int | None, mode: str,
+            context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    from ..geometry.overlap import smallest_window
+
+    c = net.contract
+    if window is None:
+        window = net.window
+    if window is None:
+        first = c.smallest or (1,) * net.dims
+        least = [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first,
+                                                                          strict=True)]
+        window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f for w, f in zip(least, c.factor, strict=True)]
+    window = (window,) * net.dims if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(window) != net.dims or any(w < 1 for w in window):
+        raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
+    smallest = c.smallest or (1,) * net.dims
+    if mode == "exact":
+        for w, f, cr, ctx, m in zip(window, c.factor, c.crop, context, smallest, strict=True):
+            exact_axis(w, w, f, cr, ctx, m)  # raises with the smallest valid window
+    if not c.valid(window):
+        raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
+                             + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
+                             + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
+    return window
+
+
+def _dtype(model: Any) -> torch.dtype:
+    parameter = next(model.parameters(), None)
+    return torch.float32 if parameter is None else parameter.dtype
+
