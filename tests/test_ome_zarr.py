@@ -111,7 +111,7 @@ def test_killed_during_the_pyramid_then_resumed_is_byte_identical(config, volume
     assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--levels", "3") == 0
     import densepred.running.pyramid as pyramid_module
 
-    original = pyramid_module._write_block
+    original = pyramid_module.write_level_block
     calls = {"n": 0}
 
     def failing(*args):
@@ -120,7 +120,7 @@ def test_killed_during_the_pyramid_then_resumed_is_byte_identical(config, volume
             raise OSError(5, "Input/output error")
         original(*args)
 
-    monkeypatch.setattr(pyramid_module, "_write_block", failing)
+    monkeypatch.setattr(pyramid_module, "write_level_block", failing)
     out = tmp_path / "cut.zarr"
     assert predict(config, tmp_path, str(out), "--levels", "3") == 2
     record = json.loads((tmp_path / "cut.zarr.densepred" / "run.json").read_text())
