@@ -15,15 +15,16 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import DensePredError
-from ..geometry.overlap import blend_axis, exact_axis, padded_size
-from ..io import to_float32
+from ..geometry.overlap import blend_axis, exact_axis
+from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet
 from .devices import on_device, resolve_device
 
@@ -38,19 +39,111 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
                     channel_map: dict[int, Sequence[int]] | None = None,
                     device: str | torch.device | None = None) -> np.ndarray:
     """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``)."""
-    image = _channel_first(net, image)
-    mode = _mode(net, mode)
-    spatial = image.shape[1:]
-    flips = _flips(net, tta, channel_map)
-    window = _window(net, window, mode, _context(net, flips))
-    device = resolve_device(device)
-    model = on_device(net, device)
-    out = _Result(tuple(s - 2 * c for s, c in zip(spatial, net.contract.crop, strict=True)))
-    if mode == "exact":
-        _exact(model, net, image, window, flips, channel_map, device, out)
+    run = ForeignRun.create(net, source_of(net, image), mode, window, overlap, tta, channel_map, device)
+    out = _Result(run.output_shape)
+    if run.mode == "exact":
+        for piece in run.exact_windows():
+            out.put(piece.box, run.owned(piece))
     else:
-        _blend(model, net, image, window, overlap, flips, channel_map, device, out)
+        for starts in run.blend_windows():
+            box, values = run.weighted(starts)
+            out.put(box, values, add=True)
+        out.array /= run.weight_sum(tuple((0, n) for n in run.output_shape))[None]
     return out.array
+
+
+@dataclass(frozen=True)
+class ExactPiece:
+    """One exact window: its input ``starts`` and the output ``box`` it owns."""
+
+    starts: tuple[int, ...]
+    box: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class ForeignRun:
+    """One prediction of a :class:`ForeignNet` over a source: its mode, window, views, device."""
+
+    net: ForeignNet
+    source: ChannelFirst
+    mode: str
+    window: tuple[int, ...]
+    overlap: float
+    flips: list[tuple[int, ...]]
+    channel_map: dict[int, Sequence[int]] | None
+    device: torch.device
+    model: Any
+
+    @classmethod
+    def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
+               overlap: float, tta: Any, channel_map: Any, device: Any) -> ForeignRun:
+        mode = _mode(net, mode)
+        flips = _flips(net, tta, channel_map)
+        window = _window(net, window, mode, _context(net, flips))
+        if not 0 <= overlap < 1:
+            raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
+        device = resolve_device(device)
+        return cls(net, source, mode, window, overlap, flips, channel_map, device, on_device(net.model, device))
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(s - 2 * c for s, c in zip(self.source.spatial_shape, self.net.contract.crop, strict=True))
+
+    @property
+    def output_window(self) -> tuple[int, ...]:
+        return tuple(w - 2 * c for w, c in zip(self.window, self.net.contract.crop, strict=True))
+
+    def exact_windows(self) -> list[ExactPiece]:
+        """Every exact window that owns part of the output, in C order."""
+        c = self.net.contract
+        axes = [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
+                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(self.net, self.flips),
+                    strict=True)]
+        pieces = []
+        for parts in itertools.product(*axes):
+            box = tuple((p.own_lo, min(p.own_hi, n)) for p, n in zip(parts, self.output_shape, strict=True))
+            if all(a < b for a, b in box):
+                pieces.append(ExactPiece(tuple(p.start for p in parts), box))
+        return pieces
+
+    def owned(self, piece: ExactPiece) -> np.ndarray:
+        """The window's outputs over the box it owns."""
+        result = self.forward(piece.starts)
+        return result[(slice(None), *(slice(a - s, b - s) for (a, b), s in zip(piece.box, piece.starts,
+                                                                               strict=True)))]
+
+    def blend_axes(self) -> list[list[int]]:
+        c = self.net.contract
+        return [blend_axis(s, w, f, self.overlap) for s, w, f in
+                zip(self.source.spatial_shape, self.window, c.factor, strict=True)]
+
+    def blend_windows(self) -> Iterator[tuple[int, ...]]:
+        """Window starts in C order, those beyond the output (its padding only) left out."""
+        for starts in itertools.product(*self.blend_axes()):
+            if all(s < n for s, n in zip(starts, self.output_shape, strict=True)):
+                yield starts
+
+    def weighted(self, starts: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+        """The box a blended window covers in the output, and its Gaussian-weighted outputs there."""
+        box = tuple((s, min(s + n, m)) for s, n, m in zip(starts, self.output_window, self.output_shape, strict=True))
+        weights = [gaussian(n)[:b - a] for n, (a, b) in zip(self.output_window, box, strict=True)]
+        result = self.forward(starts)[(slice(None), *(slice(0, b - a) for a, b in box))]
+        return box, result * _outer(weights)
+
+    def weight_sum(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The sum of every window's weight over ``box`` (a product of per-axis sums)."""
+        sums = []
+        for starts, n, (a, b), size in zip(self.blend_axes(), self.output_window, box, self.source.spatial_shape,
+                                           strict=True):
+            total = np.zeros(max(size, max(starts) + n), np.float64)
+            for s in starts:
+                total[s:s + n] += gaussian(n)
+            sums.append(total[a:b])
+        return _outer(sums)
+
+    def forward(self, starts: Sequence[int]) -> np.ndarray:
+        return _forward(self.model, self.net, _read(self.source, starts, self.window), self.flips, self.channel_map,
+                        self.device)
 
 
 class _Result:
@@ -69,42 +162,14 @@ class _Result:
             self.array[key] = values
 
 
-def _exact(model: Any, net: ForeignNet, image: np.ndarray, window: tuple[int, ...], flips: list[tuple[int, ...]],
-           channel_map: Any, device: torch.device, out: _Result) -> None:
-    c = net.contract
-    context = _context(net, flips)
-    axes = [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-            zip(image.shape[1:], window, c.factor, c.crop, context, strict=True)]  # window checked by _window
-    for pieces in itertools.product(*axes):
-        starts = [p.start for p in pieces]
-        result = _forward(model, net, _read(image, starts, window), flips, channel_map, device)
-        box = [(p.own_lo, min(p.own_hi, n)) for p, n in zip(pieces, out.shape, strict=True)]
-        if any(a >= b for a, b in box):
-            continue
-        local = tuple(slice(a - s, b - s) for (a, b), s in zip(box, starts, strict=True))
-        out.put(box, result[(slice(None), *local)])
-
-
-def _blend(model: Any, net: ForeignNet, image: np.ndarray, window: tuple[int, ...], overlap: float,
-           flips: list[tuple[int, ...]], channel_map: Any, device: torch.device, out: _Result) -> None:
-    c = net.contract
-    sizes = [w - 2 * cr for w, cr in zip(window, c.crop, strict=True)]
-    weights = [gaussian(n) for n in sizes]
-    axes = [blend_axis(s, w, f, overlap) for s, w, f in zip(image.shape[1:], window, c.factor, strict=True)]
-    totals = [np.zeros(padded_size(s, w, f) - 2 * cr, np.float64)
-              for s, w, f, cr in zip(image.shape[1:], window, c.factor, c.crop, strict=True)]
-    for total, starts, weight in zip(totals, axes, weights, strict=True):
-        for s in starts:
-            total[s:s + len(weight)] += weight
-    for starts in itertools.product(*axes):
-        result = _forward(model, net, _read(image, starts, window), flips, channel_map, device)
-        box = [(s, min(s + n, m)) for s, n, m in zip(starts, sizes, out.shape, strict=True)]
-        if any(a >= b for a, b in box):
-            continue
-        w = _outer([weight[:b - a] for weight, (a, b) in zip(weights, box, strict=True)])
-        local = tuple(slice(0, b - a) for a, b in box)
-        out.put(box, result[(slice(None), *local)] * w, add=True)
-    out.array /= _outer([total[:n] for total, n in zip(totals, out.shape, strict=True)])[None]
+def source_of(net: ForeignNet, image: Any) -> ChannelFirst:
+    """``image`` as ``(C, *S)``; a stack of 2D images is not tiled by a foreign model."""
+    source = image if isinstance(image, ChannelFirst) else ChannelFirst(image, net.in_channels, net.dims)
+    if source.stacked:
+        raise DensePredError(f"a {net.dims}D model from from_torch predicts {net.dims}D images; an image of shape "
+                             f"{list(np.shape(source.image))} is a stack: predict it as a {net.dims + 1}D volume "
+                             "with a 3D model, or slice by slice")
+    return source
 
 
 def _context(net: ForeignNet, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
@@ -148,10 +213,10 @@ def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, 
     return result[0].float().cpu().numpy()
 
 
-def _read(image: np.ndarray, starts: Sequence[int], window: Sequence[int]) -> np.ndarray:
+def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int]) -> np.ndarray:
     """The window at ``starts``, zero beyond the image's high end (its padding to the factor)."""
-    box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, image.shape[1:], strict=True))
-    data = to_float32(np.asarray(image[(slice(None), *box)]))
+    box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
+    data = to_float32(source.read(box))
     pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
     return np.pad(data, pad) if any(p for _, p in pad[1:]) else np.ascontiguousarray(data)
 
@@ -177,17 +242,6 @@ def _flips(net: ForeignNet, tta: str | Sequence[int] | None, channel_map: Any) -
     flips = flip_sets(axes)
     log.info("flip test-time augmentation: %d forwards per window (%dx the time)", len(flips), len(flips))
     return flips
-
-
-def _channel_first(net: ForeignNet, image: Any) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == net.dims and net.in_channels == 1:
-        image = image[None]
-    if image.ndim != net.dims + 1 or image.shape[0] != net.in_channels:
-        raise DensePredError(f"image of shape {list(image.shape)} is invalid; expected ({net.in_channels}, "
-                             f"{', '.join('S' for _ in range(net.dims))})" +
-                             (" or the spatial shape alone" if net.in_channels == 1 else ""))
-    return image
 
 
 def _mode(net: ForeignNet, mode: str) -> str:
