@@ -14,6 +14,7 @@ from ..config import load_config, network_geometry
 from ..errors import DensePredError
 from ..geometry import Geometry
 from ..io.outputs import OUTPUT_DTYPES
+from .model_options import add_model_options, model_job
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +80,7 @@ def _add_profile(sub: Any) -> None:
 
 def _add_predict(sub: Any) -> None:
     pred = sub.add_parser("predict", help="predict a volume on disk into an output on disk, tile by tile")
-    pred.add_argument("config", help="the network's config file (TOML)")
+    pred.add_argument("config", nargs="?", help="the network's config file (TOML); not with --model")
     pred.add_argument("--input", required=True, metavar="SPEC",
                       help="file.h5:dataset, file.zarr[:path], file.tif or file.npy")
     pred.add_argument("--output", required=True, metavar="SPEC",
@@ -87,8 +88,8 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("--weights", metavar="FILE", help="weights file (default: <save_dir>/<name>-LAST.safetensors)")
     pred.add_argument("--tile", metavar="Z,Y,X",
                       help="input tile shape (default: [prediction] tile_shape, else sized to memory)")
-    pred.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream"],
-                      help="dense engine (default: the config's)")
+    pred.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream", "exact", "blend"],
+                      help="dense engine (default: the config's); exact or blend for --model")
     pred.add_argument("--mirror", action="store_true", help="mirror the edges so the output covers the whole input")
     pred.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
     pred.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32",
@@ -120,6 +121,7 @@ def _add_predict(sub: Any) -> None:
     scale.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this address")
     scale.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file names")
     scale.add_argument("--block", metavar="Z,Y,X", help="output tiles per cluster task on each axis (default: 1)")
+    add_model_options(pred)
     pred.set_defaults(run=run_predict)
 
 
@@ -223,12 +225,37 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..running import PredictJob, predict_to_file
+    from ..running import predict_to_file
 
     _log_warnings()
+    if args.model or args.model_file:
+        job = model_job(args)
+    elif args.config is None:
+        raise DensePredError("densepred predict needs the network's config file, or a model: --model "
+                             "package.module:Class or --model-file model.pt2")
+    else:
+        job = _config_job(args)
+    if args.workers or args.scheduler or args.scheduler_file:
+        _quiet_cluster_logs()
+    try:
+        result = predict_to_file(job)
+    except KeyboardInterrupt:
+        print(f"densepred: interrupted; finished tiles are kept, continue with: densepred predict ... --resume "
+              f"(output {args.output})", file=sys.stderr)
+        return 130
+    print(f"wrote {result.output}: shape {list(result.shape)}, {result.computed} tile(s) computed"
+          + (f", {result.skipped} already done" if result.skipped else "")
+          + f"; tile {list(result.input_tile)}"
+          + (f", estimated peak memory {result.estimated_peak / 2**30:.2f} GiB" if result.estimated_peak else ""))
+    return 0
+
+
+def _config_job(args: argparse.Namespace) -> Any:
+    from ..running import PredictJob
+
     cfg = load_config(args.config)
     dims = cfg.network.dims
-    job = PredictJob(
+    return PredictJob(
         config=args.config, input=args.input, output=args.output, weights=args.weights,
         tile=parse_shape(args.tile, dims, "--tile", stack=True) if args.tile else None, mode=args.mode,
         mirror=args.mirror, device=args.device, dtype=args.dtype, argmax=args.argmax,
@@ -242,18 +269,6 @@ def run_predict(args: argparse.Namespace) -> int:
         unit=args.unit, memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None,
         workers=args.workers, threads_per_worker=args.threads_per_worker, scheduler=args.scheduler,
         scheduler_file=args.scheduler_file, tiles_per_block=_per_axis(args.block, dims, "--block"))
-    if args.workers or args.scheduler or args.scheduler_file:
-        _quiet_cluster_logs()
-    try:
-        result = predict_to_file(job)
-    except KeyboardInterrupt:
-        print(f"densepred: interrupted; finished tiles are kept, continue with: densepred predict ... --resume "
-              f"(output {args.output})", file=sys.stderr)
-        return 130
-    print(f"wrote {result.output}: shape {list(result.shape)}, {result.computed} tile(s) computed"
-          + (f", {result.skipped} already done" if result.skipped else "")
-          + f"; tile {list(result.input_tile)}, estimated peak memory {result.estimated_peak / 2**30:.2f} GiB")
-    return 0
 
 
 def _quiet_cluster_logs() -> None:

@@ -20,6 +20,7 @@ overrides). Probes are cached per process by a hash of the model's class and wei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -38,7 +39,7 @@ NON_LOCAL = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, to
              torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool3d,
              torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.LocalResponseNorm)
 PROBE_VOXELS = 2**22  # the largest probe window (voxels); a larger context must be given
-PROBE_BATCH = 4  # NaN positions per probe forward
+PROBE_BATCH = 1  # NaN positions per probe forward (exported programs may fix the batch at 1)
 _CACHE: dict[tuple[str, tuple[int, ...]], TilingContract] = {}
 
 
@@ -100,7 +101,8 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
     if output not in OUTPUTS:
         raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")
-    model = model.eval()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
+        model = model.eval()
     window = (window,) * dims if isinstance(window, int) else (tuple(window) if window is not None else None)
     if contract is None:
         factor = overrides.pop("factor", None)
@@ -139,20 +141,34 @@ def first_forward(model: torch.nn.Module, in_channels: int, dims: int) -> tuple[
         if first is None:
             continue
         out, factor = first
-        f = max(factor)
-        second = _accepted(model, in_channels, dims, side + f)
         crop = side - out
-        if second is None or second[0] - out != f or crop < 0 or crop % 2:
+        if crop < 0 or crop % 2:
             continue
+        step = _next_size(model, in_channels, dims, side, out, max(factor))
+        if step is None:
+            continue
+        factor = factor if step == max(factor) else (step,) * dims  # modules the hooks cannot see
         if best is None or crop < 2 * best[2]:
             best = (side, factor, crop // 2)
-        if side >= best[0] + f - 1:
+        if side >= best[0] + max(best[1]) - 1:
             return best
     if best is not None:
         return best
     raise DensePredError(f"the model accepted no {dims}D window from 1 to 256 voxels per side with {in_channels} "
                          "input channel(s) whose output is as large or smaller by a constant; check dims= and "
                          "in_channels=, or give contract=")
+
+
+def _next_size(model: torch.nn.Module, in_channels: int, dims: int, side: int, out: int, factor: int) -> int | None:
+    """The smallest step (``factor`` times a power of two, up to 64x) to the next size the model
+    accepts with an output larger by the same step; None if there is none."""
+    step = factor
+    while step <= 64 * factor and side + step <= 256:
+        second = _accepted(model, in_channels, dims, side + step)
+        if second is not None and second[0] - out == step:
+            return step
+        step *= 2
+    return None
 
 
 def _accepted(model: torch.nn.Module, in_channels: int, dims: int, side: int) -> tuple[int, tuple[int, ...]] | None:
@@ -163,7 +179,7 @@ def _accepted(model: torch.nn.Module, in_channels: int, dims: int, side: int) ->
     try:
         with torch.inference_mode():
             out = model(_rand(model, (1, in_channels, *(side,) * dims), 0))
-    except (RuntimeError, ValueError):  # too small, or sizes that do not fit together
+    except Exception:  # too small, sizes that do not fit together, an exported program's guard
         return None
     finally:
         for hook in hooks:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ __all__ = ["Encoding", "JobResult", "PredictJob", "predict_to_file"]
 class PredictJob:
     """Everything ``densepred predict`` was asked to do."""
 
-    config: str | Path
+    config: str | Path | None
     input: str
     output: str
     weights: str | Path | None = None
@@ -99,6 +99,15 @@ class PredictJob:
     scheduler: str | None = None  # or on the existing Dask cluster at this address
     scheduler_file: str | Path | None = None  # or at the address in this scheduler file
     tiles_per_block: Sequence[int] | int | None = None  # tiles per cluster task on each axis (default 1)
+    # a model written elsewhere instead of the config's net (:mod:`.foreign_job`)
+    model: str | None = None  # package.module:Class or path/to/file.py:Class
+    model_kwargs: dict[str, Any] | str | None = None  # its keyword arguments (a dict or JSON)
+    model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
+    dims: int = 3  # the model's spatial dimensions
+    in_channels: int = 1
+    activation: str = "softmax"  # softmax, sigmoid or identity
+    overlap: float = 0.5  # blend mode: window overlap
+    tta: str | Sequence[int] | None = None  # "flips" or the axes to flip
 
 
 @dataclass
@@ -147,6 +156,13 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     """
     from .distributed import predict_on_cluster, uses_cluster
 
+    if job.model is not None or job.model_file is not None:
+        if client is not None or uses_cluster(job):
+            raise DensePredError("a model from --model or --model-file runs in one process; cluster runs take "
+                                 "densepred nets (a config)")
+        from .foreign_job import predict_model_to_file
+
+        return predict_model_to_file(job)
     if client is not None or uses_cluster(job):
         return predict_on_cluster(job, client)
     setup, previous = _prepare(job)
@@ -338,16 +354,22 @@ def _reopen(setup: _Setup) -> Any:
 
 
 def _new_output(setup: _Setup, job: PredictJob) -> Any:
-    """Create the run record, then the output (marked incomplete), replacing old ones if allowed.
+    return start_output(setup.out_spec, setup.record_dir, setup.record, job.overwrite, job.resume,
+                        lambda: _create(setup, job))
+
+
+def start_output(spec: ArraySpec, record_dir: Path, record: dict[str, Any], overwrite: bool, resume: bool,
+                 create: Callable[[], Any]) -> Any:
+    """Create the run record, then the output (``create()``, marked incomplete), replacing old
+    ones if allowed.
 
     A record without its output is this project's own leftover (a run killed while creating
     it, or an output the user deleted) and is cleared; an existing output is replaced only
     with ``--overwrite`` (or when resuming a run killed before its record was written), and
     only if densepred wrote it. If creating the output fails, the new record goes too.
     """
-    spec, record_dir = setup.out_spec, setup.record_dir
     exists = output_exists(spec)
-    if exists and not (job.overwrite or job.resume):
+    if exists and not (overwrite or resume):
         raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
                              "finish an interrupted run")
     if exists:
@@ -362,8 +384,8 @@ def _new_output(setup: _Setup, job: PredictJob) -> Any:
     except OSError as exc:
         raise DensePredError(f"cannot create {record_dir}: {exc.strerror}") from None
     try:
-        write_record(record_dir, setup.record)
-        return _create(setup, job)
+        write_record(record_dir, record)
+        return create()
     except BaseException:
         shutil.rmtree(record_dir, ignore_errors=True)
         raise

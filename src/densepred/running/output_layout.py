@@ -20,22 +20,29 @@ if TYPE_CHECKING:
 def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,
                offset: Sequence[int]) -> OmeLayout:
     """Levels, shards, chunks and physical metadata of an OME-Zarr output."""
-    check_zarr_dtype(encoding.stored_dtype)
-    dims = len(plan.output_shape)
-    voxel_size, unit = _voxel_size(job, in_spec, dims)
     # where output voxel 0 sits in the image: the ROI start, plus the border without mirroring
     start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
+    return layout_for(job, in_spec, plan.output_shape, plan.output_tile, start, encoding,
+                      cfg.network.class_names or None, cfg.name)
+
+
+def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int], tile: Sequence[int],
+               start: Sequence[int], encoding: Encoding, class_names: Sequence[str] | None, name: str) -> OmeLayout:
+    """The OME-Zarr layout of an output of ``output_shape`` written in ``tile`` boxes, whose voxel 0
+    is centred on image voxel ``start``."""
+    check_zarr_dtype(encoding.stored_dtype)
+    dims = len(output_shape)
+    voxel_size, unit = _voxel_size(job, in_spec, dims)
     translation = tuple(s * v for s, v in zip(start, voxel_size, strict=True))
-    levels = _levels(job.levels)
     chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
-    classes = range(cfg.network.n_classes) if encoding.classes is None else encoding.classes
+    classes = range(encoding.n_classes) if encoding.classes is None else encoding.classes
     spatial_axes = tuple("zyx"[3 - dims:])
     return OmeLayout(
         axes=spatial_axes if encoding.argmax else ("c", *spatial_axes),
-        levels=tuple(pyramid(plan.output_shape, voxel_size, levels)), tile=plan.output_tile,
+        levels=tuple(pyramid(tuple(output_shape), voxel_size, _levels(job.levels))), tile=tuple(tile),
         chunk_target=chunk_target, voxel_size=voxel_size, translation=translation, unit=unit,
-        channel_names=() if encoding.argmax else channel_names(cfg.network.class_names or None, list(classes)),
-        label=encoding.argmax, name=cfg.name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
+        channel_names=() if encoding.argmax else channel_names(class_names, list(classes)),
+        label=encoding.argmax, name=name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
 def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], str | None]:

@@ -1,0 +1,79 @@
+"""``densepred predict --model ...``: the options for a model written elsewhere, and its job."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import DensePredError
+
+
+def add_model_options(pred: argparse.ArgumentParser) -> None:
+    group = pred.add_argument_group("a model written elsewhere (PyTorch U-Nets; see the README, Models written "
+                                    "elsewhere)")
+    group.add_argument("--model", metavar="MODULE:CLASS",
+                       help="package.module:Class or path/to/file.py:Class, built with --model-kwargs")
+    group.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments of the class, a JSON object")
+    group.add_argument("--model-file", metavar="FILE.pt2",
+                       help="a torch.export program instead (it unpickles: load only files you trust)")
+    group.add_argument("--dims", type=int, default=3, choices=[2, 3], help="the model's spatial dimensions")
+    group.add_argument("--in-channels", type=int, default=1, help="the model's input channels (default: 1)")
+    group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"], default="softmax",
+                       help="what the logits become (default: softmax)")
+    group.add_argument("--overlap", type=float, default=0.5, help="blend mode: window overlap (default: 0.5)")
+    group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
+
+
+def model_job(args: argparse.Namespace) -> Any:
+    """The :class:`~densepred.running.PredictJob` of a ``--model`` or ``--model-file`` run."""
+    from ..running import PredictJob
+
+    if args.config is not None:
+        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    for option, value in (("--mirror", args.mirror), ("--roi", args.roi), ("--batch-size", args.batch_size),
+                          ("--workers", args.workers), ("--scheduler", args.scheduler)):
+        if value:
+            raise DensePredError(f"{option} is for densepred's own nets; a model from --model takes --mode exact or "
+                                 "blend, --tile (its window), --overlap and --tta")
+    if args.mode not in (None, "auto", "exact", "blend"):
+        raise DensePredError(f"--mode {args.mode} is for densepred's own nets; a model from --model takes auto, "
+                             "exact or blend")
+    return PredictJob(
+        config=None, input=args.input, output=args.output, weights=args.weights, model=args.model,
+        model_kwargs=args.model_kwargs, model_file=args.model_file, dims=args.dims, in_channels=args.in_channels,
+        activation=args.activation, mode=args.mode or "auto", tile=_ints(args.tile, args.dims, "--tile"),
+        overlap=args.overlap, tta=_tta(args.tta), device=args.device, dtype=args.dtype, argmax=args.argmax,
+        classes=_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
+        progress=not args.quiet, levels=args.levels, chunks=_ints(args.chunks, args.dims, "--chunks"),
+        voxel_size=None if args.voxel_size is None else _floats(args.voxel_size), unit=args.unit)
+
+
+def _ints(text: str | None, dims: int | None, option: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if dims is not None and len(values) == 1:
+        values = values * dims
+    if not values or (dims is not None and len(values) != dims) or any(v < 0 for v in values):
+        count = f"{dims} " if dims else ""
+        raise DensePredError(f"{option} {text!r} is invalid; expected {count}non-negative integers like 64,128,128")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DensePredError(f"--voxel-size {text!r} is invalid; expected numbers like 40,4,4") from None
+
+
+def _tta(text: str | None) -> str | tuple[int, ...] | None:
+    if text is None or text == "flips":
+        return text
+    return _ints(text, None, "--tta")
+
+
+__all__ = ["add_model_options", "model_job"]

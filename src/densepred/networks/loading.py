@@ -1,0 +1,101 @@
+"""Loading a model written elsewhere for ``densepred predict --model``.
+
+* ``--model package.module:Class`` (or ``path/to/file.py:Class``) with ``--model-kwargs JSON``
+  builds the class; ``--weights`` loads its state dict from ``.safetensors`` (never runs code)
+  or ``.pt``/``.pth`` through ``torch.load(weights_only=True)`` (tensors only).
+* ``--model-file model.pt2`` loads a ``torch.export`` program. That format unpickles: load
+  only files you trust.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DensePredError
+
+
+def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = None,
+               weights: str | Path | None = None, model_file: str | Path | None = None) -> torch.nn.Module:
+    """The model named by ``model`` (with ``kwargs`` and ``weights``) or stored in ``model_file``."""
+    if (model is None) == (model_file is None):
+        raise DensePredError("give the model as --model package.module:Class (with --weights) or as "
+                             "--model-file model.pt2, one of them")
+    if model_file is not None:
+        return _exported(Path(model_file))
+    module = _model_class(model)(**_kwargs(kwargs))
+    if weights is not None:
+        _load_state(module, Path(weights))
+    return module.eval()
+
+
+def _model_class(spec: str) -> type:
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise DensePredError(f"--model {spec!r} is invalid; expected package.module:Class or path/to/file.py:Class")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            found = importlib.util.spec_from_file_location(path.stem, path)
+            if found is None or not path.exists():
+                raise DensePredError(f"--model {spec!r}: no file {path}")
+            module = importlib.util.module_from_spec(found)
+            found.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise DensePredError(f"--model {spec!r}: cannot import {where} ({exc})") from None
+    cls = getattr(module, name, None)
+    if not callable(cls):
+        raise DensePredError(f"--model {spec!r}: {where} has no class {name}")
+    return cls
+
+
+def _kwargs(kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as exc:
+            raise DensePredError(f"--model-kwargs is not valid JSON ({exc.msg}); expected e.g. "
+                                 "'{\"spatial_dims\": 3, \"out_channels\": 2}'") from None
+    if not isinstance(kwargs, dict):
+        raise DensePredError("--model-kwargs must be a JSON object of keyword arguments")
+    return kwargs
+
+
+def _load_state(module: torch.nn.Module, path: Path) -> None:
+    if not path.exists():
+        raise DensePredError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as exc:
+        raise DensePredError(f"cannot read the weights {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise DensePredError(f"{path} holds no state dict (a mapping of tensor names to tensors)")
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = [f"missing {', '.join(result.missing_keys[:4])}" if result.missing_keys else "",
+                 f"unexpected {', '.join(result.unexpected_keys[:4])}" if result.unexpected_keys else ""]
+        raise DensePredError(f"the weights in {path} do not fit the model: {'; '.join(p for p in parts if p)}")
+
+
+def _exported(path: Path) -> torch.nn.Module:
+    if not path.exists():
+        raise DensePredError(f"model file {path} does not exist")
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as exc:
+        raise DensePredError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None

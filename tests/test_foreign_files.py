@@ -1,0 +1,131 @@
+"""`densepred predict --model`: a U-Net written elsewhere, from a file to a file, exact or blended,
+resumable, equal to the in-memory prediction."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import save_file
+
+import densepred
+from densepred.interfaces.cli import main
+from densepred.running import foreign_job
+from tests.test_foreign import UNet, trained_looking
+
+KWARGS = json.dumps({"dims": 3, "depth": 2, "width": 4})
+
+
+@pytest.fixture
+def model_files(tmp_path):
+    model = trained_looking(UNet(), seed=7).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet.safetensors")
+    torch.save(model.state_dict(), tmp_path / "unet.pt")
+    volume = np.random.default_rng(12).random((37, 53, 46), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    return model, volume
+
+
+def predict(tmp_path, output, *extra, weights="unet.safetensors"):
+    return main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", KWARGS, "--weights",
+                 str(tmp_path / weights), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / output),
+                 "--quiet", *extra])
+
+
+def _shape(text):
+    values = tuple(int(v) for v in text.split(","))
+    return values * 3 if len(values) == 1 else values
+
+
+def stored(path):
+    group = zarr.open_group(path, mode="r")
+    return np.asarray(group["0"][:])
+
+
+@pytest.mark.parametrize(("mode", "tol", "tile"), [("exact", 0.0, (40, 40, 40)), ("blend", 1e-6, (16, 24, 20))])
+def test_a_file_prediction_equals_the_in_memory_one(model_files, tmp_path, mode, tol, tile):
+    model, volume = model_files
+    assert predict(tmp_path, "out.zarr", "--mode", mode, "--tile", ",".join(map(str, tile)), "--levels", "2") == 0
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    expected = densepred.predict_dense(net, volume, mode=mode, tile_shape=tile)
+    np.testing.assert_allclose(stored(tmp_path / "out.zarr"), expected, rtol=0, atol=tol)
+    attributes = zarr.open_group(tmp_path / "out.zarr", mode="r").attrs["densepred"]
+    assert attributes["complete"] is True
+    assert not (tmp_path / "out.zarr.densepred" / foreign_job.ROWS).exists()
+
+
+def test_pt_weights_load_through_weights_only(model_files, tmp_path):
+    assert predict(tmp_path, "a.zarr", "--mode", "exact", "--tile", "40") == 0
+    assert predict(tmp_path, "b.zarr", "--mode", "exact", "--tile", "40", weights="unet.pt") == 0
+    assert stored(tmp_path / "a.zarr").tobytes() == stored(tmp_path / "b.zarr").tobytes()
+
+
+@pytest.mark.parametrize(("mode", "target", "tile"), [("exact", "_write", "40"), ("blend", "_blend_slab", "16,40,40")])
+def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatch, mode, target, tile):
+    assert predict(tmp_path, "whole.zarr", "--mode", mode, "--tile", tile, "--overlap", "0.5") == 0
+    original, calls = getattr(foreign_job, target), {"n": 0}
+
+    def crash(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        return original(*args)
+
+    monkeypatch.setattr(foreign_job, target, crash)
+    with pytest.raises(OSError, match="Input/output error"):
+        densepred.predict_to_file(densepred.PredictJob(
+            None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
+            model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode=mode,
+            tile=_shape(tile), progress=False))
+    monkeypatch.setattr(foreign_job, target, original)
+    assert predict(tmp_path, "cut.zarr", "--mode", mode, "--tile", tile, "--overlap", "0.5", "--resume") == 0
+    assert stored(tmp_path / "cut.zarr").tobytes() == stored(tmp_path / "whole.zarr").tobytes()
+
+
+def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, caplog):
+    model = trained_looking(UNet(norm="instance")).float()
+    save_file(dict(model.state_dict()), tmp_path / "inorm.safetensors")
+    np.save(tmp_path / "in.npy", np.random.default_rng(1).random((20, 33, 30), dtype=np.float32))
+    kwargs = json.dumps({"norm": "instance"})
+    args = ["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", kwargs, "--weights",
+            str(tmp_path / "inorm.safetensors"), "--input", str(tmp_path / "in.npy"), "--quiet", "--tile", "16"]
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert main([*args, "--output", str(tmp_path / "o.zarr")]) == 0
+    assert "InstanceNorm3d" in caplog.text
+    assert main([*args, "--output", str(tmp_path / "x.zarr"), "--mode", "exact"]) == 2
+    assert "impossible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--model", "tests.test_foreign:Nothing"], "has no class Nothing"),
+    (["--model", "no_such_package.mod:Net"], "cannot import no_such_package.mod"),
+    (["--model", "tests.test_foreign:UNet", "--model-kwargs", "{dims: 3}"], "not valid JSON"),
+    (["--model", "tests.test_foreign:UNet", "--weights", "missing.safetensors"], "does not exist"),
+    (["--model", "tests.test_foreign:UNet", "--mode", "mfp"], "--mode mfp is for densepred's own nets"),
+    (["--model", "tests.test_foreign:UNet", "--model-file", "m.pt2"], "one of them"),
+    (["--model-file", "missing.pt2"], "does not exist"),
+])
+def test_model_mistakes_are_one_line_exit_2(model_files, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--input", "in.npy", "--output", "o.zarr", "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert message in err[0]
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_torch_export_program_predicts_like_its_module(model_files, tmp_path):
+    model, volume = model_files
+    sides = [torch.export.Dim(f"d{axis}", min=2, max=128) for axis in range(3)]
+    program = torch.export.export(model, (torch.rand(1, 1, 40, 40, 40),),
+                                  dynamic_shapes=({2: 4 * sides[0], 3: 4 * sides[1], 4: 4 * sides[2]},))
+    torch.export.save(program, tmp_path / "unet.pt2")
+    assert main(["predict", "--model-file", str(tmp_path / "unet.pt2"), "--input", str(tmp_path / "in.npy"),
+                 "--output", str(tmp_path / "e.zarr"), "--mode", "exact", "--tile", "40", "--quiet"]) == 0
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=40)
+    np.testing.assert_allclose(stored(tmp_path / "e.zarr"), expected, rtol=0, atol=1e-5)
