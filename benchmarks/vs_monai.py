@@ -10,6 +10,8 @@ argmax differs.
 MONAI is needed for this benchmark only: ``.venv/bin/pip install monai``.
 
     python benchmarks/vs_monai.py [--shape 96,256,256] [--roi 64,128,128] [--threads 2]
+    python benchmarks/vs_monai.py --shape 64,512,512 --roi 64,320,320 --features 8,8,16,32,64,8 \
+        --norms batch --variants whole,exact      # exact over a volume several windows wide
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import numpy as np
 VARIANTS = ("whole", "monai-0.25", "monai-0.5", "blend-0.25", "blend-0.5", "exact")
 
 
-def build(norm: str):
+FEATURES = (32, 32, 64, 128, 256, 32)  # BasicUNet's default
+
+
+def build(norm: str, features: tuple[int, ...] = FEATURES):
     import torch
     from monai.networks.nets import BasicUNet
 
     torch.manual_seed(0)
-    model = BasicUNet(spatial_dims=3, in_channels=1, out_channels=3, norm=norm)
+    model = BasicUNet(spatial_dims=3, in_channels=1, out_channels=3, norm=norm, features=features)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -41,13 +46,13 @@ def build(norm: str):
 
 
 def run_variant(variant: str, norm: str, volume_path: str, roi: tuple[int, ...], out_path: str,
-                threads: int) -> dict:
+                threads: int, features: tuple[int, ...]) -> dict:
     import resource
 
     import torch
 
     torch.set_num_threads(threads)
-    model = build(norm)
+    model = build(norm, features)
     volume = np.load(volume_path)
     start = time.perf_counter()
     if variant == "whole":
@@ -95,30 +100,34 @@ def main() -> None:
     parser.add_argument("--roi", default="64,128,128")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--norms", default="batch,instance")
+    parser.add_argument("--features", default=",".join(map(str, FEATURES)), help="BasicUNet features")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     roi = tuple(int(v) for v in args.roi.split(","))
+    features = tuple(int(v) for v in args.features.split(","))
     if args.child:
         variant, norm, volume, out, _ = args.child
-        print(json.dumps(run_variant(variant, norm, volume, roi, out, args.threads)))
+        print(json.dumps(run_variant(variant, norm, volume, roi, out, args.threads, features)))
         return
     shape = tuple(int(v) for v in args.shape.split(","))
     voxels = int(np.prod(shape))
     with tempfile.TemporaryDirectory() as tmp:
         volume = Path(tmp) / "volume.npy"
         np.save(volume, np.random.default_rng(0).random(shape, dtype=np.float32))
-        print(f"volume {args.shape}, window {args.roi}, {args.threads} threads per process")
+        print(f"volume {args.shape}, window {args.roi}, {args.threads} threads per process, features {features}")
         for norm in args.norms.split(","):
             print(f"\n## BasicUNet, {norm} norm\n")
             print("| variant | seconds | output voxels/s | peak RSS GiB | max abs diff | argmax flips |")
             print("|---|---|---|---|---|---|")
             reference = None
-            for variant in VARIANTS:
+            for variant in args.variants.split(","):
                 if variant == "exact" and norm != "batch":
                     continue
                 out = Path(tmp) / f"{norm}-{variant}.npy"
                 child = subprocess.run([sys.executable, __file__, "--roi", args.roi, "--threads", str(args.threads),
-                                        "--child", variant, norm, str(volume), str(out), "x"],
+                                        "--features", args.features, "--child", variant, norm, str(volume), str(out),
+                                        "x"],
                                        capture_output=True, text=True, check=True)
                 info = json.loads(child.stdout.strip().splitlines()[-1])
                 result = np.load(out)

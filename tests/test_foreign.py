@@ -233,3 +233,24 @@ def test_the_contract_can_be_given_instead_of_probed():
     net = densepred.from_torch(model, dims=3, in_channels=1, contract=given)
     assert net.contract == given
     assert densepred.from_torch(model, dims=3, in_channels=1, context=((30, 30),) * 3).contract.context[0] == (30, 30)
+
+
+def test_a_window_larger_than_the_volume_is_fitted_to_it_and_needs_no_padding():
+    model = trained_looking(UNet(), seed=6)
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    volume = np.random.default_rng(4).random((32, 61, 53), dtype=np.float32)  # z: a multiple of the factor
+    got = densepred.predict_dense(net, volume, mode="exact", tile_shape=(64, 36, 40))
+    np.testing.assert_allclose(got, whole(model, volume, (4, 4, 4), (32, 36, 40)), rtol=0, atol=1e-6)
+
+
+def test_exact_streams_into_an_array_like_and_blend_into_it_is_refused(volume, tmp_path):
+    import zarr
+
+    model = trained_looking(UNet(), seed=8)
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=40)
+    out = zarr.create_array(tmp_path / "o.zarr", shape=expected.shape, chunks=(3, 16, 32, 32), dtype="float64")
+    assert densepred.predict_dense(net, volume, mode="exact", tile_shape=40, out=out) is out
+    np.testing.assert_array_equal(out[:], expected)
+    with pytest.raises(DensePredError, match="file to file"):
+        densepred.predict_dense(net, volume, mode="blend", tile_shape=40, out=out)

@@ -56,6 +56,8 @@ def exact_axis(size: int, window: int, factor: int, crop: int, context: tuple[in
         [(0, 0, 34), (24, 34, 58), (48, 58, 66), (56, 66, 104)]
     """
     low, high = context
+    if padded_size(size, window, factor) == window:  # one window covers the axis: no interior side
+        return [AxisWindow(0, 0, window - 2 * crop)]
     step = (window - 2 * crop - low - high) // factor * factor
     if step < factor:
         raise DensePredError(f"window {window} is too small for exact tiling: its output less a context of "
@@ -73,6 +75,13 @@ def smallest_window(factor: int, crop: int, context: tuple[int, int], smallest: 
     need = factor + 2 * crop + sum(context)
     start = smallest if smallest > 1 else factor
     return start + max(0, math.ceil((need - start) / factor)) * factor
+
+
+def fitted_window(size: int, window: int, factor: int, smallest: int) -> int:
+    """``window``, or the smallest accepted size (``smallest + k * factor``) that covers ``size``
+    when that is smaller: a window larger than the volume would only pad it."""
+    cover = smallest + max(0, math.ceil((size - smallest) / factor)) * factor
+    return min(window, cover)
 
 
 def blend_axis(size: int, window: int, factor: int, overlap: float) -> list[int]:

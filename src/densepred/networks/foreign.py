@@ -38,9 +38,9 @@ NON_LOCAL = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, to
              torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d,
              torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool3d,
              torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.LocalResponseNorm)
+SHIFT_TOLERANCE = 1e-5  # relative: float32 rounding between window sizes stays far below it
 PROBE_VOXELS = 2**22  # the largest probe window (voxels); a larger context must be given
-PROBE_BATCH = 1  # NaN positions per probe forward (exported programs may fix the batch at 1)
-_CACHE: dict[tuple[str, tuple[int, ...]], TilingContract] = {}
+_CACHE: dict[tuple[Any, ...], TilingContract] = {}
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,14 @@ class TilingContract:
     factor: tuple[int, ...]
     crop: tuple[int, ...]
     context: tuple[tuple[int, int], ...]
-    exact: bool
+    exact: bool | None  # None: not probed yet
     reason: str = ""  # why exact tiling is impossible
     smallest: tuple[int, ...] = ()  # the smallest input per axis; it accepts smallest + k * factor
 
     def describe(self) -> str:
         context = ", ".join(f"{a}/{b}" for a, b in self.context)
-        verdict = "exact tiling possible" if self.exact else f"not exactly tileable: {self.reason}"
+        verdict = ("context and exactness not probed" if self.exact is None else
+                   "exact tiling possible" if self.exact else f"not exactly tileable: {self.reason}")
         return (f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, smallest input "
                 f"{list(self.smallest)}; {verdict}")
 
@@ -67,13 +68,28 @@ class TilingContract:
 
 
 class ForeignNet(torch.nn.Module):
-    """A model written elsewhere, with what densepred needs to tile it."""
+    """A model written elsewhere, with what densepred needs to tile it.
 
-    def __init__(self, model: torch.nn.Module, dims: int, in_channels: int, output: str, contract: TilingContract,
-                 window: tuple[int, ...] | None):
+    ``sizes`` (factor, crop, accepted sizes) is found when the net is made; the context and
+    the verdict (``contract``) are probed on first use, so blending, which needs neither,
+    never pays for them.
+    """
+
+    def __init__(self, model: torch.nn.Module, dims: int, in_channels: int, output: str, sizes: TilingContract,
+                 window: tuple[int, ...] | None, overrides: dict[str, Any] | None = None):
         super().__init__()
         self.model, self.dims, self.in_channels, self.output = model, dims, in_channels, output
-        self.contract, self.window = contract, window
+        self.sizes, self.window = sizes, window
+        self._overrides = overrides or {}
+        self._contract: TilingContract | None = sizes if sizes.exact is not None else None
+
+    @property
+    def contract(self) -> TilingContract:
+        """The full tiling contract (probed now if it was not yet)."""
+        if self._contract is None:
+            self._contract = replace(verdict(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
+            log.info("tiling contract: %s", self._contract.describe())
+        return self._contract
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -104,15 +120,19 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
         model = model.eval()
     window = (window,) * dims if isinstance(window, int) else (tuple(window) if window is not None else None)
-    if contract is None:
-        factor = overrides.pop("factor", None)
-        contract = probe(model, dims, in_channels, None if factor is None else tuple(factor))
     unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
     if unknown:
-        raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, reason")
-    contract = replace(contract, **overrides)
-    log.info("tiling contract: %s", contract.describe())
-    return ForeignNet(model, dims, in_channels, output, contract, window)
+        raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, "
+                             "reason, smallest")
+    if contract is None:
+        factor = overrides.get("factor")
+        contract = replace(sizes(model, dims, in_channels, None if factor is None else tuple(factor)), **{
+            k: v for k, v in overrides.items() if k in ("factor", "crop", "smallest")})
+        if "context" in overrides:  # the context given: only the verdict's scan and checks remain
+            contract = replace(contract, context=overrides["context"])
+    else:
+        contract = replace(contract, **overrides)
+    return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
 
 
 def _strided(module: torch.nn.Module) -> tuple[int, ...] | None:
@@ -202,53 +222,69 @@ def _identity_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.LayerNorm) and len(module.normalized_shape) == 1  # over channels only
 
 
-def probe(model: torch.nn.Module, dims: int, in_channels: int,
+def sizes(model: torch.nn.Module, dims: int, in_channels: int,
           factor: tuple[int, ...] | None = None) -> TilingContract:
-    """The model's factor, crop and context and its verdict (module docstring); cached by the
+    """The model's factor, crop and accepted sizes; its context and verdict are not probed yet
+    (``exact`` is None)."""
+    first, found_factor, crop_side = first_forward(model, in_channels, dims)
+    return TilingContract(tuple(factor) if factor is not None else found_factor, (crop_side,) * dims,
+                          ((0, 0),) * dims, None, "", (first,) * dims)
+
+
+def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingContract) -> TilingContract:
+    """The full contract from ``sizes``: context and verdict (module docstring), cached by the
     model's hash. A factor found too small by the shift check is doubled, up to 8 times."""
-    key = (_model_hash(model), factor or ())
+    key = (_model_hash(model), sizes.factor, sizes.context)
     if key in _CACHE:
         return _CACHE[key]
-    first, found_factor, crop_side = first_forward(model, in_channels, dims)
-    crop = (crop_side,) * dims
-    given = factor is not None
-    factor = tuple(factor) if given else found_factor
-    contract = replace(_verdict(model, dims, in_channels, factor, crop, first), smallest=(first,) * dims)
+    first, factor, crop = sizes.smallest[0], sizes.factor, sizes.crop
+    given = sizes.context if any(a or b for a, b in sizes.context) else None
+    contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
     for _ in range(3):  # a pooling the hooks did not see (a functional call) leaves the factor too small
         larger = tuple(2 * f for f in factor)
-        if given or contract.exact or "shift-equivariant" not in contract.reason or _probe_voxels(
+        if contract.exact or "shift-equivariant" not in contract.reason or _probe_voxels(
                 first, larger, dims) > PROBE_VOXELS:
             break
         factor = larger
-        contract = replace(_verdict(model, dims, in_channels, factor, crop, first), smallest=(first,) * dims)
+        contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
     _CACHE[key] = contract
     return contract
 
 
 def _verdict(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[int, ...], crop: tuple[int, ...],
-             first: int) -> TilingContract:
+             first: int, given: tuple[tuple[int, int], ...] | None = None) -> TilingContract:
+    """Context and verdict, probed one axis at a time: a window long along that axis and thin
+    along the others (cheap in memory, whatever the model's reach)."""
     found = non_local_layers(model)
     if found:  # no NaN probe: it would fill any window
         return TilingContract(factor, crop, ((0, 0),) * dims, False, f"{', '.join(found)} mix the whole window")
-    side = [_valid_side(first, f, max(4 * f, 32)) for f in factor]
-    while True:
-        reach = _reach(model, in_channels, side, factor, crop)
-        if reach is not None or math.prod(side) * 2**dims > PROBE_VOXELS:
-            break
-        side = [_valid_side(first, f, 2 * s) for s, f in zip(side, factor, strict=True)]
-    if reach is None:
-        return TilingContract(factor, crop, ((0, 0),) * dims, False,
-                              f"one input voxel reaches every output of a {side} window (a non-local operation, or "
-                              "a context larger than the probe: give context=)")
-    contract = TilingContract(factor, crop, reach, True)
-    shifted = _shift_error(model, in_channels, contract, side)
-    return replace(contract, exact=False, reason=shifted) if shifted else contract
+    thin = [_valid_side(first, f, f) for f in factor]
+    context = list(given or ())
+    for axis in range(len(context), dims):
+        length = _valid_side(first, factor[axis], max(4 * factor[axis], 32))
+        while True:
+            side = [*thin[:axis], length, *thin[axis + 1:]]
+            reach = _reach(model, in_channels, side, factor, crop, axis)
+            if reach is not None or math.prod(side) * 2 > PROBE_VOXELS:
+                break
+            length = _valid_side(first, factor[axis], 2 * length)
+        if reach is None:
+            return TilingContract(factor, crop, ((0, 0),) * dims, False,
+                                  f"one input voxel reaches every output along axis {axis} of a {side} window (a "
+                                  "non-local operation, or a context larger than the probe: give context=)")
+        context.append(reach)
+    contract = TilingContract(factor, crop, tuple(context), True)
+    for axis in range(dims):
+        shifted = _shift_error(model, in_channels, contract, thin, axis, first)
+        if shifted:
+            return replace(contract, exact=False, reason=shifted)
+    return contract
 
 
 def _probe_voxels(first: int, factor: tuple[int, ...], dims: int) -> int:
-    """Voxels of the shift check's larger window for ``factor``."""
-    side = [_valid_side(first, f, max(4 * f, 32)) for f in factor]
-    return math.prod(s + f * max(2, math.ceil(s / f)) for s, f in zip(side, factor, strict=True)) * (dims - 1)
+    """Voxels of the largest probe window for ``factor``."""
+    thin = [_valid_side(first, f, f) for f in factor]
+    return math.prod(thin) // thin[0] * _valid_side(first, factor[0], max(4 * factor[0], 32) * 2)
 
 
 def _valid_side(first: int, factor: int, at_least: int) -> int:
@@ -257,52 +293,52 @@ def _valid_side(first: int, factor: int, at_least: int) -> int:
 
 
 def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tuple[int, ...],
-           crop: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
-    """Context per axis, the largest over every position modulo the factor; None if a NaN
-    reaches the probe window's edge (a larger window is needed, or the model is non-local)."""
+           crop: tuple[int, ...], axis: int) -> tuple[int, int] | None:
+    """The context along ``axis`` (low, high), the largest over every position modulo its
+    factor; None if a NaN reaches the window's ends along it (a larger window is needed, or
+    the model is non-local)."""
     centre = [s // 2 // f * f for s, f in zip(side, factor, strict=True)]
-    positions = [[c + k % f for c, f in zip(centre, factor, strict=True)] for k in range(max(factor))]
-    out_side = [s - 2 * c for s, c in zip(side, crop, strict=True)]
-    context = [[0, 0] for _ in side]
-    for first in range(0, len(positions), PROBE_BATCH):
-        batch = positions[first:first + PROBE_BATCH]
-        x = _rand(model, (len(batch), in_channels, *side), 1)
-        for k, p in enumerate(batch):
-            x[(k, slice(None), *p)] = float("nan")
+    out_length = side[axis] - 2 * crop[axis]
+    low = high = 0
+    for phase in range(factor[axis]):
+        position = list(centre)
+        position[axis] += phase
+        x = _rand(model, (1, in_channels, *side), 1)
+        x[(0, slice(None), *position)] = float("nan")
         with torch.inference_mode():
-            bad = torch.isnan(model(x)).any(dim=1)
-        for k, p in enumerate(batch):
-            where = torch.nonzero(bad[k])
-            if len(where) == 0:
-                continue
-            lo, hi = where.min(dim=0).values.tolist(), where.max(dim=0).values.tolist()
-            if any(a == 0 or b == n - 1 for a, b, n in zip(lo, hi, out_side, strict=True)):
-                return None
-            for axis, (a, b, q, c) in enumerate(zip(lo, hi, p, crop, strict=True)):
-                context[axis][0] = max(context[axis][0], b - q)  # outputs above q reach down to it
-                context[axis][1] = max(context[axis][1], q - 2 * c - a)
-    return tuple((a, b) for a, b in context)
+            bad = torch.isnan(model(x)).any(dim=1)[0]
+        where = torch.nonzero(bad.flatten(0, axis - 1) if axis else bad)
+        if len(where) == 0:
+            continue
+        along = torch.nonzero(bad.movedim(axis, 0).flatten(1).any(dim=1))[:, 0]
+        a, b = int(along.min()), int(along.max())
+        if a == 0 or b == out_length - 1:
+            return None
+        q, c = position[axis], crop[axis]
+        low, high = max(low, b - q), max(high, q - 2 * c - a)  # outputs above q reach down to it
+    return low, high
 
 
-def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContract, side: list[int]) -> str:
-    """Why a window's trusted outputs differ from those of a window twice as large that holds
-    it at an aligned offset ("" when they agree): a check that the model is shift-equivariant
-    (interpolation with ``align_corners=True``, position encodings and the like are not)."""
-    offset = list(contract.factor)
-    big = [s + f * max(2, math.ceil(s / f)) for s, f in zip(side, offset, strict=True)]  # also a valid size
-    x = _rand(model, (1, in_channels, *big), 2)
-    window = tuple(slice(o, o + s) for o, s in zip(offset, side, strict=True))
+def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContract, thin: list[int], axis: int,
+                 first: int) -> str:
+    """Why a window's trusted outputs differ from those of a longer window that holds it at an
+    aligned offset along ``axis`` ("" when they agree): a check that the model is
+    shift-equivariant (interpolation with ``align_corners=True``, position encodings and the
+    like are not). The other axes are the same in both windows."""
+    f, c, (lo, hi) = contract.factor[axis], contract.crop[axis], contract.context[axis]
+    length = _valid_side(first, f, lo + hi + 2 * c + 2 * f)
+    side = [*thin[:axis], 2 * length + 2 * f - first % f, *thin[axis + 1:]]  # about twice as long, a valid size
+    x = _rand(model, (1, in_channels, *side), 2)
+    window = [slice(None)] * len(side)
+    window[axis] = slice(f, f + length)
     with torch.inference_mode():
         whole, part = model(x), model(x[(slice(None), slice(None), *window)])
-    trusted = [(lo, s - 2 * c - hi) for (lo, hi), s, c in zip(contract.context, side, contract.crop, strict=True)]
-    if any(a >= b for a, b in trusted):
-        return ""
-    inner = tuple(slice(a, b) for a, b in trusted)
-    outer = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, trusted, strict=True))
-    a, b = whole[(slice(None), slice(None), *outer)], part[(slice(None), slice(None), *inner)]
+    trusted = slice(lo, length - 2 * c - hi)
+    shifted = slice(f + lo, f + length - 2 * c - hi)
+    a = whole.movedim(axis + 2, 0)[shifted]
+    b = part.movedim(axis + 2, 0)[trusted]
     error = float((a - b).abs().max())
-    scale = float(a.abs().max()) or 1.0
-    if error <= 1e-4 * scale:
+    if error <= SHIFT_TOLERANCE * (float(a.abs().max()) or 1.0):
         return ""
     named = [f"{name} ({type(m).__name__}, align_corners=True)" for name, m in model.named_modules()
              if getattr(m, "align_corners", False)]

@@ -68,7 +68,7 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
-    layout = layout_for(job, in_spec, run.output_shape, run.output_window, run.net.contract.crop, encoding, None,
+    layout = layout_for(job, in_spec, run.output_shape, run.output_window, run.contract.crop, encoding, None,
                         "prediction") if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)
     if previous is not None:
@@ -103,7 +103,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Fore
         "input_file": file_stamp(in_spec.path),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
-                    "contract": run.net.contract.describe(), "activation": job.activation},
+                    "contract": run.contract.describe(), "activation": job.activation},
         "tiles": {"mode": run.mode, "window": list(run.window), "overlap": run.overlap,
                   "tta": [list(f) for f in run.flips]},
         "output": {"shape": list(_output_shape(run, encoding)), "dtype": str(encoding.stored_dtype),

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import DensePredError
-from ..geometry.overlap import blend_axis, exact_axis
+from ..geometry.overlap import blend_axis, exact_axis, fitted_window
 from ..io import ChannelFirst, to_float32
-from ..networks.foreign import ForeignNet
+from ..networks.foreign import ForeignNet, TilingContract
 from .devices import on_device, resolve_device
 
 log = logging.getLogger("densepred")
@@ -37,9 +37,16 @@ DEFAULT_WINDOW = 64
 def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
                     overlap: float = 0.5, tta: str | Sequence[int] | None = None,
                     channel_map: dict[int, Sequence[int]] | None = None,
-                    device: str | torch.device | None = None) -> np.ndarray:
-    """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``)."""
+                    device: str | torch.device | None = None, out: Any = None) -> np.ndarray | Any:
+    """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
+
+    ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
+    into as they finish (memory: one window); blending into ``out`` goes through
+    ``densepred predict --model`` (file to file, streamed), so it is refused here.
+    """
     run = ForeignRun.create(net, source_of(net, image), mode, window, overlap, tta, channel_map, device)
+    if out is not None:
+        return _exact_into(run, out)
     out = _Result(run.output_shape)
     if run.mode == "exact":
         for piece in run.exact_windows():
@@ -50,6 +57,18 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
             out.put(box, values, add=True)
         out.array /= run.weight_sum(tuple((0, n) for n in run.output_shape))[None]
     return out.array
+
+
+def _exact_into(run: ForeignRun, out: Any) -> Any:
+    if run.mode != "exact":
+        raise DensePredError("out= takes exact predictions (memory: one window); to blend a volume larger than "
+                             "memory, predict file to file: densepred predict --model ... --mode blend")
+    if tuple(out.shape[1:]) != run.output_shape:
+        raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
+                             f"{', '.join(map(str, run.output_shape))})")
+    for piece in run.exact_windows():
+        out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,32 +92,34 @@ class ForeignRun:
     channel_map: dict[int, Sequence[int]] | None
     device: torch.device
     model: Any
+    contract: TilingContract  # the full contract for exact tiling; the sizes alone for blending
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
                overlap: float, tta: Any, channel_map: Any, device: Any) -> ForeignRun:
         mode = _mode(net, mode)
         flips = _flips(net, tta, channel_map)
-        window = _window(net, window, mode, _context(net, flips))
+        contract = net.contract if mode == "exact" else net.sizes
+        window = _window(net, contract, window, source.spatial_shape, mode, _context(contract, flips))
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
-        return cls(net, source, mode, window, overlap, flips, channel_map, device, on_device(net.model, device))
+        return cls(net, source, mode, window, overlap, flips, channel_map, device, on_device(net.model, device),
+                   contract)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return tuple(s - 2 * c for s, c in zip(self.source.spatial_shape, self.net.contract.crop, strict=True))
+        return tuple(s - 2 * c for s, c in zip(self.source.spatial_shape, self.contract.crop, strict=True))
 
     @property
     def output_window(self) -> tuple[int, ...]:
-        return tuple(w - 2 * c for w, c in zip(self.window, self.net.contract.crop, strict=True))
+        return tuple(w - 2 * c for w, c in zip(self.window, self.contract.crop, strict=True))
 
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""
-        c = self.net.contract
+        c = self.contract
         axes = [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(self.net, self.flips),
-                    strict=True)]
+                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True)]
         pieces = []
         for parts in itertools.product(*axes):
             box = tuple((p.own_lo, min(p.own_hi, n)) for p, n in zip(parts, self.output_shape, strict=True))
@@ -113,7 +134,7 @@ class ForeignRun:
                                                                                strict=True)))]
 
     def blend_axes(self) -> list[list[int]]:
-        c = self.net.contract
+        c = self.contract
         return [blend_axis(s, w, f, self.overlap) for s, w, f in
                 zip(self.source.spatial_shape, self.window, c.factor, strict=True)]
 
@@ -172,10 +193,10 @@ def source_of(net: ForeignNet, image: Any) -> ChannelFirst:
     return source
 
 
-def _context(net: ForeignNet, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
+def _context(contract: TilingContract, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
     """The context windows must keep: the model's, or with flips the larger side on both
     (a flipped view reaches the other way)."""
-    context = net.contract.context
+    context = contract.context
     return context if flips == [()] else tuple((max(a, b),) * 2 for a, b in context)
 
 
@@ -258,11 +279,12 @@ def _mode(net: ForeignNet, mode: str) -> str:
     return mode
 
 
-def _window(net: ForeignNet, window: Sequence[int] | int | None, mode: str,
-            context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+def _window(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | None, spatial: Sequence[int],
+            mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """The window: given (checked) or the smallest exact one of at least 64 per axis, never
+    larger than the smallest accepted size that covers the image."""
     from ..geometry.overlap import smallest_window
 
-    c = net.contract
     if window is None:
         window = net.window
     if window is None:
@@ -274,13 +296,14 @@ def _window(net: ForeignNet, window: Sequence[int] | int | None, mode: str,
     if len(window) != net.dims or any(w < 1 for w in window):
         raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
     smallest = c.smallest or (1,) * net.dims
-    if mode == "exact":
-        for w, f, cr, ctx, m in zip(window, c.factor, c.crop, context, smallest, strict=True):
-            exact_axis(w, w, f, cr, ctx, m)  # raises with the smallest valid window
     if not c.valid(window):
         raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
                              + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
                              + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
+    window = tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
+    if mode == "exact":
+        for n, w, f, cr, ctx, m in zip(spatial, window, c.factor, c.crop, context, smallest, strict=True):
+            exact_axis(n, w, f, cr, ctx, m)  # raises with the smallest valid window
     return window
 
 

@@ -122,10 +122,8 @@ def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mod
     if mirror:
         raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
                              "its output already covers the image")
-    if out is not None:
-        raise DensePredError("out= is not available for a model from from_torch: its result is returned in memory")
     return predict_foreign(net, image, mode=mode, window=window, overlap=overlap, tta=tta, channel_map=channel_map,
-                           device=device)
+                           device=device, out=out)
 
 
 def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
