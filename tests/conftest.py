@@ -99,6 +99,20 @@ NETS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _probe_cache_in_a_temporary_folder(tmp_path_factory):
+    """Probed tiling contracts are cached under $XDG_CACHE_HOME: never the user's own in tests."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _every_ome_zarr_output_is_valid(request):
     """After each test, every OME-Zarr image a test left in its tmp_path must validate with

@@ -254,3 +254,23 @@ def test_exact_streams_into_an_array_like_and_blend_into_it_is_refused(volume, t
     np.testing.assert_array_equal(out[:], expected)
     with pytest.raises(DensePredError, match="file to file"):
         densepred.predict_dense(net, volume, mode="blend", tile_shape=40, out=out)
+
+
+def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
+    from densepred.networks import foreign
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = trained_looking(UNet(), seed=9)
+    first = densepred.from_torch(model, dims=3, in_channels=1).contract
+    assert len(list((tmp_path / "densepred" / "contracts").glob("*.json"))) == 2  # sizes and verdict
+
+    def no_probe(*args):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(foreign, "first_forward", no_probe)
+    monkeypatch.setattr(foreign, "_verdict", no_probe)
+    assert densepred.from_torch(model, dims=3, in_channels=1).contract == first
+    with torch.no_grad():
+        model.head.weight.add_(0.01)  # other weights: another key
+    with pytest.raises(AssertionError, match="probed again"):
+        densepred.from_torch(model, dims=3, in_channels=1)

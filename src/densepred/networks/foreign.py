@@ -15,7 +15,8 @@
   every output.
 
 Every field can be given instead of probed (``contract=TilingContract(...)`` or keyword
-overrides). Probes are cached per process by a hash of the model's class and weights.
+overrides). Probes are cached on disk by a hash of the model's class and weights
+(:mod:`.contract_cache`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import contextlib
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from ..errors import DensePredError
+from . import contract_cache
 
 log = logging.getLogger("densepred")
 
@@ -40,7 +42,6 @@ NON_LOCAL = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, to
              torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.LocalResponseNorm)
 SHIFT_TOLERANCE = 1e-5  # relative: float32 rounding between window sizes stays far below it
 PROBE_VOXELS = 2**22  # the largest probe window (voxels); a larger context must be given
-_CACHE: dict[tuple[Any, ...], TilingContract] = {}
 
 
 @dataclass(frozen=True)
@@ -225,18 +226,32 @@ def _identity_norm(module: torch.nn.Module) -> bool:
 def sizes(model: torch.nn.Module, dims: int, in_channels: int,
           factor: tuple[int, ...] | None = None) -> TilingContract:
     """The model's factor, crop and accepted sizes; its context and verdict are not probed yet
-    (``exact`` is None)."""
+    (``exact`` is None). Cached on disk (:mod:`.contract_cache`)."""
+    key = contract_cache.cache_key("sizes", _model_hash(model), dims, in_channels, factor)
+    cached = contract_cache.load(key)
+    if cached is not None:
+        return _contract(cached)
     first, found_factor, crop_side = first_forward(model, in_channels, dims)
-    return TilingContract(tuple(factor) if factor is not None else found_factor, (crop_side,) * dims,
-                          ((0, 0),) * dims, None, "", (first,) * dims)
+    contract = TilingContract(tuple(factor) if factor is not None else found_factor, (crop_side,) * dims,
+                              ((0, 0),) * dims, None, "", (first,) * dims)
+    contract_cache.store(key, asdict(contract))
+    return contract
+
+
+def _contract(fields: dict[str, Any]) -> TilingContract:
+    """A contract from its cached JSON fields (lists back to tuples)."""
+    return TilingContract(tuple(fields["factor"]), tuple(fields["crop"]),
+                          tuple(tuple(c) for c in fields["context"]), fields["exact"], fields["reason"],
+                          tuple(fields["smallest"]))
 
 
 def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingContract) -> TilingContract:
     """The full contract from ``sizes``: context and verdict (module docstring), cached by the
     model's hash. A factor found too small by the shift check is doubled, up to 8 times."""
-    key = (_model_hash(model), sizes.factor, sizes.context)
-    if key in _CACHE:
-        return _CACHE[key]
+    key = contract_cache.cache_key("verdict", _model_hash(model), dims, in_channels, asdict(sizes))
+    cached = contract_cache.load(key)
+    if cached is not None:
+        return _contract(cached)
     first, factor, crop = sizes.smallest[0], sizes.factor, sizes.crop
     given = sizes.context if any(a or b for a, b in sizes.context) else None
     contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
@@ -247,7 +262,7 @@ def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingCo
             break
         factor = larger
         contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
-    _CACHE[key] = contract
+    contract_cache.store(key, asdict(contract))
     return contract
 
 
