@@ -89,6 +89,11 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resident_bytes() -> int:
     """This process's resident memory now (VmRSS), 0 where it cannot be read."""
     return proc_values().get("VmRSS", 0)

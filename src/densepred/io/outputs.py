@@ -86,6 +86,13 @@ class OutputArray:
             for folder in {path.parent for path in self._chunk_files(box)}:
                 fsync_folder(folder)
 
+    def write_box(self, box: tuple[slice, ...], values: np.ndarray, labels: bool) -> None:
+        """Write ``values`` over the spatial ``box`` (every channel, unless the output holds
+        labels without a channel axis) and make them durable."""
+        key = box if labels else (slice(None), *box)
+        self[key] = values
+        self.sync(key)
+
     def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
         array = self.array
         grid = getattr(array, "shards", None) or array.chunks

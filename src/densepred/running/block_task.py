@@ -9,12 +9,13 @@ and makes them durable before it returns, so running it twice writes the same by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ..geometry import BlockPlan, Tile, TilePlan
 from ..io import ArraySpec, ChannelFirst, open_array, open_output
 from ..io.encoding import Encoding
 from ..networks import create_prediction_net
+from ..system import available_cores
 from .devices import resolve_device
 from .input_checks import NonFinite
 from .predict import make_engine, predict_tiles
@@ -97,12 +99,8 @@ def run_block(payload: NetPayload, job: BlockJob, block_id: int, done: Sequence[
     only recomputed when their batch has a missing tile)."""
     worker = _worker_address()
     start = time.perf_counter()
-    try:
+    with _reported(worker):
         return _run_block(payload, job, block_id, set(done), worker, start)
-    except DensePredError as exc:
-        raise BlockFailed(str(exc), worker, final=True) from None
-    except Exception as exc:
-        raise BlockFailed(f"{type(exc).__name__}: {exc}", worker, final=False) from exc
 
 
 def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int], worker: str,
@@ -123,9 +121,7 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
         if plan.tile_id(tile) in done:
             return
         non_finite.check(tile, probabilities)
-        box = tile.owned_slices() if job.encoding.argmax else (slice(None), *tile.owned_slices())
-        output[box] = job.encoding(probabilities)
-        output.sync(box)
+        output.write_box(tile.owned_slices(), job.encoding(probabilities), job.encoding.argmax)
         written += int(np.prod(tile.owned_shape))
 
     try:
@@ -139,18 +135,24 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
 def run_level_shard(output_spec: ArraySpec, level: int, box: tuple[tuple[int, int], ...],
                     source: tuple[tuple[int, int], ...], step: tuple[int, ...], label: bool) -> int:
     """Write one shard of pyramid ``level`` from the level below; returns the shard's voxels."""
-    worker = _worker_address()
-    try:
+    with _reported(_worker_address()):
         output = open_output(output_spec, clean=False)
         try:
             write_level_block(output.level(level - 1), output.level(level), box, source, step, label)
         finally:
             output.close()
+    return int(np.prod([b - a for a, b in box]))
+
+
+@contextlib.contextmanager
+def _reported(worker: str) -> Iterator[None]:
+    """A task's error as :class:`BlockFailed`: final for a user's error, retried otherwise."""
+    try:
+        yield
     except DensePredError as exc:
         raise BlockFailed(str(exc), worker, final=True) from None
     except Exception as exc:
         raise BlockFailed(f"{type(exc).__name__}: {exc}", worker, final=False) from exc
-    return int(np.prod([b - a for a, b in box]))
 
 
 def _net(payload: NetPayload, job: BlockJob) -> Any:
@@ -169,7 +171,7 @@ def _net(payload: NetPayload, job: BlockJob) -> Any:
 
 def _default_threads() -> int:
     """The worker's cores shared among the tasks it runs at once."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     try:
         from distributed import get_worker
 

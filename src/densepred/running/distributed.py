@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import DensePredError
 from ..geometry import BlockPlan, level_shard, shard_boxes, source_box
-from ..system import available_ram, resident_bytes
+from ..system import available_cores, available_ram, resident_bytes
 from .block_task import BlockFailed, BlockJob, BlockResult, NetPayload, run_block, run_level_shard
 from .devices import resolve_device
 from .file_job import JobResult, PredictJob, _finish, _new_output, _prepare, _reopen, _Setup, _write_error
@@ -138,12 +138,6 @@ def local_cluster(workers: int, threads: int | None, device: str | None) -> Any:
         specs[i] = {"cls": Nanny, "options": options}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING, name="densepred")
-
-
-def available_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _gpu_count() -> int:

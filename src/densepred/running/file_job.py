@@ -274,9 +274,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
         if tile_id in done:
             return  # recomputed only because its batch had a missing tile
         non_finite.check(tile, probabilities)
-        box = tile.owned_slices() if encoding.argmax else (slice(None), *tile.owned_slices())
-        output[box] = encoding(probabilities)
-        output.sync(box)
+        output.write_box(tile.owned_slices(), encoding(probabilities), encoding.argmax)
         done_log.append(tile_id)
         written += 1
 

@@ -122,10 +122,7 @@ def _output_shape(run: ForeignRun, encoding: Encoding) -> tuple[int, ...]:
 
 
 def _write(output: Any, encoding: Encoding, box: Sequence[tuple[int, int]], values: np.ndarray) -> None:
-    key = tuple(slice(a, b) for a, b in box)
-    key = key if encoding.argmax else (slice(None), *key)
-    output[key] = encoding(values)
-    output.sync(key)
+    output.write_box(tuple(slice(a, b) for a, b in box), encoding(values), encoding.argmax)
 
 
 def _exact(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, progress: bool) -> tuple[int, int]:
