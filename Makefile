@@ -4,14 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow lint demo bench clean
+.PHONY: test test-slow lint demo bench screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The exact torch pin keeps pip on the local CPU wheel instead of a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]'   # with napari, magicgui and PyQt6 for the plugin's tests
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/dense_speed.py
+
+# the README's napari screenshot; needs Xvfb (apt-get install xvfb) where there is no display
+screenshot: $(STAMP)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/napari_screenshot.py docs/napari.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .import_linter_cache .ruff_cache

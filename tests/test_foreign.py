@@ -274,3 +274,28 @@ def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
         model.head.weight.add_(0.01)  # other weights: another key
     with pytest.raises(AssertionError, match="probed again"):
         densepred.from_torch(model, dims=3, in_channels=1)
+
+
+def per_slice(net, stack, **options):
+    """The definition for a stack: the 2D model's prediction of every slice on its own."""
+    return np.stack([densepred.predict_dense(net, image, **options) for image in stack], axis=1)
+
+
+@pytest.mark.parametrize(("mode", "window", "tol"), [("exact", (3, 40, 36), 1e-6), ("blend", (24, 20), 1e-5)])
+def test_a_2d_model_over_a_stack_equals_every_slice_on_its_own(mode, window, tol):
+    model = trained_looking(UNet(dims=2), seed=4)
+    net = densepred.from_torch(model, dims=2, in_channels=1)
+    stack = np.random.default_rng(14).random((7, 57, 49), dtype=np.float32)
+    got = densepred.predict_dense(net, stack, mode=mode, tile_shape=window)
+    expected = per_slice(net, stack, mode=mode, tile_shape=window[-2:])
+    assert got.shape == (3, *stack.shape)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+
+
+def test_flips_over_a_stack_flip_y_and_x_only():
+    model = trained_looking(UNet(dims=2), seed=4)
+    net = densepred.from_torch(model, dims=2, in_channels=1)
+    stack = np.random.default_rng(15).random((4, 41, 39), dtype=np.float32)
+    got = densepred.predict_dense(net, stack, mode="blend", tile_shape=(24, 20), tta=[1])
+    expected = per_slice(net, stack, mode="blend", tile_shape=(24, 20), tta=[1])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)

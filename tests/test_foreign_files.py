@@ -64,10 +64,12 @@ def test_pt_weights_load_through_weights_only(model_files, tmp_path):
     assert stored(tmp_path / "a.zarr").tobytes() == stored(tmp_path / "b.zarr").tobytes()
 
 
-@pytest.mark.parametrize(("mode", "target", "tile"), [("exact", "_write", "40"), ("blend", "_blend_slab", "16,40,40")])
-def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatch, mode, target, tile):
+@pytest.mark.parametrize(("mode", "where", "target", "tile"), [("exact", "_Sink", "write", "40"),
+                                                              ("blend", None, "_blend_slab", "16,40,40")])
+def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatch, mode, where, target, tile):
     assert predict(tmp_path, "whole.zarr", "--mode", mode, "--tile", tile, "--overlap", "0.5") == 0
-    original, calls = getattr(foreign_job, target), {"n": 0}
+    owner = foreign_job if where is None else getattr(foreign_job, where)
+    original, calls = getattr(owner, target), {"n": 0}
 
     def crash(*args):
         calls["n"] += 1
@@ -75,13 +77,13 @@ def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatc
             raise OSError(5, "Input/output error")
         return original(*args)
 
-    monkeypatch.setattr(foreign_job, target, crash)
+    monkeypatch.setattr(owner, target, crash)
     with pytest.raises(OSError, match="Input/output error"):
         densepred.predict_to_file(densepred.PredictJob(
             None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
             model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode=mode,
             tile=_shape(tile), progress=False))
-    monkeypatch.setattr(foreign_job, target, original)
+    monkeypatch.setattr(owner, target, original)
     assert predict(tmp_path, "cut.zarr", "--mode", mode, "--tile", tile, "--overlap", "0.5", "--resume") == 0
     assert stored(tmp_path / "cut.zarr").tobytes() == stored(tmp_path / "whole.zarr").tobytes()
 
@@ -129,3 +131,34 @@ def test_a_torch_export_program_predicts_like_its_module(model_files, tmp_path):
     net = densepred.from_torch(model, dims=3, in_channels=1)
     expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=40)
     np.testing.assert_allclose(stored(tmp_path / "e.zarr"), expected, rtol=0, atol=1e-5)
+
+
+def test_a_2d_model_over_a_stack_predicts_file_to_file(tmp_path):
+    model = trained_looking(UNet(dims=2), seed=9).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet2d.safetensors")
+    stack = np.random.default_rng(16).random((6, 45, 38), dtype=np.float32)
+    np.save(tmp_path / "in.npy", stack)
+    assert main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", json.dumps({"dims": 2}),
+                 "--dims", "2", "--weights", str(tmp_path / "unet2d.safetensors"), "--input",
+                 str(tmp_path / "in.npy"), "--output", str(tmp_path / "out.zarr"), "--mode", "exact", "--tile",
+                 "40,36", "--quiet"]) == 0
+    net = densepred.from_torch(model, dims=2, in_channels=1)
+    expected = np.stack([densepred.predict_dense(net, image, mode="exact", tile_shape=(40, 36)) for image in stack],
+                        axis=1)
+    np.testing.assert_allclose(stored(tmp_path / "out.zarr"), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "blend"])
+def test_strict_refuses_a_nan_input_and_names_the_voxel(model_files, tmp_path, capsys, caplog, mode):
+    _, volume = model_files
+    volume = volume.copy()
+    volume[20, 30, 11] = np.nan
+    np.save(tmp_path / "in.npy", volume)
+    assert predict(tmp_path, "strict.zarr", "--mode", mode, "--tile", "40,40,40", "--strict") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "no finite prediction" in err[0]
+    assert not zarr.open_group(tmp_path / "strict.zarr", mode="r").attrs["densepred"].get("complete")
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert predict(tmp_path, "lenient.zarr", "--mode", mode, "--tile", "40,40,40") == 0
+    assert any("pass --strict to refuse it" in r.getMessage() for r in caplog.records)

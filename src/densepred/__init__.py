@@ -19,7 +19,7 @@ from .system import tune_cpu_allocator
 tune_cpu_allocator()
 
 from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config  # noqa: E402
-from .errors import ConfigError, DensePredError  # noqa: E402
+from .errors import Cancelled, ConfigError, DensePredError  # noqa: E402
 from .geometry import Geometry  # noqa: E402
 from .networks import (  # noqa: E402
     DenseEngine,
@@ -49,6 +49,7 @@ predictDense = predict_dense
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "Config",
     "ConfigError",
     "DenseEngine",

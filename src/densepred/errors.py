@@ -18,3 +18,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` hint for a misspelt key, or ``""`` if nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Cancelled(Exception):
+    """A run stopped because its progress callback asked it to (a Cancel button).
+
+    A file output stays unfinished and resumable; an in-memory result is not returned.
+    """

@@ -77,3 +77,9 @@ def fsync_folder(folder: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def cache_folder(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/densepred/<parts>`` (default ``~/.cache``): data densepred can make again."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base, "densepred", *parts)

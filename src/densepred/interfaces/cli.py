@@ -15,6 +15,7 @@ from ..errors import DensePredError
 from ..geometry import Geometry
 from ..io.outputs import OUTPUT_DTYPES
 from .model_options import add_model_options, model_job
+from .values import parse_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -419,21 +420,6 @@ def parse_numbers(text: str, dims: int, option: str, stack: bool = False) -> tup
         raise DensePredError(f"{option} {text!r} is invalid; expected {_counts_text(dims, stack)} positive numbers "
                              f"like {','.join(['1'] * dims)} (z, y, x order)")
     return tuple(values)
-
-
-SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-              "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
-
-
-def parse_size(text: str, option: str) -> int:
-    """``"8GiB"``, ``"500MB"``, ``"2e9"`` -> bytes."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
-        raise DensePredError(f"{option} {text!r} is invalid; expected a size like 8GiB, 500MB or 2000000000")
-    return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
 def _x(shape: Sequence[int] | None) -> str:

@@ -69,14 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     print(f"[1/4] synthetic EM volumes -> {out}")
-    for name, shape, seed in (("train", (32, 160, 160), 1), ("validation", (16, 96, 96), 2),
-                              ("test", (40, 256, 256), 3)):
-        raw, label = em_volume(shape, seed=seed)
-        with h5py.File(out / f"{name}.h5", "w") as f:
-            f.create_dataset("raw", data=raw, chunks=True, compression="gzip")
-            f.create_dataset("label", data=label, chunks=True, compression="gzip")
-    config = out / "membranes.toml"
-    config.write_text(DEMO_CONFIG.format(steps=args.steps))
+    config = write_example(out, args.steps)
 
     print(f"[2/4] training {config.name} for {args.steps} steps on the CPU")
     if _trained(out):
@@ -105,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {out / 'run'}/membranes-LAST.safetensors, -BEST.safetensors, history.csv, history.png")
     print(f"  {out / 'prediction.h5'} (membrane probability), {png} (raw | prediction | truth)")
     return 0
+
+
+def write_example(out: Path, steps: int, test_shape: tuple[int, int, int] = (40, 256, 256)) -> Path:
+    """Training, validation and test volumes (HDF5) and the membrane net's config, in ``out``."""
+    for name, shape, seed in (("train", (32, 160, 160), 1), ("validation", (16, 96, 96), 2), ("test", test_shape, 3)):
+        raw, label = em_volume(shape, seed=seed)
+        with h5py.File(out / f"{name}.h5", "w") as f:
+            f.create_dataset("raw", data=raw, chunks=True, compression="gzip")
+            f.create_dataset("label", data=label, chunks=True, compression="gzip")
+    config = out / "membranes.toml"
+    config.write_text(DEMO_CONFIG.format(steps=steps))
+    return config
 
 
 def _trained(out: Path) -> bool:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import DensePredError
+from .values import parse_floats, parse_ints
 
 
 def add_model_options(pred: argparse.ArgumentParser) -> None:
@@ -41,39 +42,18 @@ def model_job(args: argparse.Namespace) -> Any:
     return PredictJob(
         config=None, input=args.input, output=args.output, weights=args.weights, model=args.model,
         model_kwargs=args.model_kwargs, model_file=args.model_file, dims=args.dims, in_channels=args.in_channels,
-        activation=args.activation, mode=args.mode or "auto", tile=_ints(args.tile, args.dims, "--tile"),
+        activation=args.activation, mode=args.mode or "auto", tile=parse_ints(args.tile, args.dims, "--tile"),
         overlap=args.overlap, tta=_tta(args.tta), device=args.device, dtype=args.dtype, argmax=args.argmax,
-        classes=_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
-        progress=not args.quiet, levels=args.levels, chunks=_ints(args.chunks, args.dims, "--chunks"),
-        voxel_size=None if args.voxel_size is None else _floats(args.voxel_size), unit=args.unit)
-
-
-def _ints(text: str | None, dims: int | None, option: str) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if dims is not None and len(values) == 1:
-        values = values * dims
-    if not values or (dims is not None and len(values) != dims) or any(v < 0 for v in values):
-        count = f"{dims} " if dims else ""
-        raise DensePredError(f"{option} {text!r} is invalid; expected {count}non-negative integers like 64,128,128")
-    return values
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise DensePredError(f"--voxel-size {text!r} is invalid; expected numbers like 40,4,4") from None
+        classes=parse_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
+        strict=args.strict,
+        progress=not args.quiet, levels=args.levels, chunks=parse_ints(args.chunks, args.dims, "--chunks"),
+        voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit)
 
 
 def _tta(text: str | None) -> str | tuple[int, ...] | None:
     if text is None or text == "flips":
         return text
-    return _ints(text, None, "--tta")
+    return parse_ints(text, None, "--tta")
 
 
 __all__ = ["add_model_options", "model_job"]

@@ -11,7 +11,7 @@ from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net
 from .engines import ENGINE_MODES, DenseEngine, StackEngine
 from .foreign import ForeignNet, TilingContract, from_torch
 from .prediction_net import PREDICTION_MODES, create_prediction_net, create_predncnn, valid_tile
-from .weights import best_path, last_path, load_weights, optimizer_path, save_weights
+from .weights import best_path, config_last, last_path, load_weights, optimizer_path, save_weights
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "TilingContract",
     "best_path",
     "build_net",
+    "config_last",
     "create_prediction_net",
     "create_predncnn",
     "from_torch",

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, cache_folder
 
 log = logging.getLogger("densepred")
 
@@ -29,8 +29,7 @@ def cache_key(*parts: Any) -> str:
 def _folder() -> Path | None:
     if os.environ.get("DENSEPRED_NO_CONTRACT_CACHE"):
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "densepred" / "contracts"
+    return cache_folder("contracts")
 
 
 def load(key: str) -> dict[str, Any] | None:

@@ -92,6 +92,8 @@ class ForeignNet(torch.nn.Module):
             log.info("tiling contract: %s", self._contract.describe())
         return self._contract
 
+    independent_axes: tuple[int, ...] = ()  # axes along which windows need no overlap (a stack's z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -99,6 +101,43 @@ class ForeignNet(torch.nn.Module):
         if self.output == "softmax":
             return torch.softmax(logits, dim=1)
         return torch.sigmoid(logits) if self.output == "sigmoid" else logits
+
+
+class SliceWise(torch.nn.Module):
+    """A 2D model applied to every z slice of ``(N, C, Z, Y, X)``, the slices batched."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, z = x.shape[:3]
+        y = self.model(x.transpose(1, 2).reshape(n * z, c, *x.shape[3:]))
+        return y.reshape(n, z, *y.shape[1:]).transpose(1, 2)
+
+
+class StackNet(ForeignNet):
+    """A 2D model over a stack of 2D images: a 3D net whose z slices are independent.
+
+    Its contract is the 2D one with z added as factor 1, crop 0, context 0, so a window of
+    several slices is exact and windows need no overlap along z.
+    """
+
+    independent_axes = (0,)
+
+    def __init__(self, flat: ForeignNet):
+        super().__init__(SliceWise(flat.model), 3, flat.in_channels, flat.output, over_stack(flat.sizes), None)
+        self.flat = flat
+
+    @property
+    def contract(self) -> TilingContract:
+        return over_stack(self.flat.contract)
+
+
+def over_stack(c: TilingContract) -> TilingContract:
+    """A 2D contract with a leading z axis of independent slices."""
+    return TilingContract((1, *c.factor), (0, *c.crop), ((0, 0), *c.context), c.exact, c.reason,
+                          (1, *c.smallest) if c.smallest else ())
 
 
 def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: str = "softmax",

@@ -27,6 +27,13 @@ def last_path(save_dir: Path, name: str) -> Path:
     return Path(save_dir) / f"{name}-LAST.safetensors"
 
 
+def config_last(cfg: Any) -> Path:
+    """The LAST weights of a config's training run (its ``save_dir`` and ``name``)."""
+    if cfg.save_dir is None:
+        raise DensePredError("the config has no save_dir; give the weights file (--weights FILE)")
+    return last_path(cfg.save_dir, cfg.name)
+
+
 def best_path(save_dir: Path, name: str) -> Path:
     """The weights with the lowest validation loss of the run ``name``."""
     return Path(save_dir) / f"{name}-BEST.safetensors"

@@ -13,7 +13,7 @@
 
 from .devices import resolve_device
 from .file_job import JobResult, PredictJob, predict_to_file
-from .predict import class_probabilities, predict_dense, predict_tiles
+from .predict import class_probabilities, output_origin, predict_dense, predict_tiles
 from .profiling import ProfileResult, profile
 from .training import TrainResult, train
 
@@ -23,6 +23,7 @@ __all__ = [
     "ProfileResult",
     "TrainResult",
     "class_probabilities",
+    "output_origin",
     "predict_dense",
     "predict_tiles",
     "predict_to_file",

@@ -66,16 +66,14 @@ def predict_on_cluster(job: PredictJob, client: Any = None) -> JobResult:
                                  "HDF5, TIFF and NumPy files cannot take writes from several processes")
         if previous is not None and previous.get("complete"):
             log.warning("%s is already complete; nothing to do", setup.out_spec)
-            return JobResult(setup.out_spec, tuple(setup.record["output"]["shape"]), len(setup.plan), 0,
-                             len(setup.plan), setup.plan.input_tile, setup.estimated_peak)
+            return setup.result(0, len(setup.plan))
         output, done = (_reopen(setup), read_done(setup.record_dir)) if previous else (_new_output(setup, job), set())
         skipped = len(done)
         computed = _run_blocks(connected, job, setup, done)
         if setup.layout is not None and len(setup.layout.levels) > 1:
             _run_pyramid(connected, job, setup)
         _finish(setup, output)
-    return JobResult(setup.out_spec, tuple(setup.record["output"]["shape"]), len(setup.plan), computed, skipped,
-                     setup.plan.input_tile, setup.estimated_peak)
+    return setup.result(computed, skipped)
 
 
 def _check_cluster_job(job: PredictJob, client: Any) -> None:

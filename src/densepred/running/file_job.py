@@ -42,12 +42,13 @@ from ..io import (
 from ..io.encoding import Encoding
 from ..io.ome_zarr import OmeLayout
 from ..io.output_checks import check_replaceable
-from ..networks import create_prediction_net, last_path
+from ..networks import config_last, create_prediction_net
 from .devices import resolve_device
 from .input_checks import NonFinite
 from .memory_budget import memory_budget, tile_cost
 from .output_layout import ome_layout
 from .predict import choose_mode, footprint_for, make_engine, plan_tiles, predict_tiles, source_geometry
+from .progress import ProgressOption
 from .pyramid import build_pyramid
 from .run_record import (
     RECORD_VERSION,
@@ -87,7 +88,7 @@ class PredictJob:
     batch_size: int | None = None
     resume: bool = False
     overwrite: bool = False
-    progress: bool = True
+    progress: ProgressOption = True  # or a callback that may cancel (:mod:`.progress`)
     strict: bool = False  # refuse input windows with NaN or inf instead of warning
     levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
     chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
@@ -119,6 +120,7 @@ class JobResult:
     skipped: int
     input_tile: tuple[int, ...] = ()
     estimated_peak: int = 0  # bytes: the memory estimate the tile was chosen by
+    origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
 
 
 @dataclass
@@ -147,6 +149,10 @@ class _Setup:
         """Output voxel -> the image voxel it is centred on."""
         return tuple(o + (0 if self.mirror else b) for o, b in zip(self.plan.origin, self.offset, strict=True))
 
+    def result(self, computed: int, skipped: int) -> JobResult:
+        return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), len(self.plan), computed, skipped,
+                         self.plan.input_tile, self.estimated_peak, self.shift)
+
 
 def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     """Run a prediction job: check everything, create (or reopen) the output, stream the tiles.
@@ -168,8 +174,7 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     setup, previous = _prepare(job)
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", setup.out_spec)
-        return JobResult(setup.out_spec, tuple(setup.record["output"]["shape"]), len(setup.plan), 0, len(setup.plan),
-                         setup.plan.input_tile, setup.estimated_peak)
+        return setup.result(0, len(setup.plan))
     if previous is not None:
         output, done = _reopen(setup), read_done(setup.record_dir)
     else:
@@ -185,7 +190,7 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
-    weights = Path(job.weights) if job.weights is not None else _default_weights(cfg)
+    weights = Path(job.weights) if job.weights is not None else config_last(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
@@ -293,8 +298,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
         except OSError as exc:
             raise _write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
     _finish(setup, output)
-    return JobResult(out_spec, tuple(setup.record["output"]["shape"]), len(tiles), len(todo), len(done),
-                     plan.input_tile, setup.estimated_peak)
+    return setup.result(len(todo), len(done))
 
 
 def _finish(setup: _Setup, output: Any) -> None:
@@ -417,12 +421,6 @@ def output_roi(roi: Sequence[tuple[int, int]] | None, image: Sequence[int], offs
                              f"it must lie within {valid}{why}")
     shift = [0] * len(image) if mirror else list(offset)
     return [(a - s, b - s) for (a, b), s in zip(roi, shift, strict=True)]
-
-
-def _default_weights(cfg: Config) -> Path:
-    if cfg.save_dir is None:
-        raise DensePredError("the config has no save_dir; pass --weights FILE")
-    return last_path(cfg.save_dir, cfg.name)
 
 
 def _classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -20,6 +20,7 @@ import itertools
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from ..networks.foreign import from_torch
 from ..networks.loading import load_model
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
 from .foreign_predict import ForeignRun, source_of
+from .input_checks import NonFinite
 from .output_layout import layout_for
-from .progress import Progress
+from .progress import Progress, ProgressOption
 from .pyramid import build_pyramid
 from .run_record import (
     RECORD_VERSION,
@@ -62,9 +64,9 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
     check_not_input(out_spec, in_spec)
     model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
     net = from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
-    source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
+    net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     run = ForeignRun.create(net, source, job.mode or "auto", job.tile, job.overlap, job.tta, None, job.device)
-    channels = run.forward((0,) * job.dims).shape[0]
+    channels = run.forward((0,) * len(run.window)).shape[0]
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
@@ -75,7 +77,7 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
         check_same(previous, record, out_spec)
         if previous.get("complete"):
             log.warning("%s is already complete; nothing to do", out_spec)
-            return JobResult(out_spec, tuple(record["output"]["shape"]), 0, 0, 0, run.window)
+            return JobResult(out_spec, tuple(record["output"]["shape"]), 0, 0, 0, run.window, origin=run.contract.crop)
         output = reopen(out_spec)
     else:
         shape = _output_shape(run, encoding)
@@ -83,14 +85,17 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
         output = start_output(out_spec, record_dir, record, job.overwrite, job.resume, lambda: create_output(
             out_spec, shape, encoding.stored_dtype, chunks, attributes={"densepred": {"complete": False}},
             layout=layout))
+    sink = _Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
     if run.mode == "exact":
-        computed, total = _exact(run, output, encoding, record_dir, job.progress)
+        computed, total = _exact(run, sink, record_dir, job.progress)
     else:
-        computed, total = _blend(run, output, encoding, record_dir, job.progress)
+        computed, total = _blend(run, sink, record_dir, job.progress)
+    sink.non_finite.report()
     if layout is not None and len(layout.levels) > 1:
         build_pyramid(output, layout.levels, run.output_window, encoding.argmax, record_dir, job.progress)
     _finish(output, record_dir, record)
-    return JobResult(out_spec, tuple(record["output"]["shape"]), total, computed, total - computed, run.window)
+    return JobResult(out_spec, tuple(record["output"]["shape"]), total, computed, total - computed, run.window,
+                     origin=run.contract.crop)
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ForeignRun, encoding: Encoding,
@@ -99,7 +104,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Fore
     record = {
         "version": RECORD_VERSION,
         "input": {"spec": str(in_spec.resolved()), "shape": list(np.shape(source.image)), "dtype": str(source.dtype),
-                  "fingerprint": array_fingerprint(source.image, job.dims)},
+                  "fingerprint": array_fingerprint(source.image, len(run.window))},
         "input_file": file_stamp(in_spec.path),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
@@ -121,11 +126,20 @@ def _output_shape(run: ForeignRun, encoding: Encoding) -> tuple[int, ...]:
     return run.output_shape if encoding.channels is None else (encoding.channels, *run.output_shape)
 
 
-def _write(output: Any, encoding: Encoding, box: Sequence[tuple[int, int]], values: np.ndarray) -> None:
-    output.write_box(tuple(slice(a, b) for a, b in box), encoding(values), encoding.argmax)
+@dataclass
+class _Sink:
+    """The output, its encoding, and the count of voxels without a finite prediction."""
+
+    output: Any
+    encoding: Encoding
+    non_finite: NonFinite
+
+    def write(self, box: Sequence[tuple[int, int]], values: np.ndarray) -> None:
+        self.non_finite.check_box([a for a, _ in box], values)
+        self.output.write_box(tuple(slice(a, b) for a, b in box), self.encoding(values), self.encoding.argmax)
 
 
-def _exact(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, progress: bool) -> tuple[int, int]:
+def _exact(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
     pieces = run.exact_windows()
     done = read_done(record_dir)
     todo = [(i, p) for i, p in enumerate(pieces) if i not in done]
@@ -133,7 +147,7 @@ def _exact(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, p
     done_log = DoneLog(record_dir)
     try:
         for i, piece in todo:
-            _write(output, encoding, piece.box, run.owned(piece))
+            sink.write(piece.box, run.owned(piece))
             done_log.append(i)
             bar.update(int(np.prod([b - a for a, b in piece.box])))
     finally:
@@ -142,7 +156,7 @@ def _exact(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, p
     return len(todo), len(pieces)
 
 
-def _blend(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, progress: bool) -> tuple[int, int]:
+def _blend(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
     import zarr
 
     out_shape, depth = run.output_shape, run.output_window[0]
@@ -164,7 +178,7 @@ def _blend(run: ForeignRun, output: Any, encoding: Encoding, record_dir: Path, p
                 row_log.append(r)
                 computed += 1
             covering = [(q, zq) for q, zq in enumerate(rows[:r + 1]) if zq + depth > z]
-            _blend_slab(run, zarr, store, covering, z, end, output, encoding)
+            _blend_slab(run, zarr, store, covering, z, end, sink)
             slab_log.append(r)
             bar.update(int(np.prod(out_shape[1:])) * (end - z))
             for q, zq in enumerate(rows[:r + 1]):  # rows no later slab needs
@@ -193,7 +207,7 @@ def _blend_row(run: ForeignRun, zarr: Any, store: Path, r: int, z: int, depth: i
 
 
 def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,
-                output: Any, encoding: Encoding) -> None:
+                sink: _Sink) -> None:
     """Output slab ``[z, end)``: the rows that cover it, summed and divided by the weight sum,
     one window-sized box at a time."""
     arrays = [(zarr.open_array(store / f"row{q}", mode="r"), zq) for q, zq in covering]
@@ -206,7 +220,7 @@ def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[in
         for rows, zq in arrays:  # each row adds where it reaches into the slab
             lo, hi = max(z, zq), min(end, zq + rows.shape[1])
             total[:, lo - z:hi - z] += np.asarray(rows[(slice(None), slice(lo - zq, hi - zq), *inner)])
-        _write(output, encoding, box, (total / run.weight_sum(box)[None]).astype(np.float32))
+        sink.write(box, (total / run.weight_sum(box)[None]).astype(np.float32))
 
 
 def _finish(output: Any, record_dir: Path, record: dict[str, Any]) -> None:

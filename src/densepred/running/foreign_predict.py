@@ -25,8 +25,9 @@ import torch
 from ..errors import DensePredError
 from ..geometry.overlap import blend_axis, exact_axis, fitted_window
 from ..io import ChannelFirst, to_float32
-from ..networks.foreign import ForeignNet, TilingContract
+from ..networks.foreign import ForeignNet, StackNet, TilingContract
 from .devices import on_device, resolve_device
+from .progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
 
@@ -37,38 +38,60 @@ DEFAULT_WINDOW = 64
 def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
                     overlap: float = 0.5, tta: str | Sequence[int] | None = None,
                     channel_map: dict[int, Sequence[int]] | None = None,
-                    device: str | torch.device | None = None, out: Any = None) -> np.ndarray | Any:
+                    device: str | torch.device | None = None, out: Any = None,
+                    progress: ProgressOption = False) -> np.ndarray | Any:
     """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
 
     ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
     into as they finish (memory: one window); blending into ``out`` goes through
     ``densepred predict --model`` (file to file, streamed), so it is refused here.
+    ``progress``: as in :func:`densepred.predict_dense`, updated after every window.
     """
-    run = ForeignRun.create(net, source_of(net, image), mode, window, overlap, tta, channel_map, device)
+    net, source = source_of(net, image)
+    run = ForeignRun.create(net, source, mode, window, overlap, tta, channel_map, device)
     if out is not None:
-        return _exact_into(run, out)
-    out = _Result(run.output_shape)
-    if run.mode == "exact":
-        for piece in run.exact_windows():
-            out.put(piece.box, run.owned(piece))
-    else:
-        for starts in run.blend_windows():
-            box, values = run.weighted(starts)
-            out.put(box, values, add=True)
-        out.array /= run.weight_sum(tuple((0, n) for n in run.output_shape))[None]
-    return out.array
+        return _exact_into(run, out, progress)
+    result = _Result(run.output_shape)
+    bar = Progress(math.prod(run.output_shape), f"predict ({run.mode})", progress, terminal=True)
+    try:
+        if run.mode == "exact":
+            for piece in run.exact_windows():
+                bar.poll()
+                result.put(piece.box, run.owned(piece))
+                bar.update(_voxels(piece.box))
+        else:
+            windows = list(run.blend_windows())
+            for starts in windows:
+                bar.poll()
+                box, values = run.weighted(starts)
+                result.put(box, values, add=True)
+                bar.update(math.prod(run.output_shape) / len(windows))
+            result.array /= run.weight_sum(tuple((0, n) for n in run.output_shape))[None]
+    finally:
+        bar.close()
+    return result.array
 
 
-def _exact_into(run: ForeignRun, out: Any) -> Any:
+def _exact_into(run: ForeignRun, out: Any, progress: ProgressOption) -> Any:
     if run.mode != "exact":
         raise DensePredError("out= takes exact predictions (memory: one window); to blend a volume larger than "
                              "memory, predict file to file: densepred predict --model ... --mode blend")
     if tuple(out.shape[1:]) != run.output_shape:
         raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
                              f"{', '.join(map(str, run.output_shape))})")
-    for piece in run.exact_windows():
-        out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
+    bar = Progress(math.prod(run.output_shape), "predict (exact)", progress, terminal=True)
+    try:
+        for piece in run.exact_windows():
+            bar.poll()
+            out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
+            bar.update(_voxels(piece.box))
+    finally:
+        bar.close()
     return out
+
+
+def _voxels(box: Sequence[tuple[int, int]]) -> int:
+    return math.prod(b - a for a, b in box)
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,8 @@ class ForeignRun:
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
                overlap: float, tta: Any, channel_map: Any, device: Any) -> ForeignRun:
+        if isinstance(net, StackNet):
+            window, tta, channel_map = _over_stack(net, window, tta, channel_map)
         mode = _mode(net, mode)
         flips = _flips(net, tta, channel_map)
         contract = net.contract if mode == "exact" else net.sizes
@@ -135,8 +160,8 @@ class ForeignRun:
 
     def blend_axes(self) -> list[list[int]]:
         c = self.contract
-        return [blend_axis(s, w, f, self.overlap) for s, w, f in
-                zip(self.source.spatial_shape, self.window, c.factor, strict=True)]
+        return [blend_axis(s, w, f, 0.0 if axis in self.net.independent_axes else self.overlap)
+                for axis, (s, w, f) in enumerate(zip(self.source.spatial_shape, self.window, c.factor, strict=True))]
 
     def blend_windows(self) -> Iterator[tuple[int, ...]]:
         """Window starts in C order, those beyond the output (its padding only) left out."""
@@ -183,14 +208,28 @@ class _Result:
             self.array[key] = values
 
 
-def source_of(net: ForeignNet, image: Any) -> ChannelFirst:
-    """``image`` as ``(C, *S)``; a stack of 2D images is not tiled by a foreign model."""
+def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:
+    """The net and ``image`` as ``(C, *S)``; a 2D model over a stack of 2D images (the rule of
+    :class:`~densepred.io.ChannelFirst`) becomes a :class:`StackNet` over ``(C, Z, Y, X)``."""
     source = image if isinstance(image, ChannelFirst) else ChannelFirst(image, net.in_channels, net.dims)
-    if source.stacked:
-        raise DensePredError(f"a {net.dims}D model from from_torch predicts {net.dims}D images; an image of shape "
-                             f"{list(np.shape(source.image))} is a stack: predict it as a {net.dims + 1}D volume "
-                             "with a 3D model, or slice by slice")
-    return source
+    if not source.stacked:
+        return net, source
+    return StackNet(net), ChannelFirst(source.image, net.in_channels, 3)
+
+
+def _over_stack(net: StackNet, window: Any, tta: Any, channel_map: Any) -> tuple[Any, Any, Any]:
+    """A 2D model's window, flips and channel map over a stack: z first; a 2D window gets as many
+    slices as make about the voxels of a default 3D window."""
+    window = window if window is not None else net.flat.window
+    if isinstance(window, int):
+        window = (window, window)
+    if window is not None and len(window) == 2:
+        window = (max(1, DEFAULT_WINDOW**3 // (int(window[0]) * int(window[1]))), *window)
+    if tta is not None:
+        tta = [1, 2] if tta == "flips" else (tta if isinstance(tta, str) else [a + 1 for a in tta])
+    if channel_map:
+        channel_map = {a + 1: order for a, order in channel_map.items()}
+    return window, tta, channel_map
 
 
 def _context(contract: TilingContract, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:

@@ -29,13 +29,17 @@ class NonFinite:
 
     def check(self, tile: Tile, probabilities: np.ndarray) -> None:
         """``probabilities`` is the tile's owned box, ``(K, *box)``."""
+        self.check_box(tile.owned_start, probabilities)
+
+    def check_box(self, start: Sequence[int], probabilities: np.ndarray) -> None:
+        """``probabilities`` of the output box that starts at ``start``, ``(K, *box)``."""
         bad = ~np.isfinite(probabilities).all(axis=0)
         if not bad.any():
             return
         self.count += int(bad.sum())
         if self.first is None:
             where = np.argwhere(bad)[0]
-            self.first = tuple(int(w + o + s) for w, o, s in zip(where, tile.owned_start, self.shift, strict=True))
+            self.first = tuple(int(w + o + s) for w, o, s in zip(where, start, self.shift, strict=True))
         if self.strict:
             raise DensePredError(self.message())
 

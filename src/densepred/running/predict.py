@@ -21,6 +21,7 @@ from ..networks.foreign import ForeignNet
 from .devices import on_device, resolve_device
 from .memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
 from .pipeline import run_pipeline
+from .progress import Progress, ProgressOption
 
 
 def predict_dense(
@@ -32,7 +33,7 @@ def predict_dense(
     mode: str = "auto",
     batch_size: int | None = None,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: ProgressOption = False,
     out: Any = None,
     memory_limit: int | None = None,
     overlap: float = 0.5,
@@ -60,7 +61,9 @@ def predict_dense(
             ``mode`` attributes, which :func:`create_prediction_net` sets.
         batch_size: tiles per forward pass (default 1).
         device: a torch device; default CUDA when available, else the CPU.
-        progress: show a progress bar with voxels/s.
+        progress: show a progress bar with voxels/s; or a callback that gets the
+            :class:`~densepred.running.progress.Progress` after every tile and before every
+            batch, and may raise :class:`densepred.errors.Cancelled` to stop the run.
         out: an array-like to stream the result into (a zarr array, an h5py dataset, a
             memmap) of the result's shape; each tile is written as soon as it is done, so
             memory depends on the tile, not on the image.
@@ -82,7 +85,8 @@ def predict_dense(
         >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
     """
     if isinstance(net, ForeignNet):
-        return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map)
+        return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
+                                progress)
     net_geometry = _image_geometry(net)
     if tile_shape is None:
         tile_shape = net.tile_shape
@@ -116,18 +120,32 @@ def predict_dense(
 
 
 def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mode: str, device: Any, out: Any,
-                     overlap: float, tta: Any, channel_map: Any) -> np.ndarray:
+                     overlap: float, tta: Any, channel_map: Any, progress: ProgressOption) -> np.ndarray:
     from .foreign_predict import predict_foreign
 
     if mirror:
         raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
                              "its output already covers the image")
     return predict_foreign(net, image, mode=mode, window=window, overlap=overlap, tta=tta, channel_map=channel_map,
-                           device=device, out=out)
+                           device=device, out=out, progress=progress)
+
+
+def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) -> tuple[int, ...]:
+    """The image voxel that voxel 0 of ``predict_dense(net, image, mirror=mirror)`` is centred on.
+
+    A viewer places the result exactly on the image by shifting it this many voxels.
+    """
+    if isinstance(net, ForeignNet):
+        from .foreign_predict import source_of
+
+        return tuple(source_of(net, image)[0].sizes.crop)
+    net_geometry = _image_geometry(net)
+    geometry = source_geometry(net_geometry, ChannelFirst(image, net.config.in_channels, net_geometry.ndim))
+    return (0,) * geometry.ndim if mirror else tuple(geometry.offset)
 
 
 def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
-                  write: Callable[[Tile, np.ndarray], None], *, batch_size: int = 1, progress: bool = False,
+                  write: Callable[[Tile, np.ndarray], None], *, batch_size: int = 1, progress: ProgressOption = False,
                   prefetch: int = 2, pending: int = 2) -> None:
     """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
     the box it owns (``tile.owned_slices()``), to ``write`` in a background thread.
@@ -135,27 +153,26 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     Tiles are batched in the order given; a caller that needs identical numbers on a rerun
     passes the same batches (see :mod:`densepred.job`).
     """
-    bar = _progress_bar(progress, sum(math.prod(t.owned_shape) for t in tiles), engine.mode)
+    bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
     batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
 
     def read(batch: list[Tile]) -> np.ndarray:
         return np.stack([read_window(source, plan, tile) for tile in batch])
 
     def compute(windows: np.ndarray) -> np.ndarray:
+        bar.poll()
         logits = engine(torch.from_numpy(windows))
         return torch.softmax(logits, dim=1).to(torch.float32).cpu().numpy()
 
     def write_batch(batch: list[Tile], probabilities: np.ndarray) -> None:
         for tile, tile_probs in zip(batch, probabilities, strict=True):
             write(tile, tile_probs[(slice(None), *tile.owned_in_tile())])
-            if bar is not None:
-                bar.update(math.prod(tile.owned_shape))
+            bar.update(math.prod(tile.owned_shape))
 
     try:
         run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
@@ -295,12 +312,4 @@ def _positive(value: int | None, name: str, default: int) -> int:
     return int(value)
 
 
-def _progress_bar(enabled: bool, total: int, mode: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="vox", unit_scale=True, desc=f"predict ({mode})")
-
-
-__all__ = ["class_probabilities", "predict_dense"]
+__all__ = ["class_probabilities", "output_origin", "predict_dense"]

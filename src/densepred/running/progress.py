@@ -2,28 +2,46 @@
 
 A batch log (stderr not a terminal, as under SLURM) gets one line per ``interval`` seconds at
 most, plus the last one, never a line per block.
+
+A program (a GUI) passes a callback instead of ``True``: it is called with the
+:class:`Progress` after every update and before every batch is computed (:meth:`Progress.poll`),
+and it cancels the run by raising :class:`densepred.errors.Cancelled`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 LOG_INTERVAL = 60.0  # seconds between progress lines in a batch log
 
 
 class Progress:
-    """``update(voxels)`` as work finishes; ``workers`` is shown beside the rate."""
+    """``update(voxels)`` as work finishes; ``workers`` is shown beside the rate.
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, interval: float = LOG_INTERVAL,
+    ``enabled``: ``True`` (a bar or log lines), ``False`` (silent) or a callback (see above).
+    """
+
+    def __init__(self, total: int, desc: str, enabled: ProgressOption = True, interval: float = LOG_INTERVAL,
                  terminal: bool | None = None):
-        self.total, self.desc, self.enabled, self.interval = total, desc, enabled, interval
+        self.callback = enabled if callable(enabled) else None
+        self.total, self.desc, self.enabled, self.interval = total, desc, enabled is True, interval
         self.done = 0
         self.workers: int | None = None
         self._start = self._last = time.monotonic()
         terminal = sys.stderr.isatty() if terminal is None else terminal
-        self._bar = self._make_bar() if enabled and terminal else None
+        self._bar = self._make_bar() if self.enabled and terminal else None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._start
+
+    def poll(self) -> None:
+        """Give the callback a chance to cancel (before a batch is computed)."""
+        if self.callback is not None:
+            self.callback(self)
 
     def _make_bar(self) -> Any:
         from tqdm.auto import tqdm
@@ -33,6 +51,7 @@ class Progress:
     def update(self, voxels: int, workers: int | None = None) -> None:
         self.done += voxels
         self.workers = workers if workers is not None else self.workers
+        self.poll()
         if self._bar is not None:
             self._bar.update(voxels)
             if workers is not None:
@@ -58,6 +77,9 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+ProgressOption = bool | Callable[[Progress], None]
 
 
 def count_text(n: float) -> str:

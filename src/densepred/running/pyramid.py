@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import Level, level_shard, shard_boxes, source_box
+from .progress import Progress, ProgressOption
 from .run_record import DoneLog, read_done
 
 log = logging.getLogger("densepred")
@@ -29,10 +30,10 @@ def level_log(index: int) -> str:
 
 
 def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], label: bool, record_dir: Path,
-                  progress: bool = False) -> int:
+                  progress: ProgressOption = False) -> int:
     """Write levels 1.. of ``output`` from level 0; returns the number of blocks computed."""
     computed = 0
-    bar = _bar(progress, sum(math.prod(_counts(lv, tile)) for lv in levels[1:]))
+    bar = Progress(sum(math.prod(lv.shape) for lv in levels[1:]), "pyramid", progress, terminal=True)
     try:
         for level in levels[1:]:
             below, target = output.level(level.index - 1), output.level(level.index)
@@ -46,13 +47,11 @@ def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], lab
                         write_level_block(below, target, box, source, level.step, label)
                         done_log.append(block_id)
                         computed += 1
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(math.prod(b - a for a, b in box))
             finally:
                 done_log.close()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return computed
 
 
@@ -97,15 +96,3 @@ def downsample_mode(labels: np.ndarray, step: Sequence[int]) -> np.ndarray:
     counts = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1)
     # the first of the most frequent in sorted order is the smallest of them
     return np.take_along_axis(blocks, counts.argmax(axis=-1)[..., None], axis=-1)[..., 0]
-
-
-def _counts(level: Level, tile: Sequence[int]) -> list[int]:
-    return [math.ceil(n / s) for n, s in zip(level.shape, level_shard(tile, level.shape), strict=True)]
-
-
-def _bar(enabled: bool, total: int) -> Any:
-    if not enabled or not total:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="block", desc="pyramid")

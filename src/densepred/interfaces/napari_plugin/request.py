@@ -1,0 +1,167 @@
+"""What the napari widget asks for, without Qt: the image behind a layer and the prediction settings.
+
+The widget's text fields become a :class:`PredictRequest` through :func:`request_from_fields`,
+which reports every mistake as one :class:`~densepred.errors.DensePredError` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import DensePredError
+from ..values import parse_ints, parse_size
+
+OUTPUTS = ("probabilities", "labels")
+MODES = ("auto", "mfp", "dilated", "naive", "exact", "blend")
+OWN_MODES = ("auto", "mfp", "dilated", "naive")
+MODEL_MODES = ("auto", "exact", "blend")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A layer's full-resolution data and where it lies; ``file`` is the zarr array behind it, if any."""
+
+    data: Any
+    name: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    file: str | None = None
+
+    @classmethod
+    def from_layer(cls, layer: Any) -> ImageSource:
+        if getattr(layer, "rgb", False):
+            raise DensePredError(f"layer '{layer.name}' is RGB; densepred predicts grey or multi-channel images "
+                                 "(open the channels as one layer with the channel axis first)")
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return cls(data, layer.name, tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate),
+                   zarr_behind(layer, data))
+
+
+def zarr_behind(layer: Any, data: Any) -> str | None:
+    """The array spec of the zarr (OME-Zarr) array a layer shows, when its data is that array whole."""
+    import zarr
+
+    from ...io import open_array
+
+    candidates = []
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path and ".zarr" in str(path).lower():
+        candidates.append(str(path).rstrip("/"))
+    if isinstance(data, zarr.Array) and hasattr(data.store, "root") and str(data.store.root).endswith(".zarr"):
+        candidates.append(f"{data.store.root}:{data.path}" if data.path else str(data.store.root))
+    for spec in candidates:
+        try:
+            array = open_array(spec)
+        except (DensePredError, OSError, ValueError):
+            continue
+        if tuple(array.shape) == tuple(data.shape):
+            return spec
+    return None
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One press of Predict: the net (a config or a model from elsewhere), the image and the settings."""
+
+    image: ImageSource
+    config: Path | None = None
+    weights: Path | None = None  # default: the config's LAST
+    model: str | None = None  # package.module:Class, path/to/file.py:Class, or a torch.export .pt2 file
+    model_kwargs: str | None = None  # JSON
+    dims: int = 3  # of a model from elsewhere
+    in_channels: int = 1
+    mode: str = "auto"
+    tile: tuple[int, ...] | None = None  # default: the config's [prediction] tile_shape
+    mirror: bool = True
+    device: str | None = None
+    memory_limit: int | None = None
+    labels: bool = False  # argmax as a labels layer, else probabilities
+    classes: tuple[int, ...] | None = None
+    output_file: Path | None = None  # predict file to file (default for a layer backed by zarr)
+
+    @property
+    def is_model(self) -> bool:
+        return self.model is not None
+
+    @property
+    def model_file(self) -> str | None:
+        return self.model if self.model is not None and self.model.endswith(".pt2") else None
+
+    @property
+    def model_class(self) -> str | None:
+        return self.model if self.model is not None and not self.model.endswith(".pt2") else None
+
+    @property
+    def to_file(self) -> bool:
+        return self.output_file is not None or self.image.file is not None
+
+    def output_path(self) -> Path:
+        """The output file: as given, else ``<input>-<net>[-labels].ome.zarr`` beside the input."""
+        if self.output_file is not None:
+            return self.output_file
+        if self.image.file is None:
+            raise DensePredError("this layer is not backed by a zarr file; give an output file to predict to disk")
+        base = Path(self.image.file.split(".zarr:")[0].removesuffix(".zarr").removesuffix(".ome"))
+        net = Path(self.model.split(":")[-1]).stem if self.model else Path(self.config or "net").stem
+        return base.with_name(f"{base.name}-{net}{'-labels' if self.labels else ''}.ome.zarr")
+
+
+def request_from_fields(image: ImageSource, fields: dict[str, Any]) -> PredictRequest:
+    """A request from the widget's values (strings as typed, blanks for defaults)."""
+    config, model = _path(fields.get("config")), _text(fields.get("model"))
+    if (config is None) == (model is None):
+        raise DensePredError("choose a densepred config (.toml) or a model from elsewhere "
+                             "(package.module:Class, file.py:Class or model.pt2), one of them")
+    dims = int(fields.get("dims") or 3)
+    mode = fields.get("mode") or "auto"
+    valid = MODEL_MODES if model else OWN_MODES
+    if mode not in valid:
+        raise DensePredError(f"mode {mode!r} is not for {'a model from elsewhere' if model else 'a densepred net'}; "
+                             f"valid: {', '.join(valid)}")
+    output = fields.get("output") or "probabilities"
+    if output not in OUTPUTS:
+        raise DensePredError(f"output {output!r} is invalid; valid: {', '.join(OUTPUTS)}")
+    memory = _text(fields.get("memory_limit"))
+    device = _text(fields.get("device"))
+    return PredictRequest(
+        image=image, config=config, weights=_path(fields.get("weights")), model=model,
+        model_kwargs=_text(fields.get("model_kwargs")), dims=dims, in_channels=int(fields.get("in_channels") or 1),
+        mode=mode, tile=parse_ints(_text(fields.get("tile")), None, "tile"),
+        mirror=bool(fields.get("mirror", True)) and model is None, device=None if device == "auto" else device,
+        memory_limit=parse_size(memory, "memory limit") if memory else None, labels=output == "labels",
+        classes=parse_ints(_text(fields.get("classes")), None, "classes"),
+        output_file=_path(fields.get("output_file")))
+
+
+def describe_config(path: Any) -> str:
+    """One line about the net a config describes (or what is wrong with it), for the widget."""
+    from ...config import load_config, network_geometry
+
+    config = _path(path)
+    if config is None:
+        return ""
+    try:
+        cfg = load_config(config)
+        if cfg.network.dims == 0:
+            return f"{cfg.name}: a net for feature vectors (dims = 0); the widget predicts images"
+        geometry = network_geometry(cfg.network)
+    except DensePredError as exc:
+        return " ".join(str(exc).split())
+    tile = cfg.prediction.tile_shape
+    return (f"{cfg.name}: {cfg.network.dims}D, {cfg.network.n_classes} classes, field of view {list(geometry.fov)}; "
+            f"tile {list(tile) if tile else 'by memory'}, mode {cfg.prediction.mode}")
+
+
+def _text(value: Any) -> str | None:
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def _path(value: Any) -> Path | None:
+    text = _text(value)
+    return None if text is None or text == "." else Path(text).expanduser()
+
+
+__all__ = ["ImageSource", "PredictRequest", "describe_config", "request_from_fields", "zarr_behind"]
