@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 import densepred
 from densepred.interfaces.cli import main
 from densepred.running import foreign_job
+from densepred.running.run_record import done_line
 from tests.test_foreign import UNet, trained_looking
 
 KWARGS = json.dumps({"dims": 3, "depth": 2, "width": 4})
@@ -162,3 +163,58 @@ def test_strict_refuses_a_nan_input_and_names_the_voxel(model_files, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="densepred"):
         assert predict(tmp_path, "lenient.zarr", "--mode", mode, "--tile", "40,40,40") == 0
     assert any("pass --strict to refuse it" in r.getMessage() for r in caplog.records)
+
+
+SOURCE = '''import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Same-padded, one 2x downsampling, eval batch norm: exactly tileable."""
+
+    def __init__(self, width=3):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv3d(1, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(), nn.MaxPool3d(2))
+        self.up = nn.ConvTranspose3d(width, width, 2, stride=2)
+        self.head = nn.Conv3d(width + 1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.cat([x, self.up(self.down(x))], 1))
+'''
+
+
+def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(tmp_path):
+    (tmp_path / "tiny.py").write_text(SOURCE)
+    from densepred.networks.loading import load_model
+
+    model = trained_looking(load_model(f"{tmp_path / 'tiny.py'}:Tiny"), seed=3).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny.safetensors")
+    np.save(tmp_path / "in.npy", np.random.default_rng(17).random((29, 47, 41), dtype=np.float32))
+
+    def job(output, **options):
+        return densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / output),
+                                    model=f"{tmp_path / 'tiny.py'}:Tiny", weights=str(tmp_path / "tiny.safetensors"),
+                                    mode="exact", tile=(16, 20, 20), progress=False, levels=2, **options)
+
+    densepred.predict_to_file(job("one.zarr"))
+    result = densepred.predict_to_file(job("two.zarr", workers=2, threads_per_worker=1, tiles_per_block=1))
+    assert result.tiles > 4  # several blocks
+    np.testing.assert_allclose(stored(tmp_path / "two.zarr"), stored(tmp_path / "one.zarr"), rtol=0, atol=1e-6)
+    assert zarr.open_group(tmp_path / "two.zarr", mode="r").attrs["densepred"]["complete"] is True
+
+    record = tmp_path / "two.zarr.densepred"  # interrupted after its first blocks: resume in one process
+    state = json.loads((record / "run.json").read_text())
+    state["complete"] = False
+    (record / "run.json").write_text(json.dumps(state))
+    (record / "done.log").write_text(done_line(0) + done_line(1))
+    resumed = densepred.predict_to_file(job("two.zarr", resume=True))
+    assert resumed.skipped == 2
+    np.testing.assert_allclose(stored(tmp_path / "two.zarr"), stored(tmp_path / "one.zarr"), rtol=0, atol=1e-6)
+
+
+def test_blending_on_a_cluster_is_refused_before_anything_is_written(model_files, tmp_path, capsys):
+    assert predict(tmp_path, "o.zarr", "--mode", "blend", "--workers", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "runs in one process" in err[0]
+    assert not (tmp_path / "o.zarr").exists()

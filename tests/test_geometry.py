@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from densepred import DensePredError, Geometry, config_from_dict
@@ -155,3 +156,30 @@ def test_flop_counts_follow_the_modes():
     useful = g.dense_output_shape((n,))[0] * g.flops_per_voxel
     assert g.flops((n,), "mfp") >= useful
     assert g.flops((n,), "naive") > g.flops((n,), "mfp")
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 400), window=st.integers(2, 160), factor=st.sampled_from([1, 2, 4, 8, 16, 32]),
+       crop=st.integers(0, 12), low=st.integers(0, 60), high=st.integers(0, 60))
+def test_exact_windows_partition_the_output_and_own_only_trusted_voxels(size, window, factor, crop, low, high):
+    from densepred.geometry.overlap import exact_axis, exact_step, padded_size
+
+    assume(window - 2 * crop >= 1)
+    try:
+        windows = exact_axis(size, window, factor, crop, (low, high))
+    except DensePredError:
+        assume(False)
+    total = padded_size(size, window, factor)
+    assert windows[0].own_lo == 0
+    assert windows[-1].own_hi == total - 2 * crop
+    for before, after in itertools.pairwise(windows):
+        assert before.own_hi == after.own_lo
+        assert before.start < after.start
+    step = exact_step(window, factor, crop, (low, high)) if len(windows) > 1 else None
+    for w in windows:
+        assert 0 <= w.start <= total - window
+        assert w.start % factor == 0
+        trusted_lo = w.start + (low if w.start > 0 else 0)
+        trusted_hi = w.start + window - 2 * crop - (high if w.start + window < total else 0)
+        assert trusted_lo <= w.own_lo < w.own_hi <= trusted_hi
+        assert step is None or w.own_lo % step == 0  # shards of a multiple of the step are owned whole

@@ -31,8 +31,7 @@ def model_job(args: argparse.Namespace) -> Any:
 
     if args.config is not None:
         raise DensePredError("give a config or a model (--model, --model-file), not both")
-    for option, value in (("--mirror", args.mirror), ("--roi", args.roi), ("--batch-size", args.batch_size),
-                          ("--workers", args.workers), ("--scheduler", args.scheduler)):
+    for option, value in (("--mirror", args.mirror), ("--roi", args.roi), ("--batch-size", args.batch_size)):
         if value:
             raise DensePredError(f"{option} is for densepred's own nets; a model from --model takes --mode exact or "
                                  "blend, --tile (its window), --overlap and --tta")
@@ -45,9 +44,17 @@ def model_job(args: argparse.Namespace) -> Any:
         activation=args.activation, mode=args.mode or "auto", tile=parse_ints(args.tile, args.dims, "--tile"),
         overlap=args.overlap, tta=_tta(args.tta), device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
-        strict=args.strict,
+        strict=args.strict, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        scheduler=args.scheduler, scheduler_file=args.scheduler_file, tiles_per_block=_block(args.block),
         progress=not args.quiet, levels=args.levels, chunks=parse_ints(args.chunks, args.dims, "--chunks"),
         voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit)
+
+
+def _block(text: str | None) -> int | tuple[int, ...] | None:
+    values = parse_ints(text, None, "--block")
+    if values is not None and (len(values) not in (1, 2, 3) or 0 in values):
+        raise DensePredError(f"--block {text!r} is invalid; expected positive integers like 2 or 1,2,2")
+    return values[0] if values is not None and len(values) == 1 else values
 
 
 def _tta(text: str | None) -> str | tuple[int, ...] | None:

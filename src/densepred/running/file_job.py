@@ -163,12 +163,9 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     from .distributed import predict_on_cluster, uses_cluster
 
     if job.model is not None or job.model_file is not None:
-        if client is not None or uses_cluster(job):
-            raise DensePredError("a model from --model or --model-file runs in one process; cluster runs take "
-                                 "densepred nets (a config)")
         from .foreign_job import predict_model_to_file
 
-        return predict_model_to_file(job)
+        return predict_model_to_file(job, client)
     if client is not None or uses_cluster(job):
         return predict_on_cluster(job, client)
     setup, previous = _prepare(job)

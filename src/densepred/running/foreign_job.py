@@ -34,6 +34,7 @@ from ..io.fingerprint import array_fingerprint
 from ..networks.foreign import from_torch
 from ..networks.loading import load_model
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
+from .foreign_cluster import BLOCKS_LOG, check_cluster_run, exact_on_cluster
 from .foreign_predict import ForeignRun, source_of
 from .input_checks import NonFinite
 from .output_layout import layout_for
@@ -55,8 +56,12 @@ log = logging.getLogger("densepred")
 ROWS_LOG, SLABS_LOG, ROWS = "rows.log", "slabs.log", "blend"
 
 
-def predict_model_to_file(job: PredictJob) -> JobResult:
-    """Run ``job`` with the model it names (``job.model`` or ``job.model_file``)."""
+def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
+    """Run ``job`` with the model it names (``job.model`` or ``job.model_file``); exact windows on
+    a Dask cluster with ``client`` or the job's ``workers`` / ``scheduler`` (:mod:`.foreign_cluster`)."""
+    from .distributed import uses_cluster
+
+    cluster = client is not None or uses_cluster(job)
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
@@ -66,11 +71,13 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
     net = from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     run = ForeignRun.create(net, source, job.mode or "auto", job.tile, job.overlap, job.tta, None, job.device)
+    if cluster:
+        check_cluster_run(run, out_spec)
     channels = run.forward((0,) * len(run.window)).shape[0]
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
-    layout = layout_for(job, in_spec, run.output_shape, run.output_window, run.contract.crop, encoding, None,
+    layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
                         "prediction") if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)
     if previous is not None:
@@ -81,21 +88,33 @@ def predict_model_to_file(job: PredictJob) -> JobResult:
         output = reopen(out_spec)
     else:
         shape = _output_shape(run, encoding)
-        chunks = run.output_window if encoding.argmax else (shape[0], *run.output_window)
+        chunks = run.shard if encoding.argmax else (shape[0], *run.shard)
         output = start_output(out_spec, record_dir, record, job.overwrite, job.resume, lambda: create_output(
             out_spec, shape, encoding.stored_dtype, chunks, attributes={"densepred": {"complete": False}},
             layout=layout))
     sink = _Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
-    if run.mode == "exact":
+    if cluster:
+        output.close()
+        computed, total = _on_cluster(job, client, run, record_dir, encoding, out_spec, in_spec)
+        output = reopen(out_spec)
+    elif run.mode == "exact":
         computed, total = _exact(run, sink, record_dir, job.progress)
     else:
         computed, total = _blend(run, sink, record_dir, job.progress)
     sink.non_finite.report()
     if layout is not None and len(layout.levels) > 1:
-        build_pyramid(output, layout.levels, run.output_window, encoding.argmax, record_dir, job.progress)
+        build_pyramid(output, layout.levels, run.shard, encoding.argmax, record_dir, job.progress)
     _finish(output, record_dir, record)
     return JobResult(out_spec, tuple(record["output"]["shape"]), total, computed, total - computed, run.window,
                      origin=run.contract.crop)
+
+
+def _on_cluster(job: PredictJob, client: Any, run: ForeignRun, record_dir: Path, encoding: Encoding,
+                out_spec: ArraySpec, in_spec: ArraySpec) -> tuple[int, int]:
+    from .distributed import _connected
+
+    with _connected(job, client) as connected:
+        return exact_on_cluster(connected, job, run, record_dir, encoding, out_spec, in_spec)
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ForeignRun, encoding: Encoding,
@@ -228,6 +247,6 @@ def _finish(output: Any, record_dir: Path, record: dict[str, Any]) -> None:
     output.close()
     record["complete"] = True
     write_record(record_dir, record)
-    for name in ("done.log", ROWS_LOG, SLABS_LOG, *(p.name for p in record_dir.glob("level*.log"))):
+    for name in ("done.log", BLOCKS_LOG, ROWS_LOG, SLABS_LOG, *(p.name for p in record_dir.glob("level*.log"))):
         (record_dir / name).unlink(missing_ok=True)
     shutil.rmtree(record_dir / ROWS, ignore_errors=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DensePredError
-from ..geometry.overlap import blend_axis, exact_axis, fitted_window
+from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard, fitted_window
 from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
 from .devices import on_device, resolve_device
@@ -140,16 +140,34 @@ class ForeignRun:
     def output_window(self) -> tuple[int, ...]:
         return tuple(w - 2 * c for w, c in zip(self.window, self.contract.crop, strict=True))
 
+    @property
+    def shard(self) -> tuple[int, ...]:
+        """The output write unit: for exact runs one that windows own whole (:func:`exact_shard`)."""
+        if self.mode != "exact":
+            return self.output_window
+        c = self.contract
+        return tuple(exact_shard(s, w, f, cr, ctx) for s, w, f, cr, ctx in zip(
+            self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True))
+
+    def exact_axes(self) -> list[list[AxisWindow]]:
+        """The exact windows of each axis (:func:`exact_axis`)."""
+        c = self.contract
+        return [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
+                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True)]
+
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""
-        c = self.contract
-        axes = [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True)]
-        pieces = []
-        for parts in itertools.product(*axes):
+        return list(self.indexed_windows().values())
+
+    def indexed_windows(self) -> dict[tuple[int, ...], ExactPiece]:
+        """:meth:`exact_windows` by their index on each axis."""
+        axes = self.exact_axes()
+        pieces = {}
+        for index in itertools.product(*(range(len(a)) for a in axes)):
+            parts = [axis[i] for axis, i in zip(axes, index, strict=True)]
             box = tuple((p.own_lo, min(p.own_hi, n)) for p, n in zip(parts, self.output_shape, strict=True))
             if all(a < b for a, b in box):
-                pieces.append(ExactPiece(tuple(p.start for p in parts), box))
+                pieces[index] = ExactPiece(tuple(p.start for p in parts), box)
         return pieces
 
     def owned(self, piece: ExactPiece) -> np.ndarray:
