@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # the README's napari screenshot; needs Xvfb (apt-get install xvfb) where there is no display
 screenshot: $(STAMP)
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/napari_screenshot.py docs/napari.png
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) docs/napari_widget_screenshot.py docs/napari_widget.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .import_linter_cache .ruff_cache

@@ -1,7 +1,7 @@
 """The napari dock widget, driven programmatically on an offscreen Qt platform.
 
 The widget is built on a ``ViewerModel`` (no canvas: drawing layers needs a display, see
-``docs/napari_screenshot.py`` under Xvfb). Skipped where Qt cannot start (no Qt binding, or no
+``docs/napari_widget_screenshot.py`` under Xvfb). Skipped where Qt cannot start (no Qt binding, or no
 libGL for it); the logic beneath is tested without Qt in ``test_napari.py``.
 """
 

@@ -11,7 +11,15 @@ arithmetic on tuples and can be tested in microseconds.
 """
 
 from .blocks import BlockPlan
-from .memory import SMALL_CONV_INPUTS, STREAM_SLAB, Footprint, default_output_tile, slices_that_fit, tile_bytes
+from .memory import (
+    SMALL_CONV_INPUTS,
+    STREAM_SLAB,
+    Footprint,
+    default_output_tile,
+    slices_that_fit,
+    stream_shard,
+    tile_bytes,
+)
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
 from .pyramid import (
     INNER_CHUNK,
@@ -52,5 +60,6 @@ __all__ = [
     "slices_that_fit",
     "source_box",
     "source_window",
+    "stream_shard",
     "tile_bytes",
 ]

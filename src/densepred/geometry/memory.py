@@ -14,6 +14,23 @@ Shape = tuple[int, ...]
 SMALL_CONV_INPUTS = 64
 # The stream engine feeds this many input slices at a time along the first spatial axis.
 STREAM_SLAB = 8
+STREAM_SHARD = 64  # the most output slices of a stream written as one shard
+
+
+def stream_shard(length: int) -> int:
+    """The output shard along a stream of ``length`` slices: the largest divisor of the length
+    from :data:`STREAM_SLAB` to :data:`STREAM_SHARD` (so tiles, and cluster blocks of tiles, stay
+    whole shards), else the whole length. A shard is rewritten by each slab written into it,
+    so bounding it bounds the memory of a long stream.
+
+    Example:
+        >>> stream_shard(2048), stream_shard(300), stream_shard(40), stream_shard(257)
+        (64, 60, 40, 257)
+    """
+    for shard in range(min(length, STREAM_SHARD), STREAM_SLAB - 1, -1):
+        if length % shard == 0:
+            return shard
+    return length
 
 
 @dataclass(frozen=True)

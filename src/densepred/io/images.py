@@ -85,14 +85,27 @@ class OneSliceStack:
         return self.image.read(box[1:])[:, None]
 
 
-def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile) -> np.ndarray:
-    """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image."""
+def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image;
+    with ``rows``, only the slices ``[a, b)`` of the window along its first axis (a stream slab)."""
     axes = plan.source_window(tile)
+    if rows is not None:
+        axes[0] = _rows_of(axes[0], *rows)
     data = source.read([slice(lo, hi) for lo, hi, _ in axes])
     if any(take is not None for _, _, take in axes):
         index = [np.arange(hi - lo) if take is None else np.asarray(take) for lo, hi, take in axes]
         data = data[(slice(None), *np.ix_(*index))]
     return to_float32(data)
+
+
+def _rows_of(axis: tuple[int, int, list[int] | None], a: int, b: int) -> tuple[int, int, list[int] | None]:
+    """The stored range and mirror indices of positions ``[a, b)`` of one axis of a window."""
+    lo, _, take = axis
+    if take is None:
+        return lo + a, lo + b, None
+    part = take[a:b]
+    first = min(part)
+    return lo + first, lo + max(part) + 1, [i - first for i in part]
 
 
 def to_float32(data: np.ndarray) -> np.ndarray:

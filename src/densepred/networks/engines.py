@@ -34,6 +34,7 @@ ENGINE_MODES = ("mfp", "dilated", "naive", "stream")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
 MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+CHANNELS_LAST_DIMS = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,20 @@ class DenseEngine:
             if self.mode == "stream":
                 return stream_forward(self.stages, x, STREAM_SLAB)
             return naive_forward(self.stages, x, self.geometry)
+
+    def stream(self) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """A fresh stream (``mode="stream"``): push input slabs in order, get the logits of the
+        output slices each completes (:class:`StreamState`)."""
+        state = StreamState(self.stages, self.dims)
+
+        def push(x: torch.Tensor) -> torch.Tensor | None:
+            x = x.to(self.device, self.dtype)
+            if x.device.type == "cpu":
+                x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
+            with torch.inference_mode():
+                return state.push(x)
+
+        return push
 
     def _mfp(self, x: torch.Tensor) -> torch.Tensor:
         # A tile that is not MFP-valid (a tile clipped to a small image) is padded at the
@@ -190,32 +205,77 @@ def dilated_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
 
 
 def stream_forward(stages: list[Stage], x: torch.Tensor, slab: int) -> torch.Tensor:
-    """The dilated network evaluated ``slab`` input slices at a time along the first spatial axis.
+    """The dilated network evaluated ``slab`` input slices at a time along the first spatial axis
+    (:class:`StreamState`); the numbers are those of :func:`dilated_forward`."""
+    state = StreamState(stages, x.ndim - 2)
+    outputs = [out for start in range(0, x.shape[2], slab) if (out := state.push(x[:, :, start:start + slab]))
+               is not None]
+    return torch.cat(outputs, dim=2)
+
+
+class StreamState:
+    """The dilated network fed slab by slab along the first spatial axis; each output slice is
+    computed once.
 
     Each operation keeps the last ``(k - 1) * d`` slices of its input (its halo along that
-    axis) and is applied to them plus the new slices, so every output slice is computed once
-    and activations are held for a slab, not for the whole length. The numbers are those of
-    :func:`dilated_forward`::
+    axis) in a buffer that new slabs are copied in behind; the operation runs on a view of the
+    halo plus the new slices, so memory depends on the slab and the cross-section, never on
+    how many slabs are pushed, and no buffer is allocated after the first slabs (a shorter last
+    slab uses the front of its buffer). After each slab the halo moves to the front::
 
-        input slices   |<- slab ->|<- slab ->|<- slab ->| ...
-        layer l        [halo_l| new ] -> new - 0 ... outputs, then keep the last halo_l
+        buffer    [ halo | new ]      -> op(halo + new), then [ last halo | next new ]
     """
-    ops = _stream_ops(stages, x.ndim - 2)
-    held: list[torch.Tensor | None] = [None] * len(ops)
-    outputs = []
-    for start in range(0, x.shape[2], slab):
-        h: torch.Tensor | None = x[:, :, start:start + slab]
-        for i, (apply, halo) in enumerate(ops):
-            if held[i] is not None:
-                h = torch.cat([held[i], h], dim=2)
-            if h.shape[2] <= halo:  # not enough slices yet for one output slice
-                held[i], h = h, None
-                break
-            held[i] = h[:, :, h.shape[2] - halo:].clone() if halo else None
-            h = apply(h)
-        if h is not None:
-            outputs.append(h)
-    return torch.cat(outputs, dim=2)
+
+    def __init__(self, stages: list[Stage], dims: int):
+        self.ops = _stream_ops(stages, dims)
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.ops)
+        self.starts = [0] * len(self.ops)  # where each op's kept slices begin in its buffer
+        self.counts = [0] * len(self.ops)  # how many slices each op keeps
+
+    def push(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output slices ``x`` completes (``None`` while the first halos fill)."""
+        h = x
+        for i, (apply, halo) in enumerate(self.ops):
+            view = self._append(i, h, halo)
+            if view.shape[2] <= halo:  # not enough slices yet for one output slice: keep them all
+                self.counts[i] = view.shape[2]
+                return None
+            h = apply(view)
+            self.starts[i] += view.shape[2] - halo
+            self.counts[i] = halo
+        return h
+
+    def _append(self, i: int, new: torch.Tensor, halo: int) -> torch.Tensor:
+        """The kept slices of op ``i`` followed by ``new``, as one view of its buffer."""
+        buffer, start, count = self.buffers[i], self.starts[i], self.counts[i]
+        need = count + new.shape[2]
+        if buffer is None or buffer.shape[3:] != new.shape[3:] or need > buffer.shape[2]:
+            buffer, start = self._grow(i, new, need, halo), 0
+        elif start + need > buffer.shape[2]:  # full: move the kept slices to the front
+            _shift_front(buffer, start, count)
+            start = self.starts[i] = 0
+        buffer[:, :, start + count:start + need].copy_(new)
+        return buffer[:, :, start:start + need]
+
+    def _grow(self, i: int, new: torch.Tensor, need: int, halo: int) -> torch.Tensor:
+        old, start, count = self.buffers[i], self.starts[i], self.counts[i]
+        size = need
+        shape = (*new.shape[:2], size, *new.shape[3:])
+        buffer = torch.empty(shape, dtype=new.dtype, device=new.device)
+        if new.dim() in CHANNELS_LAST_DIMS and new.is_contiguous(memory_format=CHANNELS_LAST_DIMS[new.dim()]):
+            buffer = buffer.contiguous(memory_format=CHANNELS_LAST_DIMS[new.dim()])
+        if old is not None and count:
+            buffer[:, :, :count].copy_(old[:, :, start:start + count])
+        self.buffers[i], self.starts[i] = buffer, 0
+        return buffer
+
+
+def _shift_front(buffer: torch.Tensor, start: int, count: int) -> None:
+    """Move slices ``[start, start + count)`` of ``buffer`` to the front, in chunks of ``start``
+    slices so that no chunk overlaps the one it is copied from."""
+    for offset in range(0, count, start):
+        n = min(start, count - offset)
+        buffer[:, :, offset:offset + n].copy_(buffer[:, :, start + offset:start + offset + n])
 
 
 def _stream_ops(stages: list[Stage], dims: int) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], int]]:

@@ -116,13 +116,14 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
     non_finite = NonFinite(job.shift, strict=job.strict)
     written = 0
 
-    def write(tile: Tile, probabilities: np.ndarray) -> None:
+    def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
         nonlocal written
         if plan.tile_id(tile) in done:
             return
-        non_finite.check(tile, probabilities)
-        output.write_box(tile.owned_slices(), job.encoding(probabilities), job.encoding.argmax)
-        written += int(np.prod(tile.owned_shape))
+        box = part or tile.owned_slices()
+        non_finite.check_box([s.start for s in box], probabilities)
+        output.write_box(box, job.encoding(probabilities), job.encoding.argmax)
+        written += int(np.prod(probabilities.shape[1:]))
 
     try:
         predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size)

@@ -211,7 +211,7 @@ def _run_pyramid(client: Any, job: PredictJob, setup: _Setup) -> None:
     for level in levels[1:]:
         done = read_done(setup.record_dir, level_log(level.index))
         below = levels[level.index - 1].shape
-        shard = level_shard(setup.plan.output_tile, level.shape)
+        shard = level_shard(setup.layout.tile, level.shape)
         todo = [_Task(shard_id, run_level_shard,
                       (spec, level.index, box, source_box(box, level.step, below), level.step, label),
                       f"pyramid level {level.index} shard {shard_id} (box {_box_text(box)})")

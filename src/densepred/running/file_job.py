@@ -199,7 +199,8 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     record_dir = record_path(out_spec)
     previous = _resumable_record(out_spec, record_dir) if job.resume else None
     plan, engine_mode, batch_size, estimate = _plan(job, cfg, net, geometry, source, encoding, previous)
-    layout = ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset) if out_spec.kind == "zarr" else None
+    layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
+              else None)
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
     if layout is not None:
         record["output"]["levels"] = [list(level.shape) for level in layout.levels]
@@ -270,15 +271,17 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     non_finite = NonFinite(setup.shift, strict=job.strict)
     written = 0
 
-    def write(tile: Tile, probabilities: np.ndarray) -> None:
+    def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
         nonlocal written
         tile_id = plan.tile_id(tile)
         if tile_id in done:
             return  # recomputed only because its batch had a missing tile
-        non_finite.check(tile, probabilities)
-        output.write_box(tile.owned_slices(), encoding(probabilities), encoding.argmax)
-        done_log.append(tile_id)
-        written += 1
+        box = part or tile.owned_slices()
+        non_finite.check_box([s.start for s in box], probabilities)
+        output.write_box(box, encoding(probabilities), encoding.argmax)
+        if last:  # a streamed tile is done with its last slab
+            done_log.append(tile_id)
+            written += 1
 
     try:
         predict_tiles(engine, setup.source, plan, todo, write, batch_size=setup.batch_size, progress=job.progress)
@@ -290,7 +293,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     non_finite.report()
     if setup.layout is not None and len(setup.layout.levels) > 1:
         try:
-            build_pyramid(output, setup.layout.levels, plan.output_tile, encoding.argmax, setup.record_dir,
+            build_pyramid(output, setup.layout.levels, setup.layout.tile, encoding.argmax, setup.record_dir,
                           job.progress)
         except OSError as exc:
             raise _write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None

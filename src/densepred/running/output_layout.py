@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import DensePredError
-from ..geometry import INNER_CHUNK, TilePlan, pyramid
+from ..geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
 from ..io import ArraySpec
 from ..io.arrays import input_voxel_size
 from ..io.encoding import Encoding
@@ -18,12 +18,16 @@ if TYPE_CHECKING:
 
 
 def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,
-               offset: Sequence[int]) -> OmeLayout:
-    """Levels, shards, chunks and physical metadata of an OME-Zarr output."""
+               offset: Sequence[int], engine_mode: str) -> OmeLayout:
+    """Levels, shards, chunks and physical metadata of an OME-Zarr output; shards are the
+    tiles, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
     # where output voxel 0 sits in the image: the ROI start, plus the border without mirroring
     start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
-    return layout_for(job, in_spec, plan.output_shape, plan.output_tile, start, encoding,
-                      cfg.network.class_names or None, cfg.name)
+    tile = plan.output_tile
+    if engine_mode == "stream":
+        tile = (stream_shard(tile[0]), *tile[1:])
+    return layout_for(job, in_spec, plan.output_shape, tile, start, encoding, cfg.network.class_names or None,
+                      cfg.name)
 
 
 def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int], tile: Sequence[int],

@@ -1,6 +1,6 @@
 """The README's napari screenshot: the sample EM volume with the predicted membranes over it.
 
-    xvfb-run -a .venv/bin/python docs/napari_screenshot.py [docs/napari.png]     (make screenshot)
+    xvfb-run -a .venv/bin/python docs/napari_widget_screenshot.py [docs/napari_widget.png]     (make screenshot)
 
 Opens a real napari window (on Xvfb when there is no display), loads the densepred sample
 (training its net on first use), presses Predict in the dock widget and saves a screenshot of
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 
-def main(path: str = "docs/napari.png") -> int:
+def main(path: str = "docs/napari_widget.png") -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
