@@ -89,3 +89,22 @@ def test_a_long_stream_is_written_in_shards_cut_along_it(config, tmp_path):
     assert level.shards[1] == 19  # 133 = 7 x 19: the largest divisor from 8 to 64
     expected = densepred.predict_dense(net, volume, tile_shape=tile, mode="dilated", mirror=True)
     np.testing.assert_allclose(level[...], expected, rtol=0, atol=1e-5)
+
+
+def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(config):
+    import torch
+
+    from densepred.geometry.memory import STREAM_LENGTH
+    from densepred.io import ChannelFirst
+    from densepred.running.memory_budget import memory_budget, tile_cost
+    from densepred.running.predict import footprint_for, plan_tiles
+
+    net = densepred.create_prediction_net(config)
+    source = ChannelFirst(np.broadcast_to(np.float32(0.5), (700, 300, 280)), 1, 3)
+    budget = memory_budget(int(1.5 * 2**30), torch.device("cpu"))
+    footprint = footprint_for(net, source, 1)
+    stream = plan_tiles(net.geometry, source.spatial_shape, None, "stream", True, budget, footprint)
+    cube = plan_tiles(net.geometry, source.spatial_shape, None, "dilated", True, budget, footprint)
+    assert stream.output_tile[0] == STREAM_LENGTH
+    assert stream.output_tile[1] * stream.output_tile[2] > cube.output_tile[1] * cube.output_tile[2]
+    assert tile_cost(net.geometry, "stream", footprint, budget)(stream.output_tile) <= budget.room

@@ -15,6 +15,7 @@ SMALL_CONV_INPUTS = 64
 # The stream engine feeds this many input slices at a time along the first spatial axis.
 STREAM_SLAB = 8
 STREAM_SHARD = 64  # the most output slices of a stream written as one shard
+STREAM_LENGTH = 512  # the default stream (output slices per tile along z): a resume redoes at most one
 
 
 def stream_shard(length: int) -> int:
@@ -54,14 +55,21 @@ class Footprint:
     pending: int = 2
 
     def bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
-        """Estimated peak memory of a run with this output tile, over the process's baseline."""
-        input_voxels = math.prod(geometry.input_shape_for(output_tile))
-        output_voxels = math.prod(output_tile)
+        """Estimated peak memory of a run with this output tile, over the process's baseline.
+
+        A stream holds slabs in flight, not tiles, and rewrites one shard at a time."""
+        input_tile = geometry.input_shape_for(output_tile)
+        written = output_tile
+        if mode == "stream":
+            input_tile = (min(STREAM_SLAB, input_tile[0]), *input_tile[1:])
+            written = (stream_shard(output_tile[0]), *output_tile[1:])
+            output_tile = (min(STREAM_SLAB, output_tile[0]), *output_tile[1:])
+        input_voxels, output_voxels = math.prod(input_tile), math.prod(output_tile)
         windows = (self.prefetch + 2) * self.batch * self.in_channels * input_voxels * (4 + self.input_itemsize)
         compute = self.batch * tile_bytes(geometry, output_tile, mode)
         results = (self.pending + 3) * self.batch * self.n_classes * output_voxels * 4
         stored = self.n_classes if self.stored_channels is None else self.stored_channels
-        encoded = 2 * (self.pending + 1) * stored * output_voxels * self.stored_itemsize
+        encoded = 2 * (self.pending + 1) * stored * math.prod(written) * self.stored_itemsize
         return windows + compute + results + encoded
 
     def device_bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
@@ -75,9 +83,10 @@ class Footprint:
 def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: str, budget_bytes: int,
                         cost: Callable[[Shape], int] | None = None) -> Shape:
     """The largest output tile, a multiple of the stride and about as many voxels long on
-    every axis, whose ``cost`` (default: the activations, :func:`tile_bytes`) fits in
-    ``budget_bytes``; never larger than the output. The smallest tile is returned even when
-    it does not fit: the caller decides what that means.
+    every axis (for a stream: :data:`STREAM_LENGTH` slices long, the cross-section grown),
+    whose ``cost`` (default: the activations, :func:`tile_bytes`) fits in ``budget_bytes``;
+    never larger than the output. The smallest tile is returned even when it does not fit:
+    the caller decides what that means.
 
     The result's input (tile + FOV - 1) is MFP-valid unless the output itself is smaller.
     """
@@ -86,14 +95,17 @@ def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: s
     cost = cost or (lambda tile: tile_bytes(geometry, tile, estimate_mode))
 
     def tile_for(side: int) -> Shape:
-        return tuple(min(t * math.ceil(side / t), o) for t, o in zip(geometry.stride, output_shape, strict=True))
+        tile = tuple(min(t * math.ceil(side / t), o) for t, o in zip(geometry.stride, output_shape, strict=True))
+        if mode == "stream":  # a long stream along the first axis; the cross-section by memory
+            return (min(output_shape[0], STREAM_LENGTH), *tile[1:])
+        return tile
 
-    best, side = tile_for(1), 1
+    best, side, largest = tile_for(1), 1, tile_for(max(output_shape))
     while True:
         side = max(side + 1, int(side * 1.15))
         candidate = tile_for(side)
         if candidate == best:
-            if candidate == output_shape:
+            if candidate == largest:
                 return best
             continue
         if cost(candidate) > budget_bytes:
