@@ -3,9 +3,10 @@
 For each stream length, a random float32 zarr volume of ``length x Y x X`` (the same
 cross-section) is predicted with ``densepred predict --mode stream`` and one tile as long as
 the volume, in its own process; its peak resident memory (``ru_maxrss`` of the child) and
-time are printed. The net is a light one (``examples/neuro3d.toml``, random weights).
+time are printed. The net is a light one by default (``examples/neuro3d.toml``, random weights).
 
     python benchmarks/stream_memory.py --lengths 256,2048 --cross-section 128,128 --work /tmp/dp-stream
+    python benchmarks/stream_memory.py --config examples/m36.toml --lengths 512 --cross-section 256,256
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ import torch
 import zarr
 
 import densepred
-from densepred.networks.weights import save_weights
+from densepred.networks.weights import config_last, save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def prepare(work: Path) -> Path:
-    config = work / "neuro3d.toml"  # no save_dir: the weights lie beside it
-    shutil.copyfile(ROOT / "examples" / "neuro3d.toml", config)
+def prepare(work: Path, example: Path) -> Path:
+    config = work / example.name
+    shutil.copyfile(example, config)
+    cfg = densepred.load_config(config)
     torch.manual_seed(0)
-    save_weights(densepred.build_net(densepred.load_config(config)), work / "neuro3d-LAST.safetensors")
+    save_weights(densepred.build_net(cfg), config_last(cfg))  # random weights as its LAST
     return config
 
 
@@ -63,13 +65,14 @@ def main() -> int:
     parser.add_argument("--lengths", default="256,2048")
     parser.add_argument("--cross-section", default="128,128")
     parser.add_argument("--work", default="/tmp/dp-stream")
+    parser.add_argument("--config", default=str(ROOT / "examples" / "neuro3d.toml"), help="the net (random weights)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    config = prepare(work)
+    config = prepare(work, Path(args.config))
     fov = densepred.create_prediction_net(densepred.load_config(config)).geometry.fov
     cross = tuple(int(v) for v in args.cross_section.split(","))
-    print(f"neuro3d (field of view {list(fov)}), cross-section {cross[0]}x{cross[1]}, one mirrored stream tile, "
+    print(f"{config.stem} (field of view {list(fov)}), cross-section {cross[0]}x{cross[1]}, one mirrored stream tile, "
           f"float32 zarr -> OME-Zarr float32")
     for length in (int(v) for v in args.lengths.split(",")):
         source = volume(work, (length, *cross))
