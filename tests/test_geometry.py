@@ -183,3 +183,16 @@ def test_exact_windows_partition_the_output_and_own_only_trusted_voxels(size, wi
         trusted_hi = w.start + window - 2 * crop - (high if w.start + window < total else 0)
         assert trusted_lo <= w.own_lo < w.own_hi <= trusted_hi
         assert step is None or w.own_lo % step == 0  # shards of a multiple of the step are owned whole
+
+
+def test_the_examples_in_the_geometry_docstrings_hold():
+    import doctest
+    import importlib
+    import pkgutil
+
+    import densepred.geometry
+
+    for found in pkgutil.iter_modules(densepred.geometry.__path__):
+        module = importlib.import_module(f"densepred.geometry.{found.name}")
+        failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failures == 0, f"{module.__name__}: {failures} example(s) failed"

@@ -108,3 +108,20 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
     assert stream.output_tile[0] == STREAM_LENGTH
     assert stream.output_tile[1] * stream.output_tile[2] > cube.output_tile[1] * cube.output_tile[2]
     assert tile_cost(net.geometry, "stream", footprint, budget)(stream.output_tile) <= budget.room
+
+
+def test_a_stream_with_a_region_of_interest_on_a_cluster_equals_dilated_in_one_process(config, tmp_path):
+    volume = np.random.default_rng(23).random((70, 33, 30), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    roi = ((3, 67), (2, 31), (0, 30))
+
+    def job(output, mode, **options):
+        return densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / output), mode=mode,
+                                    tile=(64 + 2, 19, 17), mirror=True, roi=roi, progress=False, levels=1, **options)
+
+    densepred.predict_to_file(job("dilated.zarr", "dilated"))
+    densepred.predict_to_file(job("stream.zarr", "stream", workers=2, threads_per_worker=1))
+    stream = zarr.open_group(tmp_path / "stream.zarr", mode="r")["0"]
+    assert stream.shards[1] == 64  # a block's stream is cut into shards of whole slabs
+    np.testing.assert_allclose(stream[...], zarr.open_group(tmp_path / "dilated.zarr", mode="r")["0"][...],
+                               rtol=0, atol=1e-5)
