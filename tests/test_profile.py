@@ -177,3 +177,19 @@ def test_bad_profile_options_are_one_line_with_exit_code_2(tiny_config, capsys, 
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_stream_is_profiled_over_cross_sections_with_a_fixed_length(tiny_config, tmp_path):
+    from densepred.running.profiling.walk import stream_length
+
+    result = profile(tiny_config, device="cpu", modes=("dilated", "stream"), max_seconds=8, out=None,
+                     progress=False, repeats=1)
+    geometry = network_geometry(densepred.load_config(tiny_config).network)
+    streams = [r for r in result.rows if r.mode == "stream" and r.status == "ok"]
+    cubes = [r for r in result.rows if r.mode == "dilated" and r.status == "ok"]
+    assert len(streams) >= 3
+    assert {r.output_shape[0] for r in streams} == {stream_length(geometry)}
+    common = min(len(streams), len(cubes))  # the same walk: the cubes' cross-sections, in order
+    assert [r.output_shape[1:] for r in streams[:common]] == [r.output_shape[1:] for r in cubes[:common]]
+    assert all(geometry.is_valid(r.input_shape, "stream") for r in streams)
+    assert all(r.output_shape == geometry.dense_output_shape(r.input_shape) for r in streams)

@@ -45,7 +45,10 @@ def profile(config: Config | str | Path, *, device: str | None = None,
     Args:
         config: the network's config, or its path. ``--write`` needs a path.
         device: ``"cpu"`` or ``"cuda:N"``; default CUDA when available.
-        modes: engines to profile (``mfp``, ``dilated``, ``naive``).
+        modes: engines to profile (``mfp``, ``dilated``, ``naive``, ``stream``). A stream is
+            measured over the walk's cross-sections with a fixed length (four fields of view,
+            at least 64 slices, at most 512), and may win; ``write`` then stores its tile and
+            ``mode = "stream"``.
         memory_limit: bytes the measuring process may use at its peak; default 80% of the RAM
             available now (CPU) or 90% of the free GPU memory.
         max_seconds: time budget for the whole profile; a shape whose predicted time would pass
@@ -96,8 +99,9 @@ def _walk(worker: Worker, geometry: Geometry, modes: Sequence[str], aspect: Sequ
     if index is None:
         result.stops.append("even the smallest tile is estimated to exceed the memory limit")
     while index is not None and walk.active:
-        input_shape = geometry.input_shape_for(shapes[index])
         for mode in list(walk.active):
+            output_shape = walk.shape_for(mode, index)
+            input_shape = geometry.input_shape_for(output_shape)
             if not walk.fits(mode, index):
                 need = walk.predicted_peak(mode, index) / 2**30
                 walk.stop(mode, f"{shape_text(input_shape)} would need about {need:.2f} GiB, over the limit of "
@@ -105,7 +109,7 @@ def _walk(worker: Worker, geometry: Geometry, modes: Sequence[str], aspect: Sequ
                 continue
             if bar is not None:
                 bar.set_description(f"{mode} {shape_text(input_shape)}")
-            row = worker.measure(mode, input_shape, shapes[index], tile_bytes(geometry, shapes[index], mode),
+            row = worker.measure(mode, input_shape, output_shape, tile_bytes(geometry, output_shape, mode),
                                  repeats)
             result.rows.append(row)
             if row.status != "ok":

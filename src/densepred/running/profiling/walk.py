@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ...geometry import Geometry, tile_bytes
+from ...geometry import STREAM_SLAB, Geometry, tile_bytes
+from ...geometry.memory import STREAM_LENGTH
 
 if TYPE_CHECKING:
     from .report import ProfileRow
@@ -56,11 +57,17 @@ class Walk:
         self.last: dict[str, ProfileRow] = {}
         self.stops: list[str] = []
 
+    def shape_for(self, mode: str, index: int) -> tuple[int, ...]:
+        """The output tile measured for ``mode``: the walk's shape, or for a stream its cross-section
+        with the stream length :func:`stream_length` (z is then the stream, not a tile side)."""
+        shape = self.shapes[index]
+        return (stream_length(self.geometry), *shape[1:]) if mode == "stream" else shape
+
     def fits(self, mode: str, index: int) -> bool:
         return self.predicted_peak(mode, index) <= self.limit
 
     def predicted_peak(self, mode: str, index: int) -> int:
-        estimate = tile_bytes(self.geometry, self.shapes[index], mode)
+        estimate = tile_bytes(self.geometry, self.shape_for(mode, index), mode)
         return predict_peak(self.baseline, estimate, self.last.get(mode))
 
     def seconds(self, mode: str, index: int) -> float:
@@ -69,7 +76,7 @@ class Walk:
         previous = self.last.get(mode)
         if previous is None:
             return 0.0
-        input_shape = self.geometry.input_shape_for(self.shapes[index])
+        input_shape = self.geometry.input_shape_for(self.shape_for(mode, index))
         ratio = self.geometry.flops(input_shape, mode) / self.geometry.flops(previous.input_shape, mode)
         runs_before = 1 + repeats_for(previous.seconds, self.repeats)
         runs = 1 + repeats_for(previous.seconds * ratio, self.repeats)
@@ -100,6 +107,12 @@ class Walk:
     def stop(self, mode: str, why: str) -> None:
         self.active.remove(mode)
         self.stops.append(f"{mode}: {why}")
+
+
+def stream_length(geometry: Geometry) -> int:
+    """The output slices a profiled stream is long: four fields of view (the z halo then costs
+    at most a quarter more) and at least 8 slabs, at most :data:`STREAM_LENGTH`."""
+    return min(STREAM_LENGTH, max(8 * STREAM_SLAB, 4 * geometry.fov[0]))
 
 
 def predict_peak(baseline: int, estimate: int, previous: ProfileRow | None) -> int:
