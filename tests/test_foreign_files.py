@@ -218,3 +218,85 @@ def test_blending_on_a_cluster_is_refused_before_anything_is_written(model_files
     assert len(err) == 1
     assert "runs in one process" in err[0]
     assert not (tmp_path / "o.zarr").exists()
+
+
+RDF = """format_version: 0.5.4
+type: model
+name: tiny exact net
+description: a same-padded 3D CNN with one downsampling, for densepred's tests
+authors: [{name: densepred tests}]
+cite: [{text: densepred, url: "https://github.com/"}]
+license: MIT
+documentation: README.md
+inputs:
+  - id: raw
+    axes:
+      - type: batch
+      - {type: channel, channel_names: [raw]}
+      - {type: space, id: z, size: {min: 8, step: 2}}
+      - {type: space, id: y, size: {min: 8, step: 2}}
+      - {type: space, id: x, size: {min: 8, step: 2}}
+    test_tensor: {source: test_input.npy}
+outputs:
+  - id: logits
+    axes:
+      - type: batch
+      - {type: channel, channel_names: [a, b]}
+      - {type: space, id: z, size: {tensor_id: raw, axis_id: z}}
+      - {type: space, id: y, size: {tensor_id: raw, axis_id: y}}
+      - {type: space, id: x, size: {tensor_id: raw, axis_id: x}}
+    test_tensor: {source: test_output.npy}
+weights:
+  pytorch_state_dict:
+    source: weights.pt
+    pytorch_version: "2.13"
+    architecture: {source: tiny.py, callable: Tiny, kwargs: {width: 3}}
+"""
+
+
+@pytest.fixture
+def zoo_model(tmp_path):
+    """An unpacked bioimage.io model package: rdf.yaml, the architecture's file, its weights."""
+    from densepred.networks.loading import load_model
+
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    (folder / "tiny.py").write_text(SOURCE)
+    model = trained_looking(load_model(f"{folder / 'tiny.py'}:Tiny"), seed=5).float()
+    torch.save(model.state_dict(), folder / "weights.pt")
+    x = np.random.default_rng(3).random((1, 1, 8, 8, 8), dtype=np.float32)
+    np.save(folder / "test_input.npy", x)
+    with torch.no_grad():
+        np.save(folder / "test_output.npy", model(torch.from_numpy(x)).numpy())
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "rdf.yaml").write_text(RDF)
+    return folder / "rdf.yaml", model
+
+
+def test_a_bioimageio_model_predicts_file_to_file_like_its_module(zoo_model, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    rdf, model = zoo_model
+    volume = np.random.default_rng(18).random((21, 35, 30), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    assert main(["predict", "--model-file", str(rdf), "--input", str(tmp_path / "in.npy"), "--output",
+                 str(tmp_path / "out.zarr"), "--mode", "exact", "--tile", "16", "--quiet"]) == 0
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=16)
+    np.testing.assert_allclose(stored(tmp_path / "out.zarr"), expected, rtol=0, atol=1e-6)
+    zoo = densepred.from_bioimageio(rdf)
+    assert (zoo.dims, zoo.in_channels) == (3, 1)
+    np.testing.assert_allclose(densepred.predict_dense(zoo, volume, mode="exact", tile_shape=16), expected,
+                               rtol=0, atol=1e-6)
+
+
+def test_a_bioimageio_package_missing_its_weights_is_one_line(zoo_model, tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    rdf, _ = zoo_model
+    (rdf.parent / "weights.pt").unlink()
+    np.save(tmp_path / "in.npy", np.random.default_rng(1).random((9, 9, 9), dtype=np.float32))
+    assert main(["predict", "--model-file", str(rdf), "--input", str(tmp_path / "in.npy"), "--output",
+                 str(tmp_path / "o.zarr"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "weights.pt" in err[0]
+    assert not (tmp_path / "o.zarr").exists()

@@ -29,6 +29,7 @@ from .networks import (  # noqa: E402
     build_net,
     create_prediction_net,
     create_predncnn,
+    from_bioimageio,
     from_torch,
 )
 from .running import (  # noqa: E402
@@ -71,6 +72,7 @@ __all__ = [
     "config_from_dict",
     "create_prediction_net",
     "create_predncnn",
+    "from_bioimageio",
     "from_torch",
     "load_config",
     "predictDense",

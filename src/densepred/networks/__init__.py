@@ -7,6 +7,7 @@
 * :mod:`.foreign` - :func:`from_torch`: models written elsewhere and their tiling contract
 """
 
+from .bioimageio import from_bioimageio
 from .build import ACTIVATION_FUNCTIONS, DenseNet, build_net
 from .engines import ENGINE_MODES, DenseEngine, StackEngine
 from .foreign import ForeignNet, TilingContract, from_torch
@@ -27,6 +28,7 @@ __all__ = [
     "config_last",
     "create_prediction_net",
     "create_predncnn",
+    "from_bioimageio",
     "from_torch",
     "last_path",
     "load_weights",

@@ -20,7 +20,7 @@ import itertools
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..io import ArraySpec, ChannelFirst, check_not_input, check_writable, creat
 from ..io import open_output as reopen
 from ..io.encoding import Encoding
 from ..io.fingerprint import array_fingerprint
+from ..networks.bioimageio import is_rdf, read_rdf
 from ..networks.foreign import from_torch
 from ..networks.loading import load_model
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
@@ -62,6 +63,10 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
     from .distributed import uses_cluster
 
     cluster = client is not None or uses_cluster(job)
+    if is_rdf(job.model_file):  # a bioimage.io model: its class, kwargs, weights and axes
+        zoo = read_rdf(job.model_file)
+        job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=str(zoo.weights), model_file=None,
+                      dims=zoo.dims, in_channels=zoo.in_channels)
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)

@@ -17,6 +17,7 @@ OUTPUTS = ("probabilities", "labels")
 MODES = ("auto", "mfp", "dilated", "naive", "exact", "blend")
 OWN_MODES = ("auto", "mfp", "dilated", "naive")
 MODEL_MODES = ("auto", "exact", "blend")
+MODEL_FILES = (".pt2", ".yaml", ".yml")  # torch.export programs, bioimage.io descriptions
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class PredictRequest:
     image: ImageSource
     config: Path | None = None
     weights: Path | None = None  # default: the config's LAST
-    model: str | None = None  # package.module:Class, path/to/file.py:Class, or a torch.export .pt2 file
+    model: str | None = None  # package.module:Class, path/to/file.py:Class, a .pt2 file or a bioimage.io rdf.yaml
     model_kwargs: str | None = None  # JSON
     dims: int = 3  # of a model from elsewhere
     in_channels: int = 1
@@ -87,11 +88,12 @@ class PredictRequest:
 
     @property
     def model_file(self) -> str | None:
-        return self.model if self.model is not None and self.model.endswith(".pt2") else None
+        """A torch.export program (.pt2) or a bioimage.io description (rdf.yaml)."""
+        return self.model if self.model is not None and self.model.endswith(MODEL_FILES) else None
 
     @property
     def model_class(self) -> str | None:
-        return self.model if self.model is not None and not self.model.endswith(".pt2") else None
+        return self.model if self.model is not None and not self.model.endswith(MODEL_FILES) else None
 
     @property
     def to_file(self) -> bool:

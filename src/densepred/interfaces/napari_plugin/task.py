@@ -133,8 +133,11 @@ def build_net_for(req: PredictRequest) -> Any:
     """The densepred net of ``req.config`` (``req.weights``, else its LAST), or the model from elsewhere."""
     if req.model is not None:
         from ...networks import from_torch
+        from ...networks.bioimageio import from_bioimageio, is_rdf
         from ...networks.loading import load_model
 
+        if is_rdf(req.model_file):
+            return from_bioimageio(req.model_file)
         model = load_model(req.model_class, req.model_kwargs, req.weights, req.model_file)
         return from_torch(model, dims=req.dims, in_channels=req.in_channels)
     from ...config import load_config
