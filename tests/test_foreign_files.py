@@ -65,7 +65,7 @@ def test_pt_weights_load_through_weights_only(model_files, tmp_path):
     assert stored(tmp_path / "a.zarr").tobytes() == stored(tmp_path / "b.zarr").tobytes()
 
 
-@pytest.mark.parametrize(("mode", "where", "target", "tile"), [("exact", "_Sink", "write", "40"),
+@pytest.mark.parametrize(("mode", "where", "target", "tile"), [("exact", "Sink", "write", "40"),
                                                               ("blend", None, "_blend_slab", "16,40,40")])
 def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatch, mode, where, target, tile):
     assert predict(tmp_path, "whole.zarr", "--mode", mode, "--tile", tile, "--overlap", "0.5") == 0

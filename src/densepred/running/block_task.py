@@ -31,7 +31,7 @@ from ..io.encoding import Encoding
 from ..networks import create_prediction_net
 from ..system import available_cores
 from .devices import resolve_device
-from .input_checks import NonFinite
+from .input_checks import NonFinite, Sink
 from .predict import make_engine, predict_tiles
 from .pyramid import write_level_block
 
@@ -113,22 +113,19 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
     source = ChannelFirst(open_array(job.input), job.in_channels, job.ndim)
     engine = make_engine(_net(payload, job), job.engine_mode, resolve_device(job.device), source.stacked)
     output = open_output(job.output, clean=False)
-    non_finite = NonFinite(job.shift, strict=job.strict)
+    sink = Sink(output, job.encoding, NonFinite(job.shift, strict=job.strict))
     written = 0
 
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
         nonlocal written
-        if plan.tile_id(tile) in done:
-            return
-        box = part or tile.owned_slices()
-        non_finite.check_box([s.start for s in box], probabilities)
-        output.write_box(box, job.encoding(probabilities), job.encoding.argmax)
-        written += int(np.prod(probabilities.shape[1:]))
+        if plan.tile_id(tile) not in done:
+            written += sink.write(part or tile.owned_slices(), probabilities)
 
     try:
         predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size)
     finally:
         output.close()
+    non_finite = sink.non_finite
     return BlockResult(block_id, tuple(ids), written, non_finite.count, non_finite.first, worker,
                        time.perf_counter() - start)
 

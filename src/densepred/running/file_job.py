@@ -44,7 +44,7 @@ from ..io.ome_zarr import OmeLayout
 from ..io.output_checks import check_replaceable
 from ..networks import config_last, create_prediction_net
 from .devices import resolve_device
-from .input_checks import NonFinite
+from .input_checks import NonFinite, Sink
 from .memory_budget import memory_budget, tile_cost
 from .output_layout import ome_layout
 from .predict import choose_mode, footprint_for, make_engine, plan_tiles, predict_tiles, source_geometry
@@ -268,7 +268,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     tiles = list(plan.tiles())
     todo = _batches_to_run(tiles, plan, done, setup.batch_size)
     done_log = DoneLog(setup.record_dir)
-    non_finite = NonFinite(setup.shift, strict=job.strict)
+    sink = Sink(output, encoding, NonFinite(setup.shift, strict=job.strict))
     written = 0
 
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
@@ -276,9 +276,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
         tile_id = plan.tile_id(tile)
         if tile_id in done:
             return  # recomputed only because its batch had a missing tile
-        box = part or tile.owned_slices()
-        non_finite.check_box([s.start for s in box], probabilities)
-        output.write_box(box, encoding(probabilities), encoding.argmax)
+        sink.write(part or tile.owned_slices(), probabilities)
         if last:  # a streamed tile is done with its last slab
             done_log.append(tile_id)
             written += 1
@@ -290,7 +288,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     finally:
         done_log.close()
         output.flush()
-    non_finite.report()
+    sink.non_finite.report()
     if setup.layout is not None and len(setup.layout.levels) > 1:
         try:
             build_pyramid(output, setup.layout.levels, setup.layout.tile, encoding.argmax, setup.record_dir,

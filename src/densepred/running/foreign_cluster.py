@@ -38,7 +38,7 @@ from ..networks.loading import load_model
 from .block_task import BlockResult, _default_threads, _reported, _worker_address
 from .devices import resolve_device
 from .foreign_predict import ExactPiece, ForeignRun, source_of
-from .input_checks import NonFinite
+from .input_checks import NonFinite, Sink
 from .progress import Progress
 from .run_record import DoneLog, read_done
 
@@ -113,21 +113,20 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
         run = ForeignRun.create(net, source, "exact", job.window, 0.5, job.tta, None, job.device)
         box = block_box(job.blocks, block_id)
         pieces = run.indexed_windows()
-        output = open_output(job.output, clean=False)
-        non_finite, written = NonFinite(job.shift, strict=job.strict), 0
+        reach = pieces_in(run, pieces, box)
+        sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict)), 0
         try:
-            for index in pieces_in(run, pieces, box):
+            for index in reach:
                 piece = pieces[index]
                 part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(piece.box, box, strict=True))
                 values = run.owned(piece)[(slice(None), *(slice(lo - a, hi - a) for (a, _), (lo, hi) in
                                                            zip(piece.box, part, strict=True)))]
-                non_finite.check_box([lo for lo, _ in part], values)
-                output.write_box(tuple(slice(lo, hi) for lo, hi in part), job.encoding(values), job.encoding.argmax)
-                written += int(np.prod([hi - lo for lo, hi in part]))
+                written += sink.write([slice(lo, hi) for lo, hi in part], values)
         finally:
-            output.close()
+            sink.output.close()
         ids = piece_ids(pieces)
-        whole = tuple(ids[i] for i in pieces_in(run, pieces, box) if _inside(pieces[i].box, box))
+        whole = tuple(ids[i] for i in reach if _inside(pieces[i].box, box))
+        non_finite = sink.non_finite
     return BlockResult(block_id, whole, written, non_finite.count, non_finite.first, worker,
                        time.perf_counter() - start)
 

@@ -20,7 +20,7 @@ import itertools
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..networks.loading import load_model
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
 from .foreign_cluster import BLOCKS_LOG, check_cluster_run, exact_on_cluster
 from .foreign_predict import ForeignRun, source_of
-from .input_checks import NonFinite
+from .input_checks import NonFinite, Sink
 from .output_layout import layout_for
 from .progress import Progress, ProgressOption
 from .pyramid import build_pyramid
@@ -97,7 +97,7 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
         output = start_output(out_spec, record_dir, record, job.overwrite, job.resume, lambda: create_output(
             out_spec, shape, encoding.stored_dtype, chunks, attributes={"densepred": {"complete": False}},
             layout=layout))
-    sink = _Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
+    sink = Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
     if cluster:
         output.close()
         computed, total = _on_cluster(job, client, run, record_dir, encoding, out_spec, in_spec)
@@ -150,20 +150,7 @@ def _output_shape(run: ForeignRun, encoding: Encoding) -> tuple[int, ...]:
     return run.output_shape if encoding.channels is None else (encoding.channels, *run.output_shape)
 
 
-@dataclass
-class _Sink:
-    """The output, its encoding, and the count of voxels without a finite prediction."""
-
-    output: Any
-    encoding: Encoding
-    non_finite: NonFinite
-
-    def write(self, box: Sequence[tuple[int, int]], values: np.ndarray) -> None:
-        self.non_finite.check_box([a for a, _ in box], values)
-        self.output.write_box(tuple(slice(a, b) for a, b in box), self.encoding(values), self.encoding.argmax)
-
-
-def _exact(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
+def _exact(run: ForeignRun, sink: Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
     pieces = run.exact_windows()
     done = read_done(record_dir)
     todo = [(i, p) for i, p in enumerate(pieces) if i not in done]
@@ -171,7 +158,7 @@ def _exact(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOpt
     done_log = DoneLog(record_dir)
     try:
         for i, piece in todo:
-            sink.write(piece.box, run.owned(piece))
+            sink.write(_slices(piece.box), run.owned(piece))
             done_log.append(i)
             bar.update(int(np.prod([b - a for a, b in piece.box])))
     finally:
@@ -180,7 +167,7 @@ def _exact(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOpt
     return len(todo), len(pieces)
 
 
-def _blend(run: ForeignRun, sink: _Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
+def _blend(run: ForeignRun, sink: Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
     import zarr
 
     out_shape, depth = run.output_shape, run.output_window[0]
@@ -231,7 +218,7 @@ def _blend_row(run: ForeignRun, zarr: Any, store: Path, r: int, z: int, depth: i
 
 
 def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,
-                sink: _Sink) -> None:
+                sink: Sink) -> None:
     """Output slab ``[z, end)``: the rows that cover it, summed and divided by the weight sum,
     one window-sized box at a time."""
     arrays = [(zarr.open_array(store / f"row{q}", mode="r"), zq) for q, zq in covering]
@@ -244,7 +231,11 @@ def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[in
         for rows, zq in arrays:  # each row adds where it reaches into the slab
             lo, hi = max(z, zq), min(end, zq + rows.shape[1])
             total[:, lo - z:hi - z] += np.asarray(rows[(slice(None), slice(lo - zq, hi - zq), *inner)])
-        sink.write(box, (total / run.weight_sum(box)[None]).astype(np.float32))
+        sink.write(_slices(box), (total / run.weight_sum(box)[None]).astype(np.float32))
+
+
+def _slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
 
 
 def _finish(output: Any, record_dir: Path, record: dict[str, Any]) -> None:

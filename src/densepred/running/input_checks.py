@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import DensePredError
 from ..geometry import Tile
+from ..io.encoding import Encoding
 
 log = logging.getLogger("densepred")
 
@@ -52,3 +55,19 @@ class NonFinite:
     def report(self) -> None:
         if self.count:
             log.warning("%s", self.message().replace("drop --strict to accept this", "pass --strict to refuse it"))
+
+
+@dataclass
+class Sink:
+    """An output with its encoding: each box written is checked for voxels without a finite
+    prediction (``non_finite``), encoded, and made durable."""
+
+    output: Any
+    encoding: Encoding
+    non_finite: NonFinite
+
+    def write(self, box: Sequence[slice], values: np.ndarray) -> int:
+        """Write ``values`` (``(K, *box)``) over the output ``box``; returns the voxels written."""
+        self.non_finite.check_box([s.start for s in box], values)
+        self.output.write_box(tuple(box), self.encoding(values), self.encoding.argmax)
+        return int(np.prod(values.shape[1:]))
