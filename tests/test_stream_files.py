@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import zarr
@@ -97,7 +99,7 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
     from densepred.geometry.memory import STREAM_LENGTH
     from densepred.io import ChannelFirst
     from densepred.running.memory_budget import memory_budget, tile_cost
-    from densepred.running.predict import footprint_for, plan_tiles
+    from densepred.running.tiling import footprint_for, plan_tiles
 
     net = densepred.create_prediction_net(config)
     source = ChannelFirst(np.broadcast_to(np.float32(0.5), (700, 300, 280)), 1, 3)
@@ -107,7 +109,8 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
     footprint = footprint_for(net, source, 1)
     stream = plan_tiles(net.geometry, source.spatial_shape, None, "stream", True, budget, footprint)
     cube = plan_tiles(net.geometry, source.spatial_shape, None, "dilated", True, budget, footprint)
-    assert stream.output_tile[0] == STREAM_LENGTH
+    assert stream.grid[0] == math.ceil(700 / STREAM_LENGTH)  # as few streams as the length allows, of equal length
+    assert stream.output_tile[0] == STREAM_SLAB * math.ceil(700 / stream.grid[0] / STREAM_SLAB)
     assert stream.output_tile[1] * stream.output_tile[2] > cube.output_tile[1] * cube.output_tile[2]
     assert tile_cost(net.geometry, "stream", footprint, budget)(stream.output_tile) <= budget.room
 

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import mmap
 import os
 import sys
+from collections.abc import Sequence
+
+import numpy as np
 
 
 def available_ram() -> int:
@@ -135,3 +140,20 @@ def release_free_memory() -> bool:
         return bool(libc.malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+def mapped_zeros(shape: Sequence[int], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A zero-filled array in its own anonymous memory map, outside malloc's heap.
+
+    For large arrays that outlive many forward passes (a result held whole): allocated on the
+    heap between two forwards, such an array splits the space freed activations left, and
+    the next forward's large maps no longer fit in it, so the heap grows (with the settings
+    of :func:`tune_cpu_allocator` it never shrinks). The map is returned to the system when
+    the array is freed.
+    """
+    dtype = np.dtype(dtype)
+    count = math.prod(int(n) for n in shape)
+    if count == 0:
+        return np.zeros(tuple(shape), dtype)
+    buffer = mmap.mmap(-1, count * dtype.itemsize)
+    return np.frombuffer(buffer, dtype, count).reshape(tuple(shape))

@@ -113,6 +113,23 @@ def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: s
         best = candidate
 
 
+def balanced_tile(tile: Sequence[int], output_shape: Sequence[int], stride: Sequence[int], mode: str) -> Shape:
+    """``tile`` shrunk on each axis to the smallest multiple of the stride that needs no more
+    tiles: the work is spread evenly instead of the last tile overlapping its neighbour (a
+    stream's length to a multiple of :data:`STREAM_SLAB`, so that its shard divides it).
+
+    Example:
+        >>> balanced_tile((512, 96, 96), (600, 200, 90), (8, 8, 8), "stream")
+        (304, 72, 90)
+    """
+    result = []
+    for axis, (t, o, s) in enumerate(zip(tile, output_shape, stride, strict=True)):
+        step = STREAM_SLAB if mode == "stream" and axis == 0 else s
+        per_tile = math.ceil(o / math.ceil(o / t))
+        result.append(min(t, o, step * math.ceil(per_tile / step)))
+    return tuple(result)
+
+
 def tile_bytes(geometry: Geometry, output_tile: Sequence[int], mode: str, itemsize: int = 4) -> int:
     """Estimated memory of one tile's forward pass: twice its largest layer (input plus
     output), for the convolution's scratch space and the fragment reshuffle."""

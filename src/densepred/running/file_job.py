@@ -47,7 +47,7 @@ from .devices import resolve_device
 from .input_checks import NonFinite, Sink
 from .memory_budget import memory_budget, tile_cost
 from .output_layout import ome_layout
-from .predict import choose_mode, footprint_for, make_engine, plan_tiles, predict_tiles, source_geometry
+from .predict import make_engine, predict_tiles
 from .progress import ProgressOption
 from .pyramid import build_pyramid
 from .run_record import (
@@ -63,6 +63,7 @@ from .run_record import (
     record_path,
     write_record,
 )
+from .tiling import choose_mode, footprint_for, plan_and_mode, source_geometry
 
 log = logging.getLogger("densepred")
 
@@ -232,12 +233,13 @@ def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: Ch
     footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize)
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
+        engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
     else:
         tile = job.tile if job.tile is not None else net.tile_shape
-        plan = plan_tiles(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint, roi,
-                          source.stacked)
-    estimate = budget.baseline + tile_cost(geometry, mode, footprint, budget)(plan.output_tile)
-    return plan, choose_mode(geometry, plan.input_tile, mode, device), batch, estimate
+        plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint,
+                                          device, roi, source.stacked)
+    estimate = budget.baseline + tile_cost(geometry, engine_mode, footprint, budget)(plan.output_tile)
+    return plan, engine_mode, batch, estimate
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,

@@ -26,6 +26,7 @@ from ..errors import DensePredError
 from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard, fitted_window
 from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
+from ..system import mapped_zeros
 from .devices import on_device, resolve_device
 from .progress import Progress, ProgressOption
 
@@ -66,7 +67,7 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
                 box, values = run.weighted(starts)
                 result.put(box, values, add=True)
                 bar.update(math.prod(run.output_shape) / len(windows))
-            result.array /= run.weight_sum(tuple((0, n) for n in run.output_shape))[None]
+            result.normalize(run)
     finally:
         bar.close()
     return result.array
@@ -211,19 +212,27 @@ class ForeignRun:
 
 
 class _Result:
-    """The output array, allocated when the first window says how many channels it has."""
+    """The output array, allocated when the first window says how many channels it has, in
+    its own memory map (:func:`~densepred.system.mapped_zeros`): allocated between two
+    forwards on the heap, it would split the space the model's activations reuse."""
 
     def __init__(self, spatial: tuple[int, ...]):
         self.shape, self.array = spatial, None
 
     def put(self, box: Sequence[tuple[int, int]], values: np.ndarray, add: bool = False) -> None:
         if self.array is None:
-            self.array = np.zeros((values.shape[0], *self.shape), np.float32)
+            self.array = mapped_zeros((values.shape[0], *self.shape), np.float32)
         key = (slice(None), *(slice(a, b) for a, b in box))
         if add:
             self.array[key] += values
         else:
             self.array[key] = values
+
+    def normalize(self, run: ForeignRun) -> None:
+        """Divide the blended sums by the sum of the weights, a z slice at a time."""
+        for z in range(self.shape[0]):
+            box = ((z, z + 1), *((0, n) for n in self.shape[1:]))
+            self.array[:, z:z + 1] /= run.weight_sum(box)[None]
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:

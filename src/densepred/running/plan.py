@@ -24,8 +24,8 @@ from ..io import ArraySpec, ChannelFirst, open_array
 from ..networks import DenseEngine, build_net
 from .devices import resolve_device
 from .memory_budget import memory_budget
-from .predict import choose_mode, plan_tiles
 from .progress import count_text, duration_text
+from .tiling import plan_and_mode
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,8 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     classes = stored_channels or cfg.network.n_classes
     footprint = Footprint(cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
                           np.dtype(stored_dtype).itemsize)
-    tiles = plan_tiles(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
-                       memory_budget(memory_limit, device_), footprint)
-    engine_mode = choose_mode(geometry, tiles.input_tile, mode, device_)
+    tiles, engine_mode = plan_and_mode(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
+                                       memory_budget(memory_limit, device_), footprint, device_)
     per_block = (tiles_per_block,) * geometry.ndim if isinstance(tiles_per_block, int) else tuple(tiles_per_block)
     if len(per_block) != geometry.ndim or any(n < 1 for n in per_block):
         raise DensePredError(f"tiles per block {list(per_block)} are invalid; expected {geometry.ndim} positive "

@@ -5,6 +5,7 @@ Input values are scaled as :mod:`densepred.io.images` says (integers by their dt
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,14 +15,18 @@ import torch
 
 from ..config import MODES
 from ..errors import DensePredError
-from ..geometry import STREAM_SLAB, Footprint, Geometry, Tile, TilePlan, default_output_tile, slices_that_fit
+from ..geometry import STREAM_SLAB, Geometry, Tile, TilePlan
 from ..io import ChannelFirst, read_window, to_float32
 from ..networks import DenseEngine, DenseNet, StackEngine
 from ..networks.foreign import ForeignNet
+from ..system import mapped_zeros
 from .devices import on_device, resolve_device
-from .memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
+from .memory_budget import memory_budget
 from .pipeline import run_pipeline
 from .progress import Progress, ProgressOption
+from .tiling import footprint_for, plan_and_mode, source_geometry
+
+log = logging.getLogger("densepred")
 
 # write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
 TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
@@ -59,7 +64,10 @@ def predict_dense(
             faster until memory runs out. For a stack, ``(z, y, x)`` (z slices per forward),
             or ``(y, x)`` with as many slices per forward as fit in memory. Default: the largest
             that fits ``memory_limit``. The result is the same for every valid tile shape.
-        mode: ``"mfp"``, ``"dilated"``, ``"naive"`` or ``"auto"`` (fastest valid one).
+        mode: ``"mfp"``, ``"dilated"``, ``"naive"``, ``"stream"`` or ``"auto"`` (the net's
+            ``[prediction] mode``; if that is ``"auto"`` too: a stream where it spends fewer
+            FLOPs than cube tiles, else MFP where the tile allows it, else dilated;
+            see :func:`densepred.running.tiling.plan_and_mode`).
             ``tile_shape=None`` and ``mode="auto"`` fall back to the net's ``tile_shape`` and
             ``mode`` attributes, which :func:`create_prediction_net` sets.
         batch_size: tiles per forward pass (default 1).
@@ -105,13 +113,14 @@ def predict_dense(
     if out is None:  # the result is held in memory whole
         budget = budget.less(4 * net.config.n_classes * math.prod(geometry.dense_output_shape(
             [n + (f - 1 if mirror else 0) for n, f in zip(source.spatial_shape, geometry.fov, strict=True)])))
-    plan = plan_tiles(geometry, source.spatial_shape, tile_shape, mode, mirror, budget,
-                      footprint_for(net, source, batch_size), stacked=source.stacked)
-    engine = make_engine(net, choose_mode(geometry, plan.input_tile, mode, device), device, source.stacked)
+    plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile_shape, mode, mirror, budget,
+                                      footprint_for(net, source, batch_size), device, stacked=source.stacked)
+    engine = make_engine(net, engine_mode, device, source.stacked)
+    log.info("%d tile(s) of input %s, %s engine", len(plan), list(plan.input_tile), engine_mode)
 
     expected = (net.config.n_classes, *plan.output_shape)
     if out is None:
-        out = np.empty(expected, dtype=np.float32)
+        out = mapped_zeros(expected, np.float32)  # off the heap the activations reuse
     elif tuple(getattr(out, "shape", ())) != expected:
         raise DensePredError(f"out has shape {list(getattr(out, 'shape', []))}; this prediction needs {list(expected)}")
 
@@ -265,85 +274,10 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
 
 
-def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
-    """The engine for a tile: ``mode`` itself, or for ``"auto"`` the fastest valid one.
-
-    Shift-and-stitch is never the fastest. MFP and dilated convolutions do the same FLOPs
-    and measured within 5-10% of each other on the CPU, either way round depending on the
-    tile (docs/BENCHMARKS.md); MFP is taken where the tile allows it because it runs only
-    undilated convolutions, the kernels every backend optimises first, and dilated
-    convolutions serve every other tile. ``densepred profile --write`` measures both and
-    stores the faster one in the config.
-    """
-    if mode != "auto":
-        return mode
-    return "mfp" if geometry.is_valid(input_tile, "mfp") else "dilated"
-
-
-def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
-               budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
-               stacked: bool = False) -> TilePlan:
-    """The tiles for an image: of ``tile_shape`` (checked; a warning if over the budget), or the
-    largest whose estimated peak fits the memory ``budget`` (an error if none does).
-
-    For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
-    ``(y, x)`` tile gets as many slices per forward as fit in the budget.
-    """
-    padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
-    cost = tile_cost(geometry, mode, footprint, budget)
-    if tile_shape is None:
-        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
-        if cost(output_tile) > budget.room:
-            raise too_small(budget, cost(output_tile))
-        return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
-    if stacked and not isinstance(tile_shape, int | np.integer) and len(tuple(tile_shape)) == geometry.ndim - 1:
-        plane = _tile_tuple(tile_shape, geometry.ndim - 1)
-        check_tile(geometry, (1, *plane), mode)
-        output_plane = tuple(min(p - f + 1, o) for p, f, o in
-                             zip(plane, geometry.fov[1:], padded.output_shape[1:], strict=True))
-        depth = slices_that_fit(lambda z: cost((z, *output_plane)), padded.output_shape[0], budget.room)
-        tile_shape = (depth, *plane)
-    tile = _tile_tuple(tile_shape, geometry.ndim)
-    check_tile(geometry, tile, mode)
-    plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
-    warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
-    return plan
-
-
-def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,
-                  stored_itemsize: int = 4) -> Footprint:
-    """The buffers of a run of ``net`` on ``source``, for the memory estimate."""
-    return Footprint(net.config.in_channels, net.config.n_classes, source.dtype.itemsize, stored_channels,
-                     stored_itemsize, batch_size)
-
-
-def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:
-    """The geometry tiles are planned with: the net's, or for a stack of 2D images its stacked form."""
-    return geometry.stacked() if source.stacked else geometry
-
-
 def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool) -> DenseEngine | StackEngine:
     """The dense engine for a tile: the net's own, or run over the slices of a stack."""
     engine = DenseEngine(net, mode, device)
     return StackEngine(engine) if stacked else engine
-
-
-def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
-    """Raise a :class:`DensePredError` listing the nearest valid tiles if ``tile`` is invalid."""
-    needed = "mfp" if mode == "mfp" else "dilated"
-    if geometry.is_valid(tile, needed):
-        return
-    choices = geometry.nearest_valid_text(tile, needed)
-    why = ("is smaller than the field of view " + str(list(geometry.fov))) if needed == "dilated" else (
-        "is not valid for MFP (per pooling layer (conv_out - p + 1) % p must be 0)")
-    raise DensePredError(f"tile_shape {list(tile)} {why}; nearest valid tile shapes: {choices}")
-
-
-def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
-    tile = (tile_shape,) * dims if isinstance(tile_shape, int | np.integer) else tuple(tile_shape)
-    if len(tile) != dims or not all(isinstance(t, int | np.integer) and t > 0 for t in tile):
-        raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected {dims} positive integers (z, y, x order)")
-    return tuple(int(t) for t in tile)
 
 
 def _image_geometry(net: Any) -> Geometry:

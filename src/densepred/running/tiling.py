@@ -1,0 +1,144 @@
+"""Which tiles and which engine a run uses: the tile plan under the memory budget, and for
+``mode="auto"`` the engine expected to be fastest.
+
+The choice is arithmetic on the network's geometry (FLOPs spent per tile, :mod:`densepred.geometry`)
+weighed by what the engines were measured to do with those FLOPs; ``densepred profile --write``
+replaces it with a measurement on the machine itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DensePredError
+from ..geometry import Footprint, Geometry, TilePlan, balanced_tile, default_output_tile, slices_that_fit
+from ..io import ChannelFirst
+from ..networks import DenseNet
+from .memory_budget import MemoryBudget, tile_cost, too_small, warn_if_over
+
+log = logging.getLogger("densepred")
+
+# FLOP for FLOP, the stream engine's convolutions ran at 0.90-0.95 of the speed of the cube
+# engines' on the CPU (m36 at output cross-sections of 32 to 96 voxels, docs/BENCHMARKS.md).
+STREAM_EFFICIENCY = 0.9
+
+
+def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
+                  budget: MemoryBudget, footprint: Footprint, device: torch.device,
+                  roi: Sequence[tuple[int, int]] | None = None, stacked: bool = False) -> tuple[TilePlan, str]:
+    """The tiles of a run (:func:`plan_tiles`) and its engine (:func:`choose_mode`).
+
+    For ``mode="auto"`` with no tile given, on the CPU, a stream (:data:`~densepred.geometry.STREAM_LENGTH`
+    slices long, the widest cross-section the budget allows) is weighed against the largest cube
+    tile that fits: the one whose convolutions spend fewer FLOPs over the whole image, the
+    stream's divided by :data:`STREAM_EFFICIENCY`, is taken. A stream spends less where the
+    field of view is large along z, because it pays the z border once per stream, not per tile.
+    """
+    if mode == "auto" and tile_shape is None and not stacked and device.type == "cpu":
+        mode = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
+    plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked)
+    return plan, choose_mode(geometry, plan.input_tile, mode, device)
+
+
+def _stream_or_cube(geometry: Geometry, spatial: Sequence[int], mirror: bool, budget: MemoryBudget,
+                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> str:
+    """``"stream"`` where its tiles spend fewer (weighted) FLOPs than the cube tiles, else ``"auto"``."""
+    try:
+        stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi)
+    except DensePredError:
+        return "auto"
+    stream_work = len(stream) * geometry.flops(stream.input_tile, "stream") / STREAM_EFFICIENCY
+    try:
+        cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi)
+    except DensePredError:  # no cube tile fits the budget; a stream of thin slabs may
+        log.info("auto: no cube tile fits the memory budget; streaming tiles of %s", list(stream.input_tile))
+        return "stream"
+    cube_mode = choose_mode(geometry, cube.input_tile, "auto", torch.device("cpu"))
+    cube_work = len(cube) * geometry.flops(cube.input_tile, cube_mode)
+    choice = "stream" if stream_work < cube_work else "auto"
+    log.info("auto: %s tiles of %s spend %.3g FLOP, stream tiles of %s %.3g (weighted); %s",
+             cube_mode, list(cube.input_tile), cube_work, list(stream.input_tile), stream_work,
+             "streaming" if choice == "stream" else cube_mode)
+    return choice
+
+
+def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
+    """The engine for a tile: ``mode`` itself, or for ``"auto"`` the fastest valid one.
+
+    Shift-and-stitch is never the fastest. MFP and dilated convolutions do the same FLOPs
+    and measured within 5-10% of each other on the CPU, either way round depending on the
+    tile (docs/BENCHMARKS.md); MFP is taken where the tile allows it because it runs only
+    undilated convolutions, the kernels every backend optimises first, and dilated
+    convolutions serve every other tile. ``densepred profile --write`` measures both and
+    stores the faster one in the config.
+    """
+    if mode != "auto":
+        return mode
+    return "mfp" if geometry.is_valid(input_tile, "mfp") else "dilated"
+
+
+def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
+               budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
+               stacked: bool = False) -> TilePlan:
+    """The tiles for an image: of ``tile_shape`` (checked; a warning if over the budget), or the
+    largest whose estimated peak fits the memory ``budget`` (an error if none does), shrunk to
+    as few voxels as cover the image with as many tiles (:func:`~densepred.geometry.balanced_tile`).
+
+    For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
+    ``(y, x)`` tile gets as many slices per forward as fit in the budget.
+    """
+    padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
+    cost = tile_cost(geometry, mode, footprint, budget)
+    if tile_shape is None:
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
+        if cost(output_tile) > budget.room:
+            raise too_small(budget, cost(output_tile))
+        output_tile = balanced_tile(output_tile, padded.output_shape, geometry.stride, mode)
+        return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
+    if stacked and not isinstance(tile_shape, int | np.integer) and len(tuple(tile_shape)) == geometry.ndim - 1:
+        plane = _tile_tuple(tile_shape, geometry.ndim - 1)
+        check_tile(geometry, (1, *plane), mode)
+        output_plane = tuple(min(p - f + 1, o) for p, f, o in
+                             zip(plane, geometry.fov[1:], padded.output_shape[1:], strict=True))
+        depth = slices_that_fit(lambda z: cost((z, *output_plane)), padded.output_shape[0], budget.room)
+        tile_shape = (depth, *plane)
+    tile = _tile_tuple(tile_shape, geometry.ndim)
+    check_tile(geometry, tile, mode)
+    plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
+    warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
+    return plan
+
+
+def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,
+                  stored_itemsize: int = 4) -> Footprint:
+    """The buffers of a run of ``net`` on ``source``, for the memory estimate."""
+    return Footprint(net.config.in_channels, net.config.n_classes, source.dtype.itemsize, stored_channels,
+                     stored_itemsize, batch_size)
+
+
+def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:
+    """The geometry tiles are planned with: the net's, or for a stack of 2D images its stacked form."""
+    return geometry.stacked() if source.stacked else geometry
+
+
+def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
+    """Raise a :class:`DensePredError` listing the nearest valid tiles if ``tile`` is invalid."""
+    needed = "mfp" if mode == "mfp" else "dilated"
+    if geometry.is_valid(tile, needed):
+        return
+    choices = geometry.nearest_valid_text(tile, needed)
+    why = ("is smaller than the field of view " + str(list(geometry.fov))) if needed == "dilated" else (
+        "is not valid for MFP (per pooling layer (conv_out - p + 1) % p must be 0)")
+    raise DensePredError(f"tile_shape {list(tile)} {why}; nearest valid tile shapes: {choices}")
+
+
+def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
+    tile = (tile_shape,) * dims if isinstance(tile_shape, int | np.integer) else tuple(tile_shape)
+    if len(tile) != dims or not all(isinstance(t, int | np.integer) and t > 0 for t in tile):
+        raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected {dims} positive integers (z, y, x order)")
+    return tuple(int(t) for t in tile)
