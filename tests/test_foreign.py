@@ -299,3 +299,21 @@ def test_flips_over_a_stack_flip_y_and_x_only():
     got = densepred.predict_dense(net, stack, mode="blend", tile_shape=(24, 20), tta=[1])
     expected = per_slice(net, stack, mode="blend", tile_shape=(24, 20), tta=[1])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_float32_model_runs_channels_last_on_the_cpu_and_still_tiles_exactly(dims):
+    from densepred.running.devices import fast_memory_format
+
+    model = trained_looking(UNet(dims=dims), seed=3).float()
+    assert fast_memory_format(model, torch.device("cpu")) == (torch.channels_last_3d if dims == 3
+                                                              else torch.channels_last)
+    assert fast_memory_format(model.double(), torch.device("cpu")) is None  # no float64 kernels for it
+    model = model.float()
+    volume = np.random.default_rng(7).random((45, 61, 53)[3 - dims:], dtype=np.float32)
+    net = densepred.from_torch(model, dims=dims, in_channels=1)
+    window = (36, 40, 44)[3 - dims:]
+    got = densepred.predict_dense(net, volume, mode="exact", tile_shape=window)
+    assert all(p.is_contiguous() for p in model.parameters())  # the run worked on a copy
+    expected = whole(model.double(), volume, net.contract.factor, window)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

@@ -70,3 +70,15 @@ def test_bad_memory_limits_are_one_line(tmp_path, capsys):
     assert "--memory-limit 'lots' is invalid" in capsys.readouterr().err
     with pytest.raises(DensePredError, match="memory_limit = -5 is invalid"):
         predict_dense(make_net(NETS["2d_pool2"]), np.ones((30, 30)), memory_limit=-5)
+
+
+def test_mapped_zeros_is_a_writable_zero_array_of_any_shape():
+    from densepred.system import mapped_zeros
+
+    a = mapped_zeros((3, 5, 7), np.float32)
+    assert a.shape == (3, 5, 7)
+    assert a.dtype == np.float32
+    assert not a.any()
+    a[1, 2, 3] = 4.5
+    assert a.sum() == 4.5
+    assert mapped_zeros((0, 4), np.uint16).shape == (0, 4)

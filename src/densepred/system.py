@@ -15,13 +15,14 @@ before any library starts a thread; set ``DENSEPRED_NO_MALLOC_TUNING=1`` to leav
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
 import mmap
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -107,6 +108,12 @@ def resident_bytes() -> int:
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
 _tuned: bool | None = None
 
+KEEP_FREED = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 256 * 2**20))
+# glibc's defaults, but a fixed mmap threshold of 1 MiB: on MONAI's BasicUNet blend, 1.50 GiB
+# peak against 1.61 at 32 MiB (where glibc's dynamic threshold ends), for 7% more time
+RETURN_FREED = ((M_MMAP_THRESHOLD, 2**20), (M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 2**10),
+                (M_TOP_PAD, 128 * 2**10))
+
 
 def tune_cpu_allocator() -> bool:
     """Keep freed heap memory for reuse (glibc only, once per process); True if applied."""
@@ -126,9 +133,31 @@ def tune_cpu_allocator() -> bool:
     # One arena: the reader, compute and writer threads then reuse each other's freed
     # blocks; with an arena per thread each kept its own high-water mark (measured: 1.52
     # against 0.99 GB peak on a light net, docs/BENCHMARKS.md).
-    _tuned = all(mallopt(option, value) == 1 for option, value in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 256 * 2**20), (M_ARENA_MAX, 1)))
+    _tuned = all(mallopt(option, value) == 1 for option, value in (*KEEP_FREED, (M_ARENA_MAX, 1)))
     return _tuned
+
+
+@contextlib.contextmanager
+def large_blocks_returned() -> Iterator[None]:
+    """Within the block, malloc serves large blocks with their own maps and returns them on
+    free, as glibc does by default (a no-op unless :func:`tune_cpu_allocator` applied).
+
+    For models written elsewhere: a U-Net's forward allocates maps of many sizes in an order
+    that fragments a heap which never returns memory (MONAI's BasicUNet peaked 0.4-0.8 GiB
+    higher so, docs/BENCHMARKS.md); densepred's own nets allocate layer by layer and keep the
+    tuning.
+    """
+    if not _tuned:
+        yield
+        return
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    for option, value in RETURN_FREED:
+        mallopt(option, value)
+    try:
+        yield
+    finally:
+        for option, value in KEEP_FREED:
+            mallopt(option, value)
 
 
 def release_free_memory() -> bool:

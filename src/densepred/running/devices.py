@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -43,3 +44,32 @@ def on_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if parameter is None or same_device(parameter.device, device):
         return net
     return copy.deepcopy(net).to(device)
+
+
+def fast_memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format | None:
+    """The memory format a model written elsewhere runs in on ``device``: channels-last on the
+    CPU for float32 models with 4D or 5D (2D or 3D convolution) weights, else None (as it is).
+
+    oneDNN's CPU convolutions run on channels-last activations without reordering them for
+    every layer: MONAI's BasicUNet ran 1.25x faster per window so, in less memory
+    (docs/BENCHMARKS.md). float64 convolutions have no channels-last kernels.
+    """
+    if device.type != "cpu":
+        return None
+    ranks = {p.dim() for p in model.parameters() if p.dtype == torch.float32 and p.dim() in (4, 5)}
+    if len(ranks) != 1 or any(p.dtype != torch.float32 for p in model.parameters()):
+        return None
+    return torch.channels_last if ranks == {4} else torch.channels_last_3d
+
+
+def in_memory_format(model: torch.nn.Module, memory_format: torch.memory_format | None) -> torch.nn.Module:
+    """A copy of ``model`` with its weights in ``memory_format`` (``model`` itself for None, or if
+    it cannot be copied)."""
+    if memory_format is None:
+        return model
+    try:
+        with warnings.catch_warnings():  # torch's own deprecations, met copying an exported program
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(model).to(memory_format=memory_format)
+    except (RuntimeError, TypeError, copy.Error):
+        return model

@@ -35,6 +35,7 @@ from ..io import ArraySpec, ChannelFirst, open_array, open_output
 from ..io.encoding import Encoding
 from ..networks.foreign import ForeignNet, StackNet, TilingContract, from_torch
 from ..networks.loading import load_model
+from ..system import large_blocks_returned
 from .block_task import BlockResult, _default_threads, _reported, _worker_address
 from .devices import resolve_device
 from .foreign_predict import ExactPiece, ForeignRun, source_of
@@ -107,7 +108,7 @@ class ModelBlockJob:
 def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) -> BlockResult:
     """Compute the exact windows that reach into block ``block_id`` and write their part in it."""
     worker, start = _worker_address(), time.perf_counter()
-    with _reported(worker):
+    with _reported(worker), large_blocks_returned():
         net, source = source_of(_model(payload, job), ChannelFirst(open_array(job.input), payload.in_channels,
                                                                    payload.dims))
         run = ForeignRun.create(net, source, "exact", job.window, 0.5, job.tta, None, job.device)

@@ -34,6 +34,7 @@ from ..io.fingerprint import array_fingerprint
 from ..networks.bioimageio import is_rdf, read_rdf
 from ..networks.foreign import from_torch
 from ..networks.loading import load_model
+from ..system import large_blocks_returned
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
 from .foreign_cluster import BLOCKS_LOG, check_cluster_run, exact_on_cluster
 from .foreign_predict import ForeignRun, source_of
@@ -102,10 +103,12 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
         output.close()
         computed, total = _on_cluster(job, client, run, record_dir, encoding, out_spec, in_spec)
         output = reopen(out_spec)
-    elif run.mode == "exact":
-        computed, total = _exact(run, sink, record_dir, job.progress)
     else:
-        computed, total = _blend(run, sink, record_dir, job.progress)
+        with large_blocks_returned():
+            if run.mode == "exact":
+                computed, total = _exact(run, sink, record_dir, job.progress)
+            else:
+                computed, total = _blend(run, sink, record_dir, job.progress)
     sink.non_finite.report()
     if layout is not None and len(layout.levels) > 1:
         build_pyramid(output, layout.levels, run.shard, encoding.argmax, record_dir, job.progress)

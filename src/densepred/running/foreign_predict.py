@@ -26,8 +26,8 @@ from ..errors import DensePredError
 from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard, fitted_window
 from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
-from ..system import mapped_zeros
-from .devices import on_device, resolve_device
+from ..system import large_blocks_returned, mapped_zeros
+from .devices import fast_memory_format, in_memory_format, on_device, resolve_device
 from .progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
@@ -50,8 +50,11 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     """
     net, source = source_of(net, image)
     run = ForeignRun.create(net, source, mode, window, overlap, tta, channel_map, device)
-    if out is not None:
-        return _exact_into(run, out, progress)
+    with large_blocks_returned():
+        return _exact_into(run, out, progress) if out is not None else _in_memory(run, progress)
+
+
+def _in_memory(run: ForeignRun, progress: ProgressOption) -> np.ndarray:
     result = _Result(run.output_shape)
     bar = Progress(math.prod(run.output_shape), f"predict ({run.mode})", progress, terminal=True)
     try:
@@ -117,6 +120,7 @@ class ForeignRun:
     device: torch.device
     model: Any
     contract: TilingContract  # the full contract for exact tiling; the sizes alone for blending
+    memory_format: torch.memory_format | None = None  # the model's activations (channels-last on the CPU)
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
@@ -130,8 +134,10 @@ class ForeignRun:
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
-        return cls(net, source, mode, window, overlap, flips, channel_map, device, on_device(net.model, device),
-                   contract)
+        model = on_device(net.model, device)
+        memory_format = fast_memory_format(model, device)
+        return cls(net, source, mode, window, overlap, flips, channel_map, device,
+                   in_memory_format(model, memory_format), contract, memory_format)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -208,7 +214,7 @@ class ForeignRun:
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         return _forward(self.model, self.net, _read(self.source, starts, self.window), self.flips, self.channel_map,
-                        self.device)
+                        self.device, self.memory_format)
 
 
 class _Result:
@@ -282,9 +288,11 @@ def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
-             device: torch.device) -> np.ndarray:
+             device: torch.device, memory_format: torch.memory_format | None = None) -> np.ndarray:
     """The window's activated outputs: logits averaged over the flips, then the activation."""
     x_t = torch.from_numpy(x[None]).to(device, _dtype(model))
+    if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
+        x_t = x_t.contiguous(memory_format=memory_format)
     total = None
     with torch.inference_mode():
         for axes in flips:
@@ -297,7 +305,7 @@ def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, 
                         logits = logits[:, list(channel_map[a])]
             total = logits if total is None else total + logits
         result = net.activate(total / len(flips))
-    return result[0].float().cpu().numpy()
+    return result[0].float().cpu().contiguous().numpy()
 
 
 def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int]) -> np.ndarray:
