@@ -309,6 +309,7 @@ def test_a_float32_model_runs_channels_last_on_the_cpu_and_still_tiles_exactly(d
     assert fast_memory_format(model, torch.device("cpu")) == (torch.channels_last_3d if dims == 3
                                                               else torch.channels_last)
     assert fast_memory_format(model.double(), torch.device("cpu")) is None  # no float64 kernels for it
+    assert fast_memory_format(UNet(dims=dims, norm="instance"), torch.device("cpu")) is None
     model = model.float()
     volume = np.random.default_rng(7).random((45, 61, 53)[3 - dims:], dtype=np.float32)
     net = densepred.from_torch(model, dims=dims, in_channels=1)

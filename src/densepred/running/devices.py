@@ -46,15 +46,20 @@ def on_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return copy.deepcopy(net).to(device)
 
 
+# normalisations over space whose CPU kernels want contiguous maps
+SPATIAL_NORMS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
 def fast_memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format | None:
     """The memory format a model written elsewhere runs in on ``device``: channels-last on the
     CPU for float32 models with 4D or 5D (2D or 3D convolution) weights, else None (as it is).
 
     oneDNN's CPU convolutions run on channels-last activations without reordering them for
     every layer: MONAI's BasicUNet ran 1.25x faster per window so, in less memory
-    (docs/BENCHMARKS.md). float64 convolutions have no channels-last kernels.
+    (docs/BENCHMARKS.md). float64 convolutions have no channels-last kernels, and instance
+    norm copies channels-last maps back (the same net with instance norm ran 1.2x slower so).
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or any(isinstance(m, SPATIAL_NORMS) for m in model.modules()):
         return None
     ranks = {p.dim() for p in model.parameters() if p.dtype == torch.float32 and p.dim() in (4, 5)}
     if len(ranks) != 1 or any(p.dtype != torch.float32 for p in model.parameters()):
