@@ -76,7 +76,7 @@ def test_walk_grows_with_the_aspect_and_every_input_is_mfp_valid():
 
 
 def test_profile_writes_a_csv_of_valid_measured_shapes_and_a_plot(tiny_config, tmp_path):
-    result = profile(tiny_config, device="cpu", max_seconds=15, out=tmp_path / "out", progress=False)
+    result = profile(tiny_config, device="cpu", max_seconds=6, out=tmp_path / "out", progress=False)
     header, rows = read_rows(result.csv_path)
     assert tuple(header) == CSV_COLUMNS
     assert result.png_path.stat().st_size > 1000
@@ -182,8 +182,7 @@ def test_bad_profile_options_are_one_line_with_exit_code_2(tiny_config, capsys, 
 def test_a_stream_is_profiled_over_cross_sections_with_a_fixed_length(tiny_config, tmp_path):
     from densepred.running.profiling.walk import stream_length
 
-    # the budget includes starting the measuring process: 2 s alone, up to 8 s late in the suite
-    result = profile(tiny_config, device="cpu", modes=("dilated", "stream"), max_seconds=16, out=None,
+    result = profile(tiny_config, device="cpu", modes=("dilated", "stream"), max_seconds=5, out=None,
                      progress=False, repeats=1)
     geometry = network_geometry(densepred.load_config(tiny_config).network)
     streams = [r for r in result.rows if r.mode == "stream" and r.status == "ok"]

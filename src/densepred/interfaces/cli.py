@@ -69,7 +69,7 @@ def _add_profile(sub: Any) -> None:
                       help="peak memory allowed, e.g. 8GiB or 500MB (default: 80%% of available RAM, "
                            "90%% of free GPU memory)")
     prof.add_argument("--max-seconds", type=float, default=600.0,
-                      help="time budget of the whole profile (default: 600)")
+                      help="time budget for measuring shapes, once the measuring process has started (default: 600)")
     prof.add_argument("--out", help="folder for profile.csv and profile.png (default: the config's save_dir)")
     prof.add_argument("--write", action="store_true",
                       help="store the fastest tile as [prediction] tile_shape and mode in CONFIG")

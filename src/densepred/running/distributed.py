@@ -36,6 +36,7 @@ from .progress import Progress
 from .pyramid import DoneLog, level_log, read_done
 
 log = logging.getLogger("densepred")
+CONNECT_TIMEOUT = "30s"  # how long to keep trying an existing scheduler
 
 ATTEMPTS = 3  # runs of one block before the run stops
 IN_FLIGHT_PER_THREAD = 2  # blocks queued per worker thread: enough to keep every worker busy
@@ -97,9 +98,9 @@ def _connected(job: PredictJob, client: Any) -> Iterator[Any]:
 
     try:
         if job.scheduler is not None:
-            connected = Client(job.scheduler, timeout="30s")
+            connected = Client(job.scheduler, timeout=CONNECT_TIMEOUT)
         elif job.scheduler_file is not None:
-            connected = Client(scheduler_file=str(job.scheduler_file), timeout="30s")
+            connected = Client(scheduler_file=str(job.scheduler_file), timeout=CONNECT_TIMEOUT)
         else:
             connected = Client(local_cluster(job.workers or 1, job.threads_per_worker, job.device))
     except OSError as exc:

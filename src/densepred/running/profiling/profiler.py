@@ -51,8 +51,9 @@ def profile(config: Config | str | Path, *, device: str | None = None,
             ``mode = "stream"``.
         memory_limit: bytes the measuring process may use at its peak; default 80% of the RAM
             available now (CPU) or 90% of the free GPU memory.
-        max_seconds: time budget for the whole profile; a shape whose predicted time would pass
-            it is not started.
+        max_seconds: time budget for measuring shapes, counted once the measuring process
+            has started and measured its matmul peak (a few seconds); a shape whose predicted
+            time would pass it is not started.
         out: folder for ``profile.csv`` and ``profile.png``; default the config's save dir;
             ``None`` with an in-memory config writes nothing.
         write: store the fastest tile as ``[prediction] tile_shape`` and ``mode`` in the config file.
@@ -72,14 +73,13 @@ def profile(config: Config | str | Path, *, device: str | None = None,
         raise DensePredError("write=True needs a config loaded from a file")
     if max_seconds <= 0 or repeats < 1:
         raise DensePredError("max_seconds must be positive and repeats at least 1")
-    started = time.monotonic()
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
     device = _device_name(device)
     with Worker(cfg, device) as worker:
         limit = memory_limit if memory_limit is not None else worker.default_limit
         result = ProfileResult([], worker.matmul_flops, device, limit, worker.baseline)
-        deadline = started + max_seconds
+        deadline = time.monotonic() + max_seconds
         _walk(worker, geometry, modes, ratio, limit, deadline, repeats, progress, result)
     folder = Path(out) if out is not None else cfg.save_dir
     if folder is not None:
