@@ -61,8 +61,10 @@ def fast_memory_format(model: torch.nn.Module, device: torch.device) -> torch.me
     """
     if device.type != "cpu" or any(isinstance(m, SPATIAL_NORMS) for m in model.modules()):
         return None
-    ranks = {p.dim() for p in model.parameters() if p.dtype == torch.float32 and p.dim() in (4, 5)}
-    if len(ranks) != 1 or any(p.dtype != torch.float32 for p in model.parameters()):
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return None
+    ranks = {p.dim() for p in model.parameters() if p.dim() in (4, 5)}
+    if len(ranks) != 1:
         return None
     return torch.channels_last if ranks == {4} else torch.channels_last_3d
 

@@ -40,31 +40,34 @@ def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, m
     field of view is large along z, because it pays the z border once per stream, not per tile.
     """
     if mode == "auto" and tile_shape is None and not stacked and device.type == "cpu":
-        mode = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
+        chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
+        if chosen is not None:
+            return chosen
     plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked)
     return plan, choose_mode(geometry, plan.input_tile, mode, device)
 
 
 def _stream_or_cube(geometry: Geometry, spatial: Sequence[int], mirror: bool, budget: MemoryBudget,
-                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> str:
-    """``"stream"`` where its tiles spend fewer (weighted) FLOPs than the cube tiles, else ``"auto"``."""
+                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> tuple[TilePlan, str] | None:
+    """The stream's plan where its tiles spend fewer (weighted) FLOPs than the cube tiles, else
+    the cube's; None when no stream fits (the cube plan then says what is wrong)."""
     try:
         stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi)
     except DensePredError:
-        return "auto"
+        return None
     stream_work = len(stream) * geometry.flops(stream.input_tile, "stream") / STREAM_EFFICIENCY
     try:
         cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi)
     except DensePredError:  # no cube tile fits the budget; a stream of thin slabs may
         log.info("auto: no cube tile fits the memory budget; streaming tiles of %s", list(stream.input_tile))
-        return "stream"
+        return stream, "stream"
     cube_mode = choose_mode(geometry, cube.input_tile, "auto", torch.device("cpu"))
     cube_work = len(cube) * geometry.flops(cube.input_tile, cube_mode)
-    choice = "stream" if stream_work < cube_work else "auto"
+    streams = stream_work < cube_work
     log.info("auto: %s tiles of %s spend %.3g FLOP, stream tiles of %s %.3g (weighted); %s",
              cube_mode, list(cube.input_tile), cube_work, list(stream.input_tile), stream_work,
-             "streaming" if choice == "stream" else cube_mode)
-    return choice
+             "streaming" if streams else cube_mode)
+    return (stream, "stream") if streams else (cube, cube_mode)
 
 
 def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device: torch.device) -> str:
