@@ -82,3 +82,20 @@ def test_mapped_zeros_is_a_writable_zero_array_of_any_shape():
     a[1, 2, 3] = 4.5
     assert a.sum() == 4.5
     assert mapped_zeros((0, 4), np.uint16).shape == (0, 4)
+
+
+@pytest.mark.parametrize(("environment", "expected"), [
+    ({}, True),                                    # import densepred asks for huge pages
+    ({"THP_MEM_ALLOC_ENABLE": "0"}, False),        # a value the user set is kept
+    ({"DENSEPRED_NO_MALLOC_TUNING": "1"}, False),  # the opt-out of all allocator tuning
+])
+def test_import_asks_pytorch_for_huge_pages_unless_the_user_said_otherwise(environment, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "DENSEPRED_NO_MALLOC_TUNING")}
+    code = "import densepred.system as s, densepred; print(s.huge_pages_requested())"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == str(expected)

@@ -13,10 +13,12 @@ Example:
 """
 
 # glibc malloc settings for fast, bounded CPU inference, before any library starts a thread
-# (threads started later would keep arenas of their own); DENSEPRED_NO_MALLOC_TUNING=1 opts out
-from .system import tune_cpu_allocator
+# (threads started later would keep arenas of their own), and huge pages for PyTorch's large
+# blocks, before its first allocation; DENSEPRED_NO_MALLOC_TUNING=1 opts out of both
+from .system import request_huge_pages, tune_cpu_allocator
 
 tune_cpu_allocator()
+request_huge_pages()
 
 from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config  # noqa: E402
 from .errors import Cancelled, ConfigError, DensePredError  # noqa: E402
