@@ -49,6 +49,8 @@ def run_variant(variant: str, norm: str, volume_path: str, roi: tuple[int, ...],
                 threads: int, features: tuple[int, ...]) -> dict:
     import resource
 
+    if not variant.startswith(("whole", "monai")):
+        import densepred  # first, as in a user's script: it tunes the allocator)
     import torch
 
     torch.set_num_threads(threads)
@@ -82,6 +84,7 @@ def run_variant(variant: str, norm: str, volume_path: str, roi: tuple[int, ...],
     if not variant.startswith(("whole", "monai")):
         info["probe_s"] = probe
         info["contract"] = net.contract.describe()
+        info["huge_pages"] = densepred.system.huge_pages_requested()
     return info
 
 
@@ -138,7 +141,7 @@ def main() -> None:
                 print(f"| {variant} | {info['seconds']:.1f} | {voxels / info['seconds']:,.0f} | "
                       f"{info['peak_gib']:.2f} | {diff:.2e} | {flips:.2e} |")
                 if "contract" in info and variant == "exact":
-                    print(f"\n(probe {info['probe_s']:.1f} s: {info['contract']})\n")
+                    print(f"\n(probe {info['probe_s']:.1f} s, huge pages {info['huge_pages']}: {info['contract']})\n")
 
 
 if __name__ == "__main__":
