@@ -50,7 +50,7 @@ def run_variant(variant: str, norm: str, volume_path: str, roi: tuple[int, ...],
     import resource
 
     if not variant.startswith(("whole", "monai")):
-        import densepred  # first, as in a user's script: it tunes the allocator)
+        import densepred  # first, as in a user's script: it tunes the allocator
     import torch
 
     torch.set_num_threads(threads)
