@@ -254,12 +254,11 @@ weights:
 """
 
 
-@pytest.fixture
-def zoo_model(tmp_path):
-    """An unpacked bioimage.io model package: rdf.yaml, the architecture's file, its weights."""
+def zoo_package(folder):
+    """An unpacked bioimage.io model package in ``folder``: rdf.yaml, the architecture's file,
+    its weights; returns the rdf.yaml and the model."""
     from densepred.networks.loading import load_model
 
-    folder = tmp_path / "zoo"
     folder.mkdir()
     (folder / "tiny.py").write_text(SOURCE)
     model = trained_looking(load_model(f"{folder / 'tiny.py'}:Tiny"), seed=5).float()
@@ -273,6 +272,11 @@ def zoo_model(tmp_path):
     return folder / "rdf.yaml", model
 
 
+@pytest.fixture
+def zoo_model(tmp_path):
+    return zoo_package(tmp_path / "zoo")
+
+
 def test_a_bioimageio_model_predicts_file_to_file_like_its_module(zoo_model, tmp_path):
     pytest.importorskip("bioimageio.spec")
     rdf, model = zoo_model
@@ -280,7 +284,7 @@ def test_a_bioimageio_model_predicts_file_to_file_like_its_module(zoo_model, tmp
     np.save(tmp_path / "in.npy", volume)
     assert main(["predict", "--model-file", str(rdf), "--input", str(tmp_path / "in.npy"), "--output",
                  str(tmp_path / "out.zarr"), "--mode", "exact", "--tile", "16", "--quiet"]) == 0
-    net = densepred.from_torch(model, dims=3, in_channels=1)
+    net = densepred.from_torch(model, dims=3, in_channels=1, output="identity")  # no postprocessing: logits
     expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=16)
     np.testing.assert_allclose(stored(tmp_path / "out.zarr"), expected, rtol=0, atol=1e-6)
     zoo = densepred.from_bioimageio(rdf)

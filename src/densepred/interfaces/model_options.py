@@ -15,13 +15,15 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
     group.add_argument("--model", metavar="MODULE:CLASS",
                        help="package.module:Class or path/to/file.py:Class, built with --model-kwargs")
     group.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments of the class, a JSON object")
-    group.add_argument("--model-file", metavar="FILE.pt2|rdf.yaml",
+    group.add_argument("--model-file", metavar="FILE.pt2|rdf.yaml|MODEL.zip",
                        help="a torch.export program instead (it unpickles: load only files you trust), or a "
-                            "bioimage.io model's rdf.yaml (pytorch_state_dict weights; dims and channels from it)")
+                            "bioimage.io model: its rdf.yaml or zipped package (pytorch_state_dict weights; dims, "
+                            "channels and preprocessing from it)")
     group.add_argument("--dims", type=int, default=3, choices=[2, 3], help="the model's spatial dimensions")
     group.add_argument("--in-channels", type=int, default=1, help="the model's input channels (default: 1)")
-    group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"], default="softmax",
-                       help="what the logits become (default: softmax)")
+    group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"],
+                       help="what the logits become (default: softmax; for a bioimage.io model, its own "
+                            "sigmoid or softmax postprocessing, else identity)")
     group.add_argument("--overlap", type=float, default=0.5, help="blend mode: window overlap (default: 0.5)")
     group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
 

@@ -41,7 +41,7 @@ class ChannelFirst:
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
             image = np.asarray(image)
         shape = tuple(image.shape)
-        self.image = image
+        self.image, self.channels = image, channels
         self.stacked = False
         if len(shape) == dims and channels == 1:
             self.has_channel_axis, self.spatial_shape = False, shape

@@ -93,6 +93,7 @@ class ForeignNet(torch.nn.Module):
         return self._contract
 
     independent_axes: tuple[int, ...] = ()  # axes along which windows need no overlap (a stack's z)
+    preprocessing: tuple[Any, ...] = ()  # a bioimage.io model's input steps (networks.processing.Step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -127,7 +128,7 @@ class StackNet(ForeignNet):
 
     def __init__(self, flat: ForeignNet):
         super().__init__(SliceWise(flat.model), 3, flat.in_channels, flat.output, over_stack(flat.sizes), None)
-        self.flat = flat
+        self.flat, self.preprocessing = flat, flat.preprocessing
 
     @property
     def contract(self) -> TilingContract:

@@ -107,7 +107,7 @@ class PredictJob:
     model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
     dims: int = 3  # the model's spatial dimensions
     in_channels: int = 1
-    activation: str = "softmax"  # softmax, sigmoid or identity
+    activation: str | None = None  # softmax, sigmoid or identity; None: softmax, or a bioimage.io model's own
     overlap: float = 0.5  # blend mode: window overlap
     tta: str | Sequence[int] | None = None  # "flips" or the axes to flip
 

@@ -40,6 +40,7 @@ from .block_task import BlockResult, _default_threads, _reported, _worker_addres
 from .devices import resolve_device
 from .foreign_predict import ExactPiece, ForeignRun, source_of
 from .input_checks import NonFinite, Sink
+from .preprocess import Prepared
 from .progress import Progress
 from .run_record import DoneLog, read_done
 
@@ -103,6 +104,7 @@ class ModelBlockJob:
     shift: tuple[int, ...]  # output voxel -> image voxel (the crop), for messages
     strict: bool = False
     threads: int | None = None
+    prepared: Prepared | None = None  # the input's preprocessing, measured once by the client
 
 
 def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) -> BlockResult:
@@ -111,7 +113,7 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
     with _reported(worker), large_blocks_returned():
         net, source = source_of(_model(payload, job), ChannelFirst(open_array(job.input), payload.in_channels,
                                                                    payload.dims))
-        run = ForeignRun.create(net, source, "exact", job.window, 0.5, job.tta, None, job.device)
+        run = ForeignRun.create(net, source, "exact", job.window, 0.5, job.tta, None, job.device, job.prepared)
         box = block_box(job.blocks, block_id)
         pieces = run.indexed_windows()
         reach = pieces_in(run, pieces, box)
@@ -144,7 +146,7 @@ def exact_on_cluster(client: Any, job: Any, run: ForeignRun, record_dir: Path, e
     done_pieces, done_blocks = read_done(record_dir), read_done(record_dir, BLOCKS_LOG)
     payload = client.scatter(ModelPayload.from_job(job, run.net), broadcast=True, hash=False)
     block_job = ModelBlockJob(in_spec.resolved(), out_spec.resolved(), run.window, job.tta, job.device, blocks,
-                              encoding, run.contract.crop, job.strict, job.threads_per_worker)
+                              encoding, run.contract.crop, job.strict, job.threads_per_worker, run.prepared)
     resources = {"GPU": 1} if resolve_device(job.device).type == "cuda" else None
     _check_resources(client, resources)
     todo = [(block_id, box) for block_id, box in blocks.boxes() if block_id not in done_blocks

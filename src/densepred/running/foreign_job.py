@@ -31,8 +31,8 @@ from ..io import ArraySpec, ChannelFirst, check_not_input, check_writable, creat
 from ..io import open_output as reopen
 from ..io.encoding import Encoding
 from ..io.fingerprint import array_fingerprint
-from ..networks.bioimageio import is_rdf, read_rdf
-from ..networks.foreign import from_torch
+from ..networks.bioimageio import is_rdf, read_rdf, zoo_net
+from ..networks.foreign import ForeignNet, from_torch
 from ..networks.loading import load_model
 from ..system import large_blocks_returned
 from .file_job import JobResult, PredictJob, _resumable_record, start_output
@@ -64,17 +64,12 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
     from .distributed import uses_cluster
 
     cluster = client is not None or uses_cluster(job)
-    if is_rdf(job.model_file):  # a bioimage.io model: its class, kwargs, weights and axes
-        zoo = read_rdf(job.model_file)
-        job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=str(zoo.weights), model_file=None,
-                      dims=zoo.dims, in_channels=zoo.in_channels)
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
-    model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
-    net = from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
+    job, net = _job_net(job)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     run = ForeignRun.create(net, source, job.mode or "auto", job.tile, job.overlap, job.tta, None, job.device)
     if cluster:
@@ -117,6 +112,18 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
                      origin=run.contract.crop)
 
 
+def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
+    """The job with what a bioimage.io model's description says filled in, and its net."""
+    if not is_rdf(job.model_file):
+        job = replace(job, activation=job.activation or "softmax")
+        model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
+        return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
+    zoo = read_rdf(job.model_file)  # its class, kwargs, weights, axes and processing
+    job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=str(zoo.weights), model_file=None,
+                  dims=zoo.dims, in_channels=zoo.in_channels, activation=job.activation or zoo.activation)
+    return job, zoo_net(load_model(job.model, job.model_kwargs, job.weights), zoo, job.activation)
+
+
 def _on_cluster(job: PredictJob, client: Any, run: ForeignRun, record_dir: Path, encoding: Encoding,
                 out_spec: ArraySpec, in_spec: ArraySpec) -> tuple[int, int]:
     from .distributed import _connected
@@ -135,7 +142,8 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Fore
         "input_file": file_stamp(in_spec.path),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
-                    "contract": run.contract.describe(), "activation": job.activation},
+                    "contract": run.contract.describe(), "activation": run.net.output,
+                    "preprocessing": run.prepared.describe() if run.prepared is not None else []},
         "tiles": {"mode": run.mode, "window": list(run.window), "overlap": run.overlap,
                   "tta": [list(f) for f in run.flips]},
         "output": {"shape": list(_output_shape(run, encoding)), "dtype": str(encoding.stored_dtype),

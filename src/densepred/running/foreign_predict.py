@@ -28,6 +28,7 @@ from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
 from ..system import large_blocks_returned, mapped_zeros
 from .devices import fast_memory_format, in_memory_format, on_device, resolve_device
+from .preprocess import Prepared, resolve
 from .progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
@@ -121,10 +122,14 @@ class ForeignRun:
     model: Any
     contract: TilingContract  # the full contract for exact tiling; the sizes alone for blending
     memory_format: torch.memory_format | None = None  # the model's activations (channels-last on the CPU)
+    prepared: Prepared | None = None  # the input's preprocessing, measured over the whole image
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
-               overlap: float, tta: Any, channel_map: Any, device: Any) -> ForeignRun:
+               overlap: float, tta: Any, channel_map: Any, device: Any,
+               prepared: Prepared | None = None) -> ForeignRun:
+        """The run; ``prepared``: the preprocessing measured already (by a cluster's client),
+        else it is measured here."""
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
         mode = _mode(net, mode)
@@ -137,7 +142,8 @@ class ForeignRun:
         model = on_device(net.model, device)
         memory_format = fast_memory_format(model, device)
         return cls(net, source, mode, window, overlap, flips, channel_map, device,
-                   in_memory_format(model, memory_format), contract, memory_format)
+                   in_memory_format(model, memory_format), contract, memory_format,
+                   prepared if prepared is not None else resolve(net, source))
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -213,8 +219,8 @@ class ForeignRun:
         return _outer(sums)
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
-        return _forward(self.model, self.net, _read(self.source, starts, self.window), self.flips, self.channel_map,
-                        self.device, self.memory_format)
+        return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared), self.flips,
+                        self.channel_map, self.device, self.memory_format)
 
 
 class _Result:
@@ -308,10 +314,14 @@ def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, 
     return result[0].float().cpu().contiguous().numpy()
 
 
-def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int]) -> np.ndarray:
-    """The window at ``starts``, zero beyond the image's high end (its padding to the factor)."""
+def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
+          prepared: Prepared | None = None) -> np.ndarray:
+    """The window at ``starts``, preprocessed, zero beyond the image's high end (its padding to
+    the factor, after the preprocessing, as a whole-image forward would pad it)."""
     box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
     data = to_float32(source.read(box))
+    if prepared is not None:
+        data = prepared.apply(data, starts)
     pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
     return np.pad(data, pad) if any(p for _, p in pad[1:]) else np.ascontiguousarray(data)
 
