@@ -4,6 +4,7 @@ forward in float64), or blended where the probe finds they cannot be."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 
 import numpy as np
@@ -318,3 +319,28 @@ def test_a_float32_model_runs_channels_last_on_the_cpu_and_still_tiles_exactly(d
     assert all(p.is_contiguous() for p in model.parameters())  # the run worked on a copy
     expected = whole(model.double(), volume, net.contract.factor, window)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def _windows(caplog):
+    return [line.split("exact window ")[1].split(":")[0] for line in caplog.text.splitlines() if "exact window" in line]
+
+
+def test_without_a_window_exact_takes_the_largest_the_memory_limit_holds(volume, caplog):
+    from densepred.system import resident_bytes
+
+    model = trained_looking(UNet(), seed=8)
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    densepred.predict_dense(net, volume[:8, :8, :8], mode="exact")  # probed: the contract and the memory
+    results = {}
+    with caplog.at_level(logging.INFO, logger="densepred"):
+        for room in (48, 24, None):  # MiB over what the process holds, and the default
+            limit = None if room is None else resident_bytes() + room * 2**20
+            results[room] = densepred.predict_dense(net, volume, mode="exact", memory_limit=limit)
+    at_48, at_24, default = (np.prod(json.loads(w)) for w in _windows(caplog))
+    assert at_24 < at_48 <= default
+    assert default == np.prod([-(-s // 4) * 4 for s in volume.shape])  # the default holds the whole volume
+    expected = whole(model, volume, net.contract.factor, (36, 36, 36))
+    for got in results.values():  # every window is exact
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    with pytest.raises(densepred.DensePredError, match=r"memory limit of .* is too small"):
+        densepred.predict_dense(net, volume, mode="exact", memory_limit=resident_bytes() + 2**20)

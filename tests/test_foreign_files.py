@@ -89,6 +89,36 @@ def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatc
     assert stored(tmp_path / "cut.zarr").tobytes() == stored(tmp_path / "whole.zarr").tobytes()
 
 
+def test_a_resumed_exact_run_keeps_its_window_when_the_budget_holds_another(model_files, tmp_path, monkeypatch):
+    from densepred.system import resident_bytes
+
+    model, _ = model_files
+    volume = np.random.default_rng(13).random((61, 77, 69), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    assert predict(tmp_path, "warm.zarr", "--mode", "exact") == 0  # the process's own memory settles
+    original, calls = foreign_job.Sink.write, {"n": 0}
+
+    def crash(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(5, "Input/output error")
+        return original(*args)
+
+    monkeypatch.setattr(foreign_job.Sink, "write", crash)
+    with pytest.raises(OSError, match="Input/output error"):  # a window sized to a small budget
+        densepred.predict_to_file(densepred.PredictJob(
+            None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
+            model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode="exact", progress=False,
+            memory_limit=resident_bytes() + 32 * 2**20))
+    monkeypatch.setattr(foreign_job.Sink, "write", original)
+    record = tmp_path / "cut.zarr.densepred" / "run.json"
+    window = json.loads(record.read_text())["tiles"]["window"]
+    assert predict(tmp_path, "cut.zarr", "--mode", "exact", "--resume") == 0  # the default budget: larger
+    assert json.loads(record.read_text())["tiles"]["window"] == window
+    expected = densepred.predict_dense(densepred.from_torch(model, dims=3, in_channels=1), volume, mode="exact")
+    np.testing.assert_allclose(stored(tmp_path / "cut.zarr"), expected, rtol=0, atol=1e-6)
+
+
 def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, caplog):
     model = trained_looking(UNet(norm="instance")).float()
     save_file(dict(model.state_dict()), tmp_path / "inorm.safetensors")
@@ -111,6 +141,7 @@ def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, capl
     (["--model", "tests.test_foreign:UNet", "--mode", "mfp"], "--mode mfp is for densepred's own nets"),
     (["--model", "tests.test_foreign:UNet", "--model-file", "m.pt2"], "one of them"),
     (["--model-file", "missing.pt2"], "does not exist"),
+    (["--model", "tests.test_foreign:UNet", "--model-kwargs", KWARGS, "--memory-limit", "1M"], "is too small"),
 ])
 def test_model_mistakes_are_one_line_exit_2(model_files, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import DensePredError
-from .values import parse_floats, parse_ints
+from .values import parse_floats, parse_ints, parse_size
 
 
 def add_model_options(pred: argparse.ArgumentParser) -> None:
@@ -50,7 +50,8 @@ def model_job(args: argparse.Namespace) -> Any:
         strict=args.strict, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler, scheduler_file=args.scheduler_file, tiles_per_block=_block(args.block),
         progress=not args.quiet, levels=args.levels, chunks=parse_ints(args.chunks, args.dims, "--chunks"),
-        voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit)
+        voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit,
+        memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
 
 
 def _block(text: str | None) -> int | tuple[int, ...] | None:

@@ -71,13 +71,17 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
     check_not_input(out_spec, in_spec)
     job, net = _job_net(job)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
-    run = ForeignRun.create(net, source, job.mode or "auto", job.tile, job.overlap, job.tta, None, job.device)
+    record_dir = record_path(out_spec)
+    previous = _resumable_record(out_spec, record_dir) if job.resume else None
+    # a resumed run keeps its recorded window (the memory budget may hold another one now)
+    window = job.tile if job.tile is not None or previous is None else previous["tiles"]["window"]
+    with large_blocks_returned():  # the probes' memory is returned
+        run = ForeignRun.create(net, source, job.mode or "auto", window, job.overlap, job.tta, None, job.device,
+                                memory_limit=job.memory_limit)
     if cluster:
         check_cluster_run(run, out_spec)
     channels = run.forward((0,) * len(run.window)).shape[0]
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
-    record_dir = record_path(out_spec)
-    previous = _resumable_record(out_spec, record_dir) if job.resume else None
     layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
                         "prediction") if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)

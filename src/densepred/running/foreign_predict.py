@@ -28,6 +28,8 @@ from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
 from ..system import large_blocks_returned, mapped_zeros
 from .devices import fast_memory_format, in_memory_format, on_device, resolve_device
+from .foreign_window import budget_window, check_window, exact_counter, model_memory, result_bytes
+from .memory_budget import memory_budget
 from .preprocess import Prepared, resolve
 from .progress import Progress, ProgressOption
 
@@ -41,17 +43,21 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
                     overlap: float = 0.5, tta: str | Sequence[int] | None = None,
                     channel_map: dict[int, Sequence[int]] | None = None,
                     device: str | torch.device | None = None, out: Any = None,
-                    progress: ProgressOption = False) -> np.ndarray | Any:
+                    progress: ProgressOption = False, memory_limit: int | None = None) -> np.ndarray | Any:
     """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
 
     ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
     into as they finish (memory: one window); blending into ``out`` goes through
     ``densepred predict --model`` (file to file, streamed), so it is refused here.
     ``progress``: as in :func:`densepred.predict_dense`, updated after every window.
+    ``memory_limit``: bytes the process may use at its peak (default: half the available
+    memory); without ``window`` an exact run takes the largest window it holds, the result
+    counted against it unless ``out`` is given (:mod:`.foreign_window`).
     """
     net, source = source_of(net, image)
-    run = ForeignRun.create(net, source, mode, window, overlap, tta, channel_map, device)
-    with large_blocks_returned():
+    with large_blocks_returned():  # the probes' memory too
+        run = ForeignRun.create(net, source, mode, window, overlap, tta, channel_map, device,
+                                memory_limit=memory_limit, in_memory=out is None)
         return _exact_into(run, out, progress) if out is not None else _in_memory(run, progress)
 
 
@@ -126,24 +132,30 @@ class ForeignRun:
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
-               overlap: float, tta: Any, channel_map: Any, device: Any,
-               prepared: Prepared | None = None) -> ForeignRun:
+               overlap: float, tta: Any, channel_map: Any, device: Any, prepared: Prepared | None = None,
+               memory_limit: int | None = None, in_memory: bool = False) -> ForeignRun:
         """The run; ``prepared``: the preprocessing measured already (by a cluster's client),
-        else it is measured here."""
+        else it is measured here. Without a window, an exact run takes the largest that fits
+        the memory budget (``memory_limit``, or the default; ``in_memory``: the result counts
+        against it); see :mod:`.foreign_window`."""
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
         mode = _mode(net, mode)
         flips = _flips(net, tta, channel_map)
         contract = net.contract if mode == "exact" else net.sizes
+        asked = window if window is not None else net.window
         window = _window(net, contract, window, source.spatial_shape, mode, _context(contract, flips))
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
         model = on_device(net.model, device)
         memory_format = fast_memory_format(model, device)
-        return cls(net, source, mode, window, overlap, flips, channel_map, device,
-                   in_memory_format(model, memory_format), contract, memory_format,
-                   prepared if prepared is not None else resolve(net, source))
+        model = in_memory_format(model, memory_format)
+        run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format)
+        if (asked is None and mode == "exact") or memory_limit is not None:
+            run.window = _budgeted(run, asked is None and mode == "exact", memory_limit, in_memory)
+        run.prepared = prepared if prepared is not None else resolve(net, source)
+        return run
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -367,15 +379,11 @@ def _window(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | No
             mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """The window: given (checked) or the smallest exact one of at least 64 per axis, never
     larger than the smallest accepted size that covers the image."""
-    from ..geometry.overlap import smallest_window
-
     if window is None:
         window = net.window
     if window is None:
-        first = c.smallest or (1,) * net.dims
-        least = [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first,
-                                                                          strict=True)]
-        window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f for w, f in zip(least, c.factor, strict=True)]
+        window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f
+                  for w, f in zip(_least(c, context), c.factor, strict=True)]
     window = (window,) * net.dims if isinstance(window, int) else tuple(int(w) for w in window)
     if len(window) != net.dims or any(w < 1 for w in window):
         raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
@@ -384,10 +392,43 @@ def _window(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | No
         raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
                              + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
                              + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
-    window = tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
+    window = _fitted(c, spatial, window)
     if mode == "exact":
         for n, w, f, cr, ctx, m in zip(spatial, window, c.factor, c.crop, context, smallest, strict=True):
             exact_axis(n, w, f, cr, ctx, m)  # raises with the smallest valid window
+    return window
+
+
+def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
+    """The smallest exact window per axis."""
+    from ..geometry.overlap import smallest_window
+
+    first = c.smallest or (1,) * len(c.factor)
+    return [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]
+
+
+def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
+    smallest = c.smallest or (1,) * len(c.factor)
+    return tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
+
+
+def _budgeted(run: ForeignRun, size: bool, memory_limit: int | None, in_memory: bool) -> tuple[int, ...]:
+    """An exact run's default window sized to the memory budget (``size``), or the run's window
+    checked against it (a warning when over)."""
+    c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
+    memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
+                          _dtype(run.model))
+    budget = memory_budget(memory_limit, run.device)
+    if in_memory:
+        budget = budget.less(result_bytes(memory, run.output_shape))
+    if not size:
+        check_window(memory, run.window, run.net.in_channels, views, budget)
+        return run.window
+    context = _context(c, run.flips)
+    window = budget_window(_least(c, context), lambda w: _fitted(c, spatial, w),
+                           exact_counter(spatial, c, context), c.factor,
+                           lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
+    log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window), budget.limit / 2**30)
     return window
 
 

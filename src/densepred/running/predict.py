@@ -97,7 +97,7 @@ def predict_dense(
     """
     if isinstance(net, ForeignNet):
         return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
-                                progress)
+                                progress, memory_limit)
     net_geometry = _image_geometry(net)
     if tile_shape is None:
         tile_shape = net.tile_shape
@@ -132,14 +132,15 @@ def predict_dense(
 
 
 def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mode: str, device: Any, out: Any,
-                     overlap: float, tta: Any, channel_map: Any, progress: ProgressOption) -> np.ndarray:
+                     overlap: float, tta: Any, channel_map: Any, progress: ProgressOption,
+                     memory_limit: int | None) -> np.ndarray:
     from .foreign_predict import predict_foreign
 
     if mirror:
         raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
                              "its output already covers the image")
     return predict_foreign(net, image, mode=mode, window=window, overlap=overlap, tta=tta, channel_map=channel_map,
-                           device=device, out=out, progress=progress)
+                           device=device, out=out, progress=progress, memory_limit=memory_limit)
 
 
 def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) -> tuple[int, ...]:
