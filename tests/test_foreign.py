@@ -344,3 +344,8 @@ def test_without_a_window_exact_takes_the_largest_the_memory_limit_holds(volume,
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     with pytest.raises(densepred.DensePredError, match=r"memory limit of .* is too small"):
         densepred.predict_dense(net, volume, mode="exact", memory_limit=resident_bytes() + 2**20)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="densepred"):  # auto blends instead, with a warning
+        got = densepred.predict_dense(net, volume, mode="auto", memory_limit=resident_bytes() + 2**20)
+    assert "blending overlapping windows instead" in caplog.text
+    np.testing.assert_array_equal(got, densepred.predict_dense(net, volume, mode="blend"))

@@ -141,7 +141,8 @@ def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, capl
     (["--model", "tests.test_foreign:UNet", "--mode", "mfp"], "--mode mfp is for densepred's own nets"),
     (["--model", "tests.test_foreign:UNet", "--model-file", "m.pt2"], "one of them"),
     (["--model-file", "missing.pt2"], "does not exist"),
-    (["--model", "tests.test_foreign:UNet", "--model-kwargs", KWARGS, "--memory-limit", "1M"], "is too small"),
+    (["--model", "tests.test_foreign:UNet", "--model-kwargs", KWARGS, "--memory-limit", "1M", "--mode", "exact"],
+     "is too small"),
 ])
 def test_model_mistakes_are_one_line_exit_2(model_files, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)

@@ -23,20 +23,18 @@ import numpy as np
 import torch
 
 from ..errors import DensePredError
-from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard, fitted_window
+from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ..io import ChannelFirst, to_float32
 from ..networks.foreign import ForeignNet, StackNet, TilingContract
 from ..system import large_blocks_returned, mapped_zeros
 from .devices import fast_memory_format, in_memory_format, on_device, resolve_device
-from .foreign_window import budget_window, check_window, exact_counter, model_memory, result_bytes
-from .memory_budget import memory_budget
+from .foreign_window import DEFAULT_WINDOW, OverBudget, budget_window, context_of, dtype_of, window_for
 from .preprocess import Prepared, resolve
 from .progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
 
 MODES = ("auto", "exact", "blend")
-DEFAULT_WINDOW = 64
 
 
 def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
@@ -137,14 +135,16 @@ class ForeignRun:
         """The run; ``prepared``: the preprocessing measured already (by a cluster's client),
         else it is measured here. Without a window, an exact run takes the largest that fits
         the memory budget (``memory_limit``, or the default; ``in_memory``: the result counts
-        against it); see :mod:`.foreign_window`."""
+        against it); see :mod:`.foreign_window`. ``mode="auto"`` blends when even the smallest
+        exact window does not fit."""
+        asked_for = (mode, window, tta, channel_map)
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
         mode = _mode(net, mode)
         flips = _flips(net, tta, channel_map)
         contract = net.contract if mode == "exact" else net.sizes
         asked = window if window is not None else net.window
-        window = _window(net, contract, window, source.spatial_shape, mode, _context(contract, flips))
+        window = window_for(net, contract, window, source.spatial_shape, mode, context_of(contract, flips))
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
@@ -153,7 +153,16 @@ class ForeignRun:
         model = in_memory_format(model, memory_format)
         run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format)
         if (asked is None and mode == "exact") or memory_limit is not None:
-            run.window = _budgeted(run, asked is None and mode == "exact", memory_limit, in_memory)
+            try:
+                run.window = budget_window(run, asked is None and mode == "exact", memory_limit, in_memory)
+            except OverBudget as exc:
+                if asked_for[0] != "auto":
+                    raise
+                log.warning("%s; blending overlapping windows instead (mode 'exact' with a larger memory limit "
+                            "would be exact)", str(exc).split("; raise")[0])
+                _, window, tta, channel_map = asked_for
+                return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
+                                  memory_limit, in_memory)
         run.prepared = prepared if prepared is not None else resolve(net, source)
         return run
 
@@ -172,13 +181,13 @@ class ForeignRun:
             return self.output_window
         c = self.contract
         return tuple(exact_shard(s, w, f, cr, ctx) for s, w, f, cr, ctx in zip(
-            self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True))
+            self.source.spatial_shape, self.window, c.factor, c.crop, context_of(c, self.flips), strict=True))
 
     def exact_axes(self) -> list[list[AxisWindow]]:
         """The exact windows of each axis (:func:`exact_axis`)."""
         c = self.contract
         return [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-                zip(self.source.spatial_shape, self.window, c.factor, c.crop, _context(c, self.flips), strict=True)]
+                zip(self.source.spatial_shape, self.window, c.factor, c.crop, context_of(c, self.flips), strict=True)]
 
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""
@@ -283,13 +292,6 @@ def _over_stack(net: StackNet, window: Any, tta: Any, channel_map: Any) -> tuple
     return window, tta, channel_map
 
 
-def _context(contract: TilingContract, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
-    """The context windows must keep: the model's, or with flips the larger side on both
-    (a flipped view reaches the other way)."""
-    context = contract.context
-    return context if flips == [()] else tuple((max(a, b),) * 2 for a, b in context)
-
-
 def gaussian(n: int) -> np.ndarray:
     """Per-axis blending weights: a Gaussian with sigma n/8 centred on the window, floored at
     1e-3 of its peak so edge voxels covered by one window keep a defined value."""
@@ -308,7 +310,7 @@ def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
              device: torch.device, memory_format: torch.memory_format | None = None) -> np.ndarray:
     """The window's activated outputs: logits averaged over the flips, then the activation."""
-    x_t = torch.from_numpy(x[None]).to(device, _dtype(model))
+    x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
     if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
         x_t = x_t.contiguous(memory_format=memory_format)
     total = None
@@ -373,66 +375,3 @@ def _mode(net: ForeignNet, mode: str) -> str:
         log.warning("this model cannot be tiled exactly (%s); blending overlapping windows", net.contract.reason)
         return "blend"
     return mode
-
-
-def _window(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | None, spatial: Sequence[int],
-            mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
-    """The window: given (checked) or the smallest exact one of at least 64 per axis, never
-    larger than the smallest accepted size that covers the image."""
-    if window is None:
-        window = net.window
-    if window is None:
-        window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f
-                  for w, f in zip(_least(c, context), c.factor, strict=True)]
-    window = (window,) * net.dims if isinstance(window, int) else tuple(int(w) for w in window)
-    if len(window) != net.dims or any(w < 1 for w in window):
-        raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
-    smallest = c.smallest or (1,) * net.dims
-    if not c.valid(window):
-        raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
-                             + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
-                             + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
-    window = _fitted(c, spatial, window)
-    if mode == "exact":
-        for n, w, f, cr, ctx, m in zip(spatial, window, c.factor, c.crop, context, smallest, strict=True):
-            exact_axis(n, w, f, cr, ctx, m)  # raises with the smallest valid window
-    return window
-
-
-def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
-    """The smallest exact window per axis."""
-    from ..geometry.overlap import smallest_window
-
-    first = c.smallest or (1,) * len(c.factor)
-    return [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]
-
-
-def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
-    smallest = c.smallest or (1,) * len(c.factor)
-    return tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
-
-
-def _budgeted(run: ForeignRun, size: bool, memory_limit: int | None, in_memory: bool) -> tuple[int, ...]:
-    """An exact run's default window sized to the memory budget (``size``), or the run's window
-    checked against it (a warning when over)."""
-    c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
-    memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
-                          _dtype(run.model))
-    budget = memory_budget(memory_limit, run.device)
-    if in_memory:
-        budget = budget.less(result_bytes(memory, run.output_shape))
-    if not size:
-        check_window(memory, run.window, run.net.in_channels, views, budget)
-        return run.window
-    context = _context(c, run.flips)
-    window = budget_window(_least(c, context), lambda w: _fitted(c, spatial, w),
-                           exact_counter(spatial, c, context), c.factor,
-                           lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
-    log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window), budget.limit / 2**30)
-    return window
-
-
-def _dtype(model: Any) -> torch.dtype:
-    parameter = next(model.parameters(), None)
-    return torch.float32 if parameter is None else parameter.dtype
-

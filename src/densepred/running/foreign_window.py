@@ -1,4 +1,5 @@
-"""The memory a model written elsewhere needs per window, and the exact window the budget holds.
+"""The window of a model written elsewhere: given, the default, or the largest exact one the
+memory budget holds; and the memory the model needs per window.
 
 An exact window recomputes its context on every side, so a larger window wastes less; the
 result does not depend on it. The default exact window is therefore the largest one whose
@@ -24,16 +25,22 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..geometry.overlap import exact_axis
-from ..networks.foreign import TilingContract
-from .memory_budget import MemoryBudget, too_small, warn_if_over
+from ..errors import DensePredError
+from ..geometry.overlap import exact_axis, fitted_window, smallest_window
+from ..networks.foreign import ForeignNet, TilingContract
+from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
 
 log = logging.getLogger("densepred")
 
+DEFAULT_WINDOW = 64  # the least a default window is (per axis), as MONAI's examples use
 PROBE_VOXELS = 2**17  # the measured forward's input, about 50^3
 MARGIN = 1.25  # measured peak resident memory of a blended BasicUNet over the estimate: 1.07
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str, bool], ModelMemory]] = (
     weakref.WeakKeyDictionary())
+
+
+class OverBudget(DensePredError):
+    """Even the smallest exact window does not fit the memory budget."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def _cuda_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return torch.cuda.max_memory_allocated(x.device) - base, channels
 
 
-def budget_window(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tuple[int, ...]],
+def largest_window(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tuple[int, ...]],
                   count: Callable[[int, int], int], factor: Sequence[int], cost: Callable[[tuple[int, ...]], int],
                   budget: MemoryBudget) -> tuple[int, ...]:
     """The largest window the budget holds, grown from ``least`` by factors on every axis until
@@ -136,7 +143,7 @@ def budget_window(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tupl
     (an error if even it does not)."""
     window = fitted(tuple(least))
     if cost(window) > budget.room:
-        raise too_small(budget, cost(window))
+        raise OverBudget(str(too_small(budget, cost(window))))
     while True:
         grown = fitted(tuple(w + f for w, f in zip(window, factor, strict=True)))
         if grown == window or cost(grown) > budget.room:
@@ -176,5 +183,73 @@ def result_bytes(memory: ModelMemory, output_shape: Sequence[int]) -> int:
     return 4 * memory.channels * int(np.prod(output_shape))
 
 
-__all__ = ["MARGIN", "PROBE_VOXELS", "ModelMemory", "budget_window", "check_window", "exact_counter",
-           "model_memory", "probe_window", "result_bytes"]
+def context_of(contract: TilingContract, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
+    """The context windows must keep: the model's, or with flips the larger side on both
+    (a flipped view reaches the other way)."""
+    context = contract.context
+    return context if flips == [()] else tuple((max(a, b),) * 2 for a, b in context)
+
+
+def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | None, spatial: Sequence[int],
+               mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """The window: given (checked) or the smallest exact one of at least 64 per axis, never
+    larger than the smallest accepted size that covers the image."""
+    if window is None:
+        window = net.window
+    if window is None:
+        window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f
+                  for w, f in zip(_least(c, context), c.factor, strict=True)]
+    window = (window,) * net.dims if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(window) != net.dims or any(w < 1 for w in window):
+        raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
+    smallest = c.smallest or (1,) * net.dims
+    if not c.valid(window):
+        raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
+                             + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
+                             + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
+    window = _fitted(c, spatial, window)
+    if mode == "exact":
+        for n, w, f, cr, ctx, m in zip(spatial, window, c.factor, c.crop, context, smallest, strict=True):
+            exact_axis(n, w, f, cr, ctx, m)  # raises with the smallest valid window
+    return window
+
+
+def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
+    """The smallest exact window per axis."""
+    first = c.smallest or (1,) * len(c.factor)
+    return [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]
+
+
+def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
+    smallest = c.smallest or (1,) * len(c.factor)
+    return tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
+
+
+def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool) -> tuple[int, ...]:
+    """An exact run's default window sized to the memory budget (``size``), or the run's window
+    checked against it (a warning when over)."""
+    c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
+    memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
+                          dtype_of(run.model))
+    budget = memory_budget(memory_limit, run.device)
+    if in_memory:
+        budget = budget.less(result_bytes(memory, run.output_shape))
+    if not size:
+        check_window(memory, run.window, run.net.in_channels, views, budget)
+        return run.window
+    context = context_of(c, run.flips)
+    window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
+                            exact_counter(spatial, c, context), c.factor,
+                            lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
+    log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window), budget.limit / 2**30)
+    return window
+
+
+def dtype_of(model: Any) -> torch.dtype:
+    """The dtype the model's parameters (and so its inputs) have."""
+    parameter = next(model.parameters(), None)
+    return torch.float32 if parameter is None else parameter.dtype
+
+
+__all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window", "context_of",
+           "dtype_of", "largest_window", "model_memory", "probe_window", "window_for"]
