@@ -8,6 +8,10 @@ MONAI is needed for this benchmark only: ``.venv/bin/pip install monai``.
 
     python benchmarks/foreign_memory.py --modes blend --sizes 64,256,256 128,512,512
     python benchmarks/foreign_memory.py --modes exact --net UNet --sizes 64,256,256 128,512,512
+    python benchmarks/foreign_memory.py --modes exact --net UNet --tile default --memory-limit 2G
+
+``--tile default`` gives no window: an exact run then takes the largest the memory limit
+(``--memory-limit``, else half the available memory) holds.
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ def save_model(path: Path, net: str) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
 
 
-def run(work: Path, shape: str, mode: str, tile: str, net: str) -> tuple[float, float]:
+def run(work: Path, shape: str, mode: str, tile: str, net: str, limit: str | None) -> tuple[float, float]:
     out = work / f"{mode}-{shape.replace(',', 'x')}.zarr"
     command = [str(Path(sys.executable).parent / "densepred"), "predict", "--model", f"monai.networks.nets:{net}",
                "--model-kwargs", json.dumps(NETS[net]), "--weights", str(work / "unet.safetensors"),
-               "--input", str(work / f"raw-{shape}.zarr"), "--output", str(out), "--mode", mode, "--tile", tile,
-               "--overlap", "0.5", "--levels", "1", "--quiet"]
+               "--input", str(work / f"raw-{shape}.zarr"), "--output", str(out), "--mode", mode,
+               "--overlap", "0.5", "--levels", "1", "--quiet", "--overwrite"]
+    command += [] if tile == "default" else ["--tile", tile]
+    command += [] if limit is None else ["--memory-limit", limit]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -60,13 +66,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["64,256,256", "128,512,512"])
     parser.add_argument("--modes", default="blend")
-    parser.add_argument("--tile", default="64,128,128", help="the window")
+    parser.add_argument("--tile", default="64,128,128", help="the window, or 'default'")
+    parser.add_argument("--memory-limit", help="passed to densepred predict")
     parser.add_argument("--net", default="BasicUNet", choices=sorted(NETS))
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # one run in a fresh process, so the children's peak is this run's
         shape, mode = args.one[1].split(":")
-        seconds, peak = run(Path(args.one[0]), shape, mode, args.tile, args.net)
+        seconds, peak = run(Path(args.one[0]), shape, mode, args.tile, args.net, args.memory_limit)
         print(json.dumps({"seconds": seconds, "peak_gib": peak}))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,13 +83,15 @@ def main() -> None:
             dims = tuple(int(v) for v in shape.split(","))
             raw = zarr.create_array(work / f"raw-{shape}.zarr", shape=dims, chunks=(32, 128, 128), dtype="float32")
             raw[:] = np.random.default_rng(0).random(dims, dtype=np.float32)
-        print(f"MONAI {args.net}, window {args.tile}")
+        print(f"MONAI {args.net}, window {args.tile}, memory limit {args.memory_limit or 'default'}")
         print("| mode | volume | voxels | seconds | output voxels/s | peak RSS GiB |")
         print("|---|---|---|---|---|---|")
         for mode in args.modes.split(","):
             for shape in args.sizes:
-                child = subprocess.run([sys.executable, __file__, "--tile", args.tile, "--net", args.net, "--one",
-                                        str(work), f"{shape}:{mode}"], capture_output=True, text=True, check=False)
+                limit = [] if args.memory_limit is None else ["--memory-limit", args.memory_limit]
+                child = subprocess.run([sys.executable, __file__, "--tile", args.tile, "--net", args.net, *limit,
+                                        "--one", str(work), f"{shape}:{mode}"], capture_output=True, text=True,
+                                       check=False)
                 if child.returncode:
                     raise SystemExit(child.stderr.strip()[-3000:])
                 info = json.loads(child.stdout.strip().splitlines()[-1])

@@ -64,12 +64,14 @@ def test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically(con
     assert not (tmp_path / "a.zarr.densepred" / "done.log").exists()
 
 
+@pytest.mark.slow
 def test_labels_on_a_cluster_equal_the_in_process_labels(config, volume, tmp_path):
     predict_to_file(job(config, volume, tmp_path / "one.zarr", argmax=True, levels=3))
     predict_to_file(job(config, volume, tmp_path / "two.zarr", argmax=True, levels=3, workers=2))
     assert same_bytes(tmp_path / "one.zarr", tmp_path / "two.zarr")
 
 
+@pytest.mark.slow
 def test_a_default_workers_run_listens_on_loopback_only(config, volume, tmp_path, monkeypatch):
     listening: list = []
     record = cluster_run.Progress.update
@@ -224,6 +226,7 @@ def test_a_worker_killed_mid_run_loses_no_block_and_records_none_twice(config, v
     assert same_bytes(output, reference)
 
 
+@pytest.mark.slow
 def test_client_killed_mid_run_then_resume_is_byte_identical(config, volume, tmp_path, dask_cluster):
     client, scheduler_file, _ = dask_cluster
     reference = tmp_path / "ref.zarr"

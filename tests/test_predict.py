@@ -24,9 +24,13 @@ def tiles_for(net, image_shape, mode):
     return tiles
 
 
+MIRRORED_SLOW = ("dilated", "naive", "stream")  # mirrored runs of these take 10-24 s each: make test-slow
+
+
 @pytest.mark.parametrize("name", sorted(NETS))
-@pytest.mark.parametrize("mode", ["mfp", "dilated", "naive", "stream", "auto"])
-@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize(("mode", "mirror"), [
+    pytest.param(mode, mirror, marks=[pytest.mark.slow] if mirror and mode in MIRRORED_SLOW else [])
+    for mirror in (False, True) for mode in ("mfp", "dilated", "naive", "stream", "auto")])
 def test_predict_dense_equals_window_by_window(name, mode, mirror, rng):
     net = make_net(NETS[name], seed=7 + len(name))
     g = net.geometry

@@ -115,6 +115,7 @@ def test_memory_limit_stops_growth_before_the_measured_peak_passes_it(tiny_confi
     assert all(r.estimated_bytes < 24 * 2**20 for r in bounded.rows)
 
 
+@pytest.mark.slow
 def test_mlp_head_nets_profile_like_any_other(tmp_path):
     path = tmp_path / "mlp2d.toml"
     path.write_text(MLP_2D)

@@ -157,8 +157,10 @@ def _timed(engine: Any, x: Any, device: Any) -> float:
     return time.perf_counter() - start
 
 
-def matmul_peak(device: Any, n: int = 4096, repeats: int = 5) -> float:
-    """Best float32 FLOP/s of an ``n x n`` matrix product on ``device``."""
+def matmul_peak(device: Any, n: int | None = None, repeats: int = 5) -> float:
+    """Best float32 FLOP/s of an ``n x n`` matrix product on ``device``; ``n`` defaults to
+    ``DENSEPRED_PEAK_MATRIX`` or 4096 (a smaller one measures faster and lower)."""
+    n = n or int(os.environ.get("DENSEPRED_PEAK_MATRIX", "4096"))
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
