@@ -122,7 +122,7 @@ def request_huge_pages() -> bool:
     PyTorch reads the variable at its first CPU allocation, so this takes effect only when
     densepred is imported before any tensor is made; a value the user set is kept (``0`` opts
     out). A returned map faults in 512 times fewer pages: MONAI's BasicUNet ran a 64x128x128
-    window 1.25x faster so, in the same memory (docs/BENCHMARKS.md). Where the kernel's THP
+    window 1.2x faster so, in the same memory (docs/BENCHMARKS.md). Where the kernel's THP
     mode is ``never`` the advice is ignored.
     """
     if os.environ.get("DENSEPRED_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
