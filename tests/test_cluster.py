@@ -89,6 +89,7 @@ def test_a_default_workers_run_listens_on_loopback_only(config, volume, tmp_path
     assert set(listening) <= {"127.0.0.1", "::1"}, listening
 
 
+@pytest.mark.slow
 def test_a_failing_block_is_retried_then_stops_the_run_with_its_box(config, volume, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
 

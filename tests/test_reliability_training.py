@@ -100,6 +100,7 @@ def test_10_one_bad_label_anywhere_is_named_before_the_first_step(tmp_path):
 
 # -- 13. the profiler from a plain script --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_13_profile_runs_from_a_script_without_a_main_guard(tmp_path):
     (tmp_path / "net.toml").write_text(textwrap.dedent("""\
         [network]
