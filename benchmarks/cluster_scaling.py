@@ -22,7 +22,7 @@ import zarr
 
 import densepred
 from densepred.networks.weights import save_weights
-from densepred.running.file_job import PredictJob, predict_to_file
+from densepred.running.jobs import PredictJob, predict_to_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,7 +1,7 @@
 """What measuring a bioimage.io model's preprocessing costs: one pass over a zarr volume.
 
 ``zero_mean_unit_variance`` and ``scale_range`` (percentiles) over the whole volume, before
-the first window (:func:`densepred.running.preprocess.resolve`): seconds, voxels/s, and the
+the first window (:func:`densepred.running.compute.preprocess.resolve`): seconds, voxels/s, and the
 peak resident memory the pass adds (float32 input in 32x128x128 chunks).
 
     python benchmarks/preprocess_pass.py --shape 128,512,512
@@ -22,7 +22,7 @@ import zarr
 import densepred
 from densepred.io import ChannelFirst
 from densepred.networks.processing import Step
-from densepred.running.preprocess import EXACT_VALUES, resolve
+from densepred.running.compute.preprocess import EXACT_VALUES, resolve
 
 
 def main() -> None:

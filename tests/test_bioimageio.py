@@ -15,7 +15,7 @@ from torch import nn
 import densepred
 from densepred.interfaces.cli import main
 from densepred.networks.processing import Step
-from densepred.running import preprocess
+from densepred.running.compute import preprocess
 from tests.test_foreign import UNet, trained_looking, whole
 from tests.test_foreign_files import RDF, stored, zoo_package
 

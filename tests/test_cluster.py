@@ -19,10 +19,10 @@ import psutil
 import pytest
 import zarr
 
+from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
-from densepred.running import distributed as cluster_run
-from densepred.running import file_job
-from densepred.running.file_job import PredictJob, predict_to_file
+from densepred.running.jobs import PredictJob, predict_to_file
+from densepred.running.jobs import cluster_job as cluster_run
 
 TILE = (6, 19, 17)  # output tiles of 4 x 12 x 10
 BIN = Path(sys.executable).parent
@@ -93,7 +93,7 @@ def test_a_default_workers_run_listens_on_loopback_only(config, volume, tmp_path
 def test_a_failing_block_is_retried_then_stops_the_run_with_its_box(config, volume, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
 
-    from densepred.running import block_task
+    from densepred.running.executors import blocks as block_task
 
     calls = {"n": 0}
     original = block_task._run_block
@@ -116,7 +116,7 @@ def test_a_failing_block_is_retried_then_stops_the_run_with_its_box(config, volu
             raise OSError("disk quota exceeded")
 
         monkeypatch.setattr(block_task, "_run_block", broken)
-        with pytest.raises(file_job.DensePredError, match=r"block \d+ \(output box 0:4, 0:12, 0:10\) failed 3 "
+        with pytest.raises(DensePredError, match=r"block \d+ \(output box 0:4, 0:12, 0:10\) failed 3 "
                                                          r"times on .*disk quota exceeded.*--resume"):
             predict_to_file(job(config, volume, tmp_path / "b.zarr"), client=client)
 
@@ -125,7 +125,7 @@ def test_a_strict_non_finite_input_stops_at_once_naming_the_block(config, tmp_pa
     data = np.random.default_rng(3).random((21, 97, 83), dtype=np.float32)
     data[10, 50, 40] = np.nan
     np.save(tmp_path / "nan.npy", data)
-    with pytest.raises(file_job.DensePredError, match=r"block \d+ .* failed on tcp://127\.0\.0\.1:\d+: .*NaN"):
+    with pytest.raises(DensePredError, match=r"block \d+ .* failed on tcp://127\.0\.0\.1:\d+: .*NaN"):
         predict_to_file(job(config, tmp_path / "nan.npy", tmp_path / "o.zarr", workers=1, strict=True))
 
 
@@ -136,7 +136,7 @@ def test_a_strict_non_finite_input_stops_at_once_naming_the_block(config, tmp_pa
 ])
 def test_cluster_mistakes_are_one_line_exit_2(config, volume, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("densepred.running.distributed.CONNECT_TIMEOUT", "3s")  # nothing listens on port 1
+    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "3s")  # nothing listens on port 1
     args = ["predict", str(config), "--input", str(volume), "--tile", "6,19,17", "--quiet", *extra]
     if "--workers" not in extra and "--scheduler" not in extra:
         args += ["--workers", "1"]

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 import densepred
 from densepred.interfaces.cli import main
-from densepred.running import foreign_job
-from densepred.running.run_record import done_line
+from densepred.running.jobs import model_job as foreign_job
+from densepred.running.jobs.record import done_line
 from tests.test_foreign import UNet, trained_looking
 
 KWARGS = json.dumps({"dims": 3, "depth": 2, "width": 4})
@@ -244,12 +244,40 @@ def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(t
     np.testing.assert_allclose(stored(tmp_path / "two.zarr"), stored(tmp_path / "one.zarr"), rtol=0, atol=1e-6)
 
 
-def test_blending_on_a_cluster_is_refused_before_anything_is_written(model_files, tmp_path, capsys):
-    assert predict(tmp_path, "o.zarr", "--mode", "blend", "--workers", "2") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert "runs in one process" in err[0]
-    assert not (tmp_path / "o.zarr").exists()
+def test_blend_on_a_local_cluster_equals_the_one_process_blend_and_resumes_anywhere(tmp_path):
+    (tmp_path / "tiny.py").write_text(SOURCE)
+    from densepred.networks.loading import load_model
+
+    model = trained_looking(load_model(f"{tmp_path / 'tiny.py'}:Tiny"), seed=5).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny.safetensors")
+    np.save(tmp_path / "in.npy", np.random.default_rng(19).random((27, 45, 39), dtype=np.float32))
+
+    def job(output, **options):
+        return densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / output),
+                                    model=f"{tmp_path / 'tiny.py'}:Tiny", weights=str(tmp_path / "tiny.safetensors"),
+                                    mode="blend", tile=(12, 16, 16), overlap=0.5, progress=False, levels=1, **options)
+
+    densepred.predict_to_file(job("one.zarr"))
+    expected = stored(tmp_path / "one.zarr")
+    result = densepred.predict_to_file(job("two.zarr", workers=2, threads_per_worker=1, tiles_per_block=1))
+    assert result.tiles > 8  # several blocks of whole shards
+    np.testing.assert_allclose(stored(tmp_path / "two.zarr"), expected, rtol=0, atol=1e-6)
+
+    # interrupted after two shards: every other voxel wiped, resumed in one process, then on the
+    # cluster with another block size; nothing may stay unwritten
+    record, level = tmp_path / "two.zarr.densepred", zarr.open_array(tmp_path / "two.zarr" / "0", mode="r+")
+    for resume in ({}, {"workers": 2, "threads_per_worker": 1, "tiles_per_block": 2}):
+        state = json.loads((record / "run.json").read_text())
+        state["complete"] = False
+        (record / "run.json").write_text(json.dumps(state))
+        (record / "done.log").write_text(done_line(0) + done_line(1))
+        shard = level.shards or level.chunks
+        kept = level[:, :shard[1], :shard[2], :2 * shard[3]]
+        level[:] = np.nan
+        level[:, :shard[1], :shard[2], :2 * shard[3]] = kept
+        resumed = densepred.predict_to_file(job("two.zarr", resume=True, **resume))
+        assert resumed.skipped == 2
+        np.testing.assert_allclose(stored(tmp_path / "two.zarr"), expected, rtol=0, atol=1e-6)
 
 
 RDF = """format_version: 0.5.4

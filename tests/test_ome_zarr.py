@@ -13,7 +13,7 @@ from ome_zarr_models.v05.image_label import ImageLabel
 from densepred.geometry import inner_chunks, pyramid
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
-from densepred.running.pyramid import downsample_mean, downsample_mode
+from densepred.running.compute.downsample import downsample_mean, downsample_mode
 from tests.test_predict_files import TILE, chunk_files
 
 
@@ -109,7 +109,7 @@ def test_an_ome_zarr_input_gives_its_voxel_size_and_any_level_can_be_read(config
 
 def test_killed_during_the_pyramid_then_resumed_is_byte_identical(config, volume, tmp_path, monkeypatch):
     assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--levels", "3") == 0
-    import densepred.running.pyramid as pyramid_module
+    import densepred.running.jobs.pyramid as pyramid_module
 
     original = pyramid_module.write_level_block
     calls = {"n": 0}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from densepred import DensePredError, load_config
 from densepred.geometry import BlockPlan
 from densepred.interfaces.cli import main
-from densepred.running.plan import plan_job
+from densepred.running.planning.job_plan import plan_job
 from tests.conftest import make_config
 
 

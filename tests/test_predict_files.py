@@ -20,7 +20,7 @@ import zarr
 import densepred
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
-from densepred.running.file_job import Encoding
+from densepred.io.encoding import Encoding
 from tests.conftest import CONFIG, make_config, mark_interrupted
 
 TILE = "6,19,17"  # MFP-valid: output tiles of 4 x 12 x 10

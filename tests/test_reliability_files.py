@@ -20,7 +20,7 @@ from densepred.files import atomic_write_text
 from densepred.io.arrays import ArraySpec, open_array
 from densepred.io.encoding import Encoding
 from densepred.networks.weights import save_weights
-from densepred.running.run_record import DoneLog, done_line, read_done
+from densepred.running.jobs.record import DoneLog, done_line, read_done
 from tests.conftest import mark_interrupted
 from tests.test_predict_files import TILE, in_memory, predict
 
@@ -143,7 +143,7 @@ def fail_after(monkeypatch, tiles):
 # -- 3. the record and the output stay in step ------------------------------------------------------
 
 def test_3_a_failed_output_creation_leaves_no_record(config, volume, tmp_path, monkeypatch, capsys):
-    from densepred.running import file_job
+    from densepred.running.jobs import own_job as file_job
 
     def broken(*args, **kwargs):
         raise file_job.DensePredError("cannot create out.zarr: simulated")

@@ -11,7 +11,7 @@ import zarr
 
 import densepred
 from densepred.geometry import STREAM_SLAB
-from densepred.running import file_job
+from densepred.running.jobs import own_job as file_job
 
 
 class CountingReads:
@@ -98,8 +98,8 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
 
     from densepred.geometry.memory import STREAM_LENGTH
     from densepred.io import ChannelFirst
-    from densepred.running.memory_budget import memory_budget, tile_cost
-    from densepred.running.tiling import footprint_for, plan_tiles
+    from densepred.running.planning.memory_budget import memory_budget, tile_cost
+    from densepred.running.planning.tiling import footprint_for, plan_tiles
 
     net = densepred.create_prediction_net(config)
     source = ChannelFirst(np.broadcast_to(np.float32(0.5), (700, 300, 280)), 1, 3)

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import densepred
 from densepred.geometry import STREAM_SLAB, Footprint, balanced_tile
-from densepred.running.memory_budget import MemoryBudget
-from densepred.running.tiling import STREAM_EFFICIENCY, plan_and_mode, plan_tiles
+from densepred.running.planning.memory_budget import MemoryBudget
+from densepred.running.planning.tiling import STREAM_EFFICIENCY, plan_and_mode, plan_tiles
 from densepred.system import resident_bytes
 
 from .conftest import make_net

@@ -59,6 +59,11 @@ class BlockPlan:
             yield block_id, tuple((i * b, min((i + 1) * b, o))
                                   for i, b, o in zip(index, self.block, self.output_shape, strict=True))
 
+    def box(self, block_id: int) -> tuple[tuple[int, int], ...]:
+        """Block ``block_id``'s output box."""
+        return tuple((i * b, min((i + 1) * b, o))
+                     for i, b, o in zip(self.block_index(block_id), self.block, self.output_shape, strict=True))
+
     def block_index(self, block_id: int) -> Shape:
         """The grid position of block ``block_id`` (C order)."""
         index = []
@@ -80,6 +85,24 @@ class BlockPlan:
         ranges = [range(i * n, min((i + 1) * n, g))
                   for i, n, g in zip(self.block_index(block_id), per_block, tiles, strict=True)]
         return list(itertools.product(*ranges))
+
+    def tile_ids(self, block_id: int) -> list[int]:
+        """C-order ids, on the grid of tiles (which does not depend on the block size), of the
+        tiles block ``block_id`` owns: what a record names, so a resume may change the block size.
+
+        Example:
+            >>> plan = BlockPlan.create((10, 10), tile=(4, 4), tiles_per_block=(2, 2), fov=(3, 3))
+            >>> plan.tile_ids(0), plan.tile_ids(3)
+            ([0, 1, 3, 4], [8])
+        """
+        tiles = self.tile_grid
+        return [sum(i * math.prod(tiles[a + 1:]) for a, i in enumerate(index))
+                for index in self.tile_indices(block_id)]
+
+    @property
+    def tile_grid(self) -> Shape:
+        """Tiles per axis."""
+        return tuple(math.ceil(o / t) for o, t in zip(self.output_shape, self.tile, strict=True))
 
     def input_voxels(self) -> int:
         """Input voxels all blocks read together, halos included (each block reads its own)."""

@@ -150,7 +150,7 @@ def _add_plan(sub: Any) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from ..running.plan import plan_job
+    from ..running.planning.job_plan import plan_job
 
     _log_warnings()
     cfg = load_config(args.config)

@@ -44,12 +44,12 @@ def model_job(args: argparse.Namespace) -> Any:
     return PredictJob(
         config=None, input=args.input, output=args.output, weights=args.weights, model=args.model,
         model_kwargs=args.model_kwargs, model_file=args.model_file, dims=args.dims, in_channels=args.in_channels,
-        activation=args.activation, mode=args.mode or "auto", tile=parse_ints(args.tile, args.dims, "--tile"),
+        activation=args.activation, mode=args.mode or "auto", tile=_per_axis(args.tile, "--tile"),
         overlap=args.overlap, tta=_tta(args.tta), device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
         strict=args.strict, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler, scheduler_file=args.scheduler_file, tiles_per_block=_block(args.block),
-        progress=not args.quiet, levels=args.levels, chunks=parse_ints(args.chunks, args.dims, "--chunks"),
+        progress=not args.quiet, levels=args.levels, chunks=_per_axis(args.chunks, "--chunks"),
         voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit,
         memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
 
@@ -68,3 +68,15 @@ def _tta(text: str | None) -> str | tuple[int, ...] | None:
 
 
 __all__ = ["add_model_options", "model_job"]
+
+
+def _per_axis(text: str | None, option: str) -> int | tuple[int, ...] | None:
+    """A window or chunk shape for a model: one value for every axis, or 2 or 3 (y,x or z,y,x).
+    The model's dims are known only once it is loaded (a bioimage.io package says them; a 2D
+    model over a stack takes z,y,x), so the run checks the count against them."""
+    if text and "," not in text:
+        return parse_ints(text, 1, option)[0]
+    values = parse_ints(text, None, option)
+    if values is not None and len(values) not in (2, 3):
+        raise DensePredError(f"{option} {text!r} is invalid; expected one value, y,x or z,y,x like 64,128,128")
+    return values

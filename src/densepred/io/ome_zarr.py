@@ -31,7 +31,7 @@ SPACE_UNITS = (
     "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
     "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer", "zettameter",
 )
-UNIT_ABBREVIATIONS = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "mm": "millimeter",
+UNIT_ABBREVIATIONS = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "mm": "millimeter",  # noqa: RUF001 - users type the micro sign
                       "cm": "centimeter", "m": "meter", "a": "angstrom", "pm": "picometer"}
 
 

@@ -4,7 +4,8 @@
   exists and is writable, a zarr key that stays inside its store, a zarr container of the
   same format (v3), an HDF5 file that is not the input's own file.
 * ``--overwrite`` replaces only what a densepred run wrote: an HDF5 dataset or a zarr group
-  carrying the ``densepred`` attribute, or a TIFF/NumPy file the user names as the output.
+  carrying the ``densepred`` attribute, or a TIFF/NumPy file with a run record beside it
+  (:func:`record_folder`); a file densepred never wrote is refused whatever its name.
   An HDF5 file is never deleted, only the dataset inside it; a file h5py cannot open for
   writing (open elsewhere, locked, read-only, corrupt) is an error, never a reason to delete.
 """
@@ -17,6 +18,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import DensePredError
 from .arrays import ArraySpec
@@ -29,6 +31,9 @@ def check_writable(spec: ArraySpec) -> None:
     """Raise a clear error now if the output cannot be written at all."""
     if spec.kind not in ("zarr", "hdf5", "tiff", "npy"):
         raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
+    if spec.path.is_symlink() and not spec.path.exists():
+        raise DensePredError(f"cannot write {spec}: it is a symbolic link to {os.readlink(spec.path)}, which does "
+                             "not exist; give the path it should point to, or remove the link")
     folder = spec.path.parent
     if not folder.is_dir():
         raise DensePredError(f"cannot write {spec}: the folder {folder} does not exist")
@@ -98,6 +103,15 @@ def check_replaceable(spec: ArraySpec) -> None:
         raise _not_ours(spec)
     if spec.kind != "zarr" and target.is_dir():
         raise DensePredError(f"cannot replace {spec}: it is a folder, not a {spec.kind} file")
+    if spec.kind in ("npy", "tiff") and target.exists() and not (record_folder(spec) / "run.json").is_file():
+        raise _not_ours(spec)
+
+
+def record_folder(spec: ArraySpec) -> Path:
+    """The run-record folder beside an output: ``<file><.key>.densepred``, the key percent-encoded
+    so that no two outputs share one (``col.zarr:a/b`` and ``col.zarr:a.b`` stay apart)."""
+    suffix = f".{quote(spec.key, safe='.-_')}" if spec.key else ""
+    return spec.path.with_name(spec.path.name + suffix + ".densepred")
 
 
 def remove_output(spec: ArraySpec) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
@@ -409,8 +410,30 @@ def _rand(model: torch.nn.Module, shape: tuple[int, ...], seed: int) -> torch.Te
 
 
 def _model_hash(model: torch.nn.Module) -> str:
+    """What the contract depends on: the weights and everything else that shapes the graph - the
+    module tree and each module's plain settings (constructor kwargs kept as attributes), the
+    source of every class in it (a ``file.py`` model edited), and an exported program's code."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
+    digest.update(_structure(model).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _structure(model: torch.nn.Module) -> str:
+    parts, classes = [repr(model), str(getattr(model, "code", ""))], {}
+    for name, module in model.named_modules():
+        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and (
+            isinstance(v, _PLAIN) or (isinstance(v, tuple | list) and all(isinstance(x, _PLAIN) for x in v)))}
+        parts.append(f"{name}: {sorted(settings.items(), key=lambda kv: kv[0])}")
+        classes.setdefault(type(module), None)
+    for cls in classes:
+        try:
+            parts.append(inspect.getsource(cls))
+        except (OSError, TypeError):  # built in, or defined where no source is kept
+            parts.append(f"{cls.__module__}.{cls.__qualname__}")
+    return "\n".join(parts)

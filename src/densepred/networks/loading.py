@@ -28,7 +28,15 @@ def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = N
                              "--model-file model.pt2, one of them")
     if model_file is not None:
         return _exported(Path(model_file))
-    module = _model_class(model)(**_kwargs(kwargs))
+    cls, options = _model_class(model), _kwargs(kwargs)
+    try:
+        module = cls(**options)
+    except Exception as exc:  # a wrong or missing keyword, or the model's own check of its arguments
+        raise DensePredError(f"--model {model}: {cls.__name__}(**{_short(options)}) failed: "
+                             f"{type(exc).__name__}: {_first_line(exc)}; check --model-kwargs") from None
+    if not isinstance(module, torch.nn.Module):
+        raise DensePredError(f"--model {model}: {cls.__name__}(...) made a {type(module).__name__}, not a "
+                             "torch.nn.Module")
     if weights is not None:
         _load_state(module, Path(weights))
     return module.eval()
@@ -50,10 +58,28 @@ def _model_class(spec: str) -> type:
             module = importlib.import_module(where)
     except ImportError as exc:
         raise DensePredError(f"--model {spec!r}: cannot import {where} ({exc})") from None
+    except SyntaxError as exc:
+        raise DensePredError(f"--model {spec!r}: {exc.filename or where} line {exc.lineno}: syntax error "
+                             f"({exc.msg})") from None
+    except DensePredError:
+        raise
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise DensePredError(f"--model {spec!r}: importing {where} failed: {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
     cls = getattr(module, name, None)
     if not callable(cls):
         raise DensePredError(f"--model {spec!r}: {where} has no class {name}")
     return cls
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "no message"
+
+
+def _short(options: dict[str, Any], limit: int = 120) -> str:
+    text = repr(options)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _kwargs(kwargs: dict[str, Any] | str | None) -> dict[str, Any]:

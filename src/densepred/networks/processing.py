@@ -4,7 +4,7 @@ Each step of the description becomes a :class:`Step`. Steps with fixed values (`
 ``clip`` with ``min``/``max``, ``scale_linear``, ``sigmoid``, ``fixed_zero_mean_unit_variance``,
 ``ensure_dtype``) act voxel by voxel. ``zero_mean_unit_variance``, ``scale_range`` and ``clip``
 with percentiles need statistics of the whole image (one sample); they are measured once,
-before the first window (``densepred.running.preprocess``), so every window is normalised
+before the first window (``densepred.running.compute.preprocess``), so every window is normalised
 with the same numbers as one whole-image forward would be and exact tiling stays exact.
 
 Statistics may be joint or per channel, and for a 2D model over a stack of slices (each slice
@@ -56,7 +56,7 @@ class Step:
 
 def apply_step(step: Step, x: np.ndarray, stats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """``x`` (float32, channels first) after ``step``; ``stats`` are the measured values, shaped
-    to broadcast over ``x`` (see :func:`densepred.running.preprocess.resolve`)."""
+    to broadcast over ``x`` (see :func:`densepred.running.compute.preprocess.resolve`)."""
     values = {**{k: _broadcast(v, x.ndim) for k, v in step.values.items()}, **(stats or {})}
     values.setdefault("eps", np.float32(1e-6))
     if step.name not in _OPERATIONS:

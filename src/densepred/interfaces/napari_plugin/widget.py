@@ -7,7 +7,6 @@ through ``ensure_main_thread``; failures and cancels are one-line notifications.
 
 from typing import Any
 
-import napari
 import napari.layers
 import napari.viewer
 from magicgui.widgets import (

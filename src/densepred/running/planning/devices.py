@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ..errors import DensePredError
+from ...errors import DensePredError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

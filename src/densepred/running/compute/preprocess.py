@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io import ChannelFirst, to_float32
-from ..networks.foreign import ForeignNet, StackNet
-from ..networks.processing import Step, apply_step, check_channels
+from ...io import ChannelFirst
+from ...networks.foreign import ForeignNet, StackNet
+from ...networks.processing import Step, apply_step, check_channels
 
 log = logging.getLogger("densepred")
 
@@ -40,6 +40,13 @@ class Prepared:
         for step, stats in zip(self.steps, self.stats, strict=True):
             data = apply_step(step, data, _at(stats, starts[0], data.shape[1]))
         return data
+
+    @staticmethod
+    def values(data: np.ndarray) -> np.ndarray:
+        """Input values as stored, in float32: the steps act on them (a bioimage.io
+        ``fixed_zero_mean_unit_variance`` with mean 103.5 means 103.5 of a uint8 image), never on
+        integers divided by their dtype's maximum as densepred's own nets read them."""
+        return np.ascontiguousarray(data, dtype=np.float32)
 
     def describe(self) -> list[str]:
         """The steps, their values and (where few) their measured statistics."""
@@ -147,7 +154,7 @@ def _slabs(source: ChannelFirst, before: Prepared, every: int = 1) -> Iterator[t
     depth = max(1, SLAB_VOXELS // max(1, source.channels * math.prod(spatial[1:]))) if every == 1 else 1
     rest = tuple(slice(0, n) for n in spatial[1:])
     for z in range(0, spatial[0], depth if every == 1 else every):
-        data = to_float32(source.read((slice(z, min(z + depth, spatial[0])), *rest)))
+        data = Prepared.values(source.read((slice(z, min(z + depth, spatial[0])), *rest)))
         yield z, before.apply(data, (z, *(0,) * len(rest))) if before.steps else data
 
 

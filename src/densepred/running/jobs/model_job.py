@@ -1,23 +1,28 @@
 """``densepred predict --model ...``: a model written elsewhere, from a volume on disk to a prediction on disk.
 
-The same promises as for densepred's own nets (:mod:`.file_job`): checks before anything is
-created, a run record beside the output, resume, OME-Zarr pyramids, nothing replaced that
-densepred did not write. Memory is bounded by the window, whatever the volume:
+The same promises as for densepred's own nets (:mod:`.own_job`, :mod:`.lifecycle`): checks
+before anything is created, a run record beside the output, resume, OME-Zarr pyramids, nothing
+replaced that densepred did not write. Memory is bounded by the window, whatever the volume.
+``done.log`` names finished output shards (:meth:`ModelRun.shard_plan`), a grid that depends on
+neither the executor nor a cluster's block size, so a run started on a cluster may be resumed
+in one process and the other way round:
 
-* **exact** - each window writes the box it owns straight into the output; ``done.log``
-  records windows.
+* **exact** - each window writes the box it owns straight into the output; a shard is done
+  when the last window reaching into it is written.
 * **blend** - windows run in rows along z. A row's Gaussian-weighted outputs are summed into
   a float32 zarr array of its own under the run record (so the sum streams to disk, never a
   whole-volume accumulator in RAM); once a row is done, the output slab up to the next row's
   start has all its windows, and is divided by the weight sum (a product of per-axis sums),
   encoded and written. ``rows.log`` and ``slabs.log`` record progress; a row or slab cut short
-  by a crash is redone from scratch, so a resumed output is byte-identical.
+  by a crash is redone from scratch, so a resumed output is byte-identical. A cluster block
+  sums the same windows in the same order (:meth:`ModelRun.values_in`): the same bytes.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,31 +31,31 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DensePredError
-from ..io import ArraySpec, ChannelFirst, check_not_input, check_writable, create_output, file_stamp, open_array
-from ..io import open_output as reopen
-from ..io.encoding import Encoding
-from ..io.fingerprint import array_fingerprint
-from ..networks.bioimageio import is_rdf, read_rdf, zoo_net
-from ..networks.foreign import ForeignNet, from_torch
-from ..networks.loading import load_model
-from ..system import large_blocks_returned
-from .file_job import JobResult, PredictJob, _resumable_record, start_output
-from .foreign_cluster import BLOCKS_LOG, check_cluster_run, exact_on_cluster
-from .foreign_predict import ForeignRun, source_of
-from .input_checks import NonFinite, Sink
-from .output_layout import layout_for
-from .progress import Progress, ProgressOption
+from ...errors import DensePredError
+from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, create_output, file_stamp, open_array
+from ...io import open_output as reopen
+from ...io.encoding import Encoding
+from ...io.fingerprint import array_fingerprint
+from ...networks.bioimageio import is_rdf, read_rdf, zoo_net
+from ...networks.foreign import ForeignNet, from_torch
+from ...networks.loading import load_model
+from ...system import large_blocks_returned
+from ..compute.model_run import ModelRun, source_of
+from ..compute.sink import NonFinite, Sink
+from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
+from ..progress import Progress, ProgressOption
+from .cluster_job import check_cluster_output, run_model_blocks, run_pyramid
+from .job import JobResult, PredictJob, uses_cluster
+from .layout import layout_for
+from .lifecycle import finish, resumable_record, start_output
 from .pyramid import build_pyramid
-from .run_record import (
+from .record import (
     RECORD_VERSION,
     DoneLog,
     check_same,
     file_hash,
-    provenance,
     read_done,
     record_path,
-    write_record,
 )
 
 log = logging.getLogger("densepred")
@@ -59,60 +64,75 @@ ROWS_LOG, SLABS_LOG, ROWS = "rows.log", "slabs.log", "blend"
 
 
 def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
-    """Run ``job`` with the model it names (``job.model`` or ``job.model_file``); exact windows on
-    a Dask cluster with ``client`` or the job's ``workers`` / ``scheduler`` (:mod:`.foreign_cluster`)."""
-    from .distributed import uses_cluster
-
-    cluster = client is not None or uses_cluster(job)
+    """Run ``job`` with the model it names (``job.model`` or ``job.model_file``), in this process
+    or, with ``client`` or the job's ``workers`` / ``scheduler``, on a Dask cluster (exact or
+    blend, blocks of whole shards; :mod:`.cluster_job`). The cluster is reached before anything
+    is created, and the default window is sized to its workers' memory."""
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
+    if client is None and not uses_cluster(job):
+        return _predict_model(job, None)
+    target = ClusterTarget.of(job)
+    target.check(client)
+    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
+    check_writable(out_spec)
+    check_not_input(out_spec, in_spec)
+    check_cluster_output(out_spec)
+    with connected(target, client) as connection:
+        return _predict_model(replace(job, memory_limit=worker_memory_limit(connection, job.memory_limit)),
+                              connection)
+
+
+def _predict_model(job: PredictJob, client: Any) -> JobResult:
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
     job, net = _job_net(job)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     record_dir = record_path(out_spec)
-    previous = _resumable_record(out_spec, record_dir) if job.resume else None
-    # a resumed run keeps its recorded window (the memory budget may hold another one now)
+    previous = resumable_record(out_spec, record_dir) if job.resume else None
+    # a resumed run keeps its recorded window and mode (the memory budget may choose others now)
     window = job.tile if job.tile is not None or previous is None else previous["tiles"]["window"]
+    mode = previous["tiles"]["mode"] if previous is not None and job.mode in (None, "auto") else job.mode or "auto"
     with large_blocks_returned():  # the probes' memory is returned
-        run = ForeignRun.create(net, source, job.mode or "auto", window, job.overlap, job.tta, None, job.device,
-                                memory_limit=job.memory_limit)
-    if cluster:
-        check_cluster_run(run, out_spec)
-    channels = run.forward((0,) * len(run.window)).shape[0]
+        run = ModelRun.create(net, source, mode, window, job.overlap, job.tta, None, job.device,
+                              memory_limit=job.memory_limit, window_given=job.tile is not None)
+        channels = run.channels()
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
                         "prediction") if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)
+    shards = run.shard_plan()
     if previous is not None:
         check_same(previous, record, out_spec)
         if previous.get("complete"):
             log.warning("%s is already complete; nothing to do", out_spec)
-            return JobResult(out_spec, tuple(record["output"]["shape"]), 0, 0, 0, run.window, origin=run.contract.crop)
-        output = reopen(out_spec)
+            return JobResult(out_spec, tuple(record["output"]["shape"]), len(shards), 0, len(shards), run.window,
+                             origin=run.contract.crop)
+        output, done = reopen(out_spec), read_done(record_dir)
     else:
         shape = _output_shape(run, encoding)
         chunks = run.shard if encoding.argmax else (shape[0], *run.shard)
         output = start_output(out_spec, record_dir, record, job.overwrite, job.resume, lambda: create_output(
             out_spec, shape, encoding.stored_dtype, chunks, attributes={"densepred": {"complete": False}},
             layout=layout))
-    sink = Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
-    if cluster:
+        done = set()
+    skipped = len(done)
+    if client is not None:
         output.close()
-        computed, total = _on_cluster(job, client, run, record_dir, encoding, out_spec, in_spec)
+        computed = run_model_blocks(client, job, run, record_dir, encoding, out_spec, in_spec, done)
         output = reopen(out_spec)
+        if layout is not None:
+            run_pyramid(client, layout, encoding.argmax, out_spec, record_dir, job.progress)
     else:
+        sink = Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
         with large_blocks_returned():
-            if run.mode == "exact":
-                computed, total = _exact(run, sink, record_dir, job.progress)
-            else:
-                computed, total = _blend(run, sink, record_dir, job.progress)
-    sink.non_finite.report()
-    if layout is not None and len(layout.levels) > 1:
-        build_pyramid(output, layout.levels, run.shard, encoding.argmax, record_dir, job.progress)
-    _finish(output, record_dir, record)
-    return JobResult(out_spec, tuple(record["output"]["shape"]), total, computed, total - computed, run.window,
+            computed = (_exact if run.mode == "exact" else _blend)(run, sink, record_dir, job.progress, done)
+        sink.non_finite.report()
+        if layout is not None and len(layout.levels) > 1:
+            build_pyramid(output, layout.levels, run.shard, encoding.argmax, record_dir, job.progress)
+    finish(output, record_dir, record, out_spec)
+    return JobResult(out_spec, tuple(record["output"]["shape"]), len(shards), computed, skipped, run.window,
                      origin=run.contract.crop)
 
 
@@ -128,15 +148,7 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     return job, zoo_net(load_model(job.model, job.model_kwargs, job.weights), zoo, job.activation)
 
 
-def _on_cluster(job: PredictJob, client: Any, run: ForeignRun, record_dir: Path, encoding: Encoding,
-                out_spec: ArraySpec, in_spec: ArraySpec) -> tuple[int, int]:
-    from .distributed import _connected
-
-    with _connected(job, client) as connected:
-        return exact_on_cluster(connected, job, run, record_dir, encoding, out_spec, in_spec)
-
-
-def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ForeignRun, encoding: Encoding,
+def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ModelRun, encoding: Encoding,
             layout: Any) -> dict[str, Any]:
     weights = job.model_file if job.model_file is not None else job.weights
     record = {
@@ -161,28 +173,43 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Fore
     return record
 
 
-def _output_shape(run: ForeignRun, encoding: Encoding) -> tuple[int, ...]:
+def _output_shape(run: ModelRun, encoding: Encoding) -> tuple[int, ...]:
     return run.output_shape if encoding.channels is None else (encoding.channels, *run.output_shape)
 
 
-def _exact(run: ForeignRun, sink: Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
-    pieces = run.exact_windows()
-    done = read_done(record_dir)
-    todo = [(i, p) for i, p in enumerate(pieces) if i not in done]
-    bar = Progress(sum(int(np.prod([b - a for a, b in p.box])) for _, p in todo), "predict (exact)", progress)
+def _exact(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:
+    """Every exact window that owns part of a shard not yet done, in C order; a shard is logged
+    once the last window that reaches into it is written. Returns the shards computed."""
+    pieces, shards = run.indexed_windows(), run.shard_plan()
+    waiting: dict[int, int] = {}
+    reaches: dict[tuple[int, ...], list[int]] = {}
+    for shard_id, box in shards.boxes():
+        if shard_id not in done:
+            indices = run.pieces_in(box, pieces)
+            waiting[shard_id] = len(indices)
+            for index in indices:
+                reaches.setdefault(index, []).append(shard_id)
+    todo = [index for index in pieces if index in reaches]
+    bar = Progress(sum(_voxels(pieces[i].box) for i in todo), "predict (exact)", progress)
     done_log = DoneLog(record_dir)
     try:
-        for i, piece in todo:
+        for index in todo:
+            piece = pieces[index]
             sink.write(_slices(piece.box), run.owned(piece))
-            done_log.append(i)
-            bar.update(int(np.prod([b - a for a, b in piece.box])))
+            for shard_id in reaches[index]:
+                waiting[shard_id] -= 1
+                if not waiting[shard_id]:
+                    done_log.append(shard_id)
+            bar.update(_voxels(piece.box))
     finally:
         done_log.close()
         bar.close()
-    return len(todo), len(pieces)
+    return len(waiting)
 
 
-def _blend(run: ForeignRun, sink: Sink, record_dir: Path, progress: ProgressOption) -> tuple[int, int]:
+def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:
+    """Rows of windows along z summed into scratch arrays, and each output slab written once its
+    rows are in; the shards a finished slab completes are logged. Returns the shards computed."""
     import zarr
 
     out_shape, depth = run.output_shape, run.output_window[0]
@@ -190,34 +217,37 @@ def _blend(run: ForeignRun, sink: Sink, record_dir: Path, progress: ProgressOpti
     ends = [*rows[1:], out_shape[0]]
     rows_done, slabs_done = read_done(record_dir, ROWS_LOG), read_done(record_dir, SLABS_LOG)
     store = record_dir / ROWS
-    bar = Progress(sum(int(np.prod(out_shape[1:])) * (e - z) for r, (z, e) in enumerate(zip(rows, ends,
-                                                                                              strict=True))
+    plane = math.prod(out_shape[1:])
+    bar = Progress(sum(plane * (e - z) for r, (z, e) in enumerate(zip(rows, ends, strict=True))
                        if r not in slabs_done), "predict (blend)", progress)
-    row_log, slab_log = DoneLog(record_dir, ROWS_LOG), DoneLog(record_dir, SLABS_LOG)
-    computed = 0
+    row_log, slab_log, done_log = DoneLog(record_dir, ROWS_LOG), DoneLog(record_dir, SLABS_LOG), DoneLog(record_dir)
+    pending = [(shard_id, box[0][1]) for shard_id, box in run.shard_plan().boxes() if shard_id not in done]
     try:
         for r, (z, end) in enumerate(zip(rows, ends, strict=True)):
-            if r in slabs_done:
-                continue
-            if r not in rows_done:
-                _blend_row(run, zarr, store, r, z, depth)
-                row_log.append(r)
-                computed += 1
-            covering = [(q, zq) for q, zq in enumerate(rows[:r + 1]) if zq + depth > z]
-            _blend_slab(run, zarr, store, covering, z, end, sink)
-            slab_log.append(r)
-            bar.update(int(np.prod(out_shape[1:])) * (end - z))
-            for q, zq in enumerate(rows[:r + 1]):  # rows no later slab needs
-                if zq + depth <= end:
-                    shutil.rmtree(store / f"row{q}", ignore_errors=True)
+            if r not in slabs_done:
+                if r not in rows_done:
+                    _blend_row(run, zarr, store, r, z, depth)
+                    row_log.append(r)
+                covering = [(q, zq) for q, zq in enumerate(rows[:r + 1]) if zq + depth > z]
+                _blend_slab(run, zarr, store, covering, z, end, sink)
+                slab_log.append(r)
+                bar.update(plane * (end - z))
+                for q, zq in enumerate(rows[:r + 1]):  # rows no later slab needs
+                    if zq + depth <= end:
+                        shutil.rmtree(store / f"row{q}", ignore_errors=True)
+            for shard_id, stop in pending:  # the slabs so far cover [0, end) whole
+                if stop <= end and shard_id not in done:
+                    done_log.append(shard_id)
+                    done.add(shard_id)
     finally:
         row_log.close()
         slab_log.close()
+        done_log.close()
         bar.close()
-    return computed, len(rows)
+    return len(pending)
 
 
-def _blend_row(run: ForeignRun, zarr: Any, store: Path, r: int, z: int, depth: int) -> None:
+def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int) -> None:
     """Row ``r``: the weighted sum of the windows starting at ``z``, into ``row<r>`` (from zeros)."""
     out_shape = run.output_shape
     rest = [[s for s in axis if s < n] for axis, n in zip(run.blend_axes()[1:], out_shape[1:], strict=True)]
@@ -232,7 +262,7 @@ def _blend_row(run: ForeignRun, zarr: Any, store: Path, r: int, z: int, depth: i
         rows[key] = rows[key] + values
 
 
-def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,
+def _blend_slab(run: ModelRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,
                 sink: Sink) -> None:
     """Output slab ``[z, end)``: the rows that cover it, summed and divided by the weight sum,
     one window-sized box at a time."""
@@ -249,15 +279,9 @@ def _blend_slab(run: ForeignRun, zarr: Any, store: Path, covering: list[tuple[in
         sink.write(_slices(box), (total / run.weight_sum(box)[None]).astype(np.float32))
 
 
+def _voxels(box: Sequence[tuple[int, int]]) -> int:
+    return math.prod(b - a for a, b in box)
+
+
 def _slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
-
-
-def _finish(output: Any, record_dir: Path, record: dict[str, Any]) -> None:
-    output.set_attributes({"densepred": {"complete": True, **provenance(record)}})
-    output.close()
-    record["complete"] = True
-    write_record(record_dir, record)
-    for name in ("done.log", BLOCKS_LOG, ROWS_LOG, SLABS_LOG, *(p.name for p in record_dir.glob("level*.log"))):
-        (record_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(record_dir / ROWS, ignore_errors=True)

@@ -1,32 +1,29 @@
-"""``densepred predict``: a volume on disk to a prediction on disk, resumable after a crash.
+"""Own nets, file to file: planning a job of tiles, and running it in this process.
 
-The run record beside the output (:mod:`.run_record`) says what is computed and which tiles
+The run record beside the output (:mod:`.record`) says what is computed and which tiles
 are done. When the last tile is written, ``run.json`` is marked complete and ``done.log``
 removed; zarr and HDF5 outputs also carry ``densepred.complete`` in their attributes. An
 output without that mark is unfinished, whatever its size.
 
 Tiles are computed in fixed batches (``batch_size`` consecutive tile ids), and a resume
-recomputes whole batches, so its numbers are bitwise those of an uninterrupted run.
-Nothing is created or deleted before every check has passed, and ``--overwrite`` replaces
-only an output a densepred run wrote (:mod:`densepred.io.output_checks`).
+recomputes whole batches, so its numbers are bitwise those of an uninterrupted run. The same
+:class:`Setup` runs on a Dask cluster in :mod:`.cluster_job`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Config, load_config
-from ..errors import DensePredError
-from ..geometry import Geometry, Tile, TilePlan
-from ..io import (
+from ...config import Config, load_config
+from ...errors import DensePredError
+from ...geometry import Geometry, Tile, TilePlan
+from ...io import (
     ArraySpec,
     ChannelFirst,
     array_fingerprint,
@@ -36,96 +33,35 @@ from ..io import (
     file_stamp,
     open_array,
     open_output,
-    output_exists,
-    remove_output,
 )
-from ..io.encoding import Encoding
-from ..io.ome_zarr import OmeLayout
-from ..io.output_checks import check_replaceable
-from ..networks import config_last, create_prediction_net
-from .devices import resolve_device
-from .input_checks import NonFinite, Sink
-from .memory_budget import memory_budget, tile_cost
-from .output_layout import ome_layout
-from .predict import make_engine, predict_tiles
-from .progress import ProgressOption
+from ...io.encoding import Encoding
+from ...io.ome_zarr import OmeLayout
+from ...networks import config_last, create_prediction_net
+from ..compute.sink import NonFinite, Sink
+from ..compute.tiles import make_engine, predict_tiles
+from ..planning.devices import resolve_device
+from ..planning.memory_budget import memory_budget, tile_cost
+from ..planning.tiling import choose_mode, footprint_for, plan_and_mode, source_geometry
+from .job import JobResult, PredictJob
+from .layout import ome_layout
+from .lifecycle import finish, resumable_record, start_output, write_error
 from .pyramid import build_pyramid
-from .run_record import (
+from .record import (
     RECORD_VERSION,
-    RUN_JSON,
     DoneLog,
     check_same,
     file_hash,
     network_hash,
-    provenance,
     read_done,
-    read_record,
     record_path,
-    write_record,
 )
-from .tiling import choose_mode, footprint_for, plan_and_mode, source_geometry
 
 log = logging.getLogger("densepred")
 
-__all__ = ["Encoding", "JobResult", "PredictJob", "predict_to_file"]
-
-
-@dataclass(frozen=True)
-class PredictJob:
-    """Everything ``densepred predict`` was asked to do."""
-
-    config: str | Path | None
-    input: str
-    output: str
-    weights: str | Path | None = None
-    tile: Sequence[int] | None = None
-    mode: str | None = None
-    mirror: bool = False
-    device: str | None = None
-    dtype: str = "float32"
-    argmax: bool = False
-    classes: Sequence[int] | None = None
-    roi: Sequence[tuple[int, int]] | None = None
-    batch_size: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: ProgressOption = True  # or a callback that may cancel (:mod:`.progress`)
-    strict: bool = False  # refuse input windows with NaN or inf instead of warning
-    levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
-    chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
-    voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
-    unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
-    memory_limit: int | None = None  # bytes the process may use at its peak (default: half the available)
-    workers: int | None = None  # run on a local Dask cluster of this many worker processes
-    threads_per_worker: int | None = None  # torch threads per worker (default: the cores shared out)
-    scheduler: str | None = None  # or on the existing Dask cluster at this address
-    scheduler_file: str | Path | None = None  # or at the address in this scheduler file
-    tiles_per_block: Sequence[int] | int | None = None  # tiles per cluster task on each axis (default 1)
-    # a model written elsewhere instead of the config's net (:mod:`.foreign_job`)
-    model: str | None = None  # package.module:Class or path/to/file.py:Class
-    model_kwargs: dict[str, Any] | str | None = None  # its keyword arguments (a dict or JSON)
-    model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
-    dims: int = 3  # the model's spatial dimensions
-    in_channels: int = 1
-    activation: str | None = None  # softmax, sigmoid or identity; None: softmax, or a bioimage.io model's own
-    overlap: float = 0.5  # blend mode: window overlap
-    tta: str | Sequence[int] | None = None  # "flips" or the axes to flip
 
 
 @dataclass
-class JobResult:
-    output: ArraySpec
-    shape: tuple[int, ...]
-    tiles: int
-    computed: int
-    skipped: int
-    input_tile: tuple[int, ...] = ()
-    estimated_peak: int = 0  # bytes: the memory estimate the tile was chosen by
-    origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
-
-
-@dataclass
-class _Setup:
+class Setup:
     """What a job computes, after every check: the net, its input, the tiles and the record."""
 
     cfg: Config
@@ -155,33 +91,22 @@ class _Setup:
                          self.plan.input_tile, self.estimated_peak, self.shift)
 
 
-def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
-    """Run a prediction job: check everything, create (or reopen) the output, stream the tiles.
-
-    With ``client`` (a ``distributed.Client``), or ``job.workers``, ``job.scheduler`` or
-    ``job.scheduler_file``, the tiles are computed on a Dask cluster (:mod:`.distributed`).
-    """
-    from .distributed import predict_on_cluster, uses_cluster
-
-    if job.model is not None or job.model_file is not None:
-        from .foreign_job import predict_model_to_file
-
-        return predict_model_to_file(job, client)
-    if client is not None or uses_cluster(job):
-        return predict_on_cluster(job, client)
-    setup, previous = _prepare(job)
+def predict_net_to_file(job: PredictJob) -> JobResult:
+    """Run a job of densepred's own net in this process: check everything, create (or reopen)
+    the output, stream the tiles."""
+    setup, previous = prepare(job)
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", setup.out_spec)
         return setup.result(0, len(setup.plan))
     if previous is not None:
-        output, done = _reopen(setup), read_done(setup.record_dir)
+        output, done = reopen(setup), read_done(setup.record_dir)
     else:
-        output, done = _new_output(setup, job), set()
+        output, done = new_output(setup, job), set()
     engine = make_engine(setup.net, setup.engine_mode, resolve_device(job.device), setup.source.stacked)
     return _run(job, setup, engine, output, done)
 
 
-def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
+def prepare(job: PredictJob) -> tuple[Setup, dict[str, Any] | None]:
     """Check the job and plan it; the interrupted run's record when resuming one."""
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
@@ -198,7 +123,7 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
     geometry = source_geometry(geometry, source)  # a 2D net over a stack: slice by slice
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_path(out_spec)
-    previous = _resumable_record(out_spec, record_dir) if job.resume else None
+    previous = resumable_record(out_spec, record_dir) if job.resume else None
     plan, engine_mode, batch_size, estimate = _plan(job, cfg, net, geometry, source, encoding, previous)
     layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
               else None)
@@ -208,7 +133,7 @@ def _prepare(job: PredictJob) -> tuple[_Setup, dict[str, Any] | None]:
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    setup = _Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
+    setup = Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
                    layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror)
     return setup, previous
 
@@ -223,7 +148,8 @@ def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: Ch
     """
     device = resolve_device(job.device)
     tiles = previous["tiles"] if previous else None
-    mode = job.mode if job.mode is not None else (tiles["mode"] if tiles else net.mode)
+    # a resume keeps the engine the interrupted run chose, also when auto chose it
+    mode = tiles["mode"] if tiles and job.mode in (None, "auto") else job.mode if job.mode is not None else net.mode
     batch = job.batch_size if job.batch_size is not None else (
         tiles["batch_size"] if tiles else (cfg.prediction.batch_size or 1))
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -265,7 +191,7 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
     }
 
 
-def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int]) -> JobResult:
+def _run(job: PredictJob, setup: Setup, engine: Any, output: Any, done: set[int]) -> JobResult:
     plan, encoding, out_spec = setup.plan, setup.encoding, setup.out_spec
     tiles = list(plan.tiles())
     todo = _batches_to_run(tiles, plan, done, setup.batch_size)
@@ -286,7 +212,7 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
     try:
         predict_tiles(engine, setup.source, plan, todo, write, batch_size=setup.batch_size, progress=job.progress)
     except OSError as exc:
-        raise _write_error(exc, out_spec, f"{len(done) + written} of {len(tiles)} tiles done") from None
+        raise write_error(exc, out_spec, f"{len(done) + written} of {len(tiles)} tiles done") from None
     finally:
         done_log.close()
         output.flush()
@@ -296,22 +222,9 @@ def _run(job: PredictJob, setup: _Setup, engine: Any, output: Any, done: set[int
             build_pyramid(output, setup.layout.levels, setup.layout.tile, encoding.argmax, setup.record_dir,
                           job.progress)
         except OSError as exc:
-            raise _write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
-    _finish(setup, output)
+            raise write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
+    finish(output, setup.record_dir, setup.record, setup.out_spec)
     return setup.result(len(todo), len(done))
-
-
-def _finish(setup: _Setup, output: Any) -> None:
-    """Mark the output and its record complete."""
-    try:
-        output.set_attributes({"densepred": {"complete": True, **provenance(setup.record)}})
-        output.close()
-        setup.record["complete"] = True
-        write_record(setup.record_dir, setup.record)
-        for log_file in (setup.record_dir / "done.log", *setup.record_dir.glob("level*.log")):
-            log_file.unlink(missing_ok=True)
-    except OSError as exc:
-        raise _write_error(exc, setup.out_spec, "all tiles done, the completion mark is not") from None
 
 
 def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_size: int) -> list[Tile]:
@@ -324,28 +237,7 @@ def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_siz
     return run
 
 
-# -- the output and its record in step ------------------------------------------------------------
-
-def _resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | None:
-    """The interrupted run's record; None when there is nothing to resume (a fresh start).
-
-    A record folder without ``run.json`` is a run killed before it began, and a record whose
-    output is gone (deleted by the user) describes nothing: both start afresh. An output
-    without any record was not written by ``densepred predict`` and is not touched.
-    """
-    record = read_record(record_dir)
-    if record is None and output_exists(spec) and not record_dir.exists():
-        raise DensePredError(f"cannot resume {spec}: it has no run record ({record_dir / RUN_JSON}), so it was not "
-                             "written by densepred predict; choose another output, or pass --overwrite")
-    if record is not None and not output_exists(spec):
-        log.warning("%s named in the run record %s does not exist; starting afresh", spec, record_dir)
-        return None
-    if record is None:
-        log.info("nothing to resume for %s; starting", spec)
-    return record
-
-
-def _reopen(setup: _Setup) -> Any:
+def reopen(setup: Setup) -> Any:
     output = open_output(setup.out_spec)
     expected = tuple(setup.record["output"]["shape"])
     if output.shape != expected or output.dtype != setup.encoding.stored_dtype:
@@ -355,52 +247,18 @@ def _reopen(setup: _Setup) -> Any:
     return output
 
 
-def _new_output(setup: _Setup, job: PredictJob) -> Any:
+def new_output(setup: Setup, job: PredictJob) -> Any:
+    """The new output and its record (:func:`.lifecycle.start_output`)."""
     return start_output(setup.out_spec, setup.record_dir, setup.record, job.overwrite, job.resume,
                         lambda: _create(setup, job))
 
 
-def start_output(spec: ArraySpec, record_dir: Path, record: dict[str, Any], overwrite: bool, resume: bool,
-                 create: Callable[[], Any]) -> Any:
-    """Create the run record, then the output (``create()``, marked incomplete), replacing old
-    ones if allowed.
-
-    A record without its output is this project's own leftover (a run killed while creating
-    it, or an output the user deleted) and is cleared; an existing output is replaced only
-    with ``--overwrite`` (or when resuming a run killed before its record was written), and
-    only if densepred wrote it. If creating the output fails, the new record goes too.
-    """
-    exists = output_exists(spec)
-    if exists and not (overwrite or resume):
-        raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
-                             "finish an interrupted run")
-    if exists:
-        check_replaceable(spec)
-    # the record goes first: a crash while the old output is being deleted must not leave
-    # a half-deleted output that a record still calls complete
-    shutil.rmtree(record_dir, ignore_errors=True)
-    if exists:
-        remove_output(spec)
-    try:
-        record_dir.mkdir(parents=True)
-    except OSError as exc:
-        raise DensePredError(f"cannot create {record_dir}: {exc.strerror}") from None
-    try:
-        write_record(record_dir, record)
-        return create()
-    except BaseException:
-        shutil.rmtree(record_dir, ignore_errors=True)
-        raise
-
-
-def _create(setup: _Setup, job: PredictJob) -> Any:
+def _create(setup: Setup, job: PredictJob) -> Any:
     plan, encoding = setup.plan, setup.encoding
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
                          attributes={"densepred": {"complete": False}}, layout=setup.layout)
 
-
-# -- helpers --------------------------------------------------------------------------------------
 
 def output_roi(roi: Sequence[tuple[int, int]] | None, image: Sequence[int], offset: Sequence[int],
                border_high: Sequence[int], mirror: bool) -> list[tuple[int, int]] | None:
@@ -432,7 +290,3 @@ def _output_shape(plan: TilePlan, encoding: Encoding) -> tuple[int, ...]:
     return plan.output_shape if channels is None else (channels, *plan.output_shape)
 
 
-def _write_error(exc: OSError, spec: ArraySpec, progress: str) -> DensePredError:
-    why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return DensePredError(f"writing {spec} failed: {why}; the output is incomplete ({progress}); fix the cause "
-                          "and rerun with --resume")

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DensePredError
-from ..geometry import Footprint, Geometry, TilePlan, balanced_tile, default_output_tile, slices_that_fit
-from ..io import ChannelFirst
-from ..networks import DenseNet
+from ...errors import DensePredError
+from ...geometry import Footprint, Geometry, TilePlan, balanced_tile, default_output_tile, slices_that_fit
+from ...io import ChannelFirst
+from ...networks import DenseNet
 from .memory_budget import MemoryBudget, tile_cost, too_small, warn_if_over
 
 log = logging.getLogger("densepred")

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, load_config, network_geometry
-from ..errors import DensePredError
-from ..geometry import BlockPlan, Footprint, Geometry, pyramid
-from ..io import ArraySpec, ChannelFirst, open_array
-from ..networks import DenseEngine, build_net
+from ...config import Config, load_config, network_geometry
+from ...errors import DensePredError
+from ...geometry import BlockPlan, Footprint, Geometry, pyramid
+from ...io import ArraySpec, ChannelFirst, open_array
+from ...networks import DenseEngine, build_net
+from ..progress import count_text, duration_text
 from .devices import resolve_device
 from .memory_budget import memory_budget
-from .progress import count_text, duration_text
 from .tiling import plan_and_mode
 
 

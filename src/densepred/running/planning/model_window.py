@@ -6,7 +6,7 @@ result does not depend on it. The default exact window is therefore the largest 
 estimate fits the memory budget (:mod:`.memory_budget`), balanced so that no smaller window
 needs as few windows. The model's memory per input voxel is measured once, on one forward of
 a small window: on the CPU by the storages its operators return while tensors hold them (a
-``TorchDispatchMode``; MONAI's BasicUNet measured 938 bytes per voxel so, as PyTorch's memory
+``TorchFunctionMode``; MONAI's BasicUNet measured 938 bytes per voxel so, as PyTorch's memory
 profiler did, and 930 by the process's peak resident memory), on a GPU by the allocator's
 peak.
 """
@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.overrides import TorchFunctionMode
 
-from ..errors import DensePredError
-from ..geometry.overlap import exact_axis, fitted_window, smallest_window
-from ..networks.foreign import ForeignNet, TilingContract
+from ...errors import DensePredError
+from ...geometry.overlap import exact_axis, fitted_window, smallest_window
+from ...networks.foreign import ForeignNet, TilingContract
 from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
 
 log = logging.getLogger("densepred")
@@ -94,7 +93,7 @@ def _cpu_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return live.peak, channels
 
 
-class _LiveBytes(TorchDispatchMode):
+class _LiveBytes(TorchFunctionMode):
     """The bytes of the storages the operators inside it return, while tensors hold them, and
     their peak (an operator's own scratch space is not seen)."""
 
@@ -109,9 +108,9 @@ class _LiveBytes(TorchDispatchMode):
             del self.holders[key]
             self.live -= nbytes
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
+        for tensor in _tensors(out):
             if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
                 storage = tensor.untyped_storage()
                 key, nbytes = storage.data_ptr(), storage.nbytes()
@@ -122,6 +121,20 @@ class _LiveBytes(TorchDispatchMode):
                 self.holders[key] += 1
                 weakref.finalize(tensor, self._release, key, nbytes)
         return out
+
+
+def _tensors(value: Any) -> list[Any]:
+    """Everything in a (nested) tuple, list or dict of an operator's results."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        else:
+            found.append(item)
+    return found
 
 
 def _cuda_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
@@ -173,9 +186,9 @@ def exact_counter(spatial: Sequence[int], contract: TilingContract,
 
 
 def check_window(memory: ModelMemory, window: tuple[int, ...], in_channels: int, views: int,
-                 budget: MemoryBudget) -> None:
+                 budget: MemoryBudget, reason: str = "it was asked for") -> None:
     """Warn when a window that was asked for (or a blend's) is estimated over the budget."""
-    warn_if_over(budget, memory.window_bytes(window, in_channels, views), window)
+    warn_if_over(budget, memory.window_bytes(window, in_channels, views), window, reason)
 
 
 def result_bytes(memory: ModelMemory, output_shape: Sequence[int]) -> int:
@@ -225,9 +238,10 @@ def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) ->
     return tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
 
 
-def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool) -> tuple[int, ...]:
+def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool,
+                  reason: str = "it was asked for") -> tuple[int, ...]:
     """An exact run's default window sized to the memory budget (``size``), or the run's window
-    checked against it (a warning when over)."""
+    checked against it (a warning when over that says why it runs anyway: ``reason``)."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
@@ -235,7 +249,7 @@ def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: boo
     if in_memory:
         budget = budget.less(result_bytes(memory, run.output_shape))
     if not size:
-        check_window(memory, run.window, run.net.in_channels, views, budget)
+        check_window(memory, run.window, run.net.in_channels, views, budget, reason)
         return run.window
     context = context_of(c, run.flips)
     window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -23,17 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config
-from ..errors import DensePredError
-from ..geometry import BlockPlan, Tile, TilePlan
-from ..io import ArraySpec, ChannelFirst, open_array, open_output
-from ..io.encoding import Encoding
-from ..networks import create_prediction_net
-from ..system import available_cores
-from .devices import resolve_device
-from .input_checks import NonFinite, Sink
-from .predict import make_engine, predict_tiles
-from .pyramid import write_level_block
+from ...config import Config
+from ...errors import DensePredError
+from ...geometry import BlockPlan, Tile, TilePlan
+from ...io import ArraySpec, ChannelFirst, open_array, open_output
+from ...io.encoding import Encoding
+from ...networks import create_prediction_net
+from ...system import available_cores
+from ..compute.downsample import write_level_block
+from ..compute.sink import NonFinite, Sink
+from ..compute.tiles import make_engine, predict_tiles
+from ..planning.devices import resolve_device
 
 _NETS: dict[tuple[str, str], Any] = {}
 _NETS_LOCK = threading.Lock()
@@ -45,12 +46,17 @@ class NetPayload:
 
     config: Config
     weights: bytes
-    key: str = field(default="")  # sha256 of the weights, the per-worker cache key
+    key: str = field(default="")  # sha256 of the weights and the config, the per-worker cache key
 
     @classmethod
     def from_files(cls, config: Config, weights: Path) -> NetPayload:
+        """The payload; its key covers everything that shapes the net's numbers: the weights and
+        the whole config (a later run on the same cluster with another activation, say, must not
+        reuse this net)."""
         data = Path(weights).read_bytes()
-        return cls(config, data, hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data)
+        digest.update(json.dumps(config.source, sort_keys=True, default=str).encode())
+        return cls(config, data, digest.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,9 @@ class BlockFailed(Exception):
 def run_block(payload: NetPayload, job: BlockJob, block_id: int, done: Sequence[int] = ()) -> BlockResult:
     """Compute block ``block_id`` and write its tiles (those in ``done`` are durable already and
     only recomputed when their batch has a missing tile)."""
-    worker = _worker_address()
+    worker = worker_address()
     start = time.perf_counter()
-    with _reported(worker):
+    with reported(worker):
         return _run_block(payload, job, block_id, set(done), worker, start)
 
 
@@ -133,7 +139,7 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
 def run_level_shard(output_spec: ArraySpec, level: int, box: tuple[tuple[int, int], ...],
                     source: tuple[tuple[int, int], ...], step: tuple[int, ...], label: bool) -> int:
     """Write one shard of pyramid ``level`` from the level below; returns the shard's voxels."""
-    with _reported(_worker_address()):
+    with reported(worker_address()):
         output = open_output(output_spec, clean=False)
         try:
             write_level_block(output.level(level - 1), output.level(level), box, source, step, label)
@@ -143,7 +149,7 @@ def run_level_shard(output_spec: ArraySpec, level: int, box: tuple[tuple[int, in
 
 
 @contextlib.contextmanager
-def _reported(worker: str) -> Iterator[None]:
+def reported(worker: str) -> Iterator[None]:
     """A task's error as :class:`BlockFailed`: final for a user's error, retried otherwise."""
     try:
         yield
@@ -158,7 +164,7 @@ def _net(payload: NetPayload, job: BlockJob) -> Any:
     key = (payload.key, str(job.device))
     with _NETS_LOCK:
         if key not in _NETS:
-            torch.set_num_threads(job.threads or _default_threads())
+            torch.set_num_threads(job.threads or default_threads())
             with tempfile.TemporaryDirectory(prefix="densepred-") as folder:
                 weights = Path(folder) / "weights.safetensors"
                 weights.write_bytes(payload.weights)
@@ -167,7 +173,7 @@ def _net(payload: NetPayload, job: BlockJob) -> Any:
         return _NETS[key]
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     """The worker's cores shared among the tasks it runs at once."""
     cores = available_cores()
     try:
@@ -179,7 +185,7 @@ def _default_threads() -> int:
     return max(1, cores // max(1, slots))
 
 
-def _worker_address() -> str:
+def worker_address() -> str:
     try:
         from distributed import get_worker
 

@@ -1,62 +1,21 @@
-"""Building the multiscale pyramid of an OME-Zarr output, block by block, resumably.
+"""Downsampling for the multiscale pyramid of an OME-Zarr output: one shard of a level from the level below.
 
-After the last tile of level 0 is written, each further level is computed from the level
-below, one shard at a time (memory: one shard of the level and the ``2^d`` times larger box
-it is read from). Probabilities are downsampled by the mean, labels by the mode (ties go
-to the smaller label). Each finished block is made durable and recorded in
-``level<N>.log`` beside ``done.log``, so a resumed run continues the pyramid where it
-stopped and the result is byte-identical.
+Memory: one shard of the level and the ``2^d`` times larger box it is read from.
+Probabilities are downsampled by the mean, labels by the mode (ties go to the smaller label).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..geometry import Level, level_shard, shard_boxes, source_box
-from .progress import Progress, ProgressOption
-from .run_record import DoneLog, read_done
-
-log = logging.getLogger("densepred")
-
-
-def level_log(index: int) -> str:
-    return f"level{index}.log"
-
-
-def build_pyramid(output: Any, levels: Sequence[Level], tile: Sequence[int], label: bool, record_dir: Path,
-                  progress: ProgressOption = False) -> int:
-    """Write levels 1.. of ``output`` from level 0; returns the number of blocks computed."""
-    computed = 0
-    bar = Progress(sum(math.prod(lv.shape) for lv in levels[1:]), "pyramid", progress, terminal=True)
-    try:
-        for level in levels[1:]:
-            below, target = output.level(level.index - 1), output.level(level.index)
-            below_shape = levels[level.index - 1].shape
-            done = read_done(record_dir, level_log(level.index))
-            done_log = DoneLog(record_dir, level_log(level.index))
-            try:
-                for block_id, box in shard_boxes(level.shape, level_shard(tile, level.shape)):
-                    if block_id not in done:
-                        source = source_box(box, level.step, below_shape)
-                        write_level_block(below, target, box, source, level.step, label)
-                        done_log.append(block_id)
-                        computed += 1
-                    bar.update(math.prod(b - a for a, b in box))
-            finally:
-                done_log.close()
-    finally:
-        bar.close()
-    return computed
-
 
 def write_level_block(below: Any, target: Any, box: Sequence[tuple[int, int]], source: Sequence[tuple[int, int]],
-                 step: Sequence[int], label: bool) -> None:
+                      step: Sequence[int], label: bool) -> None:
+    """Write ``box`` of ``target`` (a level) from ``source`` of ``below`` (the level under it), durably."""
     lead = () if label else (slice(None),)
     data = below[(*lead, *(slice(a, b) for a, b in source))]
     reduce = downsample_mode if label else downsample_mean

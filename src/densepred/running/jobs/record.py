@@ -25,14 +25,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import DensePredError
-from ..files import atomic_write_text
-from ..io import ArraySpec
+from ...config import Config
+from ...errors import DensePredError
+from ...files import atomic_write_text
+from ...io import ArraySpec
+from ...io.output_checks import record_folder
 
 log = logging.getLogger("densepred")
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: a model run's done.log names shards; record folders percent-encode keys
 DONE_LOG = "done.log"
 RUN_JSON = "run.json"
 SECTIONS = (("input", "input"), ("network", "network config or weights"),
@@ -40,9 +41,8 @@ SECTIONS = (("input", "input"), ("network", "network config or weights"),
 
 
 def record_path(spec: ArraySpec) -> Path:
-    """The run-record folder beside an output."""
-    suffix = f".{spec.key.replace('/', '.')}" if spec.key else ""
-    return spec.path.with_name(spec.path.name + suffix + ".densepred")
+    """The run-record folder beside an output (:func:`densepred.io.output_checks.record_folder`)."""
+    return record_folder(spec)
 
 
 def done_line(tile_id: int) -> str:
@@ -96,10 +96,13 @@ def read_record(record_dir: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DensePredError(f"cannot read the run record {path}: {exc}; start again with --overwrite") from None
-    if record.get("version") != RECORD_VERSION:
+    version = record.get("version")
+    if isinstance(version, int) and version < RECORD_VERSION:
+        raise DensePredError(f"the run record {path} was recorded by an older densepred (record version {version}, "
+                             f"this one reads {RECORD_VERSION}): start afresh with --overwrite")
+    if version != RECORD_VERSION:
         raise DensePredError(f"the run record {path} was written by another version of densepred (record "
-                             f"version {record.get('version')}, this one reads {RECORD_VERSION}); "
-                             "start again with --overwrite")
+                             f"version {version}, this one reads {RECORD_VERSION}); start again with --overwrite")
     return record
 
 

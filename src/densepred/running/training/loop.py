@@ -6,7 +6,8 @@
   end (atomically: temporary file, then rename), with the step in its metadata;
   ``<name>-LAST.optimizer.safetensors`` beside it holds the optimizer state for ``--resume``
 * ``<name>-BEST.safetensors``: the weights with the lowest validation loss so far
-* ``<name>.toml``: the config as trained (paths made absolute, ``save_dir = "."``)
+* ``<name>.toml``: the config as trained (paths made absolute, ``save_dir = "."``); where that
+  is the user's own config, ``<name>.trained.toml`` instead
 * ``history.csv`` (step, seconds, train_loss, val_loss, val_accuracy, lr) and ``history.png``
 
 Each step draws its samples from a generator seeded by ``(seed, step)``, so a resumed run
@@ -29,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, load_config, set_values
-from ..errors import DensePredError
-from ..files import atomic_write_text
-from ..io import ArraySpec
-from ..networks import DenseNet, build_net
-from ..networks.weights import (
+from ...config import Config, load_config, set_values
+from ...errors import DensePredError
+from ...files import atomic_write_text
+from ...io import ArraySpec
+from ...networks import DenseNet, build_net
+from ...networks.weights import (
     best_path,
     last_path,
     load_optimizer,
@@ -45,7 +46,7 @@ from ..networks.weights import (
     save_weights,
     saved_optimizer_kind,
 )
-from .devices import resolve_device
+from ..planning.devices import resolve_device
 from .samplers import augmentation_for, build_samplers
 
 log = logging.getLogger("densepred")
@@ -125,7 +126,7 @@ class _Run:
             raise DensePredError(f"{self.last} exists; pass --resume to continue that run, or choose "
                                  "another save_dir (or delete it) to start afresh")
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.save_dir / f"{cfg.name}.toml", trained_config_text(cfg))
+        atomic_write_text(trained_config_path(cfg, self.save_dir), trained_config_text(cfg))
 
     def _optimizer(self) -> torch.optim.Optimizer:
         t = self.training
@@ -301,6 +302,16 @@ class _Run:
         save_weights(self.net, self.last, {"step": step, "name": self.cfg.name})
         if self.history:
             plot_history(self.history, self.save_dir / "history.png", self.cfg.name)
+
+
+def trained_config_path(cfg: Config, save_dir: Path) -> Path:
+    """``<save_dir>/<name>.toml``, or ``<name>.trained.toml`` where that is the user's own config
+    (``name`` and the file's stem alike, the config in its save_dir): never written over."""
+    target = Path(save_dir) / f"{cfg.name}.toml"
+    if cfg.path is not None and target.resolve() == Path(cfg.path).resolve():
+        target = target.with_name(f"{cfg.name}.trained.toml")
+        log.info("%s is the config itself; the config as trained goes to %s", cfg.path, target)
+    return target
 
 
 def trained_config_text(cfg: Config) -> str:

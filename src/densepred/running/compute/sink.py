@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DensePredError
-from ..geometry import Tile
-from ..io.encoding import Encoding
+from ...errors import DensePredError
+from ...geometry import Tile
+from ...io.encoding import Encoding
 
 log = logging.getLogger("densepred")
 
@@ -51,6 +51,12 @@ class NonFinite:
         return (f"{self.count} output voxel(s) have no finite prediction because their input window holds NaN "
                 f"or inf (the first at image voxel {position}); uint8 outputs store them as 0 and --argmax as "
                 "class 0. Clean the input, or drop --strict to accept this")
+
+    def merge(self, count: int, first: tuple[int, ...] | None) -> None:
+        """Add what another process (a cluster worker) counted."""
+        if count:
+            self.count += count
+            self.first = self.first or first
 
     def report(self) -> None:
         if self.count:

@@ -1,5 +1,8 @@
-"""Dense prediction of images and volumes of any size, tile by tile (``predict_dense``).
+"""Predictions held in memory, or streamed into an array the caller gives (``predict_dense``).
 
+Own nets are cut into tiles (:mod:`densepred.running.planning.tiling`) and run through the
+read/compute/write pipeline (:func:`densepred.running.compute.tiles.predict_tiles`); models from
+elsewhere run exact or blended windows (:class:`densepred.running.compute.model_run.ModelRun`).
 Input values are scaled as :mod:`densepred.io.images` says (integers by their dtype's maximum).
 """
 
@@ -7,29 +10,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import MODES
-from ..errors import DensePredError
-from ..geometry import STREAM_SLAB, Geometry, Tile, TilePlan
-from ..io import ChannelFirst, read_window, to_float32
-from ..networks import DenseEngine, DenseNet, StackEngine
-from ..networks.foreign import ForeignNet
-from ..system import mapped_zeros
-from .devices import on_device, resolve_device
-from .memory_budget import memory_budget
-from .pipeline import run_pipeline
-from .progress import Progress, ProgressOption
-from .tiling import footprint_for, plan_and_mode, source_geometry
+from ...config import MODES
+from ...errors import DensePredError
+from ...geometry import Geometry, Tile
+from ...io import ChannelFirst, to_float32
+from ...networks import DenseNet
+from ...networks.foreign import ForeignNet
+from ...system import large_blocks_returned, mapped_zeros
+from ..compute.model_run import ModelRun, source_of
+from ..compute.tiles import make_engine, predict_tiles
+from ..planning.devices import on_device, resolve_device
+from ..planning.memory_budget import memory_budget
+from ..planning.tiling import footprint_for, plan_and_mode, source_geometry
+from ..progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
-
-# write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
-TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
 
 
 def predict_dense(
@@ -67,7 +68,7 @@ def predict_dense(
         mode: ``"mfp"``, ``"dilated"``, ``"naive"``, ``"stream"`` or ``"auto"`` (the net's
             ``[prediction] mode``; if that is ``"auto"`` too: a stream where it spends fewer
             FLOPs than cube tiles, else MFP where the tile allows it, else dilated;
-            see :func:`densepred.running.tiling.plan_and_mode`).
+            see :func:`densepred.running.planning.tiling.plan_and_mode`).
             ``tile_shape=None`` and ``mode="auto"`` fall back to the net's ``tile_shape`` and
             ``mode`` attributes, which :func:`create_prediction_net` sets.
         batch_size: tiles per forward pass (default 1).
@@ -85,7 +86,7 @@ def predict_dense(
 
         overlap, tta, channel_map: for a model from :func:`densepred.from_torch` only (``mode``
             ``"exact"``, ``"blend"`` or ``"auto"``; ``tile_shape`` is its window); see
-            :func:`densepred.running.foreign_predict.predict_foreign`.
+            :func:`predict_foreign`.
 
     Returns:
         float32 probabilities of shape ``(n_classes, *(S - FOV + 1))``, or
@@ -134,8 +135,6 @@ def predict_dense(
 def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mode: str, device: Any, out: Any,
                      overlap: float, tta: Any, channel_map: Any, progress: ProgressOption,
                      memory_limit: int | None) -> np.ndarray:
-    from .foreign_predict import predict_foreign
-
     if mirror:
         raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
                              "its output already covers the image")
@@ -149,91 +148,10 @@ def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) 
     A viewer places the result exactly on the image by shifting it this many voxels.
     """
     if isinstance(net, ForeignNet):
-        from .foreign_predict import source_of
-
         return tuple(source_of(net, image)[0].sizes.crop)
     net_geometry = _image_geometry(net)
     geometry = source_geometry(net_geometry, ChannelFirst(image, net.config.in_channels, net_geometry.ndim))
     return (0,) * geometry.ndim if mirror else tuple(geometry.offset)
-
-
-def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
-                  write: TileWriter, *, batch_size: int = 1, progress: ProgressOption = False,
-                  prefetch: int = 2, pending: int = 2) -> None:
-    """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
-    the box it owns, to ``write(tile, probabilities, part, done)`` in a background thread.
-
-    ``part`` is None for the whole owned box (``tile.owned_slices()``). The stream engine hands
-    a tile over in slabs instead: ``part`` is each slab's box in the output, and ``done`` is
-    True with the tile's last slab. Tiles are batched in the order given; a caller that needs
-    identical numbers on a rerun passes the same batches (see :mod:`densepred.running.file_job`).
-    """
-    bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
-    try:
-        if isinstance(engine, DenseEngine) and engine.mode == "stream":
-            _stream_tiles(engine, source, plan, tiles, write, bar, prefetch, pending)
-            return
-        batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
-
-        def read(batch: list[Tile]) -> np.ndarray:
-            return np.stack([read_window(source, plan, tile) for tile in batch])
-
-        def compute(windows: np.ndarray) -> np.ndarray:
-            bar.poll()
-            return _probabilities(engine(torch.from_numpy(windows)))
-
-        def write_batch(batch: list[Tile], probabilities: np.ndarray) -> None:
-            for tile, tile_probs in zip(batch, probabilities, strict=True):
-                write(tile, tile_probs[(slice(None), *tile.owned_in_tile())], None, True)
-                bar.update(math.prod(tile.owned_shape))
-
-        run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending)
-    finally:
-        bar.close()
-
-
-def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
-                  write: TileWriter, bar: Progress, prefetch: int, pending: int) -> None:
-    """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
-    so memory depends on the slab and the cross-section, not on the tile's length."""
-    length = plan.input_tile[0]
-    slabs = [(tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB)]
-    current: dict[str, Any] = {"tile": None}
-
-    def read(slab: tuple[Tile, int, int]) -> tuple[Tile, np.ndarray]:
-        tile, a, b = slab
-        return tile, read_window(source, plan, tile, rows=(a, b))
-
-    def compute(item: tuple[Tile, np.ndarray]) -> tuple[int, np.ndarray | None]:
-        bar.poll()
-        tile, data = item
-        if current["tile"] is not tile:
-            current.update(tile=tile, push=engine.stream(), made=0)
-        logits = current["push"](torch.from_numpy(data[None]))
-        first = current["made"]
-        if logits is None:
-            return first, None
-        current["made"] += logits.shape[2]
-        return first, _probabilities(logits)[0]
-
-    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, np.ndarray | None]) -> None:
-        tile, (first, probabilities) = slab[0], result
-        if probabilities is None:
-            return
-        owned = tile.owned_in_tile()
-        lo, hi = max(first, owned[0].start), min(first + probabilities.shape[1], owned[0].stop)
-        if lo >= hi:
-            return
-        values = probabilities[(slice(None), slice(lo - first, hi - first), *owned[1:])]
-        part = (slice(tile.output_start[0] + lo, tile.output_start[0] + hi), *tile.owned_slices()[1:])
-        write(tile, values, part, hi == owned[0].stop)
-        bar.update(values[0].size)
-
-    run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending)
-
-
-def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    return torch.softmax(logits, dim=1).to(torch.float32).cpu().numpy()
 
 
 def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
@@ -275,12 +193,6 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
 
 
-def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool) -> DenseEngine | StackEngine:
-    """The dense engine for a tile: the net's own, or run over the slices of a stack."""
-    engine = DenseEngine(net, mode, device)
-    return StackEngine(engine) if stacked else engine
-
-
 def _image_geometry(net: Any) -> Geometry:
     if not isinstance(net, DenseNet):
         raise DensePredError("net must be a densepred network (build_net or create_prediction_net), "
@@ -298,4 +210,94 @@ def _positive(value: int | None, name: str, default: int) -> int:
     return int(value)
 
 
-__all__ = ["class_probabilities", "output_origin", "predict_dense"]
+def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
+                    overlap: float = 0.5, tta: str | Sequence[int] | None = None,
+                    channel_map: dict[int, Sequence[int]] | None = None,
+                    device: str | torch.device | None = None, out: Any = None,
+                    progress: ProgressOption = False, memory_limit: int | None = None) -> np.ndarray | Any:
+    """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
+
+    ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
+    into as they finish (memory: one window); blending into ``out`` goes through
+    ``densepred predict --model`` (file to file, streamed), so it is refused here.
+    ``progress``: as in :func:`densepred.predict_dense`, updated after every window.
+    ``memory_limit``: bytes the process may use at its peak (default: half the available
+    memory); without ``window`` an exact run takes the largest window it holds, the result
+    counted against it unless ``out`` is given (:mod:`densepred.running.planning.model_window`).
+    """
+    net, source = source_of(net, image)
+    with large_blocks_returned():  # the probes' memory too
+        run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
+                                memory_limit=memory_limit, in_memory=out is None)
+        return _exact_into(run, out, progress) if out is not None else _in_memory(run, progress)
+
+
+def _in_memory(run: ModelRun, progress: ProgressOption) -> np.ndarray:
+    result = _Result(run.output_shape)
+    bar = Progress(math.prod(run.output_shape), f"predict ({run.mode})", progress, terminal=True)
+    try:
+        if run.mode == "exact":
+            for piece in run.exact_windows():
+                bar.poll()
+                result.put(piece.box, run.owned(piece))
+                bar.update(_voxels(piece.box))
+        else:
+            windows = list(run.blend_windows())
+            for starts in windows:
+                bar.poll()
+                box, values = run.weighted(starts)
+                result.put(box, values, add=True)
+                bar.update(math.prod(run.output_shape) / len(windows))
+            result.normalize(run)
+    finally:
+        bar.close()
+    return result.array
+
+
+def _exact_into(run: ModelRun, out: Any, progress: ProgressOption) -> Any:
+    if run.mode != "exact":
+        raise DensePredError("out= takes exact predictions (memory: one window); to blend a volume larger than "
+                             "memory, predict file to file: densepred predict --model ... --mode blend")
+    if tuple(out.shape[1:]) != run.output_shape:
+        raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
+                             f"{', '.join(map(str, run.output_shape))})")
+    bar = Progress(math.prod(run.output_shape), "predict (exact)", progress, terminal=True)
+    try:
+        for piece in run.exact_windows():
+            bar.poll()
+            out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
+            bar.update(_voxels(piece.box))
+    finally:
+        bar.close()
+    return out
+
+
+def _voxels(box: Sequence[tuple[int, int]]) -> int:
+    return math.prod(b - a for a, b in box)
+
+
+class _Result:
+    """The output array, allocated when the first window says how many channels it has, in
+    its own memory map (:func:`~densepred.system.mapped_zeros`): allocated between two
+    forwards on the heap, it would split the space the model's activations reuse."""
+
+    def __init__(self, spatial: tuple[int, ...]):
+        self.shape, self.array = spatial, None
+
+    def put(self, box: Sequence[tuple[int, int]], values: np.ndarray, add: bool = False) -> None:
+        if self.array is None:
+            self.array = mapped_zeros((values.shape[0], *self.shape), np.float32)
+        key = (slice(None), *(slice(a, b) for a, b in box))
+        if add:
+            self.array[key] += values
+        else:
+            self.array[key] = values
+
+    def normalize(self, run: ModelRun) -> None:
+        """Divide the blended sums by the sum of the weights, a z slice at a time."""
+        for z in range(self.shape[0]):
+            box = ((z, z + 1), *((0, n) for n in self.shape[1:]))
+            self.array[:, z:z + 1] /= run.weight_sum(box)[None]
+
+
+__all__ = ["class_probabilities", "output_origin", "predict_dense", "predict_foreign"]

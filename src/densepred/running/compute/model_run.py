@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,85 +21,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DensePredError
-from ..geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
-from ..io import ChannelFirst, to_float32
-from ..networks.foreign import ForeignNet, StackNet, TilingContract
-from ..system import large_blocks_returned, mapped_zeros
-from .devices import fast_memory_format, in_memory_format, on_device, resolve_device
-from .foreign_window import DEFAULT_WINDOW, OverBudget, budget_window, context_of, dtype_of, window_for
+from ...errors import DensePredError
+from ...geometry import BlockPlan
+from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
+from ...io import ChannelFirst, to_float32
+from ...networks.foreign import ForeignNet, StackNet, TilingContract
+from ..planning.devices import fast_memory_format, in_memory_format, on_device, resolve_device
+from ..planning.model_window import (
+    DEFAULT_WINDOW,
+    OverBudget,
+    budget_window,
+    context_of,
+    dtype_of,
+    model_memory,
+    window_for,
+)
 from .preprocess import Prepared, resolve
-from .progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
 
 MODES = ("auto", "exact", "blend")
-
-
-def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: Sequence[int] | int | None = None,
-                    overlap: float = 0.5, tta: str | Sequence[int] | None = None,
-                    channel_map: dict[int, Sequence[int]] | None = None,
-                    device: str | torch.device | None = None, out: Any = None,
-                    progress: ProgressOption = False, memory_limit: int | None = None) -> np.ndarray | Any:
-    """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
-
-    ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
-    into as they finish (memory: one window); blending into ``out`` goes through
-    ``densepred predict --model`` (file to file, streamed), so it is refused here.
-    ``progress``: as in :func:`densepred.predict_dense`, updated after every window.
-    ``memory_limit``: bytes the process may use at its peak (default: half the available
-    memory); without ``window`` an exact run takes the largest window it holds, the result
-    counted against it unless ``out`` is given (:mod:`.foreign_window`).
-    """
-    net, source = source_of(net, image)
-    with large_blocks_returned():  # the probes' memory too
-        run = ForeignRun.create(net, source, mode, window, overlap, tta, channel_map, device,
-                                memory_limit=memory_limit, in_memory=out is None)
-        return _exact_into(run, out, progress) if out is not None else _in_memory(run, progress)
-
-
-def _in_memory(run: ForeignRun, progress: ProgressOption) -> np.ndarray:
-    result = _Result(run.output_shape)
-    bar = Progress(math.prod(run.output_shape), f"predict ({run.mode})", progress, terminal=True)
-    try:
-        if run.mode == "exact":
-            for piece in run.exact_windows():
-                bar.poll()
-                result.put(piece.box, run.owned(piece))
-                bar.update(_voxels(piece.box))
-        else:
-            windows = list(run.blend_windows())
-            for starts in windows:
-                bar.poll()
-                box, values = run.weighted(starts)
-                result.put(box, values, add=True)
-                bar.update(math.prod(run.output_shape) / len(windows))
-            result.normalize(run)
-    finally:
-        bar.close()
-    return result.array
-
-
-def _exact_into(run: ForeignRun, out: Any, progress: ProgressOption) -> Any:
-    if run.mode != "exact":
-        raise DensePredError("out= takes exact predictions (memory: one window); to blend a volume larger than "
-                             "memory, predict file to file: densepred predict --model ... --mode blend")
-    if tuple(out.shape[1:]) != run.output_shape:
-        raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
-                             f"{', '.join(map(str, run.output_shape))})")
-    bar = Progress(math.prod(run.output_shape), "predict (exact)", progress, terminal=True)
-    try:
-        for piece in run.exact_windows():
-            bar.poll()
-            out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
-            bar.update(_voxels(piece.box))
-    finally:
-        bar.close()
-    return out
-
-
-def _voxels(box: Sequence[tuple[int, int]]) -> int:
-    return math.prod(b - a for a, b in box)
 
 
 @dataclass(frozen=True)
@@ -112,7 +52,7 @@ class ExactPiece:
 
 
 @dataclass
-class ForeignRun:
+class ModelRun:
     """One prediction of a :class:`ForeignNet` over a source: its mode, window, views, device."""
 
     net: ForeignNet
@@ -131,12 +71,13 @@ class ForeignRun:
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
                overlap: float, tta: Any, channel_map: Any, device: Any, prepared: Prepared | None = None,
-               memory_limit: int | None = None, in_memory: bool = False) -> ForeignRun:
+               memory_limit: int | None = None, in_memory: bool = False, window_given: bool = True) -> ModelRun:
         """The run; ``prepared``: the preprocessing measured already (by a cluster's client),
         else it is measured here. Without a window, an exact run takes the largest that fits
         the memory budget (``memory_limit``, or the default; ``in_memory``: the result counts
-        against it); see :mod:`.foreign_window`. ``mode="auto"`` blends when even the smallest
-        exact window does not fit."""
+        against it); see :mod:`densepred.running.planning.model_window`. ``mode="auto"`` blends
+        when even the smallest exact window does not fit. ``window_given``: whether a ``window``
+        came from the user (else from an interrupted run's record), for the over-budget warning."""
         asked_for = (mode, window, tta, channel_map)
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
@@ -154,7 +95,9 @@ class ForeignRun:
         run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format)
         if (asked is None and mode == "exact") or memory_limit is not None:
             try:
-                run.window = budget_window(run, asked is None and mode == "exact", memory_limit, in_memory)
+                reason = ("it was asked for" if asked is not None and window_given else
+                          "the interrupted run chose it" if asked is not None else "blending keeps the model's window")
+                run.window = budget_window(run, asked is None and mode == "exact", memory_limit, in_memory, reason)
             except OverBudget as exc:
                 if asked_for[0] != "auto":
                     raise
@@ -162,9 +105,20 @@ class ForeignRun:
                             "would be exact)", str(exc).split("; raise")[0])
                 _, window, tta, channel_map = asked_for
                 return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
-                                  memory_limit, in_memory)
+                                  memory_limit, in_memory, window_given)
         run.prepared = prepared if prepared is not None else resolve(net, source)
         return run
+
+    def channels(self) -> int:
+        """The model's output channels, from the memory probe's small forward (measured once per
+        model and device), not a full-size window."""
+        return model_memory(self.net, self.model, self.contract, self.net.in_channels, self.device,
+                            self.memory_format, dtype_of(self.model)).channels
+
+    def shard_plan(self) -> BlockPlan:
+        """The output's shards (:attr:`shard`), one per block: the grid a run's record names."""
+        ones = (1,) * len(self.window)
+        return BlockPlan.create(self.output_shape, self.shard, ones, ones)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -239,33 +193,56 @@ class ForeignRun:
             sums.append(total[a:b])
         return _outer(sums)
 
+    def values_in(self, box: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[tuple[int, int], ...], np.ndarray]]:
+        """The run's final values over an output ``box`` (a block of whole shards), as
+        ``(part, values)`` pairs whose parts partition it: exact windows each give the part of
+        what they own inside the box; blended windows are summed over the box, row after row
+        along z as :func:`densepred.running.jobs.model_job` sums them in one process (so the
+        bytes are the same), and divided by the weight sum."""
+        box = tuple(box)
+        if self.mode == "exact":
+            pieces = self.indexed_windows()
+            for index in self.pieces_in(box, pieces):
+                piece = pieces[index]
+                part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(piece.box, box, strict=True))
+                owned = self.owned(piece)
+                yield part, owned[(slice(None), *(slice(lo - a, hi - a) for (a, _), (lo, hi) in
+                                                  zip(piece.box, part, strict=True)))]
+            return
+        yield box, self.blended(box)
+
+    def pieces_in(self, box: Sequence[tuple[int, int]],
+                  pieces: dict[tuple[int, ...], ExactPiece]) -> list[tuple[int, ...]]:
+        """The axis indices of the exact windows whose owned box meets ``box``."""
+        reach = [[i for i, w in enumerate(axis) if w.own_lo < hi and w.own_hi > lo] for axis, (lo, hi) in
+                 zip(self.exact_axes(), box, strict=True)]
+        return [index for index in itertools.product(*reach) if index in pieces]
+
+    def blended(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The blend over ``box``: every window that meets it, weighted, summed per row of equal
+        z start and the rows summed in order, divided by the weight sum."""
+        total: np.ndarray | None = None
+        rows: dict[int, list[tuple[int, ...]]] = {}
+        for starts in self.blend_windows():
+            if all(s < hi and s + n > lo for s, n, (lo, hi) in zip(starts, self.output_window, box, strict=True)):
+                rows.setdefault(starts[0], []).append(starts)
+        for windows in rows.values():
+            row = None
+            for starts in windows:
+                reach, values = self.weighted(starts)
+                if row is None:
+                    row = np.zeros((values.shape[0], *(b - a for a, b in box)), np.float32)
+                part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(reach, box, strict=True))
+                into = (slice(None), *(slice(lo - b0, hi - b0) for (lo, hi), (b0, _) in zip(part, box, strict=True)))
+                row[into] = row[into] + values[(slice(None), *(slice(lo - a, hi - a) for (lo, hi), (a, _) in
+                                                               zip(part, reach, strict=True)))]
+            total = row if total is None else total + row
+        assert total is not None, "every output voxel lies in a blend window"
+        return (total / self.weight_sum(box)[None]).astype(np.float32)
+
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared), self.flips,
                         self.channel_map, self.device, self.memory_format)
-
-
-class _Result:
-    """The output array, allocated when the first window says how many channels it has, in
-    its own memory map (:func:`~densepred.system.mapped_zeros`): allocated between two
-    forwards on the heap, it would split the space the model's activations reuse."""
-
-    def __init__(self, spatial: tuple[int, ...]):
-        self.shape, self.array = spatial, None
-
-    def put(self, box: Sequence[tuple[int, int]], values: np.ndarray, add: bool = False) -> None:
-        if self.array is None:
-            self.array = mapped_zeros((values.shape[0], *self.shape), np.float32)
-        key = (slice(None), *(slice(a, b) for a, b in box))
-        if add:
-            self.array[key] += values
-        else:
-            self.array[key] = values
-
-    def normalize(self, run: ForeignRun) -> None:
-        """Divide the blended sums by the sum of the weights, a z slice at a time."""
-        for z in range(self.shape[0]):
-            box = ((z, z + 1), *((0, n) for n in self.shape[1:]))
-            self.array[:, z:z + 1] /= run.weight_sum(box)[None]
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:
@@ -333,9 +310,10 @@ def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
     """The window at ``starts``, preprocessed, zero beyond the image's high end (its padding to
     the factor, after the preprocessing, as a whole-image forward would pad it)."""
     box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
-    data = to_float32(source.read(box))
-    if prepared is not None:
-        data = prepared.apply(data, starts)
+    if prepared is None:
+        data = to_float32(source.read(box))
+    else:  # the steps act on the values as stored
+        data = prepared.apply(Prepared.values(source.read(box)), starts)
     pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
     return np.pad(data, pad) if any(p for _, p in pad[1:]) else np.ascontiguousarray(data)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config, DataPair, TrainingConfig
-from ..errors import DensePredError
-from ..geometry import Geometry
-from ..io import ChannelFirst, open_array, to_float32
-from ..io.images import OneSliceStack
+from ...config import Config, DataPair, TrainingConfig
+from ...errors import DensePredError
+from ...geometry import Geometry
+from ...io import ChannelFirst, open_array, to_float32
+from ...io.images import OneSliceStack
 
 Shape = tuple[int, ...]
 Batch = tuple[np.ndarray, np.ndarray]

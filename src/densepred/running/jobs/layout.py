@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from ..config import Config
-from ..errors import DensePredError
-from ..geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
-from ..io import ArraySpec
-from ..io.arrays import input_voxel_size
-from ..io.encoding import Encoding
-from ..io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
-
-if TYPE_CHECKING:
-    from .file_job import PredictJob
+from ...config import Config
+from ...errors import DensePredError
+from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
+from ...io import ArraySpec
+from ...io.arrays import input_voxel_size
+from ...io.encoding import Encoding
+from ...io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
+from .job import PredictJob
 
 
 def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DensePredError
-from ..geometry import Footprint, Geometry
-from ..system import available_ram, resident_bytes
+from ...errors import DensePredError
+from ...geometry import Footprint, Geometry
+from ...system import available_ram, resident_bytes
 
 log = logging.getLogger("densepred")
 
@@ -75,11 +75,12 @@ def too_small(budget: MemoryBudget, need: int) -> DensePredError:
         "tile's buffers); raise --memory-limit (memory_limit=) to at least that")
 
 
-def warn_if_over(budget: MemoryBudget, need: int, tile: tuple[int, ...]) -> None:
+def warn_if_over(budget: MemoryBudget, need: int, tile: tuple[int, ...], reason: str = "it was asked for") -> None:
+    """Warn when ``tile`` needs more than the budget; ``reason`` says why it is used anyway."""
     if need > budget.room:
         log.warning("tile %s needs about %s with the process's %s, over the memory limit of %s; "
-                    "it runs anyway because it was asked for", list(tile), _gib(budget.baseline + need),
-                    _gib(budget.baseline), _gib(budget.limit))
+                    "it runs anyway because %s", list(tile), _gib(budget.baseline + need),
+                    _gib(budget.baseline), _gib(budget.limit), reason)
 
 
 def _gib(n: int) -> str:

@@ -1,0 +1,110 @@
+"""Own nets' tiles through the read/compute/write pipeline (``predict_tiles``), and the engine for a tile.
+
+Input values are scaled as :mod:`densepred.io.images` says (integers by their dtype's maximum).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...geometry import STREAM_SLAB, Tile, TilePlan
+from ...io import ChannelFirst, read_window
+from ...networks import DenseEngine, DenseNet, StackEngine
+from ..progress import Progress, ProgressOption
+from .pipeline import run_pipeline
+
+log = logging.getLogger("densepred")
+
+# write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
+TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
+
+
+def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
+                  write: TileWriter, *, batch_size: int = 1, progress: ProgressOption = False,
+                  prefetch: int = 2, pending: int = 2) -> None:
+    """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
+    the box it owns, to ``write(tile, probabilities, part, done)`` in a background thread.
+
+    ``part`` is None for the whole owned box (``tile.owned_slices()``). The stream engine hands
+    a tile over in slabs instead: ``part`` is each slab's box in the output, and ``done`` is
+    True with the tile's last slab. Tiles are batched in the order given; a caller that needs
+    identical numbers on a rerun passes the same batches (see :mod:`densepred.running.jobs.own_job`).
+    """
+    bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
+    try:
+        if isinstance(engine, DenseEngine) and engine.mode == "stream":
+            _stream_tiles(engine, source, plan, tiles, write, bar, prefetch, pending)
+            return
+        batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+        def read(batch: list[Tile]) -> np.ndarray:
+            return np.stack([read_window(source, plan, tile) for tile in batch])
+
+        def compute(windows: np.ndarray) -> np.ndarray:
+            bar.poll()
+            return _probabilities(engine(torch.from_numpy(windows)))
+
+        def write_batch(batch: list[Tile], probabilities: np.ndarray) -> None:
+            for tile, tile_probs in zip(batch, probabilities, strict=True):
+                write(tile, tile_probs[(slice(None), *tile.owned_in_tile())], None, True)
+                bar.update(math.prod(tile.owned_shape))
+
+        run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending)
+    finally:
+        bar.close()
+
+
+def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
+                  write: TileWriter, bar: Progress, prefetch: int, pending: int) -> None:
+    """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
+    so memory depends on the slab and the cross-section, not on the tile's length."""
+    length = plan.input_tile[0]
+    slabs = [(tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB)]
+    current: dict[str, Any] = {"tile": None}
+
+    def read(slab: tuple[Tile, int, int]) -> tuple[Tile, np.ndarray]:
+        tile, a, b = slab
+        return tile, read_window(source, plan, tile, rows=(a, b))
+
+    def compute(item: tuple[Tile, np.ndarray]) -> tuple[int, np.ndarray | None]:
+        bar.poll()
+        tile, data = item
+        if current["tile"] is not tile:
+            current.update(tile=tile, push=engine.stream(), made=0)
+        logits = current["push"](torch.from_numpy(data[None]))
+        first = current["made"]
+        if logits is None:
+            return first, None
+        current["made"] += logits.shape[2]
+        return first, _probabilities(logits)[0]
+
+    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, np.ndarray | None]) -> None:
+        tile, (first, probabilities) = slab[0], result
+        if probabilities is None:
+            return
+        owned = tile.owned_in_tile()
+        lo, hi = max(first, owned[0].start), min(first + probabilities.shape[1], owned[0].stop)
+        if lo >= hi:
+            return
+        values = probabilities[(slice(None), slice(lo - first, hi - first), *owned[1:])]
+        part = (slice(tile.output_start[0] + lo, tile.output_start[0] + hi), *tile.owned_slices()[1:])
+        write(tile, values, part, hi == owned[0].stop)
+        bar.update(values[0].size)
+
+    run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending)
+
+
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits, dim=1).to(torch.float32).cpu().numpy()
+
+
+def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool) -> DenseEngine | StackEngine:
+    """The dense engine for a tile: the net's own, or run over the slices of a stack."""
+    engine = DenseEngine(net, mode, device)
+    return StackEngine(engine) if stacked else engine

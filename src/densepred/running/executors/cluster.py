@@ -1,0 +1,227 @@
+"""Running tasks on a Dask cluster: connecting to one (or starting a local one), and running
+a stream of tasks as futures with a bounded number in flight, retries and a named failure.
+
+A local cluster listens on 127.0.0.1 only (scheduler, workers, nannies, dashboards);
+joining a remote scheduler is the user's explicit choice. What a task computes lives in
+:mod:`.blocks`; which tasks a job needs, and the record of what finished, in
+:mod:`densepred.running.jobs.cluster_job`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import DensePredError
+from ...system import available_cores, available_ram, resident_bytes
+from ..planning.devices import resolve_device
+from ..planning.memory_budget import CPU_FRACTION
+from .blocks import BlockFailed
+
+log = logging.getLogger("densepred")
+CONNECT_TIMEOUT = "30s"  # how long to keep trying an existing scheduler
+
+ATTEMPTS = 3  # runs of one block before the run stops
+IN_FLIGHT_PER_THREAD = 2  # blocks queued per worker thread: enough to keep every worker busy
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """Where a job's tasks run: a local cluster of ``workers`` processes, or the scheduler at an
+    address or in a scheduler file; ``device`` decides whether local workers each get a GPU."""
+
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    scheduler: str | None = None
+    scheduler_file: str | Path | None = None
+    device: str | None = None
+
+    @classmethod
+    def of(cls, job: Any) -> ClusterTarget:
+        """The target a job (:class:`densepred.running.jobs.job.PredictJob`) names."""
+        return cls(job.workers, job.threads_per_worker, job.scheduler, job.scheduler_file, job.device)
+
+    def check(self, client: Any = None) -> None:
+        """Refuse, before anything is created, two ways to reach the workers or a bad count."""
+        given = [name for name, value in (("a client", client), ("--workers", self.workers),
+                                          ("--scheduler", self.scheduler), ("--scheduler-file", self.scheduler_file))
+                 if value is not None]
+        if len(given) > 1:
+            raise DensePredError(f"{' and '.join(given)} exclude each other: give one way to reach the workers")
+        for name, value in (("workers", self.workers), ("threads per worker", self.threads_per_worker)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One future's worth of work: ``fn(*args)``, named for messages by ``what``."""
+
+    task_id: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    what: str
+
+
+@contextlib.contextmanager
+def connected(target: ClusterTarget, client: Any) -> Iterator[Any]:
+    """The client to submit to: the caller's, or one to the cluster ``target`` names."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client
+
+    try:
+        if target.scheduler is not None:
+            connected = Client(target.scheduler, timeout=CONNECT_TIMEOUT)
+        elif target.scheduler_file is not None:
+            connected = Client(scheduler_file=str(target.scheduler_file), timeout=CONNECT_TIMEOUT)
+        else:
+            connected = Client(local_cluster(target.workers or 1, target.threads_per_worker, target.device))
+    except OSError as exc:
+        where = target.scheduler or target.scheduler_file or "a local cluster"
+        raise DensePredError(f"cannot reach the Dask scheduler ({where}): {exc}") from None
+    try:
+        yield connected
+    finally:
+        cluster = connected.cluster
+        connected.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_memory_limit(client: Any, memory_limit: int | None) -> int | None:
+    """Bytes one task may use at its peak: ``memory_limit`` when given, else a share of the
+    smallest worker's memory limit per task slot (pieces are planned for the smallest worker)."""
+    if memory_limit is not None:
+        return memory_limit
+    workers = client.scheduler_info().get("workers", {}).values()
+    shares = [w["memory_limit"] // max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
+    if not shares:
+        return None
+    return resident_bytes() + int(min(shares) * CPU_FRACTION)
+
+
+def local_cluster(workers: int, threads: int | None, device: str | None) -> Any:
+    """``workers`` worker processes on this machine, one block at a time each, listening on
+    127.0.0.1 only; with a CUDA device, worker ``i`` sees GPU ``i`` alone."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    cuda = resolve_device(device).type == "cuda"
+    if cuda and workers > _gpu_count():
+        raise DensePredError(f"--workers {workers} with --device cuda needs {workers} GPUs; this machine has "
+                             f"{_gpu_count()}")
+    cores = available_cores()
+    threads = threads or max(1, cores // workers)
+    memory = (resident_bytes() + available_ram()) // workers
+    specs = {}
+    for i in range(workers):
+        env = {"OMP_NUM_THREADS": str(threads)}
+        if cuda:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        options = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env,
+                   "memory_limit": memory, "resources": {"GPU": 1} if cuda else {}, "silence_logs": logging.WARNING}
+        specs[i] = {"cls": Nanny, "options": options}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING, name="densepred")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_tasks(client: Any, tasks: Iterator[Task], on_result: Callable[..., None],
+              resources: dict[str, int] | None, with_id: bool = False) -> None:
+    """Run ``tasks`` as futures, at most :data:`IN_FLIGHT_PER_THREAD` per worker thread at once,
+    calling ``on_result`` in this process as each finishes (``on_result(result, task_id)`` with
+    ``with_id``). A failed task runs again, up to :data:`ATTEMPTS` times in all, unless its error
+    is final; then the run stops, the other futures are cancelled, and the error names the task."""
+    from distributed import as_completed
+
+    running: dict[Any, tuple[Task, int]] = {}
+    queue = as_completed()
+
+    def submit(task: Task, attempt: int) -> None:
+        future = client.submit(task.fn, *task.args, pure=False, resources=resources)
+        running[future] = (task, attempt)
+        queue.add(future)
+
+    def fill() -> None:
+        limit = max(2, IN_FLIGHT_PER_THREAD * _thread_count(client))
+        while len(running) < limit and (task := next(tasks, None)) is not None:
+            submit(task, 1)
+
+    fill()
+    try:
+        for future in queue:
+            task, attempt = running.pop(future)
+            if future.status == "finished":
+                result = future.result()
+                if with_id:
+                    on_result(result, task.task_id)
+                else:
+                    on_result(result)
+            else:
+                _retry_or_stop(future, task, attempt, submit)
+            future.release()
+            fill()
+    finally:
+        if running:
+            client.cancel(list(running))
+
+
+def _retry_or_stop(future: Any, task: Task, attempt: int, submit: Callable[[Task, int], None]) -> None:
+    error = future.exception()
+    worker = getattr(error, "worker", "a worker that died")
+    final = getattr(error, "final", False)
+    if not final and attempt < ATTEMPTS:
+        log.warning("%s failed on %s (attempt %d of %d): %s; running it again", task.what, worker, attempt,
+                    ATTEMPTS, _reason(error))
+        submit(task, attempt + 1)
+        return
+    tries = "" if final else f" {attempt} times"
+    raise DensePredError(f"{task.what} failed{tries} on {worker}: {_reason(error)}; the run stopped, and "
+                         "--resume continues it once the cause is fixed")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, BlockFailed):
+        return error.message
+    if type(error).__name__ == "KilledWorker":
+        return "its worker died each time it ran (out of memory, or killed)"
+    return f"{type(error).__name__}: {error}"
+
+
+def check_resources(client: Any, resources: dict[str, int] | None) -> None:
+    if not resources:
+        return
+    workers = client.scheduler_info().get("workers", {}).values()
+    if workers and not any(w.get("resources", {}).get("GPU") for w in workers):
+        raise DensePredError("the device is CUDA but no worker of the cluster offers a GPU resource; start one "
+                             "worker per GPU with --resources GPU=1 (and CUDA_VISIBLE_DEVICES set per worker)")
+
+
+def worker_count(client: Any) -> int:
+    return len(client.scheduler_info().get("workers", {}))
+
+
+def _thread_count(client: Any) -> int:
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+
+
+def tiles_per_block(value: Sequence[int] | int | None, ndim: int) -> tuple[int, ...]:
+    """``--tiles-per-block``: pieces per cluster task on each axis (default 1)."""
+    per_block = (value or 1,) * ndim if value is None or isinstance(value, int) else tuple(value)
+    if len(per_block) != ndim or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in per_block):
+        raise DensePredError(f"tiles per block {value!r} are invalid; expected a positive integer or {ndim} of them")
+    return per_block
+
+
+def box_text(box: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}:{b}" for a, b in box)

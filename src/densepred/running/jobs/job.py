@@ -1,0 +1,70 @@
+"""What ``densepred predict`` is asked to do (:class:`PredictJob`) and what it did (:class:`JobResult`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...io import ArraySpec
+from ..progress import ProgressOption
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything ``densepred predict`` was asked to do."""
+
+    config: str | Path | None
+    input: str
+    output: str
+    weights: str | Path | None = None
+    tile: Sequence[int] | None = None
+    mode: str | None = None
+    mirror: bool = False
+    device: str | None = None
+    dtype: str = "float32"
+    argmax: bool = False
+    classes: Sequence[int] | None = None
+    roi: Sequence[tuple[int, int]] | None = None
+    batch_size: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: ProgressOption = True  # or a callback that may cancel (:mod:`densepred.running.progress`)
+    strict: bool = False  # refuse input windows with NaN or inf instead of warning
+    levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
+    chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
+    voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
+    unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
+    memory_limit: int | None = None  # bytes the process may use at its peak (default: half the available)
+    workers: int | None = None  # run on a local Dask cluster of this many worker processes
+    threads_per_worker: int | None = None  # torch threads per worker (default: the cores shared out)
+    scheduler: str | None = None  # or on the existing Dask cluster at this address
+    scheduler_file: str | Path | None = None  # or at the address in this scheduler file
+    tiles_per_block: Sequence[int] | int | None = None  # tiles per cluster task on each axis (default 1)
+    # a model written elsewhere instead of the config's net (:mod:`.model_job`)
+    model: str | None = None  # package.module:Class or path/to/file.py:Class
+    model_kwargs: dict[str, Any] | str | None = None  # its keyword arguments (a dict or JSON)
+    model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
+    dims: int = 3  # the model's spatial dimensions
+    in_channels: int = 1
+    activation: str | None = None  # softmax, sigmoid or identity; None: softmax, or a bioimage.io model's own
+    overlap: float = 0.5  # blend mode: window overlap
+    tta: str | Sequence[int] | None = None  # "flips" or the axes to flip
+
+
+@dataclass
+class JobResult:
+    output: ArraySpec
+    shape: tuple[int, ...]
+    tiles: int
+    computed: int
+    skipped: int
+    input_tile: tuple[int, ...] = ()
+    estimated_peak: int = 0  # bytes: the memory estimate the tile was chosen by
+    origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
+
+
+def uses_cluster(job: PredictJob) -> bool:
+    """Whether the job names a Dask cluster to run on."""
+    return job.workers is not None or job.scheduler is not None or job.scheduler_file is not None
