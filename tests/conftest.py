@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import torch
 import densepred
 from densepred.networks import DenseNet
 from densepred.networks.weights import save_weights
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process gets its share of the cores, so parallel tests do
+    not oversubscribe them (results do not depend on the thread count beyond float32 rounding,
+    which every comparison allows)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def make_net(network: dict, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseNet:

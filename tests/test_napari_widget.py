@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("napari")
@@ -29,6 +30,16 @@ SCALE = (3.0, 2.0, 2.0)
 @pytest.fixture(scope="module")
 def qapp():
     return QApplication.instance() or QApplication([])
+
+
+@pytest.fixture(autouse=True)
+def all_torch_threads():
+    """The widget's worker thread stalls at one torch thread (the share conftest gives each
+    pytest-xdist worker); these tests run with the process's default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
