@@ -114,9 +114,11 @@ def record_folder(spec: ArraySpec) -> Path:
     return spec.path.with_name(spec.path.name + suffix + ".densepred")
 
 
-def remove_output(spec: ArraySpec) -> None:
-    """Delete an output a densepred run wrote (for HDF5 only the dataset); refuse anything else."""
-    check_replaceable(spec)
+def remove_output(spec: ArraySpec, checked: bool = False) -> None:
+    """Delete an output a densepred run wrote (for HDF5 only the dataset); refuse anything else
+    (``checked``: :func:`check_replaceable` passed just now, before its record was cleared)."""
+    if not checked:
+        check_replaceable(spec)
     if spec.kind == "hdf5":
         with _h5_file(spec, "a") as f:
             if h5_key(spec) in f:

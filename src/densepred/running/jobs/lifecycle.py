@@ -67,7 +67,7 @@ def start_output(spec: ArraySpec, record_dir: Path, record: dict[str, Any], over
     # a half-deleted output that a record still calls complete
     shutil.rmtree(record_dir, ignore_errors=True)
     if exists:
-        remove_output(spec)
+        remove_output(spec, checked=True)
     try:
         record_dir.mkdir(parents=True)
     except OSError as exc:
