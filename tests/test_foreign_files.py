@@ -215,18 +215,25 @@ class Tiny(nn.Module):
 '''
 
 
-def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(tmp_path):
+def tiny_job(tmp_path, seed, shape, **fixed):
+    """The Tiny model from its own file, trained-looking weights and a random input; returns
+    ``job(output, **options)``, a PredictJob of them with ``fixed`` options."""
     (tmp_path / "tiny.py").write_text(SOURCE)
     from densepred.networks.loading import load_model
 
-    model = trained_looking(load_model(f"{tmp_path / 'tiny.py'}:Tiny"), seed=3).float()
+    model = trained_looking(load_model(f"{tmp_path / 'tiny.py'}:Tiny"), seed=seed).float()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny.safetensors")
-    np.save(tmp_path / "in.npy", np.random.default_rng(17).random((29, 47, 41), dtype=np.float32))
+    np.save(tmp_path / "in.npy", np.random.default_rng(seed + 14).random(shape, dtype=np.float32))
 
     def job(output, **options):
         return densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / output),
                                     model=f"{tmp_path / 'tiny.py'}:Tiny", weights=str(tmp_path / "tiny.safetensors"),
-                                    mode="exact", tile=(16, 20, 20), progress=False, levels=2, **options)
+                                    progress=False, **fixed, **options)
+    return job
+
+
+def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(tmp_path):
+    job = tiny_job(tmp_path, 3, (29, 47, 41), mode="exact", tile=(16, 20, 20), levels=2)
 
     densepred.predict_to_file(job("one.zarr"))
     result = densepred.predict_to_file(job("two.zarr", workers=2, threads_per_worker=1, tiles_per_block=1))
@@ -245,17 +252,7 @@ def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(t
 
 
 def test_blend_on_a_local_cluster_equals_the_one_process_blend_and_resumes_anywhere(tmp_path):
-    (tmp_path / "tiny.py").write_text(SOURCE)
-    from densepred.networks.loading import load_model
-
-    model = trained_looking(load_model(f"{tmp_path / 'tiny.py'}:Tiny"), seed=5).float()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny.safetensors")
-    np.save(tmp_path / "in.npy", np.random.default_rng(19).random((27, 45, 39), dtype=np.float32))
-
-    def job(output, **options):
-        return densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / output),
-                                    model=f"{tmp_path / 'tiny.py'}:Tiny", weights=str(tmp_path / "tiny.safetensors"),
-                                    mode="blend", tile=(12, 16, 16), overlap=0.5, progress=False, levels=1, **options)
+    job = tiny_job(tmp_path, 5, (27, 45, 39), mode="blend", tile=(12, 16, 16), overlap=0.5, levels=1)
 
     densepred.predict_to_file(job("one.zarr"))
     expected = stored(tmp_path / "one.zarr")
