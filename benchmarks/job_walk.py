@@ -61,8 +61,8 @@ def report(title: str, path: list[str]) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
         (folder / "walk.toml").write_text(CONFIG)
         save_weights(densepred.build_net(densepred.load_config(folder / "walk.toml")), folder / "walk-LAST.safetensors")
         np.save(folder / "in.npy", np.random.default_rng(0).random((12, 40, 40), dtype=np.float32))
@@ -71,7 +71,8 @@ def main() -> None:
         report("own net, file to file", walk(own))
         model = torch.nn.Conv3d(1, 2, 3, padding=1)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "conv.safetensors")
-        (folder / "conv.py").write_text("from torch import nn\n\ndef Conv():\n    return nn.Conv3d(1, 2, 3, padding=1)\n")
+        (folder / "conv.py").write_text("from torch import nn\n\n\ndef Conv():\n"
+                                        "    return nn.Conv3d(1, 2, 3, padding=1)\n")
         foreign = densepred.PredictJob(None, str(folder / "in.npy"), str(folder / "model.zarr"),
                                        model=f"{folder / 'conv.py'}:Conv", weights=str(folder / "conv.safetensors"),
                                        progress=False, levels=2)
