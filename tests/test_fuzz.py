@@ -88,7 +88,7 @@ def files(tmp_path_factory):
 def test_any_predict_arguments_work_or_fail_in_one_line(files, capsys, drawn):
     folder, config = files
     args, output = drawn
-    work = folder / "run"
+    work = folder / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     target = work / output.split(":")[0]
