@@ -1,0 +1,84 @@
+"""Kill anywhere: `densepred predict --model` (exact and blend) killed with SIGKILL at seeded random
+moments, then resumed with another thread count, equals the uninterrupted run with no voxel
+unwritten. The default run kills each path once; `make test-slow` kills each 20 times."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from safetensors.torch import save_file
+
+from tests.test_foreign import trained_looking
+from tests.test_foreign_files import SOURCE
+
+MODES = {"exact": ["--mode", "exact", "--tile", "16,24,24"],
+         "blend": ["--mode", "blend", "--tile", "12,16,16", "--overlap", "0.5"]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kill")
+    (folder / "tiny.py").write_text(SOURCE)
+    from densepred.networks.loading import load_model
+
+    model = trained_looking(load_model(f"{folder / 'tiny.py'}:Tiny"), seed=11).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "tiny.safetensors")
+    np.save(folder / "in.npy", np.random.default_rng(29).random((40, 88, 72), dtype=np.float32))
+    return folder
+
+
+def command(folder, output, mode, *extra):
+    return [sys.executable, "-m", "densepred", "predict", "--model", f"{folder / 'tiny.py'}:Tiny",
+            "--weights", str(folder / "tiny.safetensors"), "--input", str(folder / "in.npy"),
+            "--output", str(folder / output), "--levels", "2", "--quiet", *MODES[mode], *extra]
+
+
+def threads(n):
+    return {**os.environ, "OMP_NUM_THREADS": str(n)}
+
+
+def level(path, index=0):
+    return np.asarray(zarr.open_group(path, mode="r")[str(index)][:])
+
+
+def campaign(folder, mode, kills, seed):
+    whole = folder / f"whole-{mode}.zarr"
+    if not whole.exists():
+        subprocess.run(command(folder, whole.name, mode), check=True, env=threads(2))
+    expected = [level(whole, i) for i in (0, 1)]
+    rng = random.Random(seed)
+    record = folder / f"cut-{mode}.zarr.densepred"
+    for kill in range(kills):
+        victim = subprocess.Popen(command(folder, f"cut-{mode}.zarr", mode, "--overwrite"), env=threads(2))
+        deadline = time.monotonic() + 120
+        while not (record / "run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 2.5))  # anywhere: the probe, a window, a slab, the pyramid, the mark
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        resumed = subprocess.run(command(folder, f"cut-{mode}.zarr", mode, "--resume"), check=False, env=threads(1),
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, f"kill {kill}: {resumed.stderr}"
+        for index, values in enumerate(expected):
+            got = level(folder / f"cut-{mode}.zarr", index)
+            assert np.isfinite(got).all()
+            np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
+
+
+@pytest.mark.parametrize("mode", ["exact", "blend"])
+def test_a_model_run_killed_once_resumes_to_the_same_result(files, mode):
+    campaign(files, mode, kills=1, seed=hash(mode) % 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exact", "blend"])
+def test_a_model_run_killed_twenty_times_resumes_to_the_same_result(files, mode):
+    campaign(files, mode, kills=20, seed=20261204)
