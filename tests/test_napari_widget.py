@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("napari")
@@ -30,16 +29,6 @@ SCALE = (3.0, 2.0, 2.0)
 @pytest.fixture(scope="module")
 def qapp():
     return QApplication.instance() or QApplication([])
-
-
-@pytest.fixture(autouse=True)
-def all_torch_threads():
-    """The widget's worker thread stalls at one torch thread (the share conftest gives each
-    pytest-xdist worker); these tests run with the process's default."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -100,7 +89,8 @@ def test_cancel_stops_the_run_and_adds_no_layer(qapp, widget, config, notices):
     widget.predict.native.click()
     assert widget.cancel.enabled
     assert not widget.predict.enabled
-    wait_until(qapp, lambda: widget.bar.value > 0)
+    # cancelled while it starts: waiting for the bar races a busy machine, where the run can finish
+    # between two event-loop turns (its last report and its end are handled in one)
     widget.cancel.native.click()
     wait_until(qapp, lambda: widget.task is None)
     assert len(widget.viewer.layers) == 1
