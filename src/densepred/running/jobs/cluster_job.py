@@ -96,7 +96,7 @@ def _run_net_blocks(client: Any, job: PredictJob, setup: Setup, done: set[int]) 
 
     def tasks() -> Iterator[Task]:
         for block_id, box in blocks.boxes():
-            ids = [plan.tile_id(plan.tile_at(index)) for index in blocks.tile_indices(block_id)]
+            ids = blocks.tile_ids(block_id)  # C order on the tile grid, as plan.tile_id numbers tiles
             if not all(i in done for i in ids):
                 owned = [i for i in ids if i in done]
                 yield Task(block_id, run_block, (payload, block_job, block_id, owned),

@@ -70,23 +70,21 @@ def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
     is created, and the default window is sized to its workers' memory."""
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
-    if client is None and not uses_cluster(job):
-        return _predict_model(job, None)
-    target = ClusterTarget.of(job)
-    target.check(client)
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
+    if client is None and not uses_cluster(job):
+        return _predict_model(job, in_spec, out_spec, None)
+    target = ClusterTarget.of(job)
+    target.check(client)
     check_cluster_output(out_spec)
     with connected(target, client) as connection:
         return _predict_model(replace(job, memory_limit=worker_memory_limit(connection, job.memory_limit)),
-                              connection)
+                              in_spec, out_spec, connection)
 
 
-def _predict_model(job: PredictJob, client: Any) -> JobResult:
-    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
-    check_writable(out_spec)
-    check_not_input(out_spec, in_spec)
+def _predict_model(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, client: Any) -> JobResult:
+    """The checked job, in this process (``client`` None) or on ``client``'s cluster."""
     job, net = _job_net(job)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     record_dir = record_path(out_spec)
