@@ -1,7 +1,9 @@
 """The modules a ``PredictJob`` passes through, in order: how often each is entered.
 
-A call from one densepred module into another is a step of the walk; a module entered again
-after the walk left it counts once more. Only the calling thread is traced (the pipeline's
+A call from one module of ``densepred.running`` into another is a step of the walk (an entry);
+a module entered again after the walk left it counts once more, a return to the caller does not.
+Repeated identical calls (a loop over tiles or windows) count once, and the layers below
+(geometry, io, networks) are not steps. Only the calling thread is traced (the pipeline's
 reader and writer threads run the same modules). Run an own net and a model from elsewhere on
 small random inputs:
 
@@ -32,32 +34,51 @@ layers = [{ filters = 4, kernel = [1, 3, 3], pool = [1, 2, 2] }, { filters = 4, 
 
 
 def walk(job: densepred.PredictJob) -> list[str]:
-    """The densepred modules entered while ``predict_to_file(job)`` runs, in order."""
-    path: list[str] = []
+    """The ``densepred.running`` modules a ``predict_to_file(job)`` enters, in order, with a
+    repeated call collapsed: of identical sibling calls (the same module making the same
+    calls below it, as a loop over tiles does) only the first is kept."""
+    root = _Node("", None)
+    stack = [root]
 
     def profile(frame, event, arg):
-        if event != "call":
-            return
         module = frame.f_globals.get("__name__", "")
-        if module.startswith("densepred.") and (not path or path[-1] != module):
-            path.append(module)
+        if event == "call" and module.startswith("densepred.running") and module != stack[-1].module:
+            node = _Node(module, frame)
+            stack[-1].children.append(node)
+            stack.append(node)
+        elif event == "return" and stack[-1].frame is frame:
+            stack.pop()
 
     sys.setprofile(profile)
     try:
         densepred.predict_to_file(job)
     finally:
         sys.setprofile(None)
-    return path
+    return [node.module.removeprefix("densepred.running.") for node in root.collapsed()]
+
+
+class _Node:
+    def __init__(self, module: str, frame) -> None:
+        self.module, self.frame, self.children = module, frame, []
+
+    def signature(self) -> tuple:
+        return (self.module, tuple(dict.fromkeys(c.signature() for c in self.children)))
+
+    def collapsed(self) -> list[_Node]:
+        """The walk below this node in order, identical sibling calls once."""
+        seen, path = set(), []
+        for child in self.children:
+            if child.signature() not in seen:
+                seen.add(child.signature())
+                path += [child, *child.collapsed()]
+        return path
 
 
 def report(title: str, path: list[str]) -> None:
     counts = collections.Counter(path)
-    print(f"{title}: {len(path)} steps through {len(counts)} modules; most entered: "
-          + ", ".join(f"{m.removeprefix('densepred.')} {n}x" for m, n in counts.most_common(5)))
-    running = [m for m in path if m.startswith("densepred.running")]
-    order = list(dict.fromkeys(running))
-    print("  running modules in order of first entry: " + " -> ".join(m.removeprefix("densepred.running.")
-                                                                         for m in order))
+    top = ", ".join(f"{m} {n}x" for m, n in counts.most_common(4))
+    print(f"{title}: {len(path)} steps through {len(counts)} modules of densepred.running; most entered: {top}")
+    print("  " + " -> ".join(path))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import zarr
 from safetensors.torch import save_file
 
 import densepred
+from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
 from densepred.running.jobs import model_job as foreign_job
 from densepred.running.jobs.record import done_line
@@ -79,7 +80,7 @@ def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatc
         return original(*args)
 
     monkeypatch.setattr(owner, target, crash)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(DensePredError, match=r"Input/output error.*--resume"):
         densepred.predict_to_file(densepred.PredictJob(
             None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
             model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode=mode,
@@ -105,7 +106,7 @@ def test_a_resumed_exact_run_keeps_its_window_when_the_budget_holds_another(mode
         return original(*args)
 
     monkeypatch.setattr(foreign_job.Sink, "write", crash)
-    with pytest.raises(OSError, match="Input/output error"):  # a window sized to a small budget
+    with pytest.raises(DensePredError, match=r"Input/output error.*--resume"):  # a window sized to a small budget
         densepred.predict_to_file(densepred.PredictJob(
             None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
             model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode="exact", progress=False,

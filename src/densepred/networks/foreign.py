@@ -56,6 +56,11 @@ class TilingContract:
     reason: str = ""  # why exact tiling is impossible
     smallest: tuple[int, ...] = ()  # the smallest input per axis; it accepts smallest + k * factor
 
+    def context_with(self, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
+        """The context windows must keep: the model's, or with flipped views (``flips`` other
+        than ``[()]``) the larger side on both (a flipped view reaches the other way)."""
+        return self.context if flips == [()] else tuple((max(a, b),) * 2 for a, b in self.context)
+
     def describe(self) -> str:
         context = ", ".join(f"{a}/{b}" for a, b in self.context)
         verdict = ("context and exactness not probed" if self.exact is None else

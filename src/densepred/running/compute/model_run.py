@@ -26,13 +26,11 @@ from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ...io import ChannelFirst, to_float32
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
-from ..planning.devices import fast_memory_format, in_memory_format, on_device, resolve_device
+from ..planning.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
 from ..planning.model_window import (
     DEFAULT_WINDOW,
     OverBudget,
     budget_window,
-    context_of,
-    dtype_of,
     model_memory,
     window_for,
 )
@@ -85,7 +83,7 @@ class ModelRun:
         flips = _flips(net, tta, channel_map)
         contract = net.contract if mode == "exact" else net.sizes
         asked = window if window is not None else net.window
-        window = window_for(net, contract, window, source.spatial_shape, mode, context_of(contract, flips))
+        window = window_for(net, contract, window, source.spatial_shape, mode, contract.context_with(flips))
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
@@ -135,13 +133,13 @@ class ModelRun:
             return self.output_window
         c = self.contract
         return tuple(exact_shard(s, w, f, cr, ctx) for s, w, f, cr, ctx in zip(
-            self.source.spatial_shape, self.window, c.factor, c.crop, context_of(c, self.flips), strict=True))
+            self.source.spatial_shape, self.window, c.factor, c.crop, c.context_with(self.flips), strict=True))
 
     def exact_axes(self) -> list[list[AxisWindow]]:
         """The exact windows of each axis (:func:`exact_axis`)."""
         c = self.contract
         return [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-                zip(self.source.spatial_shape, self.window, c.factor, c.crop, context_of(c, self.flips), strict=True)]
+                zip(self.source.spatial_shape, self.window, c.factor, c.crop, c.context_with(self.flips), strict=True)]
 
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""

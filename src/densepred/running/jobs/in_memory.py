@@ -228,30 +228,30 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     net, source = source_of(net, image)
     with large_blocks_returned():  # the probes' memory too
         run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
-                                memory_limit=memory_limit, in_memory=out is None)
-        return _exact_into(run, out, progress) if out is not None else _in_memory(run, progress)
+                              memory_limit=memory_limit, in_memory=out is None)
+        if out is None:  # in its own memory map: on the heap it would split the space activations reuse
+            out = mapped_zeros((run.channels(), *run.output_shape), np.float32)
+            if run.mode == "blend":
+                return _blend_into(run, out, progress)
+        return _exact_into(run, out, progress)
 
 
-def _in_memory(run: ModelRun, progress: ProgressOption) -> np.ndarray:
-    result = _Result(run.output_shape)
-    bar = Progress(math.prod(run.output_shape), f"predict ({run.mode})", progress, terminal=True)
+def _blend_into(run: ModelRun, out: np.ndarray, progress: ProgressOption) -> np.ndarray:
+    """Every window's Gaussian-weighted outputs summed, then divided by the weight sum a z slice
+    at a time."""
+    windows = list(run.blend_windows())
+    bar = Progress(math.prod(run.output_shape), "predict (blend)", progress, terminal=True)
     try:
-        if run.mode == "exact":
-            for piece in run.exact_windows():
-                bar.poll()
-                result.put(piece.box, run.owned(piece))
-                bar.update(_voxels(piece.box))
-        else:
-            windows = list(run.blend_windows())
-            for starts in windows:
-                bar.poll()
-                box, values = run.weighted(starts)
-                result.put(box, values, add=True)
-                bar.update(math.prod(run.output_shape) / len(windows))
-            result.normalize(run)
+        for starts in windows:
+            bar.poll()
+            box, values = run.weighted(starts)
+            out[(slice(None), *(slice(a, b) for a, b in box))] += values
+            bar.update(math.prod(run.output_shape) / len(windows))
     finally:
         bar.close()
-    return result.array
+    for z in range(run.output_shape[0]):
+        out[:, z:z + 1] /= run.weight_sum(((z, z + 1), *((0, n) for n in run.output_shape[1:])))[None]
+    return out
 
 
 def _exact_into(run: ModelRun, out: Any, progress: ProgressOption) -> Any:
@@ -266,38 +266,10 @@ def _exact_into(run: ModelRun, out: Any, progress: ProgressOption) -> Any:
         for piece in run.exact_windows():
             bar.poll()
             out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
-            bar.update(_voxels(piece.box))
+            bar.update(math.prod(b - a for a, b in piece.box))
     finally:
         bar.close()
     return out
-
-
-def _voxels(box: Sequence[tuple[int, int]]) -> int:
-    return math.prod(b - a for a, b in box)
-
-
-class _Result:
-    """The output array, allocated when the first window says how many channels it has, in
-    its own memory map (:func:`~densepred.system.mapped_zeros`): allocated between two
-    forwards on the heap, it would split the space the model's activations reuse."""
-
-    def __init__(self, spatial: tuple[int, ...]):
-        self.shape, self.array = spatial, None
-
-    def put(self, box: Sequence[tuple[int, int]], values: np.ndarray, add: bool = False) -> None:
-        if self.array is None:
-            self.array = mapped_zeros((values.shape[0], *self.shape), np.float32)
-        key = (slice(None), *(slice(a, b) for a, b in box))
-        if add:
-            self.array[key] += values
-        else:
-            self.array[key] = values
-
-    def normalize(self, run: ModelRun) -> None:
-        """Divide the blended sums by the sum of the weights, a z slice at a time."""
-        for z in range(self.shape[0]):
-            box = ((z, z + 1), *((0, n) for n in self.shape[1:]))
-            self.array[:, z:z + 1] /= run.weight_sum(box)[None]
 
 
 __all__ = ["class_probabilities", "output_origin", "predict_dense", "predict_foreign"]

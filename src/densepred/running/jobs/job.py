@@ -1,13 +1,19 @@
-"""What ``densepred predict`` is asked to do (:class:`PredictJob`) and what it did (:class:`JobResult`)."""
+"""What ``densepred predict`` is asked to do (:class:`PredictJob`), what it did
+(:class:`JobResult`), and the one interface every kind of model plans a job through
+(:class:`PlannedJob`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ...io import ArraySpec
+from ...io.encoding import Encoding
+from ...io.ome_zarr import OmeLayout
+from ..executors.cluster import Task
 from ..progress import ProgressOption
 
 
@@ -68,3 +74,50 @@ class JobResult:
 def uses_cluster(job: PredictJob) -> bool:
     """Whether the job names a Dask cluster to run on."""
     return job.workers is not None or job.scheduler is not None or job.scheduler_file is not None
+
+
+@dataclass
+class BlockWork:
+    """A job's missing pieces as cluster tasks, each a block of whole output shards."""
+
+    tasks: Iterator[Task]
+    voxels: int  # output voxels the tasks write, for the progress bar
+    title: str
+    shift: tuple[int, ...]  # output voxel -> the image voxel it is centred on, for messages
+    total: int  # the job's pieces in all
+
+
+class PlannedJob(Protocol):
+    """A checked and planned job, whatever its model: the pieces it computes, its record and its
+    output. :func:`.file_job.predict_to_file` runs any such plan in this process or on a
+    cluster, resumes it and finishes it, without asking which kind of model it has.
+
+    Pieces are numbered on a grid that depends on neither the executor nor a cluster's block
+    size; ``done.log`` names the finished ones.
+    """
+
+    out_spec: ArraySpec
+    record_dir: Path
+    record: dict[str, Any]  # run.json
+    layout: OmeLayout | None  # zarr outputs
+    encoding: Encoding
+
+    def pieces(self) -> int:
+        """How many pieces the job has."""
+        ...
+
+    def result(self, computed: int, skipped: int) -> JobResult:
+        ...
+
+    def create(self) -> Any:
+        """The new, empty output (marked incomplete)."""
+        ...
+
+    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+        """Compute the pieces not in ``done`` in this process, into ``output``, logging each
+        finished one; returns the pieces computed."""
+        ...
+
+    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+        """The cluster tasks that compute the pieces not in ``done``."""
+        ...

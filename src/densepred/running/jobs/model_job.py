@@ -21,70 +21,103 @@ in one process and the other way round:
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import DensePredError
+from ...geometry import BlockPlan
 from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, create_output, file_stamp, open_array
-from ...io import open_output as reopen
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
+from ...io.ome_zarr import OmeLayout
 from ...networks.bioimageio import is_rdf, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch
 from ...networks.loading import load_model
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun, source_of
 from ..compute.sink import NonFinite, Sink
-from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
+from ..executors.cluster import Task, box_text, tiles_per_block
+from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from ..progress import Progress, ProgressOption
-from .cluster_job import check_cluster_output, run_model_blocks, run_pyramid
-from .job import JobResult, PredictJob, uses_cluster
+from .job import BlockWork, JobResult, PredictJob
 from .layout import layout_for
-from .lifecycle import finish, resumable_record, start_output
-from .pyramid import build_pyramid
-from .record import (
-    RECORD_VERSION,
-    DoneLog,
-    check_same,
-    file_hash,
-    read_done,
-    record_path,
-)
-
-log = logging.getLogger("densepred")
+from .lifecycle import resumable_record
+from .record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, record_path
 
 ROWS_LOG, SLABS_LOG, ROWS = "rows.log", "slabs.log", "blend"
+# a blend block recomputes the windows that reach into it from outside: a few shards per axis
+# keep that to about (2k+1)/2k per axis
+BLEND_SHARDS_PER_BLOCK = 4
 
 
-def predict_model_to_file(job: PredictJob, client: Any = None) -> JobResult:
-    """Run ``job`` with the model it names (``job.model`` or ``job.model_file``), in this process
-    or, with ``client`` or the job's ``workers`` / ``scheduler``, on a Dask cluster (exact or
-    blend, blocks of whole shards; :mod:`.cluster_job`). The cluster is reached before anything
-    is created, and the default window is sized to its workers' memory."""
-    if job.resume and job.overwrite:
-        raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
+@dataclass
+class ModelPlan:
+    """A job of a model written elsewhere (a :class:`~.job.PlannedJob`): its windows
+    (:class:`ModelRun`), record and output; pieces are output shards."""
+
+    job: PredictJob  # with what a bioimage.io description says filled in
+    run: ModelRun
+    encoding: Encoding
+    in_spec: ArraySpec
+    out_spec: ArraySpec
+    record_dir: Path
+    record: dict[str, Any]
+    layout: OmeLayout | None
+
+    def pieces(self) -> int:
+        return len(self.run.shard_plan())
+
+    def result(self, computed: int, skipped: int) -> JobResult:
+        return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), self.pieces(), computed, skipped,
+                         self.run.window, origin=self.run.contract.crop)
+
+    def create(self) -> Any:
+        shape = _output_shape(self.run, self.encoding)
+        chunks = self.run.shard if self.encoding.argmax else (shape[0], *self.run.shard)
+        return create_output(self.out_spec, shape, self.encoding.stored_dtype, chunks,
+                             attributes={"densepred": {"complete": False}}, layout=self.layout)
+
+    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+        """Exact windows or blended rows of windows, in this process."""
+        sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, strict=job.strict))
+        with large_blocks_returned():
+            computed = (_exact if self.run.mode == "exact" else _blend)(self.run, sink, self.record_dir,
+                                                                        job.progress, done)
+        sink.non_finite.report()
+        return computed
+
+    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+        """Blocks of whole shards (a blend block: :data:`BLEND_SHARDS_PER_BLOCK` per axis unless
+        ``--tiles-per-block`` says otherwise) with a shard still to write."""
+        run, per_block = self.run, job.tiles_per_block
+        if per_block is None and run.mode == "blend":
+            per_block = BLEND_SHARDS_PER_BLOCK
+        blocks = BlockPlan.create(run.output_shape, run.shard, tiles_per_block(per_block, len(run.window)),
+                                  (1,) * len(run.window))
+        payload = client.scatter(ModelPayload.from_job(self.job, run.net), broadcast=True, hash=False)
+        block_job = ModelBlockJob(self.in_spec.resolved(), self.out_spec.resolved(), run.mode, run.window,
+                                  run.overlap, job.tta, job.device, blocks, self.encoding, run.contract.crop,
+                                  job.strict, job.threads_per_worker, run.prepared)
+        todo = [(block_id, box) for block_id, box in blocks.boxes()
+                if not all(i in done for i in blocks.tile_ids(block_id))]
+        tasks = (Task(block_id, run_model_block, (payload, block_job, block_id),
+                      f"block {block_id} (output box {box_text(box)})") for block_id, box in todo)
+        voxels = sum(math.prod(b - a for a, b in box) for _, box in todo)
+        return BlockWork(tasks, voxels, f"predict ({run.mode}, {len(blocks)} blocks)", run.contract.crop,
+                         math.prod(blocks.tile_grid))
+
+
+def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
+    """Check the job and plan it (``job.memory_limit`` sizes the default window); the interrupted
+    run's record when resuming one."""
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
-    if client is None and not uses_cluster(job):
-        return _predict_model(job, in_spec, out_spec, None)
-    target = ClusterTarget.of(job)
-    target.check(client)
-    check_cluster_output(out_spec)
-    with connected(target, client) as connection:
-        return _predict_model(replace(job, memory_limit=worker_memory_limit(connection, job.memory_limit)),
-                              in_spec, out_spec, connection)
-
-
-def _predict_model(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, client: Any) -> JobResult:
-    """The checked job, in this process (``client`` None) or on ``client``'s cluster."""
     job, net = _job_net(job)
     net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     record_dir = record_path(out_spec)
@@ -100,38 +133,9 @@ def _predict_model(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, cli
     layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
                         "prediction") if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)
-    shards = run.shard_plan()
     if previous is not None:
         check_same(previous, record, out_spec)
-        if previous.get("complete"):
-            log.warning("%s is already complete; nothing to do", out_spec)
-            return JobResult(out_spec, tuple(record["output"]["shape"]), len(shards), 0, len(shards), run.window,
-                             origin=run.contract.crop)
-        output, done = reopen(out_spec), read_done(record_dir)
-    else:
-        shape = _output_shape(run, encoding)
-        chunks = run.shard if encoding.argmax else (shape[0], *run.shard)
-        output = start_output(out_spec, record_dir, record, job.overwrite, job.resume, lambda: create_output(
-            out_spec, shape, encoding.stored_dtype, chunks, attributes={"densepred": {"complete": False}},
-            layout=layout))
-        done = set()
-    skipped = len(done)
-    if client is not None:
-        output.close()
-        computed = run_model_blocks(client, job, run, record_dir, encoding, out_spec, in_spec, done)
-        output = reopen(out_spec)
-        if layout is not None:
-            run_pyramid(client, layout, encoding.argmax, out_spec, record_dir, job.progress)
-    else:
-        sink = Sink(output, encoding, NonFinite(run.contract.crop, strict=job.strict))
-        with large_blocks_returned():
-            computed = (_exact if run.mode == "exact" else _blend)(run, sink, record_dir, job.progress, done)
-        sink.non_finite.report()
-        if layout is not None and len(layout.levels) > 1:
-            build_pyramid(output, layout.levels, run.shard, encoding.argmax, record_dir, job.progress)
-    finish(output, record_dir, record, out_spec)
-    return JobResult(out_spec, tuple(record["output"]["shape"]), len(shards), computed, skipped, run.window,
-                     origin=run.contract.crop)
+    return ModelPlan(job, run, encoding, in_spec, out_spec, record_dir, record, layout), previous
 
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:

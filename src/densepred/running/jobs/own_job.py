@@ -1,4 +1,5 @@
-"""Own nets, file to file: planning a job of tiles, and running it in this process.
+"""Own nets, file to file: a job of tiles (:class:`NetPlan`, a :class:`~.job.PlannedJob`),
+computed in this process or as blocks of tiles on a cluster.
 
 The run record beside the output (:mod:`.record`) says what is computed and which tiles
 are done. When the last tile is written, ``run.json`` is marked complete and ``done.log``
@@ -7,13 +8,14 @@ output without that mark is unfinished, whatever its size.
 
 Tiles are computed in fixed batches (``batch_size`` consecutive tile ids), and a resume
 recomputes whole batches, so its numbers are bitwise those of an uninterrupted run. The same
-:class:`Setup` runs on a Dask cluster in :mod:`.cluster_job`.
+:class:`NetPlan` gives its tiles to a Dask cluster in blocks (:meth:`NetPlan.blocks`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 
 from ...config import Config, load_config
 from ...errors import DensePredError
-from ...geometry import Geometry, Tile, TilePlan
+from ...geometry import BlockPlan, Geometry, Tile, TilePlan
 from ...io import (
     ArraySpec,
     ChannelFirst,
@@ -32,36 +34,28 @@ from ...io import (
     create_output,
     file_stamp,
     open_array,
-    open_output,
 )
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout
 from ...networks import config_last, create_prediction_net
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import make_engine, predict_tiles
+from ..executors.blocks import BlockJob, NetPayload, run_block
+from ..executors.cluster import Task, box_text, tiles_per_block
 from ..planning.devices import resolve_device
 from ..planning.memory_budget import memory_budget, tile_cost
 from ..planning.tiling import choose_mode, footprint_for, plan_and_mode, source_geometry
-from .job import JobResult, PredictJob
+from .job import BlockWork, JobResult, PredictJob
 from .layout import ome_layout
-from .lifecycle import finish, resumable_record, start_output, write_error
-from .pyramid import build_pyramid
-from .record import (
-    RECORD_VERSION,
-    DoneLog,
-    check_same,
-    file_hash,
-    network_hash,
-    read_done,
-    record_path,
-)
+from .lifecycle import resumable_record
+from .record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, record_path
 
 log = logging.getLogger("densepred")
 
 
 
 @dataclass
-class Setup:
+class NetPlan:
     """What a job computes, after every check: the net, its input, the tiles and the record."""
 
     cfg: Config
@@ -86,30 +80,70 @@ class Setup:
         """Output voxel -> the image voxel it is centred on."""
         return tuple(o + (0 if self.mirror else b) for o, b in zip(self.plan.origin, self.offset, strict=True))
 
+    def pieces(self) -> int:
+        return len(self.plan)
+
     def result(self, computed: int, skipped: int) -> JobResult:
         return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), len(self.plan), computed, skipped,
                          self.plan.input_tile, self.estimated_peak, self.shift)
 
+    def create(self) -> Any:
+        plan, encoding = self.plan, self.encoding
+        chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
+        return create_output(self.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
+                             attributes={"densepred": {"complete": False}}, layout=self.layout)
 
-def predict_net_to_file(job: PredictJob) -> JobResult:
-    """Run a job of densepred's own net in this process: check everything, create (or reopen)
-    the output, stream the tiles."""
-    setup, previous = prepare(job)
-    if previous is not None and previous.get("complete"):
-        log.warning("%s is already complete; nothing to do", setup.out_spec)
-        return setup.result(0, len(setup.plan))
-    if previous is not None:
-        output, done = reopen(setup), read_done(setup.record_dir)
-    else:
-        output, done = new_output(setup, job), set()
-    engine = make_engine(setup.net, setup.engine_mode, resolve_device(job.device), setup.source.stacked)
-    return _run(job, setup, engine, output, done)
+    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+        """The tiles of every fixed batch with a tile not yet done, streamed through the
+        read/compute/write pipeline; each tile is logged once written."""
+        plan = self.plan
+        engine = make_engine(self.net, self.engine_mode, resolve_device(job.device), self.source.stacked)
+        todo = _batches_to_run(list(plan.tiles()), plan, done, self.batch_size)
+        done_log = DoneLog(self.record_dir)
+        sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
+
+        def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
+            tile_id = plan.tile_id(tile)
+            if tile_id in done:
+                return  # recomputed only because its batch had a missing tile
+            sink.write(part or tile.owned_slices(), probabilities)
+            if last:  # a streamed tile is done with its last slab
+                done_log.append(tile_id)
+
+        try:
+            predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress)
+        finally:
+            done_log.close()
+            output.flush()
+        sink.non_finite.report()
+        return len(todo)
+
+    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+        """Blocks of whole tiles (``--tiles-per-block``); a block skips the tiles already done."""
+        plan = self.plan
+        blocks = BlockPlan.create(plan.output_shape, plan.output_tile,
+                                  tiles_per_block(job.tiles_per_block, len(plan.output_tile)), plan.fov)
+        payload = client.scatter(NetPayload.from_files(self.cfg, self.weights), broadcast=True, hash=False)
+        network = self.cfg.network
+        block_job = BlockJob(self.input_spec, self.out_spec.resolved(), network.in_channels, network.dims, plan,
+                             blocks, self.engine_mode, self.batch_size, self.encoding, job.device,
+                             self.shift, job.strict, job.threads_per_worker)
+
+        def tasks() -> Iterator[Task]:
+            for block_id, box in blocks.boxes():
+                ids = blocks.tile_ids(block_id)  # C order on the tile grid, as plan.tile_id numbers tiles
+                if not all(i in done for i in ids):
+                    owned = [i for i in ids if i in done]
+                    yield Task(block_id, run_block, (payload, block_job, block_id, owned),
+                               f"block {block_id} (output box {box_text(box)})")
+
+        missing = sum(math.prod(t.owned_shape) for t in plan.tiles() if plan.tile_id(t) not in done)
+        return BlockWork(tasks(), missing, f"predict ({self.engine_mode}, {len(blocks)} blocks)", self.shift,
+                         len(plan))
 
 
-def prepare(job: PredictJob) -> tuple[Setup, dict[str, Any] | None]:
+def plan_net(job: PredictJob) -> tuple[NetPlan, dict[str, Any] | None]:
     """Check the job and plan it; the interrupted run's record when resuming one."""
-    if job.resume and job.overwrite:
-        raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
@@ -133,9 +167,9 @@ def prepare(job: PredictJob) -> tuple[Setup, dict[str, Any] | None]:
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    setup = Setup(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
+    planned = NetPlan(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
                    layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror)
-    return setup, previous
+    return planned, previous
 
 
 def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: ChannelFirst, encoding: Encoding,
@@ -191,75 +225,6 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
     }
 
 
-def _run(job: PredictJob, setup: Setup, engine: Any, output: Any, done: set[int]) -> JobResult:
-    plan, encoding, out_spec = setup.plan, setup.encoding, setup.out_spec
-    tiles = list(plan.tiles())
-    todo = _batches_to_run(tiles, plan, done, setup.batch_size)
-    done_log = DoneLog(setup.record_dir)
-    sink = Sink(output, encoding, NonFinite(setup.shift, strict=job.strict))
-    written = 0
-
-    def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
-        nonlocal written
-        tile_id = plan.tile_id(tile)
-        if tile_id in done:
-            return  # recomputed only because its batch had a missing tile
-        sink.write(part or tile.owned_slices(), probabilities)
-        if last:  # a streamed tile is done with its last slab
-            done_log.append(tile_id)
-            written += 1
-
-    try:
-        predict_tiles(engine, setup.source, plan, todo, write, batch_size=setup.batch_size, progress=job.progress)
-    except OSError as exc:
-        raise write_error(exc, out_spec, f"{len(done) + written} of {len(tiles)} tiles done") from None
-    finally:
-        done_log.close()
-        output.flush()
-    sink.non_finite.report()
-    if setup.layout is not None and len(setup.layout.levels) > 1:
-        try:
-            build_pyramid(output, setup.layout.levels, setup.layout.tile, encoding.argmax, setup.record_dir,
-                          job.progress)
-        except OSError as exc:
-            raise write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
-    finish(output, setup.record_dir, setup.record, setup.out_spec)
-    return setup.result(len(todo), len(done))
-
-
-def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_size: int) -> list[Tile]:
-    """Tiles of every fixed batch that still has a missing tile, in order."""
-    run: list[Tile] = []
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first:first + batch_size]
-        if any(plan.tile_id(t) not in done for t in batch):
-            run.extend(batch)
-    return run
-
-
-def reopen(setup: Setup) -> Any:
-    output = open_output(setup.out_spec)
-    expected = tuple(setup.record["output"]["shape"])
-    if output.shape != expected or output.dtype != setup.encoding.stored_dtype:
-        output.close()
-        raise DensePredError(f"{setup.out_spec} has shape {list(output.shape)} and dtype {output.dtype}, not what "
-                             "its run record says; start again with --overwrite")
-    return output
-
-
-def new_output(setup: Setup, job: PredictJob) -> Any:
-    """The new output and its record (:func:`.lifecycle.start_output`)."""
-    return start_output(setup.out_spec, setup.record_dir, setup.record, job.overwrite, job.resume,
-                        lambda: _create(setup, job))
-
-
-def _create(setup: Setup, job: PredictJob) -> Any:
-    plan, encoding = setup.plan, setup.encoding
-    chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
-    return create_output(setup.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
-                         attributes={"densepred": {"complete": False}}, layout=setup.layout)
-
-
 def output_roi(roi: Sequence[tuple[int, int]] | None, image: Sequence[int], offset: Sequence[int],
                border_high: Sequence[int], mirror: bool) -> list[tuple[int, int]] | None:
     """A region of interest in image coordinates (voxel centres) -> the same voxels in the dense
@@ -290,3 +255,13 @@ def _output_shape(plan: TilePlan, encoding: Encoding) -> tuple[int, ...]:
     return plan.output_shape if channels is None else (channels, *plan.output_shape)
 
 
+
+
+def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_size: int) -> list[Tile]:
+    """Tiles of every fixed batch that still has a missing tile, in order."""
+    run: list[Tile] = []
+    for first in range(0, len(tiles), batch_size):
+        batch = tiles[first:first + batch_size]
+        if any(plan.tile_id(t) not in done for t in batch):
+            run.extend(batch)
+    return run

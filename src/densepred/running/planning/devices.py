@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import torch
 
@@ -80,3 +81,9 @@ def in_memory_format(model: torch.nn.Module, memory_format: torch.memory_format 
             return copy.deepcopy(model).to(memory_format=memory_format)
     except (RuntimeError, TypeError, copy.Error):
         return model
+
+
+def dtype_of(model: Any) -> torch.dtype:
+    """The dtype the model's parameters (and so its inputs) have."""
+    parameter = next(model.parameters(), None)
+    return torch.float32 if parameter is None else parameter.dtype

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
 from ...networks.foreign import ForeignNet, TilingContract
+from .devices import dtype_of
 from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
 
 log = logging.getLogger("densepred")
@@ -196,13 +197,6 @@ def result_bytes(memory: ModelMemory, output_shape: Sequence[int]) -> int:
     return 4 * memory.channels * int(np.prod(output_shape))
 
 
-def context_of(contract: TilingContract, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
-    """The context windows must keep: the model's, or with flips the larger side on both
-    (a flipped view reaches the other way)."""
-    context = contract.context
-    return context if flips == [()] else tuple((max(a, b),) * 2 for a, b in context)
-
-
 def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int | None, spatial: Sequence[int],
                mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """The window: given (checked) or the smallest exact one of at least 64 per axis, never
@@ -251,7 +245,7 @@ def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: boo
     if not size:
         check_window(memory, run.window, run.net.in_channels, views, budget, reason)
         return run.window
-    context = context_of(c, run.flips)
+    context = c.context_with(run.flips)
     window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
                             exact_counter(spatial, c, context), c.factor,
                             lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
@@ -259,11 +253,5 @@ def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: boo
     return window
 
 
-def dtype_of(model: Any) -> torch.dtype:
-    """The dtype the model's parameters (and so its inputs) have."""
-    parameter = next(model.parameters(), None)
-    return torch.float32 if parameter is None else parameter.dtype
-
-
-__all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window", "context_of",
-           "dtype_of", "largest_window", "model_memory", "probe_window", "window_for"]
+__all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window",
+           "largest_window", "model_memory", "probe_window", "window_for"]
