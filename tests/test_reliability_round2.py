@@ -4,7 +4,9 @@ each test failed before its fix. The numbers are the review's (docs/RELIABILITY.
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -169,6 +171,30 @@ def test_a_model_run_that_blended_resumes_with_mode_auto(tmp_path):
     assert main([*args, "--mode", "auto"]) == 0
     mark_interrupted(tmp_path / "o.zarr")
     assert main([*args, "--mode", "auto", "--resume"]) == 0
+
+
+# -- 10. a model's default window on a cluster is sized to the workers' memory --------------------
+
+def test_a_model_cluster_run_sizes_its_default_window_to_the_workers_memory(tmp_path):
+    import dask
+    from distributed import Client, LocalCluster
+
+    trained_for_cli(tmp_path)
+    np.save(tmp_path / "in.npy", np.random.default_rng(4).random((56, 64, 64), dtype=np.float32))
+    job = densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / "here.zarr"),
+                               model="tests.test_foreign:UNet", model_kwargs=KWARGS,
+                               weights=str(tmp_path / "unet.safetensors"), mode="exact", progress=False)
+    here = densepred.predict_to_file(job)
+    # workers in this process with a 48 MiB memory limit: the planner must size the window to
+    # their share of it, not to this machine's free memory (the workers' memory pausing off)
+    off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")}
+    with dask.config.set(off), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                            memory_limit=48 * 2**20,
+                                            dashboard_address=None) as cluster, Client(cluster) as client:
+        there = densepred.predict_to_file(replace(job, output=str(tmp_path / "there.zarr")), client)
+    assert math.prod(there.input_tile) < math.prod(here.input_tile)
+    assert there.tiles > here.tiles
+    np.testing.assert_allclose(stored(tmp_path / "there.zarr"), stored(tmp_path / "here.zarr"), rtol=0, atol=1e-6)
 
 
 # -- 13. mistakes in a model's arguments or file are one line -------------------------------------

@@ -109,7 +109,9 @@ def _rows_of(axis: tuple[int, int, list[int] | None], a: int, b: int) -> tuple[i
 
 
 def to_float32(data: np.ndarray) -> np.ndarray:
-    """Float input as is; integers divided by their dtype's maximum; booleans as 0/1."""
+    """Float input as is; integers divided by their dtype's maximum; booleans as 0/1. The result
+    is writable (a read-only memory map is copied), as torch tensors made from it must be."""
     if np.issubdtype(data.dtype, np.integer):
         return (data / np.iinfo(data.dtype).max).astype(np.float32)
-    return np.ascontiguousarray(data, dtype=np.float32)
+    values = np.ascontiguousarray(data, dtype=np.float32)
+    return values if values.flags.writeable else values.copy()
