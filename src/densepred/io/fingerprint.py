@@ -3,17 +3,22 @@
 Reading a whole petavoxel volume to hash it is out of the question; instead a fixed grid of
 small boxes spread over the array (up to 4 per axis, 16 voxels a side, all channels) is read
 and hashed together with the shape and dtype. A change that touches any sampled box changes
-the fingerprint; a single file's size and modification time are recorded beside it.
+the fingerprint. The input's size and modification time (for a zarr folder: its files' count,
+total size and latest time) are recorded beside it; a change there with the same sampled
+contents is resumed with a warning, since a copy changes the time but not the data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .reading import read_box
 
 SAMPLES_PER_AXIS = 4
 BOX = 16
@@ -27,7 +32,7 @@ def array_fingerprint(array: Any, spatial_axes: int) -> str:
     starts = [_starts(n) for n in shape[len(shape) - spatial_axes:]]
     for corner in itertools.product(*starts):
         box = tuple(slice(s, s + BOX) for s in corner)
-        digest.update(np.ascontiguousarray(np.asarray(array[(*leading, *box)])).tobytes())
+        digest.update(np.ascontiguousarray(read_box(array, (*leading, *box))).tobytes())
     return digest.hexdigest()
 
 
@@ -38,11 +43,24 @@ def _starts(n: int) -> list[int]:
     return sorted({round(i * (n - BOX) / max(count - 1, 1)) for i in range(count)})
 
 
+MAX_STAMPED_FILES = 100_000
+
+
 def file_stamp(path: Path) -> dict[str, int] | None:
-    """Size and modification time (ns) of a file; None for a folder (a zarr store), where a
-    walk over millions of chunk files would cost more than the prediction is worth waiting for."""
+    """Size and modification time (ns) of a file; for a folder (a zarr store) the number of its
+    files, their total size and the latest modification time, or None when it holds more than
+    :data:`MAX_STAMPED_FILES` files (a walk over millions of chunk files would cost more than
+    it is worth)."""
     path = Path(path)
-    if path.is_dir():
-        return None
-    stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if not path.is_dir():
+        stat = path.stat()
+        return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    files, size, latest = 0, 0, 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            files += 1
+            if files > MAX_STAMPED_FILES:
+                return None
+            stat = os.stat(os.path.join(folder, name))
+            size, latest = size + stat.st_size, max(latest, stat.st_mtime_ns)
+    return {"files": files, "bytes": size, "mtime_ns": latest}

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from ..geometry import Tile, TilePlan
+from .reading import read_box
 
 
 class ChannelFirst:
@@ -60,7 +61,7 @@ class ChannelFirst:
 
     def read(self, box: Sequence[slice]) -> np.ndarray:
         key = (slice(None), *box) if self.has_channel_axis else tuple(box)
-        data = np.asarray(self.image[key])
+        data = read_box(self.image, key)
         return data if self.has_channel_axis else data[None]
 
 

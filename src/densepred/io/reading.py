@@ -1,0 +1,64 @@
+"""Reading a box of a stored array, with one clear line when storage fails.
+
+A corrupt or truncated chunk (a failed decompression), a truncated HDF5 file or a file gone
+mid-run raises deep inside zarr, numcodecs or h5py; :func:`read_box` turns that into a
+:class:`~densepred.errors.DensePredError` that names the first unreadable chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import DensePredError
+
+MAX_CHUNKS_SEARCHED = 4096
+
+
+def read_box(array: Any, key: tuple[slice, ...]) -> np.ndarray:
+    """``array[key]`` as a NumPy array; a storage failure is one line naming the chunk."""
+    try:
+        return np.asarray(array[key])
+    except (DensePredError, MemoryError):
+        raise
+    except Exception as exc:  # a corrupt or truncated chunk, a vanished file
+        raise DensePredError(unreadable(array, key, exc)) from None
+
+
+def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
+    """Why reading ``image[key]`` failed, naming the first chunk that cannot be read (zarr and
+    HDF5 arrays; found by reading the box's chunks one by one) or else the box."""
+    where = _array_name(image)
+    chunks = getattr(image, "shards", None) or getattr(image, "chunks", None)
+    shape = tuple(image.shape)
+    box = [(k.start or 0, shape[i] if k.stop is None else k.stop) for i, k in enumerate(key)]
+    if chunks is not None and len(chunks) == len(shape):
+        grid = [range(a // c, -(-b // c)) for (a, b), c in zip(box, chunks, strict=True)]
+        if 0 < math.prod(len(r) for r in grid) <= MAX_CHUNKS_SEARCHED:
+            for index in itertools.product(*grid):
+                try:
+                    image[tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape,
+                                                                                     strict=True))]
+                except Exception as exc:
+                    return (f"chunk {list(index)} of {where} (chunk shape {list(chunks)}) is unreadable: "
+                            f"{_reason(exc)}; the input is corrupt or truncated there")
+    text = ", ".join(f"{a}:{b}" for a, b in box)
+    return f"reading [{text}] of {where} failed: {_reason(error)}; the input is corrupt or truncated there"
+
+
+def _array_name(image: Any) -> str:
+    store = getattr(image, "store_path", None)  # zarr
+    if store is not None:
+        return str(store).removeprefix("file://")
+    file = getattr(image, "file", None)  # h5py
+    if file is not None and hasattr(file, "filename"):
+        return f"{file.filename}:{image.name}"
+    return f"the input ({type(image).__name__})"
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

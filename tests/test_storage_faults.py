@@ -1,0 +1,129 @@
+"""Storage faults: a corrupt input chunk, a truncated HDF5 input, a file-size limit hit while
+writing (a full disk), an input changed on disk between a run and its resume, a read-only output
+folder. Each ends in one line and exit 2, leaves nothing that looks finished, and after the cause
+is gone ``--resume`` finishes with the bytes of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from densepred.interfaces.cli import main
+from tests.conftest import mark_interrupted
+from tests.test_predict_files import TILE
+from tests.test_reliability_files import one_error_line
+
+SHAPE = (13, 47, 39)
+
+
+def predict(config, source, output, *extra):
+    return main(["predict", str(config), "--input", str(source), "--output", str(output), "--tile", TILE,
+                 "--mode", "mfp", "--quiet", *extra])
+
+
+def command(config, source, output, *extra):
+    return [sys.executable, "-m", "densepred", "predict", str(config), "--input", str(source), "--output",
+            str(output), "--tile", TILE, "--mode", "mfp", "--quiet", *extra]
+
+
+def stored(path):
+    return np.asarray(zarr.open_group(path, mode="r")["0"][:])
+
+
+def complete(output):
+    record = Path(f"{output}.densepred") / "run.json"
+    return record.exists() and json.loads(record.read_text())["complete"]
+
+
+@pytest.fixture
+def zarr_input(tmp_path):
+    data = np.random.default_rng(3).random(SHAPE, dtype=np.float32)
+    array = zarr.create_array(tmp_path / "in.zarr", shape=SHAPE, chunks=(8, 16, 16), dtype="float32")
+    array[:] = data
+    return tmp_path / "in.zarr"
+
+
+def test_a_corrupt_input_chunk_is_one_line_naming_the_chunk(config, zarr_input, tmp_path, capsys):
+    (zarr_input / "c" / "1" / "1" / "1").write_bytes(b"not zstd at all" * 8)
+    one_error_line(capsys, predict(config, zarr_input, tmp_path / "out.zarr"), "chunk [1, 1, 1] of ")
+    assert not complete(tmp_path / "out.zarr")
+
+
+def test_a_corrupt_chunk_in_a_model_run_is_one_line_naming_the_chunk(zarr_input, tmp_path, capsys):
+    (zarr_input / "c" / "0" / "2" / "0").write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    code = main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", '{"depth": 1, "width": 2}',
+                 "--input", str(zarr_input), "--output", str(tmp_path / "out.zarr"), "--quiet", "--mode", "exact"])
+    one_error_line(capsys, code, "chunk [0, 2, 0] of ")
+    assert not complete(tmp_path / "out.zarr")
+
+
+def test_a_truncated_hdf5_input_is_one_line(config, tmp_path, capsys):
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("raw", data=np.random.default_rng(4).random(SHAPE, dtype=np.float32))
+    data = (tmp_path / "in.h5").read_bytes()
+    (tmp_path / "in.h5").write_bytes(data[:len(data) // 2])
+    one_error_line(capsys, predict(config, f"{tmp_path / 'in.h5'}:raw", tmp_path / "out.zarr"), "in.h5")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_full_disk_stops_in_one_line_and_resume_finishes_byte_identical(config, zarr_input, tmp_path):
+    assert predict(config, zarr_input, tmp_path / "whole.zarr") == 0
+    shards = [p.stat().st_size for p in (tmp_path / "whole.zarr" / "0" / "c").rglob("*") if p.is_file()]
+    limit = sorted(shards)[len(shards) // 2]  # about half the shards fit, the rest do not
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cut = tmp_path / "cut.zarr"
+    full = subprocess.run(command(config, zarr_input, cut), preexec_fn=small_disk, capture_output=True, text=True,
+                          check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert full.returncode == 2, full.stderr
+    assert len(full.stderr.strip().splitlines()) == 1, full.stderr
+    assert "File too large" in full.stderr
+    assert "--resume" in full.stderr
+    assert not complete(cut)
+    assert predict(config, zarr_input, cut, "--resume") == 0
+    assert stored(cut).tobytes() == stored(tmp_path / "whole.zarr").tobytes()
+
+
+def test_a_zarr_input_changed_on_disk_is_not_resumed_over(config, zarr_input, tmp_path, capsys):
+    assert predict(config, zarr_input, tmp_path / "out.zarr") == 0
+    mark_interrupted(tmp_path / "out.zarr")
+    array = zarr.open_array(zarr_input, mode="r+")
+    array[5, 40, 30] = float(array[5, 40, 30]) + 0.5  # one voxel in a sampled box, same shape and dtype
+    one_error_line(capsys, predict(config, zarr_input, tmp_path / "out.zarr", "--resume"),
+                   "the input differs from the interrupted run")
+    assert not complete(tmp_path / "out.zarr")
+
+
+def test_a_zarr_chunk_rewritten_outside_the_samples_is_warned_about(config, zarr_input, tmp_path, caplog):
+    assert predict(config, zarr_input, tmp_path / "out.zarr") == 0
+    mark_interrupted(tmp_path / "out.zarr")
+    array = zarr.open_array(zarr_input, mode="r+")
+    array[5, 20, 20] = float(array[5, 20, 20]) + 0.5  # outside every sampled box: the stamp shows it
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert predict(config, zarr_input, tmp_path / "out.zarr", "--resume") == 0
+    assert "modification time changed" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_one_line(config, zarr_input, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        one_error_line(capsys, predict(config, zarr_input, folder / "out.zarr"), "ro")
+    finally:
+        folder.chmod(0o755)
+    assert not (folder / "out.zarr").exists()
