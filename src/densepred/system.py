@@ -21,10 +21,13 @@ import ctypes.util
 import math
 import mmap
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from .errors import DensePredError
 
 
 def available_ram() -> int:
@@ -216,3 +219,16 @@ def mapped_zeros(shape: Sequence[int], dtype: np.dtype | type = np.float32) -> n
     if hasattr(mmap, "MADV_HUGEPAGE"):
         buffer.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(buffer, dtype, count).reshape(tuple(shape))
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+              "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """``"8GiB"``, ``"500MB"``, ``"2e9"`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise DensePredError(f"{option} {text!r} is invalid; expected a size like 8GiB, 500MB or 2000000000")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])

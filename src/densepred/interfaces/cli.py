@@ -6,8 +6,11 @@ Every error a user can cause is printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..config import load_config, network_geometry
@@ -21,14 +24,33 @@ from .values import parse_size
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _terminate_cleanly():
+        try:
+            return int(args.run(args) or 0)
+        except DensePredError as exc:
+            print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("densepred: interrupted", file=sys.stderr)
+            return 130
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM (a batch system's cancel) ends the command like an interrupt: ``finally`` blocks and
+    exit handlers run (temporary folders are removed; an output stays resumable)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        return int(args.run(args) or 0)
-    except DensePredError as exc:
-        print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("densepred: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,9 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
                        help="a torch.export program instead (it unpickles: load only files you trust), or a "
                             "bioimage.io model: its rdf.yaml or zipped package (pytorch_state_dict weights; dims, "
                             "channels and preprocessing from it)")
+    group.add_argument("--trust-imports", metavar="PKG", action="append", default=[],
+                       help="let a bioimage.io package import its architecture from the installed package PKG "
+                            "(runs that package's code; known model libraries need no such trust; repeatable)")
     group.add_argument("--dims", type=int, default=3, choices=[2, 3], help="the model's spatial dimensions")
     group.add_argument("--in-channels", type=int, default=1, help="the model's input channels (default: 1)")
     group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"],
@@ -43,7 +46,8 @@ def model_job(args: argparse.Namespace) -> Any:
                              "exact or blend")
     return PredictJob(
         config=None, input=args.input, output=args.output, weights=args.weights, model=args.model,
-        model_kwargs=args.model_kwargs, model_file=args.model_file, dims=args.dims, in_channels=args.in_channels,
+        model_kwargs=args.model_kwargs, model_file=args.model_file, trust_imports=tuple(args.trust_imports),
+        dims=args.dims, in_channels=args.in_channels,
         activation=args.activation, mode=args.mode or "auto", tile=_per_axis(args.tile, "--tile"),
         overlap=args.overlap, tta=_tta(args.tta), device=args.device, dtype=args.dtype, argmax=args.argmax,
         classes=parse_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,

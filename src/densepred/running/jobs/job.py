@@ -52,6 +52,7 @@ class PredictJob:
     model: str | None = None  # package.module:Class or path/to/file.py:Class
     model_kwargs: dict[str, Any] | str | None = None  # its keyword arguments (a dict or JSON)
     model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
+    trust_imports: Sequence[str] = ()  # packages a bioimage.io description may import its architecture from
     dims: int = 3  # the model's spatial dimensions
     in_channels: int = 1
     activation: str | None = None  # softmax, sigmoid or identity; None: softmax, or a bioimage.io model's own

@@ -35,7 +35,7 @@ from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, crea
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.ome_zarr import OmeLayout
-from ...networks.bioimageio import is_rdf, read_rdf, zoo_net
+from ...networks.bioimageio import announce, is_rdf, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch
 from ...networks.loading import load_model
 from ...system import large_blocks_returned
@@ -144,7 +144,9 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
         job = replace(job, activation=job.activation or "softmax")
         model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
         return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
-    zoo = read_rdf(job.model_file)  # its class, kwargs, weights, axes and processing
+    rdf = job.model_file
+    zoo = read_rdf(rdf, job.trust_imports)  # its class, kwargs, weights, axes and processing
+    announce(zoo, rdf)
     job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=str(zoo.weights), model_file=None,
                   dims=zoo.dims, in_channels=zoo.in_channels, activation=job.activation or zoo.activation)
     return job, zoo_net(load_model(job.model, job.model_kwargs, job.weights), zoo, job.activation)
