@@ -65,7 +65,8 @@ def test_an_architecture_from_a_trusted_package_runs_after_a_notice(package, tmp
     one_error_line(capsys, run(package, tmp_path), "pass --trust-imports tests")
     with caplog.at_level(logging.WARNING, logger="densepred"):
         assert run(package, tmp_path, "--trust-imports", "tests") == 0
-    assert "running the model code of" in caplog.text and "tests.test_foreign:UNet" in caplog.text
+    assert "running the model code of" in caplog.text
+    assert "tests.test_foreign:UNet" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["weights", "architecture"])

@@ -92,7 +92,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
 def test_a_second_run_into_the_same_save_dir_is_refused(tmp_path):
     config = write_config(tmp_path, steps=10)
     densepred.train(config, progress=False)
-    with pytest.raises(DensePredError, match="pass --resume"):
+    with pytest.raises(DensePredError, match="densepred train --resume"):
         densepred.train(config, progress=False)
 
 

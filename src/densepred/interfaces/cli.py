@@ -6,51 +6,36 @@ Every error a user can cause is printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from .. import __version__
 from ..config import load_config, network_geometry
 from ..errors import DensePredError
 from ..geometry import Geometry
 from ..io.outputs import OUTPUT_DTYPES
 from .model_options import add_model_options, model_job
+from .signals import terminate_cleanly
 from .values import parse_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _terminate_cleanly():
+    with terminate_cleanly():
         try:
             return int(args.run(args) or 0)
         except DensePredError as exc:
             print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
+        except OSError as exc:  # the file system refused (a name too long, no permission, a full disk)
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"densepred: error: {_one_line(where + (exc.strerror or str(exc)))}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("densepred: interrupted", file=sys.stderr)
             return 130
-
-
-@contextlib.contextmanager
-def _terminate_cleanly() -> Iterator[None]:
-    """SIGTERM (a batch system's cancel) ends the command like an interrupt: ``finally`` blocks and
-    exit handlers run (temporary folders are removed; an output stays resumable)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="densepred",
         description="Fast, exact dense prediction of images and volumes with convolutional networks.",
     )
+    parser.add_argument("--version", action="version", version=f"densepred {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, _add_demo):
         add(sub)

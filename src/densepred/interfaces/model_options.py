@@ -68,7 +68,11 @@ def _block(text: str | None) -> int | tuple[int, ...] | None:
 def _tta(text: str | None) -> str | tuple[int, ...] | None:
     if text is None or text == "flips":
         return text
-    return parse_ints(text, None, "--tta")
+    try:
+        return parse_ints(text, None, "--tta")
+    except DensePredError:
+        raise DensePredError(f"--tta {text!r} is invalid; expected flips (every axis) or the spatial axes to "
+                             "flip, like 1,2") from None
 
 
 __all__ = ["add_model_options", "model_job"]

@@ -34,7 +34,7 @@ class ArraySpec:
 
     @classmethod
     def parse(cls, spec: str, base: Path | None = None) -> ArraySpec:
-        if not isinstance(spec, str) or not spec:
+        if not isinstance(spec, str) or not spec or "\x00" in spec:
             raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
         path_text, key = spec, None
         for suffix in (*HDF5_SUFFIXES, ".zarr"):

@@ -8,6 +8,7 @@ prediction apply the same rule, so a net sees the same values in both.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ import numpy as np
 from ..errors import DensePredError
 from ..geometry import Tile, TilePlan
 from .reading import read_box
+
+log = logging.getLogger("densepred")
+_WARNED: set[str] = set()  # integer dtypes warned about, once per process
 
 
 class ChannelFirst:
@@ -56,8 +60,18 @@ class ChannelFirst:
             raise DensePredError(f"image of shape {list(shape)} is invalid for this network; expected "
                                  f"{_expected(channels, dims)}")
         self.dtype = np.dtype(image.dtype)
-        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_):
-            raise DensePredError(f"image dtype {self.dtype} is not numeric")
+        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_) or np.issubdtype(self.dtype,
+                                                                                                 np.complexfloating):
+            raise DensePredError(f"image dtype {self.dtype} is invalid; expected real numbers (integers, floats or "
+                                 "booleans)")
+        if 0 in shape:
+            raise DensePredError(f"image of shape {list(shape)} has an empty axis: there is nothing to predict")
+        if np.issubdtype(self.dtype, np.integer) and self.dtype.itemsize >= 4 and self.dtype.str not in _WARNED:
+            _WARNED.add(self.dtype.str)
+            log.warning("image dtype %s: its values are divided by %d (the dtype's maximum), so images that use "
+                        "only a small part of that range become nearly constant; convert the image to float32 "
+                        "(or uint8/uint16) with the values the network was trained on", self.dtype,
+                        np.iinfo(self.dtype).max)
 
     def read(self, box: Sequence[slice]) -> np.ndarray:
         key = (slice(None), *box) if self.has_channel_axis else tuple(box)

@@ -99,6 +99,10 @@ def check_replaceable(spec: ArraySpec) -> None:
                 raise _not_ours(spec)
         return
     target = _target(spec)
+    link = next((p for p in (spec.path, target) if p.is_symlink()), None)
+    if link is not None:
+        raise DensePredError(f"cannot replace {spec}: {link} is a symbolic link (to {link.resolve()}); --overwrite "
+                             "replaces only what densepred wrote at that path: give the link's target as the output")
     if spec.kind == "zarr" and target.exists() and not _zarr_written_by_densepred(target):
         raise _not_ours(spec)
     if spec.kind != "zarr" and target.is_dir():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import DensePredError
 
+MAX_KWARGS_TEXT = 1_000_000  # characters of --model-kwargs JSON
 
 def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = None,
                weights: str | Path | None = None, model_file: str | Path | None = None) -> torch.nn.Module:
@@ -86,10 +88,14 @@ def _kwargs(kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
     if kwargs is None:
         return {}
     if isinstance(kwargs, str):
+        if len(kwargs) > MAX_KWARGS_TEXT:
+            raise DensePredError(f"--model-kwargs is {len(kwargs):,} characters long, more than {MAX_KWARGS_TEXT:,}; "
+                                 "keyword arguments are a small JSON object")
         try:
             kwargs = json.loads(kwargs)
-        except json.JSONDecodeError as exc:
-            raise DensePredError(f"--model-kwargs is not valid JSON ({exc.msg}); expected e.g. "
+        except (json.JSONDecodeError, RecursionError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise DensePredError(f"--model-kwargs is not valid JSON ({why}); expected e.g. "
                                  "'{\"spatial_dims\": 3, \"out_channels\": 2}'") from None
     if not isinstance(kwargs, dict):
         raise DensePredError("--model-kwargs must be a JSON object of keyword arguments")
@@ -108,7 +114,7 @@ def _load_state(module: torch.nn.Module, path: Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as exc:
-        raise DensePredError(f"cannot read the weights {path}: {str(exc).splitlines()[0]}") from None
+        raise DensePredError(f"cannot read the weights {path}: {_weights_reason(exc, path)}") from None
     if not isinstance(state, dict):
         raise DensePredError(f"{path} holds no state dict (a mapping of tensor names to tensors)")
     result = module.load_state_dict(state, strict=False)
@@ -116,6 +122,26 @@ def _load_state(module: torch.nn.Module, path: Path) -> None:
         parts = [f"missing {', '.join(result.missing_keys[:4])}" if result.missing_keys else "",
                  f"unexpected {', '.join(result.unexpected_keys[:4])}" if result.unexpected_keys else ""]
         raise DensePredError(f"the weights in {path} do not fit the model: {'; '.join(p for p in parts if p)}")
+
+
+def _weights_reason(exc: Exception, path: Path) -> str:
+    """Why torch or safetensors could not read a weights file, in words that fit here (torch's own
+    advice to load with ``weights_only=False`` would run the file's code: never here)."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return ("it holds Python objects besides tensors" + (f" ({found[1]})" if found else "") + ", and densepred "
+                "loads tensors only (weights_only=True, so that loading runs no code): save the state dict alone "
+                "(torch.save(model.state_dict(), ...)) or as safetensors")
+    if path.suffix != ".safetensors" and not _is_zip_or_pickle(path):
+        return "not a PyTorch weights file (torch.save's zip or pickle) nor safetensors"
+    return " ".join(text.split())[:300] or type(exc).__name__
+
+
+def _is_zip_or_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def _exported(path: Path) -> torch.nn.Module:

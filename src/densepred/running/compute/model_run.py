@@ -93,7 +93,7 @@ class ModelRun:
         run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format)
         if (asked is None and mode == "exact") or memory_limit is not None:
             try:
-                reason = ("it was asked for" if asked is not None and window_given else
+                reason = ("it was given (--tile or window=)" if asked is not None and window_given else
                           "the interrupted run chose it" if asked is not None else "blending keeps the model's window")
                 run.window = budget_window(run, asked is None and mode == "exact", memory_limit, in_memory, reason)
             except OverBudget as exc:

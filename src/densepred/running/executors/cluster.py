@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,25 +76,49 @@ def connected(target: ClusterTarget, client: Any) -> Iterator[Any]:
     if client is not None:
         yield client
         return
+    import dask
     from distributed import Client
 
+    # a local cluster's scratch space: private, never a fixed name another user could hold
+    scratch = None if target.scheduler or target.scheduler_file else tempfile.mkdtemp(prefix="densepred-dask-")
+    try:
+        with dask.config.set({"temporary-directory": scratch} if scratch else {}):
+            connected = _client(Client, target, scratch)
+            try:
+                yield connected
+            finally:
+                cluster = connected.cluster
+                connected.close()
+                if cluster is not None:
+                    cluster.close()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _client(client_class: Any, target: ClusterTarget, scratch: str | None) -> Any:
+    where = target.scheduler or target.scheduler_file or "a local cluster"
+    if target.scheduler_file is not None:
+        _wait_for_file(Path(target.scheduler_file))
     try:
         if target.scheduler is not None:
-            connected = Client(target.scheduler, timeout=CONNECT_TIMEOUT)
-        elif target.scheduler_file is not None:
-            connected = Client(scheduler_file=str(target.scheduler_file), timeout=CONNECT_TIMEOUT)
-        else:
-            connected = Client(local_cluster(target.workers or 1, target.threads_per_worker, target.device))
-    except OSError as exc:
-        where = target.scheduler or target.scheduler_file or "a local cluster"
+            return client_class(target.scheduler, timeout=CONNECT_TIMEOUT)
+        if target.scheduler_file is not None:
+            return client_class(scheduler_file=str(target.scheduler_file), timeout=CONNECT_TIMEOUT)
+        return client_class(local_cluster(target.workers or 1, target.threads_per_worker, target.device, scratch))
+    except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
         raise DensePredError(f"cannot reach the Dask scheduler ({where}): {exc}") from None
-    try:
-        yield connected
-    finally:
-        cluster = connected.cluster
-        connected.close()
-        if cluster is not None:
-            cluster.close()
+
+
+def _wait_for_file(path: Path) -> None:
+    """A scheduler file may appear a little after the client starts (a batch job starting the
+    scheduler beside it); after :data:`CONNECT_TIMEOUT` without it, stop."""
+    deadline = time.monotonic() + int(CONNECT_TIMEOUT.removesuffix("s"))
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise DensePredError(f"the scheduler file {path} does not exist (waited {CONNECT_TIMEOUT}); start the "
+                                 f"scheduler with: dask scheduler --scheduler-file {path}")
+        time.sleep(0.2)
 
 
 def worker_memory_limit(client: Any, memory_limit: int | None) -> int | None:
@@ -106,9 +133,10 @@ def worker_memory_limit(client: Any, memory_limit: int | None) -> int | None:
     return resident_bytes() + int(min(shares) * CPU_FRACTION)
 
 
-def local_cluster(workers: int, threads: int | None, device: str | None) -> Any:
+def local_cluster(workers: int, threads: int | None, device: str | None, scratch: str | None = None) -> Any:
     """``workers`` worker processes on this machine, one block at a time each, listening on
-    127.0.0.1 only; with a CUDA device, worker ``i`` sees GPU ``i`` alone."""
+    127.0.0.1 only, their scratch space in ``scratch``; with a CUDA device, worker ``i`` sees
+    GPU ``i`` alone."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     cuda = resolve_device(device).type == "cuda"
@@ -125,6 +153,8 @@ def local_cluster(workers: int, threads: int | None, device: str | None) -> Any:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         options = {"nthreads": 1, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env,
                    "memory_limit": memory, "resources": {"GPU": 1} if cuda else {}, "silence_logs": logging.WARNING}
+        if scratch is not None:
+            options["local_directory"] = scratch
         specs[i] = {"cls": Nanny, "options": options}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING, name="densepred")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ...config import Config
@@ -35,6 +36,10 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
     dims = len(output_shape)
     voxel_size, unit = _voxel_size(job, in_spec, dims)
     translation = tuple(s * v for s, v in zip(start, voxel_size, strict=True))
+    if not all(math.isfinite(v) and v > 0 for v in voxel_size) or not all(map(math.isfinite, translation)):
+        raise DensePredError(f"voxel size {list(voxel_size)} is invalid for OME-Zarr metadata: the scale and the "
+                             f"translation {list(translation)} must be finite (JSON has no Infinity or NaN); "
+                             "give --voxel-size")
     chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
     classes = range(encoding.n_classes) if encoding.classes is None else encoding.classes
     spatial_axes = tuple("zyx"[3 - dims:])
@@ -51,9 +56,9 @@ def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[f
     if job.voxel_size is not None:
         size = tuple(float(v) for v in job.voxel_size)
         size = size * dims if len(size) == 1 else size
-        if len(size) != dims or not all(v > 0 for v in size):
-            raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive numbers "
-                                 "(z, y, x order)")
+        if len(size) != dims or not all(0 < v < math.inf for v in size):
+            raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive, finite "
+                                 "numbers (z, y, x order)")
         return size, unit
     found = input_voxel_size(in_spec)
     if found is not None and len(found[0]) == dims:

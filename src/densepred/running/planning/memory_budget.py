@@ -75,11 +75,14 @@ def too_small(budget: MemoryBudget, need: int) -> DensePredError:
         "tile's buffers); raise --memory-limit (memory_limit=) to at least that")
 
 
-def warn_if_over(budget: MemoryBudget, need: int, tile: tuple[int, ...], reason: str = "it was asked for") -> None:
+GIVEN = "it was given (--tile, tile_shape= or the config's tile_shape); give a smaller one to stay within the limit"
+
+
+def warn_if_over(budget: MemoryBudget, need: int, tile: tuple[int, ...], reason: str = GIVEN) -> None:
     """Warn when ``tile`` needs more than the budget; ``reason`` says why it is used anyway."""
     if need > budget.room:
         log.warning("tile %s needs about %s with the process's %s, over the memory limit of %s; "
-                    "it runs anyway because %s", list(tile), _gib(budget.baseline + need),
+                    "it is used because %s", list(tile), _gib(budget.baseline + need),
                     _gib(budget.baseline), _gib(budget.limit), reason)
 
 

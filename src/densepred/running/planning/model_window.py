@@ -187,7 +187,7 @@ def exact_counter(spatial: Sequence[int], contract: TilingContract,
 
 
 def check_window(memory: ModelMemory, window: tuple[int, ...], in_channels: int, views: int,
-                 budget: MemoryBudget, reason: str = "it was asked for") -> None:
+                 budget: MemoryBudget, reason: str = "it was given") -> None:
     """Warn when a window that was asked for (or a blend's) is estimated over the budget."""
     warn_if_over(budget, memory.window_bytes(window, in_channels, views), window, reason)
 
@@ -233,7 +233,7 @@ def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) ->
 
 
 def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool,
-                  reason: str = "it was asked for") -> tuple[int, ...]:
+                  reason: str = "it was given") -> tuple[int, ...]:
     """An exact run's default window sized to the memory budget (``size``), or the run's window
     checked against it (a warning when over that says why it runs anyway: ``reason``)."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)

@@ -123,8 +123,9 @@ class _Run:
         if resume:
             self._resume()
         elif self.last.exists():
-            raise DensePredError(f"{self.last} exists; pass --resume to continue that run, or choose "
-                                 "another save_dir (or delete it) to start afresh")
+            raise DensePredError(f"{self.last} exists; resume that run (densepred train --resume, "
+                                 "densepred.train(..., resume=True)), or choose another save_dir (or delete it) "
+                                 "to start afresh")
         self.save_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(trained_config_path(cfg, self.save_dir), trained_config_text(cfg))
 

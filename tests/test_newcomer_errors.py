@@ -1,0 +1,163 @@
+"""A newcomer's mistakes and a hostile environment: each ends in one line that says what is wrong
+and what would be valid, exit 2, nothing left that looks finished; messages say what to do here
+(no advice that cannot apply, like loading a pickle unsafely or passing --mirror when it was)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import densepred
+from densepred.interfaces.cli import main
+from tests.test_predict_files import predict
+from tests.test_reliability_files import one_error_line
+
+
+@pytest.fixture
+def volume(tmp_path):
+    data = np.random.default_rng(5).random((13, 47, 39), dtype=np.float32)
+    np.save(tmp_path / "in.npy", data)
+    return data
+
+
+@pytest.fixture
+def conv(tmp_path):
+    (tmp_path / "conv.py").write_text("from torch import nn\n\n\ndef Net():\n"
+                                      "    return nn.Conv3d(1, 2, 3, padding=1)\n")
+    np.save(tmp_path / "in.npy", np.random.default_rng(6).random((9, 20, 20), dtype=np.float32))
+    return f"{tmp_path / 'conv.py'}:Net"
+
+
+def model_run(tmp_path, model, *extra, output="o.zarr"):
+    return main(["predict", "--model", model, "--input", str(tmp_path / "in.npy"), "--output",
+                 str(tmp_path / output), "--quiet", *extra])
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path, volume, capsys):
+    (tmp_path / "bad.toml").write_bytes(b'name = "\xff\xfe"\n')
+    one_error_line(capsys, predict(tmp_path / "bad.toml", tmp_path, str(tmp_path / "o.zarr")), "is not UTF-8 text")
+
+
+def test_a_file_name_too_long_is_one_line(config, volume, tmp_path, capsys):
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / ("a" * 300 + ".zarr"))), "File name too long")
+
+
+def test_a_scheduler_that_is_no_address_is_one_line(config, volume, tmp_path, capsys):
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--scheduler", "not a url"),
+                   "cannot reach the Dask scheduler")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_missing_scheduler_file_stops_after_the_connect_timeout(config, volume, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "1s")
+    code = predict(config, tmp_path, str(tmp_path / "o.zarr"), "--scheduler-file", str(tmp_path / "none.json"))
+    one_error_line(capsys, code, "dask scheduler --scheduler-file")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [("{" + '"a": 1, ' * 200_000 + '"b": 2}', "more than 1,000,000"),
+                                                 ("[" * 100_000 + "]" * 100_000, "nested too deeply")])
+def test_oversized_model_kwargs_are_one_line(tmp_path, conv, capsys, kwargs, message):
+    one_error_line(capsys, model_run(tmp_path, conv, "--model-kwargs", kwargs), message)
+
+
+def test_overwrite_through_a_symlinked_zarr_is_refused(config, volume, tmp_path, capsys):
+    assert predict(config, tmp_path, str(tmp_path / "real.zarr")) == 0
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "real.zarr")
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "link.zarr"), "--overwrite"),
+                   "is a symbolic link")
+    assert (tmp_path / "real.zarr" / "zarr.json").exists()
+
+
+def test_a_nul_in_a_spec_given_to_the_api_is_a_densepred_error(config, volume, tmp_path):
+    with pytest.raises(densepred.DensePredError, match="array spec"):
+        densepred.predict_to_file(densepred.PredictJob(config, str(tmp_path / "in.npy"), "out\x00.zarr"))
+
+
+def test_a_pickle_with_objects_is_refused_without_unsafe_advice(tmp_path, conv, capsys):
+    torch.save({"weight": torch.zeros(1), "extra": nn.ReLU()}, tmp_path / "obj.pt")
+    code = model_run(tmp_path, conv, "--weights", str(tmp_path / "obj.pt"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "holds Python objects besides tensors" in err
+    assert "weights_only=False" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_text_file_as_weights_is_named_for_what_it_is(tmp_path, conv, capsys):
+    (tmp_path / "notes.pt").write_text("these are not weights\n")
+    one_error_line(capsys, model_run(tmp_path, conv, "--weights", str(tmp_path / "notes.pt")),
+                   "not a PyTorch weights file")
+
+
+def test_an_empty_axis_is_named_even_with_mirror(config, tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.zeros((0, 40, 40), np.float32))
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror"), "has an empty axis")
+
+
+def test_complex_input_is_refused(config, tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.ones((13, 47, 39), np.complex64))
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr")), "expected real numbers")
+
+
+def test_int64_input_is_warned_about(config, tmp_path, caplog):
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).integers(0, 255, (13, 47, 39)).astype(np.int64))
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        densepred.io.ChannelFirst(np.load(tmp_path / "in.npy"), 1, 3)
+        densepred.io.ChannelFirst(np.ones((2, 3, 4), np.uint64), 1, 3)
+    assert "divided by 9223372036854775807" in caplog.text
+    assert "divided by 18446744073709551615" in caplog.text
+
+
+def test_plan_does_not_say_a_tile_runs(config, capsys, caplog):
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        main(["plan", str(config), "--shape", "64,256,256", "--tile", "60,250,250", "--memory-limit", "300MB"])
+    assert "over the memory limit" in caplog.text, caplog.text
+    assert "runs anyway" not in caplog.text
+    assert "asked for" not in caplog.text
+
+
+def test_tta_that_is_no_axis_list_says_what_is_valid(tmp_path, conv, capsys):
+    one_error_line(capsys, model_run(tmp_path, conv, "--tta", "banana"), "expected flips (every axis) or the")
+
+
+def test_voxel_size_beyond_float_range_is_refused_before_writing(config, volume, tmp_path, capsys):
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--voxel-size", "1e400,1,1"),
+                   "positive, finite numbers")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_train_from_python_is_told_how_to_resume_in_python(tmp_path):
+    from tests.test_training import write_config
+
+    config = write_config(tmp_path, steps=2)
+    densepred.train(config, progress=False)
+    with pytest.raises(densepred.DensePredError, match=r"resume=True"):
+        densepred.train(config, progress=False)
+
+
+def test_version():
+    done = subprocess.run([sys.executable, "-m", "densepred", "--version"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == f"densepred {densepred.__version__}"
+
+
+def test_a_local_cluster_needs_no_fixed_scratch_name(config, volume, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (temp / "dask-scratch-space").write_text("another user's file\n")  # the fixed name is taken
+    done = subprocess.run([sys.executable, "-m", "densepred", "predict", str(config), "--input",
+                           str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.zarr"), "--workers", "1",
+                           "--quiet", "--mirror"], env={**os.environ, "TMPDIR": str(temp)}, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in temp.iterdir()) == ["dask-scratch-space"]  # its own scratch space is gone
+    assert json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())["complete"]
