@@ -1,0 +1,55 @@
+"""densepred's napari reader (no canvas needed): a predicted OME-Zarr opens as lazy layers with
+its levels, physical scale and translation, one layer per class or a labels layer; an HDF5 file
+opens each 2D/3D dataset, label datasets as labels."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import zarr
+
+from densepred.interfaces.napari_plugin.reader import get_reader
+from tests.test_predict_files import predict
+
+
+def test_a_probability_output_opens_per_class_with_its_placement(config, tmp_path):
+    np.save(tmp_path / "in.npy", np.random.default_rng(1).random((13, 47, 39), dtype=np.float32))
+    out = tmp_path / "p.zarr"
+    assert predict(config, tmp_path, str(out), "--levels", "2", "--voxel-size", "40,4,4", "--dtype", "uint8") == 0
+    [(data, kwargs, kind)] = get_reader(str(out))(str(out))
+    group = zarr.open_group(out, mode="r")
+    transforms = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert kind == "image" and kwargs["multiscale"] and kwargs["channel_axis"] == 0
+    assert len(kwargs["name"]) == 3  # one layer per class
+    assert kwargs["scale"] == [float(v) for v in transforms[0]["scale"][1:]] == [40.0, 4.0, 4.0]
+    assert kwargs["translate"] == [float(v) for v in transforms[1]["translation"][1:]]
+    assert kwargs["contrast_limits"] == (0.0, 255.0)
+    np.testing.assert_array_equal(np.asarray(data[0]), group["0"][:])
+    np.testing.assert_array_equal(np.asarray(data[1]), group["1"][:])
+
+
+def test_an_argmax_output_opens_as_labels(config, tmp_path):
+    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((13, 47, 39), dtype=np.float32))
+    out = tmp_path / "l.zarr"
+    assert predict(config, tmp_path, str(out), "--argmax", "--levels", "1") == 0
+    [(data, kwargs, kind)] = get_reader(str(out))(str(out))
+    assert kind == "labels" and not kwargs["multiscale"]
+    np.testing.assert_array_equal(np.asarray(data), zarr.open_group(out, mode="r")["0"][:])
+
+
+def test_an_hdf5_file_opens_every_image_dataset(tmp_path):
+    raw = np.random.default_rng(3).random((5, 20, 30), dtype=np.float32)
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["raw"] = raw
+        f["group/label"] = (raw > 0.5).astype(np.uint8)
+        f["table"] = np.arange(4)  # 1D: not an image
+    layers = get_reader(str(tmp_path / "v.h5"))(str(tmp_path / "v.h5"))
+    assert [(kwargs["name"], kind) for _, kwargs, kind in layers] == [("v:group/label", "labels"), ("v:raw", "image")]
+    np.testing.assert_array_equal(np.asarray(layers[1][0]), raw)
+
+
+def test_other_paths_are_left_to_other_readers(tmp_path):
+    zarr.create_array(tmp_path / "plain.zarr", shape=(4, 4), dtype="f4")
+    assert get_reader(str(tmp_path / "plain.zarr")) is None
+    assert get_reader(str(tmp_path / "missing.h5")) is None
+    assert get_reader([str(tmp_path / "a.h5")]) is None

@@ -1,0 +1,72 @@
+"""The README's newcomer section ("After the demo") runs as written: each command of its shell
+blocks, on a scaled-down demo folder (the demo's volumes and config, a smaller test volume, random
+weights in place of the 1000 trained steps); the napari line opens its files through densepred's
+reader instead of a window."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import densepred
+from densepred.interfaces.demo import write_example
+from densepred.networks.weights import save_weights
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BIN = Path(sys.executable).parent
+
+
+def section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def shell_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+
+
+def as_test(block: str, demo: Path) -> str:
+    """The block with the demo folder and this environment's commands; every command but the
+    background run and its kill must succeed."""
+    lines = []
+    for line in block.strip().splitlines():
+        line = line.replace(".venv/bin/", f"{BIN}/").replace("demo/", f"{demo}/")
+        if line.startswith(f"{BIN}/napari"):
+            paths = [p for p in line.split()[1:] if not p.startswith("--") and p != "densepred"]
+            line = (f"{sys.executable} -c \"import sys; from densepred.interfaces.napari_plugin.reader import get_reader;"
+                    f" [get_reader(p)(p) for p in sys.argv[1:]]\" " + " ".join(paths))
+        lines.append(line if line.endswith("&") or "kill" in line else f"{line} || exit 97")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    config = write_example(folder, steps=10, test_shape=(20, 96, 96))
+    save_weights(densepred.build_net(densepred.load_config(config)), folder / "run" / "membranes-LAST.safetensors")
+    return folder
+
+
+def test_the_newcomer_section_runs_as_written(demo):
+    blocks = shell_blocks(section("After the demo"))
+    assert len(blocks) == 3
+    for block in blocks:
+        done = subprocess.run(["bash", "-c", as_test(block, demo)], capture_output=True, text=True, check=False,
+                              cwd=README.parent)
+        assert done.returncode == 0, f"{block}\n{done.stderr}"
+    for output in ("test.zarr", "again.zarr", "raw-pred.zarr"):
+        assert json.loads((demo / f"{output}.densepred" / "run.json").read_text())["complete"], output
+    assert (demo / "raw.zarr" / "zarr.json").exists()
+
+
+def test_the_readme_names_the_version_option():
+    done = subprocess.run([str(BIN / "densepred"), "--version"], capture_output=True, text=True, check=True)
+    assert densepred.__version__ in done.stdout
+    assert "densepred --version" in README.read_text()
