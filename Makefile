@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 # ruff and the import-linter contracts (pyproject.toml), then the tests
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/lint-imports
 
 test: lint

@@ -19,7 +19,9 @@ def test_a_probability_output_opens_per_class_with_its_placement(config, tmp_pat
     [(data, kwargs, kind)] = get_reader(str(out))(str(out))
     group = zarr.open_group(out, mode="r")
     transforms = group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
-    assert kind == "image" and kwargs["multiscale"] and kwargs["channel_axis"] == 0
+    assert kind == "image"
+    assert kwargs["multiscale"]
+    assert kwargs["channel_axis"] == 0
     assert len(kwargs["name"]) == 3  # one layer per class
     assert kwargs["scale"] == [float(v) for v in transforms[0]["scale"][1:]] == [40.0, 4.0, 4.0]
     assert kwargs["translate"] == [float(v) for v in transforms[1]["translation"][1:]]
@@ -33,7 +35,8 @@ def test_an_argmax_output_opens_as_labels(config, tmp_path):
     out = tmp_path / "l.zarr"
     assert predict(config, tmp_path, str(out), "--argmax", "--levels", "1") == 0
     [(data, kwargs, kind)] = get_reader(str(out))(str(out))
-    assert kind == "labels" and not kwargs["multiscale"]
+    assert kind == "labels"
+    assert not kwargs["multiscale"]
     np.testing.assert_array_equal(np.asarray(data), zarr.open_group(out, mode="r")["0"][:])
 
 

@@ -19,6 +19,8 @@ from densepred.networks.weights import save_weights
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent
+OPEN_IN_READER = ("import sys; from densepred.interfaces.napari_plugin.reader import get_reader; "
+                  "[get_reader(p)(p) for p in sys.argv[1:]]")
 
 
 def section(title: str) -> str:
@@ -36,12 +38,11 @@ def as_test(block: str, demo: Path) -> str:
     """The block with the demo folder and this environment's commands; every command but the
     background run and its kill must succeed."""
     lines = []
-    for line in block.strip().splitlines():
-        line = line.replace(".venv/bin/", f"{BIN}/").replace("demo/", f"{demo}/")
+    for written in block.strip().splitlines():
+        line = written.replace(".venv/bin/", f"{BIN}/").replace("demo/", f"{demo}/")
         if line.startswith(f"{BIN}/napari"):
             paths = [p for p in line.split()[1:] if not p.startswith("--") and p != "densepred"]
-            line = (f"{sys.executable} -c \"import sys; from densepred.interfaces.napari_plugin.reader import get_reader;"
-                    f" [get_reader(p)(p) for p in sys.argv[1:]]\" " + " ".join(paths))
+            line = f"{sys.executable} -c \"{OPEN_IN_READER}\" " + " ".join(paths)
         lines.append(line if line.endswith("&") or "kill" in line else f"{line} || exit 97")
     return "\n".join(lines)
 
