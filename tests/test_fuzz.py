@@ -1,6 +1,6 @@
-"""Property-based fuzzing (hypothesis, seeded): any config or `densepred predict` argument list
-either works or fails with one DensePredError line and exit 2 - never another exception, never an
-output left looking finished."""
+"""Property-based fuzzing (hypothesis, seeded): any config, `densepred predict` argument list or
+bioimage.io description either works or fails with one DensePredError line (exit 2 from the CLI)
+- never another exception, never an output left looking finished."""
 
 from __future__ import annotations
 
@@ -106,3 +106,72 @@ def test_any_predict_arguments_work_or_fail_in_one_line(files, capsys, drawn):
             assert json.loads(record.read_text())["complete"] is False
     if code == 0:
         assert target.exists()
+
+
+# -- bioimage.io descriptions ---------------------------------------------------------------------
+
+RDF_EDITS = [  # (a line of the fixture's rdf.yaml, replacements hypothesis picks from)
+    ("format_version: 0.5.4", ["format_version: 0.4.10", "format_version: 9", "format_version: [1]", ""]),
+    ("      - {type: space, id: z, size: {min: 8, step: 2}}",
+     ["      - {type: space, id: z, size: 8}", "      - {type: space, id: z, size: {min: -1, step: 0}}",
+      "      - {type: time, id: t, size: 8}", "      - {type: space, id: y, size: {min: 8, step: 2}}", ""]),
+    ("      - {type: channel, channel_names: [raw]}",
+     ["      - {type: channel, channel_names: [a, b]}", "      - {type: channel, channel_names: []}", ""]),
+    ("      - {type: channel, channel_names: [a, b]}", ["      - {type: channel, channel_names: 7}", ""]),
+    ("    source: weights.pt", ["    source: missing.pt", "    source: ../weights.pt", "    source: /dev/null",
+                                "    source: https://example.org/w.pt", "    source: tiny.py", "    source: 3"]),
+    ("    architecture: {source: tiny.py, callable: Tiny, kwargs: {width: 3}}",
+     ["    architecture: {source: tiny.py, callable: Nope, kwargs: {width: 3}}",
+      "    architecture: {source: tiny.py, callable: Tiny, kwargs: {width: -3}}",
+      "    architecture: {source: tiny.py, callable: Tiny, kwargs: {depth: 3}}",
+      "    architecture: {import_from: os.path, callable: join, kwargs: {}}",
+      "    architecture: {import_from: torch.nn, callable: Identity, kwargs: {}}",
+      "    architecture: {source: nothere.py, callable: Tiny}", "    architecture: 5"]),
+    ("    test_tensor: {source: test_input.npy}",
+     ["    test_tensor: {source: test_input.npy}\n    preprocessing:\n      - id: scale_range\n"
+      "        kwargs: {axes: [z, y, x], min_percentile: 1, max_percentile: 99}",
+      "    test_tensor: {source: test_input.npy}\n    preprocessing:\n      - id: no_such_step",
+      "    test_tensor: {source: test_input.npy}\n    preprocessing:\n      - id: clip\n"
+      "        kwargs: {min: 1, max: 0}",
+      "    test_tensor: {source: test_input.npy}\n    preprocessing:\n      - id: zero_mean_unit_variance\n"
+      "        kwargs: {axes: [x]}"]),
+    ("    test_tensor: {source: test_output.npy}",
+     ["    test_tensor: {source: test_output.npy}\n    postprocessing:\n      - id: softmax\n        kwargs: {axis: z}",
+      "    test_tensor: {source: test_output.npy}\n    postprocessing:\n      - id: sigmoid\n      - id: binarize\n"
+      "        kwargs: {threshold: 0.5}"]),
+]
+
+
+@st.composite
+def descriptions(draw):
+    from tests.test_foreign_files import RDF
+
+    text = RDF
+    for original, replacements in RDF_EDITS:
+        if draw(st.booleans()):
+            text = text.replace(original, draw(st.sampled_from(replacements)), 1)
+    return text
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    pytest.importorskip("bioimageio.spec")
+    from tests.test_foreign_files import zoo_package
+
+    rdf, _ = zoo_package(tmp_path_factory.mktemp("zoofuzz") / "zoo")
+    return rdf
+
+
+@seed(20261206)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(descriptions())
+def test_any_bioimageio_description_is_read_or_refused_in_one_error(zoo, text):
+    zoo.write_text(text)
+    try:
+        net = densepred.from_bioimageio(zoo)
+    except densepred.DensePredError as exc:
+        message = str(exc).strip()
+        assert "\n" not in message, message
+        assert not message.endswith(":"), message  # the reason is never lost after the colon
+        return
+    assert net.dims in (2, 3)

@@ -269,8 +269,20 @@ def _description(path: Path) -> Any:
     try:
         return load_model_description(path, format_version="latest", perform_io_checks=False)
     except ValueError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise DensePredError(f"{path} is not a valid bioimage.io model description: {first}") from None
+        raise DensePredError(f"{path} is not a valid bioimage.io model description: {_invalid(exc)}") from None
+
+
+def _invalid(exc: ValueError) -> str:
+    """The first reasons ``bioimageio.spec`` gives, each as ``field: why`` (its header lines and
+    links dropped)."""
+    errors = getattr(exc, "errors", None)  # a pydantic ValidationError
+    if callable(errors):
+        reasons = [f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in errors()[:2]]
+    else:
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+        reasons = [line for line in lines if not line.endswith(":") and "validation error" not in line
+                   and not line.startswith("For further information")][:2]
+    return " ".join("; ".join(reasons).split())[:400] or type(exc).__name__
 
 
 def _local(root: Path, source: Any, rdf: str | Path) -> Path:
