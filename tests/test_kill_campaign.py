@@ -87,26 +87,48 @@ def test_a_model_run_killed_twenty_times_resumes_to_the_same_result(files, mode)
     campaign(files, mode, kills=20, seed=20261204)
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend"])
-def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
-    whole = files / f"whole-{mode}.zarr"
+def cluster_campaign(folder, mode, kills, seed):
+    """Kill a 2-worker cluster run whole (client, scheduler, workers) ``kills`` times, each after
+    a seeded random wait once its first block is recorded, resuming it on the cluster with another
+    block size in between; finish in one process. Returns the output's name."""
+    whole = folder / f"whole-{mode}.zarr"
     if not whole.exists():
-        subprocess.run(command(files, whole.name, mode), check=True, env=threads(2))
-    output = f"cluster-{mode}.zarr"
-    victim = subprocess.Popen(command(files, output, mode, "--workers", "2", "--threads-per-worker", "1",
-                                      "--block", "1"), env=threads(1), start_new_session=True)
-    done_log = files / f"{output}.densepred" / "done.log"
-    deadline = time.monotonic() + 120
-    while not (done_log.exists() and done_log.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(victim.pid, signal.SIGKILL)  # the whole job: client, scheduler, workers
-    victim.wait()
-    assert done_log.exists(), "the cluster run finished no block within 120 s"
-    assert not json.loads((done_log.parent / "run.json").read_text())["complete"], "killed after it finished"
-    resumed = subprocess.run(command(files, output, mode, "--resume"), check=False, env=threads(2),
+        subprocess.run(command(folder, whole.name, mode), check=True, env=threads(2))
+    output, rng, interrupted = f"cluster-{mode}.zarr", random.Random(seed), 0
+    done_log = folder / f"{output}.densepred" / "done.log"
+    for kill in range(kills):
+        start = ["--overwrite"] if kill == 0 else ["--resume"]
+        victim = subprocess.Popen(command(folder, output, mode, "--workers", "2", "--threads-per-worker", "1",
+                                          "--block", str(1 + kill % 2), *start),
+                                  env=threads(1), start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not (done_log.exists() and done_log.read_text().strip()) and time.monotonic() < deadline:
+            if victim.poll() is not None:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 1.5) if kill else 0)
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)  # the whole job: client, scheduler, workers
+        victim.wait()
+        if json.loads((done_log.parent / "run.json").read_text())["complete"]:
+            break
+        interrupted += 1
+    assert interrupted, "no run was killed before it finished"
+    resumed = subprocess.run(command(folder, output, mode, "--resume"), check=False, env=threads(2),
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     for index in (0, 1):
-        got, expected = level(files / output, index), level(whole, index)
+        got, expected = level(folder / output, index), level(whole, index)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"level {index}")
+
+
+@pytest.mark.parametrize("mode", ["exact", "blend"])
+def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
+    cluster_campaign(files, mode, kills=1, seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exact", "blend"])
+def test_a_cluster_run_killed_twenty_times_resumes_to_the_same_result(files, mode):
+    cluster_campaign(files, mode, kills=20, seed=20261204)
