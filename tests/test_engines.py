@@ -72,3 +72,30 @@ def test_stream_equals_dilated_in_float64_whatever_the_slab(name, slab, rng):
     got = stream_forward(stages, x, slab)
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) <= 1e-10
+
+
+def test_exact_float32_restores_the_callers_tf32_settings():
+    from densepred.networks.engines import exact_float32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for chosen in ((True, True), (True, False), (False, True)):
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = chosen
+            with exact_float32():
+                assert not torch.backends.cudnn.allow_tf32
+                assert not torch.backends.cuda.matmul.allow_tf32
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == chosen
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_building_and_running_an_engine_leaves_the_process_tf32_settings_alone():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True  # the user's choice
+        net = make_net(NETS["2d_pool2"], dtype=torch.float32)
+        for mode in ("mfp", "dilated", "naive"):
+            DenseEngine(net, mode, torch.device("cpu"))(torch.rand(1, 1, 24, 24))
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True), mode
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

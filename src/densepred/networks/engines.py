@@ -15,10 +15,11 @@ convolution, uses its running statistics. Input ``(B, C, *n)``, output logits
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -97,14 +98,12 @@ class DenseEngine:
         self.dims = self.geometry.ndim
         if device.type == "cpu":
             tune_cpu_allocator()
-        else:
-            exact_float32_on_cuda()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
         if x.device.type == "cpu":  # oneDNN convolutions are fastest channels-last
             x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_float32():
             if self.mode == "mfp":
                 return self._mfp(x)
             if self.mode == "dilated":
@@ -122,7 +121,7 @@ class DenseEngine:
             x = x.to(self.device, self.dtype)
             if x.device.type == "cpu":
                 x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
-            with torch.inference_mode():
+            with torch.inference_mode(), exact_float32():
                 return state.push(x)
 
         return push
@@ -156,8 +155,10 @@ class StackEngine:
         return logits.reshape(batch, depth, *logits.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def exact_float32_on_cuda() -> None:
-    """Turn off TF32 in cuDNN convolutions and cuBLAS matrix products (process-wide).
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off in cuDNN convolutions and cuBLAS matrix products while the block runs, then the
+    caller's settings back: the user's own code keeps whatever it chose.
 
     On Ampere and later GPUs PyTorch lets cuDNN round convolution inputs to TF32 (10-bit
     mantissa) by default, so the engines would agree only to ~1e-3 and the profiler's
@@ -165,8 +166,12 @@ def exact_float32_on_cuda() -> None:
     from every engine and tile, so it computes in true float32 (or asks for float16 or
     bfloat16 explicitly).
     """
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def plain_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:

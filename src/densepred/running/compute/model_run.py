@@ -25,6 +25,7 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ...io import ChannelFirst, to_float32
+from ...networks.engines import exact_float32
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
 from ..planning.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
 from ..planning.model_window import (
@@ -289,7 +290,7 @@ def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, 
     if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
         x_t = x_t.contiguous(memory_format=memory_format)
     total = None
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_float32():
         for axes in flips:
             dims = [a + 2 for a in axes]
             logits = model(x_t.flip(dims) if dims else x_t)
