@@ -1,4 +1,5 @@
-"""Kill anywhere: `densepred predict --model` (exact and blend) killed with SIGKILL at seeded random
+"""Kill anywhere: `densepred predict` of densepred's own net (MFP tiles) and of a model from
+elsewhere (`--model`, exact and blend) killed with SIGKILL at seeded random
 moments, then resumed with another thread count, equals the uninterrupted run with no voxel
 unwritten. The default run kills each path once; `make test-slow` kills each 20 times. A run on
 a local Dask cluster killed whole (client, scheduler and workers, as a batch system cancels a
@@ -19,11 +20,13 @@ import pytest
 import zarr
 from safetensors.torch import save_file
 
+from tests.conftest import make_config
 from tests.test_foreign import trained_looking
 from tests.test_foreign_files import SOURCE
 
-MODES = {"exact": ["--mode", "exact", "--tile", "16,24,24"],
-         "blend": ["--mode", "blend", "--tile", "12,16,16", "--overlap", "0.5"]}
+MODES = {"exact": ["--mode", "exact", "--tile", "16,24,24"],  # a model from elsewhere
+         "blend": ["--mode", "blend", "--tile", "12,16,16", "--overlap", "0.5"],
+         "own": ["--mode", "mfp", "--tile", "10,29,29", "--mirror"]}  # densepred's own net (conftest's)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +38,14 @@ def files(tmp_path_factory):
     model = trained_looking(load_model(f"{folder / 'tiny.py'}:Tiny"), seed=11).float()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "tiny.safetensors")
     np.save(folder / "in.npy", np.random.default_rng(29).random((40, 88, 72), dtype=np.float32))
+    make_config(folder)
     return folder
 
 
 def command(folder, output, mode, *extra):
-    return [sys.executable, "-m", "densepred", "predict", "--model", f"{folder / 'tiny.py'}:Tiny",
-            "--weights", str(folder / "tiny.safetensors"), "--input", str(folder / "in.npy"),
+    net = ([str(folder / "stream.toml")] if mode == "own" else
+           ["--model", f"{folder / 'tiny.py'}:Tiny", "--weights", str(folder / "tiny.safetensors")])
+    return [sys.executable, "-m", "densepred", "predict", *net, "--input", str(folder / "in.npy"),
             "--output", str(folder / output), "--levels", "2", "--quiet", *MODES[mode], *extra]
 
 
@@ -76,14 +81,14 @@ def campaign(folder, mode, kills, seed):
             np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend"])
-def test_a_model_run_killed_once_resumes_to_the_same_result(files, mode):
-    campaign(files, mode, kills=1, seed={"exact": 1, "blend": 2}[mode])
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
+def test_a_run_killed_once_resumes_to_the_same_result(files, mode):
+    campaign(files, mode, kills=1, seed={"exact": 1, "blend": 2, "own": 3}[mode])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["exact", "blend"])
-def test_a_model_run_killed_twenty_times_resumes_to_the_same_result(files, mode):
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
+def test_a_run_killed_twenty_times_resumes_to_the_same_result(files, mode):
     campaign(files, mode, kills=20, seed=20261204)
 
 
@@ -123,12 +128,12 @@ def cluster_campaign(folder, mode, kills, seed):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend"])
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
 def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
     cluster_campaign(files, mode, kills=1, seed=3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["exact", "blend"])
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
 def test_a_cluster_run_killed_twenty_times_resumes_to_the_same_result(files, mode):
     cluster_campaign(files, mode, kills=20, seed=20261204)
