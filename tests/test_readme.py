@@ -1,5 +1,5 @@
-"""The README's newcomer section ("After the demo") runs as written: each command of its shell
-blocks, on a scaled-down demo folder (the demo's volumes and config, a smaller test volume, random
+"""The README's newcomer section ("After the demo") and its first cluster command run as written:
+each command of their shell blocks, on a scaled-down demo folder (the demo's volumes and config, a smaller test volume, random
 weights in place of the 1000 trained steps); the napari line opens its files through densepred's
 reader instead of a window."""
 
@@ -55,14 +55,18 @@ def demo(tmp_path_factory):
     return folder
 
 
-def test_the_newcomer_section_runs_as_written(demo):
+def test_the_newcomer_section_and_the_first_cluster_run_work_as_written(demo):
     blocks = shell_blocks(section("After the demo"))
     assert len(blocks) == 3
     for block in blocks:
         done = subprocess.run(["bash", "-c", as_test(block, demo)], capture_output=True, text=True, check=False,
                               cwd=README.parent)
         assert done.returncode == 0, f"{block}\n{done.stderr}"
-    for output in ("test.zarr", "again.zarr", "raw-pred.zarr"):
+    cluster = shell_blocks(section("On a cluster"))[0]  # it continues from raw.zarr
+    done = subprocess.run(["bash", "-c", as_test(cluster, demo)], capture_output=True, text=True, check=False,
+                          cwd=README.parent)
+    assert done.returncode == 0, f"{cluster}\n{done.stderr}"
+    for output in ("test.zarr", "again.zarr", "raw-pred.zarr", "cluster.zarr"):
         assert json.loads((demo / f"{output}.densepred" / "run.json").read_text())["complete"], output
     assert (demo / "raw.zarr" / "zarr.json").exists()
 
