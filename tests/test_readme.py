@@ -1,7 +1,7 @@
 """The README's newcomer section ("After the demo") and its first cluster command run as written:
-each command of their shell blocks, on a scaled-down demo folder (the demo's volumes and config, a smaller test volume, random
-weights in place of the 1000 trained steps); the napari line opens its files through densepred's
-reader instead of a window."""
+each command of their shell blocks, on a scaled-down demo folder (the demo's volumes and config,
+a smaller test volume, random weights in place of the 1000 trained steps); the napari line opens
+its files through densepred's reader instead of a window."""
 
 from __future__ import annotations
 
