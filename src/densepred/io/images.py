@@ -60,8 +60,7 @@ class ChannelFirst:
             raise DensePredError(f"image of shape {list(shape)} is invalid for this network; expected "
                                  f"{_expected(channels, dims)}")
         self.dtype = np.dtype(image.dtype)
-        if not (np.issubdtype(self.dtype, np.number) or self.dtype == np.bool_) or np.issubdtype(self.dtype,
-                                                                                                 np.complexfloating):
+        if not any(np.issubdtype(self.dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
             raise DensePredError(f"image dtype {self.dtype} is invalid; expected real numbers (integers, floats or "
                                  "booleans)")
         if 0 in shape:

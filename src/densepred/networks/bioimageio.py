@@ -156,8 +156,8 @@ def _unpacked(package: Path) -> Path:
     the same, unchanged file. Names are sanitised by ``zipfile``; symlinks, more than
     :func:`unpack_limit` bytes and members compressed more than :data:`MAX_RATIO` times are
     refused before anything is written."""
-    stat = package.stat() if package.is_file() else None
-    key = (str(package), stat.st_size, stat.st_mtime_ns) if stat else None
+    found = package.stat() if package.is_file() else None
+    key = (str(package), found.st_size, found.st_mtime_ns) if found else None
     if key in _UNPACKED and _UNPACKED[key].is_file():
         return _UNPACKED[key]
     try:

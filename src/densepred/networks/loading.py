@@ -22,6 +22,7 @@ from ..errors import DensePredError
 
 MAX_KWARGS_TEXT = 1_000_000  # characters of --model-kwargs JSON
 
+
 def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = None,
                weights: str | Path | None = None, model_file: str | Path | None = None) -> torch.nn.Module:
     """The model named by ``model`` (with ``kwargs`` and ``weights``) or stored in ``model_file``."""

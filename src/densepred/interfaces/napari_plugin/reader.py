@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...errors import DensePredError
+
 LayerData = tuple[Any, dict[str, Any], str]
 HDF5 = (".h5", ".hdf5", ".hdf")
 
@@ -29,26 +31,42 @@ def get_reader(path: str | list[str]) -> Any:
 
 
 def _multiscales(path: Path) -> dict[str, Any] | None:
-    import zarr
-
     try:
-        attributes = dict(zarr.open_group(path, mode="r").attrs)
-    except Exception:  # not a zarr group: another reader's business
+        return ome_metadata(path)[1]
+    except Exception:  # not a zarr group, or no image in it: another reader's business
         return None
-    found = attributes.get("ome", attributes).get("multiscales")
-    return found[0] if found else None
 
 
-def read_ome_zarr(path: str) -> list[LayerData]:
-    import dask.array as da
+def ome_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+    """An OME-Zarr group's metadata (``ome`` attributes, or the top level in 0.4), its first
+    multiscale image (None without one), and the group."""
     import zarr
 
     group = zarr.open_group(path, mode="r")
     attributes = dict(group.attrs)
     ome = attributes.get("ome", attributes)
-    image = ome["multiscales"][0]
+    multiscales = ome.get("multiscales")
+    return ome, multiscales[0] if multiscales else None, group
+
+
+def ome_levels(path: str | Path) -> list[Any]:
+    """The levels of an OME-Zarr image, full resolution first, as lazy dask arrays."""
+    _, image, group = ome_metadata(path)
+    if image is None:
+        raise DensePredError(f"{path} is not an OME-Zarr image (no multiscales metadata)")
+    return _levels(image, group)
+
+
+def _levels(image: dict[str, Any], group: Any) -> list[Any]:
+    import dask.array as da
+
+    return [da.from_zarr(group[d["path"]]) for d in image["datasets"]]
+
+
+def read_ome_zarr(path: str) -> list[LayerData]:
+    ome, image, group = ome_metadata(path)
     axes = [a["name"] for a in image["axes"]]
-    levels = [da.from_zarr(group[d["path"]]) for d in image["datasets"]]
+    levels = _levels(image, group)
     scale, translate = _transforms(image["datasets"][0], len(axes))
     spatial = [i for i, a in enumerate(axes) if a != "c"]
     kwargs: dict[str, Any] = {"name": Path(path).stem, "scale": [scale[i] for i in spatial],
@@ -61,7 +79,7 @@ def read_ome_zarr(path: str) -> list[LayerData]:
         if "start" in window and "end" in window:
             kwargs["contrast_limits"] = (window["start"], window["end"])
         return [(data, kwargs, "image")]
-    return [(data, kwargs, "labels" if "image-label" in ome or attributes.get("image-label") else "image")]
+    return [(data, kwargs, "labels" if "image-label" in ome else "image")]
 
 
 def _transforms(dataset: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import Cancelled, DensePredError
+from .reader import ome_levels
 from .request import PredictRequest
 
 log = logging.getLogger("densepred")
@@ -167,19 +168,6 @@ def file_job(req: PredictRequest, output: Path, resume: bool, progress: Any) -> 
                           mode=req.mode, **common)
     return PredictJob(config=req.config, mode=None if req.mode == "auto" else req.mode, mirror=req.mirror,
                       **common)
-
-
-def ome_levels(path: Path) -> list[Any]:
-    """The levels of an OME-Zarr image, full resolution first, as lazy dask arrays."""
-    import dask.array as da
-    import zarr
-
-    group = zarr.open_group(path, mode="r")
-    attributes = dict(group.attrs)
-    multiscales = attributes.get("ome", attributes).get("multiscales")
-    if not multiscales:
-        raise DensePredError(f"{path} is not an OME-Zarr image (no multiscales metadata)")
-    return [da.from_zarr(group[d["path"]]) for d in multiscales[0]["datasets"]]
 
 
 def _one_or_pyramid(levels: list[Any]) -> Any:
