@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow lint demo bench screenshot clean
+.PHONY: test test-slow test-gpu lint demo bench screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: lint
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# on a machine with an NVIDIA GPU, where the venv's torch is a CUDA build (PyPI's torch==2.13.0
+# for Linux is one): every engine and precision, the file pipeline, training, a model from elsewhere
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m cuda -rs
 
 bench: $(STAMP)
 	$(PY) benchmarks/dense_speed.py

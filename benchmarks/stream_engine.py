@@ -41,7 +41,7 @@ def measure(config: str, mode: str, shape: tuple[int, ...], device_name: str = "
     device, dtype = torch.device(device_name), getattr(torch, dtype_name)
     net = densepred.build_net(densepred.load_config(config)).eval()
     geometry = net.geometry
-    engine = DenseEngine(net, mode, device, dtype)
+    engine = DenseEngine(net, mode, device, dtype_name)
     x = torch.rand(1, net.config.in_channels, *shape, generator=torch.Generator().manual_seed(0))
     peak = matmul_peak(device)
     engine(x[:, :, :geometry.fov[0] + 8])  # warm-up on a thin slab of the tile

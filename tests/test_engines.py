@@ -75,7 +75,7 @@ def test_stream_equals_dilated_in_float64_whatever_the_slab(name, slab, rng):
 
 
 def test_exact_float32_restores_the_callers_tf32_settings():
-    from densepred.networks.engines import exact_float32
+    from densepred.networks.precision import exact_float32
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:

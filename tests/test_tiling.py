@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 import densepred
 from densepred.geometry import STREAM_SLAB, Footprint, balanced_tile
 from densepred.running.planning.memory_budget import MemoryBudget
-from densepred.running.planning.tiling import STREAM_EFFICIENCY, plan_and_mode, plan_tiles
+from densepred.running.planning.tiling import (
+    FLOW_MIN_VOXELS,
+    FLOW_TILES,
+    STREAM_EFFICIENCY,
+    plan_and_mode,
+    plan_tiles,
+)
 from densepred.system import resident_bytes
 
 from .conftest import make_net
@@ -69,14 +75,29 @@ def test_auto_keeps_cube_tiles_where_a_stream_saves_nothing(spatial):
     assert mode in ("mfp", "dilated")
 
 
-def test_auto_on_cuda_and_with_a_tile_given_never_streams():
+def test_auto_weighs_streams_on_cuda_too_and_a_tile_given_never_streams():
     geometry = make_net(DEEP_Z).geometry
-    args = ((700, 180, 180), None, "auto", True, MemoryBudget(2**28, 0, "cuda"), Footprint(1, 2))
-    assert plan_and_mode(geometry, *args, torch.device("cuda"))[1] != "stream"
+    args = ((700, 180, 180), None, "auto", True, MemoryBudget(2**26, 0, "cuda"), Footprint(1, 2))
+    assert plan_and_mode(geometry, *args, torch.device("cuda"))[1] == "stream"
     tile = (60, 60, 60)
     plan, mode = plan_and_mode(geometry, (700, 180, 180), tile, "auto", True, budget(0.25), Footprint(1, 2), CPU)
     assert mode != "stream"
     assert plan.input_tile == tile
+
+
+def test_a_gpu_default_tile_leaves_several_tiles_in_flight(caplog):
+    geometry = make_net({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 1}]}).geometry
+    roomy = MemoryBudget(2**38, 0, "cuda")
+    cpu_plan = plan_tiles(geometry, (256, 512, 512), None, "mfp", True, roomy, Footprint(1, 2))
+    assert len(cpu_plan) == 1
+    with caplog.at_level(logging.INFO, logger="densepred"):
+        plan, _ = plan_and_mode(geometry, (256, 512, 512), None, "mfp", True, roomy, Footprint(1, 2),
+                                torch.device("cuda"))
+    assert len(plan) >= FLOW_TILES
+    assert math.prod(plan.output_tile) >= FLOW_MIN_VOXELS
+    assert "so reading and writing overlap compute" in caplog.text
+    small, _ = plan_and_mode(geometry, (40, 100, 100), None, "mfp", True, roomy, Footprint(1, 2), torch.device("cuda"))
+    assert len(small) == 1  # below 128^3 voxels a tile is not split for flow
 
 
 def test_auto_streaming_equals_dilated_and_says_so(rng, caplog):

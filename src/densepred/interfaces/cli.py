@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..config import load_config, network_geometry
+from ..config import load_config
 from ..errors import DensePredError
-from ..geometry import Geometry
 from ..io.outputs import OUTPUT_DTYPES
+from .info import run_info
 from .model_options import add_model_options, model_job
 from .signals import terminate_cleanly
-from .values import parse_size
+from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +64,7 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--steps", type=int, help="total steps (overrides training.steps)")
     train.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_precision(train)
     train.set_defaults(run=run_train)
 
 
@@ -84,6 +85,7 @@ def _add_profile(sub: Any) -> None:
     prof.add_argument("--aspect", metavar="Z,Y,X", help="relative tile extent per axis (default: the patch's)")
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per shape after the warm-up (default: 3)")
     prof.add_argument("--quiet", action="store_true", help="no progress display")
+    add_precision(prof)
     prof.set_defaults(run=run_profile)
 
 
@@ -101,6 +103,7 @@ def _add_predict(sub: Any) -> None:
                       help="dense engine (default: the config's); exact or blend for --model")
     pred.add_argument("--mirror", action="store_true", help="mirror the edges so the output covers the whole input")
     pred.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
+    add_precision(pred)
     pred.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32",
                       help="stored probabilities: float32, float16, or uint8 (x255, rounded)")
     pred.add_argument("--argmax", action="store_true", help="store the most probable class per voxel instead")
@@ -154,6 +157,7 @@ def _add_plan(sub: Any) -> None:
     rate.add_argument("--measure", action="store_true", help="time one tile now on this machine")
     plan.add_argument("--memory-limit", metavar="SIZE", help="per worker, as for predict")
     plan.add_argument("--device", help="cpu or cuda:N (for --measure and the memory default)")
+    add_precision(plan)
     plan.set_defaults(run=run_plan)
 
 
@@ -170,7 +174,7 @@ def run_plan(args: argparse.Namespace) -> int:
         tiles_per_block=parse_shape(args.block, dims, "--block"), mode=args.mode, mirror=args.mirror,
         stored_channels=args.channels, stored_dtype=args.dtype, profile_csv=args.profile, measure=args.measure,
         memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None,
-        device=args.device)
+        device=args.device, precision=args.precision)
     print(result.report())
     return 0
 
@@ -187,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     _log_warnings()
     result = train(args.config, resume=args.resume, steps=args.steps, device=args.device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, precision=args.precision)
     if result.interrupted:
         print(f"interrupted at step {result.step}; weights saved to {result.last}; "
               "continue with --resume", file=sys.stderr)
@@ -209,8 +213,8 @@ def run_profile(args: argparse.Namespace) -> int:
         raise DensePredError("--max-seconds must be positive and --repeats at least 1")
     result = profile(cfg, device=args.device, modes=args.modes, memory_limit=limit,
                      max_seconds=args.max_seconds, out=args.out, write=args.write, aspect=aspect,
-                     repeats=args.repeats, progress=not args.quiet)
-    print(f"device {result.device}: matmul peak {result.matmul_flops / 1e9:.1f} GFLOP/s, "
+                     repeats=args.repeats, progress=not args.quiet, precision=args.precision)
+    print(f"device {result.device}, {args.precision}: matmul peak {result.matmul_flops / 1e9:.1f} GFLOP/s, "
           f"memory limit {result.memory_limit / 2**30:.2f} GiB")
     for stop in result.stops:
         print(f"  stopped {stop}")
@@ -267,7 +271,7 @@ def _config_job(args: argparse.Namespace) -> Any:
     return PredictJob(
         config=args.config, input=args.input, output=args.output, weights=args.weights,
         tile=parse_shape(args.tile, dims, "--tile", stack=True) if args.tile else None, mode=args.mode,
-        mirror=args.mirror, device=args.device, dtype=args.dtype, argmax=args.argmax,
+        mirror=args.mirror, device=args.device, precision=args.precision, dtype=args.dtype, argmax=args.argmax,
         classes=parse_indices(args.classes, "--classes") if args.classes else None,
         roi=parse_roi(args.roi, dims, stack=True) if args.roi else None, batch_size=args.batch_size, resume=args.resume,
         overwrite=args.overwrite, progress=not args.quiet, strict=args.strict, levels=args.levels,
@@ -297,29 +301,6 @@ def _per_axis(text: str | None, dims: int, option: str) -> int | tuple[int, ...]
     return parse_shape(text, 1, option)[0] if "," not in text else parse_shape(text, dims, option, stack=True)
 
 
-def parse_indices(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or any(v < 0 for v in values):
-        raise DensePredError(f"{option} {text!r} is invalid; expected class indices like 1 or 1,2")
-    return values
-
-
-def parse_roi(text: str, dims: int, stack: bool = False) -> list[tuple[int, int]]:
-    """``"0:10,5:50,5:50"`` -> ``[(0, 10), (5, 50), (5, 50)]``."""
-    example = ",".join(["0:64"] * dims)
-    try:
-        roi = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
-    except ValueError:
-        roi = []
-    if len(roi) not in _lengths(dims, stack) or any(len(r) != 2 or not 0 <= r[0] < r[1] for r in roi):
-        raise DensePredError(f"--roi {text!r} is invalid; expected {_counts_text(dims, stack)} ranges start:stop "
-                             f"like {example} (z, y, x order, stop excluded)")
-    return roi  # type: ignore[return-value]
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -331,107 +312,6 @@ def _log_warnings() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="densepred: warning: %(message)s")
-
-
-def run_info(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    net = cfg.network
-    if net.dims == 0:
-        sizes = " -> ".join(str(v) for v in (net.in_channels, *net.mlp, net.n_classes))
-        print(f"network '{cfg.name}': feature vectors, perceptron {sizes}, {net.activation}")
-        return 0
-    geometry = network_geometry(net)
-    shape = parse_shape(args.input_shape, geometry.ndim, "--input-shape") if args.input_shape else None
-    print(f"network '{cfg.name}': {net.dims}D, {net.in_channels} channel(s) -> {net.n_classes} classes, "
-          f"{len(geometry.layers)} layers, {net.activation}")
-    print(format_table(geometry, shape))
-    print()
-    print(format_summary(geometry, shape))
-    return 0
-
-
-def format_table(geometry: Geometry, input_shape: tuple[int, ...] | None) -> str:
-    header = ["layer", "kernel", "pool", "maps", "stride", "receptive field"]
-    if input_shape is not None:
-        header += ["map (plain)", "MFP fragments x shape"]
-    rows = [header]
-    for row in geometry.table(input_shape):
-        cells = [row.name, _x(row.kernel), _x(row.pool), str(row.channels), _x(row.stride),
-                 _x(row.receptive_field)]
-        if input_shape is not None:
-            cells.append(_x(row.map_shape) if row.map_shape else "-")
-            cells.append(f"{row.fragments} x {_x(row.fragment_shape)}" if row.fragment_shape else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def format_summary(geometry: Geometry, input_shape: tuple[int, ...] | None) -> str:
-    lines = [
-        f"field of view   {_x(geometry.fov)}",
-        f"stride          {_x(geometry.stride)}",
-        f"offset          {_x(geometry.offset)} (low side), {_x(geometry.border_high)} (high side)",
-        f"useful work     {geometry.flops_per_voxel / 1e6:.4g} MFLOP per output voxel",
-        f"smallest input  plain {_x(geometry.smallest_valid('plain'))}, "
-        f"MFP {_x(geometry.smallest_valid('mfp'))}, dilated {_x(geometry.fov)}",
-    ]
-    if input_shape is None:
-        return "\n".join(lines)
-    dense = geometry.dense_output_shape(input_shape)
-    if any(d < 1 for d in dense):
-        lines.append(f"input {_x(input_shape)} is smaller than the field of view")
-        return "\n".join(lines)
-    lines.append(f"input {_x(input_shape)}: dense output {_x(dense)}, "
-                 f"plain output {_x(geometry.plain_output_shape(input_shape))} at stride {_x(geometry.stride)}")
-    for mode in ("plain", "mfp"):
-        if geometry.is_valid(input_shape, mode):
-            lines.append(f"  valid for {mode}")
-        else:
-            below, above = geometry.nearest_valid(input_shape, mode)
-            near = " or ".join(_x(s) for s in (below, above) if s is not None)
-            lines.append(f"  not valid for {mode}; nearest valid: {near}")
-    return "\n".join(lines)
-
-
-def parse_shape(text: str, dims: int, option: str, stack: bool = False) -> tuple[int, ...]:
-    """``"64"`` or ``"32,64,64"`` -> a tuple of ``dims`` positive integers (or ``dims + 1`` with
-    ``stack``: a 2D net over a stack of images takes (z, y, x) too)."""
-    try:
-        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * dims
-    if len(values) not in _lengths(dims, stack) or any(v < 1 for v in values):
-        raise DensePredError(f"{option} {text!r} is invalid; expected {_counts_text(dims, stack)} positive integers "
-                             f"like {','.join(['64'] * dims)} (z, y, x order) or one integer for all axes")
-    return tuple(values)
-
-
-def _lengths(dims: int, stack: bool) -> tuple[int, ...]:
-    return (dims, dims + 1) if stack and dims == 2 else (dims,)
-
-
-def _counts_text(dims: int, stack: bool) -> str:
-    return " or ".join(str(n) for n in _lengths(dims, stack))
-
-
-def parse_numbers(text: str, dims: int, option: str, stack: bool = False) -> tuple[float, ...]:
-    """``"1"`` or ``"1,4,4"`` -> ``dims`` positive numbers (``dims + 1`` allowed with ``stack``)."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * dims
-    if len(values) not in _lengths(dims, stack) or any(v <= 0 for v in values):
-        raise DensePredError(f"{option} {text!r} is invalid; expected {_counts_text(dims, stack)} positive numbers "
-                             f"like {','.join(['1'] * dims)} (z, y, x order)")
-    return tuple(values)
-
-
-def _x(shape: Sequence[int] | None) -> str:
-    return "-" if shape is None else " x ".join(str(v) for v in shape)
 
 
 def _one_line(text: str) -> str:

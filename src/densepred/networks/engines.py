@@ -15,11 +15,10 @@ convolution, uses its running statistics. Input ``(B, C, *n)``, output logits
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from ..errors import DensePredError
 from ..geometry import SMALL_CONV_INPUTS, STREAM_SLAB, Geometry
 from ..system import tune_cpu_allocator
 from .build import ACTIVATION_FUNCTIONS, DenseNet
+from .precision import FLOAT32, Precision, precision_flags, precision_for
 
 ENGINE_MODES = ("mfp", "dilated", "naive", "stream")
 CONV_FN = {2: F.conv2d, 3: F.conv3d}
@@ -85,7 +85,7 @@ class DenseEngine:
         >>> logits = engine(torch.rand(1, 1, 108, 108, 108))           # doctest: +SKIP
     """
 
-    def __init__(self, net: DenseNet, mode: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, net: DenseNet, mode: str, device: torch.device, precision: Precision | str = FLOAT32):
         if mode not in ENGINE_MODES:
             raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(ENGINE_MODES)}")
         if net.geometry is None:
@@ -93,17 +93,16 @@ class DenseEngine:
         self.geometry: Geometry = net.geometry
         self.mode = mode
         self.device = device
-        self.dtype = dtype
-        self.stages = eval_stages(net, device, dtype)
+        self.precision = precision_for(precision, device)
+        self.dtype = self.precision.dtype
+        self.stages = eval_stages(net, device, self.dtype)
         self.dims = self.geometry.ndim
         if device.type == "cpu":
             tune_cpu_allocator()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, self.dtype)
-        if x.device.type == "cpu":  # oneDNN convolutions are fastest channels-last
-            x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
-        with torch.inference_mode(), exact_float32():
+        x = self._input(x)
+        with torch.inference_mode(), precision_flags(self.precision):
             if self.mode == "mfp":
                 return self._mfp(x)
             if self.mode == "dilated":
@@ -118,13 +117,19 @@ class DenseEngine:
         state = StreamState(self.stages, self.dims)
 
         def push(x: torch.Tensor) -> torch.Tensor | None:
-            x = x.to(self.device, self.dtype)
-            if x.device.type == "cpu":
-                x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
-            with torch.inference_mode(), exact_float32():
+            x = self._input(x)
+            with torch.inference_mode(), precision_flags(self.precision):
                 return state.push(x)
 
         return push
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device in the engine's dtype, channels-last where that is faster: oneDNN
+        convolutions on the CPU, and cuDNN's 16-bit ones (tensor cores)."""
+        x = x.to(self.device, self.dtype)
+        if x.device.type == "cpu" or self.precision.reduced:
+            x = x.contiguous(memory_format=CHANNELS_LAST[self.dims])
+        return x
 
     def _mfp(self, x: torch.Tensor) -> torch.Tensor:
         # A tile that is not MFP-valid (a tile clipped to a small image) is padded at the
@@ -153,25 +158,6 @@ class StackEngine:
         slices = x.permute(0, 2, 1, 3, 4).reshape(batch * depth, channels, *x.shape[3:])
         logits = self.engine(slices)
         return logits.reshape(batch, depth, *logits.shape[1:]).permute(0, 2, 1, 3, 4)
-
-
-@contextlib.contextmanager
-def exact_float32() -> Iterator[None]:
-    """TF32 off in cuDNN convolutions and cuBLAS matrix products while the block runs, then the
-    caller's settings back: the user's own code keeps whatever it chose.
-
-    On Ampere and later GPUs PyTorch lets cuDNN round convolution inputs to TF32 (10-bit
-    mantissa) by default, so the engines would agree only to ~1e-3 and the profiler's
-    "fraction of the float32 peak" could pass 1. Dense prediction promises the same numbers
-    from every engine and tile, so it computes in true float32 (or asks for float16 or
-    bfloat16 explicitly).
-    """
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def plain_forward(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,7 @@ class PredictRequest:
     tile: tuple[int, ...] | None = None  # default: the config's [prediction] tile_shape
     mirror: bool = True
     device: str | None = None
+    precision: str = "float32"  # the network's arithmetic (docs/PRECISION.md)
     memory_limit: int | None = None
     labels: bool = False  # argmax as a labels layer, else probabilities
     classes: tuple[int, ...] | None = None
@@ -132,6 +133,7 @@ def request_from_fields(image: ImageSource, fields: dict[str, Any]) -> PredictRe
         model_kwargs=_text(fields.get("model_kwargs")), dims=dims, in_channels=int(fields.get("in_channels") or 1),
         mode=mode, tile=parse_ints(_text(fields.get("tile")), None, "tile"),
         mirror=bool(fields.get("mirror", True)) and model is None, device=None if device == "auto" else device,
+        precision=_text(fields.get("precision")) or "float32",
         memory_limit=parse_size(memory, "memory limit") if memory else None, labels=output == "labels",
         classes=parse_ints(_text(fields.get("classes")), None, "classes"),
         output_file=_path(fields.get("output_file")))

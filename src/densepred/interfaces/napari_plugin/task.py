@@ -104,7 +104,8 @@ class PredictionTask:
         req = self.request
         net = build_net_for(req)
         probabilities = predict_dense(net, req.image.data, mirror=req.mirror, tile_shape=req.tile,
-                                      mode=req.mode, device=req.device, memory_limit=req.memory_limit,
+                                      mode=req.mode, device=req.device, precision=req.precision,
+                                      memory_limit=req.memory_limit,
                                       progress=self._observe)
         origin = output_origin(net, req.image.data, req.mirror)
         if req.labels:
@@ -160,7 +161,8 @@ def file_job(req: PredictRequest, output: Path, resume: bool, progress: Any) -> 
         raise DensePredError(f"layer '{req.image.name}' is not backed by a zarr file; predict it in memory "
                              "(leave the output file blank) or save it as OME-Zarr first")
     common = {"input": source, "output": str(output), "weights": req.weights, "tile": req.tile,
-              "device": req.device, "argmax": req.labels, "classes": req.classes, "resume": resume,
+              "device": req.device, "precision": req.precision, "argmax": req.labels, "classes": req.classes,
+              "resume": resume,
               "progress": progress, "memory_limit": req.memory_limit}
     if req.model is not None:
         return PredictJob(config=None, model=req.model_class, model_file=req.model_file,

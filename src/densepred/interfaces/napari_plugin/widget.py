@@ -22,6 +22,7 @@ from magicgui.widgets import (
 from superqt.utils import ensure_main_thread
 
 from ...errors import DensePredError
+from ...networks.precision import PRECISIONS
 from .request import OUTPUTS, ImageSource, request_from_fields
 from .sample import CONFIG_KEY
 from .task import Outcome, PredictionTask, ProgressReport, describe_failure, notify
@@ -51,6 +52,8 @@ class PredictWidget(Container):
         self.tile = LineEdit(label="tile", tooltip="input tile z,y,x; blank: the config's [prediction] tile_shape")
         self.mirror = CheckBox(value=True, label="mirror", tooltip="pad by reflection so the output covers the image")
         self.device = ComboBox(choices=_devices(), value="auto", label="device")
+        self.precision = ComboBox(choices=list(PRECISIONS), value="float32", label="precision",
+                                  tooltip="float32 is exact; bfloat16, float16 are faster on GPUs (docs/PRECISION.md)")
         self.memory_limit = LineEdit(label="memory limit", tooltip="e.g. 8G; blank: half the available RAM")
         self.output = ComboBox(choices=OUTPUTS, value=OUTPUTS[0], label="output")
         self.classes = LineEdit(label="classes", tooltip="e.g. 1; blank: every class")
@@ -61,9 +64,9 @@ class PredictWidget(Container):
         self.bar = ProgressBar(min=0, max=BAR_STEPS, value=0, visible=False, label="")
         self.status = Label(value="", label="")
         self.extend([self.image, self.source, self.config, self.weights, self.model, self.model_kwargs, self.dims,
-                     self.in_channels, self.mode, self.tile, self.mirror, self.device, self.memory_limit,
-                     self.output, self.classes, self.output_file, self.predict, self.cancel, self.bar,
-                     self.status])
+                     self.in_channels, self.mode, self.tile, self.mirror, self.device, self.precision,
+                     self.memory_limit, self.output, self.classes, self.output_file, self.predict, self.cancel,
+                     self.bar, self.status])
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.image.reset_choices)
         self.source.changed.connect(self._show_source_fields)
@@ -84,6 +87,7 @@ class PredictWidget(Container):
                 "model": None if own else self.model.value, "model_kwargs": self.model_kwargs.value,
                 "dims": self.dims.value, "in_channels": self.in_channels.value, "mode": self.mode.value,
                 "tile": self.tile.value, "mirror": self.mirror.value, "device": self.device.value,
+                "precision": self.precision.value,
                 "memory_limit": self.memory_limit.value, "output": self.output.value,
                 "classes": self.classes.value, "output_file": self.output_file.value}
 

@@ -25,8 +25,8 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ...io import ChannelFirst, to_float32
-from ...networks.engines import exact_float32
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
+from ...networks.precision import FLOAT32, Precision, autocast, precision_for
 from ..planning.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
 from ..planning.model_window import (
     DEFAULT_WINDOW,
@@ -66,17 +66,20 @@ class ModelRun:
     contract: TilingContract  # the full contract for exact tiling; the sizes alone for blending
     memory_format: torch.memory_format | None = None  # the model's activations (channels-last on the CPU)
     prepared: Prepared | None = None  # the input's preprocessing, measured over the whole image
+    precision: Precision = FLOAT32  # the arithmetic the model computes in (:mod:`densepred.networks.precision`)
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
                overlap: float, tta: Any, channel_map: Any, device: Any, prepared: Prepared | None = None,
-               memory_limit: int | None = None, in_memory: bool = False, window_given: bool = True) -> ModelRun:
+               memory_limit: int | None = None, in_memory: bool = False, window_given: bool = True,
+               precision: Precision | str | None = None) -> ModelRun:
         """The run; ``prepared``: the preprocessing measured already (by a cluster's client),
         else it is measured here. Without a window, an exact run takes the largest that fits
         the memory budget (``memory_limit``, or the default; ``in_memory``: the result counts
         against it); see :mod:`densepred.running.planning.model_window`. ``mode="auto"`` blends
         when even the smallest exact window does not fit. ``window_given``: whether a ``window``
-        came from the user (else from an interrupted run's record), for the over-budget warning."""
+        came from the user (else from an interrupted run's record), for the over-budget warning;
+        ``precision``: the arithmetic (float32, tf32, bfloat16, float16), checked on the device."""
         asked_for = (mode, window, tta, channel_map)
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
@@ -88,10 +91,12 @@ class ModelRun:
         if not 0 <= overlap < 1:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
+        precision = precision_for(precision, device)
         model = on_device(net.model, device)
         memory_format = fast_memory_format(model, device)
         model = in_memory_format(model, memory_format)
-        run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format)
+        run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format,
+                  precision=precision)
         if (asked is None and mode == "exact") or memory_limit is not None:
             try:
                 reason = ("it was given (--tile or window=)" if asked is not None and window_given else
@@ -104,7 +109,7 @@ class ModelRun:
                             "would be exact)", str(exc).split("; raise")[0])
                 _, window, tta, channel_map = asked_for
                 return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
-                                  memory_limit, in_memory, window_given)
+                                  memory_limit, in_memory, window_given, precision)
         run.prepared = prepared if prepared is not None else resolve(net, source)
         return run
 
@@ -241,7 +246,7 @@ class ModelRun:
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared), self.flips,
-                        self.channel_map, self.device, self.memory_format)
+                        self.channel_map, self.device, self.memory_format, self.precision)
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:
@@ -284,22 +289,25 @@ def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
-             device: torch.device, memory_format: torch.memory_format | None = None) -> np.ndarray:
-    """The window's activated outputs: logits averaged over the flips, then the activation."""
+             device: torch.device, memory_format: torch.memory_format | None = None,
+             precision: Precision = FLOAT32) -> np.ndarray:
+    """The window's activated outputs: logits averaged over the flips, then the activation, both
+    in float32 whatever the model computed in."""
     x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
     if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
         x_t = x_t.contiguous(memory_format=memory_format)
     total = None
-    with torch.inference_mode(), exact_float32():
-        for axes in flips:
-            dims = [a + 2 for a in axes]
-            logits = model(x_t.flip(dims) if dims else x_t)
-            if dims:
-                logits = logits.flip(dims)
-                for a in axes:
-                    if channel_map and a in channel_map:
-                        logits = logits[:, list(channel_map[a])]
-            total = logits if total is None else total + logits
+    with torch.inference_mode():
+        with autocast(precision, device):
+            for axes in flips:
+                dims = [a + 2 for a in axes]
+                logits = model(x_t.flip(dims) if dims else x_t).float()
+                if dims:
+                    logits = logits.flip(dims)
+                    for a in axes:
+                        if channel_map and a in channel_map:
+                            logits = logits[:, list(channel_map[a])]
+                total = logits if total is None else total + logits
         result = net.activate(total / len(flips))
     return result[0].float().cpu().contiguous().numpy()
 

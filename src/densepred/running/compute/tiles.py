@@ -16,6 +16,7 @@ import torch
 from ...geometry import STREAM_SLAB, Tile, TilePlan
 from ...io import ChannelFirst, read_window
 from ...networks import DenseEngine, DenseNet, StackEngine
+from ...networks.precision import FLOAT32, Precision
 from ..progress import Progress, ProgressOption
 from .pipeline import run_pipeline
 
@@ -101,10 +102,12 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    return torch.softmax(logits, dim=1).to(torch.float32).cpu().numpy()
+    """Softmax in float32, whatever the engine computed in."""
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
-def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool) -> DenseEngine | StackEngine:
+def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool,
+                precision: Precision | str = FLOAT32) -> DenseEngine | StackEngine:
     """The dense engine for a tile: the net's own, or run over the slices of a stack."""
-    engine = DenseEngine(net, mode, device)
+    engine = DenseEngine(net, mode, device, precision)
     return StackEngine(engine) if stacked else engine

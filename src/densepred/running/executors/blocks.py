@@ -76,6 +76,7 @@ class BlockJob:
     shift: tuple[int, ...]  # output voxel -> image voxel, for messages
     strict: bool = False
     threads: int | None = None  # torch threads per worker; default the worker's cores / its task slots
+    precision: str = "float32"  # the engine's arithmetic (:mod:`densepred.networks.precision`)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
     batches = [tiles[i:i + job.batch_size] for i in range(0, len(tiles), job.batch_size)]
     todo = [t for batch in batches if any(plan.tile_id(t) not in done for t in batch) for t in batch]
     source = ChannelFirst(open_array(job.input), job.in_channels, job.ndim)
-    engine = make_engine(_net(payload, job), job.engine_mode, resolve_device(job.device), source.stacked)
+    engine = make_engine(_net(payload, job), job.engine_mode, resolve_device(job.device), source.stacked,
+                         job.precision)
     output = open_output(job.output, clean=False)
     sink = Sink(output, job.encoding, NonFinite(job.shift, strict=job.strict))
     written = 0

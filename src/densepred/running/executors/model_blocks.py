@@ -102,6 +102,7 @@ class ModelBlockJob:
     strict: bool = False
     threads: int | None = None
     prepared: Prepared | None = None  # the input's preprocessing, measured once by the client
+    precision: str = "float32"
 
 
 def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) -> BlockResult:
@@ -112,7 +113,7 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
         net, source = source_of(_model(payload, job), ChannelFirst(open_array(job.input), payload.in_channels,
                                                                    payload.dims))
         run = ModelRun.create(net, source, job.mode, job.window, job.overlap, job.tta, None, job.device,
-                              job.prepared)
+                              job.prepared, precision=job.precision)
         box = job.blocks.box(block_id)
         sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict)), 0
         try:

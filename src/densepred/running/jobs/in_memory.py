@@ -22,6 +22,7 @@ from ...geometry import Geometry, Tile
 from ...io import ChannelFirst, to_float32
 from ...networks import DenseNet
 from ...networks.foreign import ForeignNet
+from ...networks.precision import precision_for
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ModelRun, source_of
 from ..compute.tiles import make_engine, predict_tiles
@@ -48,6 +49,7 @@ def predict_dense(
     overlap: float = 0.5,
     tta: str | Sequence[int] | None = None,
     channel_map: dict[int, Sequence[int]] | None = None,
+    precision: str = "float32",
 ) -> np.ndarray | Any:
     """Class probabilities for every voxel of an image, exactly as if the network were applied
     to each field-of-view window separately.
@@ -83,6 +85,9 @@ def predict_dense(
             CPU, allocated memory on a GPU); the default tile is the largest whose estimate
             fits. Default: half of the available RAM (60% of the free GPU memory). Without
             ``out`` the result array counts against it.
+        precision: ``"float32"`` (exact, the default), ``"tf32"`` (NVIDIA GPUs),
+            ``"bfloat16"`` or ``"float16"``: the arithmetic of the network; softmax and the
+            result stay float32. The error each costs: docs/PRECISION.md.
 
         overlap, tta, channel_map: for a model from :func:`densepred.from_torch` only (``mode``
             ``"exact"``, ``"blend"`` or ``"auto"``; ``tile_shape`` is its window); see
@@ -98,7 +103,7 @@ def predict_dense(
     """
     if isinstance(net, ForeignNet):
         return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
-                                progress, memory_limit)
+                                progress, memory_limit, precision)
     net_geometry = _image_geometry(net)
     if tile_shape is None:
         tile_shape = net.tile_shape
@@ -107,6 +112,7 @@ def predict_dense(
     source = ChannelFirst(image, net.config.in_channels, net_geometry.ndim)
     geometry = source_geometry(net_geometry, source)
     device = resolve_device(device)
+    precision = precision_for(precision, device)
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
@@ -116,7 +122,7 @@ def predict_dense(
             [n + (f - 1 if mirror else 0) for n, f in zip(source.spatial_shape, geometry.fov, strict=True)])))
     plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile_shape, mode, mirror, budget,
                                       footprint_for(net, source, batch_size), device, stacked=source.stacked)
-    engine = make_engine(net, engine_mode, device, source.stacked)
+    engine = make_engine(net, engine_mode, device, source.stacked, precision)
     log.info("%d tile(s) of input %s, %s engine", len(plan), list(plan.input_tile), engine_mode)
 
     expected = (net.config.n_classes, *plan.output_shape)
@@ -134,12 +140,12 @@ def predict_dense(
 
 def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mode: str, device: Any, out: Any,
                      overlap: float, tta: Any, channel_map: Any, progress: ProgressOption,
-                     memory_limit: int | None) -> np.ndarray:
+                     memory_limit: int | None, precision: str) -> np.ndarray:
     if mirror:
         raise DensePredError("mirror=True is for densepred's own nets; a model from from_torch pads itself and "
                              "its output already covers the image")
     return predict_foreign(net, image, mode=mode, window=window, overlap=overlap, tta=tta, channel_map=channel_map,
-                           device=device, out=out, progress=progress, memory_limit=memory_limit)
+                           device=device, out=out, progress=progress, memory_limit=memory_limit, precision=precision)
 
 
 def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) -> tuple[int, ...]:
@@ -214,7 +220,8 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
                     overlap: float = 0.5, tta: str | Sequence[int] | None = None,
                     channel_map: dict[int, Sequence[int]] | None = None,
                     device: str | torch.device | None = None, out: Any = None,
-                    progress: ProgressOption = False, memory_limit: int | None = None) -> np.ndarray | Any:
+                    progress: ProgressOption = False, memory_limit: int | None = None,
+                    precision: str = "float32") -> np.ndarray | Any:
     """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
 
     ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
@@ -224,11 +231,12 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     ``memory_limit``: bytes the process may use at its peak (default: half the available
     memory); without ``window`` an exact run takes the largest window it holds, the result
     counted against it unless ``out`` is given (:mod:`densepred.running.planning.model_window`).
+    ``precision``: as in :func:`densepred.predict_dense` (16-bit types under ``torch.autocast``).
     """
     net, source = source_of(net, image)
     with large_blocks_returned():  # the probes' memory too
         run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
-                              memory_limit=memory_limit, in_memory=out is None)
+                              memory_limit=memory_limit, in_memory=out is None, precision=precision)
         if out is None:  # in its own memory map: on the heap it would split the space activations reuse
             out = mapped_zeros((run.channels(), *run.output_shape), np.float32)
             if run.mode == "blend":

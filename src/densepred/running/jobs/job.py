@@ -29,6 +29,7 @@ class PredictJob:
     mode: str | None = None
     mirror: bool = False
     device: str | None = None
+    precision: str = "float32"  # the network's arithmetic: float32, tf32, bfloat16, float16
     dtype: str = "float32"
     argmax: bool = False
     classes: Sequence[int] | None = None

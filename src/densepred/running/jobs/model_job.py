@@ -102,7 +102,7 @@ class ModelPlan:
         payload = client.scatter(ModelPayload.from_job(self.job, run.net), broadcast=True, hash=False)
         block_job = ModelBlockJob(self.in_spec.resolved(), self.out_spec.resolved(), run.mode, run.window,
                                   run.overlap, job.tta, job.device, blocks, self.encoding, run.contract.crop,
-                                  job.strict, job.threads_per_worker, run.prepared)
+                                  job.strict, job.threads_per_worker, run.prepared, run.precision.name)
         todo = [(block_id, box) for block_id, box in blocks.boxes()
                 if not all(i in done for i in blocks.tile_ids(block_id))]
         tasks = (Task(block_id, run_model_block, (payload, block_job, block_id),
@@ -127,7 +127,8 @@ def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
     mode = previous["tiles"]["mode"] if previous is not None and job.mode in (None, "auto") else job.mode or "auto"
     with large_blocks_returned():  # the probes' memory is returned
         run = ModelRun.create(net, source, mode, window, job.overlap, job.tta, None, job.device,
-                              memory_limit=job.memory_limit, window_given=job.tile is not None)
+                              memory_limit=job.memory_limit, window_given=job.tile is not None,
+                              precision=job.precision)
         channels = run.channels()
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
@@ -163,7 +164,8 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Mode
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
                     "contract": run.contract.describe(), "activation": run.net.output,
-                    "preprocessing": run.prepared.describe() if run.prepared is not None else []},
+                    "preprocessing": run.prepared.describe() if run.prepared is not None else [],
+                    "precision": run.precision.name},
         "tiles": {"mode": run.mode, "window": list(run.window), "overlap": run.overlap,
                   "tta": [list(f) for f in run.flips]},
         "output": {"shape": list(_output_shape(run, encoding)), "dtype": str(encoding.stored_dtype),

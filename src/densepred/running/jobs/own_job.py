@@ -38,6 +38,7 @@ from ...io import (
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout
 from ...networks import config_last, create_prediction_net
+from ...networks.precision import Precision, precision_for
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
@@ -74,6 +75,7 @@ class NetPlan:
     weights: Path
     input_spec: ArraySpec  # absolute, as workers on other machines open it
     mirror: bool
+    precision: Precision
 
     @property
     def shift(self) -> tuple[int, ...]:
@@ -97,7 +99,8 @@ class NetPlan:
         """The tiles of every fixed batch with a tile not yet done, streamed through the
         read/compute/write pipeline; each tile is logged once written."""
         plan = self.plan
-        engine = make_engine(self.net, self.engine_mode, resolve_device(job.device), self.source.stacked)
+        engine = make_engine(self.net, self.engine_mode, resolve_device(job.device), self.source.stacked,
+                             self.precision)
         todo = _batches_to_run(list(plan.tiles()), plan, done, self.batch_size)
         done_log = DoneLog(self.record_dir)
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
@@ -127,7 +130,7 @@ class NetPlan:
         network = self.cfg.network
         block_job = BlockJob(self.input_spec, self.out_spec.resolved(), network.in_channels, network.dims, plan,
                              blocks, self.engine_mode, self.batch_size, self.encoding, job.device,
-                             self.shift, job.strict, job.threads_per_worker)
+                             self.shift, job.strict, job.threads_per_worker, self.precision.name)
 
         def tasks() -> Iterator[Task]:
             for block_id, box in blocks.boxes():
@@ -147,6 +150,7 @@ def plan_net(job: PredictJob) -> tuple[NetPlan, dict[str, Any] | None]:
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
+    precision = precision_for(job.precision, resolve_device(job.device))
     weights = Path(job.weights) if job.weights is not None else config_last(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
@@ -162,13 +166,14 @@ def plan_net(job: PredictJob) -> tuple[NetPlan, dict[str, Any] | None]:
     layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
               else None)
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
+    record["network"]["precision"] = precision.name
     if layout is not None:
         record["output"]["levels"] = [list(level.shape) for level in layout.levels]
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
     planned = NetPlan(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
-                   layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror)
+                   layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror, precision)
     return planned, previous
 
 

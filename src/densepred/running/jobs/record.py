@@ -33,7 +33,7 @@ from ...io.output_checks import record_folder
 
 log = logging.getLogger("densepred")
 
-RECORD_VERSION = 3  # 3: a model run's done.log names shards; record folders percent-encode keys
+RECORD_VERSION = 4  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision
 DONE_LOG = "done.log"
 RUN_JSON = "run.json"
 SECTIONS = (("input", "input"), ("network", "network config or weights"),

@@ -22,6 +22,7 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan, Footprint, Geometry, pyramid
 from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks import DenseEngine, build_net
+from ...networks.precision import Precision, precision_for
 from ..progress import count_text, duration_text
 from .devices import resolve_device
 from .memory_budget import memory_budget
@@ -75,8 +76,10 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
              input_dtype: str = "uint8", workers: int = 1, tile: Sequence[int] | None = None,
              tiles_per_block: Sequence[int] | int = 1, mode: str | None = None, mirror: bool = False,
              stored_channels: int | None = None, stored_dtype: str = "float32", profile_csv: str | Path | None = None,
-             measure: bool = False, memory_limit: int | None = None, device: str | None = None) -> JobPlan:
-    """Plan a prediction of ``input`` (or of a volume of ``shape``) without running it."""
+             measure: bool = False, memory_limit: int | None = None, device: str | None = None,
+             precision: str = "float32") -> JobPlan:
+    """Plan a prediction of ``input`` (or of a volume of ``shape``) without running it; the rate
+    is that of ``precision`` (a profile's rows in it, or one tile timed in it)."""
     cfg = config if isinstance(config, Config) else load_config(config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); there is nothing to plan")
@@ -86,6 +89,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     spatial, itemsize = _input_shape(cfg, geometry, input, shape, input_dtype)
     mode = mode or cfg.prediction.mode
     device_ = resolve_device(device)
+    checked = precision_for(precision, device_)
     classes = stored_channels or cfg.network.n_classes
     footprint = Footprint(cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
                           np.dtype(stored_dtype).itemsize)
@@ -98,7 +102,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     blocks = BlockPlan.create(tiles.output_shape, tiles.output_tile, per_block, geometry.fov)
     levels = pyramid(tiles.output_shape)
     output_bytes = sum(math.prod(level.shape) for level in levels) * classes * np.dtype(stored_dtype).itemsize
-    rate, source = _rate(cfg, geometry, tiles.input_tile, engine_mode, profile_csv, measure, device_)
+    rate, source = _rate(cfg, geometry, tiles.input_tile, engine_mode, profile_csv, measure, device_, checked)
     return JobPlan(cfg.name, tiles.output_shape, tiles.input_tile, tiles.output_tile, engine_mode, blocks,
                    blocks.input_voxels() * cfg.network.in_channels * itemsize, output_bytes, rate, source, workers)
 
@@ -122,29 +126,34 @@ def _input_shape(cfg: Config, geometry: Geometry, input: str | None, shape: Sequ
 
 
 def _rate(cfg: Config, geometry: Geometry, input_tile: tuple[int, ...], mode: str, profile_csv: str | Path | None,
-          measure: bool, device: torch.device) -> tuple[float | None, str]:
+          measure: bool, device: torch.device, precision: Precision) -> tuple[float | None, str]:
     if profile_csv is not None:
-        return rate_from_profile(profile_csv, input_tile, mode)
+        return rate_from_profile(profile_csv, input_tile, mode, precision.name)
     if not measure:
         return None, ""
-    engine = DenseEngine(build_net(cfg).eval(), mode, device)
+    engine = DenseEngine(build_net(cfg).eval(), mode, device, precision)
     x = torch.rand((1, cfg.network.in_channels, *input_tile), generator=torch.Generator().manual_seed(0))
     torch.softmax(engine(x), dim=1)  # warm-up
     start = time.perf_counter()
     torch.softmax(engine(x), dim=1).cpu()
     seconds = time.perf_counter() - start
-    return math.prod(geometry.dense_output_shape(input_tile)) / seconds, f"one {_x(input_tile)} tile timed now"
+    return (math.prod(geometry.dense_output_shape(input_tile)) / seconds,
+            f"one {_x(input_tile)} tile timed now, {precision.name}")
 
 
-def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str) -> tuple[float, str]:
-    """Output voxels/s for a tile from ``profile.csv``: its own row, else the fastest row (said so)."""
+def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str,
+                      precision: str = "float32") -> tuple[float, str]:
+    """Output voxels/s for a tile from ``profile.csv`` rows of ``precision`` (a profile without
+    that column is float32): its own row, else the fastest row (said so)."""
     try:
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+            rows = [r for r in csv.DictReader(f)
+                    if r.get("status") == "ok" and (r.get("precision") or "float32") == precision]
     except OSError as exc:
         raise DensePredError(f"cannot read the profile {path}: {exc.strerror}") from None
     if not rows:
-        raise DensePredError(f"{path} has no measured rows; run densepred profile first")
+        raise DensePredError(f"{path} has no measured rows in {precision}; run densepred profile "
+                             f"--precision {precision} first")
     tile = _x(input_tile).replace(" ", "")
     own = [r for r in rows if r["input_shape"] == tile and r["mode"] == mode]
     if own:

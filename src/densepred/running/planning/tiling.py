@@ -9,6 +9,7 @@ replaces it with a measurement on the machine itself.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,12 @@ log = logging.getLogger("densepred")
 # FLOP for FLOP, the stream engine's convolutions ran at 0.90-0.95 of the speed of the cube
 # engines' on the CPU (m36 at output cross-sections of 32 to 96 voxels, docs/BENCHMARKS.md).
 STREAM_EFFICIENCY = 0.9
+# On a GPU memory rarely bounds the default tile: a cheap net would get one tile of the whole
+# volume, and then reading, computing and writing run one after the other. A default tile there
+# holds at most a quarter of the output, unless that is below 128^3 output voxels (a GPU
+# underused): the pipeline keeps tiles in flight.
+FLOW_TILES = 4
+FLOW_MIN_VOXELS = 128**3
 
 
 def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
@@ -33,31 +40,34 @@ def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, m
                   roi: Sequence[tuple[int, int]] | None = None, stacked: bool = False) -> tuple[TilePlan, str]:
     """The tiles of a run (:func:`plan_tiles`) and its engine (:func:`choose_mode`).
 
-    For ``mode="auto"`` with no tile given, on the CPU, a stream (:data:`~densepred.geometry.STREAM_LENGTH`
+    For ``mode="auto"`` with no tile given, a stream (:data:`~densepred.geometry.STREAM_LENGTH`
     slices long, the widest cross-section the budget allows) is weighed against the largest cube
     tile that fits: the one whose convolutions spend fewer FLOPs over the whole image, the
     stream's divided by :data:`STREAM_EFFICIENCY`, is taken. A stream spends less where the
     field of view is large along z, because it pays the z border once per stream, not per tile.
+    On a GPU the default tile also leaves several in flight (:data:`FLOW_TILES`).
     """
-    if mode == "auto" and tile_shape is None and not stacked and device.type == "cpu":
-        chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
+    flow = device.type == "cuda"
+    if mode == "auto" and tile_shape is None and not stacked:
+        chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi, flow)
         if chosen is not None:
             return chosen
-    plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked)
+    plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked, flow)
     return plan, choose_mode(geometry, plan.input_tile, mode, device)
 
 
 def _stream_or_cube(geometry: Geometry, spatial: Sequence[int], mirror: bool, budget: MemoryBudget,
-                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> tuple[TilePlan, str] | None:
+                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None,
+                    flow: bool = False) -> tuple[TilePlan, str] | None:
     """The stream's plan where its tiles spend fewer (weighted) FLOPs than the cube tiles, else
     the cube's; None when no stream fits (the cube plan then says what is wrong)."""
     try:
-        stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi)
+        stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi, flow=flow)
     except DensePredError:
         return None
     stream_work = len(stream) * geometry.flops(stream.input_tile, "stream") / STREAM_EFFICIENCY
     try:
-        cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi)
+        cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi, flow=flow)
     except DensePredError:  # no cube tile fits the budget; a stream of thin slabs may
         log.info("auto: no cube tile fits the memory budget; streaming tiles of %s", list(stream.input_tile))
         return stream, "stream"
@@ -87,10 +97,11 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
 
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
                budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
-               stacked: bool = False) -> TilePlan:
+               stacked: bool = False, flow: bool = False) -> TilePlan:
     """The tiles for an image: of ``tile_shape`` (checked; a warning if over the budget), or the
     largest whose estimated peak fits the memory ``budget`` (an error if none does), shrunk to
     as few voxels as cover the image with as many tiles (:func:`~densepred.geometry.balanced_tile`).
+    ``flow``: the default tile holds at most 1/:data:`FLOW_TILES` of the output (a GPU's plan).
 
     For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
     ``(y, x)`` tile gets as many slices per forward as fit in the budget.
@@ -98,7 +109,13 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
     cost = tile_cost(geometry, mode, footprint, budget)
     if tile_shape is None:
-        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
+        limit = _flow_limit(padded.output_shape) if flow else None
+        sized = cost if limit is None else (lambda t: cost(t) if math.prod(t) <= limit else budget.room + 1)
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, sized)
+        if limit is not None and math.prod(output_tile) < math.prod(
+                default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)):
+            log.info("tile kept to at most 1/%d of the output (%s voxels) so reading and writing overlap compute",
+                     FLOW_TILES, f"{limit:,}")
         if cost(output_tile) > budget.room:
             raise too_small(budget, cost(output_tile))
         output_tile = balanced_tile(output_tile, padded.output_shape, geometry.stride, mode)
@@ -115,6 +132,11 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
     warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
     return plan
+
+
+def _flow_limit(output_shape: Sequence[int]) -> int:
+    """The most output voxels a GPU's default tile holds (:data:`FLOW_TILES`)."""
+    return max(math.prod(output_shape) // FLOW_TILES, FLOW_MIN_VOXELS)
 
 
 def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,

@@ -28,6 +28,7 @@ from typing import Any
 from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
 from ...geometry import Geometry, tile_bytes
+from ...networks.precision import precision_for
 from ..planning.devices import resolve_device
 from .report import PROFILE_MODES, ProfileResult, save_profile, shape_text, write_prediction_settings
 from .walk import Walk, tile_walk
@@ -39,7 +40,8 @@ log = logging.getLogger("densepred")
 def profile(config: Config | str | Path, *, device: str | None = None,
             modes: Sequence[str] = ("mfp", "dilated"), memory_limit: int | None = None,
             max_seconds: float = 600.0, out: str | Path | None = None, write: bool = False,
-            aspect: Sequence[float] | None = None, repeats: int = 3, progress: bool = True) -> ProfileResult:
+            aspect: Sequence[float] | None = None, repeats: int = 3, progress: bool = True,
+            precision: str = "float32") -> ProfileResult:
     """Measure speed against tile size for each mode and return (and save) the table.
 
     Args:
@@ -60,6 +62,8 @@ def profile(config: Config | str | Path, *, device: str | None = None,
         aspect: relative tile extent per axis (z, y, x); default the training patch's aspect.
         repeats: timed runs per shape after the warm-up (fewer for shapes slower than ~20 s).
         progress: show which shape is running.
+        precision: the engines' arithmetic (``float32``, ``tf32``, ``bfloat16``, ``float16``); the
+            matmul peak is measured in it too, and ``profile.csv`` names it per row.
 
     Example:
         >>> result = densepred.profile("examples/m36.toml", max_seconds=300)   # doctest: +SKIP
@@ -76,7 +80,8 @@ def profile(config: Config | str | Path, *, device: str | None = None,
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
     device = _device_name(device)
-    with Worker(cfg, device) as worker:
+    precision = precision_for(precision, resolve_device(device)).name
+    with Worker(cfg, device, precision) as worker:
         limit = memory_limit if memory_limit is not None else worker.default_limit
         result = ProfileResult([], worker.matmul_flops, device, limit, worker.baseline)
         deadline = time.monotonic() + max_seconds

@@ -16,7 +16,7 @@ from ...files import atomic_write_text
 
 PROFILE_MODES = ("mfp", "dilated", "naive", "stream")
 CSV_COLUMNS = ("mode", "input_shape", "output_shape", "output_voxels", "seconds", "voxels_per_s",
-               "peak_bytes", "useful_gflops", "fraction_of_peak", "status")
+               "peak_bytes", "useful_gflops", "fraction_of_peak", "status", "precision")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ProfileRow:
     matmul_flops: float
     status: str = "ok"
     wall_seconds: float = 0.0  # the whole measurement: input, warm-up, repeats
+    precision: str = "float32"  # the engine's arithmetic; the matmul peak is measured in it too
 
     @property
     def output_voxels(self) -> int:
@@ -55,7 +56,7 @@ class ProfileRow:
         return [self.mode, shape_text(self.input_shape), shape_text(self.output_shape), str(self.output_voxels),
                 f"{self.seconds:.6g}" if ok else "", f"{self.voxels_per_s:.6g}" if ok else "",
                 str(self.peak_bytes) if self.peak_bytes else "", f"{self.useful_gflops:.6g}" if ok else "",
-                f"{self.fraction_of_peak:.4f}" if ok else "", self.status]
+                f"{self.fraction_of_peak:.4f}" if ok else "", self.status, self.precision]
 
 
 @dataclass

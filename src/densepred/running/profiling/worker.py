@@ -40,8 +40,8 @@ CUDA_MEMORY_MARGIN = 0.9  # of the free GPU memory at the start
 class Worker:
     """The parent's handle on the measuring process."""
 
-    def __init__(self, cfg: Config, device: str):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: Config, device: str, precision: str = "float32"):
+        self.cfg, self.device, self.precision = cfg, device, precision
         self.flops_per_voxel = network_geometry(cfg.network).flops_per_voxel
         self._start()
 
@@ -53,7 +53,7 @@ class Worker:
             stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((self.cfg, self.device))
+        self._conn.send((self.cfg, self.device, self.precision))
         hello = self._receive()
         if hello is None:
             raise DensePredError(f"the measuring process for device {self.device} exited while starting "
@@ -72,7 +72,7 @@ class Worker:
         wall = time.monotonic() - start
         common = {"mode": mode, "input_shape": input_shape, "output_shape": output, "estimated_bytes": estimate,
                   "useful_flops_per_voxel": self.flops_per_voxel, "matmul_flops": self.matmul_flops,
-                  "wall_seconds": wall}
+                  "wall_seconds": wall, "precision": self.precision}
         if reply is None:
             return ProfileRow(seconds=0.0, peak_bytes=0, status="oom", **common)
         if "error" in reply:
@@ -108,14 +108,16 @@ class Worker:
 def serve(conn: Connection) -> None:
     """The measuring process's loop: set up the net, then answer one request per shape."""
     from ...networks import DenseEngine, build_net
+    from ...networks.precision import precision_for
 
-    cfg, device_name = conn.recv()
+    cfg, device_name, precision_name = conn.recv()
     try:
         device = torch.device(device_name)
+        precision = precision_for(precision_name, device)
         torch.manual_seed(0)
         net = build_net(cfg).eval()
         engines: dict[str, Any] = {}
-        flops = matmul_peak(device)
+        flops = matmul_peak(device, precision=precision)
         release_free_memory()  # the matmul's matrices are not the baseline of a tile
         conn.send({"matmul_flops": flops, "baseline": _memory_now(device),
                    "default_limit": _default_limit(device)})
@@ -126,7 +128,7 @@ def serve(conn: Connection) -> None:
         mode, input_shape, repeats = request
         if mode not in engines:
             engines.clear()  # one engine at a time keeps the memory figure to one mode
-            engines[mode] = DenseEngine(net, mode, device)
+            engines[mode] = DenseEngine(net, mode, device, precision)
         conn.send(_measure(engines[mode], cfg.network.in_channels, input_shape, repeats, device))
 
 
@@ -157,20 +159,25 @@ def _timed(engine: Any, x: Any, device: Any) -> float:
     return time.perf_counter() - start
 
 
-def matmul_peak(device: Any, n: int | None = None, repeats: int = 5) -> float:
-    """Best float32 FLOP/s of an ``n x n`` matrix product on ``device``; ``n`` defaults to
-    ``DENSEPRED_PEAK_MATRIX`` or 4096 (a smaller one measures faster and lower)."""
+def matmul_peak(device: Any, n: int | None = None, repeats: int = 5, precision: Any = None) -> float:
+    """Best FLOP/s of an ``n x n`` matrix product on ``device`` in ``precision`` (default
+    float32); ``n`` defaults to ``DENSEPRED_PEAK_MATRIX`` or 4096 (a smaller one measures faster
+    and lower)."""
+    from ...networks.precision import FLOAT32, precision_flags
+
+    precision = precision or FLOAT32
     n = n or int(os.environ.get("DENSEPRED_PEAK_MATRIX", "4096"))
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
+    a = torch.randn(n, n, device=device).to(precision.dtype)
+    b = torch.randn(n, n, device=device).to(precision.dtype)
     best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+    with precision_flags(precision):
         a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
 

@@ -35,6 +35,7 @@ from ...errors import DensePredError
 from ...files import atomic_write_text
 from ...io import ArraySpec
 from ...networks import DenseNet, build_net
+from ...networks.precision import FLOAT32, Precision, autocast, precision_for
 from ...networks.weights import (
     best_path,
     last_path,
@@ -85,8 +86,13 @@ class TrainResult:
 
 
 def train(config: Config | str | Path, *, resume: bool = False, steps: int | None = None,
-          device: str | torch.device | None = None, progress: bool = True) -> TrainResult:
+          device: str | torch.device | None = None, progress: bool = True,
+          precision: str = "float32") -> TrainResult:
     """Train the config's network on its ``[training]`` data.
+
+    ``precision``: ``float32`` (the default), ``tf32``, or mixed precision: ``bfloat16`` or
+    ``float16`` forwards under ``torch.autocast`` (float16 with a gradient scaler); the weights,
+    the optimizer and the loss stay float32.
 
     Example:
         >>> result = densepred.train("membranes.toml", steps=2000)   # doctest: +SKIP
@@ -97,15 +103,18 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
         raise DensePredError(f"{cfg.path or 'the config'} has no [training] section")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise DensePredError(f"steps = {steps!r} is invalid; expected a positive integer")
-    run = _Run(cfg, steps or cfg.training.steps, resolve_device(device), resume)
+    device = resolve_device(device)
+    run = _Run(cfg, steps or cfg.training.steps, device, resume, precision_for(precision, device))
     return run.loop(progress)
 
 
 class _Run:
-    def __init__(self, cfg: Config, steps: int, device: torch.device, resume: bool):
+    def __init__(self, cfg: Config, steps: int, device: torch.device, resume: bool, precision: Precision = FLOAT32):
         assert cfg.training is not None
         assert cfg.save_dir is not None
         self.cfg, self.training, self.steps, self.device = cfg, cfg.training, steps, device
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "float16")
         self.save_dir = cfg.save_dir
         self.last = last_path(self.save_dir, cfg.name)
         self.best = best_path(self.save_dir, cfg.name)
@@ -226,14 +235,16 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(step)
         self.net.train()
-        logits = self.net(torch.from_numpy(x).to(self.device))
-        total, weight = self.loss_sum(logits, torch.from_numpy(y).to(self.device))
+        with autocast(self.precision, self.device):
+            logits = self.net(torch.from_numpy(x).to(self.device))
+        total, weight = self.loss_sum(logits.float(), torch.from_numpy(y).to(self.device))
         if float(weight) == 0:
             return None
         loss = total / weight
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DensePredError(f"the training loss became {value} at step {step}; lower training.lr "
@@ -272,8 +283,9 @@ class _Run:
             for first in range(0, len(x), self.training.batch_size):
                 xb = torch.from_numpy(x[first:first + self.training.batch_size]).to(self.device)
                 yb = torch.from_numpy(y[first:first + self.training.batch_size]).to(self.device)
-                logits = self.net(xb)
-                loss, weight = self.loss_sum(logits, yb)
+                with autocast(self.precision, self.device):
+                    logits = self.net(xb)
+                loss, weight = self.loss_sum(logits.float(), yb)
                 total_loss, total_weight = total_loss + float(loss), total_weight + float(weight)
                 if yb.ndim == 1 and logits.ndim > 2:
                     logits = logits.reshape(logits.shape[0], logits.shape[1])

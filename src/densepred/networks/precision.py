@@ -1,0 +1,134 @@
+"""The arithmetic a prediction computes in: a user's choice, checked against the device.
+
+* ``float32`` (the default): true float32 everywhere; TF32 is off while densepred computes, so
+  every engine and tile gives the same numbers (docs/PRECISION.md).
+* ``tf32``: float32 storage, convolutions and matrix products rounded to TF32 (a 10-bit
+  mantissa) on NVIDIA GPUs from Ampere on.
+* ``bfloat16`` and ``float16``: weights and activations in that type; softmax, the blend's sums
+  and everything written stay float32. densepred's own nets run wholly in the type; a model
+  written elsewhere runs under ``torch.autocast`` (its normalisations stay float32).
+
+The TF32 switches are PyTorch globals: :func:`precision_flags` sets them only while densepred's
+own calls compute and gives the caller's settings back, so the user's code keeps its choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import DensePredError
+
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+
+# float64 is no user choice, but the engines' exactness is checked in it against the definition
+_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A checked precision: its name, the dtype tensors are stored in, whether TF32 is on."""
+
+    name: str = "float32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.name]
+
+    @property
+    def tf32(self) -> bool:
+        return self.name == "tf32"
+
+    @property
+    def reduced(self) -> bool:
+        """Whether tensors are stored in a 16-bit type."""
+        return self.dtype != torch.float32
+
+
+FLOAT32 = Precision("float32")
+
+
+def precision_for(name: str | Precision | torch.dtype | None, device: torch.device) -> Precision:
+    """``name`` (or a torch dtype) checked against ``device``: one line saying what is wrong and
+    what would run."""
+    if isinstance(name, Precision):
+        name = name.name
+    name = "float32" if name is None else str(name).lower().removeprefix("torch.")
+    if name == "float64":
+        return Precision(name)
+    if name not in PRECISIONS:
+        raise DensePredError(f"precision {name!r} is invalid; valid: {', '.join(PRECISIONS)}")
+    if name == "float32":
+        return FLOAT32
+    missing = _missing_kernels(name, device)
+    if missing:
+        valid = ", ".join(p for p in PRECISIONS if p == "float32" or not _missing_kernels(p, device))
+        raise DensePredError(f"precision {name} cannot run on {device}: {missing}; valid there: {valid}")
+    return Precision(name)
+
+
+def _missing_kernels(name: str, device: torch.device) -> str:
+    """Why ``device`` has no fast kernels for precision ``name``; empty when it has."""
+    if device.type == "cuda":
+        return _missing_on_cuda(name, device)
+    if device.type == "cpu":
+        return _missing_on_cpu(name)
+    return f"densepred runs reduced precision on cpu and cuda devices only, not {device.type}"
+
+
+def _missing_on_cuda(name: str, device: torch.device) -> str:
+    if name == "tf32" and torch.cuda.get_device_capability(device)[0] < 8:
+        return "TF32 needs an NVIDIA GPU of compute capability 8.0 (Ampere) or later"
+    if name == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 kernels"
+    return ""
+
+
+def _missing_on_cpu(name: str) -> str:
+    if name == "tf32":
+        return "TF32 is a mode of NVIDIA GPUs"
+    supported = {"bfloat16": (torch.ops.mkldnn._is_mkldnn_bf16_supported, "AVX-512-BF16 or AMX"),
+                 "float16": (torch.ops.mkldnn._is_mkldnn_fp16_supported, "AVX-512-FP16 or AMX-FP16")}
+    check, instructions = supported[name]
+    if not check():
+        return f"this CPU has no {name} instructions ({instructions}); it would run slower than float32"
+    return ""
+
+
+@contextlib.contextmanager
+def precision_flags(precision: Precision = FLOAT32) -> Iterator[None]:
+    """TF32 in cuDNN convolutions and cuBLAS matrix products on for ``tf32``, off otherwise,
+    while the block runs; then the caller's settings back.
+
+    On Ampere and later GPUs PyTorch lets cuDNN round convolution inputs to TF32 by default, so
+    float32 engines would agree only to ~1e-3 and the profiler's "fraction of the float32 peak"
+    could pass 1. densepred computes float32 in true float32 unless TF32 is asked for.
+    """
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision.tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def exact_float32() -> contextlib.AbstractContextManager[None]:
+    """TF32 off while the block runs (:func:`precision_flags` for float32)."""
+    return precision_flags(FLOAT32)
+
+
+@contextlib.contextmanager
+def autocast(precision: Precision, device: torch.device) -> Iterator[None]:
+    """A model written elsewhere computing in ``precision``: ``torch.autocast`` for the 16-bit
+    types (PyTorch keeps normalisations and reductions in float32 there), the TF32 switches
+    for the rest."""
+    with precision_flags(precision):
+        if not precision.reduced:
+            yield
+            return
+        with torch.autocast(device.type, dtype=precision.dtype):
+            yield

@@ -1,0 +1,87 @@
+"""The CUDA lane (``make test-gpu``): every engine's exactness, each precision's bound, the file
+pipeline, a training step and a model from elsewhere, on an NVIDIA GPU. Skipped without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import densepred
+from densepred import DensePredError
+from densepred.interfaces.cli import main
+from tests.conftest import NETS, make_config, make_net, reference_logits, softmax
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+# max |dp| against the float64 definition, and the share of argmax flips (docs/PRECISION.md)
+BOUNDS = {"float32": (2e-6, 0.0), "tf32": (1e-2, 1e-3), "bfloat16": (1e-2, 1e-3), "float16": (2e-3, 1e-3)}
+
+
+def _precisions() -> list[str]:
+    if not torch.cuda.is_available():
+        return list(BOUNDS)
+    from densepred.networks.precision import precision_for
+
+    ok = []
+    for name in BOUNDS:
+        try:
+            precision_for(name, torch.device("cuda"))
+            ok.append(name)
+        except DensePredError:
+            pass
+    return ok
+
+
+@pytest.mark.parametrize("precision", _precisions())
+@pytest.mark.parametrize("name", ["2d_pool3_mixed", "3d_aniso", "3d_mlp"])
+def test_every_engine_on_cuda_keeps_to_its_bound(name, precision, rng):
+    spec = NETS[name]
+    net = make_net(spec)
+    shape = tuple(f + 7 + 2 * i for i, f in enumerate(net.geometry.fov))
+    image = rng.random((spec["in_channels"], *shape)).astype(np.float32)
+    expected = softmax(reference_logits(net, image.astype(np.float64)))
+    net = net.float()
+    largest, flips = BOUNDS[precision]
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    for mode in ("mfp", "dilated", "naive", "stream"):
+        got = densepred.predict_dense(net, image, mode=mode, device="cuda", precision=precision)
+        assert np.abs(got - expected).max() <= largest, mode
+        assert np.mean(got.argmax(0) != expected.argmax(0)) <= flips, mode
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_the_file_pipeline_on_cuda_equals_the_cpu_run(tmp_path):
+    config = make_config(tmp_path)
+    np.save(tmp_path / "in.npy", np.random.default_rng(3).random((21, 70, 65), dtype=np.float32))
+    for device in ("cpu", "cuda"):
+        assert main(["predict", str(config), "--input", str(tmp_path / "in.npy"), "--output",
+                     str(tmp_path / f"{device}.npy"), "--device", device, "--mirror", "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", [p for p in _precisions() if p != "tf32"])
+def test_a_training_step_on_cuda_learns_in_each_precision(tmp_path, precision):
+    from densepred.running.training import read_history
+    from tests.test_training import write_config
+
+    config = write_config(tmp_path, steps=40)
+    densepred.train(config, device="cuda", precision=precision, progress=False)
+    history = read_history(tmp_path / "run" / "history.csv")
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("precision", _precisions())
+def test_a_model_from_elsewhere_on_cuda_is_exact_in_float32_and_bounded_otherwise(precision, rng):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv3d(6, 3, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[-1].weight.mul_(10)
+    image = rng.random((19, 41, 37)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(model.double()(torch.from_numpy(image[None, None]).double()), 1)[0].numpy()
+    net = densepred.from_torch(model.float(), dims=3, in_channels=1)
+    got = densepred.predict_dense(net, image, mode="exact", tile_shape=(10, 20, 20), device="cuda",
+                                  precision=precision)
+    assert np.abs(got - expected).max() <= BOUNDS[precision][0]
