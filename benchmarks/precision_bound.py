@@ -152,7 +152,7 @@ def unet_rows(device: torch.device, precisions: list[str]) -> list[str]:
     reference = None
     rows = []
     for precision in precisions:
-        p = densepred.predict_dense(net, image, mode="exact", tile_shape=(32, 64, 64), device=device,
+        p = densepred.predict_dense(net, image, mode="exact", tile_shape=(40, 64, 64), device=device,
                                     precision=precision)
         reference = p if reference is None else reference
         largest, flips = difference(p, reference)

@@ -47,7 +47,7 @@ class PythonSettings:
     path: Path
     values: dict[str, Any]
     unresolved: dict[str, Unresolved]
-    skipped: list[str]  # "line N: what" for statements that set nothing evaluated
+    skipped: list[str]  # "line N: what" for statements not run that set no name
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.values.get(name, default)
@@ -101,8 +101,10 @@ def _run_statement(node: ast.stmt, settings: PythonSettings) -> None:
             settings.unresolved.pop(target.id, None)
     else:
         what = _statement_kind(node)
-        settings.skipped.append(f"line {node.lineno}: {what}")
-        for name in _names_bound(node):
+        names = _names_bound(node)
+        if not names:
+            settings.skipped.append(f"line {node.lineno}: {what}")
+        for name in names:
             settings.values.pop(name, None)
             settings.unresolved[name] = Unresolved(node.lineno, what)
 

@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import load_config
 from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
+from .elektronn_command import add_import_elektronn
 from .info import run_info
 from .model_options import add_model_options, model_job
 from .signals import terminate_cleanly
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"densepred {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, _add_demo):
+    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, add_import_elektronn, _add_demo):
         add(sub)
     return parser
 
