@@ -1,7 +1,7 @@
 """The README's newcomer section ("After the demo") and its first cluster command run as written:
 each command of their shell blocks, on a scaled-down demo folder (the demo's volumes and config,
 a smaller test volume, random weights in place of the 1000 trained steps); the napari line opens
-its files through densepred's reader instead of a window."""
+its files through densepred's reader instead of a window. The ELEKTRONN import example runs too."""
 
 from __future__ import annotations
 
@@ -75,3 +75,12 @@ def test_the_readme_names_the_version_option():
     done = subprocess.run([str(BIN / "densepred"), "--version"], capture_output=True, text=True, check=True)
     assert densepred.__version__ in done.stdout
     assert "densepred --version" in README.read_text()
+
+
+def test_the_elektronn_import_runs_as_written(tmp_path):
+    block = shell_blocks(section("Models you already have"))[0]
+    script = as_test(block, tmp_path).replace("examples/", f"{README.parent / 'examples'}/")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, f"{block}\n{done.stderr}"
+    assert "field of view" in done.stdout
+    assert densepred.load_config(tmp_path / "imported" / "membranes_e1.toml").network.dims == 3

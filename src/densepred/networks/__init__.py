@@ -5,6 +5,8 @@
 * :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
 * :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
 * :mod:`.foreign` - :func:`from_torch`: models written elsewhere and their tiling contract
+* :mod:`.precision` - the arithmetic a prediction computes in (float32, tf32, bfloat16, float16)
+* :mod:`.elektronn`, :mod:`.elektronn_param` - ELEKTRONN 1 nets and ``.param`` weights, read as data
 """
 
 from .bioimageio import from_bioimageio
