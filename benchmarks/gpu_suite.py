@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 import densepred
-from densepred.errors import DensePredError
 from densepred.networks import DenseEngine
-from densepred.networks.precision import PRECISIONS, precision_for
+from densepred.networks.precision import runnable_precisions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +46,7 @@ def timed(run, device: torch.device, repeats: int = 3) -> float:
 
 
 def runnable(device: torch.device) -> list[str]:
-    names = []
-    for name in PRECISIONS:
-        try:
-            precision_for(name, device)
-            names.append(name)
-        except DensePredError:
-            pass
-    return names
+    return runnable_precisions(device)
 
 
 def m36(sharp: bool = True) -> densepred.DenseNet:

@@ -26,24 +26,16 @@ import torch
 from torch import nn
 
 import densepred
-from densepred.errors import DensePredError
 from densepred.interfaces.demo import membrane_scores, write_example
 from densepred.networks import DenseEngine
-from densepred.networks.precision import PRECISIONS, precision_for
+from densepred.networks.precision import runnable_precisions
 from densepred.running.training import read_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def runnable(device: torch.device) -> list[str]:
-    names = []
-    for name in PRECISIONS:
-        try:
-            precision_for(name, device)
-            names.append(name)
-        except DensePredError:
-            pass
-    return names
+    return runnable_precisions(device)
 
 
 def difference(p: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

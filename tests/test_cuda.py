@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import densepred
-from densepred import DensePredError
 from densepred.interfaces.cli import main
 from tests.conftest import NETS, make_config, make_net, reference_logits, softmax
 
@@ -21,16 +20,9 @@ BOUNDS = {"float32": (2e-6, 0.0), "tf32": (1e-2, 1e-3), "bfloat16": (1e-2, 1e-3)
 def _precisions() -> list[str]:
     if not torch.cuda.is_available():
         return list(BOUNDS)
-    from densepred.networks.precision import precision_for
+    from densepred.networks.precision import runnable_precisions
 
-    ok = []
-    for name in BOUNDS:
-        try:
-            precision_for(name, torch.device("cuda"))
-            ok.append(name)
-        except DensePredError:
-            pass
-    return ok
+    return runnable_precisions(torch.device("cuda"))
 
 
 @pytest.mark.parametrize("precision", _precisions())

@@ -66,9 +66,14 @@ def precision_for(name: str | Precision | torch.dtype | None, device: torch.devi
         return FLOAT32
     missing = _missing_kernels(name, device)
     if missing:
-        valid = ", ".join(p for p in PRECISIONS if p == "float32" or not _missing_kernels(p, device))
+        valid = ", ".join(runnable_precisions(device))
         raise DensePredError(f"precision {name} cannot run on {device}: {missing}; valid there: {valid}")
     return Precision(name)
+
+
+def runnable_precisions(device: torch.device) -> list[str]:
+    """The precisions ``device`` has kernels for, float32 first."""
+    return [name for name in PRECISIONS if name == "float32" or not _missing_kernels(name, device)]
 
 
 def _missing_kernels(name: str, device: torch.device) -> str:
