@@ -74,14 +74,14 @@ def test_stream_equals_dilated_in_float64_whatever_the_slab(name, slab, rng):
     assert float((got - expected).abs().max()) <= 1e-10
 
 
-def test_exact_float32_restores_the_callers_tf32_settings():
-    from densepred.networks.precision import exact_float32
+def test_float32_flags_restore_the_callers_tf32_settings():
+    from densepred.networks.precision import precision_flags
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for chosen in ((True, True), (True, False), (False, True)):
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = chosen
-            with exact_float32():
+            with precision_flags():
                 assert not torch.backends.cudnn.allow_tf32
                 assert not torch.backends.cuda.matmul.allow_tf32
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == chosen

@@ -52,9 +52,6 @@ class PythonSettings:
     def get(self, name: str, default: Any = None) -> Any:
         return self.values.get(name, default)
 
-    def given(self, name: str) -> bool:
-        return name in self.values or name in self.unresolved
-
 
 def read_python_settings(path: str | Path, defaults: dict[str, Any] | None = None) -> PythonSettings:
     """Parse ``path`` and evaluate its top-level assignments over ``defaults``, running nothing."""

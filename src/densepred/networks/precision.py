@@ -121,11 +121,6 @@ def precision_flags(precision: Precision = FLOAT32) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def exact_float32() -> contextlib.AbstractContextManager[None]:
-    """TF32 off while the block runs (:func:`precision_flags` for float32)."""
-    return precision_flags(FLOAT32)
-
-
 @contextlib.contextmanager
 def autocast(precision: Precision, device: torch.device) -> Iterator[None]:
     """A model written elsewhere computing in ``precision``: ``torch.autocast`` for the 16-bit

@@ -109,11 +109,11 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     padded = TilePlan.create(spatial, geometry.fov, geometry.fov, mirror, roi)
     cost = tile_cost(geometry, mode, footprint, budget)
     if tile_shape is None:
+        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
         limit = _flow_limit(padded.output_shape) if flow else None
-        sized = cost if limit is None else (lambda t: cost(t) if math.prod(t) <= limit else budget.room + 1)
-        output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, sized)
-        if limit is not None and math.prod(output_tile) < math.prod(
-                default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)):
+        if limit is not None and math.prod(output_tile) > limit:
+            output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room,
+                                              lambda t: cost(t) if math.prod(t) <= limit else budget.room + 1)
             log.info("tile kept to at most 1/%d of the output (%s voxels) so reading and writing overlap compute",
                      FLOW_TILES, f"{limit:,}")
         if cost(output_tile) > budget.room:

@@ -79,8 +79,9 @@ def profile(config: Config | str | Path, *, device: str | None = None,
         raise DensePredError("max_seconds must be positive and repeats at least 1")
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
-    device = _device_name(device)
-    precision = precision_for(precision, resolve_device(device)).name
+    resolved = resolve_device(device)
+    device = str(resolved)
+    precision = precision_for(precision, resolved).name
     with Worker(cfg, device, precision) as worker:
         limit = memory_limit if memory_limit is not None else worker.default_limit
         result = ProfileResult([], worker.matmul_flops, device, limit, worker.baseline)
@@ -167,10 +168,6 @@ def _aspect(cfg: Config, geometry: Geometry, aspect: Sequence[float] | None) -> 
         raise DensePredError(f"aspect {list(aspect)} is invalid; expected {geometry.ndim} positive numbers (z, y, x)")
     largest = max(values)
     return tuple(a / largest for a in values)
-
-
-def _device_name(device: str | None) -> str:
-    return str(resolve_device(device))
 
 
 def _bar(enabled: bool, total: int) -> Any:
