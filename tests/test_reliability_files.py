@@ -115,16 +115,23 @@ def test_2_resume_after_a_torn_record_is_byte_identical(config, volume, tmp_path
 
 
 def test_2_every_written_box_is_synced_before_its_tile_is_recorded(config, volume, tmp_path, monkeypatch):
+    import threading
+
     from densepred.io.outputs import OutputArray
 
-    events = []
+    events: dict[int, list[str]] = {}  # per writer thread: each finishes its tiles one at a time
+
+    def log(event: str) -> None:
+        events.setdefault(threading.get_ident(), []).append(event)
+
     real_sync = OutputArray.sync
-    monkeypatch.setattr(OutputArray, "sync", lambda self, box: (events.append("sync"), real_sync(self, box))[1])
+    monkeypatch.setattr(OutputArray, "sync", lambda self, box: (log("sync"), real_sync(self, box))[1])
     real_append = DoneLog.append
-    monkeypatch.setattr(DoneLog, "append", lambda self, i: (events.append("record"), real_append(self, i))[1])
+    monkeypatch.setattr(DoneLog, "append", lambda self, i: (log("record"), real_append(self, i))[1])
     assert predict(config, tmp_path, str(tmp_path / "out.zarr")) == 0
     assert events
-    assert events == ["sync", "record"] * (len(events) // 2)
+    for thread_events in events.values():
+        assert thread_events == ["sync", "record"] * (len(thread_events) // 2)
 
 
 def fail_after(monkeypatch, tiles):

@@ -15,12 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import densepred
-from densepred.geometry import STREAM_SLAB, Footprint, balanced_tile
+from densepred.geometry import STREAM_SLAB, Footprint, balanced_tile, default_output_tile
 from densepred.running.planning.memory_budget import MemoryBudget
 from densepred.running.planning.tiling import (
+    FLOW_EXTRA_WORK,
     FLOW_MIN_VOXELS,
-    FLOW_TILES,
+    FLOW_SHARES,
     STREAM_EFFICIENCY,
+    flow_tile,
     plan_and_mode,
     plan_tiles,
 )
@@ -85,19 +87,36 @@ def test_auto_weighs_streams_on_cuda_too_and_a_tile_given_never_streams():
     assert plan.input_tile == tile
 
 
-def test_a_gpu_default_tile_leaves_several_tiles_in_flight(caplog):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_cheap_nets_default_tile_leaves_several_tiles_in_flight(caplog, device):
     geometry = make_net({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 1}]}).geometry
-    roomy = MemoryBudget(2**38, 0, "cuda")
-    cpu_plan = plan_tiles(geometry, (256, 512, 512), None, "mfp", True, roomy, Footprint(1, 2))
-    assert len(cpu_plan) == 1
+    roomy = MemoryBudget(2**38, 0, device)
     with caplog.at_level(logging.INFO, logger="densepred"):
         plan, _ = plan_and_mode(geometry, (256, 512, 512), None, "mfp", True, roomy, Footprint(1, 2),
-                                torch.device("cuda"))
-    assert len(plan) >= FLOW_TILES
+                                torch.device(device))
+    assert len(plan) >= FLOW_SHARES[0]  # a 1x1x1 net spends no more per voxel on small tiles
     assert math.prod(plan.output_tile) >= FLOW_MIN_VOXELS
     assert "so reading and writing overlap compute" in caplog.text
-    small, _ = plan_and_mode(geometry, (40, 100, 100), None, "mfp", True, roomy, Footprint(1, 2), torch.device("cuda"))
+    small, _ = plan_and_mode(geometry, (40, 100, 100), None, "mfp", True, roomy, Footprint(1, 2), torch.device(device))
     assert len(small) == 1  # below 128^3 voxels a tile is not split for flow
+
+
+def test_a_tile_is_not_split_where_the_border_would_cost_more_work(caplog):
+    # a field of view of 61: 1/16, 1/8 or 1/4 of a 400^3 output spends 45-70% more per voxel
+    wide = {"dims": 3, "in_channels": 1, "n_classes": 2,
+            "layers": [{"filters": 4, "kernel": 9, "pool": 2}, {"filters": 4, "kernel": 9, "pool": 2},
+                       {"filters": 4, "kernel": 9}, {"filters": 2, "kernel": 1}]}
+    geometry = make_net(wide).geometry
+    spatial = tuple(400 + f - 1 for f in geometry.fov)
+    with caplog.at_level(logging.INFO, logger="densepred"):
+        plan = plan_tiles(geometry, spatial, None, "dilated", False, MemoryBudget(2**38, 0, "cpu"), Footprint(1, 2))
+    assert len(plan) == 1
+    assert "overlap compute" not in caplog.text
+    work = geometry.flops(plan.input_tile, "dilated") / math.prod(plan.output_tile)
+    quarter = default_output_tile(geometry, plan.output_shape, "dilated", 400**3 // 4, math.prod)
+    assert flow_tile(geometry, plan.output_shape, plan.output_tile, lambda t: True) == plan.output_tile
+    quarter_work = geometry.flops(geometry.input_shape_for(quarter), "dilated") / math.prod(quarter)
+    assert quarter_work > work * (1 + FLOW_EXTRA_WORK)
 
 
 def test_auto_streaming_equals_dilated_and_says_so(rng, caplog):

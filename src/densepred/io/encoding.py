@@ -47,9 +47,11 @@ class Encoding:
         """``(K, *box)`` float32 probabilities -> stored values."""
         if self.argmax:
             return probabilities.argmax(axis=0).astype(self.stored_dtype)
-        if self.classes is not None:
-            probabilities = probabilities[list(self.classes)]
-        if self.dtype == "uint8":
-            # NaN (an input window with NaN) is stored as 0; the job reports such voxels
-            return np.rint(np.nan_to_num(probabilities, nan=0.0) * 255).astype(np.uint8)
-        return probabilities.astype(self.stored_dtype, copy=False)
+        selected = probabilities if self.classes is None else probabilities[list(self.classes)]
+        if self.dtype != "uint8":
+            return selected.astype(self.stored_dtype, copy=False)
+        # in place on one float32 copy; NaN (an input window with NaN) is stored as 0 (fmax
+        # drops it), and the job reports such voxels
+        scaled = np.multiply(selected, np.float32(255), out=None if selected is probabilities else selected)
+        np.fmax(scaled, np.float32(0), out=scaled)
+        return np.rint(scaled, out=scaled).astype(np.uint8)

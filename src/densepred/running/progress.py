@@ -11,6 +11,7 @@ and it cancels the run by raising :class:`densepred.errors.Cancelled`.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ class Progress:
         self.callback = enabled if callable(enabled) else None
         self.total, self.desc, self.enabled, self.interval = total, desc, enabled is True, interval
         self.done = 0
+        self._lock = threading.Lock()
         self.workers: int | None = None
         self._start = self._last = time.monotonic()
         terminal = sys.stderr.isatty() if terminal is None else terminal
@@ -49,6 +51,11 @@ class Progress:
         return tqdm(total=self.total, unit="vox", unit_scale=True, desc=self.desc)
 
     def update(self, voxels: int, workers: int | None = None) -> None:
+        """Count finished voxels (from any thread: the pipeline's writers share the bar)."""
+        with self._lock:
+            self._update(voxels, workers)
+
+    def _update(self, voxels: int, workers: int | None) -> None:
         self.done += voxels
         self.workers = workers if workers is not None else self.workers
         self.poll()

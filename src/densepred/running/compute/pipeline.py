@@ -2,21 +2,27 @@
 
 ::
 
-    reader thread   read batch k+2 -> queue (prefetch)
-    caller          compute batch k+1
-    writer thread   write batch k  <- queue (pending)
+    reader thread     read batch k+2 -> queue (prefetch)
+    caller            compute batch k+1
+    writer threads    finish and write batches k, k-1 <- a queue each (pending, shared out)
 
 Memory in flight is bounded: at most ``prefetch`` input batches wait to be computed and
-``pending`` result batches wait to be written, besides the one being worked on at each
-stage. Reading and writing release the GIL in NumPy, h5py, zarr's codecs and the OS, so a
-slow disk does not leave the CPU or GPU idle.
+``pending`` results (over all writers) wait to be written, besides the one being worked on
+at each stage. Reading and writing release the GIL in NumPy, h5py, zarr's codecs, torch and
+the OS, so a slow disk does not leave the CPU or GPU idle, and the writers' work (a softmax,
+encoding, compression) runs beside the next batch's compute on the other cores.
+
+Each batch goes to one writer (``writer_of``), which writes its batches in order: batches
+that touch the same output storage (a stream's slabs of one tile) go to the same writer, so
+no two threads ever write one shard.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 Batch = TypeVar("Batch")
@@ -25,17 +31,21 @@ POLL_SECONDS = 0.2
 
 
 def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute: Callable[[Any], Any],
-                 write: Callable[[Batch, Any], None], *, prefetch: int = 2, pending: int = 2) -> None:
+                 write: Callable[[Batch, Any], None], *, prefetch: int = 2, pending: int = 2, writers: int = 1,
+                 writer_of: Callable[[Batch], Hashable] | None = None) -> None:
     """``write(batch, compute(read(batch)))`` for every batch, with reading and writing in threads.
 
-    Batches are written in order. The first error in any stage stops the others and is raised
-    here; a ``KeyboardInterrupt`` stops reading, and the batches already computed are still
-    written before it propagates.
+    ``writers`` threads write; ``writer_of(batch)`` is a key, and batches of one key are
+    written by one thread in order (default: every batch its own key, dealt out in turn).
+    The first error in any stage stops the others and is raised here; a ``KeyboardInterrupt``
+    stops reading, and the batches already computed are still written before it propagates.
     """
+    writers = max(1, writers)
     inputs: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
-    results: queue.Queue = queue.Queue(maxsize=max(pending, 1))
+    results = [queue.Queue(maxsize=max(pending // writers, 1)) for _ in range(writers)]
     stop = threading.Event()
     errors: list[BaseException] = []
+    route = _router(writers, writer_of)
 
     def reader() -> None:
         try:
@@ -50,20 +60,21 @@ def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute
         finally:
             _put(inputs, _END, stop, force=True)
 
-    def writer() -> None:
+    def writer(own: queue.Queue) -> None:
         try:
-            while (item := results.get()) is not _END:
+            while (item := own.get()) is not _END:
                 if errors:
                     continue  # drain without writing after a failure elsewhere
                 write(*item)
         except BaseException as exc:
             errors.append(exc)
             stop.set()
-            _drain(results)
+            _drain(own)
 
-    threads = [threading.Thread(target=reader, name="densepred-reader", daemon=True),
-               threading.Thread(target=writer, name="densepred-writer", daemon=True)]
-    for thread in threads:
+    reading = threading.Thread(target=reader, name="densepred-reader", daemon=True)
+    writing = [threading.Thread(target=writer, args=(own,), name=f"densepred-writer-{i}", daemon=True)
+               for i, own in enumerate(results)]
+    for thread in (reading, *writing):
         thread.start()
     try:
         while True:
@@ -72,18 +83,38 @@ def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute
                 break
             batch, data = item
             result = compute(data)
-            if not _put(results, (batch, result), stop):
+            if not _put(results[route(batch)], (batch, result), stop):
                 break
     except BaseException:
         stop.set()
         raise
     finally:
-        _put(results, _END, stop, force=True, consumer=threads[1])
+        for own, thread in zip(results, writing, strict=True):
+            _put(own, _END, stop, force=True, consumer=thread)
         _drain(inputs)
-        for thread in threads:
+        for thread in (reading, *writing):
             thread.join()
     if errors:
         raise errors[0]
+
+
+def _router(writers: int, writer_of: Callable[[Any], Hashable] | None) -> Callable[[Any], int]:
+    """batch -> the index of its writer: a key keeps its writer; new keys are dealt out in turn."""
+    if writers == 1:
+        return lambda batch: 0
+    turn = itertools.cycle(range(writers))
+    assigned: dict[Hashable, int] = {}
+
+    def route(batch: Any) -> int:
+        if writer_of is None:
+            return next(turn)
+        key = writer_of(batch)
+        if key not in assigned:
+            assigned.clear()  # keys arrive in order; only the current one is needed
+            assigned[key] = next(turn)
+        return assigned[key]
+
+    return route
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event, force: bool = False,

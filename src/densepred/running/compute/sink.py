@@ -9,6 +9,7 @@ and the first position in image coordinates, or, with ``strict``, stops at the f
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class NonFinite:
 
     def __init__(self, shift: Sequence[int], strict: bool = False):
         self.shift, self.strict = tuple(shift), strict
+        self._lock = threading.Lock()  # the pipeline's writers check their tiles at once
         self.count = 0
         self.first: tuple[int, ...] | None = None
 
@@ -39,10 +41,10 @@ class NonFinite:
         bad = ~np.isfinite(probabilities).all(axis=0)
         if not bad.any():
             return
-        self.count += int(bad.sum())
-        if self.first is None:
-            where = np.argwhere(bad)[0]
-            self.first = tuple(int(w + o + s) for w, o, s in zip(where, start, self.shift, strict=True))
+        where = tuple(int(w + o + s) for w, o, s in zip(np.argwhere(bad)[0], start, self.shift, strict=True))
+        with self._lock:
+            self.count += int(bad.sum())
+            self.first = min(self.first or where, where)  # the first in C order, whichever writer saw it
         if self.strict:
             raise DensePredError(self.message())
 

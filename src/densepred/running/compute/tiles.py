@@ -22,13 +22,16 @@ from .pipeline import run_pipeline
 
 log = logging.getLogger("densepred")
 
+# Threads that finish tiles (softmax, encoding, compression, the write) beside the next tile's
+# compute, where the output allows it (see predict_tiles); each tile is finished by one of them.
+WRITERS = 2
 # write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
 TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
 
 
 def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
                   write: TileWriter, *, batch_size: int = 1, progress: ProgressOption = False,
-                  prefetch: int = 2, pending: int = 2) -> None:
+                  prefetch: int = 2, pending: int = 2, writers: int = 1) -> None:
     """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
     the box it owns, to ``write(tile, probabilities, part, done)`` in a background thread.
 
@@ -36,33 +39,38 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     a tile over in slabs instead: ``part`` is each slab's box in the output, and ``done`` is
     True with the tile's last slab. Tiles are batched in the order given; a caller that needs
     identical numbers on a rerun passes the same batches (see :mod:`densepred.running.jobs.own_job`).
+
+    ``writers`` threads call ``write``, each tile's calls from one thread: more than one only
+    where no two tiles share a unit of storage (an output whose shards or chunks are the
+    tiles, a memory map, an array in memory), since a shard written from two threads at once
+    loses one of the writes.
     """
     bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
     try:
         if isinstance(engine, DenseEngine) and engine.mode == "stream":
-            _stream_tiles(engine, source, plan, tiles, write, bar, prefetch, pending)
+            _stream_tiles(engine, source, plan, tiles, write, bar, prefetch, pending, writers)
             return
         batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
 
         def read(batch: list[Tile]) -> np.ndarray:
             return np.stack([read_window(source, plan, tile) for tile in batch])
 
-        def compute(windows: np.ndarray) -> np.ndarray:
+        def compute(windows: np.ndarray) -> torch.Tensor:
             bar.poll()
-            return _probabilities(engine(torch.from_numpy(windows)))
+            return engine(torch.from_numpy(windows))
 
-        def write_batch(batch: list[Tile], probabilities: np.ndarray) -> None:
-            for tile, tile_probs in zip(batch, probabilities, strict=True):
+        def write_batch(batch: list[Tile], logits: torch.Tensor) -> None:
+            for tile, tile_probs in zip(batch, _probabilities(logits), strict=True):
                 write(tile, tile_probs[(slice(None), *tile.owned_in_tile())], None, True)
                 bar.update(math.prod(tile.owned_shape))
 
-        run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending)
+        run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending, writers=writers)
     finally:
         bar.close()
 
 
 def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
-                  write: TileWriter, bar: Progress, prefetch: int, pending: int) -> None:
+                  write: TileWriter, bar: Progress, prefetch: int, pending: int, writers: int) -> None:
     """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
     so memory depends on the slab and the cross-section, not on the tile's length."""
     length = plan.input_tile[0]
@@ -73,7 +81,7 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         tile, a, b = slab
         return tile, read_window(source, plan, tile, rows=(a, b))
 
-    def compute(item: tuple[Tile, np.ndarray]) -> tuple[int, np.ndarray | None]:
+    def compute(item: tuple[Tile, np.ndarray]) -> tuple[int, torch.Tensor | None]:
         bar.poll()
         tile, data = item
         if current["tile"] is not tile:
@@ -83,12 +91,13 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         if logits is None:
             return first, None
         current["made"] += logits.shape[2]
-        return first, _probabilities(logits)[0]
+        return first, logits.clone()  # the stream reuses its buffers for the next slab
 
-    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, np.ndarray | None]) -> None:
-        tile, (first, probabilities) = slab[0], result
-        if probabilities is None:
+    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, torch.Tensor | None]) -> None:
+        tile, (first, logits) = slab[0], result
+        if logits is None:
             return
+        probabilities = _probabilities(logits)[0]
         owned = tile.owned_in_tile()
         lo, hi = max(first, owned[0].start), min(first + probabilities.shape[1], owned[0].stop)
         if lo >= hi:
@@ -98,12 +107,16 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         write(tile, values, part, hi == owned[0].stop)
         bar.update(values[0].size)
 
-    run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending)
+    # a tile's slabs rewrite its shards: one writer takes them all, in order
+    run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending, writers=writers,
+                 writer_of=lambda slab: id(slab[0]))
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax in float32, whatever the engine computed in."""
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    """Softmax in float32, whatever the engine computed in, as a C-ordered ``(B, K, *box)`` array:
+    each class's map contiguous for the writer (the CPU engines' channels-last logits are
+    reordered first, which also makes the softmax itself faster there)."""
+    return torch.softmax(logits.float().contiguous(), dim=1).cpu().numpy()
 
 
 def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool,

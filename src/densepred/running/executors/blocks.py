@@ -33,7 +33,7 @@ from ...networks import create_prediction_net
 from ...system import available_cores
 from ..compute.downsample import write_level_block
 from ..compute.sink import NonFinite, Sink
-from ..compute.tiles import make_engine, predict_tiles
+from ..compute.tiles import WRITERS, make_engine, predict_tiles
 from ..planning.devices import resolve_device
 
 _NETS: dict[tuple[str, str], Any] = {}
@@ -122,19 +122,18 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
                          job.precision)
     output = open_output(job.output, clean=False)
     sink = Sink(output, job.encoding, NonFinite(job.shift, strict=job.strict))
-    written = 0
+    written: list[int] = []  # voxels per write; list.append is atomic across the writer threads
 
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
-        nonlocal written
         if plan.tile_id(tile) not in done:
-            written += sink.write(part or tile.owned_slices(), probabilities)
+            written.append(sink.write(part or tile.owned_slices(), probabilities))
 
     try:
-        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size)
+        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=WRITERS)
     finally:
         output.close()
     non_finite = sink.non_finite
-    return BlockResult(block_id, tuple(ids), written, non_finite.count, non_finite.first, worker,
+    return BlockResult(block_id, tuple(ids), sum(written), non_finite.count, non_finite.first, worker,
                        time.perf_counter() - start)
 
 

@@ -25,7 +25,7 @@ from ...networks.foreign import ForeignNet
 from ...networks.precision import precision_for
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ModelRun, source_of
-from ..compute.tiles import make_engine, predict_tiles
+from ..compute.tiles import WRITERS, make_engine, predict_tiles
 from ..planning.devices import on_device, resolve_device
 from ..planning.memory_budget import memory_budget
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry
@@ -134,7 +134,11 @@ def predict_dense(
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, done: bool) -> None:
         out[(slice(None), *(part or tile.owned_slices()))] = probabilities
 
-    predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress)
+    # tiles own disjoint boxes: an array in memory takes them from several writers at once, an
+    # array-like with chunks of its own (zarr, HDF5) from one, as tiles may share its chunks
+    writers = WRITERS if isinstance(out, np.ndarray) else 1
+    predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress,
+                  writers=writers)
     return out
 
 

@@ -40,7 +40,7 @@ from ...io.ome_zarr import OmeLayout
 from ...networks import config_last, create_prediction_net
 from ...networks.precision import Precision, precision_for
 from ..compute.sink import NonFinite, Sink
-from ..compute.tiles import make_engine, predict_tiles
+from ..compute.tiles import WRITERS, make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, tiles_per_block
 from ..planning.devices import resolve_device
@@ -114,7 +114,10 @@ class NetPlan:
                 done_log.append(tile_id)
 
         try:
-            predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress)
+            # the output's shards (zarr), chunks (HDF5, written under h5py's lock) or bytes (a
+            # memory map) are never shared by two tiles: several writers may finish tiles at once
+            predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress,
+                          writers=WRITERS)
         finally:
             done_log.close()
             output.flush()

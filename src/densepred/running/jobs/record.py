@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class DoneLog:
 
     def __init__(self, record_dir: Path, name: str = DONE_LOG):
         path = Path(record_dir) / name
+        self._lock = threading.Lock()
         self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
         self._file.seek(0)
         content = self._file.read()
@@ -79,9 +81,11 @@ class DoneLog:
             os.fsync(self._file.fileno())
 
     def append(self, tile_id: int) -> None:
-        self._file.write(done_line(tile_id).encode("ascii"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append a durable line (from any thread: the pipeline's writers share the log)."""
+        with self._lock:
+            self._file.write(done_line(tile_id).encode("ascii"))
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,13 +27,17 @@ log = logging.getLogger("densepred")
 # FLOP for FLOP, the stream engine's convolutions ran at 0.90-0.95 of the speed of the cube
 # engines' on the CPU (m36 at output cross-sections of 32 to 96 voxels, docs/BENCHMARKS.md).
 STREAM_EFFICIENCY = 0.9
-# On a GPU memory rarely bounds the default tile: a cheap net would get one tile of the whole
-# volume, and then reading, computing and writing run one after the other. A default tile there
-# holds at most a quarter of the output, unless that is below 128^3 output voxels (a GPU
-# underused): the pipeline keeps tiles in flight.
-FLOW_TILES = 4
+# Reading and writing overlap compute only across tiles: one tile of the whole volume (what
+# the memory budget gives a cheap net, on a GPU or a large CPU) reads, computes and writes one
+# after the other, and pays the first touch of its large buffers in page faults. A default
+# tile therefore holds at most 1/16 of the output (else 1/8, 1/4) where that costs at most
+# FLOW_EXTRA_WORK more convolution FLOPs per output voxel than the largest tile that fits (a
+# smaller tile spends a larger share on the field of view's border), and never fewer than
+# FLOW_MIN_VOXELS output voxels (per-tile overhead). Measured: a 1x1x1 net over 128x1024x1024,
+# 4.4-5.2 s with 4 tiles against 3.2-3.5 s with 16, at a quarter of the memory (docs/BENCHMARKS.md).
+FLOW_SHARES = (16, 8, 4)
 FLOW_MIN_VOXELS = 128**3
-
+FLOW_EXTRA_WORK = 0.1
 
 def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
                   budget: MemoryBudget, footprint: Footprint, device: torch.device,
@@ -45,29 +49,27 @@ def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, m
     tile that fits: the one whose convolutions spend fewer FLOPs over the whole image, the
     stream's divided by :data:`STREAM_EFFICIENCY`, is taken. A stream spends less where the
     field of view is large along z, because it pays the z border once per stream, not per tile.
-    On a GPU the default tile also leaves several in flight (:data:`FLOW_TILES`).
+    The default tile also leaves several in flight (:data:`FLOW_SHARES`).
     """
-    flow = device.type == "cuda"
     if mode == "auto" and tile_shape is None and not stacked:
-        chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi, flow)
+        chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
         if chosen is not None:
             return chosen
-    plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked, flow)
+    plan = plan_tiles(geometry, spatial, tile_shape, mode, mirror, budget, footprint, roi, stacked)
     return plan, choose_mode(geometry, plan.input_tile, mode, device)
 
 
 def _stream_or_cube(geometry: Geometry, spatial: Sequence[int], mirror: bool, budget: MemoryBudget,
-                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None,
-                    flow: bool = False) -> tuple[TilePlan, str] | None:
+                    footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> tuple[TilePlan, str] | None:
     """The stream's plan where its tiles spend fewer (weighted) FLOPs than the cube tiles, else
     the cube's; None when no stream fits (the cube plan then says what is wrong)."""
     try:
-        stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi, flow=flow)
+        stream = plan_tiles(geometry, spatial, None, "stream", mirror, budget, footprint, roi)
     except DensePredError:
         return None
     stream_work = len(stream) * geometry.flops(stream.input_tile, "stream") / STREAM_EFFICIENCY
     try:
-        cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi, flow=flow)
+        cube = plan_tiles(geometry, spatial, None, "auto", mirror, budget, footprint, roi)
     except DensePredError:  # no cube tile fits the budget; a stream of thin slabs may
         log.info("auto: no cube tile fits the memory budget; streaming tiles of %s", list(stream.input_tile))
         return stream, "stream"
@@ -97,11 +99,11 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
 
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
                budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
-               stacked: bool = False, flow: bool = False) -> TilePlan:
+               stacked: bool = False) -> TilePlan:
     """The tiles for an image: of ``tile_shape`` (checked; a warning if over the budget), or the
     largest whose estimated peak fits the memory ``budget`` (an error if none does), shrunk to
     as few voxels as cover the image with as many tiles (:func:`~densepred.geometry.balanced_tile`).
-    ``flow``: the default tile holds at most 1/:data:`FLOW_TILES` of the output (a GPU's plan).
+    The default tile keeps several tiles in flight where that costs little (:func:`flow_tile`).
 
     For a stack (``geometry`` is a 2D net's :meth:`~densepred.geometry.Geometry.stacked`), a
     ``(y, x)`` tile gets as many slices per forward as fit in the budget.
@@ -110,12 +112,8 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     cost = tile_cost(geometry, mode, footprint, budget)
     if tile_shape is None:
         output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room, cost)
-        limit = _flow_limit(padded.output_shape) if flow else None
-        if limit is not None and math.prod(output_tile) > limit:
-            output_tile = default_output_tile(geometry, padded.output_shape, mode, budget.room,
-                                              lambda t: cost(t) if math.prod(t) <= limit else budget.room + 1)
-            log.info("tile kept to at most 1/%d of the output (%s voxels) so reading and writing overlap compute",
-                     FLOW_TILES, f"{limit:,}")
+        if cost(output_tile) <= budget.room and mode != "stream":  # a stream flows slab by slab
+            output_tile = flow_tile(geometry, padded.output_shape, output_tile, lambda t: cost(t) <= budget.room)
         if cost(output_tile) > budget.room:
             raise too_small(budget, cost(output_tile))
         output_tile = balanced_tile(output_tile, padded.output_shape, geometry.stride, mode)
@@ -134,9 +132,45 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     return plan
 
 
-def _flow_limit(output_shape: Sequence[int]) -> int:
-    """The most output voxels a GPU's default tile holds (:data:`FLOW_TILES`)."""
-    return max(math.prod(output_shape) // FLOW_TILES, FLOW_MIN_VOXELS)
+def flow_tile(geometry: Geometry, output_shape: Sequence[int], largest: Sequence[int],
+              fits: Callable[[Sequence[int]], bool]) -> tuple[int, ...]:
+    """``largest`` (the largest default tile that fits), or the output halved along its longest
+    axes until it holds at most the smallest share in :data:`FLOW_SHARES` and ``fits``, where
+    that spends at most :data:`FLOW_EXTRA_WORK` more FLOPs per output voxel than ``largest``;
+    the choice is logged. Halving the output keeps tiles on a power-of-two grid, as chunks are."""
+    total, largest = math.prod(output_shape), tuple(largest)
+    work = _work_per_voxel(geometry)
+    for share in FLOW_SHARES:
+        limit = max(total // share, FLOW_MIN_VOXELS)
+        if math.prod(largest) <= limit:
+            return largest
+        tile = _halved(output_shape, limit, geometry.stride, fits)
+        if tile is not None and work(tile) <= work(largest) * (1 + FLOW_EXTRA_WORK):
+            log.info("tile kept to at most 1/%d of the output (%s voxels, %.0f%% more work per voxel than the "
+                     "largest tile %s) so reading and writing overlap compute", share, f"{limit:,}",
+                     100 * (work(tile) / work(largest) - 1), list(largest))
+            return tile
+    return largest
+
+
+def _halved(shape: Sequence[int], limit: int, stride: Sequence[int],
+            fits: Callable[[Sequence[int]], bool]) -> tuple[int, ...] | None:
+    """``shape`` with its longest axis halved (to a multiple of the stride) until it holds at
+    most ``limit`` voxels and ``fits``; None where that would go below :data:`FLOW_MIN_VOXELS`."""
+    tile = list(shape)
+    while math.prod(tile) > limit or not fits(tile):
+        axis = max(range(len(tile)), key=lambda a: tile[a])
+        half = stride[axis] * math.ceil(tile[axis] / 2 / stride[axis])
+        if half == tile[axis] or math.prod(tile) // tile[axis] * half < FLOW_MIN_VOXELS:
+            return None
+        tile[axis] = half
+    return tuple(tile)
+
+
+def _work_per_voxel(geometry: Geometry) -> Callable[[Sequence[int]], float]:
+    # MFP's FLOPs are the dilated engine's within a few percent, and a tile clipped to a thin
+    # output need not be MFP-valid
+    return lambda tile: geometry.flops(geometry.input_shape_for(tile), "dilated") / math.prod(tile)
 
 
 def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,

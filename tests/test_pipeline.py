@@ -1,0 +1,88 @@
+"""The read/compute/write pipeline with several writers, and the per-voxel steps around it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import densepred
+from densepred.io.encoding import Encoding
+from densepred.io.images import to_float32
+from densepred.running.compute.pipeline import run_pipeline
+
+from .test_predict_files import in_memory
+
+
+def test_every_batch_is_written_once_and_a_keys_batches_by_one_writer_in_order():
+    batches = [(key, part) for key in range(7) for part in range(5)]  # 7 tiles of 5 slabs each
+    written: dict[int, list[tuple[int, int, int]]] = {}
+    lock = threading.Lock()
+
+    def write(batch, result):
+        time.sleep(0.001 * (batch[1] % 3))  # writers finish out of step
+        with lock:
+            written.setdefault(batch[0], []).append((threading.get_ident(), batch[1], result))
+
+    run_pipeline(batches, read=lambda b: b[0] * 10 + b[1], compute=lambda x: x * 2, write=write,
+                 writers=3, writer_of=lambda b: b[0])
+    assert sorted(written) == list(range(7))
+    threads = set()
+    for key, events in written.items():
+        assert len({thread for thread, _, _ in events}) == 1  # one writer per key
+        assert [part for _, part, _ in events] == list(range(5))  # in order
+        assert [result for _, _, result in events] == [2 * (key * 10 + part) for part in range(5)]
+        threads |= {thread for thread, _, _ in events}
+    assert len(threads) == 3  # the keys were dealt out
+
+
+def test_a_failing_writer_stops_the_run_and_its_error_is_raised():
+    written = []
+
+    def write(batch, result):
+        if batch == 5:
+            raise OSError(28, "No space left on device")
+        written.append(batch)
+
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(range(200), read=lambda b: b, compute=lambda x: x, write=write, writers=2)
+    assert len(written) < 199  # the others stopped instead of finishing everything
+
+
+def test_integer_input_scaling_is_float64_division_rounded_to_float32():
+    # the one-pass float32 division is used for 8 and 16 bit; it must give the same numbers
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        values = np.arange(info.min, info.max + 1).astype(dtype)
+        expected = (values.astype(np.float64) / info.max).astype(np.float32)
+        np.testing.assert_array_equal(to_float32(values), expected)
+    big = np.array([0, 7, 2**31 - 1, -2**31], np.int32)
+    np.testing.assert_array_equal(to_float32(big), (big / (2**31 - 1)).astype(np.float32))
+
+
+@pytest.mark.parametrize("classes", [None, (2, 0)])
+def test_uint8_encoding_rounds_and_stores_nan_as_zero_without_touching_its_input(classes):
+    rng = np.random.default_rng(3)
+    probabilities = rng.random((3, 5, 7, 9), dtype=np.float32)
+    probabilities[1, 2, 3, 4] = np.nan
+    probabilities[0, 0, 0, 0] = 0.5 / 255  # a tie: rounds to even
+    before = probabilities.copy()
+    stored = Encoding(3, "uint8", classes)(probabilities)
+    chosen = probabilities if classes is None else probabilities[list(classes)]
+    expected = np.rint(np.where(np.isnan(chosen), 0, chosen) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(stored, expected)
+    np.testing.assert_array_equal(probabilities, before)
+
+
+def test_a_file_run_with_two_writers_equals_the_in_memory_prediction(config, tmp_path):
+    # tiles of a few voxels, many in flight: the writers interleave tile after tile
+    volume = np.random.default_rng(11).random((13, 47, 39), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    job = densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "out.zarr"), tile=(6, 19, 17),
+                               mode="mfp", mirror=True, progress=False, levels=1)
+    densepred.predict_to_file(job)
+    got = zarr.open_group(tmp_path / "out.zarr")["0"][...]
+    np.testing.assert_array_equal(got, in_memory(config, volume, tile="6,19,17", mirror=True))
