@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -86,3 +87,56 @@ def test_a_file_run_with_two_writers_equals_the_in_memory_prediction(config, tmp
     densepred.predict_to_file(job)
     got = zarr.open_group(tmp_path / "out.zarr")["0"][...]
     np.testing.assert_array_equal(got, in_memory(config, volume, tile="6,19,17", mirror=True))
+
+
+def test_the_pyramid_is_built_while_tiles_are_written_and_a_resume_after_a_kill_is_byte_identical(config, tmp_path,
+                                                                                                monkeypatch):
+    from densepred.running.compute import downsample
+    from densepred.running.jobs import file_job
+
+    volume = np.random.default_rng(5).random((21, 45, 53), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+
+    def job(name, **options):  # output tiles of 8 x 16 x 16: on the step grid of every level
+        return densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / name), tile=(10, 23, 23),
+                                    mode="dilated", mirror=True, progress=False, levels=3, dtype="uint8", **options)
+
+    passes = []
+    real_pass = file_job.build_pyramid
+    def counted(*args):
+        passes.append(real_pass(*args))
+        return passes[-1]
+
+    monkeypatch.setattr(file_job, "build_pyramid", counted)
+    densepred.predict_to_file(job("whole.zarr"))
+    group = zarr.open_group(tmp_path / "whole.zarr")
+    levels = [group[str(i)][...] for i in range(3)]
+    assert passes == [0]  # the feed built every shard; the pass after the tiles found nothing to do
+    for below, above in itertools.pairwise(levels):
+        np.testing.assert_array_equal(above, downsample.downsample_mean(below, (2, 2, 2)))
+
+    # killed after tiles and pyramid shards were written, then resumed: the same bytes
+    from densepred.io.outputs import OutputArray
+
+    real_write = OutputArray.write_box
+    count = {"n": 0}
+
+    def dying(self, box, values, labels):
+        count["n"] += 1
+        if count["n"] == 20:
+            raise KeyboardInterrupt
+        real_write(self, box, values, labels)
+
+    monkeypatch.setattr(OutputArray, "write_box", dying)
+    with pytest.raises(KeyboardInterrupt):
+        densepred.predict_to_file(job("cut.zarr"))
+    monkeypatch.setattr(OutputArray, "write_box", real_write)
+    assert (tmp_path / "cut.zarr.densepred" / "level1.log").read_text()  # the feed had logged shards
+    densepred.predict_to_file(job("cut.zarr", resume=True))
+    assert passes[-1] > 0  # the shards under tiles done before the kill came from the pass
+    assert _chunk_files(tmp_path / "cut.zarr") == _chunk_files(tmp_path / "whole.zarr")
+
+
+def _chunk_files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "zarr.json"}

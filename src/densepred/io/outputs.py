@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class OutputArray:
                  levels: Sequence[Any] = ()):
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
         self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
+        # called with (spatial box, values) after each write_box, from the writing thread
+        self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
 
     def level(self, index: int) -> OutputArray:
         """The output's pyramid level ``index`` (level 0 is the output itself)."""
@@ -92,6 +94,8 @@ class OutputArray:
         key = box if labels else (slice(None), *box)
         self[key] = values
         self.sync(key)
+        if self.after_write is not None:
+            self.after_write(box, values)
 
     def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
         array = self.array

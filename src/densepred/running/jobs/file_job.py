@@ -23,7 +23,7 @@ from .job import JobResult, PlannedJob, PredictJob, uses_cluster
 from .lifecycle import finish, start_output, write_error
 from .model_job import plan_model
 from .own_job import plan_net
-from .pyramid import build_pyramid
+from .pyramid import PyramidFeed, build_pyramid
 from .record import read_done
 
 log = logging.getLogger("densepred")
@@ -77,13 +77,29 @@ def run_planned(job: PredictJob, planned: PlannedJob, previous: dict[str, Any] |
         if planned.layout is not None:
             run_pyramid(client, planned.layout, planned.encoding.argmax, spec, record_dir, job.progress)
     else:
+        feed = _pyramid_feed(planned, output)
         try:
             computed = planned.compute(job, output, done)
         except OSError as exc:
             raise write_error(exc, spec, f"{len(read_done(record_dir))} of {planned.pieces()} pieces done") from None
+        finally:
+            output.after_write = None
+            if feed is not None:
+                feed.close()
         _local_pyramid(job, planned, output)
     finish(output, record_dir, planned.record, spec)
     return planned.result(computed, skipped)
+
+
+def _pyramid_feed(planned: PlannedJob, output: Any) -> PyramidFeed | None:
+    """The levels above level 0 built from each box as it is written (what it leaves undone,
+    :func:`_local_pyramid` builds after the last piece)."""
+    layout = planned.layout
+    if layout is None or len(layout.levels) == 1:
+        return None
+    feed = PyramidFeed(output, layout.levels, layout.tile, planned.encoding.argmax, planned.record_dir)
+    output.after_write = feed.add
+    return feed
 
 
 def _local_pyramid(job: PredictJob, planned: PlannedJob, output: Any) -> None:
