@@ -29,14 +29,16 @@ log = logging.getLogger("densepred")
 STREAM_EFFICIENCY = 0.9
 # Reading and writing overlap compute only across tiles: one tile of the whole volume (what
 # the memory budget gives a cheap net, on a GPU or a large CPU) reads, computes and writes one
-# after the other, and pays the first touch of its large buffers in page faults. A default
-# tile therefore holds at most 1/16 of the output (else 1/8, 1/4) where that costs at most
+# after the other, and large buffers pay their first touch in page faults. A default tile
+# therefore holds at most 1/FLOW_SHARE of the output and at most FLOW_MAX_VOXELS output voxels
+# (never fewer than FLOW_MIN_VOXELS, for per-tile overhead), where that costs at most
 # FLOW_EXTRA_WORK more convolution FLOPs per output voxel than the largest tile that fits (a
-# smaller tile spends a larger share on the field of view's border), and never fewer than
-# FLOW_MIN_VOXELS output voxels (per-tile overhead). Measured: a 1x1x1 net over 128x1024x1024,
-# 4.4-5.2 s with 4 tiles against 3.2-3.5 s with 16, at a quarter of the memory (docs/BENCHMARKS.md).
-FLOW_SHARES = (16, 8, 4)
+# smaller tile spends a larger share on the field of view's border); else the nearest larger
+# tile that does. Measured on a 1x1x1 net over 128x1024x1024 (docs/BENCHMARKS.md): 4 tiles
+# 4.4-5.2 s, 16 tiles of 8.4M voxels 2.3-2.6 s, 32 of 4.2M 1.2-1.5 s, 128 of 2.1M 1.4-1.6 s.
+FLOW_SHARE = 16
 FLOW_MIN_VOXELS = 128**3
+FLOW_MAX_VOXELS = 2**22
 FLOW_EXTRA_WORK = 0.1
 
 def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
@@ -49,7 +51,7 @@ def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, m
     tile that fits: the one whose convolutions spend fewer FLOPs over the whole image, the
     stream's divided by :data:`STREAM_EFFICIENCY`, is taken. A stream spends less where the
     field of view is large along z, because it pays the z border once per stream, not per tile.
-    The default tile also leaves several in flight (:data:`FLOW_SHARES`).
+    The default tile also leaves several in flight (:func:`flow_tile`).
     """
     if mode == "auto" and tile_shape is None and not stacked:
         chosen = _stream_or_cube(geometry, spatial, mirror, budget, footprint, roi)
@@ -135,21 +137,21 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
 def flow_tile(geometry: Geometry, output_shape: Sequence[int], largest: Sequence[int],
               fits: Callable[[Sequence[int]], bool]) -> tuple[int, ...]:
     """``largest`` (the largest default tile that fits), or the output halved along its longest
-    axes until it holds at most the smallest share in :data:`FLOW_SHARES` and ``fits``, where
-    that spends at most :data:`FLOW_EXTRA_WORK` more FLOPs per output voxel than ``largest``;
-    the choice is logged. Halving the output keeps tiles on a power-of-two grid, as chunks are."""
+    axes until it holds at most the flow limit (:data:`FLOW_SHARE`, :data:`FLOW_MAX_VOXELS`)
+    and ``fits``, where that spends at most :data:`FLOW_EXTRA_WORK` more FLOPs per output voxel
+    than ``largest`` (else the limit is doubled); the choice is logged. Halving the output
+    keeps tiles on a power-of-two grid, as chunks are."""
     total, largest = math.prod(output_shape), tuple(largest)
     work = _work_per_voxel(geometry)
-    for share in FLOW_SHARES:
-        limit = max(total // share, FLOW_MIN_VOXELS)
-        if math.prod(largest) <= limit:
-            return largest
+    limit = min(max(total // FLOW_SHARE, FLOW_MIN_VOXELS), FLOW_MAX_VOXELS)
+    while limit < math.prod(largest):
         tile = _halved(output_shape, limit, geometry.stride, fits)
         if tile is not None and work(tile) <= work(largest) * (1 + FLOW_EXTRA_WORK):
-            log.info("tile kept to at most 1/%d of the output (%s voxels, %.0f%% more work per voxel than the "
-                     "largest tile %s) so reading and writing overlap compute", share, f"{limit:,}",
+            log.info("tile kept to %s output voxels (%.0f%% more work per voxel than the largest tile %s) so "
+                     "reading and writing overlap compute", f"{math.prod(tile):,}",
                      100 * (work(tile) / work(largest) - 1), list(largest))
             return tile
+        limit *= 2
     return largest
 
 
