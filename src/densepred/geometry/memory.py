@@ -38,9 +38,9 @@ def stream_shard(length: int) -> int:
 class Footprint:
     """What a prediction run holds in memory besides the network's activations, per tile.
 
-    The pipeline (:mod:`densepred.running.pipeline`) reads up to ``prefetch`` batches ahead
-    while one is read and one computed, and holds up to ``pending`` computed batches while
-    one is written. Each input window is held as stored (``input_itemsize``) and as float32;
+    The pipeline (:mod:`densepred.running.compute.pipeline`) reads up to ``prefetch`` batches
+    ahead while one is read and one computed, and holds up to ``pending`` computed batches
+    while its two writers finish one each. Each input window is held as stored (``input_itemsize``) and as float32;
     each result as logits and probabilities (float32), then encoded (``stored_itemsize``)
     and compressed.
     """
