@@ -196,3 +196,17 @@ def test_the_examples_in_the_geometry_docstrings_hold():
         module = importlib.import_module(f"densepred.geometry.{found.name}")
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, f"{module.__name__}: {failures} example(s) failed"
+
+
+def test_the_shards_a_box_meets_carry_the_ids_of_the_whole_grid():
+    from densepred.geometry import box_above, shard_boxes, shards_meeting, source_box
+
+    every = dict(shard_boxes((9, 20, 7), (4, 6, 7)))
+    met = dict(shards_meeting((9, 20, 7), (4, 6, 7), ((3, 5), (5, 13), (0, 7))))
+    assert met == {i: every[i] for i in (0, 1, 2, 4, 5, 6)}
+    # a box on the step grid maps to the box above it, and back; one off the grid does not
+    above = box_above(((4, 9), (6, 20), (0, 7)), (2, 2, 1), (9, 20, 7))
+    assert above == ((2, 5), (3, 10), (0, 7))
+    assert source_box(above, (2, 2, 1), (9, 20, 7)) == ((4, 9), (6, 20), (0, 7))
+    assert box_above(((3, 9), (6, 20), (0, 7)), (2, 2, 1), (9, 20, 7)) is None
+    assert box_above(((4, 7), (6, 20), (0, 7)), (2, 2, 1), (9, 20, 7)) is None

@@ -15,7 +15,7 @@ from densepred.io.encoding import Encoding
 from densepred.io.images import to_float32
 from densepred.running.compute.pipeline import run_pipeline
 
-from .test_predict_files import in_memory
+from .test_predict_files import chunk_files, in_memory
 
 
 def test_every_batch_is_written_once_and_a_keys_batches_by_one_writer_in_order():
@@ -134,9 +134,4 @@ def test_the_pyramid_is_built_while_tiles_are_written_and_a_resume_after_a_kill_
     assert (tmp_path / "cut.zarr.densepred" / "level1.log").read_text()  # the feed had logged shards
     densepred.predict_to_file(job("cut.zarr", resume=True))
     assert passes[-1] > 0  # the shards under tiles done before the kill came from the pass
-    assert _chunk_files(tmp_path / "cut.zarr") == _chunk_files(tmp_path / "whole.zarr")
-
-
-def _chunk_files(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "zarr.json"}
+    assert chunk_files(tmp_path / "cut.zarr") == chunk_files(tmp_path / "whole.zarr")

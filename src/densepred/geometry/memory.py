@@ -40,9 +40,9 @@ class Footprint:
 
     The pipeline (:mod:`densepred.running.compute.pipeline`) reads up to ``prefetch`` batches
     ahead while one is read and one computed, and holds up to ``pending`` computed batches
-    while its two writers finish one each. Each input window is held as stored (``input_itemsize``) and as float32;
-    each result as logits and probabilities (float32), then encoded (``stored_itemsize``)
-    and compressed.
+    while its two writers finish one each. Each input window is held as stored
+    (``input_itemsize``) and as float32; each result as logits and probabilities (float32),
+    then encoded (``stored_itemsize``) and compressed.
     """
 
     in_channels: int
@@ -111,6 +111,26 @@ def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: s
         if cost(candidate) > budget_bytes:
             return best
         best = candidate
+
+
+def halved_tile(shape: Sequence[int], limit: int, stride: Sequence[int], fits: Callable[[Shape], bool],
+                floor: int) -> Shape | None:
+    """``shape`` with its longest axis halved (up to a multiple of the stride), again and again,
+    until it holds at most ``limit`` voxels and ``fits``; None where that would go below
+    ``floor`` voxels. Halving a shape keeps its tiles on a power-of-two grid, as chunks are.
+
+    Example:
+        >>> halved_tile((128, 1024, 1024), 2**22, (1, 1, 1), lambda t: True, 2**21)
+        (128, 128, 256)
+    """
+    tile = list(shape)
+    while math.prod(tile) > limit or not fits(tuple(tile)):
+        axis = max(range(len(tile)), key=lambda a: tile[a])
+        half = stride[axis] * math.ceil(tile[axis] / 2 / stride[axis])
+        if half == tile[axis] or math.prod(tile) // tile[axis] * half < floor:
+            return None
+        tile[axis] = half
+    return tuple(tile)
 
 
 def balanced_tile(tile: Sequence[int], output_shape: Sequence[int], stride: Sequence[int], mode: str) -> Shape:

@@ -102,9 +102,31 @@ def level_shard(tile: Sequence[int], shape: Sequence[int]) -> Shape:
 
 def shard_boxes(shape: Sequence[int], shard: Sequence[int]) -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:
     """``(id, ((start, stop), ...))`` of every shard of an array, in C order."""
+    return shards_meeting(shape, shard, tuple((0, n) for n in shape))
+
+
+def shards_meeting(shape: Sequence[int], shard: Sequence[int],
+                   box: Sequence[tuple[int, int]]) -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:
+    """``(id, ((start, stop), ...))`` of the shards of an array that ``box`` meets, in C order;
+    ids number every shard of the array in C order."""
     counts = [math.ceil(n / s) for n, s in zip(shape, shard, strict=True)]
-    for block_id, index in enumerate(itertools.product(*(range(c) for c in counts))):
-        yield block_id, tuple((i * s, min((i + 1) * s, n)) for i, s, n in zip(index, shard, shape, strict=True))
+    ranges = [range(a // s, (b - 1) // s + 1) for (a, b), s in zip(box, shard, strict=True)]
+    for index in itertools.product(*ranges):
+        shard_id = 0
+        for i, c in zip(index, counts, strict=True):
+            shard_id = shard_id * c + i
+        yield shard_id, tuple((i * s, min((i + 1) * s, n)) for i, s, n in zip(index, shard, shape, strict=True))
+
+
+def box_above(box: Sequence[tuple[int, int]], step: Sequence[int],
+              below: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+    """The box of the next level that ``box`` of the level below (of shape ``below``) alone
+    determines, or None where ``box`` is off the step grid: it must start on the grid and end
+    on it or at the level's edge, so that downsampling it equals the whole level's there.
+    The inverse of :func:`source_box`."""
+    if not all(a % k == 0 and (b % k == 0 or b == n) for (a, b), k, n in zip(box, step, below, strict=True)):
+        return None
+    return tuple((a // k, -(-b // k)) for (a, b), k in zip(box, step, strict=True))
 
 
 def source_box(box: Sequence[tuple[int, int]], step: Sequence[int],

@@ -91,7 +91,7 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         if logits is None:
             return first, None
         current["made"] += logits.shape[2]
-        return first, logits.clone()  # the stream reuses its buffers for the next slab
+        return first, logits  # a fresh tensor: the stream's buffers hold only its ops' inputs
 
     def write_slab(slab: tuple[Tile, int, int], result: tuple[int, torch.Tensor | None]) -> None:
         tile, (first, logits) = slab[0], result

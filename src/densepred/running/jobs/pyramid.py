@@ -9,16 +9,15 @@ resumed run continues the pyramid where it stopped and the result is byte-identi
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...geometry import Level, level_shard, shard_boxes, source_box
+from ...geometry import Level, box_above, level_shard, shard_boxes, shards_meeting, source_box
 from ..compute.downsample import downsample_mean, downsample_mode, write_level_block
 from ..progress import Progress, ProgressOption
 from .record import DoneLog, read_done
@@ -82,14 +81,12 @@ class PyramidFeed:
         """``values`` were written over ``box`` of level ``below``: carry them up a level."""
         if below + 1 >= len(self.levels):
             return
-        level, shape = self.levels[below + 1], self.levels[below].shape
-        spans = [(s.start, s.stop) for s in box]
-        steps = zip(spans, level.step, shape, strict=True)
-        if not all(a % k == 0 and (b % k == 0 or b == n) for (a, b), k, n in steps):
+        level = self.levels[below + 1]
+        target = box_above([(s.start, s.stop) for s in box], level.step, self.levels[below].shape)
+        if target is None:
             return  # off the step grid: its shards are built afterwards from the level below
         reduced = (downsample_mode if self.label else downsample_mean)(values, level.step)
-        target = tuple((a // k, -(-b // k)) for (a, b), k in zip(spans, level.step, strict=True))
-        for shard_id, shard in _shards_meeting(level.shape, self.shards[level.index], target):
+        for shard_id, shard in shards_meeting(level.shape, self.shards[level.index], target):
             if shard_id not in self.done[level.index]:
                 self._write_part(level.index, shard_id, shard, target, reduced)
 
@@ -122,12 +119,3 @@ class PyramidFeed:
         for log in self.logs.values():
             log.close()
 
-
-def _shards_meeting(shape: Sequence[int], shard: Sequence[int],
-                    box: Sequence[tuple[int, int]]) -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:
-    """``(id, box)`` of the shards of an array that ``box`` meets; ids in C order, as :func:`shard_boxes`."""
-    counts = [math.ceil(n / s) for n, s in zip(shape, shard, strict=True)]
-    ranges = [range(a // s, (b - 1) // s + 1) for (a, b), s in zip(box, shard, strict=True)]
-    for index in itertools.product(*ranges):
-        shard_id = int(np.ravel_multi_index(index, counts))
-        yield shard_id, tuple((i * s, min((i + 1) * s, n)) for i, s, n in zip(index, shard, shape, strict=True))

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from ...errors import DensePredError
-from ...geometry import Footprint, Geometry, TilePlan, balanced_tile, default_output_tile, slices_that_fit
+from ...geometry import (
+    Footprint,
+    Geometry,
+    TilePlan,
+    balanced_tile,
+    default_output_tile,
+    halved_tile,
+    slices_that_fit,
+)
 from ...io import ChannelFirst
 from ...networks import DenseNet
 from .memory_budget import MemoryBudget, tile_cost, too_small, warn_if_over
@@ -40,6 +48,7 @@ FLOW_SHARE = 16
 FLOW_MIN_VOXELS = 128**3
 FLOW_MAX_VOXELS = 2**22
 FLOW_EXTRA_WORK = 0.1
+
 
 def plan_and_mode(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
                   budget: MemoryBudget, footprint: Footprint, device: torch.device,
@@ -145,7 +154,7 @@ def flow_tile(geometry: Geometry, output_shape: Sequence[int], largest: Sequence
     work = _work_per_voxel(geometry)
     limit = min(max(total // FLOW_SHARE, FLOW_MIN_VOXELS), FLOW_MAX_VOXELS)
     while limit < math.prod(largest):
-        tile = _halved(output_shape, limit, geometry.stride, fits)
+        tile = halved_tile(output_shape, limit, geometry.stride, fits, FLOW_MIN_VOXELS)
         if tile is not None and work(tile) <= work(largest) * (1 + FLOW_EXTRA_WORK):
             log.info("tile kept to %s output voxels (%.0f%% more work per voxel than the largest tile %s) so "
                      "reading and writing overlap compute", f"{math.prod(tile):,}",
@@ -153,20 +162,6 @@ def flow_tile(geometry: Geometry, output_shape: Sequence[int], largest: Sequence
             return tile
         limit *= 2
     return largest
-
-
-def _halved(shape: Sequence[int], limit: int, stride: Sequence[int],
-            fits: Callable[[Sequence[int]], bool]) -> tuple[int, ...] | None:
-    """``shape`` with its longest axis halved (to a multiple of the stride) until it holds at
-    most ``limit`` voxels and ``fits``; None where that would go below :data:`FLOW_MIN_VOXELS`."""
-    tile = list(shape)
-    while math.prod(tile) > limit or not fits(tile):
-        axis = max(range(len(tile)), key=lambda a: tile[a])
-        half = stride[axis] * math.ceil(tile[axis] / 2 / stride[axis])
-        if half == tile[axis] or math.prod(tile) // tile[axis] * half < FLOW_MIN_VOXELS:
-            return None
-        tile[axis] = half
-    return tuple(tile)
 
 
 def _work_per_voxel(geometry: Geometry) -> Callable[[Sequence[int]], float]:
