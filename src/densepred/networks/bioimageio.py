@@ -1,14 +1,18 @@
-"""Models from the BioImage Model Zoo: an ``rdf.yaml`` with ``pytorch_state_dict`` weights.
+"""Models from the BioImage Model Zoo: an ``rdf.yaml`` with ``pytorch_state_dict``, TorchScript
+or ONNX weights.
 
-The description is read and validated by ``bioimageio.spec`` (format 0.4 descriptions are
-converted to 0.5), without network access: the architecture's ``.py`` file and the weights
-must be local files inside the package's folder, or in the same zipped model package (unpacked
-into a private temporary folder removed at exit, within a size limit). **Running a model runs
-its code**: the architecture's ``.py`` file, or the package it is imported from - only known
-model libraries unless the user trusts another (``--trust-imports``); a one-line notice says
-so before the code runs. The model's class is built with the description's
-kwargs and its state dict loaded with ``torch.load(weights_only=True)``; the first input's
-axes give the spatial dimensions and the channels.
+The description is read and validated by ``bioimageio.spec`` (format 0.5, or 0.4 as it is where
+it does not convert: :mod:`.zoo_description`), without network access: the architecture's
+``.py`` file and the weights must be local files inside the package's folder, or in the same
+zipped model package (unpacked into a private temporary folder removed at exit, within a size
+limit). **Running a model runs its code**: the architecture's ``.py`` file, or the package it is
+imported from - only known model libraries unless the user trusts another (``--trust-imports``),
+or a TorchScript or ONNX file (:mod:`.model_files`); a one-line notice says so before the code
+runs. A state dict is loaded with ``torch.load(weights_only=True)`` into the class built with the
+description's kwargs. The first input's axes give the spatial dimensions and the channels; a
+fixed input size becomes the only window size, and a window beyond the image is padded as the
+input's ``pad`` says (zeros by default). Of several outputs the first is predicted unless
+another is chosen (``--output-tensor``).
 
 The input's preprocessing is applied to every window (:mod:`densepred.networks.processing`,
 statistics over the whole image). Of the output's postprocessing, a leading ``sigmoid`` or
@@ -35,7 +39,9 @@ import torch
 
 from ..errors import DensePredError
 from ..system import parse_size
-from .processing import DTYPES, MEASURED, VOXELWISE, Step
+from .model_files import OneOutput
+from .processing import Step
+from .zoo_description import WEIGHTS_ORDER, Description, Output, Weights, read_description
 
 log = logging.getLogger("densepred")
 
@@ -54,88 +60,152 @@ _ANNOUNCED: set[str] = set()
 class ZooModel:
     """What densepred needs of a bioimage.io model description."""
 
-    model: str  # path/to/file.py:Class or package.module:Class
+    model: str | None  # path/to/file.py:Class or package.module:Class; None for a TorchScript or ONNX file
     kwargs: dict[str, Any]
-    weights: Path
+    weights: Path  # the state dict, or the TorchScript or ONNX file
     dims: int
     in_channels: int
     preprocessing: tuple[Step, ...] = ()
     activation: str = "identity"  # from a leading sigmoid or softmax postprocessing step
     not_applied: tuple[str, ...] = field(default=())  # later postprocessing steps
+    weights_format: str = "pytorch_state_dict"
+    output_index: int | None = None  # which output, for a model with several (None: it has one)
+    fixed: tuple[int, ...] | None = None  # the input's space sizes when the description fixes them
+    pad: tuple[str, float] = ("constant", 0.0)
+    description: Description | None = None
+
+    @property
+    def model_file(self) -> Path | None:
+        """The file that holds the whole model (TorchScript, ONNX), else None."""
+        return None if self.weights_format == "pytorch_state_dict" else self.weights
 
 
 def is_rdf(path: str | Path | None) -> bool:
     return path is not None and Path(path).suffix.lower() in RDF_SUFFIXES
 
 
-def read_rdf(rdf: str | Path, trust_imports: Sequence[str] = ()) -> ZooModel:
-    """The architecture, kwargs, weights file and input axes of the model ``rdf`` describes.
+def read_rdf(rdf: str | Path, trust_imports: Sequence[str] = (), weights_format: str | None = None,
+             output: str | int | None = None) -> ZooModel:
+    """The model ``rdf`` describes: its weights (the first local entry in the order
+    state dict, TorchScript, ONNX, or ``weights_format``), input axes and processing, and the
+    output ``output`` names (default: the first).
 
     A package is a sandbox of files: every file it names must lie inside its folder, and an
     architecture imported from an installed package (``import_from``) must come from a known
     model library (:data:`TRUSTED_IMPORTS`) or one in ``trust_imports``.
     """
     path = Path(rdf).expanduser().resolve()
-    descr = _description(_unpacked(path) if path.suffix.lower() == ".zip" else path)
-    weights = descr.weights.pytorch_state_dict
-    if weights is None:
-        formats = [name for name, value in descr.weights if value is not None]
-        raise DensePredError(f"{rdf} has no pytorch_state_dict weights (it has {', '.join(formats) or 'none'}); "
-                             "densepred runs PyTorch state dicts, or a torch.export program (--model-file .pt2)")
-    architecture, root = weights.architecture, Path(str(descr.root))
-    if hasattr(architecture, "source"):
-        model = f"{_local(root, architecture.source, rdf)}:{architecture.callable}"
+    descr = read_description(_unpacked(path) if path.suffix.lower() == ".zip" else path, rdf)
+    if descr.dims not in (2, 3):
+        raise DensePredError(f"{rdf}: its input has {descr.dims} space axes; densepred predicts 2D and 3D images")
+    index, chosen = descr.output(output, rdf)
+    _check_scale(chosen, rdf)
+    weights, model, kwargs, file = _weights(descr, rdf, trust_imports, weights_format)
+    activation, not_applied = _activation(chosen.postprocessing, rdf)
+    several = len(descr.outputs) > 1 or output is not None
+    return ZooModel(model, kwargs, file, descr.dims, descr.channels, descr.preprocessing, activation, not_applied,
+                    weights.format, index if several else None, descr.fixed, descr.pad, descr)
+
+
+def _check_scale(output: Output, rdf: str | Path) -> None:
+    """Outputs at the input's scale and offset only: densepred's windows own output boxes in
+    input coordinates."""
+    if any(s != 1.0 for s in output.scale) or any(output.offset):
+        raise DensePredError(f"{rdf}: its output {output.name} is {'x'.join(f'{s:g}' for s in output.scale)} times "
+                             f"its input's size with offset {'/'.join(f'{o:g}' for o in output.offset)}; densepred "
+                             "predicts outputs at the input's scale and offset only (a model whose output is a "
+                             "resampled image cannot be tiled by it yet)")
+
+
+def _weights(descr: Description, rdf: str | Path, trust_imports: Sequence[str],
+             asked: str | None) -> tuple[Weights, str | None, dict[str, Any], Path]:
+    """The weights entry to run, its model (``file.py:Class``/``module:Class``), kwargs and file:
+    ``asked``, else the first in :data:`WEIGHTS_ORDER` whose files are local (a download is
+    passed over while another entry remains)."""
+    present = [w.format for w in descr.weights]
+    if asked is not None and asked not in present:
+        raise DensePredError(f"{rdf} has no {asked} weights; it has {', '.join(present) or 'none'} "
+                             f"(densepred runs {', '.join(WEIGHTS_ORDER)})")
+    candidates = [w for w in descr.weights if asked is None or w.format == asked]
+    if not candidates:
+        raise DensePredError(f"{rdf} has no weights densepred runs ({', '.join(WEIGHTS_ORDER)})")
+    for weights in candidates:
+        try:
+            return _resolved(weights, descr.root, rdf, trust_imports)
+        except Download as exc:
+            if weights is candidates[-1]:
+                raise DensePredError(str(exc)) from None
+            log.info("%s; using its %s weights", exc, candidates[candidates.index(weights) + 1].format)
+    raise AssertionError("unreachable")
+
+
+class Download(DensePredError):
+    """A package names a file by URL."""
+
+
+def _resolved(weights: Weights, root: Path, rdf: str | Path,
+              trust_imports: Sequence[str]) -> tuple[Weights, str | None, dict[str, Any], Path]:
+    file = _local(root, weights.source, rdf)
+    if weights.format != "pytorch_state_dict":
+        return weights, None, {}, file
+    if weights.architecture_file is not None:
+        model = f"{_local(root, weights.architecture_file, rdf)}:{weights.callable}"
     else:
-        model = f"{_trusted(str(architecture.import_from), trust_imports, rdf)}:{architecture.callable}"
-    axes = descr.inputs[0].axes
-    channels = [a for a in axes if a.type == "channel"]
-    dims = sum(1 for a in axes if a.type == "space")
-    if dims not in (2, 3):
-        raise DensePredError(f"{rdf}: its input has {dims} space axes; densepred predicts 2D and 3D images")
-    activation, not_applied = _activation(descr.outputs[0].postprocessing, rdf)
-    return ZooModel(model, dict(architecture.kwargs), _local(root, weights.source, rdf), dims,
-                    len(channels[0].channel_names) if channels else 1, _steps(descr.inputs[0], rdf), activation,
-                    not_applied)
+        model = f"{_trusted(str(weights.import_from), trust_imports, rdf)}:{weights.callable}"
+    return weights, model, dict(weights.kwargs or {}), file
 
 
 def from_bioimageio(rdf: str | Path, *, output: str | None = None, trust_imports: Sequence[str] = (),
+                    weights_format: str | None = None, output_tensor: str | int | None = None,
                     **options: Any) -> Any:
     """A bioimage.io model (``rdf.yaml`` or a zipped package) as a
     :class:`~densepred.networks.ForeignNet` with its preprocessing; dims and channels come
-    from its description, ``output`` from its postprocessing unless given (see
-    :func:`from_torch` for it and the other options). Running a model runs its code: see
-    :func:`read_rdf` for what a package may name, and ``trust_imports``."""
-    model, zoo = load_rdf(rdf, trust_imports)
+    from its description, ``output`` (the activation) from its postprocessing unless given (see
+    :func:`from_torch` for it and the other options). ``weights_format``: ``pytorch_state_dict``,
+    ``torchscript`` or ``onnx`` (default: the first the package has locally, in that order);
+    ``output_tensor``: the name or index of the output to predict, for a model with several.
+    Running a model runs its code: see :func:`read_rdf` for what a package may name, and
+    ``trust_imports``."""
+    model, zoo = load_rdf(rdf, trust_imports, weights_format, output_tensor)
     return zoo_net(model, zoo, output, **options)
 
 
 def zoo_net(model: torch.nn.Module, zoo: ZooModel, output: str | None = None, **options: Any) -> Any:
-    """``model`` as the ForeignNet ``zoo`` describes: its preprocessing, its activation."""
+    """``model`` as the ForeignNet ``zoo`` describes: its output, preprocessing, activation,
+    fixed input size and padding."""
     from .foreign import from_torch
 
     if zoo.not_applied:
         log.warning("the model's postprocessing %s is not applied: densepred writes the outputs%s",
                     ", ".join(zoo.not_applied), "" if zoo.activation == "identity" else f" after its {zoo.activation}")
+    if zoo.output_index is not None:
+        model = OneOutput(model, zoo.output_index)
+    if zoo.fixed is not None:
+        options.setdefault("fixed", zoo.fixed)
     net = from_torch(model, dims=zoo.dims, in_channels=zoo.in_channels, output=output or zoo.activation, **options)
-    net.preprocessing = zoo.preprocessing
+    net.preprocessing, net.padding = zoo.preprocessing, zoo.pad
     return net
 
 
-def load_rdf(rdf: str | Path, trust_imports: Sequence[str] = ()) -> tuple[torch.nn.Module, ZooModel]:
+def load_rdf(rdf: str | Path, trust_imports: Sequence[str] = (), weights_format: str | None = None,
+             output_tensor: str | int | None = None) -> tuple[torch.nn.Module, ZooModel]:
     """The model ``rdf`` describes, with its weights loaded, and what was read of it."""
     from .loading import load_model
 
-    zoo = read_rdf(rdf, trust_imports)
+    zoo = read_rdf(rdf, trust_imports, weights_format, output_tensor)
     announce(zoo, rdf)
+    if zoo.model_file is not None:
+        return load_model(model_file=zoo.model_file), zoo
     return load_model(zoo.model, zoo.kwargs, zoo.weights), zoo
 
 
 def announce(zoo: ZooModel, rdf: str | Path) -> None:
     """The one-line notice, once per package and process, that the package's code runs now."""
-    if zoo.model not in _ANNOUNCED:
-        _ANNOUNCED.add(zoo.model)
+    what = zoo.model or f"{zoo.weights.name}, {zoo.weights_format}"
+    if what not in _ANNOUNCED:
+        _ANNOUNCED.add(what)
         log.warning("running the model code of %s (%s) with your permissions: run only packages you trust",
-                    rdf, zoo.model)
+                    rdf, what)
 
 
 def _trusted(module: str, trust_imports: Sequence[str], rdf: str | Path) -> str:
@@ -212,77 +282,15 @@ def _rdf_in(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _steps(tensor: Any, rdf: str | Path) -> tuple[Step, ...]:
-    """The input's preprocessing as :class:`Step` s; unsupported steps or axes are refused."""
-    axes = {str(a.id): a.type for a in tensor.axes}
-    return tuple(_step(str(p.id), p.kwargs, axes, rdf) for p in tensor.preprocessing)
-
-
-def _step(name: str, kwargs: Any, axes: dict[str, str], rdf: str | Path) -> Step:
-    if name not in VOXELWISE + MEASURED:
-        raise DensePredError(f"{rdf}: preprocessing step {name!r} is not supported; densepred applies "
-                             f"{', '.join(VOXELWISE + MEASURED)}")
-    values = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in dict(kwargs).items()
-              if v is not None and k not in ("axes", "axis", "reference_tensor")}
-    if name == "ensure_dtype" and values["dtype"] not in DTYPES:
-        raise DensePredError(f"{rdf}: ensure_dtype {values['dtype']!r} is invalid; expected one of {DTYPES}")
-    axis = getattr(kwargs, "axis", None)
-    if axis is not None and axes.get(str(axis)) != "channel":
-        raise DensePredError(f"{rdf}: preprocessing {name} gives values along axis {axis!r}; densepred supports "
-                             "values per channel only")
-    if getattr(kwargs, "reference_tensor", None) is not None:
-        raise DensePredError(f"{rdf}: preprocessing {name} measures another tensor "
-                             f"({kwargs.reference_tensor}); densepred measures the input itself only")
-    reduced = getattr(kwargs, "axes", None)
-    if reduced is None:
-        return Step(name, values)
-    reduced = {str(a) for a in reduced}
-    kept = [a for a, kind in axes.items() if kind == "space" and a not in reduced]
-    if kept:
-        raise DensePredError(f"{rdf}: preprocessing {name} measures per {', '.join(kept)} (axes {sorted(reduced)}); "
-                             "tiles cannot reproduce that, densepred measures over all space axes")
-    channel = next((a for a, kind in axes.items() if kind == "channel"), None)
-    batch = next((a for a, kind in axes.items() if kind == "batch"), None)
-    return Step(name, values, per_channel=channel is not None and channel not in reduced,
-                per_sample=batch is None or batch not in reduced)
-
-
-def _activation(postprocessing: Any, rdf: str | Path) -> tuple[str, tuple[str, ...]]:
+def _activation(postprocessing: Sequence[tuple[str, Any]], rdf: str | Path) -> tuple[str, tuple[str, ...]]:
     """A leading sigmoid or softmax (over the channels) as the activation, and what follows it."""
-    steps = [p for p in postprocessing if str(p.id) != "ensure_dtype"]
-    if steps and str(steps[0].id) in ("sigmoid", "softmax"):
-        axis = getattr(steps[0].kwargs, "axis", "channel")
-        if str(steps[0].id) == "softmax" and str(axis) != "channel":
+    steps = [(name, kwargs) for name, kwargs in postprocessing if name != "ensure_dtype"]
+    if steps and steps[0][0] in ("sigmoid", "softmax"):
+        axis = getattr(steps[0][1], "axis", "channel")
+        if steps[0][0] == "softmax" and str(axis) != "channel":
             raise DensePredError(f"{rdf}: its softmax is over axis {axis!r}; densepred's is over the channels")
-        return str(steps[0].id), tuple(str(p.id) for p in steps[1:])
-    return "identity", tuple(str(p.id) for p in steps)
-
-
-def _description(path: Path) -> Any:
-    try:
-        from bioimageio.spec import load_model_description
-    except ImportError:
-        raise DensePredError("reading a bioimage.io model needs bioimageio.spec: pip install "
-                             "'densepred[bioimageio]'") from None
-    if not path.is_file():
-        raise DensePredError(f"{path}: no such file (expected a bioimage.io rdf.yaml)")
-    try:
-        return load_model_description(path, format_version="latest", perform_io_checks=False)
-    except ValueError as exc:
-        raise DensePredError(f"{path} is not a valid bioimage.io model description: {_invalid(exc)}") from None
-
-
-def _invalid(exc: ValueError) -> str:
-    """The first reasons ``bioimageio.spec`` gives, each as ``field: why`` (its header lines and
-    links dropped)."""
-    errors = getattr(exc, "errors", None)  # a pydantic ValidationError
-    if callable(errors):
-        reasons = [f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in errors()[:2]]
-    else:
-        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
-        reasons = [line for line in lines if not line.endswith(":") and "validation error" not in line
-                   and not line.startswith("For further information")][:2]
-    return " ".join("; ".join(reasons).split())[:400] or type(exc).__name__
+        return steps[0][0], tuple(name for name, _ in steps[1:])
+    return "identity", tuple(name for name, _ in steps)
 
 
 def _local(root: Path, source: Any, rdf: str | Path) -> Path:
@@ -290,7 +298,7 @@ def _local(root: Path, source: Any, rdf: str | Path) -> Path:
     (no ``..``, no absolute path, no symlink leading out)."""
     text = str(source)
     if "://" in text:
-        raise DensePredError(f"{rdf} names {text}, a download; densepred reads local files only: unpack the model "
+        raise Download(f"{rdf} names {text}, a download; densepred reads local files only: unpack the model "
                              "package (with its weights and .py files) and give its rdf.yaml")
     relative = PurePosixPath(text.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts or Path(text).is_absolute():
@@ -305,4 +313,4 @@ def _local(root: Path, source: Any, rdf: str | Path) -> Path:
     return path
 
 
-__all__ = ["ZooModel", "from_bioimageio", "is_rdf", "load_rdf", "read_rdf", "zoo_net"]
+__all__ = ["Download", "ZooModel", "from_bioimageio", "is_rdf", "load_rdf", "read_rdf", "zoo_net"]

@@ -55,6 +55,7 @@ class TilingContract:
     exact: bool | None  # None: not probed yet
     reason: str = ""  # why exact tiling is impossible
     smallest: tuple[int, ...] = ()  # the smallest input per axis; it accepts smallest + k * factor
+    fixed: tuple[bool, ...] = ()  # axes whose input size is fixed at ``smallest`` (a fixed-shape model)
 
     def context_with(self, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
         """The context windows must keep: the model's, or with flipped views (``flips`` other
@@ -65,13 +66,16 @@ class TilingContract:
         context = ", ".join(f"{a}/{b}" for a, b in self.context)
         verdict = ("context and exactness not probed" if self.exact is None else
                    "exact tiling possible" if self.exact else f"not exactly tileable: {self.reason}")
-        return (f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, smallest input "
-                f"{list(self.smallest)}; {verdict}")
+        sizes = (f"input fixed at {list(self.smallest)}" if any(self.fixed) else
+                 f"smallest input {list(self.smallest)}")
+        return f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, {sizes}; {verdict}"
 
     def valid(self, window: tuple[int, ...]) -> bool:
         """Whether the model accepts an input window of this size."""
         smallest = self.smallest or (1,) * len(window)
-        return all(w >= m and (w - m) % f == 0 for w, m, f in zip(window, smallest, self.factor, strict=True))
+        fixed = self.fixed or (False,) * len(window)
+        return all(w == m if x else w >= m and (w - m) % f == 0
+                   for w, m, f, x in zip(window, smallest, self.factor, fixed, strict=True))
 
 
 class ForeignNet(torch.nn.Module):
@@ -100,6 +104,7 @@ class ForeignNet(torch.nn.Module):
 
     independent_axes: tuple[int, ...] = ()  # axes along which windows need no overlap (a stack's z)
     preprocessing: tuple[Any, ...] = ()  # a bioimage.io model's input steps (networks.processing.Step)
+    padding: tuple[str, float] = ("constant", 0.0)  # how a window beyond the image is filled (NumPy's pad mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -134,7 +139,7 @@ class StackNet(ForeignNet):
 
     def __init__(self, flat: ForeignNet):
         super().__init__(SliceWise(flat.model), 3, flat.in_channels, flat.output, over_stack(flat.sizes), None)
-        self.flat, self.preprocessing = flat, flat.preprocessing
+        self.flat, self.preprocessing, self.padding = flat, flat.preprocessing, flat.padding
 
     @property
     def contract(self) -> TilingContract:
@@ -144,12 +149,12 @@ class StackNet(ForeignNet):
 def over_stack(c: TilingContract) -> TilingContract:
     """A 2D contract with a leading z axis of independent slices."""
     return TilingContract((1, *c.factor), (0, *c.crop), ((0, 0), *c.context), c.exact, c.reason,
-                          (1, *c.smallest) if c.smallest else ())
+                          (1, *c.smallest) if c.smallest else (), (False, *c.fixed) if c.fixed else ())
 
 
 def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: str = "softmax",
                window: tuple[int, ...] | int | None = None, contract: TilingContract | None = None,
-               **overrides: Any) -> ForeignNet:
+               fixed: tuple[int, ...] | None = None, **overrides: Any) -> ForeignNet:
     """Wrap ``model`` for :func:`densepred.predict_dense` (``mode="exact"``, ``"blend"`` or ``"auto"``).
 
     Args:
@@ -159,6 +164,9 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         window: the input window to tile with (default: the smallest exact window, at least 64).
         contract: the tiling contract, instead of probing; or override fields by keyword
             (``factor=(1, 16, 16)``, ``context=((40, 40),) * 3``, ...).
+        fixed: the only input size the model accepts (a model exported with a fixed shape):
+            windows are exactly that size, blended unless ``factor`` and ``context`` are given
+            (then exact: the model is trusted to be shift-equivariant by that factor).
     """
     if dims not in (2, 3):
         raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
@@ -171,7 +179,14 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     if unknown:
         raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, "
                              "reason, smallest")
-    if contract is None:
+    if fixed is None and contract is None and callable(getattr(model, "fixed_shape", None)):
+        fixed = model.fixed_shape()  # an ONNX graph with a static input shape
+    if contract is None and fixed is not None:
+        contract = fixed_sizes(model, dims, in_channels, tuple(fixed), overrides)
+        window = tuple(fixed)
+    elif contract is None and "factor" in overrides and "smallest" in overrides:
+        contract = given_sizes(model, dims, in_channels, overrides)
+    elif contract is None:
         factor = overrides.get("factor")
         contract = replace(sizes(model, dims, in_channels, None if factor is None else tuple(factor)), **{
             k: v for k, v in overrides.items() if k in ("factor", "crop", "smallest")})
@@ -180,6 +195,45 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     else:
         contract = replace(contract, **overrides)
     return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
+
+
+def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
+                overrides: dict[str, Any]) -> TilingContract:
+    """The contract of a model that accepts one input size only: its crop from one forward of
+    that size; blended windows of it, or exact ones when the factor and context are given."""
+    if len(shape) != dims or any(s < 1 for s in shape):
+        raise DensePredError(f"fixed input shape {list(shape)} is invalid; expected {dims} positive sizes")
+    crop = _crop_of(model, dims, in_channels, shape, "its fixed input shape")
+    given = "factor" in overrides and "context" in overrides
+    reason = "" if given else (f"its input size is fixed at {list(shape)}, so its factor and context cannot be "
+                               "probed (give --factor and --context, factor= and context=, to tile it exactly)")
+    contract = TilingContract(tuple(overrides.get("factor", (1,) * dims)), crop, ((0, 0),) * dims, given, reason,
+                              tuple(shape), (True,) * dims)
+    return replace(contract, **{k: v for k, v in overrides.items() if k in ("factor", "context")})
+
+
+def _crop_of(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """The voxels the output loses per side, from one forward of ``shape``."""
+    found = _accepted(model, in_channels, dims, shape)
+    if found is None:
+        raise DensePredError(f"the model failed on {what} {list(shape)} with {in_channels} input channel(s)")
+    out = found[0]
+    if any(s - o < 0 or (s - o) % 2 for s, o in zip(shape, out, strict=True)):
+        raise DensePredError(f"the model maps {what} {list(shape)} to {list(out)}; densepred tiles outputs as large "
+                             "as the input or smaller by the same number of voxels on each side")
+    return tuple((s - o) // 2 for s, o in zip(shape, out, strict=True))
+
+
+def given_sizes(model: torch.nn.Module, dims: int, in_channels: int, overrides: dict[str, Any]) -> TilingContract:
+    """The sizes contract from a given factor and smallest input (no probe of sizes): the crop
+    from one forward of the smallest input unless it is given too."""
+    factor, smallest = tuple(overrides["factor"]), tuple(overrides["smallest"])
+    if len(factor) != dims or len(smallest) != dims or min(factor) < 1 or min(smallest) < 1:
+        raise DensePredError(f"factor {list(factor)} and smallest input {list(smallest)} are invalid; expected "
+                             f"{dims} positive integers each")
+    crop = tuple(overrides["crop"]) if "crop" in overrides else _crop_of(model, dims, in_channels, smallest,
+                                                                           "its smallest input")
+    return TilingContract(factor, crop, tuple(overrides.get("context", ((0, 0),) * dims)), None, "", smallest)
 
 
 def _strided(module: torch.nn.Module) -> tuple[int, ...] | None:
@@ -222,8 +276,11 @@ def first_forward(model: torch.nn.Module, in_channels: int, dims: int) -> tuple[
     if best is not None:
         return best
     raise DensePredError(f"the model accepted no {dims}D window from 1 to 256 voxels per side with {in_channels} "
-                         "input channel(s) whose output is as large or smaller by a constant; check dims= and "
-                         "in_channels=, or give contract=")
+                         "input channel(s) whose output is as large or smaller by a constant, so its downsampling "
+                         "factor and smallest input could not be determined: check its dims and input channels "
+                         "(--dims, --in-channels); give the factor and its smallest input (--factor and "
+                         "--smallest, factor= and smallest=) if it needs sizes the probe did not try; an output at "
+                         "another scale than its input (upsampling, half size) is not tiled by densepred")
 
 
 def _next_size(model: torch.nn.Module, in_channels: int, dims: int, side: int, out: int, factor: int) -> int | None:
@@ -238,14 +295,17 @@ def _next_size(model: torch.nn.Module, in_channels: int, dims: int, side: int, o
     return None
 
 
-def _accepted(model: torch.nn.Module, in_channels: int, dims: int, side: int) -> tuple[int, tuple[int, ...]] | None:
-    """The output side and the downsampling factor of one forward of a cube, or None if it fails."""
+def _accepted(model: torch.nn.Module, in_channels: int, dims: int,
+              side: int | tuple[int, ...]) -> tuple[Any, tuple[int, ...]] | None:
+    """The output side and the downsampling factor of one forward of a cube (its output's
+    sizes, and of any box given as ``side``), or None if it fails."""
     calls: list[tuple[int, ...]] = []
     hooks = [m.register_forward_hook(lambda m, i, o: calls.append(_strided(m)))
              for m in model.modules() if _strided(m) is not None and max(_strided(m)) > 1]
     try:
         with torch.inference_mode():
-            out = model(_rand(model, (1, in_channels, *(side,) * dims), 0))
+            box = side if isinstance(side, tuple) else (side,) * dims
+            out = model(_rand(model, (1, in_channels, *box), 0))
     except Exception:  # too small, sizes that do not fit together, an exported program's guard
         return None
     finally:
@@ -255,6 +315,8 @@ def _accepted(model: torch.nn.Module, in_channels: int, dims: int, side: int) ->
     for stride in calls:
         per_axis = stride * dims if len(stride) == 1 else stride[-dims:]
         factor = [f * t for f, t in zip(factor, per_axis, strict=True)]
+    if isinstance(side, tuple):
+        return tuple(out.shape[2:]), tuple(factor)
     sides = set(out.shape[2:])
     return (sides.pop(), tuple(factor)) if len(sides) == 1 else None
 
@@ -288,7 +350,7 @@ def _contract(fields: dict[str, Any]) -> TilingContract:
     """A contract from its cached JSON fields (lists back to tuples)."""
     return TilingContract(tuple(fields["factor"]), tuple(fields["crop"]),
                           tuple(tuple(c) for c in fields["context"]), fields["exact"], fields["reason"],
-                          tuple(fields["smallest"]))
+                          tuple(fields["smallest"]), tuple(fields.get("fixed", ())))
 
 
 def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingContract) -> TilingContract:

@@ -3,8 +3,9 @@
 * ``--model package.module:Class`` (or ``path/to/file.py:Class``) with ``--model-kwargs JSON``
   builds the class; ``--weights`` loads its state dict from ``.safetensors`` (never runs code)
   or ``.pt``/``.pth`` through ``torch.load(weights_only=True)`` (tensors only).
-* ``--model-file model.pt2`` loads a ``torch.export`` program. That format unpickles: load
-  only files you trust.
+* ``--model-file FILE`` loads a model stored whole: a ``torch.export`` program (``.pt2``, which
+  unpickles: load only files you trust), a TorchScript archive or an ONNX graph
+  (:mod:`.model_files`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import DensePredError
+from .model_files import load_file_model
 
 MAX_KWARGS_TEXT = 1_000_000  # characters of --model-kwargs JSON
 
@@ -28,9 +30,9 @@ def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = N
     """The model named by ``model`` (with ``kwargs`` and ``weights``) or stored in ``model_file``."""
     if (model is None) == (model_file is None):
         raise DensePredError("give the model as --model package.module:Class (with --weights) or as "
-                             "--model-file model.pt2, one of them")
+                             "--model-file FILE (.pt2, TorchScript or .onnx), one of them")
     if model_file is not None:
-        return _exported(Path(model_file))
+        return load_file_model(model_file)
     cls, options = _model_class(model), _kwargs(kwargs)
     try:
         module = cls(**options)
@@ -143,12 +145,3 @@ def _is_zip_or_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
     return head in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-
-
-def _exported(path: Path) -> torch.nn.Module:
-    if not path.exists():
-        raise DensePredError(f"model file {path} does not exist")
-    try:
-        return torch.export.load(str(path)).module()
-    except Exception as exc:
-        raise DensePredError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None

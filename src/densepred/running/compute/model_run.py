@@ -245,7 +245,8 @@ class ModelRun:
         return (total / self.weight_sum(box)[None]).astype(np.float32)
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
-        return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared), self.flips,
+        return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared,
+                                                    self.net.padding), self.flips,
                         self.channel_map, self.device, self.memory_format, self.precision)
 
 
@@ -313,16 +314,21 @@ def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, 
 
 
 def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
-          prepared: Prepared | None = None) -> np.ndarray:
-    """The window at ``starts``, preprocessed, zero beyond the image's high end (its padding to
-    the factor, after the preprocessing, as a whole-image forward would pad it)."""
+          prepared: Prepared | None = None, padding: tuple[str, float] = ("constant", 0.0)) -> np.ndarray:
+    """The window at ``starts``, preprocessed, padded beyond the image's high end (its padding to
+    the factor, after the preprocessing, as a whole-image forward would pad it): with zeros, or
+    as ``padding`` says (NumPy's mode and, for ``constant``, the value). A window that holds the
+    image's high end pads from it, so edge, reflect and symmetric padding equal the image's."""
     box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
     if prepared is None:
         data = to_float32(source.read(box))
     else:  # the steps act on the values as stored
         data = prepared.apply(Prepared.values(source.read(box)), starts)
     pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
-    return np.pad(data, pad) if any(p for _, p in pad[1:]) else np.ascontiguousarray(data)
+    if not any(p for _, p in pad[1:]):
+        return np.ascontiguousarray(data)
+    mode, value = padding
+    return np.pad(data, pad, constant_values=value) if mode == "constant" else np.pad(data, pad, mode=mode)
 
 
 def flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:

@@ -9,9 +9,10 @@ block takes every window that meets it, keeps the weighted sum inside it and div
 weight sum there (:meth:`ModelRun.values_in`): the same bytes as one process.
 
 The model travels by value (:class:`ModelPayload`: its class name and kwargs, the bytes of its
-weights, of its ``.py`` file or ``.pt2`` program, its dims, channels, activation and the
-contract probed by the client), so workers neither need the client's files nor probe again;
-its key covers all of it, so a long-lived cluster never serves one run with another's model.
+weights, of its ``.py`` file or model file (``.pt2``, TorchScript, ONNX), the output it
+predicts, its dims, channels, activation, padding and the contract probed by the client), so
+workers neither need the client's files nor probe again; its key covers all of it, so a
+long-lived cluster never serves one run with another's model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ...io import ArraySpec, ChannelFirst, open_array, open_output
 from ...io.encoding import Encoding
 from ...networks.foreign import ForeignNet, StackNet, TilingContract, from_torch
 from ...networks.loading import load_model
+from ...networks.model_files import OneOutput
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun, source_of
 from ..compute.preprocess import Prepared
@@ -55,6 +57,8 @@ class ModelPayload:
     activation: str
     contract: TilingContract  # of the model itself (a 2D model's, also when it runs over a stack)
     key: str = field(default="")
+    output_index: int | str | None = None  # which of the model's outputs (None: it has one)
+    padding: tuple[str, float] = ("constant", 0.0)  # how a window beyond the image is filled
 
     @classmethod
     def from_job(cls, job: Any, net: ForeignNet) -> ModelPayload:
@@ -65,11 +69,11 @@ class ModelPayload:
                 files[role] = (Path(path).name, Path(path).read_bytes())
         flat = net.flat if isinstance(net, StackNet) else net
         digest = hashlib.sha256(repr((job.model, job.model_kwargs, job.dims, job.in_channels, job.activation,
-                                      flat.contract.describe())).encode())
+                                      flat.contract.describe(), job.output_index, flat.padding)).encode())
         for name, data in files.values():
             digest.update(name.encode() + data)
         return cls(job.model, job.model_kwargs, files, job.dims, job.in_channels, job.activation, flat.contract,
-                   digest.hexdigest())
+                   digest.hexdigest(), job.output_index, flat.padding)
 
     def build(self) -> ForeignNet:
         with tempfile.TemporaryDirectory(prefix="densepred-model-") as folder:
@@ -81,8 +85,12 @@ class ModelPayload:
             if "source" in paths:
                 model = f"{paths['source']}:{self.model.rpartition(':')[2]}"
             module = load_model(model, self.kwargs, paths.get("weights"), paths.get("model_file"))
-        return from_torch(module, dims=self.dims, in_channels=self.in_channels, output=self.activation,
-                          contract=self.contract)
+        if self.output_index is not None:
+            module = OneOutput(module, self.output_index)
+        net = from_torch(module, dims=self.dims, in_channels=self.in_channels, output=self.activation,
+                         contract=self.contract)
+        net.padding = self.padding
+        return net
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,17 @@ class PredictJob:
     # a model written elsewhere instead of the config's net (:mod:`.model_job`)
     model: str | None = None  # package.module:Class or path/to/file.py:Class
     model_kwargs: dict[str, Any] | str | None = None  # its keyword arguments (a dict or JSON)
-    model_file: str | Path | None = None  # or a torch.export program (.pt2; unpickles: trusted files only)
+    model_file: str | Path | None = None  # or a model file: .pt2 (unpickles: trusted files only), TorchScript, ONNX
     trust_imports: Sequence[str] = ()  # packages a bioimage.io description may import its architecture from
     dims: int = 3  # the model's spatial dimensions
     in_channels: int = 1
     activation: str | None = None  # softmax, sigmoid or identity; None: softmax, or a bioimage.io model's own
     overlap: float = 0.5  # blend mode: window overlap
     tta: str | Sequence[int] | None = None  # "flips" or the axes to flip
+    output_tensor: str | int | None = None  # of a model with several outputs: the name or index to predict
+    weights_format: str | None = None  # a bioimage.io package's: pytorch_state_dict, torchscript or onnx
+    contract: dict[str, Any] | None = None  # tiling contract fields given, not probed: factor, smallest, context
+    output_index: int | str | None = None  # filled in by planning: which of the model's outputs runs
 
 
 @dataclass

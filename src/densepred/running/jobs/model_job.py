@@ -38,6 +38,7 @@ from ...io.ome_zarr import OmeLayout
 from ...networks.bioimageio import announce, is_rdf, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch
 from ...networks.loading import load_model
+from ...networks.model_files import OneOutput
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun, source_of
 from ..compute.sink import NonFinite, Sink
@@ -141,16 +142,22 @@ def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     """The job with what a bioimage.io model's description says filled in, and its net."""
+    overrides = dict(job.contract or {})
     if not is_rdf(job.model_file):
-        job = replace(job, activation=job.activation or "softmax")
+        job = replace(job, activation=job.activation or "softmax", output_index=job.output_tensor)
         model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
-        return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation)
+        if job.output_index is not None:
+            model = OneOutput(model, job.output_index)
+        return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation, **overrides)
     rdf = job.model_file
-    zoo = read_rdf(rdf, job.trust_imports)  # its class, kwargs, weights, axes and processing
+    zoo = read_rdf(rdf, job.trust_imports, job.weights_format, job.output_tensor)  # its weights, axes, processing
     announce(zoo, rdf)
-    job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=str(zoo.weights), model_file=None,
-                  dims=zoo.dims, in_channels=zoo.in_channels, activation=job.activation or zoo.activation)
-    return job, zoo_net(load_model(job.model, job.model_kwargs, job.weights), zoo, job.activation)
+    file = zoo.model_file
+    job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=None if file else str(zoo.weights),
+                  model_file=None if file is None else str(file), dims=zoo.dims, in_channels=zoo.in_channels,
+                  activation=job.activation or zoo.activation, output_index=zoo.output_index)
+    module = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
+    return job, zoo_net(module, zoo, job.activation, **overrides)
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ModelRun, encoding: Encoding,

@@ -83,7 +83,14 @@ def probe_window(c: TilingContract) -> tuple[int, ...]:
     """A valid window of about PROBE_VOXELS: the smallest accepted size plus factors."""
     side = PROBE_VOXELS ** (1 / len(c.factor))
     smallest = c.smallest or (1,) * len(c.factor)
-    return tuple(m + max(0, math.ceil((side - m) / f)) * f for m, f in zip(smallest, c.factor, strict=True))
+    return _kept_fixed(c, tuple(m + max(0, math.ceil((side - m) / f)) * f
+                                for m, f in zip(smallest, c.factor, strict=True)))
+
+
+def _kept_fixed(c: TilingContract, window: Sequence[int]) -> tuple[int, ...]:
+    """``window`` with the axes whose input size the model fixes at that size."""
+    fixed = c.fixed or (False,) * len(window)
+    return tuple(m if x else w for w, m, x in zip(window, c.smallest or window, fixed, strict=True))
 
 
 def _cpu_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
@@ -210,6 +217,9 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
     if len(window) != net.dims or any(w < 1 for w in window):
         raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
     smallest = c.smallest or (1,) * net.dims
+    if not c.valid(window) and any(c.fixed):
+        raise DensePredError(f"window {list(window)} is invalid for this model: its input size is fixed at "
+                             f"{list(c.smallest)}")
     if not c.valid(window):
         raise DensePredError(f"window {list(window)} is invalid for this model: it accepts "
                              + ", ".join(f"{m} + k*{f}" for m, f in zip(smallest, c.factor, strict=True))
@@ -224,12 +234,14 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
 def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
     """The smallest exact window per axis."""
     first = c.smallest or (1,) * len(c.factor)
-    return [smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]
+    return list(_kept_fixed(c, [smallest_window(f, cr, ctx, m)
+                                for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]))
 
 
 def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
     smallest = c.smallest or (1,) * len(c.factor)
-    return tuple(fitted_window(n, w, f, m) for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True))
+    return _kept_fixed(c, [fitted_window(n, w, f, m)
+                           for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True)])
 
 
 def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool,
