@@ -19,6 +19,7 @@ from .info import run_info
 from .model_options import add_model_options, model_job
 from .signals import terminate_cleanly
 from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
+from .zoo_command import add_test_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"densepred {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, add_import_elektronn, _add_demo):
+    for add in (_add_info, _add_train, _add_profile, _add_predict, _add_plan, add_import_elektronn, add_test_model,
+                _add_demo):
         add(sub)
     return parser
 

@@ -27,6 +27,19 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
     group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"],
                        help="what the logits become (default: softmax; for a bioimage.io model, its own "
                             "sigmoid or softmax postprocessing, else identity)")
+    group.add_argument("--weights-format", choices=["pytorch_state_dict", "torchscript", "onnx"],
+                       help="a bioimage.io package's weights to run (default: the first it has locally, in this "
+                            "order)")
+    group.add_argument("--output-tensor", metavar="NAME|INDEX",
+                       help="of a model with several outputs, the one to predict (default: the first)")
+    group.add_argument("--factor", metavar="F|Z,Y,X",
+                       help="the model's downsampling factor, given instead of probed (window origins are "
+                            "multiples of it)")
+    group.add_argument("--smallest", metavar="N|Z,Y,X",
+                       help="the smallest input it accepts (it accepts smallest + k * factor); with --factor, "
+                            "no size is probed")
+    group.add_argument("--context", metavar="N|Z,Y,X|LO:HI,...",
+                       help="how far an output voxel's inputs reach, per side, given instead of probed")
     group.add_argument("--overlap", type=float, default=0.5, help="blend mode: window overlap (default: 0.5)")
     group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
 
@@ -49,7 +62,9 @@ def model_job(args: argparse.Namespace) -> Any:
         model_kwargs=args.model_kwargs, model_file=args.model_file, trust_imports=tuple(args.trust_imports),
         dims=args.dims, in_channels=args.in_channels,
         activation=args.activation, mode=args.mode or "auto", tile=_per_axis(args.tile, "--tile"),
-        overlap=args.overlap, tta=_tta(args.tta), device=args.device, precision=args.precision, dtype=args.dtype,
+        overlap=args.overlap, tta=_tta(args.tta), output_tensor=args.output_tensor,
+        weights_format=args.weights_format, contract=contract_fields(args), device=args.device,
+        precision=args.precision, dtype=args.dtype,
         argmax=args.argmax,
         classes=parse_ints(args.classes, None, "--classes"), resume=args.resume, overwrite=args.overwrite,
         strict=args.strict, workers=args.workers, threads_per_worker=args.threads_per_worker,
@@ -57,6 +72,34 @@ def model_job(args: argparse.Namespace) -> Any:
         progress=not args.quiet, levels=args.levels, chunks=_per_axis(args.chunks, "--chunks"),
         voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit,
         memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
+
+
+def contract_fields(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The tiling contract fields given on the command line (one value means every axis; the
+    model's dims are known only once it is loaded)."""
+    fields: dict[str, Any] = {}
+    for name in ("factor", "smallest"):
+        text = getattr(args, name, None)
+        if text:
+            values = parse_ints(text, None, f"--{name}")
+            if len(values) not in (1, 2, 3) or min(values) < 1:
+                raise DensePredError(f"--{name} {text!r} is invalid; expected positive integers like 16 or 1,16,16")
+            fields[name] = values
+    if getattr(args, "context", None):
+        fields["context"] = _context(args.context)
+    return fields or None
+
+
+def _context(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        sides = [part.split(":") for part in text.split(",")]
+        context = tuple((int(s[0]), int(s[-1])) for s in sides if len(s) in (1, 2))
+    except ValueError:
+        context = ()
+    if len(context) not in (1, 2, 3) or len(context) != len(text.split(",")) or min(min(c) for c in context) < 0:
+        raise DensePredError(f"--context {text!r} is invalid; expected voxels per side like 40, 8,40,40 or "
+                             "8:8,40:40,40:40 (low:high)")
+    return context
 
 
 def _block(text: str | None) -> int | tuple[int, ...] | None:
@@ -76,7 +119,7 @@ def _tta(text: str | None) -> str | tuple[int, ...] | None:
                              "flip, like 1,2") from None
 
 
-__all__ = ["add_model_options", "model_job"]
+__all__ = ["add_model_options", "contract_fields", "model_job"]
 
 
 def _per_axis(text: str | None, option: str) -> int | tuple[int, ...] | None:

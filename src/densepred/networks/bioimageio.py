@@ -134,7 +134,7 @@ def _weights(descr: Description, rdf: str | Path, trust_imports: Sequence[str],
             return _resolved(weights, descr.root, rdf, trust_imports)
         except Download as exc:
             if weights is candidates[-1]:
-                raise DensePredError(str(exc)) from None
+                raise
             log.info("%s; using its %s weights", exc, candidates[candidates.index(weights) + 1].format)
     raise AssertionError("unreachable")
 
@@ -145,11 +145,11 @@ class Download(DensePredError):
 
 def _resolved(weights: Weights, root: Path, rdf: str | Path,
               trust_imports: Sequence[str]) -> tuple[Weights, str | None, dict[str, Any], Path]:
-    file = _local(root, weights.source, rdf)
+    file = local_file(root, weights.source, rdf)
     if weights.format != "pytorch_state_dict":
         return weights, None, {}, file
     if weights.architecture_file is not None:
-        model = f"{_local(root, weights.architecture_file, rdf)}:{weights.callable}"
+        model = f"{local_file(root, weights.architecture_file, rdf)}:{weights.callable}"
     else:
         model = f"{_trusted(str(weights.import_from), trust_imports, rdf)}:{weights.callable}"
     return weights, model, dict(weights.kwargs or {}), file
@@ -293,7 +293,7 @@ def _activation(postprocessing: Sequence[tuple[str, Any]], rdf: str | Path) -> t
     return "identity", tuple(name for name, _ in steps)
 
 
-def _local(root: Path, source: Any, rdf: str | Path) -> Path:
+def local_file(root: Path, source: Any, rdf: str | Path) -> Path:
     """The package file ``source`` names: a relative path that stays inside the package folder
     (no ``..``, no absolute path, no symlink leading out)."""
     text = str(source)

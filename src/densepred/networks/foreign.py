@@ -154,7 +154,8 @@ def over_stack(c: TilingContract) -> TilingContract:
 
 def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: str = "softmax",
                window: tuple[int, ...] | int | None = None, contract: TilingContract | None = None,
-               fixed: tuple[int, ...] | None = None, **overrides: Any) -> ForeignNet:
+               fixed: tuple[int, ...] | None = None, output_tensor: int | str | None = None,
+               **overrides: Any) -> ForeignNet:
     """Wrap ``model`` for :func:`densepred.predict_dense` (``mode="exact"``, ``"blend"`` or ``"auto"``).
 
     Args:
@@ -167,6 +168,8 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         fixed: the only input size the model accepts (a model exported with a fixed shape):
             windows are exactly that size, blended unless ``factor`` and ``context`` are given
             (then exact: the model is trusted to be shift-equivariant by that factor).
+        output_tensor: of a model that returns several outputs (a tuple, list or dict), the
+            index or key of the one to predict.
     """
     if dims not in (2, 3):
         raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
@@ -174,6 +177,10 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")
     with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
         model = model.eval()
+    if output_tensor is not None:
+        from .model_files import OneOutput
+
+        model = OneOutput(model, output_tensor)
     window = (window,) * dims if isinstance(window, int) else (tuple(window) if window is not None else None)
     unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
     if unknown:
@@ -195,6 +202,21 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     else:
         contract = replace(contract, **overrides)
     return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
+
+
+def per_axis_fields(fields: dict[str, Any] | None, dims: int) -> dict[str, Any]:
+    """Contract fields with one value for every axis expanded to ``dims`` (factor, smallest,
+    crop: integers; context: (low, high) pairs)."""
+    expanded = {}
+    for name, given in (fields or {}).items():
+        values = tuple(given) if isinstance(given, list | tuple) else (given,)
+        if len(values) == 1:
+            values = values * dims
+        if len(values) != dims:
+            raise DensePredError(f"{name} {list(values)} has {len(values)} values for a {dims}D model; give one, or "
+                                 f"one per axis")
+        expanded[name] = values
+    return expanded
 
 
 def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
@@ -426,10 +448,7 @@ def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tu
     for phase in range(factor[axis]):
         position = list(centre)
         position[axis] += phase
-        x = _rand(model, (1, in_channels, *side), 1)
-        x[(0, slice(None), *position)] = float("nan")
-        with torch.inference_mode():
-            bad = torch.isnan(model(x)).any(dim=1)[0]
+        bad = _touched(model, _rand(model, (1, in_channels, *side), 1), position)
         where = torch.nonzero(bad.flatten(0, axis - 1) if axis else bad)
         if len(where) == 0:
             continue
@@ -440,6 +459,24 @@ def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tu
         q, c = position[axis], crop[axis]
         low, high = max(low, b - q), max(high, q - 2 * c - a)  # outputs above q reach down to it
     return low, high
+
+
+def _touched(model: torch.nn.Module, x: torch.Tensor, position: list[int]) -> torch.Tensor:
+    """The outputs that depend on input voxel ``position`` of ``x``: those a NaN there reaches,
+    or for a model whose operators may drop NaN (``nan_probe = False``: onnxruntime's max
+    pooling compares) those a large change there, up or down, changes."""
+    voxel = (0, slice(None), *position)
+    with torch.inference_mode():
+        if getattr(model, "nan_probe", True):
+            x[voxel] = float("nan")
+            return torch.isnan(model(x)).any(dim=1)[0]
+        base, changed = model(x), None
+        for delta in (1e3, -1e3):
+            y = x.clone()
+            y[voxel] += delta
+            moved = (model(y) != base).any(dim=1)[0]
+            changed = moved if changed is None else changed | moved
+    return changed
 
 
 def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContract, thin: list[int], axis: int,

@@ -84,6 +84,8 @@ class OnnxModel(torch.nn.Module):
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
 
+    nan_probe = False  # onnxruntime's max pooling may drop a NaN: its reach is probed by large changes
+
     def extra_repr(self) -> str:  # in the model's hash (densepred.networks.foreign)
         return f"onnx sha256={self.digest}"
 
@@ -115,7 +117,7 @@ def _session(data: bytes, path: Any) -> Any:
         raise DensePredError(f"running the ONNX model {path or ''} needs onnxruntime: pip install "
                              "'densepred[onnx]'") from None
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only
+    options.log_severity_level = 4  # fatal only: a probe of a size the graph refuses is no error
     return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
@@ -128,6 +130,10 @@ class OneOutput(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pick_output(self.model(x), self.index)
+
+    @property
+    def nan_probe(self) -> bool:  # type: ignore[override]
+        return getattr(self.model, "nan_probe", True)
 
     def fixed_shape(self) -> tuple[int, ...] | None:
         fixed = getattr(self.model, "fixed_shape", None)

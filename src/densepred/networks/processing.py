@@ -70,6 +70,7 @@ _OPERATIONS = {
     "clip": lambda x, v: np.clip(x, v.get("min", v.get("lower")), v.get("max", v.get("upper"))),
     "scale_linear": lambda x, v: x * v.get("gain", np.float32(1)) + v.get("offset", np.float32(0)),
     "sigmoid": lambda x, v: 1 / (1 + np.exp(-x)),
+    "softmax": lambda x, v: np.exp(x - x.max(axis=0)) / np.exp(x - x.max(axis=0)).sum(axis=0),  # over the channels
     "fixed_zero_mean_unit_variance": lambda x, v: (x - v["mean"]) / v["std"],
     "zero_mean_unit_variance": lambda x, v: (x - v["mean"]) / (v["std"] + v["eps"]),
     "scale_range": lambda x, v: (x - v["lower"]) / (v["upper"] - v["lower"] + v["eps"]),

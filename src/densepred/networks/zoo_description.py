@@ -119,7 +119,9 @@ def _load(path: Path) -> Any:
         try:
             descr = load_model_description(path, format_version="discover", perform_io_checks=False)
         except ValueError as exc:
-            raise DensePredError(f"{path} is not a valid bioimage.io model description: {_invalid(exc)}") from None
+            reasons = dict.fromkeys([_invalid(latest), _invalid(exc)])
+            raise DensePredError(f"{path} is not a valid bioimage.io model description: "
+                                 f"{'; as it is: '.join(reasons)}") from None
         if not str(getattr(descr, "format_version", "")).startswith("0.4"):
             raise DensePredError(f"{path} is not a valid bioimage.io model description: {_invalid(latest)}") from None
         log.info("%s is read as format %s (it does not convert to 0.5: %s)", path, descr.format_version,
@@ -132,12 +134,27 @@ def _invalid(exc: ValueError) -> str:
     links dropped)."""
     errors = getattr(exc, "errors", None)  # a pydantic ValidationError
     if callable(errors):
-        reasons = [f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in errors()]
+        reasons = [f"{_where(e.get('loc', ()))}: {_short(str(e.get('msg', '')))}" for e in errors()]
     else:
         lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
-        reasons = [line for line in lines if not line.endswith(":") and "validation error" not in line
+        reasons = [_reason(line) for line in lines if not line.endswith(":") and "validation error" not in line
                    and not line.startswith("For further information")]
     return " ".join("; ".join(dict.fromkeys(reasons)).split())[:2000] or type(exc).__name__
+
+
+def _reason(line: str) -> str:
+    """``field: why`` from a line of the spec's message."""
+    where, _, why = line.partition(": ")
+    return f"{_where(where.split('.'))}: {_short(why)}" if why else _short(line)
+
+
+def _where(loc: Any) -> str:
+    """A field's place, without pydantic's validator names (``function-after[...]``)."""
+    return ".".join(str(p) for p in loc if not any(c in str(p) for c in "[(")) or "description"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _from_v05(descr: Any, rdf: Any) -> Description:
@@ -252,7 +269,13 @@ def _output_v04(tensor: Any, source: Any, test: str | None) -> Output:
     else:
         scale = tuple(float(shape.scale[i]) for i in space)
         offset = tuple(2 * float(shape.offset[i]) for i in space)
-    post = tuple((str(p.name), p.kwargs) for p in tensor.postprocessing)
+    from bioimageio.spec.model import v0_5
+
+    try:  # the spec's own mapping of 0.4 steps to 0.5 ones
+        post = tuple((str(c.id), c.kwargs) for c in (v0_5._convert_proc(p, tensor.axes)
+                                                        for p in tensor.postprocessing))
+    except (AttributeError, ValueError, AssertionError):
+        post = tuple((str(p.name), p.kwargs) for p in tensor.postprocessing)
     return Output(str(tensor.name), axes, scale, offset, post, test)
 
 
@@ -270,6 +293,20 @@ def _weights_v04(weights: Any) -> tuple[Weights, ...]:
         found.append(Weights(name, str(entry.source), str(arch.callable_name),
                              str(arch.source_file) if from_file else None,
                              None if from_file else str(arch.module_name), dict(entry.kwargs or {})))
+    return tuple(found)
+
+
+def output_steps(steps: Any, rdf: Any) -> tuple[Step, ...]:
+    """Postprocessing steps as :class:`Step` s that act voxel by voxel (a ``softmax`` over the
+    channels included); a step that measures the output (or another tensor) is refused."""
+    found = []
+    for name, kwargs in steps:
+        values = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in dict(kwargs).items()
+                  if v is not None and k not in ("axes", "axis")}
+        if name not in (*VOXELWISE, "softmax") or "reference_tensor" in values:
+            raise DensePredError(f"{rdf}: its postprocessing {name} measures a whole tensor; densepred applies "
+                                 f"voxel-wise steps only ({', '.join(VOXELWISE)}, softmax)")
+        found.append(Step(name, values))
     return tuple(found)
 
 
@@ -308,4 +345,4 @@ def _step(name: str, kwargs: Any, axes: dict[str, str], rdf: Any) -> Step:
                 per_sample=batch is None or batch not in reduced)
 
 
-__all__ = ["WEIGHTS_ORDER", "ZOO_TOLERANCE", "Description", "Output", "Weights", "read_description"]
+__all__ = ["WEIGHTS_ORDER", "ZOO_TOLERANCE", "Description", "Output", "Weights", "output_steps", "read_description"]

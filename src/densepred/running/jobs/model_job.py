@@ -36,7 +36,7 @@ from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.ome_zarr import OmeLayout
 from ...networks.bioimageio import announce, is_rdf, read_rdf, zoo_net
-from ...networks.foreign import ForeignNet, from_torch
+from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
 from ...networks.loading import load_model
 from ...networks.model_files import OneOutput
 from ...system import large_blocks_returned
@@ -142,12 +142,12 @@ def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     """The job with what a bioimage.io model's description says filled in, and its net."""
-    overrides = dict(job.contract or {})
     if not is_rdf(job.model_file):
         job = replace(job, activation=job.activation or "softmax", output_index=job.output_tensor)
         model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
         if job.output_index is not None:
             model = OneOutput(model, job.output_index)
+        overrides = per_axis_fields(job.contract, job.dims)
         return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation, **overrides)
     rdf = job.model_file
     zoo = read_rdf(rdf, job.trust_imports, job.weights_format, job.output_tensor)  # its weights, axes, processing
@@ -157,7 +157,7 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
                   model_file=None if file is None else str(file), dims=zoo.dims, in_channels=zoo.in_channels,
                   activation=job.activation or zoo.activation, output_index=zoo.output_index)
     module = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
-    return job, zoo_net(module, zoo, job.activation, **overrides)
+    return job, zoo_net(module, zoo, job.activation, **per_axis_fields(job.contract, zoo.dims))
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ModelRun, encoding: Encoding,

@@ -238,6 +238,11 @@ def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
                                 for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]))
 
 
+def smallest_exact(c: TilingContract) -> tuple[int, ...]:
+    """The smallest exact window of the full contract ``c``."""
+    return tuple(_least(c, c.context))
+
+
 def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
     smallest = c.smallest or (1,) * len(c.factor)
     return _kept_fixed(c, [fitted_window(n, w, f, m)
@@ -266,4 +271,4 @@ def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: boo
 
 
 __all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window",
-           "largest_window", "model_memory", "probe_window", "window_for"]
+           "largest_window", "model_memory", "probe_window", "smallest_exact", "window_for"]
