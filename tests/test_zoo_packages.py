@@ -267,3 +267,66 @@ def test_an_output_at_another_scale_is_refused_in_one_line(tmp_path, capsys, axi
     assert len(out.err.strip().splitlines()) == 1
     assert message in out.err
     assert "input's scale and offset only" in out.err
+
+
+def test_the_readme_test_model_example_prints_what_it_shows(tmp_path):
+    import re
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if "densepred test-model" in b)
+    command, *shown = block.strip().splitlines()
+    rdf = package(tmp_path / "p", ("state_dict_url", "torchscript"))
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
+        for path in rdf.parent.iterdir():
+            archive.write(path, path.name)
+    densepred_command = Path(sys.executable).parent / "densepred"
+    run = subprocess.run([str(densepred_command), *command.split()[1:]], check=False, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    printed = run.stdout.splitlines()
+    for line in shown:
+        assert any(p.startswith(line.removeprefix("# ").removesuffix("...")) for p in printed), line
+
+
+PICKY = '''from torch import nn
+
+
+class Picky(nn.Module):
+    """Accepts only sides of 288 + 32k: larger than the sizes the probe tries."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        if min(x.shape[2:]) < 288 or any((s - 288) % 32 for s in x.shape[2:]):
+            raise ValueError("sizes of 288 + 32k only")
+        return self.conv(x)
+'''
+
+
+def test_sizes_the_probe_cannot_find_are_named_and_can_be_given(tmp_path, capsys):
+    from densepred.networks.loading import load_model
+
+    (tmp_path / "picky.py").write_text(PICKY)
+    model = load_model(f"{tmp_path / 'picky.py'}:Picky")
+    torch.save(model.state_dict(), tmp_path / "picky.pt")
+    image = np.random.default_rng(9).random((300, 290), dtype=np.float32)
+    np.save(tmp_path / "in.npy", image)
+    base = ["predict", "--model", f"{tmp_path / 'picky.py'}:Picky", "--weights", str(tmp_path / "picky.pt"), "--dims",
+            "2", "--input", str(tmp_path / "in.npy"), "--activation", "identity", "--quiet"]
+    assert main([*base, "--output", str(tmp_path / "a.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "could not be determined" in err
+    assert "--factor and --smallest" in err
+    given = ["--factor", "32", "--smallest", "288", "--context", "1", "--mode", "exact"]
+    assert main([*base, "--output", str(tmp_path / "b.zarr"), *given]) == 0
+    padded = np.zeros((320, 320), np.float32)
+    padded[:300, :290] = image
+    with torch.no_grad():
+        expected = model(torch.from_numpy(padded)[None, None])[0, :, :300, :290].numpy()
+    np.testing.assert_allclose(stored(tmp_path / "b.zarr"), expected, rtol=0, atol=1e-5)

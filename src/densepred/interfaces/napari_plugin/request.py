@@ -17,7 +17,7 @@ OUTPUTS = ("probabilities", "labels")
 MODES = ("auto", "mfp", "dilated", "naive", "exact", "blend")
 OWN_MODES = ("auto", "mfp", "dilated", "naive")
 MODEL_MODES = ("auto", "exact", "blend")
-MODEL_FILES = (".pt2", ".yaml", ".yml")  # torch.export programs, bioimage.io descriptions
+MODEL_FILES = (".pt2", ".onnx", ".torchscript", ".yaml", ".yml", ".zip")  # model files, bioimage.io packages
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class PredictRequest:
 
     @property
     def model_file(self) -> str | None:
-        """A torch.export program (.pt2) or a bioimage.io description (rdf.yaml)."""
+        """A model file (.pt2, .onnx, .torchscript) or a bioimage.io package (rdf.yaml, model.zip)."""
         return self.model if self.model is not None and self.model.endswith(MODEL_FILES) else None
 
     @property

@@ -171,6 +171,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Mode
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
                     "contract": run.contract.describe(), "activation": run.net.output,
+                    "output_tensor": job.output_index,
                     "preprocessing": run.prepared.describe() if run.prepared is not None else [],
                     "precision": run.precision.name},
         "tiles": {"mode": run.mode, "window": list(run.window), "overlap": run.overlap,
