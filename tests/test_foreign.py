@@ -258,7 +258,7 @@ def test_exact_streams_into_an_array_like_and_blend_into_it_is_refused(volume, t
 
 
 def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
-    from densepred.networks import foreign
+    from densepred.networks import contract
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = trained_looking(UNet(), seed=9)
@@ -268,8 +268,8 @@ def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
     def no_probe(*args):
         raise AssertionError("probed again")
 
-    monkeypatch.setattr(foreign, "first_forward", no_probe)
-    monkeypatch.setattr(foreign, "_verdict", no_probe)
+    monkeypatch.setattr(contract, "first_forward", no_probe)
+    monkeypatch.setattr(contract, "_verdict", no_probe)
     assert densepred.from_torch(model, dims=3, in_channels=1).contract == first
     with torch.no_grad():
         model.head.weight.add_(0.01)  # other weights: another key

@@ -4,7 +4,12 @@
 * :mod:`.engines` - the three dense engines (``naive``, ``mfp``, ``dilated``) on one tile
 * :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
 * :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
-* :mod:`.foreign` - :func:`from_torch`: models written elsewhere and their tiling contract
+* :mod:`.foreign` - :func:`from_torch`: models written elsewhere; :mod:`.contract` - their tiling
+  contract, probed or given, and :mod:`.contract_cache` - its cache on disk
+* :mod:`.loading`, :mod:`.model_files` - a model from its class and weights, or stored whole
+  (``torch.export``, TorchScript, ONNX)
+* :mod:`.bioimageio`, :mod:`.zoo_description`, :mod:`.processing` - BioImage Model Zoo packages:
+  their files, descriptions (formats 0.5 and 0.4) and pre/postprocessing
 * :mod:`.precision` - the arithmetic a prediction computes in (float32, tf32, bfloat16, float16)
 * :mod:`.elektronn`, :mod:`.elektronn_param` - ELEKTRONN 1 nets and ``.param`` weights, read as data
 """
