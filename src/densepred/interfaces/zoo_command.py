@@ -23,7 +23,7 @@ def add_test_model(sub: Any) -> None:
 def run_test_model(args: argparse.Namespace) -> int:
     import logging
 
-    from ..running.jobs.zoo_test import run_zoo_test
+    from .zoo_test import run_zoo_test
 
     logging.basicConfig(level=logging.WARNING, format="densepred: warning: %(message)s")
     checks = run_zoo_test(args.package, weights_format=args.weights_format, trust_imports=args.trust_imports,

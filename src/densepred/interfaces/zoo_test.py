@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import DensePredError
-from ...geometry.overlap import exact_axis
-from ...networks.bioimageio import Download, ZooModel, load_rdf, read_rdf, zoo_net
-from ...networks.bioimageio import local_file as package_file
-from ...networks.foreign import ForeignNet
-from ...networks.processing import apply_step
-from ...networks.zoo_description import Description, Output, output_steps
-from ..planning.model_window import smallest_exact
+from ..errors import DensePredError
+from ..geometry.overlap import exact_axis
+from ..networks.bioimageio import Download, ZooModel, load_rdf, read_rdf, zoo_net
+from ..networks.bioimageio import local_file as package_file
+from ..networks.foreign import ForeignNet
+from ..networks.processing import apply_step
+from ..networks.zoo_description import Description, Output, output_steps
+from ..running.planning.model_window import smallest_exact
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def _output_checks(net: ForeignNet, zoo: ZooModel, output: Output, image: np.nda
 
 def _predict(net: ForeignNet, sample: np.ndarray, window: tuple[int, ...], mode: str, device: Any,
              steps: Sequence[Any]) -> np.ndarray:
-    from .in_memory import predict_dense
+    from ..running import predict_dense
 
     result = np.asarray(predict_dense(net, sample, tile_shape=window, mode=mode, device=device))
     for step in steps:
