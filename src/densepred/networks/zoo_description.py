@@ -171,8 +171,8 @@ def _from_v05(descr: Any, rdf: Any) -> Description:
     tolerances = tuple(t.model_dump() for t in getattr(config, "reproducibility_tolerance", ()) or ())
     return Description(str(descr.format_version), Path(str(descr.root)), str(tensor.id), axes,
                        len(channels[0].channel_names) if channels else 1, fixed, minimum, step,
-                       _steps(tensor, rdf), outputs, _weights_v05(descr.weights), _test(tensor), tolerances,
-                       _pad(getattr(tensor, "pad", None)))
+                       _steps(tensor, rdf), outputs, _weights(descr.weights, _architecture_v05), _test(tensor),
+                       tolerances, _pad(getattr(tensor, "pad", None)))
 
 
 def _pad(pad: Any) -> tuple[str, float]:
@@ -208,20 +208,30 @@ def _test(tensor: Any) -> str | None:
     return None if test is None else str(test.source)
 
 
-def _weights_v05(weights: Any) -> tuple[Weights, ...]:
+def _weights(weights: Any, architecture: Any) -> tuple[Weights, ...]:
+    """The weights entries densepred runs, in :data:`WEIGHTS_ORDER`; ``architecture(entry)``
+    reads a state dict's callable, file, module and kwargs (their fields differ by format)."""
     found = []
     for name in WEIGHTS_ORDER:
         entry = getattr(weights, name, None)
-        if entry is None:
-            continue
-        if name != "pytorch_state_dict":
-            found.append(Weights(name, str(entry.source)))
-            continue
-        arch = entry.architecture
-        found.append(Weights(name, str(entry.source), str(arch.callable),
-                             str(arch.source) if hasattr(arch, "source") else None,
-                             None if hasattr(arch, "source") else str(arch.import_from), dict(arch.kwargs)))
+        if entry is not None:
+            found.append(Weights(name, str(entry.source), *architecture(entry)) if name == "pytorch_state_dict"
+                         else Weights(name, str(entry.source)))
     return tuple(found)
+
+
+def _architecture_v05(entry: Any) -> tuple[str, str | None, str | None, dict[str, Any]]:
+    arch = entry.architecture
+    from_file = hasattr(arch, "source")
+    return (str(arch.callable), str(arch.source) if from_file else None,
+            None if from_file else str(arch.import_from), dict(arch.kwargs))
+
+
+def _architecture_v04(entry: Any) -> tuple[str, str | None, str | None, dict[str, Any]]:
+    arch = entry.architecture
+    from_file = hasattr(arch, "source_file")
+    return (str(arch.callable_name), str(arch.source_file) if from_file else None,
+            None if from_file else str(arch.module_name), dict(entry.kwargs or {}))
 
 
 def _from_v04(descr: Any, rdf: Any) -> Description:
@@ -249,7 +259,7 @@ def _from_v04(descr: Any, rdf: Any) -> Description:
     tolerances = tuple({"absolute_tolerance": 1.5 * 10 ** -float(v["decimal"]), "relative_tolerance": 0.0,
                         "weights_formats": [k]} for k, v in kwargs.items() if isinstance(v, dict) and "decimal" in v)
     return Description(str(descr.format_version), Path(str(descr.root)), str(tensor.name), axes, channels, fixed,
-                       minimum, step, steps, outputs, _weights_v04(descr.weights),
+                       minimum, step, steps, outputs, _weights(descr.weights, _architecture_v04),
                        str(descr.test_inputs[0]) if descr.test_inputs else None, tolerances)
 
 
@@ -277,23 +287,6 @@ def _output_v04(tensor: Any, source: Any, test: str | None) -> Output:
     except (AttributeError, ValueError, AssertionError):
         post = tuple((str(p.name), p.kwargs) for p in tensor.postprocessing)
     return Output(str(tensor.name), axes, scale, offset, post, test)
-
-
-def _weights_v04(weights: Any) -> tuple[Weights, ...]:
-    found = []
-    for name in WEIGHTS_ORDER:
-        entry = getattr(weights, name, None)
-        if entry is None:
-            continue
-        if name != "pytorch_state_dict":
-            found.append(Weights(name, str(entry.source)))
-            continue
-        arch = entry.architecture
-        from_file = hasattr(arch, "source_file")
-        found.append(Weights(name, str(entry.source), str(arch.callable_name),
-                             str(arch.source_file) if from_file else None,
-                             None if from_file else str(arch.module_name), dict(entry.kwargs or {})))
-    return tuple(found)
 
 
 def output_steps(steps: Any, rdf: Any) -> tuple[Step, ...]:
