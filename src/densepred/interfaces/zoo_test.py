@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
-from ..geometry.overlap import exact_axis
-from ..networks.bioimageio import Download, ZooModel, load_rdf, read_rdf, zoo_net
+from ..networks.bioimageio import Download, ZooModel, describe, load_zoo, zoo_model, zoo_net
 from ..networks.bioimageio import local_file as package_file
 from ..networks.foreign import ForeignNet
 from ..networks.processing import apply_step
 from ..networks.zoo_description import Description, Output, output_steps
-from ..running.planning.model_window import smallest_exact
+from ..running.planning.model_window import covering_window, exact_counter, smallest_exact
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,8 @@ def run_zoo_test(rdf: str | Path, *, weights_format: str | None = None, trust_im
                     device: Any = None) -> list[ZooCheck]:
     """The package's test inputs through densepred, compared with its test outputs (module
     docstring). Raises :class:`DensePredError` for a package it cannot run."""
-    first = read_rdf(rdf, trust_imports, weights_format)
-    descr = first.description
-    assert descr is not None
+    descr = describe(rdf)
+    zoo_model(descr, rdf, trust_imports, weights_format)  # refuses what cannot run before anything runs
     if descr.test_input is None:
         raise DensePredError(f"{rdf} has no test input; the zoo's test needs its test_tensor")
     image = _test_input(descr, rdf)
@@ -65,12 +63,12 @@ def run_zoo_test(rdf: str | Path, *, weights_format: str | None = None, trust_im
             if output.test is None:
                 continue
             try:
-                model, zoo = load_rdf(rdf, trust_imports, form, index if len(descr.outputs) > 1 else None)
+                zoo = zoo_model(descr, rdf, trust_imports, form, index if len(descr.outputs) > 1 else None)
             except Download as exc:
                 checks.append(ZooCheck(form, None, str(exc)))
                 break
             expected = _array(descr, output.test, rdf)
-            checks += _output_checks(zoo_net(model, zoo), zoo, output, image, expected, device, rdf)
+            checks += _output_checks(zoo_net(load_zoo(zoo, rdf), zoo), zoo, output, image, expected, device, rdf)
     return checks
 
 
@@ -79,17 +77,18 @@ def _output_checks(net: ForeignNet, zoo: ZooModel, output: Output, image: np.nda
     """The whole and the tiled check of one output from one weights format."""
     assert zoo.description is not None
     tolerance = zoo.description.tolerance(output.name, zoo.weights_format)
-    steps = output_steps(_after_activation(output.postprocessing, zoo.activation), rdf)
+    steps = output_steps(zoo.after, rdf)
     what = f"{zoo.weights_format}, output {output.name}"
     spatial = image.shape[2:]
-    contract = net.contract if zoo.fixed is None or net.sizes.exact else net.sizes
-    cover = _covering(contract, spatial)
+    contract = net.contract
+    cover = covering_window(contract, spatial)
     runs = [("whole", cover, "exact" if contract.exact else "blend")]
     if not contract.exact:
         skip = f"not tiled: {contract.reason}"
     else:
         small = smallest_exact(contract)
-        skip = "" if _tiles(contract, spatial, small) > 1 else (
+        count = exact_counter(spatial, contract, contract.context)
+        skip = "" if math.prod(count(axis, w) for axis, w in enumerate(small)) > 1 else (
             f"not tiled: the smallest exact window {_text(small)} covers the image")
         runs.append(("tiled", small, "exact"))
     checks = []
@@ -125,14 +124,6 @@ def _compare(name: str, got: np.ndarray, expected: np.ndarray, output: Output,
     largest = float(np.nanmax(np.abs(a - b))) if b.size else 0.0
     return ZooCheck(name, off <= allowed, f"max |diff| {largest:.3g}; {off} of {b.size} values beyond {atol:g} + "
                                           f"{rtol:g}*|expected|" + (f" (allowed {allowed})" if allowed else ""))
-
-
-def _after_activation(post: Sequence[tuple[str, Any]], activation: str) -> list[tuple[str, Any]]:
-    """The postprocessing the net does not do itself: all of it after its leading activation."""
-    steps = [(name, kwargs) for name, kwargs in post]
-    while steps and steps[0][0] == "ensure_dtype":
-        steps.pop(0)
-    return steps[1:] if activation != "identity" and steps and steps[0][0] == activation else steps
 
 
 def _test_input(descr: Description, rdf: Any) -> np.ndarray:
@@ -175,19 +166,6 @@ def _array(descr: Description, source: str, rdf: Any) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DensePredError(f"{rdf}: its test tensor {source} cannot be read as a .npy array: {exc}") from None
-
-
-def _covering(contract: Any, spatial: Sequence[int]) -> tuple[int, ...]:
-    """The smallest window the model accepts that covers the image (its fixed size where fixed)."""
-    smallest = contract.smallest or (1,) * len(spatial)
-    fixed = contract.fixed or (False,) * len(spatial)
-    return tuple(m if x else m + max(0, math.ceil((n - m) / f)) * f
-                 for n, m, f, x in zip(spatial, smallest, contract.factor, fixed, strict=True))
-
-
-def _tiles(contract: Any, spatial: Sequence[int], window: Sequence[int]) -> int:
-    return math.prod(len(exact_axis(n, w, f, c, ctx)) for n, w, f, c, ctx in
-                     zip(spatial, window, contract.factor, contract.crop, contract.context, strict=True))
 
 
 def _text(window: Sequence[int]) -> str:

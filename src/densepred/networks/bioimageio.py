@@ -39,7 +39,6 @@ import torch
 
 from ..errors import DensePredError
 from ..system import parse_size
-from .model_files import OneOutput
 from .processing import Step
 from .zoo_description import WEIGHTS_ORDER, Description, Output, Weights, read_description
 
@@ -67,12 +66,17 @@ class ZooModel:
     in_channels: int
     preprocessing: tuple[Step, ...] = ()
     activation: str = "identity"  # from a leading sigmoid or softmax postprocessing step
-    not_applied: tuple[str, ...] = field(default=())  # later postprocessing steps
+    after: tuple[tuple[str, Any], ...] = field(default=())  # the postprocessing after it: (name, kwargs)
     weights_format: str = "pytorch_state_dict"
     output_index: int | None = None  # which output, for a model with several (None: it has one)
     fixed: tuple[int, ...] | None = None  # the input's space sizes when the description fixes them
     pad: tuple[str, float] = ("constant", 0.0)
     description: Description | None = None
+
+    @property
+    def not_applied(self) -> tuple[str, ...]:
+        """The postprocessing steps densepred's outputs leave out (a cast to a dtype aside)."""
+        return tuple(name for name, _ in self.after if name != "ensure_dtype")
 
     @property
     def model_file(self) -> Path | None:
@@ -94,16 +98,26 @@ def read_rdf(rdf: str | Path, trust_imports: Sequence[str] = (), weights_format:
     architecture imported from an installed package (``import_from``) must come from a known
     model library (:data:`TRUSTED_IMPORTS`) or one in ``trust_imports``.
     """
+    return zoo_model(describe(rdf), rdf, trust_imports, weights_format, output)
+
+
+def describe(rdf: str | Path) -> Description:
+    """The description of ``rdf`` (an rdf.yaml, or a zipped package unpacked first)."""
     path = Path(rdf).expanduser().resolve()
-    descr = read_description(_unpacked(path) if path.suffix.lower() == ".zip" else path, rdf)
+    return read_description(_unpacked(path) if path.suffix.lower() == ".zip" else path, rdf)
+
+
+def zoo_model(descr: Description, rdf: str | Path, trust_imports: Sequence[str] = (),
+              weights_format: str | None = None, output: str | int | None = None) -> ZooModel:
+    """The model ``descr`` describes, with its weights and output chosen (see :func:`read_rdf`)."""
     if descr.dims not in (2, 3):
         raise DensePredError(f"{rdf}: its input has {descr.dims} space axes; densepred predicts 2D and 3D images")
     index, chosen = descr.output(output, rdf)
     _check_scale(chosen, rdf)
     weights, model, kwargs, file = _weights(descr, rdf, trust_imports, weights_format)
-    activation, not_applied = _activation(chosen.postprocessing, rdf)
+    activation, after = _activation(chosen.postprocessing, rdf)
     several = len(descr.outputs) > 1 or output is not None
-    return ZooModel(model, kwargs, file, descr.dims, descr.channels, descr.preprocessing, activation, not_applied,
+    return ZooModel(model, kwargs, file, descr.dims, descr.channels, descr.preprocessing, activation, after,
                     weights.format, index if several else None, descr.fixed, descr.pad, descr)
 
 
@@ -179,7 +193,7 @@ def zoo_net(model: torch.nn.Module, zoo: ZooModel, output: str | None = None, **
         log.warning("the model's postprocessing %s is not applied: densepred writes the outputs%s",
                     ", ".join(zoo.not_applied), "" if zoo.activation == "identity" else f" after its {zoo.activation}")
     if zoo.output_index is not None:
-        model = OneOutput(model, zoo.output_index)
+        options.setdefault("output_tensor", zoo.output_index)
     if zoo.fixed is not None:
         options.setdefault("fixed", zoo.fixed)
     net = from_torch(model, dims=zoo.dims, in_channels=zoo.in_channels, output=output or zoo.activation, **options)
@@ -190,13 +204,18 @@ def zoo_net(model: torch.nn.Module, zoo: ZooModel, output: str | None = None, **
 def load_rdf(rdf: str | Path, trust_imports: Sequence[str] = (), weights_format: str | None = None,
              output_tensor: str | int | None = None) -> tuple[torch.nn.Module, ZooModel]:
     """The model ``rdf`` describes, with its weights loaded, and what was read of it."""
+    zoo = read_rdf(rdf, trust_imports, weights_format, output_tensor)
+    return load_zoo(zoo, rdf), zoo
+
+
+def load_zoo(zoo: ZooModel, rdf: str | Path) -> torch.nn.Module:
+    """The model ``zoo`` names, with its weights loaded (after the notice that its code runs)."""
     from .loading import load_model
 
-    zoo = read_rdf(rdf, trust_imports, weights_format, output_tensor)
     announce(zoo, rdf)
     if zoo.model_file is not None:
-        return load_model(model_file=zoo.model_file), zoo
-    return load_model(zoo.model, zoo.kwargs, zoo.weights), zoo
+        return load_model(model_file=zoo.model_file)
+    return load_model(zoo.model, zoo.kwargs, zoo.weights)
 
 
 def announce(zoo: ZooModel, rdf: str | Path) -> None:
@@ -282,15 +301,19 @@ def _rdf_in(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _activation(postprocessing: Sequence[tuple[str, Any]], rdf: str | Path) -> tuple[str, tuple[str, ...]]:
-    """A leading sigmoid or softmax (over the channels) as the activation, and what follows it."""
-    steps = [(name, kwargs) for name, kwargs in postprocessing if name != "ensure_dtype"]
+def _activation(postprocessing: Sequence[tuple[str, Any]],
+                rdf: str | Path) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """A leading sigmoid or softmax (over the channels; casts before it aside) as the
+    activation, and the steps after it."""
+    steps = list(postprocessing)
+    while steps and steps[0][0] == "ensure_dtype":
+        steps.pop(0)
     if steps and steps[0][0] in ("sigmoid", "softmax"):
         axis = getattr(steps[0][1], "axis", "channel")
         if steps[0][0] == "softmax" and str(axis) != "channel":
             raise DensePredError(f"{rdf}: its softmax is over axis {axis!r}; densepred's is over the channels")
-        return steps[0][0], tuple(name for name, _ in steps[1:])
-    return "identity", tuple(name for name, _ in steps)
+        return steps[0][0], tuple(steps[1:])
+    return "identity", tuple(steps)
 
 
 def local_file(root: Path, source: Any, rdf: str | Path) -> Path:
@@ -313,4 +336,5 @@ def local_file(root: Path, source: Any, rdf: str | Path) -> Path:
     return path
 
 
-__all__ = ["Download", "ZooModel", "from_bioimageio", "is_rdf", "load_rdf", "read_rdf", "zoo_net"]
+__all__ = ["Download", "ZooModel", "describe", "from_bioimageio", "is_rdf", "load_rdf", "load_zoo", "read_rdf",
+           "zoo_model", "zoo_net"]

@@ -32,7 +32,6 @@ from ...io import ArraySpec, ChannelFirst, open_array, open_output
 from ...io.encoding import Encoding
 from ...networks.foreign import ForeignNet, StackNet, TilingContract, from_torch
 from ...networks.loading import load_model
-from ...networks.model_files import OneOutput
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun, source_of
 from ..compute.preprocess import Prepared
@@ -85,10 +84,8 @@ class ModelPayload:
             if "source" in paths:
                 model = f"{paths['source']}:{self.model.rpartition(':')[2]}"
             module = load_model(model, self.kwargs, paths.get("weights"), paths.get("model_file"))
-        if self.output_index is not None:
-            module = OneOutput(module, self.output_index)
         net = from_torch(module, dims=self.dims, in_channels=self.in_channels, output=self.activation,
-                         contract=self.contract)
+                         contract=self.contract, output_tensor=self.output_index)
         net.padding = self.padding
         return net
 

@@ -35,10 +35,9 @@ from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, crea
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.ome_zarr import OmeLayout
-from ...networks.bioimageio import announce, is_rdf, read_rdf, zoo_net
+from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
 from ...networks.loading import load_model
-from ...networks.model_files import OneOutput
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun, source_of
 from ..compute.sink import NonFinite, Sink
@@ -145,19 +144,15 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     if not is_rdf(job.model_file):
         job = replace(job, activation=job.activation or "softmax", output_index=job.output_tensor)
         model = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
-        if job.output_index is not None:
-            model = OneOutput(model, job.output_index)
-        overrides = per_axis_fields(job.contract, job.dims)
-        return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation, **overrides)
+        return job, from_torch(model, dims=job.dims, in_channels=job.in_channels, output=job.activation,
+                               output_tensor=job.output_index, **per_axis_fields(job.contract, job.dims))
     rdf = job.model_file
     zoo = read_rdf(rdf, job.trust_imports, job.weights_format, job.output_tensor)  # its weights, axes, processing
-    announce(zoo, rdf)
     file = zoo.model_file
     job = replace(job, model=zoo.model, model_kwargs=zoo.kwargs, weights=None if file else str(zoo.weights),
                   model_file=None if file is None else str(file), dims=zoo.dims, in_channels=zoo.in_channels,
                   activation=job.activation or zoo.activation, output_index=zoo.output_index)
-    module = load_model(job.model, job.model_kwargs, job.weights, job.model_file)
-    return job, zoo_net(module, zoo, job.activation, **per_axis_fields(job.contract, zoo.dims))
+    return job, zoo_net(load_zoo(zoo, rdf), zoo, job.activation, **per_axis_fields(job.contract, zoo.dims))
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ModelRun, encoding: Encoding,

@@ -243,6 +243,13 @@ def smallest_exact(c: TilingContract) -> tuple[int, ...]:
     return tuple(_least(c, c.context))
 
 
+def covering_window(c: TilingContract, spatial: Sequence[int]) -> tuple[int, ...]:
+    """The smallest window the model accepts that covers an image of ``spatial`` (its fixed
+    size where the model fixes it)."""
+    smallest = c.smallest or (1,) * len(spatial)
+    return _fitted(c, spatial, [n + m + f for n, m, f in zip(spatial, smallest, c.factor, strict=True)])
+
+
 def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) -> tuple[int, ...]:
     smallest = c.smallest or (1,) * len(c.factor)
     return _kept_fixed(c, [fitted_window(n, w, f, m)
@@ -271,4 +278,5 @@ def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: boo
 
 
 __all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window",
-           "largest_window", "model_memory", "probe_window", "smallest_exact", "window_for"]
+           "covering_window", "exact_counter", "largest_window", "model_memory", "probe_window", "smallest_exact",
+           "window_for"]
