@@ -258,7 +258,7 @@ def test_exact_streams_into_an_array_like_and_blend_into_it_is_refused(volume, t
 
 
 def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
-    from densepred.networks import contract
+    from densepred.networks import contract, contract_sizes
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = trained_looking(UNet(), seed=9)
@@ -268,7 +268,7 @@ def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
     def no_probe(*args):
         raise AssertionError("probed again")
 
-    monkeypatch.setattr(contract, "first_forward", no_probe)
+    monkeypatch.setattr(contract_sizes, "first_forward", no_probe)
     monkeypatch.setattr(contract, "_verdict", no_probe)
     assert densepred.from_torch(model, dims=3, in_channels=1).contract == first
     with torch.no_grad():

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import DensePredError
+from ..geometry.scale import scale_pairs
 from .values import parse_floats, parse_ints, parse_size
 
 
@@ -40,6 +41,9 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
                             "no size is probed")
     group.add_argument("--context", metavar="N|Z,Y,X|LO:HI,...",
                        help="how far an output voxel's inputs reach, per side, given instead of probed")
+    group.add_argument("--scale", metavar="S|Z,Y,X",
+                       help="output voxels per input voxel of a model whose output is at another scale (0.5 or "
+                            "1/2: half size; 4: upsampled 4x), given instead of probed")
     group.add_argument("--overlap", type=float, default=0.5, help="blend mode: window overlap (default: 0.5)")
     group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
 
@@ -87,6 +91,14 @@ def contract_fields(args: argparse.Namespace) -> dict[str, Any] | None:
             fields[name] = values
     if getattr(args, "context", None):
         fields["context"] = _context(args.context)
+    if getattr(args, "scale", None):
+        values = args.scale.split(",")
+        try:
+            scale_pairs(values, len(values))  # checks each value; the model's dims expand one value
+        except DensePredError:
+            raise DensePredError(f"--scale {args.scale!r} is invalid; expected output voxels per input voxel like "
+                                 "0.5, 1/2 or 4, one or one per axis (z,y,x)") from None
+        fields["scale"] = values
     return fields or None
 
 

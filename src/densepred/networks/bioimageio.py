@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import DensePredError
+from ..geometry.scale import scale_pairs
 from ..system import parse_size
 from .processing import Step
 from .zoo_description import WEIGHTS_ORDER, Description, Output, Weights, read_description
@@ -72,6 +73,7 @@ class ZooModel:
     fixed: tuple[int, ...] | None = None  # the input's space sizes when the description fixes them
     pad: tuple[str, float] = ("constant", 0.0)
     description: Description | None = None
+    scale: tuple[tuple[int, int], ...] = ()  # the output's voxels per input voxel, (up, down) per axis; () for 1
 
     @property
     def not_applied(self) -> tuple[str, ...]:
@@ -113,22 +115,23 @@ def zoo_model(descr: Description, rdf: str | Path, trust_imports: Sequence[str] 
     if descr.dims not in (2, 3):
         raise DensePredError(f"{rdf}: its input has {descr.dims} space axes; densepred predicts 2D and 3D images")
     index, chosen = descr.output(output, rdf)
-    _check_scale(chosen, rdf)
     weights, model, kwargs, file = _weights(descr, rdf, trust_imports, weights_format)
     activation, after = _activation(chosen.postprocessing, rdf)
     several = len(descr.outputs) > 1 or output is not None
     return ZooModel(model, kwargs, file, descr.dims, descr.channels, descr.preprocessing, activation, after,
-                    weights.format, index if several else None, descr.fixed, descr.pad, descr)
+                    weights.format, index if several else None, descr.fixed, descr.pad, descr,
+                    _scale(chosen, descr.fixed, rdf))
 
 
-def _check_scale(output: Output, rdf: str | Path) -> None:
-    """Outputs at the input's scale and offset only: densepred's windows own output boxes in
-    input coordinates."""
-    if any(s != 1.0 for s in output.scale) or any(output.offset):
-        raise DensePredError(f"{rdf}: its output {output.name} is {'x'.join(f'{s:g}' for s in output.scale)} times "
-                             f"its input's size with offset {'/'.join(f'{o:g}' for o in output.offset)}; densepred "
-                             "predicts outputs at the input's scale and offset only (a model whose output is a "
-                             "resampled image cannot be tiled by it yet)")
+def _scale(output: Output, fixed: tuple[int, ...] | None, rdf: str | Path) -> tuple[tuple[int, int], ...]:
+    """The output's scale as ``(up, down)`` pairs, () at the input's scale. A fixed output's size
+    over a fixed input's mixes scale and crop, so it is left to the model's forward."""
+    if fixed is not None or all(s == 1.0 for s in output.scale):
+        return ()
+    try:
+        return scale_pairs(list(output.scale), len(output.scale))
+    except DensePredError as exc:
+        raise DensePredError(f"{rdf}: its output {output.name}: {exc}") from None
 
 
 def _weights(descr: Description, rdf: str | Path, trust_imports: Sequence[str],
@@ -196,6 +199,8 @@ def zoo_net(model: torch.nn.Module, zoo: ZooModel, output: str | None = None, **
         options.setdefault("output_tensor", zoo.output_index)
     if zoo.fixed is not None:
         options.setdefault("fixed", zoo.fixed)
+    if zoo.scale:
+        options.setdefault("scale", zoo.scale)
     net = from_torch(model, dims=zoo.dims, in_channels=zoo.in_channels, output=output or zoo.activation, **options)
     net.preprocessing, net.padding = zoo.preprocessing, zoo.pad
     return net

@@ -5,6 +5,9 @@ once on the CPU:
   convolutions and poolings. Window origins must be multiples of it.
 * ``crop`` - voxels the output loses per side (0 for same padding; a valid-convolution U-Net
   loses some): one forward of a probe window.
+* ``scale`` - output voxels per input voxel (1; 1/2 for a model whose output is half its input,
+  4 for one that upsamples 4x): from the outputs of two window sizes. Crop and context are
+  counted in output voxels; :mod:`densepred.geometry.scale` tiles at scale 1 in output voxels.
 * ``context`` - how far an output voxel's inputs reach on the low and high side: one NaN put
   in an input window spreads, in eval mode, exactly over the outputs that depend on it (for
   a model whose operators may drop a NaN, an ONNX graph, a large change up and down does).
@@ -29,7 +32,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DensePredError
+from ..geometry.scale import Pair, origin, scaled, unscaled
+from ..geometry.scale import text as scale_text
 from . import contract_cache
 
 NON_LOCAL = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm, torch.nn.LayerNorm,
@@ -51,6 +55,31 @@ class TilingContract:
     reason: str = ""  # why exact tiling is impossible
     smallest: tuple[int, ...] = ()  # the smallest input per axis; it accepts smallest + k * factor
     fixed: tuple[bool, ...] = ()  # axes whose input size is fixed at ``smallest`` (a fixed-shape model)
+    scale: tuple[Pair, ...] = ()  # output voxels per input voxel, (up, down) per axis; () at scale 1
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        return self.scale or ((1, 1),) * len(self.factor)
+
+    def in_output_units(self) -> TilingContract:
+        """The same contract at scale 1, counted in output voxels (factor and smallest input
+        times the scale): what windows are placed by."""
+        if not any(p != (1, 1) for p in self.pairs):
+            return replace(self, scale=())
+        return replace(self, factor=self.output_extent(self.factor), scale=(),
+                       smallest=self.output_extent(self.smallest) if self.smallest else ())
+
+    def output_extent(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """Output voxels (before the crop) of input ``sizes``, rounded up."""
+        return tuple(scaled(n, p) for n, p in zip(sizes, self.pairs, strict=True))
+
+    def input_extent(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """Input voxels of output ``sizes`` (whole multiples of the scale)."""
+        return tuple(unscaled(n, p) for n, p in zip(sizes, self.pairs, strict=True))
+
+    def origin(self) -> tuple[float, ...]:
+        """The input voxel that output voxel 0 is centred on (the crop at scale 1)."""
+        return tuple(c if p == (1, 1) else origin(c, p) for c, p in zip(self.crop, self.pairs, strict=True))
 
     def context_with(self, flips: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
         """The context windows must keep: the model's, or with flipped views (``flips`` other
@@ -63,7 +92,9 @@ class TilingContract:
                    "exact tiling possible" if self.exact else f"not exactly tileable: {self.reason}")
         sizes = (f"input fixed at {list(self.smallest)}" if any(self.fixed) else
                  f"smallest input {list(self.smallest)}")
-        return f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, {sizes}; {verdict}"
+        scale = f", output scale {scale_text(self.scale)}" if any(p != (1, 1) for p in self.pairs) else ""
+        return (f"factor {list(self.factor)}, crop {list(self.crop)}, context (low/high) {context}, {sizes}{scale}; "
+                f"{verdict}")
 
     def valid(self, window: tuple[int, ...]) -> bool:
         """Whether the model accepts an input window of this size."""
@@ -73,128 +104,9 @@ class TilingContract:
                    for w, m, f, x in zip(window, smallest, self.factor, fixed, strict=True))
 
 
-def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
-                overrides: dict[str, Any]) -> TilingContract:
-    """The contract of a model that accepts one input size only: its crop from one forward of
-    that size; blended windows of it, or exact ones when the factor and context are given."""
-    if len(shape) != dims or any(s < 1 for s in shape):
-        raise DensePredError(f"fixed input shape {list(shape)} is invalid; expected {dims} positive sizes")
-    crop = _crop_of(model, dims, in_channels, shape, "its fixed input shape")
-    given = "factor" in overrides and "context" in overrides
-    reason = "" if given else (f"its input size is fixed at {list(shape)}, so its factor and context cannot be "
-                               "probed (give --factor and --context, factor= and context=, to tile it exactly)")
-    contract = TilingContract(tuple(overrides.get("factor", (1,) * dims)), crop, ((0, 0),) * dims, given, reason,
-                              tuple(shape), (True,) * dims)
-    return replace(contract, **{k: v for k, v in overrides.items() if k in ("factor", "context")})
-
-
-def _crop_of(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """The voxels the output loses per side, from one forward of ``shape``."""
-    found = _accepted(model, in_channels, dims, shape)
-    if found is None:
-        raise DensePredError(f"the model failed on {what} {list(shape)} with {in_channels} input channel(s)")
-    out = found[0]
-    if any(s - o < 0 or (s - o) % 2 for s, o in zip(shape, out, strict=True)):
-        raise DensePredError(f"the model maps {what} {list(shape)} to {list(out)}; densepred tiles outputs as large "
-                             "as the input or smaller by the same number of voxels on each side")
-    return tuple((s - o) // 2 for s, o in zip(shape, out, strict=True))
-
-
-def given_sizes(model: torch.nn.Module, dims: int, in_channels: int, overrides: dict[str, Any]) -> TilingContract:
-    """The sizes contract from a given factor and smallest input (no probe of sizes): the crop
-    from one forward of the smallest input unless it is given too."""
-    factor, smallest = tuple(overrides["factor"]), tuple(overrides["smallest"])
-    if len(factor) != dims or len(smallest) != dims or min(factor) < 1 or min(smallest) < 1:
-        raise DensePredError(f"factor {list(factor)} and smallest input {list(smallest)} are invalid; expected "
-                             f"{dims} positive integers each")
-    crop = tuple(overrides["crop"]) if "crop" in overrides else _crop_of(model, dims, in_channels, smallest,
-                                                                           "its smallest input")
-    return TilingContract(factor, crop, tuple(overrides.get("context", ((0, 0),) * dims)), None, "", smallest)
-
-
-def _strided(module: torch.nn.Module) -> tuple[int, ...] | None:
-    """The stride of a downsampling convolution or pooling module, else None."""
-    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-        return None
-    if isinstance(module, torch.nn.modules.conv._ConvNd):
-        return tuple(module.stride)
-    if isinstance(module, torch.nn.modules.pooling._MaxPoolNd | torch.nn.modules.pooling._AvgPoolNd):
-        stride = module.stride if module.stride is not None else module.kernel_size
-        return (stride,) if isinstance(stride, int) else tuple(stride)
-    return None
-
-
-def first_forward(model: torch.nn.Module, in_channels: int, dims: int) -> tuple[int, tuple[int, ...], int]:
-    """A cube side the model tiles from (``side + k * factor`` are all accepted, each output
-    ``2 * crop`` smaller), the factor (the product of the strides of the downsampling modules
-    it called, per axis; a reused pooling module counts each time) and the crop.
-
-    Sides from 1 up are tried; a side where pooling rounds down (its output loses extra
-    voxels) or a decoder upsamples beyond the input is passed over.
-    """
-    best: tuple[int, tuple[int, ...], int] | None = None
-    for side in range(1, 257):
-        first = _accepted(model, in_channels, dims, side)
-        if first is None:
-            continue
-        out, factor = first
-        crop = side - out
-        if crop < 0 or crop % 2:
-            continue
-        step = _next_size(model, in_channels, dims, side, out, max(factor))
-        if step is None:
-            continue
-        factor = factor if step == max(factor) else (step,) * dims  # modules the hooks cannot see
-        if best is None or crop < 2 * best[2]:
-            best = (side, factor, crop // 2)
-        if side >= best[0] + max(best[1]) - 1:
-            return best
-    if best is not None:
-        return best
-    raise DensePredError(f"the model accepted no {dims}D window from 1 to 256 voxels per side with {in_channels} "
-                         "input channel(s) whose output is as large or smaller by a constant, so its downsampling "
-                         "factor and smallest input could not be determined: check its dims and input channels "
-                         "(--dims, --in-channels); give the factor and its smallest input (--factor and "
-                         "--smallest, factor= and smallest=) if it needs sizes the probe did not try; an output at "
-                         "another scale than its input (upsampling, half size) is not tiled by densepred")
-
-
-def _next_size(model: torch.nn.Module, in_channels: int, dims: int, side: int, out: int, factor: int) -> int | None:
-    """The smallest step (``factor`` times a power of two, up to 64x) to the next size the model
-    accepts with an output larger by the same step; None if there is none."""
-    step = factor
-    while step <= 64 * factor and side + step <= 256:
-        second = _accepted(model, in_channels, dims, side + step)
-        if second is not None and second[0] - out == step:
-            return step
-        step *= 2
-    return None
-
-
-def _accepted(model: torch.nn.Module, in_channels: int, dims: int,
-              side: int | tuple[int, ...]) -> tuple[Any, tuple[int, ...]] | None:
-    """The output side and the downsampling factor of one forward of a cube (its output's
-    sizes, and of any box given as ``side``), or None if it fails."""
-    calls: list[tuple[int, ...]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(_strided(m)))
-             for m in model.modules() if _strided(m) is not None and max(_strided(m)) > 1]
-    try:
-        with torch.inference_mode():
-            box = side if isinstance(side, tuple) else (side,) * dims
-            out = model(_rand(model, (1, in_channels, *box), 0))
-    except Exception:  # too small, sizes that do not fit together, an exported program's guard
-        return None
-    finally:
-        for hook in hooks:
-            hook.remove()
-    factor = [1] * dims
-    for stride in calls:
-        per_axis = stride * dims if len(stride) == 1 else stride[-dims:]
-        factor = [f * t for f, t in zip(factor, per_axis, strict=True)]
-    if isinstance(side, tuple):
-        return tuple(out.shape[2:]), tuple(factor)
-    sides = set(out.shape[2:])
-    return (sides.pop(), tuple(factor)) if len(sides) == 1 else None
+def kept_scale(pairs: tuple[Pair, ...]) -> tuple[Pair, ...]:
+    """A contract's ``scale`` field: the pairs, or () when every axis is at scale 1."""
+    return tuple(pairs) if any(p != (1, 1) for p in pairs) else ()
 
 
 def non_local_layers(model: torch.nn.Module) -> list[str]:
@@ -207,53 +119,43 @@ def _identity_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.LayerNorm) and len(module.normalized_shape) == 1  # over channels only
 
 
-def sizes(model: torch.nn.Module, dims: int, in_channels: int,
-          factor: tuple[int, ...] | None = None) -> TilingContract:
-    """The model's factor, crop and accepted sizes; its context and verdict are not probed yet
-    (``exact`` is None). Cached on disk (:mod:`.contract_cache`)."""
-    key = contract_cache.cache_key("sizes", _model_hash(model), dims, in_channels, factor)
-    cached = contract_cache.load(key)
-    if cached is not None:
-        return _contract(cached)
-    first, found_factor, crop_side = first_forward(model, in_channels, dims)
-    contract = TilingContract(tuple(factor) if factor is not None else found_factor, (crop_side,) * dims,
-                              ((0, 0),) * dims, None, "", (first,) * dims)
-    contract_cache.store(key, asdict(contract))
-    return contract
-
-
-def _contract(fields: dict[str, Any]) -> TilingContract:
+def from_fields(fields: dict[str, Any]) -> TilingContract:
     """A contract from its cached JSON fields (lists back to tuples)."""
     return TilingContract(tuple(fields["factor"]), tuple(fields["crop"]),
                           tuple(tuple(c) for c in fields["context"]), fields["exact"], fields["reason"],
-                          tuple(fields["smallest"]), tuple(fields.get("fixed", ())))
+                          tuple(fields["smallest"]), tuple(fields.get("fixed", ())),
+                          tuple(tuple(p) for p in fields.get("scale", ())))
 
 
 def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingContract) -> TilingContract:
     """The full contract from ``sizes``: context and verdict (module docstring), cached by the
     model's hash. A factor found too small by the shift check is doubled, up to 8 times."""
-    key = contract_cache.cache_key("verdict", _model_hash(model), dims, in_channels, asdict(sizes))
+    key = contract_cache.cache_key("verdict", model_hash(model), dims, in_channels, asdict(sizes))
     cached = contract_cache.load(key)
     if cached is not None:
-        return _contract(cached)
+        return from_fields(cached)
     first, factor, crop = sizes.smallest[0], sizes.factor, sizes.crop
     given = sizes.context if any(a or b for a, b in sizes.context) else None
-    contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
+    contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given, sizes.pairs),
+                       smallest=sizes.smallest, scale=sizes.scale)
     for _ in range(3):  # a pooling the hooks did not see (a functional call) leaves the factor too small
         larger = tuple(2 * f for f in factor)
         if contract.exact or "shift-equivariant" not in contract.reason or _probe_voxels(
                 first, larger, dims) > PROBE_VOXELS:
             break
         factor = larger
-        contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given), smallest=sizes.smallest)
+        contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given, sizes.pairs),
+                           smallest=sizes.smallest, scale=sizes.scale)
     contract_cache.store(key, asdict(contract))
     return contract
 
 
 def _verdict(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[int, ...], crop: tuple[int, ...],
-             first: int, given: tuple[tuple[int, int], ...] | None = None) -> TilingContract:
+             first: int, given: tuple[tuple[int, int], ...] | None = None,
+             pairs: tuple[Pair, ...] | None = None) -> TilingContract:
     """Context and verdict, probed one axis at a time: a window long along that axis and thin
-    along the others (cheap in memory, whatever the model's reach)."""
+    along the others (cheap in memory, whatever the model's reach); at scale ``pairs``."""
+    pairs = pairs or ((1, 1),) * dims
     found = non_local_layers(model)
     if found:  # no NaN probe: it would fill any window
         return TilingContract(factor, crop, ((0, 0),) * dims, False, f"{', '.join(found)} mix the whole window")
@@ -263,7 +165,7 @@ def _verdict(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[
         length = _valid_side(first, factor[axis], max(4 * factor[axis], 32))
         while True:
             side = [*thin[:axis], length, *thin[axis + 1:]]
-            reach = _reach(model, in_channels, side, factor, crop, axis)
+            reach = _reach(model, in_channels, side, factor, crop, axis, pairs[axis])
             if reach is not None or math.prod(side) * 2 > PROBE_VOXELS:
                 break
             length = _valid_side(first, factor[axis], 2 * length)
@@ -272,7 +174,7 @@ def _verdict(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[
                                   f"one input voxel reaches every output along axis {axis} of a {side} window (a "
                                   "non-local operation, or a context larger than the probe: give context=)")
         context.append(reach)
-    contract = TilingContract(factor, crop, tuple(context), True)
+    contract = TilingContract(factor, crop, tuple(context), True, scale=kept_scale(pairs))
     for axis in range(dims):
         shifted = _shift_error(model, in_channels, contract, thin, axis, first)
         if shifted:
@@ -292,17 +194,17 @@ def _valid_side(first: int, factor: int, at_least: int) -> int:
 
 
 def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tuple[int, ...],
-           crop: tuple[int, ...], axis: int) -> tuple[int, int] | None:
-    """The context along ``axis`` (low, high), the largest over every position modulo its
-    factor; None if a NaN reaches the window's ends along it (a larger window is needed, or
-    the model is non-local)."""
+           crop: tuple[int, ...], axis: int, pair: Pair = (1, 1)) -> tuple[int, int] | None:
+    """The context along ``axis`` (low, high) in output voxels, the largest over every position
+    modulo its factor; None if a NaN reaches the window's ends along it (a larger window is
+    needed, or the model is non-local). An input voxel ``q`` sits at output ``floor(q * scale)``."""
     centre = [s // 2 // f * f for s, f in zip(side, factor, strict=True)]
-    out_length = side[axis] - 2 * crop[axis]
+    out_length = scaled(side[axis], pair) - 2 * crop[axis]
     low = high = 0
     for phase in range(factor[axis]):
         position = list(centre)
         position[axis] += phase
-        bad = _touched(model, _rand(model, (1, in_channels, *side), 1), position)
+        bad = _touched(model, probe_input(model, (1, in_channels, *side), 1), position)
         where = torch.nonzero(bad.flatten(0, axis - 1) if axis else bad)
         if len(where) == 0:
             continue
@@ -310,7 +212,7 @@ def _reach(model: torch.nn.Module, in_channels: int, side: list[int], factor: tu
         a, b = int(along.min()), int(along.max())
         if a == 0 or b == out_length - 1:
             return None
-        q, c = position[axis], crop[axis]
+        q, c = position[axis] * pair[0] // pair[1], crop[axis]
         low, high = max(low, b - q), max(high, q - 2 * c - a)  # outputs above q reach down to it
     return low, high
 
@@ -340,15 +242,17 @@ def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContr
     shift-equivariant (interpolation with ``align_corners=True``, position encodings and the
     like are not). The other axes are the same in both windows."""
     f, c, (lo, hi) = contract.factor[axis], contract.crop[axis], contract.context[axis]
-    length = _valid_side(first, f, lo + hi + 2 * c + 2 * f)
+    pair = contract.pairs[axis]
+    length = _valid_side(first, f, -(-(lo + hi + 2 * c) * pair[1] // pair[0]) + 2 * f)  # in input voxels
     side = [*thin[:axis], 2 * length + 2 * f - first % f, *thin[axis + 1:]]  # about twice as long, a valid size
-    x = _rand(model, (1, in_channels, *side), 2)
+    x = probe_input(model, (1, in_channels, *side), 2)
     window = [slice(None)] * len(side)
     window[axis] = slice(f, f + length)
     with torch.inference_mode():
         whole, part = model(x), model(x[(slice(None), slice(None), *window)])
-    trusted = slice(lo, length - 2 * c - hi)
-    shifted = slice(f + lo, f + length - 2 * c - hi)
+    out, shift = scaled(length, pair), scaled(f, pair)
+    trusted = slice(lo, out - 2 * c - hi)
+    shifted = slice(shift + lo, shift + out - 2 * c - hi)
     a = whole.movedim(axis + 2, 0)[shifted]
     b = part.movedim(axis + 2, 0)[trusted]
     error = float((a - b).abs().max())
@@ -360,14 +264,14 @@ def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContr
     return f"its output is not shift-equivariant (differs by {error:.3g} between aligned windows): {what}"
 
 
-def _rand(model: torch.nn.Module, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+def probe_input(model: torch.nn.Module, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """A random probe input in the model's dtype, on its device."""
     parameter = next(model.parameters(), None)
     dtype, device = (torch.float32, "cpu") if parameter is None else (parameter.dtype, parameter.device)
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
 
 
-def _model_hash(model: torch.nn.Module) -> str:
+def model_hash(model: torch.nn.Module) -> str:
     """What the contract depends on: the weights and everything else that shapes the graph - the
     module tree and each module's plain settings (constructor kwargs kept as attributes), the
     source of every class in it (a ``file.py`` model edited), and an exported program's code."""
@@ -397,5 +301,5 @@ def _structure(model: torch.nn.Module) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["NON_LOCAL", "PROBE_VOXELS", "TilingContract", "first_forward", "fixed_sizes", "given_sizes",
-           "non_local_layers", "sizes", "verdict"]
+__all__ = ["NON_LOCAL", "PROBE_VOXELS", "TilingContract", "from_fields", "kept_scale", "model_hash",
+           "non_local_layers", "probe_input", "verdict"]

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from ..errors import DensePredError
-from .contract import TilingContract, fixed_sizes, given_sizes, sizes, verdict
+from ..geometry.scale import aligned_factor, scale_pairs
+from .contract import TilingContract, kept_scale, verdict
+from .contract_sizes import fixed_sizes, given_sizes, sizes
 
 log = logging.getLogger("densepred")
 
@@ -94,7 +96,8 @@ class StackNet(ForeignNet):
 def over_stack(c: TilingContract) -> TilingContract:
     """A 2D contract with a leading z axis of independent slices."""
     return TilingContract((1, *c.factor), (0, *c.crop), ((0, 0), *c.context), c.exact, c.reason,
-                          (1, *c.smallest) if c.smallest else (), (False, *c.fixed) if c.fixed else ())
+                          (1, *c.smallest) if c.smallest else (), (False, *c.fixed) if c.fixed else (),
+                          ((1, 1), *c.scale) if c.scale else ())
 
 
 def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: str = "softmax",
@@ -109,7 +112,9 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         output: ``"softmax"`` (classes), ``"sigmoid"`` (affinities, multi-label) or ``"identity"``.
         window: the input window to tile with (default: the smallest exact window, at least 64).
         contract: the tiling contract, instead of probing; or override fields by keyword
-            (``factor=(1, 16, 16)``, ``context=((40, 40),) * 3``, ...).
+            (``factor=(1, 16, 16)``, ``context=((40, 40),) * 3``, ...; ``scale=0.5`` or ``"1/2"``
+            or ``4``: output voxels per input voxel, of a model whose output is at another scale,
+            which the probe otherwise finds from two window sizes).
         fixed: the only input size the model accepts (a model exported with a fixed shape):
             windows are exactly that size, blended unless ``factor`` and ``context`` are given
             (then exact: the model is trusted to be shift-equivariant by that factor).
@@ -130,7 +135,12 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
     if unknown:
         raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, "
-                             "reason, smallest")
+                             "reason, smallest, scale")
+    if "scale" in overrides:
+        overrides["scale"] = kept_scale(scale_pairs(overrides["scale"], dims))
+        if overrides["scale"] and isinstance(overrides.get("factor"), tuple | list):  # whole output shifts
+            overrides["factor"] = tuple(aligned_factor(int(f), p) for f, p in zip(overrides["factor"],
+                                                                                   overrides["scale"], strict=False))
     if fixed is None and contract is None and callable(getattr(model, "fixed_shape", None)):
         fixed = model.fixed_shape()  # an ONNX graph with a static input shape
     if contract is None and fixed is not None:
@@ -140,7 +150,8 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         contract = given_sizes(model, dims, in_channels, overrides)
     elif contract is None:
         factor = overrides.get("factor")
-        contract = replace(sizes(model, dims, in_channels, None if factor is None else tuple(factor)), **{
+        contract = replace(sizes(model, dims, in_channels, None if factor is None else tuple(factor),
+                                 overrides.get("scale") or None), **{
             k: v for k, v in overrides.items() if k in ("factor", "crop", "smallest")})
         if "context" in overrides:  # the context given: only the verdict's scan and checks remain
             contract = replace(contract, context=overrides["context"])
@@ -151,9 +162,12 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
 
 def per_axis_fields(fields: dict[str, Any] | None, dims: int) -> dict[str, Any]:
     """Contract fields with one value for every axis expanded to ``dims`` (factor, smallest,
-    crop: integers; context: (low, high) pairs)."""
+    crop: integers; context: (low, high) pairs; a scale is expanded by :func:`from_torch`)."""
     expanded = {}
     for name, given in (fields or {}).items():
+        if name == "scale":
+            expanded[name] = given
+            continue
         values = tuple(given) if isinstance(given, list | tuple) else (given,)
         if len(values) == 1:
             values = values * dims

@@ -44,7 +44,8 @@ MODES = ("auto", "exact", "blend")
 
 @dataclass(frozen=True)
 class ExactPiece:
-    """One exact window: its input ``starts`` and the output ``box`` it owns."""
+    """One exact window: where its outputs start (``starts``; its input's start, divided by the
+    model's scale) and the output ``box`` it owns."""
 
     starts: tuple[int, ...]
     box: tuple[tuple[int, int], ...]
@@ -125,27 +126,42 @@ class ModelRun:
         return BlockPlan.create(self.output_shape, self.shard, ones, ones)
 
     @property
+    def grid(self) -> TilingContract:
+        """The contract counted in output voxels, what windows are placed by (the contract
+        itself for a model whose output is at the input's scale: :mod:`densepred.geometry.scale`)."""
+        return self.contract.in_output_units()
+
+    @property
+    def extent(self) -> tuple[int, ...]:
+        """The image's extent in output voxels, before the crop."""
+        return self.contract.output_extent(self.source.spatial_shape)
+
+    @property
+    def grid_window(self) -> tuple[int, ...]:
+        return self.contract.output_extent(self.window)
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
-        return tuple(s - 2 * c for s, c in zip(self.source.spatial_shape, self.contract.crop, strict=True))
+        return tuple(s - 2 * c for s, c in zip(self.extent, self.contract.crop, strict=True))
 
     @property
     def output_window(self) -> tuple[int, ...]:
-        return tuple(w - 2 * c for w, c in zip(self.window, self.contract.crop, strict=True))
+        return tuple(w - 2 * c for w, c in zip(self.grid_window, self.contract.crop, strict=True))
 
     @property
     def shard(self) -> tuple[int, ...]:
         """The output write unit: for exact runs one that windows own whole (:func:`exact_shard`)."""
         if self.mode != "exact":
             return self.output_window
-        c = self.contract
+        g = self.grid
         return tuple(exact_shard(s, w, f, cr, ctx) for s, w, f, cr, ctx in zip(
-            self.source.spatial_shape, self.window, c.factor, c.crop, c.context_with(self.flips), strict=True))
+            self.extent, self.grid_window, g.factor, g.crop, g.context_with(self.flips), strict=True))
 
     def exact_axes(self) -> list[list[AxisWindow]]:
-        """The exact windows of each axis (:func:`exact_axis`)."""
-        c = self.contract
+        """The exact windows of each axis (:func:`exact_axis`), in output voxels."""
+        g = self.grid
         return [exact_axis(s, w, f, cr, ctx) for s, w, f, cr, ctx in
-                zip(self.source.spatial_shape, self.window, c.factor, c.crop, c.context_with(self.flips), strict=True)]
+                zip(self.extent, self.grid_window, g.factor, g.crop, g.context_with(self.flips), strict=True)]
 
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""
@@ -169,9 +185,9 @@ class ModelRun:
                                                                                strict=True)))]
 
     def blend_axes(self) -> list[list[int]]:
-        c = self.contract
+        factor = self.grid.factor
         return [blend_axis(s, w, f, 0.0 if axis in self.net.independent_axes else self.overlap)
-                for axis, (s, w, f) in enumerate(zip(self.source.spatial_shape, self.window, c.factor, strict=True))]
+                for axis, (s, w, f) in enumerate(zip(self.extent, self.grid_window, factor, strict=True))]
 
     def blend_windows(self) -> Iterator[tuple[int, ...]]:
         """Window starts in C order, those beyond the output (its padding only) left out."""
@@ -189,8 +205,7 @@ class ModelRun:
     def weight_sum(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
         """The sum of every window's weight over ``box`` (a product of per-axis sums)."""
         sums = []
-        for starts, n, (a, b), size in zip(self.blend_axes(), self.output_window, box, self.source.spatial_shape,
-                                           strict=True):
+        for starts, n, (a, b), size in zip(self.blend_axes(), self.output_window, box, self.extent, strict=True):
             total = np.zeros(max(size, max(starts) + n), np.float64)
             for s in starts:
                 total[s:s + n] += gaussian(n)
@@ -245,9 +260,10 @@ class ModelRun:
         return (total / self.weight_sum(box)[None]).astype(np.float32)
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
-        return _forward(self.model, self.net, _read(self.source, starts, self.window, self.prepared,
-                                                    self.net.padding), self.flips,
-                        self.channel_map, self.device, self.memory_format, self.precision)
+        """The activated outputs of the window whose outputs start at ``starts`` (output voxels)."""
+        x = _read(self.source, self.contract.input_extent(tuple(starts)), self.window, self.prepared, self.net.padding)
+        return _forward(self.model, self.net, x, self.flips, self.channel_map, self.device, self.memory_format,
+                        self.precision)
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:

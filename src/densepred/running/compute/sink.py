@@ -24,10 +24,12 @@ log = logging.getLogger("densepred")
 
 
 class NonFinite:
-    """Counts output voxels without a finite prediction; ``shift`` maps output to image voxels."""
+    """Counts output voxels without a finite prediction; ``shift`` maps output to image voxels
+    (with ``scale``, the output voxels per input voxel as ``(up, down)`` pairs: the image voxel
+    that holds an output voxel's centre)."""
 
-    def __init__(self, shift: Sequence[int], strict: bool = False):
-        self.shift, self.strict = tuple(shift), strict
+    def __init__(self, shift: Sequence[int], strict: bool = False, scale: Sequence[tuple[int, int]] = ()):
+        self.shift, self.strict, self.scale = tuple(shift), strict, tuple(scale)
         self._lock = threading.Lock()  # the pipeline's writers check their tiles at once
         self.count = 0
         self.first: tuple[int, ...] | None = None
@@ -42,6 +44,8 @@ class NonFinite:
         if not bad.any():
             return
         where = tuple(int(w + o + s) for w, o, s in zip(np.argwhere(bad)[0], start, self.shift, strict=True))
+        if self.scale:
+            where = tuple((2 * v + 1) * down // (2 * up) for v, (up, down) in zip(where, self.scale, strict=True))
         with self._lock:
             self.count += int(bad.sum())
             self.first = min(self.first or where, where)  # the first in C order, whichever writer saw it

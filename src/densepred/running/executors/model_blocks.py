@@ -120,7 +120,8 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
         run = ModelRun.create(net, source, job.mode, job.window, job.overlap, job.tta, None, job.device,
                               job.prepared, precision=job.precision)
         box = job.blocks.box(block_id)
-        sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict)), 0
+        sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict,
+                                                                                    run.contract.scale)), 0
         try:
             for part, values in run.values_in(box):
                 written += sink.write([slice(lo, hi) for lo, hi in part], values)

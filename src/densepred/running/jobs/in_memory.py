@@ -152,13 +152,14 @@ def _predict_foreign(net: ForeignNet, image: Any, mirror: bool, window: Any, mod
                            device=device, out=out, progress=progress, memory_limit=memory_limit, precision=precision)
 
 
-def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) -> tuple[int, ...]:
+def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) -> tuple[float, ...]:
     """The image voxel that voxel 0 of ``predict_dense(net, image, mirror=mirror)`` is centred on.
 
-    A viewer places the result exactly on the image by shifting it this many voxels.
+    A viewer places the result exactly on the image by shifting it this many voxels (whole
+    voxels, but for a model whose output is at another scale: a fraction of one).
     """
     if isinstance(net, ForeignNet):
-        return tuple(source_of(net, image)[0].sizes.crop)
+        return source_of(net, image)[0].sizes.origin()
     net_geometry = _image_geometry(net)
     geometry = source_geometry(net_geometry, ChannelFirst(image, net.config.in_channels, net_geometry.ndim))
     return (0,) * geometry.ndim if mirror else tuple(geometry.offset)

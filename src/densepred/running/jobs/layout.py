@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from ...config import Config
 from ...errors import DensePredError
 from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
+from ...geometry.scale import origin
 from ...io import ArraySpec
 from ...io.arrays import input_voxel_size
 from ...io.encoding import Encoding
@@ -29,13 +30,18 @@ def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan,
 
 
 def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int], tile: Sequence[int],
-               start: Sequence[int], encoding: Encoding, class_names: Sequence[str] | None, name: str) -> OmeLayout:
+               start: Sequence[int], encoding: Encoding, class_names: Sequence[str] | None, name: str,
+               scale: Sequence[tuple[int, int]] = ()) -> OmeLayout:
     """The OME-Zarr layout of an output of ``output_shape`` written in ``tile`` boxes, whose voxel 0
-    is centred on image voxel ``start``."""
+    is centred on image voxel ``start`` (at the image's scale), or, for an output at another
+    ``scale`` (output voxels per image voxel, ``(up, down)`` per axis), on the image position
+    of output voxel ``start``'s centre."""
     check_zarr_dtype(encoding.stored_dtype)
     dims = len(output_shape)
     voxel_size, unit = _voxel_size(job, in_spec, dims)
-    translation = tuple(s * v for s, v in zip(start, voxel_size, strict=True))
+    pairs = tuple(scale) or ((1, 1),) * dims
+    translation = tuple(origin(s, p) * v for s, p, v in zip(start, pairs, voxel_size, strict=True))
+    voxel_size = tuple(v * down / up for v, (up, down) in zip(voxel_size, pairs, strict=True))
     if not all(math.isfinite(v) and v > 0 for v in voxel_size) or not all(map(math.isfinite, translation)):
         raise DensePredError(f"voxel size {list(voxel_size)} is invalid for OME-Zarr metadata: the scale and the "
                              f"translation {list(translation)} must be finite (JSON has no Infinity or NaN); "

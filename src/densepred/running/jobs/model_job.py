@@ -74,7 +74,7 @@ class ModelPlan:
 
     def result(self, computed: int, skipped: int) -> JobResult:
         return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), self.pieces(), computed, skipped,
-                         self.run.window, origin=self.run.contract.crop)
+                         self.run.window, origin=self.run.contract.origin())
 
     def create(self) -> Any:
         shape = _output_shape(self.run, self.encoding)
@@ -84,7 +84,7 @@ class ModelPlan:
 
     def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
         """Exact windows or blended rows of windows, in this process."""
-        sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, strict=job.strict))
+        sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, job.strict, self.run.contract.scale))
         with large_blocks_returned():
             computed = (_exact if self.run.mode == "exact" else _blend)(self.run, sink, self.record_dir,
                                                                         job.progress, done)
@@ -132,7 +132,7 @@ def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
         channels = run.channels()
     encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
-                        "prediction") if out_spec.kind == "zarr" else None
+                        "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
     record = _record(job, in_spec, source, run, encoding, layout)
     if previous is not None:
         check_same(previous, record, out_spec)

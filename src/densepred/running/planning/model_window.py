@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
+from ...geometry.scale import scaled
 from ...networks.foreign import ForeignNet, TilingContract
 from .devices import dtype_of
 from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
@@ -45,17 +46,20 @@ class OverBudget(DensePredError):
 
 @dataclass(frozen=True)
 class ModelMemory:
-    """Bytes one forward allocates per input voxel, and the model's output channels."""
+    """Bytes one forward allocates per input voxel, the model's output channels, and its output
+    voxels per input voxel (1, or the scale's product over the axes)."""
 
     per_voxel: float
     channels: int
+    outputs_per_voxel: float = 1.0
 
     def window_bytes(self, window: Sequence[int], in_channels: int, views: int = 1) -> int:
         """Estimated peak bytes of one window: the forward, the input as read, padded and on
         the device (3 copies), the outputs logits, activated and returned (3), a running sum
         of the flipped views' logits."""
         voxels = math.prod(window)
-        buffers = 4 * voxels * (3 * in_channels + (3 + (views > 1)) * self.channels)
+        outputs = voxels * self.outputs_per_voxel
+        buffers = 4 * (3 * in_channels * voxels + (3 + (views > 1)) * self.channels * outputs)
         return int(MARGIN * (self.per_voxel * voxels + buffers))
 
 
@@ -72,8 +76,9 @@ def model_memory(net: torch.nn.Module, model: torch.nn.Module, contract: TilingC
         x = torch.rand((1, in_channels, *window), dtype=dtype, device=device)
         if memory_format is not None and x.dim() == (5 if memory_format == torch.channels_last_3d else 4):
             x = x.contiguous(memory_format=memory_format)
-        peak, channels = (_cuda_peak if device.type == "cuda" else _cpu_peak)(model, x)
-        known[(*key, stacked)] = ModelMemory(peak / math.prod(window), channels)
+        peak, shape = (_cuda_peak if device.type == "cuda" else _cpu_peak)(model, x)
+        known[(*key, stacked)] = ModelMemory(peak / math.prod(window), shape[0],
+                                             math.prod(shape[1:]) / math.prod(window))
         log.info("the model takes %.0f bytes per input voxel (measured on a %s window)",
                  known[(*key, stacked)].per_voxel, "x".join(map(str, window)))
     return known[(*key, stacked)]
@@ -93,12 +98,13 @@ def _kept_fixed(c: TilingContract, window: Sequence[int]) -> tuple[int, ...]:
     return tuple(m if x else w for w, m, x in zip(window, c.smallest or window, fixed, strict=True))
 
 
-def _cpu_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+def _cpu_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """The peak bytes of a forward, and its output's shape (channels, *space)."""
     with torch.inference_mode(), _LiveBytes() as live:
         y = model(x)
-        channels = y.shape[1]
+        shape = tuple(y.shape[1:])
         del y
-    return live.peak, channels
+    return live.peak, shape
 
 
 class _LiveBytes(TorchFunctionMode):
@@ -145,14 +151,14 @@ def _tensors(value: Any) -> list[Any]:
     return found
 
 
-def _cuda_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+def _cuda_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, tuple[int, ...]]:
     torch.cuda.synchronize(x.device)
     torch.cuda.reset_peak_memory_stats(x.device)
     base = torch.cuda.memory_allocated(x.device)
     with torch.inference_mode():
-        channels = model(x).shape[1]
+        shape = tuple(model(x).shape[1:])
     torch.cuda.synchronize(x.device)
-    return torch.cuda.max_memory_allocated(x.device) - base, channels
+    return torch.cuda.max_memory_allocated(x.device) - base, shape
 
 
 def largest_window(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tuple[int, ...]],
@@ -184,12 +190,13 @@ def _balanced(axis: int, window: int, least: int, factor: int, count: Callable[[
 
 def exact_counter(spatial: Sequence[int], contract: TilingContract,
                   context: Sequence[tuple[int, int]]) -> Callable[[int, int], int]:
-    """``count(axis, size)``: the exact windows of that size along the axis."""
-    smallest = contract.smallest or (1,) * len(spatial)
+    """``count(axis, size)``: the exact windows of that input size along the axis."""
+    g, extent = contract.in_output_units(), contract.output_extent(tuple(spatial))
+    smallest = g.smallest or (1,) * len(spatial)
 
     def count(axis: int, size: int) -> int:
-        return len(exact_axis(spatial[axis], size, contract.factor[axis], contract.crop[axis], context[axis],
-                              smallest[axis]))
+        return len(exact_axis(extent[axis], scaled(size, contract.pairs[axis]), g.factor[axis], g.crop[axis],
+                              context[axis], smallest[axis]))
     return count
 
 
@@ -226,16 +233,23 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
                              + " voxels per axis (its smallest input plus multiples of its downsampling factor)")
     window = _fitted(c, spatial, window)
     if mode == "exact":
-        for n, w, f, cr, ctx, m in zip(spatial, window, c.factor, c.crop, context, smallest, strict=True):
-            exact_axis(n, w, f, cr, ctx, m)  # raises with the smallest valid window
+        g = c.in_output_units()
+        for n, w, f, cr, ctx, m in zip(c.output_extent(tuple(spatial)), c.output_extent(window), g.factor, g.crop,
+                                       context, g.smallest or (1,) * net.dims, strict=True):
+            try:
+                exact_axis(n, w, f, cr, ctx, m)
+            except DensePredError as exc:  # names the smallest valid window, in input voxels
+                raise DensePredError(f"window {list(window)} is too small for exact tiling: the smallest valid "
+                                     f"window is {_least(c, context)}") if c.scale else exc from None
     return window
 
 
 def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
-    """The smallest exact window per axis."""
-    first = c.smallest or (1,) * len(c.factor)
-    return list(_kept_fixed(c, [smallest_window(f, cr, ctx, m)
-                                for f, cr, ctx, m in zip(c.factor, c.crop, context, first, strict=True)]))
+    """The smallest exact window per axis (input voxels; placed in output voxels)."""
+    g = c.in_output_units()
+    first = g.smallest or (1,) * len(c.factor)
+    return list(_kept_fixed(c, c.input_extent(tuple(
+        smallest_window(f, cr, ctx, m) for f, cr, ctx, m in zip(g.factor, g.crop, context, first, strict=True)))))
 
 
 def smallest_exact(c: TilingContract) -> tuple[int, ...]:
