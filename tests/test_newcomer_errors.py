@@ -161,3 +161,41 @@ def test_a_local_cluster_needs_no_fixed_scratch_name(config, volume, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in temp.iterdir()) == ["dask-scratch-space"]  # its own scratch space is gone
     assert json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"mirror": "no"}, "mirror = 'no' is invalid; expected True or False"),
+    ({"resume": "yes"}, "resume = 'yes' is invalid"),
+    ({"mode": "fast"}, "mode 'fast' is invalid for a config's net; valid: auto, mfp"),
+    ({"classes": "a"}, "classes 'a' are invalid"),
+    ({"roi": "0:5"}, "roi '0:5' is invalid; expected a (start, stop) pair"),
+    ({"workers": 0}, "workers = 0 is invalid"),
+    ({"overlap": 3}, "overlap 3 is invalid"),
+])
+def test_a_predict_job_with_a_wrong_argument_is_one_densepred_error(config, volume, tmp_path, options, message):
+    job = densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr"), progress=False, **options)
+    with pytest.raises(densepred.DensePredError) as caught:
+        densepred.predict_to_file(job)
+    assert message in str(caught.value)
+    assert not (tmp_path / "o.zarr").exists()
+    with pytest.raises(densepred.DensePredError, match="names no network"):
+        densepred.predict_to_file(densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr")))
+
+
+def test_wrong_arguments_to_the_python_api_are_densepred_errors(config, volume):
+    net, conv = densepred.build_net(densepred.load_config(config)), nn.Conv3d(1, 2, 3, padding=1)
+    wrong = [
+        (lambda: densepred.load_config(5), "config path 5 is invalid"),
+        (lambda: densepred.build_net(str(config)), "build_net takes a config (densepred.load_config(path)), got str"),
+        (lambda: densepred.predict_dense(net, volume, mirror="yes"), "mirror = 'yes' is invalid"),
+        (lambda: densepred.from_torch("unet", dims=3, in_channels=1), "model must be a torch.nn.Module"),
+        (lambda: densepred.from_torch(conv, dims=3, in_channels=0), "in_channels = 0 is invalid"),
+        (lambda: densepred.from_torch(conv, dims=3, in_channels=1, window=-4), "window -4 is invalid"),
+        (lambda: densepred.from_torch(conv, dims=3, in_channels=1, factor="2"), "factor '2' is invalid"),
+        (lambda: densepred.predict_dense(densepred.from_torch(conv, dims=3, in_channels=1), volume,
+                                         tile_shape=(1.5, 8, 8)), "window (1.5, 8, 8) is invalid"),
+    ]
+    for call, message in wrong:
+        with pytest.raises(densepred.DensePredError) as caught:
+            call()
+        assert message in str(caught.value)

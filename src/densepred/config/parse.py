@@ -68,6 +68,8 @@ def load_config(path: str | Path) -> Config:
         >>> cfg.network.layers[0].kernel                   # doctest: +SKIP
         (2, 2, 2)
     """
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"config path {path!r} is invalid; expected the path of a TOML file (a str or Path)")
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

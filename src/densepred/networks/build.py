@@ -137,6 +137,8 @@ def build_net(config: Config | NetworkConfig) -> DenseNet:
         >>> net.geometry.fov                                        # doctest: +SKIP
     """
     network = config.network if isinstance(config, Config) else config
+    if not isinstance(network, NetworkConfig):
+        raise DensePredError(f"build_net takes a config (densepred.load_config(path)), got {type(config).__name__}")
     check_fits_in_memory(network)
     return DenseNet(network)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 from dataclasses import replace
 from typing import Any
 
@@ -121,26 +122,15 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         output_tensor: of a model that returns several outputs (a tuple, list or dict), the
             index or key of the one to predict.
     """
-    if dims not in (2, 3):
-        raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
-    if output not in OUTPUTS:
-        raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")
+    _check_arguments(model, dims, in_channels, output)
     with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
         model = model.eval()
     if output_tensor is not None:
         from .model_files import OneOutput
 
         model = OneOutput(model, output_tensor)
-    window = (window,) * dims if isinstance(window, int) else (tuple(window) if window is not None else None)
-    unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
-    if unknown:
-        raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, "
-                             "reason, smallest, scale")
-    if "scale" in overrides:
-        overrides["scale"] = kept_scale(scale_pairs(overrides["scale"], dims))
-        if overrides["scale"] and isinstance(overrides.get("factor"), tuple | list):  # whole output shifts
-            overrides["factor"] = tuple(aligned_factor(int(f), p) for f, p in zip(overrides["factor"],
-                                                                                   overrides["scale"], strict=False))
+    window = None if window is None else _positive(window, dims, "window")
+    overrides = _checked_fields(overrides, dims)
     if fixed is None and contract is None and callable(getattr(model, "fixed_shape", None)):
         fixed = model.fixed_shape()  # an ONNX graph with a static input shape
     if contract is None and fixed is not None:
@@ -158,6 +148,48 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     else:
         contract = replace(contract, **overrides)
     return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
+
+
+def _check_arguments(model: Any, dims: Any, in_channels: Any, output: Any) -> None:
+    """from_torch's arguments, each refused in one line when wrong in type or range."""
+    if not isinstance(model, torch.nn.Module) and not callable(model):
+        raise DensePredError(f"model must be a torch.nn.Module (or a callable mapping a tensor to a tensor), got "
+                             f"{type(model).__name__}")
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise DensePredError(f"in_channels = {in_channels!r} is invalid; expected a positive integer")
+    if output not in OUTPUTS:
+        raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")
+
+
+def _checked_fields(overrides: dict[str, Any], dims: int) -> dict[str, Any]:
+    """Contract fields given by keyword, checked and per axis (a scale as ``(up, down)`` pairs,
+    the factor a multiple of its denominators)."""
+    overrides = dict(overrides)
+    unknown = set(overrides) - set(TilingContract.__dataclass_fields__)
+    if unknown:
+        raise DensePredError(f"unknown contract fields {sorted(unknown)}; valid: factor, crop, context, exact, "
+                             "reason, smallest, scale")
+    for name, least in (("factor", 1), ("smallest", 1), ("crop", 0)):
+        if name in overrides:
+            overrides[name] = _positive(overrides[name], dims, name, least)
+    if "scale" in overrides:
+        overrides["scale"] = kept_scale(scale_pairs(overrides["scale"], dims))
+        if overrides["scale"] and isinstance(overrides.get("factor"), tuple | list):  # whole output shifts
+            overrides["factor"] = tuple(aligned_factor(int(f), p) for f, p in zip(overrides["factor"],
+                                                                                   overrides["scale"], strict=False))
+    return overrides
+
+
+def _positive(value: Any, dims: int, name: str, least: int = 1) -> tuple[int, ...]:
+    """``value`` (one integer for every axis, or one per axis) as ``dims`` integers >= ``least``."""
+    values = (value,) * dims if isinstance(value, numbers.Integral) else value
+    if (not isinstance(values, list | tuple) or len(values) != dims or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= least for v in values)):
+        kind = "positive" if least else "non-negative"
+        raise DensePredError(f"{name} {value!r} is invalid; expected {dims} {kind} integers (or one for every axis)")
+    return tuple(int(v) for v in values)
 
 
 def per_axis_fields(fields: dict[str, Any] | None, dims: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ...errors import DensePredError
 from ...io import ArraySpec, open_output
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
-from .job import JobResult, PlannedJob, PredictJob, uses_cluster
+from .job import JobResult, PlannedJob, PredictJob, check_job, uses_cluster
 from .lifecycle import finish, start_output, write_error
 from .model_job import plan_model
 from .own_job import plan_net
@@ -41,6 +41,7 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
         >>> job = PredictJob("net.toml", "raw.h5:raw", "out.zarr", mirror=True)  # doctest: +SKIP
         >>> predict_to_file(job).shape                                           # doctest: +SKIP
     """
+    check_job(job)
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and not uses_cluster(job):

@@ -101,6 +101,8 @@ def predict_dense(
         >>> net = densepred.build_net(densepred.load_config("examples/neuro3d.toml"))  # doctest: +SKIP
         >>> probs = densepred.predict_dense(net, volume, mirror=True)                  # doctest: +SKIP
     """
+    if not isinstance(mirror, bool | np.bool_):
+        raise DensePredError(f"mirror = {mirror!r} is invalid; expected True or False")
     if isinstance(net, ForeignNet):
         return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
                                 progress, memory_limit, precision)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...errors import DensePredError
 from ...io import ArraySpec
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout
@@ -75,6 +76,39 @@ class JobResult:
     input_tile: tuple[int, ...] = ()
     estimated_peak: int = 0  # bytes: the memory estimate the tile was chosen by
     origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
+
+
+OWN_MODES, MODEL_MODES = ("auto", "mfp", "dilated", "naive", "stream"), ("auto", "exact", "blend")
+
+
+def check_job(job: PredictJob) -> None:
+    """The fields a Python caller may get wrong in type or range, each refused in one line
+    (file specs, tiles, dtypes and the like are checked where they are read)."""
+    if job.config is None and job.model is None and job.model_file is None:
+        raise DensePredError("the job names no network: give a config (PredictJob('net.toml', ...)), or model= or "
+                             "model_file= for a model written elsewhere")
+    for name in ("mirror", "argmax", "resume", "overwrite", "strict"):
+        if not isinstance(getattr(job, name), bool):
+            raise DensePredError(f"{name} = {getattr(job, name)!r} is invalid; expected True or False")
+    for name in ("workers", "threads_per_worker", "batch_size"):
+        value = getattr(job, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
+    model = job.model is not None or job.model_file is not None
+    modes = MODEL_MODES if model else OWN_MODES
+    if job.mode is not None and job.mode not in modes:
+        raise DensePredError(f"mode {job.mode!r} is invalid for {'a model from elsewhere' if model else 'a config'}"
+                             f"'s net; valid: {', '.join(modes)}")
+    if not isinstance(job.overlap, int | float) or not 0 <= job.overlap < 1:
+        raise DensePredError(f"overlap {job.overlap!r} is invalid; expected a fraction in [0, 1)")
+    if job.classes is not None and (isinstance(job.classes, str) or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in job.classes)):
+        raise DensePredError(f"classes {job.classes!r} are invalid; expected a list of class indices like [1] or "
+                             "[0, 2]")
+    if job.roi is not None and (isinstance(job.roi, str) or not all(
+            isinstance(r, list | tuple) and len(r) == 2 and all(isinstance(v, int) for v in r) for r in job.roi)):
+        raise DensePredError(f"roi {job.roi!r} is invalid; expected a (start, stop) pair of integers per axis, like "
+                             "[(0, 64), (0, 2048), (0, 2048)]")
 
 
 def uses_cluster(job: PredictJob) -> bool:

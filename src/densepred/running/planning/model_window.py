@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -220,9 +221,12 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
     if window is None:
         window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f
                   for w, f in zip(_least(c, context), c.factor, strict=True)]
-    window = (window,) * net.dims if isinstance(window, int) else tuple(int(w) for w in window)
-    if len(window) != net.dims or any(w < 1 for w in window):
-        raise DensePredError(f"window {list(window)} is invalid; expected {net.dims} positive integers")
+    given = window
+    window = (window,) * net.dims if isinstance(window, numbers.Integral) else window
+    if (not isinstance(window, Sequence) or isinstance(window, str) or len(window) != net.dims
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in window)):
+        raise DensePredError(f"window {given!r} is invalid; expected {net.dims} positive integers")
+    window = tuple(int(w) for w in window)
     smallest = c.smallest or (1,) * net.dims
     if not c.valid(window) and any(c.fixed):
         raise DensePredError(f"window {list(window)} is invalid for this model: its input size is fixed at "
