@@ -1,0 +1,138 @@
+"""The README's other examples run as written, scaled down: the ten lines, training and a larger
+prediction net, the training section of a config, file-to-file prediction, precision, the
+profiler, a MONAI U-Net from Python and from the command line, and the SLURM example as far as a
+machine without SLURM allows (its cluster and job built, its job script rendered)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import densepred
+from densepred.interfaces.demo import write_example
+from densepred.networks.precision import runnable_precisions
+from densepred.networks.weights import save_weights
+from tests.test_readme import BIN, README, section, shell_blocks
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+def run_python(code: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=cwd,
+                          timeout=600)
+    assert done.returncode == 0, f"{code}\n{done.stderr}"
+    return done.stdout
+
+
+def run_shell(block: str, cwd: Path, **replace: str) -> None:
+    """Every command of ``block`` with this environment's ``densepred``, each one required to succeed."""
+    for old, new in replace.items():
+        assert old in block, old
+        block = block.replace(old, new)
+    lines = [f"{BIN}/{line} || exit 97" for line in block.strip().splitlines() if line.startswith("densepred ")]
+    done = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, check=False, cwd=cwd,
+                          timeout=600)
+    assert done.returncode == 0, f"{block}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's config with random weights, its raw volume as raw.zarr and stack.h5:raw."""
+    folder = tmp_path_factory.mktemp("demo")
+    config = write_example(folder, steps=6, test_shape=(16, 72, 72))
+    save_weights(densepred.build_net(densepred.load_config(config)), folder / "run" / "membranes-LAST.safetensors")
+    with h5py.File(folder / "test.h5", "r") as f:
+        raw = f["raw"][:]
+    zarr.create_array(folder / "raw.zarr", data=raw, chunks=(8, 36, 36))
+    with h5py.File(folder / "stack.h5", "w") as f:
+        f["raw"] = raw
+    return folder
+
+
+def test_the_ten_lines_print_the_geometry_they_show():
+    block = python_blocks(section("Ten lines"))[0]
+    shown = re.search(r"print\(.*\)\s+# (.*)", block).group(1)
+    code = block.replace("(40, 300, 300)", "(12, 70, 70)") + "\nassert probs.shape == (2, 12, 70, 70)\n"
+    assert run_python(code, README.parent).strip() == shown.strip()
+
+
+def test_training_then_a_larger_prediction_net(tmp_path):
+    write_example(tmp_path, steps=6, test_shape=(8, 40, 40))  # a config not trained yet
+    block = python_blocks(section("Training and prediction nets"))[0]
+    code = "import densepred, numpy as np\nvolume = np.random.rand(10, 60, 60).astype(np.float32)\n" + block
+    run_python(code + "\nassert probs.shape == (2, 10, 60, 60)\n", tmp_path)
+    assert (tmp_path / "run" / "membranes-LAST.safetensors").exists()
+
+
+def test_the_training_section_shown_is_a_valid_config(demo):
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", README.read_text(), re.DOTALL) if "[training]" in b)
+    text = (demo / "membranes.toml").read_text()
+    text = text[:text.index("[training]")] if "[training]" in text else text
+    (demo / "shown.toml").write_text(text + "\n" + block)
+    training = densepred.load_config(demo / "shown.toml").training
+    assert training.steps == 1000
+    assert training.optimizer == "adam"
+
+
+def test_file_to_file_prediction_as_shown(demo):
+    block = shell_blocks(section("Predicting files larger than memory"))[0]
+    run_shell(block, demo, **{"0:64,0:2048,0:2048": "0:8,0:48,0:48"})
+    assert zarr.open_group(demo / "membranes.zarr", mode="r").attrs["densepred"]["complete"] is True
+    with h5py.File(demo / "pred.h5", "r") as f:
+        assert f["membranes"].dtype == np.uint8
+    assert zarr.open_group(demo / "labels.zarr", mode="r")["0"].shape == (8, 48, 48)
+
+
+def test_precision_as_shown(demo, tmp_path):
+    predict, train = shell_blocks(section("Precision"))[0].strip().splitlines()
+    if "bfloat16" not in runnable_precisions(torch.device("cpu")):
+        pytest.skip("this CPU has no bfloat16 kernels")
+    run_shell(predict, demo)
+    assert zarr.open_group(demo / "pred.zarr", mode="r").attrs["densepred"]["complete"] is True
+    write_example(tmp_path, steps=2, test_shape=(8, 40, 40))  # a config not trained yet
+    run_shell(train, tmp_path)
+    assert (tmp_path / "run" / "membranes-LAST.safetensors").exists()
+
+
+def test_the_profiler_as_shown(tmp_path):
+    block = shell_blocks(section("Finding the fastest tile"))[0]
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "m36.toml").write_text((README.parent / "examples" / "m36.toml").read_text())
+    run_shell(block, tmp_path, **{"--write": "--write --max-seconds 6 --modes mfp"})
+    assert "tile_shape" in (tmp_path / "examples" / "m36.toml").read_text()
+    assert any((tmp_path / "profile").iterdir())
+
+
+def test_a_monai_unet_from_python_and_from_the_command_line(tmp_path):
+    pytest.importorskip("monai")
+    text = section("Models written elsewhere")
+    python, shell = python_blocks(text), shell_blocks(text)
+    code = python[0].replace("model.load_state_dict(...)", "model.load_state_dict(model.state_dict())")
+    code = code.replace("(64, 128, 128)", "(32, 64, 64)")
+    setup = "import numpy as np\nvolume = np.random.rand(20, 50, 50).astype(np.float32)\n"
+    save = ("\nfrom safetensors.torch import save_file\nsave_file(model.state_dict(), 'unet.safetensors')\n"
+            "import zarr\nzarr.create_array('raw.zarr', data=volume)\nassert probs.shape == (3, 20, 50, 50)\n")
+    assert "exact tiling possible" in run_python(setup + code + save, tmp_path)
+    command = next(b for b in shell if "BasicUNet" in b).replace("\\\n", " ")
+    run_shell(command, tmp_path, **{"--tile 64,128,128": "--tile 32,64,64"})
+    assert zarr.open_group(tmp_path / "pred.zarr", mode="r")["0"].shape == (3, 20, 50, 50)
+
+
+def test_the_slurm_example_builds_its_cluster_and_job(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    block = python_blocks(section("On a cluster"))[0]
+    before, _, _ = block.partition("with Client(cluster)")
+    code = before.replace("cluster.scale(jobs=16)", "script = cluster.job_script()")
+    code += ("\nassert '--gres=gpu:1' in script and '--resources GPU=1' in script, script\n"
+             "from densepred.running.jobs.job import check_job\ncheck_job(job)\ncluster.close()\n")
+    run_python(code, tmp_path)
