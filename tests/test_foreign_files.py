@@ -165,6 +165,13 @@ def test_a_torch_export_program_predicts_like_its_module(model_files, tmp_path):
     net = densepred.from_torch(model, dims=3, in_channels=1)
     expected = densepred.predict_dense(net, volume, mode="exact", tile_shape=40)
     np.testing.assert_allclose(stored(tmp_path / "e.zarr"), expected, rtol=0, atol=1e-5)
+    # exported for one size only: a fixed-shape model, blended with windows of exactly that size
+    torch.export.save(torch.export.export(model, (torch.rand(1, 1, 24, 32, 32),)), tmp_path / "static.pt2")
+    assert main(["predict", "--model-file", str(tmp_path / "static.pt2"), "--input", str(tmp_path / "in.npy"),
+                 "--output", str(tmp_path / "s.zarr"), "--quiet"]) == 0
+    fixed = densepred.from_torch(model, dims=3, in_channels=1, fixed=(24, 32, 32))
+    np.testing.assert_allclose(stored(tmp_path / "s.zarr"), densepred.predict_dense(fixed, volume, mode="blend"),
+                               rtol=0, atol=1e-5)
 
 
 def test_a_2d_model_over_a_stack_predicts_file_to_file(tmp_path):

@@ -1,7 +1,8 @@
 """The README's other examples run as written, scaled down: the ten lines, training and a larger
 prediction net, the training section of a config, file-to-file prediction, precision, the
 profiler, a MONAI U-Net from Python and from the command line, and the SLURM example as far as a
-machine without SLURM allows (its cluster and job built, its job script rendered)."""
+machine without SLURM allows (its cluster and job built, its job script rendered). The profiler
+and the MONAI U-Net take 20-40 s each and run in ``make test-slow``."""
 
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def test_precision_as_shown(demo, tmp_path):
     assert (tmp_path / "run" / "membranes-LAST.safetensors").exists()
 
 
+@pytest.mark.slow  # about 20-40 s: make test-slow
 def test_the_profiler_as_shown(tmp_path):
     block = shell_blocks(section("Finding the fastest tile"))[0]
     (tmp_path / "examples").mkdir()
@@ -113,6 +115,7 @@ def test_the_profiler_as_shown(tmp_path):
     assert any((tmp_path / "profile").iterdir())
 
 
+@pytest.mark.slow  # about 20-40 s: make test-slow
 def test_a_monai_unet_from_python_and_from_the_command_line(tmp_path):
     pytest.importorskip("monai")
     text = section("Models written elsewhere")

@@ -15,6 +15,7 @@ without access to Python's modules); an ONNX graph is data run by onnxruntime's 
 from __future__ import annotations
 
 import hashlib
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import DensePredError
 
+log = logging.getLogger("densepred")
 FORMATS = ("torch_export", "torchscript", "onnx")
 
 
@@ -63,12 +65,41 @@ def load_file_model(path: str | Path) -> torch.nn.Module:
             return torch.jit.load(str(path), map_location="cpu").eval()
         if kind == "onnx":
             return OnnxModel(path)
-        return torch.export.load(str(path)).module()
+        return _exported(torch.export.load(str(path)), path)
     except DensePredError:
         raise
     except Exception as exc:
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise DensePredError(f"cannot load {path} as a {kind.replace('_', '.')} model: {text}") from None
+
+
+def _exported(program: Any, path: Path) -> torch.nn.Module:
+    """A torch.export program's module; one exported for one input size only (no dynamic
+    spatial sizes) as a :class:`FixedExport`, tiled with windows of exactly that size."""
+    module = program.module()
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in
+              program.graph_signature.user_inputs]
+    shape = tuple(getattr(inputs[0].meta.get("val"), "shape", ())) if inputs else ()
+    spatial = shape[2:]
+    if not spatial or not all(isinstance(s, int) for s in spatial):
+        return module
+    log.info("%s was exported for the input size %s only: windows are exactly that size (export with "
+             "dynamic_shapes, a torch.export.Dim per spatial axis, to tile with any size)", path.name, list(spatial))
+    return FixedExport(module, tuple(spatial))
+
+
+class FixedExport(torch.nn.Module):
+    """A torch.export program that accepts one input size: its module and that size."""
+
+    def __init__(self, module: torch.nn.Module, shape: tuple[int, ...]):
+        super().__init__()
+        self.module, self.shape = module, shape
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.module(x)
+
+    def fixed_shape(self) -> tuple[int, ...]:
+        return self.shape
 
 
 class OnnxModel(torch.nn.Module):
