@@ -139,3 +139,16 @@ def test_the_slurm_example_builds_its_cluster_and_job(tmp_path):
     code += ("\nassert '--gres=gpu:1' in script and '--resources GPU=1' in script, script\n"
              "from densepred.running.jobs.job import check_job\ncheck_job(job)\ncluster.close()\n")
     run_python(code, tmp_path)
+
+
+def test_make_demo_runs_end_to_end_scaled_down(tmp_path):
+    assert "make demo" in shell_blocks(section("Two commands"))[0]
+    makefile = (README.parent / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n\t(.*)$", makefile, re.MULTILINE).group(1)
+    command = recipe.replace("$(VENV)/bin/", f"{BIN}/") + " --steps 20"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    for name in ("run/membranes-LAST.safetensors", "run/history.csv", "prediction.h5", "demo.png"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert "F1" in done.stdout
