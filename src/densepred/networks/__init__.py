@@ -5,7 +5,8 @@
 * :mod:`.weights` - safetensors weights and optimizer state, LAST/BEST file names
 * :mod:`.prediction_net` - :func:`create_prediction_net`, ELEKTRONN's ``create_predncnn``
 * :mod:`.foreign` - :func:`from_torch`: models written elsewhere; :mod:`.contract` - their tiling
-  contract, probed or given, and :mod:`.contract_cache` - its cache on disk
+  contract, probed or given (its sizes and output scale: :mod:`.contract_sizes`), and
+  :mod:`.contract_cache` - its cache on disk
 * :mod:`.loading`, :mod:`.model_files` - a model from its class and weights, or stored whole
   (``torch.export``, TorchScript, ONNX)
 * :mod:`.bioimageio`, :mod:`.zoo_description`, :mod:`.processing` - BioImage Model Zoo packages:

@@ -17,7 +17,8 @@ once on the CPU:
   every output.
 
 Every field can be given instead of probed (``contract=TilingContract(...)`` or keyword
-overrides; with the factor and the smallest input given, no size is probed). A model that
+overrides; with the factor and the smallest input given, no size is probed). The sizes are
+probed by :mod:`.contract_sizes`; the context and the verdict here. A model that
 accepts one input size only (``fixed``) is tiled with windows of exactly that size. Probes are
 cached on disk by a hash of the model's class and weights (:mod:`.contract_cache`).
 """

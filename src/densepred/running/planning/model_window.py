@@ -48,7 +48,8 @@ class OverBudget(DensePredError):
 @dataclass(frozen=True)
 class ModelMemory:
     """Bytes one forward allocates per input voxel, the model's output channels, and its output
-    voxels per input voxel (1, or the scale's product over the axes)."""
+    voxels per input voxel before the crop (the product of its scale over the axes: 1, 1/8 for
+    a 3D half-size output, 16 for a 2D 4x one)."""
 
     per_voxel: float
     channels: int
@@ -79,7 +80,7 @@ def model_memory(net: torch.nn.Module, model: torch.nn.Module, contract: TilingC
             x = x.contiguous(memory_format=memory_format)
         peak, shape = (_cuda_peak if device.type == "cuda" else _cpu_peak)(model, x)
         known[(*key, stacked)] = ModelMemory(peak / math.prod(window), shape[0],
-                                             math.prod(shape[1:]) / math.prod(window))
+                                             math.prod(up / down for up, down in contract.pairs))
         log.info("the model takes %.0f bytes per input voxel (measured on a %s window)",
                  known[(*key, stacked)].per_voxel, "x".join(map(str, window)))
     return known[(*key, stacked)]
