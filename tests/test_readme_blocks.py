@@ -1,8 +1,9 @@
 """The README's other examples run as written, scaled down: the ten lines, training and a larger
 prediction net, the training section of a config, file-to-file prediction, precision, the
 profiler, a MONAI U-Net from Python and from the command line, and the SLURM example as far as a
-machine without SLURM allows (its cluster and job built, its job script rendered). The profiler
-and the MONAI U-Net take 20-40 s each and run in ``make test-slow``."""
+machine without SLURM allows (its cluster and job built, its job script rendered), and make demo's
+recipe. The profiler, the MONAI U-Net, precision and make demo take 10-40 s each and run in
+``make test-slow``, keeping the default run under 5 minutes."""
 
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def test_file_to_file_prediction_as_shown(demo):
     assert zarr.open_group(demo / "labels.zarr", mode="r")["0"].shape == (8, 48, 48)
 
 
+@pytest.mark.slow  # 10-15 s: make test-slow
 def test_precision_as_shown(demo, tmp_path):
     predict, train = shell_blocks(section("Precision"))[0].strip().splitlines()
     if "bfloat16" not in runnable_precisions(torch.device("cpu")):
@@ -141,6 +143,7 @@ def test_the_slurm_example_builds_its_cluster_and_job(tmp_path):
     run_python(code, tmp_path)
 
 
+@pytest.mark.slow  # 10-15 s: make test-slow
 def test_make_demo_runs_end_to_end_scaled_down(tmp_path):
     assert "make demo" in shell_blocks(section("Two commands"))[0]
     makefile = (README.parent / "Makefile").read_text()

@@ -243,7 +243,7 @@ def test_the_scale_factor_and_sizes_can_be_given_on_the_command_line(tmp_path, c
     assert "--scale 'half' is invalid" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["Half", "Up"])
+@pytest.mark.parametrize("name", ["Half", pytest.param("Up", marks=pytest.mark.slow)])  # Up: make test-slow
 def test_a_scaled_output_on_a_local_cluster_equals_the_one_process_run(tmp_path, name):
     model = scaled_model(tmp_path, name, dims=3)
     torch.save(model.state_dict(), tmp_path / "w.pt")
