@@ -49,22 +49,16 @@ def _is_pair(value: Any) -> bool:
 
 
 def _pair(value: Any, given: Any) -> Pair:
+    """One axis's scale, the nearest fraction of small terms to the value (within 1e-6 of it)."""
     try:
-        ratio = Fraction(*value) if isinstance(value, list | tuple) else Fraction(str(value).strip())
+        exact = Fraction(*value) if isinstance(value, list | tuple) else Fraction(str(value).strip())
     except (ValueError, TypeError, ZeroDivisionError):
-        ratio = Fraction(-1)
-    ratio = ratio.limit_denominator(MAX_TERM) if ratio > 0 else ratio
-    if ratio <= 0 or ratio.numerator > MAX_TERM or abs(float(ratio) - _float(value)) > 1e-6 * float(ratio):
+        exact = Fraction(-1)
+    ratio = exact.limit_denominator(MAX_TERM) if exact > 0 else exact
+    if ratio <= 0 or ratio.numerator > MAX_TERM or abs(ratio - exact) > ratio / 10**6:
         raise DensePredError(f"scale {given!r} is invalid; expected output voxels per input voxel as a positive "
                              f"fraction with terms up to {MAX_TERM} (0.5, 1/2, 4), one or one per axis")
     return ratio.numerator, ratio.denominator
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(Fraction(*value)) if isinstance(value, list | tuple) else float(Fraction(str(value).strip()))
-    except (ValueError, TypeError, ZeroDivisionError):
-        return math.nan
 
 
 def ratio(pair: Pair) -> Fraction:

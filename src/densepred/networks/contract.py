@@ -65,8 +65,8 @@ class TilingContract:
     def in_output_units(self) -> TilingContract:
         """The same contract at scale 1, counted in output voxels (factor and smallest input
         times the scale): what windows are placed by."""
-        if not any(p != (1, 1) for p in self.pairs):
-            return replace(self, scale=())
+        if not self.scale:
+            return self
         return replace(self, factor=self.output_extent(self.factor), scale=(),
                        smallest=self.output_extent(self.smallest) if self.smallest else ())
 

@@ -29,9 +29,11 @@ def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tupl
     that size; blended windows of it, or exact ones when the factor and context are given."""
     if len(shape) != dims or any(s < 1 for s in shape):
         raise DensePredError(f"fixed input shape {list(shape)} is invalid; expected {dims} positive sizes")
-    scale = overrides.get("scale") or _fixed_scale(model, dims, in_channels, shape)
+    what = "its fixed input shape"
+    out = _output_of(model, dims, in_channels, shape, what)
+    scale = overrides.get("scale") or _fixed_scale(shape, out)
     factor = tuple(aligned_factor(f, p) for f, p in zip(overrides.get("factor", (1,) * dims), scale, strict=True))
-    crop = _crop_of(model, dims, in_channels, shape, "its fixed input shape", scale)
+    crop = _crop_of(shape, out, what, scale)
     given = "factor" in overrides and "context" in overrides
     reason = "" if given else (f"its input size is fixed at {list(shape)}, so its factor and context cannot be "
                                "probed (give --factor and --context, factor= and context=, to tile it exactly)")
@@ -40,27 +42,28 @@ def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tupl
     return replace(contract, **{k: v for k, v in overrides.items() if k == "context"})
 
 
-def _fixed_scale(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...]) -> tuple[Pair, ...]:
-    """A fixed-shape model's scale, not given: 1 where its output is as large or smaller by an
-    even number of voxels, else its output's size over its input's."""
-    found = _accepted(model, in_channels, dims, shape)
-    if found is None:
-        return ((1, 1),) * dims
+def _fixed_scale(shape: tuple[int, ...], out: tuple[int, ...]) -> tuple[Pair, ...]:
+    """A fixed-shape model's scale, not given: 1 where its output ``out`` is as large as its
+    input or smaller by an even number of voxels, else its output's size over its input's."""
     pairs = []
-    for s, o in zip(shape, found[0], strict=True):
+    for s, o in zip(shape, out, strict=True):
         r = Fraction(1) if s >= o and (s - o) % 2 == 0 else Fraction(o, s)
         pairs.append((r.numerator, r.denominator))
     return tuple(pairs)
 
 
-def _crop_of(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...], what: str,
-             scale: tuple[Pair, ...] = ()) -> tuple[int, ...]:
-    """The output voxels lost per side, from one forward of ``shape`` (at ``scale``)."""
+def _output_of(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
+               what: str) -> tuple[int, ...]:
+    """The output's spatial sizes of one forward of ``shape``."""
     found = _accepted(model, in_channels, dims, shape)
     if found is None:
         raise DensePredError(f"the model failed on {what} {list(shape)} with {in_channels} input channel(s)")
-    expected = tuple(s * ratio(p) for s, p in zip(shape, scale or ((1, 1),) * dims, strict=True))
-    out = found[0]
+    return tuple(found[0])
+
+
+def _crop_of(shape: tuple[int, ...], out: tuple[int, ...], what: str, scale: tuple[Pair, ...] = ()) -> tuple[int, ...]:
+    """The output voxels lost per side when input ``shape`` gives output ``out`` (at ``scale``)."""
+    expected = tuple(s * ratio(p) for s, p in zip(shape, scale or ((1, 1),) * len(shape), strict=True))
     if any(e - o < 0 or (e - o) % 2 for e, o in zip(expected, out, strict=True)):
         at = f" at scale {scale_text(scale)}" if kept_scale(scale) else ""
         raise DensePredError(f"the model maps {what} {list(shape)} to {list(out)}; densepred tiles outputs as large "
@@ -79,23 +82,28 @@ def given_sizes(model: torch.nn.Module, dims: int, in_channels: int, overrides: 
                              f"{dims} positive integers each")
     scale = tuple(overrides.get("scale") or ((1, 1),) * dims)
     factor = tuple(aligned_factor(f, p) for f, p in zip(factor, scale, strict=True))
-    crop = tuple(overrides["crop"]) if "crop" in overrides else _crop_of(model, dims, in_channels, smallest,
-                                                                           "its smallest input", scale)
-    if "crop" not in overrides:
-        _check_growth(model, dims, in_channels, smallest, factor, scale)
+    if "crop" in overrides:
+        crop = tuple(overrides["crop"])
+    else:
+        out = _output_of(model, dims, in_channels, smallest, "its smallest input")
+        crop = _crop_of(smallest, out, "its smallest input", scale)
+        _check_growth(model, dims, in_channels, (smallest, out), factor, scale)
     return TilingContract(factor, crop, tuple(overrides.get("context", ((0, 0),) * dims)), None, "", smallest,
                           scale=kept_scale(scale))
 
 
-def _check_growth(model: torch.nn.Module, dims: int, in_channels: int, smallest: tuple[int, ...],
-                  factor: tuple[int, ...], scale: tuple[Pair, ...]) -> None:
-    """That the output grows by the factor times the scale when the input grows by the factor."""
-    larger = tuple(m + f for m, f in zip(smallest, factor, strict=True))
-    first, second = _accepted(model, in_channels, dims, smallest), _accepted(model, in_channels, dims, larger)
-    if first is None or second is None:
+def _check_growth(model: torch.nn.Module, dims: int, in_channels: int,
+                  smallest: tuple[tuple[int, ...], tuple[int, ...]], factor: tuple[int, ...],
+                  scale: tuple[Pair, ...]) -> None:
+    """That the output grows by the factor times the scale when the input grows by the factor
+    (``smallest``: the smallest input and its output)."""
+    (shape, out) = smallest
+    larger = tuple(m + f for m, f in zip(shape, factor, strict=True))
+    second = _accepted(model, in_channels, dims, larger)
+    if second is None:
         raise DensePredError(f"the model failed on the input {list(larger)} (its smallest input plus its factor): "
                              "check --factor and --smallest (factor= and smallest=)")
-    growth = [b - a for a, b in zip(first[0], second[0], strict=True)]
+    growth = [b - a for a, b in zip(out, second[0], strict=True)]
     if any(g != f * ratio(p) for g, f, p in zip(growth, factor, scale, strict=True)):
         found = ",".join(str(Fraction(g, f)) for g, f in zip(growth, factor, strict=True))
         raise DensePredError(f"the model's output grows by {growth} voxels when its input grows by its factor "

@@ -129,7 +129,7 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
         from .model_files import OneOutput
 
         model = OneOutput(model, output_tensor)
-    window = None if window is None else _positive(window, dims, "window")
+    window = None if window is None else per_axis_ints(window, dims, "window")
     overrides = _checked_fields(overrides, dims)
     if fixed is None and contract is None and callable(getattr(model, "fixed_shape", None)):
         fixed = model.fixed_shape()  # an ONNX graph with a static input shape
@@ -173,7 +173,7 @@ def _checked_fields(overrides: dict[str, Any], dims: int) -> dict[str, Any]:
                              "reason, smallest, scale")
     for name, least in (("factor", 1), ("smallest", 1), ("crop", 0)):
         if name in overrides:
-            overrides[name] = _positive(overrides[name], dims, name, least)
+            overrides[name] = per_axis_ints(overrides[name], dims, name, least)
     if "scale" in overrides:
         overrides["scale"] = kept_scale(scale_pairs(overrides["scale"], dims))
         if overrides["scale"] and isinstance(overrides.get("factor"), tuple | list):  # whole output shifts
@@ -182,7 +182,7 @@ def _checked_fields(overrides: dict[str, Any], dims: int) -> dict[str, Any]:
     return overrides
 
 
-def _positive(value: Any, dims: int, name: str, least: int = 1) -> tuple[int, ...]:
+def per_axis_ints(value: Any, dims: int, name: str, least: int = 1) -> tuple[int, ...]:
     """``value`` (one integer for every axis, or one per axis) as ``dims`` integers >= ``least``."""
     values = (value,) * dims if isinstance(value, numbers.Integral) else value
     if (not isinstance(values, list | tuple) or len(values) != dims or not all(
@@ -211,4 +211,4 @@ def per_axis_fields(fields: dict[str, Any] | None, dims: int) -> dict[str, Any]:
 
 
 __all__ = ["OUTPUTS", "ForeignNet", "SliceWise", "StackNet", "TilingContract", "from_torch", "over_stack",
-           "per_axis_fields"]
+           "per_axis_fields", "per_axis_ints"]

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...config import MODES
 from ...errors import DensePredError
 from ...io import ArraySpec
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout
+from ..compute.model_run import MODES as MODEL_MODES
 from ..executors.cluster import Task
 from ..progress import ProgressOption
 
@@ -78,9 +80,6 @@ class JobResult:
     origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
 
 
-OWN_MODES, MODEL_MODES = ("auto", "mfp", "dilated", "naive", "stream"), ("auto", "exact", "blend")
-
-
 def check_job(job: PredictJob) -> None:
     """The fields a Python caller may get wrong in type or range, each refused in one line
     (file specs, tiles, dtypes and the like are checked where they are read)."""
@@ -95,7 +94,7 @@ def check_job(job: PredictJob) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
     model = job.model is not None or job.model_file is not None
-    modes = MODEL_MODES if model else OWN_MODES
+    modes = MODEL_MODES if model else MODES
     if job.mode is not None and job.mode not in modes:
         raise DensePredError(f"mode {job.mode!r} is invalid for {'a model from elsewhere' if model else 'a config'}"
                              f"'s net; valid: {', '.join(modes)}")

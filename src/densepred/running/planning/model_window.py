@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
 from ...geometry.scale import scaled
-from ...networks.foreign import ForeignNet, TilingContract
+from ...networks.foreign import ForeignNet, TilingContract, per_axis_ints
 from .devices import dtype_of
 from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
 
@@ -222,12 +221,7 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
     if window is None:
         window = [w + max(0, math.ceil((DEFAULT_WINDOW - w) / f)) * f
                   for w, f in zip(_least(c, context), c.factor, strict=True)]
-    given = window
-    window = (window,) * net.dims if isinstance(window, numbers.Integral) else window
-    if (not isinstance(window, Sequence) or isinstance(window, str) or len(window) != net.dims
-            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in window)):
-        raise DensePredError(f"window {given!r} is invalid; expected {net.dims} positive integers")
-    window = tuple(int(w) for w in window)
+    window = per_axis_ints(window, net.dims, "window")
     smallest = c.smallest or (1,) * net.dims
     if not c.valid(window) and any(c.fixed):
         raise DensePredError(f"window {list(window)} is invalid for this model: its input size is fixed at "
