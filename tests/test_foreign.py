@@ -171,7 +171,7 @@ def test_a_stride_32_encoder_decoder_in_2d_tiles_exactly():
 
 
 def test_align_corners_upsampling_is_found_not_shift_equivariant(volume):
-    model = trained_looking(UNet(up="interpolate"), seed=3)
+    model = trained_looking(UNet(depth=1, up="interpolate"), seed=3)
     net = densepred.from_torch(model, dims=3, in_channels=1)
     assert not net.contract.exact
     assert "not shift-equivariant" in net.contract.reason

@@ -81,8 +81,8 @@ def campaign(folder, mode, kills, seed):
             np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
-def test_a_run_killed_once_resumes_to_the_same_result(files, mode):
+@pytest.mark.parametrize("mode", ["exact", "blend", pytest.param("own", marks=pytest.mark.slow)])
+def test_a_run_killed_once_resumes_to_the_same_result(files, mode):  # own nets: test_predict_files' kill -9
     campaign(files, mode, kills=1, seed={"exact": 1, "blend": 2, "own": 3}[mode])
 
 
@@ -128,7 +128,8 @@ def cluster_campaign(folder, mode, kills, seed):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
+@pytest.mark.parametrize("mode", [pytest.param("exact", marks=pytest.mark.slow), "blend",
+                                  pytest.param("own", marks=pytest.mark.slow)])
 def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
     cluster_campaign(files, mode, kills=1, seed=3)
 

@@ -130,7 +130,8 @@ def from_fields(fields: dict[str, Any]) -> TilingContract:
 
 def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingContract) -> TilingContract:
     """The full contract from ``sizes``: context and verdict (module docstring), cached by the
-    model's hash. A factor found too small by the shift check is doubled, up to 8 times."""
+    model's hash. A factor found too small by the shift check is doubled, up to 8 times, unless
+    the check named the cause (an interpolation with ``align_corners=True``)."""
     key = contract_cache.cache_key("verdict", model_hash(model), dims, in_channels, asdict(sizes))
     cached = contract_cache.load(key)
     if cached is not None:
@@ -141,8 +142,8 @@ def verdict(model: torch.nn.Module, dims: int, in_channels: int, sizes: TilingCo
                        smallest=sizes.smallest, scale=sizes.scale)
     for _ in range(3):  # a pooling the hooks did not see (a functional call) leaves the factor too small
         larger = tuple(2 * f for f in factor)
-        if contract.exact or "shift-equivariant" not in contract.reason or _probe_voxels(
-                first, larger, dims) > PROBE_VOXELS:
+        if contract.exact or "shift-equivariant" not in contract.reason or "align_corners" in contract.reason \
+                or _probe_voxels(first, larger, dims) > PROBE_VOXELS:
             break
         factor = larger
         contract = replace(_verdict(model, dims, in_channels, factor, crop, first, given, sizes.pairs),
