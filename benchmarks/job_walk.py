@@ -2,8 +2,9 @@
 
 A call from one module of ``densepred.running`` into another is a step of the walk (an entry);
 a module entered again after the walk left it counts once more, a return to the caller does not.
-Repeated identical calls (a loop over tiles or windows) count once, and the layers below
-(geometry, io, networks) are not steps. Only the calling thread is traced (the pipeline's
+Repeated identical calls (a loop over tiles or windows: the same function, making the same
+calls below it) count once; the layers below (geometry, io, networks, the foundation) and the
+code dataclasses generate (building a result) are not steps. Only the calling thread is traced (the pipeline's
 reader and writer threads run the same modules). Run an own net and a model from elsewhere on
 small random inputs:
 
@@ -42,7 +43,9 @@ def walk(job: densepred.PredictJob) -> list[str]:
 
     def profile(frame, event, arg):
         module = frame.f_globals.get("__name__", "")
-        if event == "call" and module.startswith("densepred.running") and module != stack[-1].module:
+        generated = frame.f_code.co_filename.startswith("<")  # a dataclass's __init__: data, not a step
+        if event == "call" and module.startswith("densepred.running") and module != stack[-1].module \
+                and not generated:
             node = _Node(module, frame)
             stack[-1].children.append(node)
             stack.append(node)
@@ -62,7 +65,8 @@ class _Node:
         self.module, self.frame, self.children = module, frame, []
 
     def signature(self) -> tuple:
-        return (self.module, tuple(dict.fromkeys(c.signature() for c in self.children)))
+        """The module, the function entered and the calls below: a loop's repeated calls match."""
+        return (self.module, self.frame.f_code.co_name, tuple(dict.fromkeys(c.signature() for c in self.children)))
 
     def collapsed(self) -> list[_Node]:
         """The walk below this node in order, identical sibling calls once."""

@@ -304,7 +304,7 @@ def test_flips_over_a_stack_flip_y_and_x_only():
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_a_float32_model_runs_channels_last_on_the_cpu_and_still_tiles_exactly(dims):
-    from densepred.running.planning.devices import fast_memory_format
+    from densepred.networks.devices import fast_memory_format
 
     model = trained_looking(UNet(dims=dims), seed=3).float()
     assert fast_memory_format(model, torch.device("cpu")) == (torch.channels_last_3d if dims == 3

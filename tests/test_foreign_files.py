@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 import densepred
 from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
+from densepred.io.run_record import done_line
 from densepred.running.jobs import model_job as foreign_job
-from densepred.running.jobs.record import done_line
 from tests.test_foreign import UNet, trained_looking
 
 KWARGS = json.dumps({"dims": 3, "depth": 2, "width": 4})

@@ -11,7 +11,7 @@ import torch
 from densepred import DensePredError, predict_dense
 from densepred.geometry import Footprint, default_output_tile
 from densepred.interfaces.cli import main
-from densepred.running.planning.memory_budget import MemoryBudget, tile_cost
+from densepred.networks.memory_budget import MemoryBudget, tile_cost
 from densepred.system import resident_bytes
 from tests.conftest import NETS, make_net
 

@@ -13,7 +13,7 @@ from ome_zarr_models.v05.image_label import ImageLabel
 from densepred.geometry import inner_chunks, pyramid
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
-from densepred.running.compute.downsample import downsample_mean, downsample_mode
+from densepred.io.pyramid import downsample_mean, downsample_mode
 from tests.test_predict_files import TILE, chunk_files
 
 

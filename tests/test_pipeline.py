@@ -13,7 +13,7 @@ import zarr
 import densepred
 from densepred.io.encoding import Encoding
 from densepred.io.images import to_float32
-from densepred.running.compute.pipeline import run_pipeline
+from densepred.pipeline import run_pipeline
 
 from .test_predict_files import chunk_files, in_memory
 
@@ -91,8 +91,8 @@ def test_a_file_run_with_two_writers_equals_the_in_memory_prediction(config, tmp
 
 def test_the_pyramid_is_built_while_tiles_are_written_and_a_resume_after_a_kill_is_byte_identical(config, tmp_path,
                                                                                                 monkeypatch):
-    from densepred.running.compute import downsample
-    from densepred.running.jobs import file_job
+    from densepred.io import pyramid as downsample
+    from densepred.io import pyramid as file_job  # where PyramidFeed.finish finds build_pyramid
 
     volume = np.random.default_rng(5).random((21, 45, 53), dtype=np.float32)
     np.save(tmp_path / "in.npy", volume)

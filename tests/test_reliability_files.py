@@ -19,8 +19,8 @@ import zarr
 from densepred.files import atomic_write_text
 from densepred.io.arrays import ArraySpec, open_array
 from densepred.io.encoding import Encoding
+from densepred.io.run_record import DoneLog, done_line, read_done
 from densepred.networks.weights import save_weights
-from densepred.running.jobs.record import DoneLog, done_line, read_done
 from tests.conftest import mark_interrupted
 from tests.test_predict_files import TILE, in_memory, predict
 
@@ -150,7 +150,7 @@ def fail_after(monkeypatch, tiles):
 # -- 3. the record and the output stay in step ------------------------------------------------------
 
 def test_3_a_failed_output_creation_leaves_no_record(config, volume, tmp_path, monkeypatch, capsys):
-    from densepred.running.jobs import own_job as file_job
+    from densepred.running.jobs import file_job
 
     def broken(*args, **kwargs):
         raise file_job.DensePredError("cannot create out.zarr: simulated")

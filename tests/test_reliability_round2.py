@@ -16,11 +16,11 @@ from torch import nn
 
 import densepred
 from densepred.interfaces.cli import main
+from densepred.io.run_record import record_path
 from densepred.networks.processing import Step
 from densepred.networks.weights import save_weights
 from densepred.running.executors.blocks import NetPayload
 from densepred.running.executors.model_blocks import ModelPayload
-from densepred.running.jobs.record import record_path
 from tests.conftest import make_config, mark_interrupted
 from tests.test_foreign_files import KWARGS, SOURCE, stored
 from tests.test_foreign_files import predict as predict_model

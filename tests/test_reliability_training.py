@@ -16,8 +16,8 @@ import torch
 import densepred
 from densepred import ConfigError, DensePredError
 from densepred.interfaces.cli import main
+from densepred.networks.devices import same_device
 from densepred.networks.weights import read_safetensors, save_weights
-from densepred.running.planning.devices import same_device
 from densepred.running.training import read_history
 from densepred.system import cgroup_memory_room
 from tests.test_training import write_config

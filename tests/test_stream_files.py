@@ -98,7 +98,7 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
 
     from densepred.geometry.memory import STREAM_LENGTH
     from densepred.io import ChannelFirst
-    from densepred.running.planning.memory_budget import memory_budget, tile_cost
+    from densepred.networks.memory_budget import memory_budget, tile_cost
     from densepred.running.planning.tiling import footprint_for, plan_tiles
 
     net = densepred.create_prediction_net(config)

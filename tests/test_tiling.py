@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import densepred
 from densepred.geometry import STREAM_SLAB, Footprint, balanced_tile
-from densepred.running.planning.memory_budget import MemoryBudget
+from densepred.networks.memory_budget import MemoryBudget
 from densepred.running.planning.tiling import (
     FLOW_EXTRA_WORK,
     FLOW_MAX_VOXELS,

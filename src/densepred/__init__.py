@@ -3,7 +3,8 @@
 The package is layered; a layer imports only those below it (checked by import-linter):
 ``geometry`` (plain integers) < ``config`` < ``networks`` (torch) and ``io`` (files, no torch)
 < ``running`` (prediction, jobs, training, profiling) < ``interfaces`` (CLI, demo).
-``errors`` and ``files`` are the foundation every layer may use.
+``errors``, ``files``, ``system``, ``progress`` (bars, log lines, cancelling) and ``pipeline``
+(reading, computing and writing at the same time) are the foundation every layer may use.
 
 Example:
     >>> import densepred

@@ -38,7 +38,7 @@ def stream_shard(length: int) -> int:
 class Footprint:
     """What a prediction run holds in memory besides the network's activations, per tile.
 
-    The pipeline (:mod:`densepred.running.compute.pipeline`) reads up to ``prefetch`` batches
+    The pipeline (:mod:`densepred.pipeline`) reads up to ``prefetch`` batches
     ahead while one is read and one computed, and holds up to ``pending`` computed batches
     while its two writers finish one each. Each input window is held as stored
     (``input_itemsize``) and as float32; each result as logits and probabilities (float32),

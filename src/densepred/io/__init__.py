@@ -4,6 +4,9 @@
 * :mod:`.images` - an image as ``(C, *S)``, read box by box and scaled to float32
 * :mod:`.outputs` - output arrays written tile by tile (OME-Zarr, HDF5, TIFF, NumPy), durably
 * :mod:`.output_checks` - what may be written or replaced: never data densepred did not write
+* :mod:`.run_record` - the run record beside an output (``run.json``, ``done.log``), durably
+* :mod:`.pyramid` - an OME-Zarr output's pyramid levels, built while level 0 is written and
+  completed after, resumably
 * :mod:`.fingerprint` - a cheap fingerprint of an input's contents, to notice a changed input
 * :mod:`.synthetic` - synthetic EM-like volumes for the demo and the tests
 """

@@ -8,12 +8,14 @@ Split by role; each subpackage's docstring names its modules:
 * :mod:`.jobs` - ``predict_dense`` and ``densepred predict``: output, record, resume, pyramid
 * :mod:`.training` - ``densepred train``
 * :mod:`.profiling` - ``densepred profile``
-* :mod:`.progress` - progress bars, batch-log lines and cancelling, for all of them
+
+Progress bars and cancelling (:mod:`densepred.progress`) and the read/compute/write threads
+(:mod:`densepred.pipeline`) are foundation modules below every layer.
 """
 
+from ..networks.devices import resolve_device
 from .compute.tiles import predict_tiles
 from .jobs import JobResult, PredictJob, class_probabilities, output_origin, predict_dense, predict_to_file
-from .planning.devices import resolve_device
 from .profiling import ProfileResult, profile
 from .training import TrainResult, train
 

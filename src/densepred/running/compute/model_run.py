@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +26,14 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ...io import ChannelFirst, to_float32
+from ...networks.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
 from ...networks.precision import FLOAT32, Precision, autocast, precision_for
-from ..planning.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
+from ...progress import Progress, ProgressOption
 from ..planning.model_window import (
     DEFAULT_WINDOW,
     OverBudget,
     budget_window,
-    model_memory,
     window_for,
 )
 from .preprocess import Prepared, resolve
@@ -49,6 +50,17 @@ class ExactPiece:
 
     starts: tuple[int, ...]
     box: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a run writes, fixed with its window: the output's shape, its shards and the
+    model's output channels."""
+
+    shape: tuple[int, ...]
+    shard: tuple[int, ...]
+    shards: BlockPlan
+    channels: int
 
 
 @dataclass
@@ -68,6 +80,7 @@ class ModelRun:
     memory_format: torch.memory_format | None = None  # the model's activations (channels-last on the CPU)
     prepared: Prepared | None = None  # the input's preprocessing, measured over the whole image
     precision: Precision = FLOAT32  # the arithmetic the model computes in (:mod:`densepred.networks.precision`)
+    written: RunOutput | None = None  # what the run writes, once its window is chosen
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
@@ -82,6 +95,7 @@ class ModelRun:
         came from the user (else from an interrupted run's record), for the over-budget warning;
         ``precision``: the arithmetic (float32, tf32, bfloat16, float16), checked on the device."""
         asked_for = (mode, window, tta, channel_map)
+        net, source = source_of(net, source)
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
         mode = _mode(net, mode)
@@ -98,27 +112,23 @@ class ModelRun:
         model = in_memory_format(model, memory_format)
         run = cls(net, source, mode, window, overlap, flips, channel_map, device, model, contract, memory_format,
                   precision=precision)
-        if (asked is None and mode == "exact") or memory_limit is not None:
-            try:
-                reason = ("it was given (--tile or window=)" if asked is not None and window_given else
-                          "the interrupted run chose it" if asked is not None else "blending keeps the model's window")
-                run.window = budget_window(run, asked is None and mode == "exact", memory_limit, in_memory, reason)
-            except OverBudget as exc:
-                if asked_for[0] != "auto":
-                    raise
-                log.warning("%s; blending overlapping windows instead (mode 'exact' with a larger memory limit "
-                            "would be exact)", str(exc).split("; raise")[0])
-                _, window, tta, channel_map = asked_for
-                return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
-                                  memory_limit, in_memory, window_given, precision)
+        budgeted = (asked is None and mode == "exact") or memory_limit is not None
+        try:
+            reason = ("it was given (--tile or window=)" if asked is not None and window_given else
+                      "the interrupted run chose it" if asked is not None else "blending keeps the model's window")
+            run.window, channels = budget_window(run, asked is None and mode == "exact", budgeted, memory_limit,
+                                                 in_memory, reason)
+        except OverBudget as exc:
+            if asked_for[0] != "auto":
+                raise
+            log.warning("%s; blending overlapping windows instead (mode 'exact' with a larger memory limit "
+                        "would be exact)", str(exc).split("; raise")[0])
+            _, window, tta, channel_map = asked_for
+            return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
+                              memory_limit, in_memory, window_given, precision)
         run.prepared = prepared if prepared is not None else resolve(net, source)
+        run.written = RunOutput(run.output_shape, run.shard, run.shard_plan(), channels)
         return run
-
-    def channels(self) -> int:
-        """The model's output channels, from the memory probe's small forward (measured once per
-        model and device), not a full-size window."""
-        return model_memory(self.net, self.model, self.contract, self.net.in_channels, self.device,
-                            self.memory_format, dtype_of(self.model)).channels
 
     def shard_plan(self) -> BlockPlan:
         """The output's shards (:attr:`shard`), one per block: the grid a run's record names."""
@@ -177,6 +187,34 @@ class ModelRun:
             if all(a < b for a, b in box):
                 pieces[index] = ExactPiece(tuple(p.start for p in parts), box)
         return pieces
+
+    def write_exact(self, sink: Any, done: set[int], done_log: Any, progress: ProgressOption) -> int:
+        """Every exact window that owns part of a shard not in ``done``, in C order, into
+        ``sink``; a shard goes to ``done_log`` once the last window that reaches into it is
+        written. Returns the shards computed."""
+        pieces = self.indexed_windows()
+        waiting: dict[int, int] = {}
+        reaches: dict[tuple[int, ...], list[int]] = {}
+        for shard_id, box in self.shard_plan().boxes():
+            if shard_id not in done:
+                indices = self.pieces_in(box, pieces)
+                waiting[shard_id] = len(indices)
+                for index in indices:
+                    reaches.setdefault(index, []).append(shard_id)
+        todo = [index for index in pieces if index in reaches]
+        bar = Progress(sum(math.prod(b - a for a, b in pieces[i].box) for i in todo), "predict (exact)", progress)
+        try:
+            for index in todo:
+                piece = pieces[index]
+                sink.write(tuple(slice(a, b) for a, b in piece.box), self.owned(piece))
+                for shard_id in reaches[index]:
+                    waiting[shard_id] -= 1
+                    if not waiting[shard_id]:
+                        done_log.append(shard_id)
+                bar.update(math.prod(b - a for a, b in piece.box))
+        finally:
+            bar.close()
+        return len(waiting)
 
     def owned(self, piece: ExactPiece) -> np.ndarray:
         """The window's outputs over the box it owns."""

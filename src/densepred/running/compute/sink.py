@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,16 +23,18 @@ from ...io.encoding import Encoding
 log = logging.getLogger("densepred")
 
 
+@dataclass
 class NonFinite:
     """Counts output voxels without a finite prediction; ``shift`` maps output to image voxels
     (with ``scale``, the output voxels per input voxel as ``(up, down)`` pairs: the image voxel
     that holds an output voxel's centre)."""
 
-    def __init__(self, shift: Sequence[int], strict: bool = False, scale: Sequence[tuple[int, int]] = ()):
-        self.shift, self.strict, self.scale = tuple(shift), strict, tuple(scale)
-        self._lock = threading.Lock()  # the pipeline's writers check their tiles at once
-        self.count = 0
-        self.first: tuple[int, ...] | None = None
+    shift: Sequence[int]
+    strict: bool = False
+    scale: Sequence[tuple[int, int]] = ()
+    count: int = 0
+    first: tuple[int, ...] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the pipeline's writers check tiles at once
 
     def check(self, tile: Tile, probabilities: np.ndarray) -> None:
         """``probabilities`` is the tile's owned box, ``(K, *box)``."""

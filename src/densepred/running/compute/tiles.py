@@ -17,8 +17,8 @@ from ...geometry import STREAM_SLAB, Tile, TilePlan
 from ...io import ChannelFirst, read_window
 from ...networks import DenseEngine, DenseNet, StackEngine
 from ...networks.precision import FLOAT32, Precision
-from ..progress import Progress, ProgressOption
-from .pipeline import run_pipeline
+from ...pipeline import run_pipeline
+from ...progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
 

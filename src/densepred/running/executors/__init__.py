@@ -4,5 +4,5 @@
 * :mod:`.blocks` - a worker's block of an own net's tiles, and a pyramid shard
 * :mod:`.model_blocks` - a worker's block of a model written elsewhere (exact or blend)
 
-In this process the pieces run through :mod:`densepred.running.compute.pipeline`.
+In this process the pieces run through :mod:`densepred.pipeline`.
 """

@@ -29,12 +29,12 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan, Tile, TilePlan
 from ...io import ArraySpec, ChannelFirst, open_array, open_output
 from ...io.encoding import Encoding
+from ...io.pyramid import write_level_block
 from ...networks import create_prediction_net
+from ...networks.devices import resolve_device
 from ...system import available_cores
-from ..compute.downsample import write_level_block
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import WRITERS, make_engine, predict_tiles
-from ..planning.devices import resolve_device
 
 _NETS: dict[tuple[str, str], Any] = {}
 _NETS_LOCK = threading.Lock()

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...networks.devices import resolve_device
+from ...networks.memory_budget import CPU_FRACTION
 from ...system import available_cores, available_ram, resident_bytes
-from ..planning.devices import resolve_device
-from ..planning.memory_budget import CPU_FRACTION
 from .blocks import BlockFailed
 
 log = logging.getLogger("densepred")

@@ -30,13 +30,13 @@ import torch
 from ...geometry import BlockPlan
 from ...io import ArraySpec, ChannelFirst, open_array, open_output
 from ...io.encoding import Encoding
+from ...networks.devices import resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract, from_torch
 from ...networks.loading import load_model
 from ...system import large_blocks_returned
-from ..compute.model_run import ModelRun, source_of
+from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.sink import NonFinite, Sink
-from ..planning.devices import resolve_device
 from .blocks import BlockResult, default_threads, reported, worker_address
 
 BLOCKS_LOG = "blocks.log"
@@ -115,10 +115,9 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
     it, each its part inside, or the blended windows that meet it, summed and divided there."""
     worker, start = worker_address(), time.perf_counter()
     with reported(worker), large_blocks_returned():
-        net, source = source_of(_model(payload, job), ChannelFirst(open_array(job.input), payload.in_channels,
-                                                                   payload.dims))
-        run = ModelRun.create(net, source, job.mode, job.window, job.overlap, job.tta, None, job.device,
-                              job.prepared, precision=job.precision)
+        source = ChannelFirst(open_array(job.input), payload.in_channels, payload.dims)
+        run = ModelRun.create(_model(payload, job), source, job.mode, job.window, job.overlap, job.tta, None,
+                              job.device, job.prepared, precision=job.precision)
         box = job.blocks.box(block_id)
         sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict,
                                                                                     run.contract.scale)), 0

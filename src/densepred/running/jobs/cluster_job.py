@@ -24,15 +24,14 @@ from ...errors import DensePredError
 from ...geometry import level_shard, shard_boxes, source_box
 from ...io import ArraySpec
 from ...io.ome_zarr import OmeLayout
+from ...io.pyramid import level_log
+from ...io.run_record import DoneLog, read_done, write_error
+from ...networks.devices import resolve_device
+from ...progress import Progress, ProgressOption
 from ..compute.sink import NonFinite
 from ..executors.blocks import BlockResult, run_level_shard
 from ..executors.cluster import Task, box_text, check_resources, run_tasks, worker_count
-from ..planning.devices import resolve_device
-from ..progress import Progress, ProgressOption
 from .job import BlockWork, PredictJob
-from .lifecycle import write_error
-from .pyramid import level_log
-from .record import DoneLog, read_done
 
 
 def check_cluster_output(spec: ArraySpec) -> None:

@@ -4,29 +4,41 @@ One job for every model and executor. The model's kind decides only how the job 
 densepred's own nets (:func:`.own_job.plan_net`, pieces are tiles) or a model written
 elsewhere (:func:`.model_job.plan_model`, pieces are output shards). Both give a
 :class:`~.job.PlannedJob`, which :func:`run_planned` runs in this process or on a Dask cluster
-(:mod:`.cluster_job`): everything is checked before anything is created, the run record beside
-the output (:mod:`.record`) names the pieces done, and the output's life cycle is shared
-(:mod:`.lifecycle`).
+(:mod:`.cluster_job`), with one life cycle for the output and the run record beside it
+(:mod:`densepred.io.run_record`):
+
+* nothing is created or deleted before every check has passed;
+* the record is written before the output and removed first, so a record never calls a
+  half-deleted output complete;
+* ``--overwrite`` replaces only an output a densepred run wrote
+  (:func:`densepred.io.output_checks.check_replaceable`);
+* a finished output is marked complete in its attributes and its record, and the progress
+  logs go.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import replace
 from typing import Any
 
 from ...errors import DensePredError
-from ...io import ArraySpec, open_output
+from ...io import ArraySpec, create_output, open_output, output_exists, remove_output
+from ...io.output_checks import check_replaceable
+from ...io.pyramid import PyramidFeed
+from ...io.run_record import provenance, read_done, write_error, write_record
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
-from .job import JobResult, PlannedJob, PredictJob, check_job, uses_cluster
-from .lifecycle import finish, start_output, write_error
+from .job import JobResult, PlannedJob, PredictJob, check_job
 from .model_job import plan_model
 from .own_job import plan_net
-from .pyramid import PyramidFeed, build_pyramid
-from .record import read_done
 
 log = logging.getLogger("densepred")
+
+# progress logs and scratch folders a finished run removes from its record folder
+PROGRESS_LOGS = ("done.log", "blocks.log", "rows.log", "slabs.log")
+SCRATCH = ("blend",)
 
 
 def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
@@ -44,57 +56,105 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     check_job(job)
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
-    if client is None and not uses_cluster(job):
-        return run_planned(job, *plan_job(job))
+    if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:
+        return run_planned(job, plan_job(job))
     target = ClusterTarget.of(job)
     target.check(client)
     check_cluster_output(ArraySpec.parse(job.output))
     with connected(target, client) as connection:
         job = replace(job, memory_limit=worker_memory_limit(connection, job.memory_limit))
-        return run_planned(job, *plan_job(job), client=connection)
+        return run_planned(job, plan_job(job), client=connection)
 
 
-def plan_job(job: PredictJob) -> tuple[PlannedJob, dict[str, Any] | None]:
-    """The checked plan of ``job`` and, when resuming, the interrupted run's record."""
+def plan_job(job: PredictJob) -> PlannedJob:
+    """The checked plan of ``job``."""
     return plan_model(job) if job.model is not None or job.model_file is not None else plan_net(job)
 
 
-def run_planned(job: PredictJob, planned: PlannedJob, previous: dict[str, Any] | None, client: Any = None) -> JobResult:
+def run_planned(job: PredictJob, planned: PlannedJob, client: Any = None) -> JobResult:
     """Create (or reopen) the output, compute the missing pieces here or on ``client``'s cluster,
     build the pyramid, mark the output complete."""
-    spec, record_dir = planned.out_spec, planned.record_dir
+    spec, record_dir, previous = planned.out_spec, planned.record_dir, planned.previous
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", spec)
-        return planned.result(0, planned.pieces())
+        return planned.result(0, planned.pieces)
     if previous is not None:
         output, done = _reopen(planned), read_done(record_dir)
     else:
-        output, done = start_output(spec, record_dir, planned.record, job.overwrite, job.resume, planned.create), set()
+        output, done = _start_output(planned, job.overwrite or job.resume), set()
     skipped = len(done)
     if client is not None:
         output.close()
-        computed = run_blocks(client, planned.blocks(job, client, done), done, record_dir, job, spec)
+        computed = run_blocks(client, planned.work.blocks(job, client, done), done, record_dir, job, spec)
         output = open_output(spec)
         if planned.layout is not None:
             run_pyramid(client, planned.layout, planned.encoding.argmax, spec, record_dir, job.progress)
     else:
-        feed = _pyramid_feed(planned, output)
+        feed, complete = _pyramid_feed(planned, output), False
         try:
-            computed = planned.compute(job, output, done)
+            computed, complete = planned.work.compute(job, output, done), True
         except OSError as exc:
-            raise write_error(exc, spec, f"{len(read_done(record_dir))} of {planned.pieces()} pieces done") from None
+            raise write_error(exc, spec, f"{len(read_done(record_dir))} of {planned.pieces} pieces done") from None
         finally:
             output.after_write = None
             if feed is not None:
-                feed.close()
-        _local_pyramid(job, planned, output)
-    finish(output, record_dir, planned.record, spec)
+                feed.finish(complete, job.progress, spec)
+    _finish(output, planned)
     return planned.result(computed, skipped)
+
+
+def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
+    """Create the run record, then the output (marked incomplete), replacing old ones if allowed.
+
+    A record without its output is this project's own leftover (a run killed while creating
+    it, or an output the user deleted) and is cleared; an existing output is replaced only
+    with ``--overwrite`` (or when resuming a run killed before its record was written), and
+    only if densepred wrote it. If creating the output fails, the new record goes too.
+    """
+    spec, record_dir = planned.out_spec, planned.record_dir
+    exists = output_exists(spec)
+    if exists and not replace_old:
+        raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
+                             "finish an interrupted run")
+    if exists:
+        check_replaceable(spec)
+    # the record goes first: a crash while the old output is being deleted must not leave
+    # a half-deleted output that a record still calls complete
+    shutil.rmtree(record_dir, ignore_errors=True)
+    if exists:
+        remove_output(spec, checked=True)
+    try:
+        record_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise DensePredError(f"cannot create {record_dir}: {exc.strerror}") from None
+    try:
+        write_record(record_dir, planned.record)
+        return create_output(spec, planned.shape, planned.encoding.stored_dtype, planned.chunks,
+                             attributes={"densepred": {"complete": False}}, layout=planned.layout)
+    except BaseException:
+        shutil.rmtree(record_dir, ignore_errors=True)
+        raise
+
+
+def _finish(output: Any, planned: PlannedJob) -> None:
+    """Mark the output and its record complete, and remove the progress logs."""
+    record_dir, record = planned.record_dir, planned.record
+    try:
+        output.set_attributes({"densepred": {"complete": True, **provenance(record)}})
+        output.close()
+        record["complete"] = True
+        write_record(record_dir, record)
+        for name in (*PROGRESS_LOGS, *(p.name for p in record_dir.glob("level*.log"))):
+            (record_dir / name).unlink(missing_ok=True)
+        for name in SCRATCH:
+            shutil.rmtree(record_dir / name, ignore_errors=True)
+    except OSError as exc:
+        raise write_error(exc, planned.out_spec, "all tiles done, the completion mark is not") from None
 
 
 def _pyramid_feed(planned: PlannedJob, output: Any) -> PyramidFeed | None:
     """The levels above level 0 built from each box as it is written (what it leaves undone,
-    :func:`_local_pyramid` builds after the last piece)."""
+    :meth:`PyramidFeed.finish` builds after the last piece)."""
     layout = planned.layout
     if layout is None or len(layout.levels) == 1:
         return None
@@ -103,21 +163,10 @@ def _pyramid_feed(planned: PlannedJob, output: Any) -> PyramidFeed | None:
     return feed
 
 
-def _local_pyramid(job: PredictJob, planned: PlannedJob, output: Any) -> None:
-    layout = planned.layout
-    if layout is None or len(layout.levels) == 1:
-        return
-    try:
-        build_pyramid(output, layout.levels, layout.tile, planned.encoding.argmax, planned.record_dir, job.progress)
-    except OSError as exc:
-        raise write_error(exc, planned.out_spec, "all pieces done, the pyramid levels are not") from None
-
-
 def _reopen(planned: PlannedJob) -> Any:
     """The interrupted run's output, if it is still what its record says."""
     output = open_output(planned.out_spec)
-    expected = tuple(planned.record["output"]["shape"])
-    if output.shape != expected or output.dtype != planned.encoding.stored_dtype:
+    if output.shape != planned.shape or output.dtype != planned.encoding.stored_dtype:
         output.close()
         raise DensePredError(f"{planned.out_spec} has shape {list(output.shape)} and dtype {output.dtype}, not what "
                              "its run record says; start again with --overwrite")

@@ -21,15 +21,15 @@ from ...errors import DensePredError
 from ...geometry import Geometry, Tile
 from ...io import ChannelFirst, to_float32
 from ...networks import DenseNet
+from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
+from ...networks.memory_budget import memory_budget
 from ...networks.precision import precision_for
+from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ModelRun, source_of
 from ..compute.tiles import WRITERS, make_engine, predict_tiles
-from ..planning.devices import on_device, resolve_device
-from ..planning.memory_budget import memory_budget
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry
-from ..progress import Progress, ProgressOption
 
 log = logging.getLogger("densepred")
 
@@ -76,7 +76,7 @@ def predict_dense(
         batch_size: tiles per forward pass (default 1).
         device: a torch device; default CUDA when available, else the CPU.
         progress: show a progress bar with voxels/s; or a callback that gets the
-            :class:`~densepred.running.progress.Progress` after every tile and before every
+            :class:`~densepred.progress.Progress` after every tile and before every
             batch, and may raise :class:`densepred.errors.Cancelled` to stop the run.
         out: an array-like to stream the result into (a zarr array, an h5py dataset, a
             memmap) of the result's shape; each tile is written as soon as it is done, so
@@ -245,7 +245,7 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
         run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
                               memory_limit=memory_limit, in_memory=out is None, precision=precision)
         if out is None:  # in its own memory map: on the heap it would split the space activations reuse
-            out = mapped_zeros((run.channels(), *run.output_shape), np.float32)
+            out = mapped_zeros((run.written.channels, *run.output_shape), np.float32)
             if run.mode == "blend":
                 return _blend_into(run, out, progress)
         return _exact_into(run, out, progress)

@@ -15,9 +15,9 @@ from ...errors import DensePredError
 from ...io import ArraySpec
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout
+from ...progress import ProgressOption
 from ..compute.model_run import MODES as MODEL_MODES
 from ..executors.cluster import Task
-from ..progress import ProgressOption
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class PredictJob:
     batch_size: int | None = None
     resume: bool = False
     overwrite: bool = False
-    progress: ProgressOption = True  # or a callback that may cancel (:mod:`densepred.running.progress`)
+    progress: ProgressOption = True  # or a callback that may cancel (:mod:`densepred.progress`)
     strict: bool = False  # refuse input windows with NaN or inf instead of warning
     levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
     chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
@@ -110,11 +110,6 @@ def check_job(job: PredictJob) -> None:
                              "[(0, 64), (0, 2048), (0, 2048)]")
 
 
-def uses_cluster(job: PredictJob) -> bool:
-    """Whether the job names a Dask cluster to run on."""
-    return job.workers is not None or job.scheduler is not None or job.scheduler_file is not None
-
-
 @dataclass
 class BlockWork:
     """A job's missing pieces as cluster tasks, each a block of whole output shards."""
@@ -126,31 +121,8 @@ class BlockWork:
     total: int  # the job's pieces in all
 
 
-class PlannedJob(Protocol):
-    """A checked and planned job, whatever its model: the pieces it computes, its record and its
-    output. :func:`.file_job.predict_to_file` runs any such plan in this process or on a
-    cluster, resumes it and finishes it, without asking which kind of model it has.
-
-    Pieces are numbered on a grid that depends on neither the executor nor a cluster's block
-    size; ``done.log`` names the finished ones.
-    """
-
-    out_spec: ArraySpec
-    record_dir: Path
-    record: dict[str, Any]  # run.json
-    layout: OmeLayout | None  # zarr outputs
-    encoding: Encoding
-
-    def pieces(self) -> int:
-        """How many pieces the job has."""
-        ...
-
-    def result(self, computed: int, skipped: int) -> JobResult:
-        ...
-
-    def create(self) -> Any:
-        """The new, empty output (marked incomplete)."""
-        ...
+class Pieces(Protocol):
+    """How one kind of model computes a job's pieces: in this process, or as cluster blocks."""
 
     def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
         """Compute the pieces not in ``done`` in this process, into ``output``, logging each
@@ -160,3 +132,32 @@ class PlannedJob(Protocol):
     def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
         """The cluster tasks that compute the pieces not in ``done``."""
         ...
+
+
+@dataclass
+class PlannedJob:
+    """A checked and planned job, whatever its model: its pieces, its record and its output.
+    :func:`.file_job.predict_to_file` runs any such plan in this process or on a cluster,
+    resumes it and finishes it, without asking which kind of model it has.
+
+    Pieces are numbered on a grid that depends on neither the executor nor a cluster's block
+    size; ``done.log`` names the finished ones.
+    """
+
+    work: Pieces
+    out_spec: ArraySpec
+    record_dir: Path
+    record: dict[str, Any]  # run.json
+    previous: dict[str, Any] | None  # the interrupted run's record, when resuming one
+    encoding: Encoding
+    layout: OmeLayout | None  # zarr outputs
+    shape: tuple[int, ...]  # the output's (classes first, unless argmax)
+    chunks: tuple[int, ...]  # the output's chunks (a zarr output's shards), one piece's box or a divisor
+    pieces: int
+    window: tuple[int, ...]  # the input tile or window
+    origin: tuple[float, ...]  # the input voxel that output voxel 0 is centred on
+    estimated_peak: int = 0  # bytes
+
+    def result(self, computed: int, skipped: int) -> JobResult:
+        return JobResult(self.out_spec, self.shape, self.pieces, computed, skipped, self.window, self.estimated_peak,
+                         self.origin)

@@ -1,6 +1,6 @@
 """``densepred predict --model ...``: a model written elsewhere, from a volume on disk to a prediction on disk.
 
-The same promises as for densepred's own nets (:mod:`.own_job`, :mod:`.lifecycle`): checks
+The same promises as for densepred's own nets (:mod:`.own_job`, :mod:`.file_job`): checks
 before anything is created, a run record beside the output, resume, OME-Zarr pyramids, nothing
 replaced that densepred did not write. Memory is bounded by the window, whatever the volume.
 ``done.log`` names finished output shards (:meth:`ModelRun.shard_plan`), a grid that depends on
@@ -31,23 +31,21 @@ from typing import Any
 import numpy as np
 
 from ...geometry import BlockPlan
-from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, create_output, file_stamp, open_array
+from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, file_stamp, open_array
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
-from ...io.ome_zarr import OmeLayout
+from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, record_path, resumable_record
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
 from ...networks.loading import load_model
+from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned
-from ..compute.model_run import ModelRun, source_of
+from ..compute.model_run import ModelRun
 from ..compute.sink import NonFinite, Sink
 from ..executors.cluster import Task, box_text, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
-from ..progress import Progress, ProgressOption
-from .job import BlockWork, JobResult, PredictJob
+from .job import BlockWork, PlannedJob, PredictJob
 from .layout import layout_for
-from .lifecycle import resumable_record
-from .record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, record_path
 
 ROWS_LOG, SLABS_LOG, ROWS = "rows.log", "slabs.log", "blend"
 # a blend block recomputes the windows that reach into it from outside: a few shards per axis
@@ -56,9 +54,9 @@ BLEND_SHARDS_PER_BLOCK = 4
 
 
 @dataclass
-class ModelPlan:
-    """A job of a model written elsewhere (a :class:`~.job.PlannedJob`): its windows
-    (:class:`ModelRun`), record and output; pieces are output shards."""
+class ModelShards:
+    """How a model's job computes its output shards (:class:`~.job.Pieces`): its windows
+    (:class:`ModelRun`)."""
 
     job: PredictJob  # with what a bioimage.io description says filled in
     run: ModelRun
@@ -66,28 +64,19 @@ class ModelPlan:
     in_spec: ArraySpec
     out_spec: ArraySpec
     record_dir: Path
-    record: dict[str, Any]
-    layout: OmeLayout | None
-
-    def pieces(self) -> int:
-        return len(self.run.shard_plan())
-
-    def result(self, computed: int, skipped: int) -> JobResult:
-        return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), self.pieces(), computed, skipped,
-                         self.run.window, origin=self.run.contract.origin())
-
-    def create(self) -> Any:
-        shape = _output_shape(self.run, self.encoding)
-        chunks = self.run.shard if self.encoding.argmax else (shape[0], *self.run.shard)
-        return create_output(self.out_spec, shape, self.encoding.stored_dtype, chunks,
-                             attributes={"densepred": {"complete": False}}, layout=self.layout)
 
     def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
         """Exact windows or blended rows of windows, in this process."""
         sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, job.strict, self.run.contract.scale))
         with large_blocks_returned():
-            computed = (_exact if self.run.mode == "exact" else _blend)(self.run, sink, self.record_dir,
-                                                                        job.progress, done)
+            if self.run.mode == "exact":
+                done_log = DoneLog(self.record_dir)
+                try:
+                    computed = self.run.write_exact(sink, done, done_log, job.progress)
+                finally:
+                    done_log.close()
+            else:
+                computed = _blend(self.run, sink, self.record_dir, job.progress, done)
         sink.non_finite.report()
         return computed
 
@@ -112,31 +101,34 @@ class ModelPlan:
                          math.prod(blocks.tile_grid))
 
 
-def plan_model(job: PredictJob) -> tuple[ModelPlan, dict[str, Any] | None]:
-    """Check the job and plan it (``job.memory_limit`` sizes the default window); the interrupted
-    run's record when resuming one."""
+def plan_model(job: PredictJob) -> PlannedJob:
+    """Check the job and plan it (``job.memory_limit`` sizes the default window), with the
+    interrupted run's record when resuming one."""
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
     job, net = _job_net(job)
-    net, source = source_of(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims))
     record_dir = record_path(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     # a resumed run keeps its recorded window and mode (the memory budget may choose others now)
     window = job.tile if job.tile is not None or previous is None else previous["tiles"]["window"]
     mode = previous["tiles"]["mode"] if previous is not None and job.mode in (None, "auto") else job.mode or "auto"
     with large_blocks_returned():  # the probes' memory is returned
-        run = ModelRun.create(net, source, mode, window, job.overlap, job.tta, None, job.device,
-                              memory_limit=job.memory_limit, window_given=job.tile is not None,
-                              precision=job.precision)
-        channels = run.channels()
-    encoding = Encoding(channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
-    layout = layout_for(job, in_spec, run.output_shape, run.shard, run.contract.crop, encoding, None,
+        run = ModelRun.create(net, ChannelFirst(open_array(in_spec), job.in_channels, job.dims), mode, window,
+                              job.overlap, job.tta, None, job.device, memory_limit=job.memory_limit,
+                              window_given=job.tile is not None, precision=job.precision)
+    written = run.written
+    encoding = Encoding(written.channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
+    layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
-    record = _record(job, in_spec, source, run, encoding, layout)
+    shape = written.shape if encoding.argmax else (encoding.channels, *written.shape)
+    record = _record(job, in_spec, run, shape, encoding, layout)
     if previous is not None:
         check_same(previous, record, out_spec)
-    return ModelPlan(job, run, encoding, in_spec, out_spec, record_dir, record, layout), previous
+    shards = ModelShards(job, run, encoding, in_spec, out_spec, record_dir)
+    chunks = written.shard if encoding.argmax else (encoding.channels, *written.shard)
+    return PlannedJob(shards, out_spec, record_dir, record, previous, encoding, layout, shape, chunks,
+                      len(written.shards), run.window, run.contract.origin())
 
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
@@ -155,9 +147,10 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     return job, zoo_net(load_zoo(zoo, rdf), zoo, job.activation, **per_axis_fields(job.contract, zoo.dims))
 
 
-def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: ModelRun, encoding: Encoding,
+def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int, ...], encoding: Encoding,
             layout: Any) -> dict[str, Any]:
     weights = job.model_file if job.model_file is not None else job.weights
+    source = run.source
     record = {
         "version": RECORD_VERSION,
         "input": {"spec": str(in_spec.resolved()), "shape": list(np.shape(source.image)), "dtype": str(source.dtype),
@@ -171,7 +164,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Mode
                     "precision": run.precision.name},
         "tiles": {"mode": run.mode, "window": list(run.window), "overlap": run.overlap,
                   "tta": [list(f) for f in run.flips]},
-        "output": {"shape": list(_output_shape(run, encoding)), "dtype": str(encoding.stored_dtype),
+        "output": {"shape": list(shape), "dtype": str(encoding.stored_dtype),
                    "classes": None if encoding.classes is None else list(encoding.classes),
                    "argmax": encoding.argmax},
         "device": run.device.type,
@@ -180,40 +173,6 @@ def _record(job: PredictJob, in_spec: ArraySpec, source: ChannelFirst, run: Mode
     if layout is not None:
         record["output"]["levels"] = [list(level.shape) for level in layout.levels]
     return record
-
-
-def _output_shape(run: ModelRun, encoding: Encoding) -> tuple[int, ...]:
-    return run.output_shape if encoding.channels is None else (encoding.channels, *run.output_shape)
-
-
-def _exact(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:
-    """Every exact window that owns part of a shard not yet done, in C order; a shard is logged
-    once the last window that reaches into it is written. Returns the shards computed."""
-    pieces, shards = run.indexed_windows(), run.shard_plan()
-    waiting: dict[int, int] = {}
-    reaches: dict[tuple[int, ...], list[int]] = {}
-    for shard_id, box in shards.boxes():
-        if shard_id not in done:
-            indices = run.pieces_in(box, pieces)
-            waiting[shard_id] = len(indices)
-            for index in indices:
-                reaches.setdefault(index, []).append(shard_id)
-    todo = [index for index in pieces if index in reaches]
-    bar = Progress(sum(_voxels(pieces[i].box) for i in todo), "predict (exact)", progress)
-    done_log = DoneLog(record_dir)
-    try:
-        for index in todo:
-            piece = pieces[index]
-            sink.write(_slices(piece.box), run.owned(piece))
-            for shard_id in reaches[index]:
-                waiting[shard_id] -= 1
-                if not waiting[shard_id]:
-                    done_log.append(shard_id)
-            bar.update(_voxels(piece.box))
-    finally:
-        done_log.close()
-        bar.close()
-    return len(waiting)
 
 
 def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:

@@ -1,14 +1,14 @@
-"""Own nets, file to file: a job of tiles (:class:`NetPlan`, a :class:`~.job.PlannedJob`),
-computed in this process or as blocks of tiles on a cluster.
+"""Own nets, file to file: a job of tiles (a :class:`~.job.PlannedJob` whose pieces are
+:class:`NetTiles`), computed in this process or as blocks of tiles on a cluster.
 
-The run record beside the output (:mod:`.record`) says what is computed and which tiles
+The run record beside the output (:mod:`densepred.io.run_record`) says what is computed and which tiles
 are done. When the last tile is written, ``run.json`` is marked complete and ``done.log``
 removed; zarr and HDF5 outputs also carry ``densepred.complete`` in their attributes. An
 output without that mark is unfinished, whatever its size.
 
 Tiles are computed in fixed batches (``batch_size`` consecutive tile ids), and a resume
 recomputes whole batches, so its numbers are bitwise those of an uninterrupted run. The same
-:class:`NetPlan` gives its tiles to a Dask cluster in blocks (:meth:`NetPlan.blocks`).
+:class:`NetTiles` gives its tiles to a Dask cluster in blocks (:meth:`NetTiles.blocks`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ...config import Config, load_config
 from ...errors import DensePredError
@@ -31,33 +32,29 @@ from ...io import (
     array_fingerprint,
     check_not_input,
     check_writable,
-    create_output,
     file_stamp,
     open_array,
 )
 from ...io.encoding import Encoding
-from ...io.ome_zarr import OmeLayout
+from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, record_path, resumable_record
 from ...networks import config_last, create_prediction_net
+from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import WRITERS, make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, tiles_per_block
-from ..planning.devices import resolve_device
-from ..planning.memory_budget import memory_budget, tile_cost
-from ..planning.tiling import choose_mode, footprint_for, plan_and_mode, source_geometry
-from .job import BlockWork, JobResult, PredictJob
+from ..planning.tiling import job_tiles
+from .job import BlockWork, PlannedJob, PredictJob
 from .layout import ome_layout
-from .lifecycle import resumable_record
-from .record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, record_path
 
 log = logging.getLogger("densepred")
 
 
 
 @dataclass
-class NetPlan:
-    """What a job computes, after every check: the net, its input, the tiles and the record."""
+class NetTiles:
+    """How an own net's job computes its tiles (:class:`~.job.Pieces`)."""
 
     cfg: Config
     net: Any
@@ -68,39 +65,17 @@ class NetPlan:
     encoding: Encoding
     out_spec: ArraySpec
     record_dir: Path
-    record: dict[str, Any]
-    layout: OmeLayout | None  # for zarr outputs
-    estimated_peak: int  # bytes, the whole process
-    offset: tuple[int, ...]  # where output voxel 0 is centred without mirroring (stack: z offset 0)
     weights: Path
     input_spec: ArraySpec  # absolute, as workers on other machines open it
-    mirror: bool
+    device: torch.device
     precision: Precision
-
-    @property
-    def shift(self) -> tuple[int, ...]:
-        """Output voxel -> the image voxel it is centred on."""
-        return tuple(o + (0 if self.mirror else b) for o, b in zip(self.plan.origin, self.offset, strict=True))
-
-    def pieces(self) -> int:
-        return len(self.plan)
-
-    def result(self, computed: int, skipped: int) -> JobResult:
-        return JobResult(self.out_spec, tuple(self.record["output"]["shape"]), len(self.plan), computed, skipped,
-                         self.plan.input_tile, self.estimated_peak, self.shift)
-
-    def create(self) -> Any:
-        plan, encoding = self.plan, self.encoding
-        chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
-        return create_output(self.out_spec, _output_shape(plan, encoding), encoding.stored_dtype, chunks,
-                             attributes={"densepred": {"complete": False}}, layout=self.layout)
+    shift: tuple[int, ...]  # output voxel -> the image voxel it is centred on
 
     def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
         """The tiles of every fixed batch with a tile not yet done, streamed through the
         read/compute/write pipeline; each tile is logged once written."""
         plan = self.plan
-        engine = make_engine(self.net, self.engine_mode, resolve_device(job.device), self.source.stacked,
-                             self.precision)
+        engine = make_engine(self.net, self.engine_mode, self.device, self.source.stacked, self.precision)
         todo = _batches_to_run(list(plan.tiles()), plan, done, self.batch_size)
         done_log = DoneLog(self.record_dir)
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
@@ -148,12 +123,13 @@ class NetPlan:
                          len(plan))
 
 
-def plan_net(job: PredictJob) -> tuple[NetPlan, dict[str, Any] | None]:
-    """Check the job and plan it; the interrupted run's record when resuming one."""
+def plan_net(job: PredictJob) -> PlannedJob:
+    """Check the job and plan it (with the interrupted run's record when resuming one)."""
     cfg = load_config(job.config)
     if cfg.network.dims == 0:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
-    precision = precision_for(job.precision, resolve_device(job.device))
+    device = resolve_device(job.device)
+    precision = precision_for(job.precision, device)
     weights = Path(job.weights) if job.weights is not None else config_last(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
@@ -161,58 +137,31 @@ def plan_net(job: PredictJob) -> tuple[NetPlan, dict[str, Any] | None]:
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
-    geometry = source_geometry(geometry, source)  # a 2D net over a stack: slice by slice
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_path(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
-    plan, engine_mode, batch_size, estimate = _plan(job, cfg, net, geometry, source, encoding, previous)
+    geometry, plan, engine_mode, batch_size, estimate = job_tiles(job, cfg.prediction.batch_size, net, source,
+                                                                  encoding, previous, device)
     layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
               else None)
-    record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding)
+    record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding, device)
     record["network"]["precision"] = precision.name
     if layout is not None:
         record["output"]["levels"] = [list(level.shape) for level in layout.levels]
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    planned = NetPlan(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, record,
-                   layout, estimate, geometry.offset, weights, in_spec.resolved(), job.mirror, precision)
-    return planned, previous
-
-
-def _plan(job: PredictJob, cfg: Config, net: Any, geometry: Geometry, source: ChannelFirst, encoding: Encoding,
-          previous: dict[str, Any] | None) -> tuple[TilePlan, str, int, int]:
-    """Tiles, engine and batch size (given, else those of the interrupted run, else the config's),
-    and the estimated peak memory of the run.
-
-    A resumed run takes its recorded tile as it was planned (after clipping to the image or
-    region), without checking it again for the mode: it was valid when first planned.
-    """
-    device = resolve_device(job.device)
-    tiles = previous["tiles"] if previous else None
-    # a resume keeps the engine the interrupted run chose, also when auto chose it
-    mode = tiles["mode"] if tiles and job.mode in (None, "auto") else job.mode if job.mode is not None else net.mode
-    batch = job.batch_size if job.batch_size is not None else (
-        tiles["batch_size"] if tiles else (cfg.prediction.batch_size or 1))
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
-    roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
-    budget = memory_budget(job.memory_limit, device)
-    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize)
-    if job.tile is None and tiles is not None:
-        plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
-        engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
-    else:
-        tile = job.tile if job.tile is not None else net.tile_shape
-        plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint,
-                                          device, roi, source.stacked)
-    estimate = budget.baseline + tile_cost(geometry, engine_mode, footprint, budget)(plan.output_tile)
-    return plan, engine_mode, batch, estimate
+    shift = tuple(o + (0 if job.mirror else b) for o, b in zip(plan.origin, geometry.offset, strict=True))
+    tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
+                     in_spec.resolved(), device, precision, shift)
+    chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
+    return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
+                      _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate)
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,
             source: ChannelFirst, plan: TilePlan, engine_mode: str, batch_size: int,
-            encoding: Encoding) -> dict[str, Any]:
+            encoding: Encoding, device: torch.device) -> dict[str, Any]:
     """``run.json``: everything that must be the same for a resume to continue this output."""
     return {
         "version": RECORD_VERSION,
@@ -228,30 +177,9 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
         "output": {"shape": list(_output_shape(plan, encoding)), "dtype": str(encoding.stored_dtype),
                    "classes": None if encoding.classes is None else list(encoding.classes),
                    "argmax": encoding.argmax},
-        "device": resolve_device(job.device).type,
+        "device": device.type,
         "complete": False,
     }
-
-
-def output_roi(roi: Sequence[tuple[int, int]] | None, image: Sequence[int], offset: Sequence[int],
-               border_high: Sequence[int], mirror: bool) -> list[tuple[int, int]] | None:
-    """A region of interest in image coordinates (voxel centres) -> the same voxels in the dense
-    output. Without mirroring only centres at least the border away from the edges have a window."""
-    if roi is None:
-        return None
-    roi = [(int(a), int(b)) for a, b in roi]
-    if mirror:
-        low, high = [0] * len(image), list(image)
-    else:
-        low, high = list(offset), [n - b for n, b in zip(image, border_high, strict=True)]
-    if len(roi) != len(image) or any(not lo <= a < b <= hi for (a, b), lo, hi in zip(roi, low, high, strict=True)):
-        valid = ",".join(f"{lo}:{hi}" for lo, hi in zip(low, high, strict=True))
-        given = ",".join(f"{a}:{b}" for a, b in roi)
-        why = "" if mirror else " (without --mirror, voxels nearer the edge than the network's border have no window)"
-        raise DensePredError(f"region of interest {given} is invalid for an image of shape {list(image)}; "
-                             f"it must lie within {valid}{why}")
-    shift = [0] * len(image) if mirror else list(offset)
-    return [(a - s, b - s) for (a, b), s in zip(roi, shift, strict=True)]
 
 
 def _classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -22,10 +22,10 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan, Footprint, Geometry, pyramid
 from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks import DenseEngine, build_net
+from ...networks.devices import resolve_device
+from ...networks.memory_budget import memory_budget
 from ...networks.precision import Precision, precision_for
-from ..progress import count_text, duration_text
-from .devices import resolve_device
-from .memory_budget import memory_budget
+from ...progress import count_text, duration_text
 from .tiling import plan_and_mode
 
 

@@ -27,9 +27,9 @@ from torch.overrides import TorchFunctionMode
 from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
 from ...geometry.scale import scaled
+from ...networks.devices import dtype_of
 from ...networks.foreign import ForeignNet, TilingContract, per_axis_ints
-from .devices import dtype_of
-from .memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
+from ...networks.memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
 
 log = logging.getLogger("densepred")
 
@@ -269,25 +269,29 @@ def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) ->
                            for n, w, f, m in zip(spatial, window, c.factor, smallest, strict=True)])
 
 
-def budget_window(run: Any, size: bool, memory_limit: int | None, in_memory: bool,
-                  reason: str = "it was given") -> tuple[int, ...]:
-    """An exact run's default window sized to the memory budget (``size``), or the run's window
-    checked against it (a warning when over that says why it runs anyway: ``reason``)."""
+def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None, in_memory: bool,
+                  reason: str = "it was given") -> tuple[tuple[int, ...], int]:
+    """The run's window and the model's output channels (from the memory probe's small forward,
+    measured once per model and device). With ``budgeted``, an exact run's default window sized
+    to the memory budget (``size``), or the run's window checked against it (a warning when
+    over that says why it runs anyway: ``reason``)."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
+    if not budgeted:
+        return run.window, memory.channels
     budget = memory_budget(memory_limit, run.device)
     if in_memory:
         budget = budget.less(result_bytes(memory, run.output_shape))
     if not size:
         check_window(memory, run.window, run.net.in_channels, views, budget, reason)
-        return run.window
+        return run.window, memory.channels
     context = c.context_with(run.flips)
     window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
                             exact_counter(spatial, c, context), c.factor,
                             lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
     log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window), budget.limit / 2**30)
-    return window
+    return window, memory.channels
 
 
 __all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window",

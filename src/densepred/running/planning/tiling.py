@@ -27,8 +27,9 @@ from ...geometry import (
     slices_that_fit,
 )
 from ...io import ChannelFirst
+from ...io.encoding import Encoding
 from ...networks import DenseNet
-from .memory_budget import MemoryBudget, tile_cost, too_small, warn_if_over
+from ...networks.memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
 
 log = logging.getLogger("densepred")
 
@@ -198,3 +199,55 @@ def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
     if len(tile) != dims or not all(isinstance(t, int | np.integer) and t > 0 for t in tile):
         raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected {dims} positive integers (z, y, x order)")
     return tuple(int(t) for t in tile)
+
+
+def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: ChannelFirst, encoding: Encoding,
+              previous: dict[str, Any] | None, device: torch.device) -> tuple[Geometry, TilePlan, str, int, int]:
+    """A file job's geometry over its input (a 2D net over a stack: slice by slice), tiles,
+    engine and batch size (given, else those of the interrupted run ``previous``, else the
+    config's ``config_batch``), and the estimated peak memory of the run.
+
+    A resumed run takes its recorded tile as it was planned (after clipping to the image or
+    region), without checking it again for the mode: it was valid when first planned.
+    """
+    geometry = source_geometry(net.geometry, source)
+    tiles = previous["tiles"] if previous else None
+    # a resume keeps the engine the interrupted run chose, also when auto chose it
+    mode = tiles["mode"] if tiles and job.mode in (None, "auto") else job.mode if job.mode is not None else net.mode
+    batch = job.batch_size if job.batch_size is not None else (
+        tiles["batch_size"] if tiles else (config_batch or 1))
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
+    roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
+    budget = memory_budget(job.memory_limit, device)
+    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize)
+    if job.tile is None and tiles is not None:
+        plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
+        engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
+    else:
+        tile = job.tile if job.tile is not None else net.tile_shape
+        plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint,
+                                          device, roi, source.stacked)
+    estimate = budget.baseline + tile_cost(geometry, engine_mode, footprint, budget)(plan.output_tile)
+    return geometry, plan, engine_mode, batch, estimate
+
+
+def output_roi(roi: Sequence[tuple[int, int]] | None, image: Sequence[int], offset: Sequence[int],
+               border_high: Sequence[int], mirror: bool) -> list[tuple[int, int]] | None:
+    """A region of interest in image coordinates (voxel centres) -> the same voxels in the dense
+    output. Without mirroring only centres at least the border away from the edges have a window."""
+    if roi is None:
+        return None
+    roi = [(int(a), int(b)) for a, b in roi]
+    if mirror:
+        low, high = [0] * len(image), list(image)
+    else:
+        low, high = list(offset), [n - b for n, b in zip(image, border_high, strict=True)]
+    if len(roi) != len(image) or any(not lo <= a < b <= hi for (a, b), lo, hi in zip(roi, low, high, strict=True)):
+        valid = ",".join(f"{lo}:{hi}" for lo, hi in zip(low, high, strict=True))
+        given = ",".join(f"{a}:{b}" for a, b in roi)
+        why = "" if mirror else " (without --mirror, voxels nearer the edge than the network's border have no window)"
+        raise DensePredError(f"region of interest {given} is invalid for an image of shape {list(image)}; "
+                             f"it must lie within {valid}{why}")
+    shift = [0] * len(image) if mirror else list(offset)
+    return [(a - s, b - s) for (a, b), s in zip(roi, shift, strict=True)]

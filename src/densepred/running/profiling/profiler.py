@@ -28,8 +28,8 @@ from typing import Any
 from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
 from ...geometry import Geometry, tile_bytes
+from ...networks.devices import resolve_device
 from ...networks.precision import precision_for
-from ..planning.devices import resolve_device
 from .report import PROFILE_MODES, ProfileResult, save_profile, shape_text, write_prediction_settings
 from .walk import Walk, tile_walk
 from .worker import Worker

@@ -35,6 +35,7 @@ from ...errors import DensePredError
 from ...files import atomic_write_text
 from ...io import ArraySpec
 from ...networks import DenseNet, build_net
+from ...networks.devices import resolve_device
 from ...networks.precision import FLOAT32, Precision, autocast, precision_for
 from ...networks.weights import (
     best_path,
@@ -47,7 +48,6 @@ from ...networks.weights import (
     save_weights,
     saved_optimizer_kind,
 )
-from ..planning.devices import resolve_device
 from .samplers import augmentation_for, build_samplers
 
 log = logging.getLogger("densepred")

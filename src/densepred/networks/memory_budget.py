@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import DensePredError
-from ...geometry import Footprint, Geometry
-from ...system import available_ram, resident_bytes
+from ..errors import DensePredError
+from ..geometry import Footprint, Geometry
+from ..system import available_ram, resident_bytes
 
 log = logging.getLogger("densepred")
 

@@ -1,14 +1,18 @@
-"""Building the multiscale pyramid of an OME-Zarr output in this process, block by block, resumably.
+"""The multiscale pyramid of an OME-Zarr output, built in this process block by block, resumably.
 
 While level 0 is written, :class:`PyramidFeed` builds the levels above from the values being
-written. After the last tile, :func:`build_pyramid` computes whatever the feed could not
-from the level below, one shard at a time (:func:`~densepred.running.compute.downsample.write_level_block`).
+written. After the last tile (:meth:`PyramidFeed.finish`), :func:`build_pyramid` computes whatever the feed could not
+from the level below, one shard at a time (:func:`write_level_block`).
 Each finished block is made durable and recorded in ``level<N>.log`` beside ``done.log``, so a
 resumed run continues the pyramid where it stopped and the result is byte-identical.
+
+A level is the one below reduced by a mean over each step (probabilities) or by the most
+frequent label (label images): :func:`downsample_mean`, :func:`downsample_mode`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -17,10 +21,72 @@ from typing import Any
 
 import numpy as np
 
-from ...geometry import Level, box_above, level_shard, shard_boxes, shards_meeting, source_box
-from ..compute.downsample import downsample_mean, downsample_mode, write_level_block
+from ..geometry import Level, box_above, level_shard, shard_boxes, shards_meeting, source_box
 from ..progress import Progress, ProgressOption
-from .record import DoneLog, read_done
+from .arrays import ArraySpec
+from .run_record import DoneLog, read_done, write_error
+
+
+def write_level_block(below: Any, target: Any, box: Sequence[tuple[int, int]], source: Sequence[tuple[int, int]],
+                      step: Sequence[int], label: bool) -> None:
+    """Write ``box`` of ``target`` (a level) from ``source`` of ``below`` (the level under it), durably."""
+    lead = () if label else (slice(None),)
+    data = below[(*lead, *(slice(a, b) for a, b in source))]
+    reduce = downsample_mode if label else downsample_mean
+    out_box = (*lead, *(slice(a, b) for a, b in box))
+    target[out_box] = reduce(np.asarray(data), step)
+    target.sync(out_box)
+
+
+def _blocks(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """``(..., *S)`` -> ``(..., *ceil(S / step), prod(step))``: each output voxel's block, the
+    high edge padded by repeating the last voxel."""
+    spatial = len(step)
+    lead = data.ndim - spatial
+    pad = [(0, 0)] * lead + [(0, (-n) % s) for n, s in zip(data.shape[lead:], step, strict=True)]
+    if any(p for _, p in pad):
+        data = np.pad(data, pad, mode="edge")
+    shape = list(data.shape[:lead])
+    for n, s in zip(data.shape[lead:], step, strict=True):
+        shape += [n // s, s]
+    blocks = data.reshape(shape)
+    order = list(range(lead)) + [lead + 2 * a for a in range(spatial)] + [lead + 2 * a + 1 for a in range(spatial)]
+    out = [data.shape[lead + a] // step[a] for a in range(spatial)]
+    return blocks.transpose(order).reshape(*data.shape[:lead], *out, math.prod(step))
+
+
+def downsample_mean(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """Mean over each ``step`` block, in the data's dtype (integers rounded, ties to even)."""
+    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
+        return _integer_mean(data, step)
+    mean = _blocks(data, step).mean(axis=-1, dtype=np.float64)
+    if np.issubdtype(data.dtype, np.integer):
+        return np.rint(mean).astype(data.dtype)
+    return mean.astype(data.dtype)
+
+
+def _integer_mean(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """:func:`downsample_mean` of 8- and 16-bit integers as a sum of strided views: the sums are
+    exact and a block has 2, 4 or 8 voxels, so the float32 quotient is the float64 mean (5x
+    faster than reordering the blocks)."""
+    spatial = len(step)
+    lead = data.ndim - spatial
+    pad = [(0, 0)] * lead + [(0, (-n) % s) for n, s in zip(data.shape[lead:], step, strict=True)]
+    if any(p for _, p in pad):
+        data = np.pad(data, pad, mode="edge")
+    out = (*data.shape[:lead], *(n // s for n, s in zip(data.shape[lead:], step, strict=True)))
+    total = np.zeros(out, np.int32)  # 8 x 65535 fits, and so does 8 x -32768
+    for offsets in itertools.product(*(range(s) for s in step)):
+        total += data[(..., *(slice(o, None, s) for o, s in zip(offsets, step, strict=True)))]
+    return np.rint(total / np.float32(math.prod(step))).astype(data.dtype)
+
+
+def downsample_mode(labels: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """The most frequent label of each ``step`` block; ties go to the smaller label."""
+    blocks = np.sort(_blocks(labels, step), axis=-1)
+    counts = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1)
+    # the first of the most frequent in sorted order is the smallest of them
+    return np.take_along_axis(blocks, counts.argmax(axis=-1)[..., None], axis=-1)[..., 0]
 
 
 def level_log(index: int) -> str:
@@ -69,7 +135,7 @@ class PyramidFeed:
     """
 
     def __init__(self, output: Any, levels: Sequence[Level], tile: Sequence[int], label: bool, record_dir: Path):
-        self.output, self.levels, self.label = output, list(levels), label
+        self.output, self.levels, self.label, self.tile, self.record_dir = output, list(levels), label, tile, record_dir
         self.shards = [level_shard(tile, level.shape) for level in self.levels]
         self.logs = {level.index: DoneLog(record_dir, level_log(level.index)) for level in self.levels[1:]}
         self.done = {level.index: read_done(record_dir, level_log(level.index)) for level in self.levels[1:]}
@@ -115,7 +181,14 @@ class PyramidFeed:
                 del self.covered[key], self.locks[key]
         self.add(tuple(slice(a, b) for a, b in shard), values, index)
 
-    def close(self) -> None:
+    def finish(self, build: bool, progress: ProgressOption, spec: ArraySpec) -> None:
+        """Close the level logs; with level 0 complete (``build``), build what the feed could not
+        (:func:`build_pyramid`)."""
         for log in self.logs.values():
             log.close()
-
+        if not build:
+            return
+        try:
+            build_pyramid(self.output, self.levels, self.tile, self.label, self.record_dir, progress)
+        except OSError as exc:
+            raise write_error(exc, spec, "all pieces done, the pyramid levels are not") from None

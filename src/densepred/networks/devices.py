@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ...errors import DensePredError
+from ..errors import DensePredError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -17,6 +17,7 @@ never merge with a torn one ("17" + "3" is not tile 173).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,11 +27,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ...config import Config
-from ...errors import DensePredError
-from ...files import atomic_write_text
-from ...io import ArraySpec
-from ...io.output_checks import record_folder
+from ..config import Config
+from ..errors import DensePredError
+from ..files import atomic_write_text
+from .arrays import ArraySpec
+from .output_checks import output_exists, record_folder
 
 log = logging.getLogger("densepred")
 
@@ -41,9 +42,33 @@ SECTIONS = (("input", "input"), ("network", "network config or weights"),
             ("tiles", "tiling (tile, mode, batch size, mirror or region)"), ("output", "output format"))
 
 
-def record_path(spec: ArraySpec) -> Path:
-    """The run-record folder beside an output (:func:`densepred.io.output_checks.record_folder`)."""
-    return record_folder(spec)
+record_path = record_folder  # the run-record folder beside an output
+
+
+def resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | None:
+    """The interrupted run's record; None when there is nothing to resume (a fresh start).
+
+    A record folder without ``run.json`` is a run killed before it began, and a record whose
+    output is gone (deleted by the user) describes nothing: both start afresh. An output
+    without any record was not written by ``densepred predict`` and is not touched.
+    """
+    record = read_record(record_dir)
+    if record is None and output_exists(spec) and not record_dir.exists():
+        raise DensePredError(f"cannot resume {spec}: it has no run record ({record_dir / RUN_JSON}), so it was not "
+                             "written by densepred predict; choose another output, or pass --overwrite")
+    if record is not None and not output_exists(spec):
+        log.warning("%s named in the run record %s does not exist; starting afresh", spec, record_dir)
+        return None
+    if record is None:
+        log.info("nothing to resume for %s; starting", spec)
+    return record
+
+
+def write_error(exc: OSError, spec: ArraySpec, progress: str) -> DensePredError:
+    """A failed write of ``spec`` as one line, with what the record says is done."""
+    why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return DensePredError(f"writing {spec} failed: {why}; the output is incomplete ({progress}); fix the cause "
+                          "and rerun with --resume")
 
 
 def done_line(tile_id: int) -> str:
