@@ -16,7 +16,7 @@ from torch import nn
 
 import densepred
 from densepred.interfaces.cli import main
-from densepred.io.run_record import record_path
+from densepred.io.output_checks import record_folder as record_path
 from densepred.networks.processing import Step
 from densepred.networks.weights import save_weights
 from densepred.running.executors.blocks import NetPayload

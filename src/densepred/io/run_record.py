@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import DensePredError
 from ..files import atomic_write_text
 from .arrays import ArraySpec
-from .output_checks import output_exists, record_folder
+from .output_checks import output_exists
 
 log = logging.getLogger("densepred")
 
@@ -40,9 +40,6 @@ DONE_LOG = "done.log"
 RUN_JSON = "run.json"
 SECTIONS = (("input", "input"), ("network", "network config or weights"),
             ("tiles", "tiling (tile, mode, batch size, mirror or region)"), ("output", "output format"))
-
-
-record_path = record_folder  # the run-record folder beside an output
 
 
 def resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | None:

@@ -84,10 +84,6 @@ class PredictRequest:
     output_file: Path | None = None  # predict file to file (default for a layer backed by zarr)
 
     @property
-    def is_model(self) -> bool:
-        return self.model is not None
-
-    @property
     def model_file(self) -> str | None:
         """A model file (.pt2, .onnx, .torchscript) or a bioimage.io package (rdf.yaml, model.zip)."""
         return self.model if self.model is not None and self.model.endswith(MODEL_FILES) else None

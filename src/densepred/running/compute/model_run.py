@@ -195,7 +195,7 @@ class ModelRun:
         pieces = self.indexed_windows()
         waiting: dict[int, int] = {}
         reaches: dict[tuple[int, ...], list[int]] = {}
-        for shard_id, box in self.shard_plan().boxes():
+        for shard_id, box in self.written.shards.boxes():
             if shard_id not in done:
                 indices = self.pieces_in(box, pieces)
                 waiting[shard_id] = len(indices)

@@ -34,7 +34,8 @@ from ...geometry import BlockPlan
 from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, file_stamp, open_array
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
-from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, record_path, resumable_record
+from ...io.output_checks import record_folder
+from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, resumable_record
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
 from ...networks.loading import load_model
@@ -108,7 +109,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
     job, net = _job_net(job)
-    record_dir = record_path(out_spec)
+    record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     # a resumed run keeps its recorded window and mode (the memory budget may choose others now)
     window = job.tile if job.tile is not None or previous is None else previous["tiles"]["window"]
@@ -189,7 +190,7 @@ def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption
     bar = Progress(sum(plane * (e - z) for r, (z, e) in enumerate(zip(rows, ends, strict=True))
                        if r not in slabs_done), "predict (blend)", progress)
     row_log, slab_log, done_log = DoneLog(record_dir, ROWS_LOG), DoneLog(record_dir, SLABS_LOG), DoneLog(record_dir)
-    pending = [(shard_id, box[0][1]) for shard_id, box in run.shard_plan().boxes() if shard_id not in done]
+    pending = [(shard_id, box[0][1]) for shard_id, box in run.written.shards.boxes() if shard_id not in done]
     try:
         for r, (z, end) in enumerate(zip(rows, ends, strict=True)):
             if r not in slabs_done:
@@ -246,9 +247,6 @@ def _blend_slab(run: ModelRun, zarr: Any, store: Path, covering: list[tuple[int,
             total[:, lo - z:hi - z] += np.asarray(rows[(slice(None), slice(lo - zq, hi - zq), *inner)])
         sink.write(_slices(box), (total / run.weight_sum(box)[None]).astype(np.float32))
 
-
-def _voxels(box: Sequence[tuple[int, int]]) -> int:
-    return math.prod(b - a for a, b in box)
 
 
 def _slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:

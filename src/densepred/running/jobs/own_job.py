@@ -36,7 +36,8 @@ from ...io import (
     open_array,
 )
 from ...io.encoding import Encoding
-from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, record_path, resumable_record
+from ...io.output_checks import record_folder
+from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, resumable_record
 from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
@@ -138,7 +139,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     check_not_input(out_spec, in_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
-    record_dir = record_path(out_spec)
+    record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     geometry, plan, engine_mode, batch_size, estimate = job_tiles(job, cfg.prediction.batch_size, net, source,
                                                                   encoding, previous, device)
