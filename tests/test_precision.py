@@ -82,6 +82,21 @@ def test_a_model_from_elsewhere_runs_under_autocast_and_is_left_as_it_was(precis
     assert torch.backends.cudnn.allow_tf32 == before
 
 
+
+@pytest.mark.parametrize("precision", REDUCED)
+def test_class_probabilities_keep_to_the_bound_and_leave_the_net_as_it_was(precision, rng):
+    net = make_net(NETS["2d_mlp"], seed=8)
+    patches = rng.standard_normal((9, *net.geometry.fov))
+    expected = densepred.class_probabilities(net, patches)  # the float64 net: the definition
+    net = net.float()
+    got = densepred.class_probabilities(net, patches.astype(np.float32), batch_size=4, precision=precision)
+    assert got.dtype == np.float32
+    assert got.shape == expected.shape
+    assert 0 < np.abs(got - expected).max() <= BOUNDS[precision][0]
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with pytest.raises(DensePredError, match="precision 'half' is invalid"):
+        densepred.class_probabilities(net, patches, precision="half")
+
 def test_refusals_are_one_line_naming_what_runs(tmp_path, capsys):
     net = make_net(NETS["2d_pool2"]).float()
     image = np.random.default_rng(0).random((30, 30), dtype=np.float32)

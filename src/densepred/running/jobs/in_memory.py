@@ -24,7 +24,7 @@ from ...networks import DenseNet
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
 from ...networks.memory_budget import memory_budget
-from ...networks.precision import precision_for
+from ...networks.precision import autocast, precision_for
 from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ModelRun, source_of
@@ -168,11 +168,13 @@ def output_origin(net: DenseNet | ForeignNet, image: Any, mirror: bool = False) 
 
 
 def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
-                        device: str | torch.device | None = None) -> np.ndarray:
+                        device: str | torch.device | None = None, precision: str = "float32") -> np.ndarray:
     """Class probabilities ``(batch, n_classes)`` of feature vectors or image patches.
 
     ``x`` is ``(batch, features)`` for ``dims = 0`` nets, or a batch of patches
     ``(batch, C, *FOV)`` for image nets (``(batch, *FOV)`` with one channel).
+    ``precision``: as in :func:`predict_dense`; the 16-bit types run the net under
+    ``torch.autocast``, the softmax stays float32.
     """
     cfg = net.config
     x = np.asarray(x)
@@ -189,6 +191,7 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
             + ("" if cfg.dims == 0 else " (patches the size of the field of view)")
         )
     device = resolve_device(device)
+    chosen = precision_for(precision, device)
     batch_size = _positive(batch_size, "batch_size", default=256)
     was_training = net.training
     net.eval()
@@ -196,10 +199,10 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
         chunks = []
         model = on_device(net, device)
         dtype = next(model.parameters()).dtype
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(chosen, device):
             for first in range(0, len(x), batch_size):
                 chunk = torch.from_numpy(to_float32(x[first:first + batch_size])).to(device, dtype)
-                logits = model(chunk)
+                logits = model(chunk).float()
                 chunks.append(torch.softmax(logits.reshape(len(chunk), -1), dim=1).cpu().numpy())
     finally:
         net.train(was_training)
