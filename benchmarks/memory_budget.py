@@ -8,6 +8,7 @@ CLI). Cases:
     light3d   a one-layer 3D net (8 filters), the light case where buffers dominate
     light2d   a 2D net over a stack of slices
     m36       the ZNNi benchmark net (heavy: activations dominate)
+    neuro3d   the example 3D net of examples/neuro3d.toml (streams under a tight limit)
     big       the 2-gigavoxel volume 1 x 512 x 2048 x 2048 (C, Z, Y, X) with the one-layer net
 
     python benchmarks/memory_budget.py --work /tmp/dp-mem --cases light3d,light2d,m36 --limits 1G,3G
@@ -44,6 +45,7 @@ CASES = {  # name: (config text, input shape, input chunks)
     "light3d": (ONE_LAYER.format(name="light3d", dims=3), (96, 768, 768), (32, 256, 256)),
     "light2d": (ONE_LAYER.format(name="light2d", dims=2), (64, 1024, 1024), (8, 512, 512)),
     "m36": ((ROOT / "examples" / "m36.toml").read_text(), (160, 512, 512), (32, 256, 256)),
+    "neuro3d": ((ROOT / "examples" / "neuro3d.toml").read_text(), (128, 384, 384), (32, 128, 128)),
     "big": (ONE_LAYER.format(name="big", dims=3), (1, 512, 2048, 2048), (1, 32, 512, 512)),
 }
 
@@ -97,12 +99,16 @@ def main() -> None:
     parser.add_argument("--limits", default="1G,default", help="--memory-limit values ('default': none given)")
     parser.add_argument("--levels", default=None, help="--levels for the OME-Zarr output (default: the pyramid)")
     parser.add_argument("--dtype", default="uint8")
+    parser.add_argument("--classes", default="1", help="--classes for the output ('all': every class)")
+    parser.add_argument("--mode", help="--mode (default: the config's)")
     parser.add_argument("--shape", help="input shape Z,Y,X instead of the case's")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case and limit (peaks vary a little)")
     parser.add_argument("--roi", help="predict only this region, Z0:Z1,Y0:Y1,X0:X1 (the tile is chosen as for it)")
     args = parser.parse_args()
-    extra = ["--dtype", args.dtype, "--classes", "1"] + (["--levels", args.levels] if args.levels else [])
+    extra = ["--dtype", args.dtype] + ([] if args.classes == "all" else ["--classes", args.classes])
+    extra += ["--levels", args.levels] if args.levels else []
     extra += ["--roi", args.roi] if args.roi else []
+    extra += ["--mode", args.mode] if args.mode else []
     print(f"{'case':8s} {'limit':>8s} {'peak GiB':>9s} {'estimate':>9s} {'peak/est':>9s} {'seconds':>8s} "
           f"{'Mvox/s':>7s}  tile")
     for case in args.cases.split(","):

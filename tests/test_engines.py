@@ -99,3 +99,27 @@ def test_building_and_running_an_engine_leaves_the_process_tf32_settings_alone()
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True), mode
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("name", ["3d_aniso", "2d_pool3_mixed"])
+def test_a_stream_allocates_each_buffer_once_and_equals_dilated(name, rng):
+    """Deeper ops get fewer slices from the first slabs; their buffers are sized for the steady
+    state at once, so none is replaced (a replaced one left a hole in the heap)."""
+    from densepred.networks.engines import StreamState, dilated_forward, eval_stages
+
+    net = make_net(NETS[name], seed=4)
+    g = net.geometry
+    stages = eval_stages(net, CPU, torch.float64)
+    x = torch.from_numpy(rng.standard_normal((1, net.config.in_channels, g.fov[0] + 23, *(f + 5 for f in g.fov[1:]))))
+    state = StreamState(stages, g.ndim)
+    buffers: list[set[int]] = [set() for _ in state.buffers]
+    outputs = []
+    for first in range(0, x.shape[2], 4):
+        out = state.push(x[:, :, first:first + 4])
+        outputs += [] if out is None else [out]
+        for seen, buffer in zip(buffers, state.buffers, strict=True):
+            seen.update([] if buffer is None else [buffer.data_ptr()])
+    assert [len(seen) for seen in buffers] == [1] * len(buffers)
+    got, expected = torch.cat(outputs, dim=2), dilated_forward(stages, x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-10

@@ -42,7 +42,9 @@ class Footprint:
     ahead while one is read and one computed, and holds up to ``pending`` computed batches
     while its two writers finish one each. Each input window is held as stored
     (``input_itemsize``) and as float32; each result as logits and probabilities (float32),
-    then encoded (``stored_itemsize``) and compressed.
+    then encoded (``stored_itemsize``) and compressed. With a ``pyramid`` each writer also
+    carries its box up the levels: a level's shard (the tile's size) as stored, the shard's
+    old and new encoded bytes, and the shard read back for the level above.
     """
 
     in_channels: int
@@ -53,6 +55,8 @@ class Footprint:
     batch: int = 1
     prefetch: int = 2
     pending: int = 2
+    pyramid: bool = False
+    writers: int = 2
 
     def bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
         """Estimated peak memory of a run with this output tile, over the process's baseline.
@@ -60,6 +64,8 @@ class Footprint:
         A stream holds slabs in flight, not tiles, and rewrites one shard at a time."""
         input_tile = geometry.input_shape_for(output_tile)
         written = output_tile
+        stored = self.n_classes if self.stored_channels is None else self.stored_channels
+        levels = self.writers * 3 * stored * math.prod(output_tile) * self.stored_itemsize if self.pyramid else 0
         if mode == "stream":
             input_tile = (min(STREAM_SLAB, input_tile[0]), *input_tile[1:])
             written = (stream_shard(output_tile[0]), *output_tile[1:])
@@ -68,9 +74,8 @@ class Footprint:
         windows = (self.prefetch + 2) * self.batch * self.in_channels * input_voxels * (4 + self.input_itemsize)
         compute = self.batch * tile_bytes(geometry, output_tile, mode)
         results = (self.pending + 3) * self.batch * self.n_classes * output_voxels * 4
-        stored = self.n_classes if self.stored_channels is None else self.stored_channels
         encoded = 2 * (self.pending + 1) * stored * math.prod(written) * self.stored_itemsize
-        return windows + compute + results + encoded
+        return windows + compute + results + encoded + levels
 
     def device_bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
         """Estimated peak of GPU memory: the activations plus one batch's input, logits and probabilities."""

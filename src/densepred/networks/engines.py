@@ -222,9 +222,11 @@ class StreamState:
         self.buffers: list[torch.Tensor | None] = [None] * len(self.ops)
         self.starts = [0] * len(self.ops)  # where each op's kept slices begin in its buffer
         self.counts = [0] * len(self.ops)  # how many slices each op keeps
+        self.slab = 0  # the most slices pushed at once
 
     def push(self, x: torch.Tensor) -> torch.Tensor | None:
         """The output slices ``x`` completes (``None`` while the first halos fill)."""
+        self.slab = max(self.slab, x.shape[2])
         h = x
         for i, (apply, halo) in enumerate(self.ops):
             view = self._append(i, h, halo)
@@ -250,11 +252,17 @@ class StreamState:
 
     def _grow(self, i: int, new: torch.Tensor, need: int, halo: int) -> torch.Tensor:
         old, start, count = self.buffers[i], self.starts[i], self.counts[i]
-        size = need
+        # Sized at once for the steady state, the halo plus a slab: an op deeper in the net
+        # gets fewer slices from the first slabs, and a buffer grown then (a larger one while
+        # the old one lived) left holes in the heap that raised neuro3d's peak by a third
+        # (docs/BENCHMARKS.md, peak memory against --memory-limit).
+        size = max(need, halo + self.slab)
         shape = (*new.shape[:2], size, *new.shape[3:])
-        buffer = torch.empty(shape, dtype=new.dtype, device=new.device)
-        if new.dim() in CHANNELS_LAST_DIMS and new.is_contiguous(memory_format=CHANNELS_LAST_DIMS[new.dim()]):
-            buffer = buffer.contiguous(memory_format=CHANNELS_LAST_DIMS[new.dim()])
+        layout = CHANNELS_LAST_DIMS.get(new.dim())
+        if layout is None or not new.is_contiguous(memory_format=layout):
+            layout = torch.contiguous_format
+        # allocated in its layout at once: converting an empty buffer cost a second one
+        buffer = torch.empty(shape, dtype=new.dtype, device=new.device, memory_format=layout)
         if old is not None and count:
             buffer[:, :, :count].copy_(old[:, :, start:start + count])
         self.buffers[i], self.starts[i] = buffer, 0

@@ -92,7 +92,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     checked = precision_for(precision, device_)
     classes = stored_channels or cfg.network.n_classes
     footprint = Footprint(cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
-                          np.dtype(stored_dtype).itemsize)
+                          np.dtype(stored_dtype).itemsize, pyramid=True)  # planned as OME-Zarr with its pyramid
     tiles, engine_mode = plan_and_mode(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
                                        memory_budget(memory_limit, device_), footprint, device_)
     per_block = (tiles_per_block,) * geometry.ndim if isinstance(tiles_per_block, int) else tuple(tiles_per_block)

@@ -26,7 +26,7 @@ from ...geometry import (
     halved_tile,
     slices_that_fit,
 )
-from ...io import ChannelFirst
+from ...io import ArraySpec, ChannelFirst
 from ...io.encoding import Encoding
 from ...networks import DenseNet
 from ...networks.memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
@@ -172,10 +172,10 @@ def _work_per_voxel(geometry: Geometry) -> Callable[[Sequence[int]], float]:
 
 
 def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,
-                  stored_itemsize: int = 4) -> Footprint:
+                  stored_itemsize: int = 4, pyramid: bool = False) -> Footprint:
     """The buffers of a run of ``net`` on ``source``, for the memory estimate."""
     return Footprint(net.config.in_channels, net.config.n_classes, source.dtype.itemsize, stored_channels,
-                     stored_itemsize, batch_size)
+                     stored_itemsize, batch_size, pyramid=pyramid)
 
 
 def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:
@@ -220,7 +220,8 @@ def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: Channel
         raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
     budget = memory_budget(job.memory_limit, device)
-    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize)
+    pyramid = ArraySpec.parse(job.output).kind == "zarr" and job.levels != 1  # OME-Zarr levels built by the writers
+    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize, pyramid)
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
         engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
