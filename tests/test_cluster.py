@@ -121,6 +121,7 @@ def test_a_failing_block_is_retried_then_stops_the_run_with_its_box(config, volu
             predict_to_file(job(config, volume, tmp_path / "b.zarr"), client=client)
 
 
+@pytest.mark.slow  # in one process: test_reliability_files' test_15 with strict
 def test_a_strict_non_finite_input_stops_at_once_naming_the_block(config, tmp_path):
     data = np.random.default_rng(3).random((21, 97, 83), dtype=np.float32)
     data[10, 50, 40] = np.nan

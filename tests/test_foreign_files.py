@@ -91,7 +91,8 @@ def test_a_crash_then_resume_is_byte_identical(model_files, tmp_path, monkeypatc
 
 
 def test_a_resumed_exact_run_keeps_its_window_when_the_budget_holds_another(model_files, tmp_path, monkeypatch):
-    from densepred.system import resident_bytes
+    from densepred.networks.memory_budget import MemoryBudget
+    from densepred.running.planning import model_window
 
     model, _ = model_files
     volume = np.random.default_rng(13).random((61, 77, 69), dtype=np.float32)
@@ -106,11 +107,16 @@ def test_a_resumed_exact_run_keeps_its_window_when_the_budget_holds_another(mode
         return original(*args)
 
     monkeypatch.setattr(foreign_job.Sink, "write", crash)
-    with pytest.raises(DensePredError, match=r"Input/output error.*--resume"):  # a window sized to a small budget
+    # 32 MiB for the windows over whatever the process holds (its resident memory moves with
+    # the heap that earlier runs kept): a window sized to a small budget
+    small = MemoryBudget(2**30 + 32 * 2**20, 2**30, "cpu")
+    budget = model_window.memory_budget
+    monkeypatch.setattr(model_window, "memory_budget", lambda limit, device: small if limit else budget(limit, device))
+    with pytest.raises(DensePredError, match=r"Input/output error.*--resume"):
         densepred.predict_to_file(densepred.PredictJob(
             None, str(tmp_path / "in.npy"), str(tmp_path / "cut.zarr"), model="tests.test_foreign:UNet",
             model_kwargs=KWARGS, weights=str(tmp_path / "unet.safetensors"), mode="exact", progress=False,
-            memory_limit=resident_bytes() + 32 * 2**20))
+            memory_limit=small.limit))
     monkeypatch.setattr(foreign_job.Sink, "write", original)
     record = tmp_path / "cut.zarr.densepred" / "run.json"
     window = json.loads(record.read_text())["tiles"]["window"]

@@ -128,7 +128,7 @@ def cluster_campaign(folder, mode, kills, seed):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"level {index}")
 
 
-@pytest.mark.parametrize("mode", [pytest.param("exact", marks=pytest.mark.slow), "blend",
+@pytest.mark.parametrize("mode", ["exact", pytest.param("blend", marks=pytest.mark.slow),
                                   pytest.param("own", marks=pytest.mark.slow)])
 def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
     cluster_campaign(files, mode, kills=1, seed=3)

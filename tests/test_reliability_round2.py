@@ -175,9 +175,12 @@ def test_a_model_run_that_blended_resumes_with_mode_auto(tmp_path):
 
 # -- 10. a model's default window on a cluster is sized to the workers' memory --------------------
 
-def test_a_model_cluster_run_sizes_its_default_window_to_the_workers_memory(tmp_path):
+def test_a_model_cluster_run_sizes_its_default_window_to_the_workers_memory(tmp_path, monkeypatch):
     import dask
     from distributed import Client, LocalCluster
+
+    from densepred.networks import memory_budget
+    from densepred.running.executors import cluster
 
     trained_for_cli(tmp_path)
     np.save(tmp_path / "in.npy", np.random.default_rng(4).random((56, 64, 64), dtype=np.float32))
@@ -186,7 +189,10 @@ def test_a_model_cluster_run_sizes_its_default_window_to_the_workers_memory(tmp_
                                weights=str(tmp_path / "unet.safetensors"), mode="exact", progress=False)
     here = densepred.predict_to_file(job)
     # workers in this process with a 48 MiB memory limit: the planner must size the window to
-    # their share of it, not to this machine's free memory (the workers' memory pausing off)
+    # their share of it, not to this machine's free memory (the workers' memory pausing off);
+    # the process's own memory held still, as a worker process's would be
+    for module in (memory_budget, cluster):
+        monkeypatch.setattr(module, "resident_bytes", lambda: 2**30)
     off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")}
     with dask.config.set(off), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                             memory_limit=48 * 2**20,
@@ -272,13 +278,13 @@ def test_the_channel_count_comes_from_the_small_memory_probe(tmp_path, monkeypat
 
     trained_for_cli(tmp_path)
     calls = []
-    original = ModelRun.forward
+    original = ModelRun._compute  # every window's forward, one after another or in the pipeline
 
-    def counted(self, starts):
-        calls.append(tuple(starts))
-        return original(self, starts)
+    def counted(self, x):
+        calls.append(x.shape)
+        return original(self, x)
 
-    monkeypatch.setattr(ModelRun, "forward", counted)
+    monkeypatch.setattr(ModelRun, "_compute", counted)
     assert predict_model(tmp_path, "o.zarr", "--mode", "exact", "--tile", "20,24,24") == 0
     assert len(calls) == 1  # the one window of the volume, nothing more
     assert os.path.exists(tmp_path / "o.zarr")

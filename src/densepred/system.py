@@ -169,9 +169,11 @@ def tune_cpu_allocator() -> bool:
 
 
 @contextlib.contextmanager
-def large_blocks_returned() -> Iterator[None]:
+def large_blocks_returned(returned: bool = True) -> Iterator[None]:
     """Within the block, malloc serves large blocks with their own maps and returns them on
-    free, as glibc does by default (a no-op unless :func:`tune_cpu_allocator` applied).
+    free, as glibc does by default (a no-op unless :func:`tune_cpu_allocator` applied). With
+    ``returned=False`` the heap keeps them for reuse within the block, as elsewhere, and
+    returns what is free at its end, so a long-lived process does not hold a run's maps.
 
     For models written elsewhere: a U-Net's forward allocates maps of many sizes in an order
     that fragments a heap which never returns memory (MONAI's BasicUNet peaked 0.4-0.8 GiB
@@ -180,6 +182,12 @@ def large_blocks_returned() -> Iterator[None]:
     """
     if not _tuned:
         yield
+        return
+    if not returned:
+        try:
+            yield
+        finally:
+            release_free_memory()  # the windows' maps, kept for reuse while they ran
         return
     mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     for option, value in RETURN_FREED:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ import torch
 from ...errors import DensePredError
 from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
-from ...io import ChannelFirst, to_float32
-from ...networks.devices import dtype_of, fast_memory_format, in_memory_format, on_device, resolve_device
+from ...io import ChannelFirst
+from ...networks.devices import fast_memory_format, in_memory_format, on_device, resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
-from ...networks.precision import FLOAT32, Precision, autocast, precision_for
+from ...networks.precision import FLOAT32, Precision, precision_for
+from ...pipeline import run_pipeline
 from ...progress import Progress, ProgressOption
 from ..planning.model_window import (
     DEFAULT_WINDOW,
@@ -37,10 +38,15 @@ from ..planning.model_window import (
     window_for,
 )
 from .preprocess import Prepared, resolve
+from .windows import forward_window, gaussian, outer, read_window
 
 log = logging.getLogger("densepred")
 
 MODES = ("auto", "exact", "blend")
+# windows in flight besides the one computed: read ahead, and computed waiting for the writer
+# (counted in the memory budget: :meth:`~densepred.running.planning.model_window.ModelMemory.window_bytes`)
+PREFETCH = PENDING = 1
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class ModelRun:
     prepared: Prepared | None = None  # the input's preprocessing, measured over the whole image
     precision: Precision = FLOAT32  # the arithmetic the model computes in (:mod:`densepred.networks.precision`)
     written: RunOutput | None = None  # what the run writes, once its window is chosen
+    heap_kept: bool = False  # whether its windows keep freed heap blocks (planning.model_window.heap_kept)
 
     @classmethod
     def create(cls, net: ForeignNet, source: ChannelFirst, mode: str, window: Sequence[int] | int | None,
@@ -116,8 +123,8 @@ class ModelRun:
         try:
             reason = ("it was given (--tile or window=)" if asked is not None and window_given else
                       "the interrupted run chose it" if asked is not None else "blending keeps the model's window")
-            run.window, channels = budget_window(run, asked is None and mode == "exact", budgeted, memory_limit,
-                                                 in_memory, reason)
+            run.window, channels, run.heap_kept = budget_window(run, asked is None and mode == "exact", budgeted,
+                                                                memory_limit, in_memory, reason)
         except OverBudget as exc:
             if asked_for[0] != "auto":
                 raise
@@ -203,22 +210,24 @@ class ModelRun:
                     reaches.setdefault(index, []).append(shard_id)
         todo = [index for index in pieces if index in reaches]
         bar = Progress(sum(math.prod(b - a for a, b in pieces[i].box) for i in todo), "predict (exact)", progress)
+
+        def take(index: tuple[int, ...], result: np.ndarray) -> None:
+            piece = pieces[index]
+            sink.write(tuple(slice(a, b) for a, b in piece.box), self.crop_owned(piece, result))
+            for shard_id in reaches[index]:
+                waiting[shard_id] -= 1
+                if not waiting[shard_id]:
+                    done_log.append(shard_id)
+            bar.update(math.prod(b - a for a, b in piece.box))
+
         try:
-            for index in todo:
-                piece = pieces[index]
-                sink.write(tuple(slice(a, b) for a, b in piece.box), self.owned(piece))
-                for shard_id in reaches[index]:
-                    waiting[shard_id] -= 1
-                    if not waiting[shard_id]:
-                        done_log.append(shard_id)
-                bar.update(math.prod(b - a for a, b in piece.box))
+            self.forward_each(todo, take, starts=lambda index: pieces[index].starts, poll=bar.poll)
         finally:
             bar.close()
         return len(waiting)
 
-    def owned(self, piece: ExactPiece) -> np.ndarray:
-        """The window's outputs over the box it owns."""
-        result = self.forward(piece.starts)
+    def crop_owned(self, piece: ExactPiece, result: np.ndarray) -> np.ndarray:
+        """The window's outputs (``result``, its :meth:`forward`) over the box it owns."""
         return result[(slice(None), *(slice(a - s, b - s) for (a, b), s in zip(piece.box, piece.starts,
                                                                                strict=True)))]
 
@@ -233,12 +242,12 @@ class ModelRun:
             if all(s < n for s, n in zip(starts, self.output_shape, strict=True)):
                 yield starts
 
-    def weighted(self, starts: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
-        """The box a blended window covers in the output, and its Gaussian-weighted outputs there."""
+    def weigh(self, starts: Sequence[int], result: np.ndarray) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+        """The box a blended window covers in the output, and its outputs (``result``, its
+        :meth:`forward`) Gaussian-weighted there."""
         box = tuple((s, min(s + n, m)) for s, n, m in zip(starts, self.output_window, self.output_shape, strict=True))
         weights = [gaussian(n)[:b - a] for n, (a, b) in zip(self.output_window, box, strict=True)]
-        result = self.forward(starts)[(slice(None), *(slice(0, b - a) for a, b in box))]
-        return box, result * _outer(weights)
+        return box, result[(slice(None), *(slice(0, b - a) for a, b in box))] * outer(weights)
 
     def weight_sum(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
         """The sum of every window's weight over ``box`` (a product of per-axis sums)."""
@@ -248,25 +257,29 @@ class ModelRun:
             for s in starts:
                 total[s:s + n] += gaussian(n)
             sums.append(total[a:b])
-        return _outer(sums)
+        return outer(sums)
 
-    def values_in(self, box: Sequence[tuple[int, int]]) -> Iterator[tuple[tuple[tuple[int, int], ...], np.ndarray]]:
-        """The run's final values over an output ``box`` (a block of whole shards), as
-        ``(part, values)`` pairs whose parts partition it: exact windows each give the part of
+    def write_in(self, box: Sequence[tuple[int, int]],
+                 write: Callable[[tuple[tuple[int, int], ...], np.ndarray], None]) -> None:
+        """The run's final values over an output ``box`` (a block of whole shards), handed to
+        ``write(part, values)`` in parts that partition it: exact windows each give the part of
         what they own inside the box; blended windows are summed over the box, row after row
         along z as :func:`densepred.running.jobs.model_job` sums them in one process (so the
         bytes are the same), and divided by the weight sum."""
         box = tuple(box)
-        if self.mode == "exact":
-            pieces = self.indexed_windows()
-            for index in self.pieces_in(box, pieces):
-                piece = pieces[index]
-                part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(piece.box, box, strict=True))
-                owned = self.owned(piece)
-                yield part, owned[(slice(None), *(slice(lo - a, hi - a) for (a, _), (lo, hi) in
-                                                  zip(piece.box, part, strict=True)))]
+        if self.mode != "exact":
+            write(box, self.blended(box))
             return
-        yield box, self.blended(box)
+        pieces = self.indexed_windows()
+
+        def take(index: tuple[int, ...], result: np.ndarray) -> None:
+            piece = pieces[index]
+            part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(piece.box, box, strict=True))
+            owned = self.crop_owned(piece, result)
+            write(part, owned[(slice(None), *(slice(lo - a, hi - a) for (a, _), (lo, hi) in
+                                              zip(piece.box, part, strict=True)))])
+
+        self.forward_each(self.pieces_in(box, pieces), take, starts=lambda index: pieces[index].starts)
 
     def pieces_in(self, box: Sequence[tuple[int, int]],
                   pieces: dict[tuple[int, ...], ExactPiece]) -> list[tuple[int, ...]]:
@@ -278,29 +291,61 @@ class ModelRun:
     def blended(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
         """The blend over ``box``: every window that meets it, weighted, summed per row of equal
         z start and the rows summed in order, divided by the weight sum."""
-        total: np.ndarray | None = None
-        rows: dict[int, list[tuple[int, ...]]] = {}
-        for starts in self.blend_windows():
-            if all(s < hi and s + n > lo for s, n, (lo, hi) in zip(starts, self.output_window, box, strict=True)):
-                rows.setdefault(starts[0], []).append(starts)
-        for windows in rows.values():
-            row = None
-            for starts in windows:
-                reach, values = self.weighted(starts)
-                if row is None:
-                    row = np.zeros((values.shape[0], *(b - a for a, b in box)), np.float32)
-                part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(reach, box, strict=True))
-                into = (slice(None), *(slice(lo - b0, hi - b0) for (lo, hi), (b0, _) in zip(part, box, strict=True)))
-                row[into] = row[into] + values[(slice(None), *(slice(lo - a, hi - a) for (lo, hi), (a, _) in
-                                                               zip(part, reach, strict=True)))]
-            total = row if total is None else total + row
-        assert total is not None, "every output voxel lies in a blend window"
-        return (total / self.weight_sum(box)[None]).astype(np.float32)
+        reach = list(zip(self.output_window, box, strict=True))
+        windows = [starts for starts in self.blend_windows()
+                   if all(s < hi and s + n > lo for s, (n, (lo, hi)) in zip(starts, reach, strict=True))]
+        sums: dict[str, Any] = {"z": None, "row": None, "total": None}
+
+        def end_row() -> None:
+            if sums["row"] is not None:
+                sums["total"] = sums["row"] if sums["total"] is None else sums["total"] + sums["row"]
+            sums["row"] = None
+
+        def take(starts: tuple[int, ...], result: np.ndarray) -> None:
+            if starts[0] != sums["z"]:
+                end_row()
+                sums["z"] = starts[0]
+            reach, values = self.weigh(starts, result)
+            if sums["row"] is None:
+                sums["row"] = np.zeros((values.shape[0], *(b - a for a, b in box)), np.float32)
+            row = sums["row"]
+            part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(reach, box, strict=True))
+            into = (slice(None), *(slice(lo - b0, hi - b0) for (lo, hi), (b0, _) in zip(part, box, strict=True)))
+            row[into] = row[into] + values[(slice(None), *(slice(lo - a, hi - a) for (lo, hi), (a, _) in
+                                                           zip(part, reach, strict=True)))]
+
+        # windows in C order: those of one z start follow each other, rows in order
+        self.forward_each(windows, take)
+        end_row()
+        assert sums["total"] is not None, "every output voxel lies in a blend window"
+        return (sums["total"] / self.weight_sum(box)[None]).astype(np.float32)
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         """The activated outputs of the window whose outputs start at ``starts`` (output voxels)."""
-        x = _read(self.source, self.contract.input_extent(tuple(starts)), self.window, self.prepared, self.net.padding)
-        return _forward(self.model, self.net, x, self.flips, self.channel_map, self.device, self.memory_format,
+        return self._compute(self._read_window(starts))
+
+    def forward_each(self, items: Sequence[Item], take: Callable[[Item, np.ndarray], None], *,
+                     starts: Callable[[Item], Sequence[int]] = lambda item: item,
+                     poll: Callable[[], None] | None = None) -> None:
+        """``take(item, self.forward(starts(item)))`` for every item, in order, from one
+        background thread, while the next windows are read (another thread) and computed (this
+        one): the same numbers as one window after another. ``poll`` runs before each forward
+        (a progress bar's cancel check)."""
+
+        def compute(x: np.ndarray) -> np.ndarray:
+            if poll is not None:
+                poll()
+            return self._compute(x)
+
+        run_pipeline(items, lambda item: self._read_window(starts(item)), compute, take,
+                     prefetch=PREFETCH, pending=PENDING)
+
+    def _read_window(self, starts: Sequence[int]) -> np.ndarray:
+        return read_window(self.source, self.contract.input_extent(tuple(starts)), self.window, self.prepared,
+                     self.net.padding)
+
+    def _compute(self, x: np.ndarray) -> np.ndarray:
+        return forward_window(self.model, self.net, x, self.flips, self.channel_map, self.device, self.memory_format,
                         self.precision)
 
 
@@ -326,63 +371,6 @@ def _over_stack(net: StackNet, window: Any, tta: Any, channel_map: Any) -> tuple
     if channel_map:
         channel_map = {a + 1: order for a, order in channel_map.items()}
     return window, tta, channel_map
-
-
-def gaussian(n: int) -> np.ndarray:
-    """Per-axis blending weights: a Gaussian with sigma n/8 centred on the window, floored at
-    1e-3 of its peak so edge voxels covered by one window keep a defined value."""
-    x = np.arange(n) - (n - 1) / 2
-    g = np.exp(-(x**2) / (2 * (n / 8) ** 2))
-    return np.maximum(g / g.max(), 1e-3).astype(np.float32)
-
-
-def _outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    result = np.asarray(vectors[0], np.float32)
-    for v in vectors[1:]:
-        result = np.multiply.outer(result, np.asarray(v, np.float32))
-    return result
-
-
-def _forward(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
-             device: torch.device, memory_format: torch.memory_format | None = None,
-             precision: Precision = FLOAT32) -> np.ndarray:
-    """The window's activated outputs: logits averaged over the flips, then the activation, both
-    in float32 whatever the model computed in."""
-    x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
-    if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
-        x_t = x_t.contiguous(memory_format=memory_format)
-    total = None
-    with torch.inference_mode():
-        with autocast(precision, device):
-            for axes in flips:
-                dims = [a + 2 for a in axes]
-                logits = model(x_t.flip(dims) if dims else x_t).float()
-                if dims:
-                    logits = logits.flip(dims)
-                    for a in axes:
-                        if channel_map and a in channel_map:
-                            logits = logits[:, list(channel_map[a])]
-                total = logits if total is None else total + logits
-        result = net.activate(total / len(flips))
-    return result[0].float().cpu().contiguous().numpy()
-
-
-def _read(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
-          prepared: Prepared | None = None, padding: tuple[str, float] = ("constant", 0.0)) -> np.ndarray:
-    """The window at ``starts``, preprocessed, padded beyond the image's high end (its padding to
-    the factor, after the preprocessing, as a whole-image forward would pad it): with zeros, or
-    as ``padding`` says (NumPy's mode and, for ``constant``, the value). A window that holds the
-    image's high end pads from it, so edge, reflect and symmetric padding equal the image's."""
-    box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
-    if prepared is None:
-        data = to_float32(source.read(box))
-    else:  # the steps act on the values as stored
-        data = prepared.apply(Prepared.values(source.read(box)), starts)
-    pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
-    if not any(p for _, p in pad[1:]):
-        return np.ascontiguousarray(data)
-    mode, value = padding
-    return np.pad(data, pad, constant_values=value) if mode == "constant" else np.pad(data, pad, mode=mode)
 
 
 def flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:

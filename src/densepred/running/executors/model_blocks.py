@@ -6,7 +6,7 @@ Exact windows own the output in ranges that start at multiples of their step
 the windows that own it: each worker computes the windows that reach into its block and
 writes their part inside it (a window straddling two blocks is computed by both). A blended
 block takes every window that meets it, keeps the weighted sum inside it and divides by the
-weight sum there (:meth:`ModelRun.values_in`): the same bytes as one process.
+weight sum there (:meth:`ModelRun.write_in`): the same bytes as one process.
 
 The model travels by value (:class:`ModelPayload`: its class name and kwargs, the bytes of its
 weights, of its ``.py`` file or model file (``.pt2``, TorchScript, ONNX), the output it
@@ -119,15 +119,16 @@ def run_model_block(payload: ModelPayload, job: ModelBlockJob, block_id: int) ->
         run = ModelRun.create(_model(payload, job), source, job.mode, job.window, job.overlap, job.tta, None,
                               job.device, job.prepared, precision=job.precision)
         box = job.blocks.box(block_id)
-        sink, written = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict,
-                                                                                    run.contract.scale)), 0
+        sink = Sink(open_output(job.output, clean=False), job.encoding, NonFinite(job.shift, job.strict,
+                                                                              run.contract.scale))
+        written: list[int] = []
         try:
-            for part, values in run.values_in(box):
-                written += sink.write([slice(lo, hi) for lo, hi in part], values)
+            run.write_in(box, lambda part, values: written.append(sink.write([slice(lo, hi) for lo, hi in part],
+                                                                             values)))
         finally:
             sink.output.close()
         non_finite = sink.non_finite
-    return BlockResult(block_id, tuple(job.blocks.tile_ids(block_id)), written, non_finite.count, non_finite.first,
+    return BlockResult(block_id, tuple(job.blocks.tile_ids(block_id)), sum(written), non_finite.count, non_finite.first,
                        worker, time.perf_counter() - start)
 
 

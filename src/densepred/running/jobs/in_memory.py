@@ -27,7 +27,7 @@ from ...networks.memory_budget import memory_budget
 from ...networks.precision import autocast, precision_for
 from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned, mapped_zeros
-from ..compute.model_run import ModelRun, source_of
+from ..compute.model_run import ExactPiece, ModelRun, source_of
 from ..compute.tiles import WRITERS, make_engine, predict_tiles
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry
 
@@ -244,9 +244,10 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     ``precision``: as in :func:`densepred.predict_dense` (16-bit types under ``torch.autocast``).
     """
     net, source = source_of(net, image)
-    with large_blocks_returned():  # the probes' memory too
+    with large_blocks_returned():  # the probes' memory
         run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
                               memory_limit=memory_limit, in_memory=out is None, precision=precision)
+    with large_blocks_returned(not run.heap_kept):
         if out is None:  # in its own memory map: on the heap it would split the space activations reuse
             out = mapped_zeros((run.written.channels, *run.output_shape), np.float32)
             if run.mode == "blend":
@@ -259,12 +260,14 @@ def _blend_into(run: ModelRun, out: np.ndarray, progress: ProgressOption) -> np.
     at a time."""
     windows = list(run.blend_windows())
     bar = Progress(math.prod(run.output_shape), "predict (blend)", progress, terminal=True)
+
+    def take(starts: tuple[int, ...], result: np.ndarray) -> None:
+        box, values = run.weigh(starts, result)
+        out[(slice(None), *(slice(a, b) for a, b in box))] += values
+        bar.update(math.prod(run.output_shape) / len(windows))
+
     try:
-        for starts in windows:
-            bar.poll()
-            box, values = run.weighted(starts)
-            out[(slice(None), *(slice(a, b) for a, b in box))] += values
-            bar.update(math.prod(run.output_shape) / len(windows))
+        run.forward_each(windows, take, poll=bar.poll)
     finally:
         bar.close()
     for z in range(run.output_shape[0]):
@@ -280,11 +283,13 @@ def _exact_into(run: ModelRun, out: Any, progress: ProgressOption) -> Any:
         raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
                              f"{', '.join(map(str, run.output_shape))})")
     bar = Progress(math.prod(run.output_shape), "predict (exact)", progress, terminal=True)
+
+    def take(piece: ExactPiece, result: np.ndarray) -> None:
+        out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.crop_owned(piece, result)
+        bar.update(math.prod(b - a for a, b in piece.box))
+
     try:
-        for piece in run.exact_windows():
-            bar.poll()
-            out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.owned(piece)
-            bar.update(math.prod(b - a for a, b in piece.box))
+        run.forward_each(run.exact_windows(), take, starts=lambda piece: piece.starts, poll=bar.poll)
     finally:
         bar.close()
     return out

@@ -15,7 +15,7 @@ in one process and the other way round:
   start has all its windows, and is divided by the weight sum (a product of per-axis sums),
   encoded and written. ``rows.log`` and ``slabs.log`` record progress; a row or slab cut short
   by a crash is redone from scratch, so a resumed output is byte-identical. A cluster block
-  sums the same windows in the same order (:meth:`ModelRun.values_in`): the same bytes.
+  sums the same windows in the same order (:meth:`ModelRun.write_in`): the same bytes.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ModelShards:
     def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
         """Exact windows or blended rows of windows, in this process."""
         sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, job.strict, self.run.contract.scale))
-        with large_blocks_returned():
+        with large_blocks_returned(not self.run.heap_kept):
             if self.run.mode == "exact":
                 done_log = DoneLog(self.record_dir)
                 try:
@@ -220,15 +220,19 @@ def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int
     """Row ``r``: the weighted sum of the windows starting at ``z``, into ``row<r>`` (from zeros)."""
     out_shape = run.output_shape
     rest = [[s for s in axis if s < n] for axis, n in zip(run.blend_axes()[1:], out_shape[1:], strict=True)]
-    rows = None
-    for starts in itertools.product(*rest):
-        box, values = run.weighted((z, *starts))
-        if rows is None:
+    made: dict[str, Any] = {}
+
+    def take(starts: tuple[int, ...], result: np.ndarray) -> None:
+        box, values = run.weigh(starts, result)
+        if "rows" not in made:
             shape = (values.shape[0], min(depth, out_shape[0] - z), *out_shape[1:])
-            rows = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
-                                     chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0)
+            made["rows"] = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
+                                             chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0)
+        rows = made["rows"]
         key = (slice(None), slice(0, box[0][1] - box[0][0]), *(slice(a, b) for a, b in box[1:]))
         rows[key] = rows[key] + values
+
+    run.forward_each([(z, *starts) for starts in itertools.product(*rest)], take)
 
 
 def _blend_slab(run: ModelRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,

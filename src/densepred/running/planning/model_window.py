@@ -35,6 +35,13 @@ log = logging.getLogger("densepred")
 
 DEFAULT_WINDOW = 64  # the least a default window is (per axis), as MONAI's examples use
 PROBE_VOXELS = 2**17  # the measured forward's input, about 50^3
+# windows a run holds besides the one computed, on each side (ModelRun.forward_each): one read
+# ahead in the queue and one being read; one computed in the queue and one being written
+IN_FLIGHT = 2
+# a model's windows with freed heap blocks kept, over returned: peak over the baseline of MONAI's
+# BasicUNet blend (64 x 128 x 128 windows) 1.65 against 0.92 GiB; its windows 1.7x faster so
+# (docs/BENCHMARKS.md, "Kept or returned")
+HEAP_KEPT = 2.0
 MARGIN = 1.25  # measured peak resident memory of a blended BasicUNet over the estimate: 1.07
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str, bool], ModelMemory]] = (
     weakref.WeakKeyDictionary())
@@ -55,12 +62,13 @@ class ModelMemory:
     outputs_per_voxel: float = 1.0
 
     def window_bytes(self, window: Sequence[int], in_channels: int, views: int = 1) -> int:
-        """Estimated peak bytes of one window: the forward, the input as read, padded and on
-        the device (3 copies), the outputs logits, activated and returned (3), a running sum
-        of the flipped views' logits."""
+        """Estimated peak bytes of a run's windows: one forward, the input as read, padded and
+        on the device (3 copies), the outputs logits, activated and returned (3), a running sum
+        of the flipped views' logits, and the windows in flight besides it (:data:`IN_FLIGHT`:
+        inputs read ahead, outputs waiting to be written)."""
         voxels = math.prod(window)
         outputs = voxels * self.outputs_per_voxel
-        buffers = 4 * (3 * in_channels * voxels + (3 + (views > 1)) * self.channels * outputs)
+        buffers = 4 * ((3 + IN_FLIGHT) * in_channels * voxels + (3 + IN_FLIGHT + (views > 1)) * self.channels * outputs)
         return int(MARGIN * (self.per_voxel * voxels + buffers))
 
 
@@ -270,30 +278,39 @@ def _fitted(c: TilingContract, spatial: Sequence[int], window: Sequence[int]) ->
 
 
 def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None, in_memory: bool,
-                  reason: str = "it was given") -> tuple[tuple[int, ...], int]:
-    """The run's window and the model's output channels (from the memory probe's small forward,
-    measured once per model and device). With ``budgeted``, an exact run's default window sized
+                  reason: str = "it was given") -> tuple[tuple[int, ...], int, bool]:
+    """The run's window, the model's output channels (from the memory probe's small forward,
+    measured once per model and device) and whether the heap may keep freed blocks while the
+    windows run (:func:`heap_kept`). With ``budgeted``, an exact run's default window sized
     to the memory budget (``size``), or the run's window checked against it (a warning when
     over that says why it runs anyway: ``reason``)."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
-    if not budgeted:
-        return run.window, memory.channels
     budget = memory_budget(memory_limit, run.device)
     if in_memory:
         budget = budget.less(result_bytes(memory, run.output_shape))
-    if not size:
-        check_window(memory, run.window, run.net.in_channels, views, budget, reason)
-        return run.window, memory.channels
-    context = c.context_with(run.flips)
-    window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
-                            exact_counter(spatial, c, context), c.factor,
-                            lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
-    log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window), budget.limit / 2**30)
-    return window, memory.channels
+    window = run.window
+    if budgeted and not size:
+        check_window(memory, window, run.net.in_channels, views, budget, reason)
+    elif budgeted:
+        context = c.context_with(run.flips)
+        window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
+                                exact_counter(spatial, c, context), c.factor,
+                                lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
+        log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window),
+                 budget.limit / 2**30)
+    return window, memory.channels, heap_kept(memory.window_bytes(window, run.net.in_channels, views), budget)
 
 
-__all__ = ["DEFAULT_WINDOW", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget", "budget_window",
-           "covering_window", "exact_counter", "largest_window", "model_memory", "probe_window", "smallest_exact",
-           "window_for"]
+def heap_kept(window_bytes: int, budget: MemoryBudget) -> bool:
+    """Whether a run's windows may keep freed heap blocks for the next window (fast: a window's
+    maps are reused, not faulted in afresh) rather than return them to the system: where the
+    budget holds :data:`HEAP_KEPT` times the windows' estimate. On a GPU the maps are on the
+    device, and the heap holds only buffers: always kept."""
+    return budget.device == "cuda" or window_bytes * HEAP_KEPT <= budget.room
+
+
+__all__ = ["DEFAULT_WINDOW", "HEAP_KEPT", "IN_FLIGHT", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget",
+           "budget_window", "covering_window", "exact_counter", "heap_kept", "largest_window", "model_memory",
+           "probe_window", "smallest_exact", "window_for"]

@@ -1,0 +1,73 @@
+"""One window of a model written elsewhere: read (preprocessed, padded as a whole-image forward
+pads), computed (flipped views averaged, activated, in float32), and weighed for blending."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...io import ChannelFirst, to_float32
+from ...networks.devices import dtype_of
+from ...networks.foreign import ForeignNet
+from ...networks.precision import FLOAT32, Precision, autocast
+from .preprocess import Prepared
+
+
+def gaussian(n: int) -> np.ndarray:
+    """Per-axis blending weights: a Gaussian with sigma n/8 centred on the window, floored at
+    1e-3 of its peak so edge voxels covered by one window keep a defined value."""
+    x = np.arange(n) - (n - 1) / 2
+    g = np.exp(-(x**2) / (2 * (n / 8) ** 2))
+    return np.maximum(g / g.max(), 1e-3).astype(np.float32)
+
+
+def outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    result = np.asarray(vectors[0], np.float32)
+    for v in vectors[1:]:
+        result = np.multiply.outer(result, np.asarray(v, np.float32))
+    return result
+
+
+def forward_window(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
+             device: torch.device, memory_format: torch.memory_format | None = None,
+             precision: Precision = FLOAT32) -> np.ndarray:
+    """The window's activated outputs: logits averaged over the flips, then the activation, both
+    in float32 whatever the model computed in."""
+    x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
+    if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
+        x_t = x_t.contiguous(memory_format=memory_format)
+    total = None
+    with torch.inference_mode():
+        with autocast(precision, device):
+            for axes in flips:
+                dims = [a + 2 for a in axes]
+                logits = model(x_t.flip(dims) if dims else x_t).float()
+                if dims:
+                    logits = logits.flip(dims)
+                    for a in axes:
+                        if channel_map and a in channel_map:
+                            logits = logits[:, list(channel_map[a])]
+                total = logits if total is None else total + logits
+        result = net.activate(total / len(flips))
+    return result[0].float().cpu().contiguous().numpy()
+
+
+def read_window(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
+          prepared: Prepared | None = None, padding: tuple[str, float] = ("constant", 0.0)) -> np.ndarray:
+    """The window at ``starts``, preprocessed, padded beyond the image's high end (its padding to
+    the factor, after the preprocessing, as a whole-image forward would pad it): with zeros, or
+    as ``padding`` says (NumPy's mode and, for ``constant``, the value). A window that holds the
+    image's high end pads from it, so edge, reflect and symmetric padding equal the image's."""
+    box = tuple(slice(s, min(s + w, n)) for s, w, n in zip(starts, window, source.spatial_shape, strict=True))
+    if prepared is None:
+        data = to_float32(source.read(box))
+    else:  # the steps act on the values as stored
+        data = prepared.apply(Prepared.values(source.read(box)), starts)
+    pad = [(0, 0)] + [(0, w - (b.stop - b.start)) for w, b in zip(window, box, strict=True)]
+    if not any(p for _, p in pad[1:]):
+        return np.ascontiguousarray(data)
+    mode, value = padding
+    return np.pad(data, pad, constant_values=value) if mode == "constant" else np.pad(data, pad, mode=mode)

@@ -1,0 +1,125 @@
+"""A model written elsewhere runs its windows through the read/compute/write pipeline: the next
+windows are read and computed while the last one is written, with the numbers of one window
+after another."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import densepred
+from densepred.errors import Cancelled
+from densepred.running.compute.model_run import ModelRun
+
+
+class Smooth(nn.Module):
+    """Two 3x3x3 convolutions: a context of 2 voxels per side, exactly tileable."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, 2, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture
+def run():
+    torch.manual_seed(3)
+    net = densepred.from_torch(Smooth().eval(), dims=3, in_channels=1)
+    image = np.random.default_rng(5).random((1, 23, 37, 29), dtype=np.float32)
+    return ModelRun.create(net, image, "exact", (12, 16, 16), 0.5, None, None, "cpu")
+
+
+def test_windows_are_read_and_computed_while_the_last_is_written_with_the_same_numbers(run):
+    pieces = run.exact_windows()
+    assert len(pieces) > 4
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    original = run._read_window
+
+    def read(starts):
+        with lock:
+            events.append(("read", starts_of[tuple(starts)]))
+        return original(starts)
+
+    starts_of = {p.starts: i for i, p in enumerate(pieces)}
+    run._read_window = read
+    results: dict[int, np.ndarray] = {}
+
+    def take(piece, result):
+        i = starts_of[piece.starts]
+        with lock:
+            events.append(("take", i))
+        time.sleep(0.05)  # a slow write: the reader and the model go on meanwhile
+        results[i] = result
+        with lock:
+            events.append(("taken", i))
+
+    run.forward_each(pieces, take, starts=lambda piece: piece.starts)
+    assert [i for kind, i in events if kind == "take"] == list(range(len(pieces)))  # in order, one writer
+    first_written = events.index(("taken", 0))
+    assert ("read", 2) in events[:first_written]  # read ahead while window 0 was being written
+    run._read_window = original
+    for i, piece in enumerate(pieces):
+        np.testing.assert_array_equal(results[i], run.forward(piece.starts))  # bit for bit
+
+
+def test_an_error_in_the_writer_or_a_cancel_stops_the_windows(run):
+    pieces = run.exact_windows()
+    computed: list[int] = []
+    original = run._compute
+
+    def compute(x):
+        computed.append(1)
+        return original(x)
+
+    run._compute = compute
+
+    def failing(piece, result):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run.forward_each(pieces, failing, starts=lambda piece: piece.starts)
+    assert len(computed) < len(pieces)  # stopped early, not after every window
+
+    def cancel():
+        if len(computed) >= 2:
+            raise Cancelled("cancelled")
+
+    computed.clear()
+    with pytest.raises(Cancelled):
+        run.forward_each(pieces, lambda piece, result: None, starts=lambda piece: piece.starts, poll=cancel)
+    assert len(computed) == 2
+
+
+def test_windows_keep_the_heap_where_the_budget_holds_twice_their_estimate(monkeypatch):
+    from densepred.networks.memory_budget import MemoryBudget
+    from densepred.running.jobs import in_memory
+    from densepred.running.planning import model_window
+
+    assert model_window.heap_kept(100, MemoryBudget(1000, 800, "cpu"))  # room 200: twice the estimate
+    assert not model_window.heap_kept(101, MemoryBudget(1000, 800, "cpu"))
+    assert model_window.heap_kept(10**12, MemoryBudget(1000, 800, "cuda"))  # the maps are on the device
+
+    modes: list[bool] = []
+    real = in_memory.large_blocks_returned
+
+    def recording(returned=True):
+        modes.append(returned)
+        return real(returned)
+
+    monkeypatch.setattr(in_memory, "large_blocks_returned", recording)
+    torch.manual_seed(3)
+    net = densepred.from_torch(Smooth().eval(), dims=3, in_channels=1)
+    image = np.random.default_rng(6).random((19, 27, 21), dtype=np.float32)
+    kept = densepred.predict_dense(net, image, mode="exact", tile_shape=(10, 14, 14))
+    monkeypatch.setattr(model_window, "HEAP_KEPT", 10.0**15)  # no budget holds that
+    returned = densepred.predict_dense(net, image, mode="exact", tile_shape=(10, 14, 14))
+    assert modes == [True, False, True, True]  # the probes return; the windows keep, then return
+    np.testing.assert_array_equal(kept, returned)
