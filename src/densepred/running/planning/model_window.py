@@ -300,7 +300,13 @@ def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None
                                 lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
         log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window),
                  budget.limit / 2**30)
-    return window, memory.channels, heap_kept(memory.window_bytes(window, run.net.in_channels, views), budget)
+    estimate = memory.window_bytes(window, run.net.in_channels, views)
+    kept = heap_kept(estimate, budget)
+    if not kept:
+        log.info("the windows return their maps to the system as they free them: the memory limit of %.2f GiB "
+                 "holds less than %g times their estimate of %.2f GiB (a larger limit runs faster)",
+                 budget.limit / 2**30, HEAP_KEPT, estimate / 2**30)
+    return window, memory.channels, kept
 
 
 def heap_kept(window_bytes: int, budget: MemoryBudget) -> bool:
