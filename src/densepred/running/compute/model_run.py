@@ -291,9 +291,9 @@ class ModelRun:
     def blended(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
         """The blend over ``box``: every window that meets it, weighted, summed per row of equal
         z start and the rows summed in order, divided by the weight sum."""
-        reach = list(zip(self.output_window, box, strict=True))
+        sizes = list(zip(self.output_window, box, strict=True))
         windows = [starts for starts in self.blend_windows()
-                   if all(s < hi and s + n > lo for s, (n, (lo, hi)) in zip(starts, reach, strict=True))]
+                   if all(s < hi and s + n > lo for s, (n, (lo, hi)) in zip(starts, sizes, strict=True))]
         sums: dict[str, Any] = {"z": None, "row": None, "total": None}
 
         def end_row() -> None:
@@ -342,11 +342,11 @@ class ModelRun:
 
     def _read_window(self, starts: Sequence[int]) -> np.ndarray:
         return read_window(self.source, self.contract.input_extent(tuple(starts)), self.window, self.prepared,
-                     self.net.padding)
+                           self.net.padding)
 
     def _compute(self, x: np.ndarray) -> np.ndarray:
-        return forward_window(self.model, self.net, x, self.flips, self.channel_map, self.device, self.memory_format,
-                        self.precision)
+        return forward_window(self.model, self.net, x, self.flips, self.channel_map, self.device,
+                              self.memory_format, self.precision)
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:

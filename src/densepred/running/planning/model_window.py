@@ -39,7 +39,7 @@ PROBE_VOXELS = 2**17  # the measured forward's input, about 50^3
 # ahead in the queue and one being read; one computed in the queue and one being written
 IN_FLIGHT = 2
 # a model's windows with freed heap blocks kept, over returned: peak over the baseline of MONAI's
-# BasicUNet blend (64 x 128 x 128 windows) 1.65 against 0.92 GiB; its windows 1.7x faster so
+# BasicUNet blend (64 x 128 x 128 windows) 1.65 against 0.92 GiB; its runs 1.4-1.7x faster so
 # (docs/BENCHMARKS.md, "Kept or returned")
 HEAP_KEPT = 2.0
 MARGIN = 1.25  # measured peak resident memory of a blended BasicUNet over the estimate: 1.07
