@@ -33,6 +33,7 @@ from ...pipeline import run_pipeline
 from ...progress import Progress, ProgressOption
 from ..planning.model_window import (
     DEFAULT_WINDOW,
+    IN_FLIGHT,
     OverBudget,
     budget_window,
     window_for,
@@ -43,9 +44,9 @@ from .windows import forward_window, gaussian, outer, read_window
 log = logging.getLogger("densepred")
 
 MODES = ("auto", "exact", "blend")
-# windows in flight besides the one computed: read ahead, and computed waiting for the writer
-# (counted in the memory budget: :meth:`~densepred.running.planning.model_window.ModelMemory.window_bytes`)
-PREFETCH = PENDING = 1
+# windows queued besides those being read, computed and written: IN_FLIGHT counts the queued
+# one and the one in the reading (or writing) thread, as the memory budget does
+PREFETCH = PENDING = IN_FLIGHT - 1
 Item = TypeVar("Item")
 
 

@@ -25,6 +25,7 @@ def gaussian(n: int) -> np.ndarray:
 
 
 def outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The outer product of per-axis vectors, in float32."""
     result = np.asarray(vectors[0], np.float32)
     for v in vectors[1:]:
         result = np.multiply.outer(result, np.asarray(v, np.float32))
@@ -32,8 +33,8 @@ def outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def forward_window(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
-             device: torch.device, memory_format: torch.memory_format | None = None,
-             precision: Precision = FLOAT32) -> np.ndarray:
+                   device: torch.device, memory_format: torch.memory_format | None = None,
+                   precision: Precision = FLOAT32) -> np.ndarray:
     """The window's activated outputs: logits averaged over the flips, then the activation, both
     in float32 whatever the model computed in."""
     x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
@@ -56,7 +57,7 @@ def forward_window(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple
 
 
 def read_window(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
-          prepared: Prepared | None = None, padding: tuple[str, float] = ("constant", 0.0)) -> np.ndarray:
+                prepared: Prepared | None = None, padding: tuple[str, float] = ("constant", 0.0)) -> np.ndarray:
     """The window at ``starts``, preprocessed, padded beyond the image's high end (its padding to
     the factor, after the preprocessing, as a whole-image forward would pad it): with zeros, or
     as ``padding`` says (NumPy's mode and, for ``constant``, the value). A window that holds the

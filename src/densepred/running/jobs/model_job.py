@@ -220,15 +220,15 @@ def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int
     """Row ``r``: the weighted sum of the windows starting at ``z``, into ``row<r>`` (from zeros)."""
     out_shape = run.output_shape
     rest = [[s for s in axis if s < n] for axis, n in zip(run.blend_axes()[1:], out_shape[1:], strict=True)]
-    made: dict[str, Any] = {}
+    rows = None
 
     def take(starts: tuple[int, ...], result: np.ndarray) -> None:
+        nonlocal rows
         box, values = run.weigh(starts, result)
-        if "rows" not in made:
+        if rows is None:
             shape = (values.shape[0], min(depth, out_shape[0] - z), *out_shape[1:])
-            made["rows"] = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
-                                             chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0)
-        rows = made["rows"]
+            rows = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
+                                     chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0)
         key = (slice(None), slice(0, box[0][1] - box[0][0]), *(slice(a, b) for a, b in box[1:]))
         rows[key] = rows[key] + values
 

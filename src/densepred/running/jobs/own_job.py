@@ -141,8 +141,9 @@ def plan_net(job: PredictJob) -> PlannedJob:
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
+    pyramid = out_spec.kind == "zarr" and job.levels != 1  # OME-Zarr levels, built by the writers
     geometry, plan, engine_mode, batch_size, estimate = job_tiles(job, cfg.prediction.batch_size, net, source,
-                                                                  encoding, previous, device)
+                                                                  encoding, previous, device, pyramid)
     layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
               else None)
     record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding, device)

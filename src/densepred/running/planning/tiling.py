@@ -26,7 +26,7 @@ from ...geometry import (
     halved_tile,
     slices_that_fit,
 )
-from ...io import ArraySpec, ChannelFirst
+from ...io import ChannelFirst
 from ...io.encoding import Encoding
 from ...networks import DenseNet
 from ...networks.memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
@@ -202,10 +202,12 @@ def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
 
 
 def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: ChannelFirst, encoding: Encoding,
-              previous: dict[str, Any] | None, device: torch.device) -> tuple[Geometry, TilePlan, str, int, int]:
+              previous: dict[str, Any] | None, device: torch.device,
+              pyramid: bool) -> tuple[Geometry, TilePlan, str, int, int]:
     """A file job's geometry over its input (a 2D net over a stack: slice by slice), tiles,
     engine and batch size (given, else those of the interrupted run ``previous``, else the
-    config's ``config_batch``), and the estimated peak memory of the run.
+    config's ``config_batch``), and the estimated peak memory of the run (``pyramid``: the
+    writers build pyramid levels as they write).
 
     A resumed run takes its recorded tile as it was planned (after clipping to the image or
     region), without checking it again for the mode: it was valid when first planned.
@@ -220,7 +222,6 @@ def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: Channel
         raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
     budget = memory_budget(job.memory_limit, device)
-    pyramid = ArraySpec.parse(job.output).kind == "zarr" and job.levels != 1  # OME-Zarr levels built by the writers
     footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize, pyramid)
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
