@@ -10,7 +10,8 @@ The same specs as for input (see :mod:`densepred.arrays`):
 * ``out.npy`` - a NumPy file, written through a memory map.
 
 Each tile is written into its own box (a whole chunk for zarr and HDF5) and flushed before
-the tile is recorded as done.
+the tile is recorded as done. Whole shards of densepred's OME-Zarr outputs are encoded in the
+writing thread (:mod:`.shard_files`, zarr's own bytes); other writes go through zarr.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
 from .ome_zarr import OmeLayout, create_levels, ome_attributes
+from .reading import plain_box
+from .shard_files import shard_files
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
@@ -41,6 +44,7 @@ class OutputArray:
                  levels: Sequence[Any] = ()):
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
         self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
+        self._shards = shard_files(array) if spec.kind == "zarr" else None  # whole shards written here
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
 
@@ -59,7 +63,9 @@ class OutputArray:
         return np.dtype(self.array.dtype)
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        self.array[key] = value
+        box = None if self._shards is None else plain_box(key, self.shape)
+        if box is None or not self._shards.write(box, value):
+            self.array[key] = value
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self.array[key])
@@ -222,8 +228,9 @@ def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
 def remove_partial_writes(folder: Path) -> int:
     """Delete the temporary files of chunk writes a crash cut short.
 
-    zarr's local store writes each chunk to ``<chunk>.<random>.partial`` and renames it into
-    place, so a killed process can leave one behind; the chunk itself is rewritten on resume.
+    zarr's local store (and :mod:`.shard_files`) writes each chunk to ``<chunk>.<random>.partial``
+    and renames it into place, so a killed process can leave one behind; the chunk itself is
+    rewritten on resume.
     """
     stray = list(folder.rglob("*.partial"))
     for path in stray:

@@ -2,7 +2,9 @@
 
 A corrupt or truncated chunk (a failed decompression), a truncated HDF5 file or a file gone
 mid-run raises deep inside zarr, numcodecs or h5py; :func:`read_box` turns that into a
-:class:`~densepred.errors.DensePredError` that names the first unreadable chunk.
+:class:`~densepred.errors.DensePredError` that names the first unreadable chunk. Boxes of zarr
+arrays on local disk are read from their chunk files (:mod:`.chunk_files`) where their stored
+form allows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
+from .chunk_files import chunk_files
 
 MAX_CHUNKS_SEARCHED = 4096
 
@@ -21,11 +24,22 @@ MAX_CHUNKS_SEARCHED = 4096
 def read_box(array: Any, key: tuple[slice, ...]) -> np.ndarray:
     """``array[key]`` as a NumPy array; a storage failure is one line naming the chunk."""
     try:
-        return np.asarray(array[key])
+        files, box = chunk_files(array), plain_box(key, tuple(getattr(array, "shape", ())))
+        return files.read(box) if files is not None and box is not None else np.asarray(array[key])
     except (DensePredError, MemoryError):
         raise
     except Exception as exc:  # a corrupt or truncated chunk, a vanished file
         raise DensePredError(unreadable(array, key, exc)) from None
+
+
+def plain_box(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """``key`` as one non-empty slice of step 1 per axis, inside ``shape``; None for other keys."""
+    key = key if isinstance(key, tuple) else (key,)
+    if len(key) > len(shape) or not all(isinstance(k, slice) for k in key):
+        return None
+    box = tuple(slice(*k.indices(n)) for k, n in zip((*key, *[slice(None)] * (len(shape) - len(key))), shape,
+                                                      strict=True))
+    return box if all(s.step == 1 and s.stop > s.start for s in box) else None
 
 
 def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
