@@ -50,10 +50,28 @@ def test_whole_shards_are_zarrs_own_bytes(tmp_path, dtype, shape, chunks, shards
     assert not list((tmp_path / "own.zarr").rglob("*.partial"))
 
 
-def test_writes_off_the_shard_grid_and_other_forms_are_zarrs(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shards_written_in_parts_of_whole_inner_chunks_are_zarrs_own_bytes(tmp_path, seed):
+    shape, chunks, shards = (2, 27, 41, 30), (2, 4, 8, 6), (2, 12, 16, 18)
+    reference, own = _pair(tmp_path, shape, "uint8", chunks, shards)
+    rng = np.random.default_rng(seed)
+    writer = shard_files(own)
+    for _ in range(12):  # random boxes of whole inner chunks, some across shards, some written again
+        box = [slice(None)]
+        for n, c in zip(shape[1:], chunks[1:], strict=True):
+            a = int(rng.integers(0, -(-n // c))) * c
+            box.append(slice(a, min(n, a + c * int(rng.integers(1, 4)))))
+        values = rng.integers(0, 255, [s.stop - s.start for s in box[1:]], dtype="uint8")[None].repeat(2, 0)
+        assert writer.write(tuple(slice(*s.indices(n)) for s, n in zip(box, shape, strict=True)), values)
+        reference[tuple(box)] = values
+        assert _files(tmp_path / "own.zarr") == _files(tmp_path / "zarr.zarr")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "own.zarr"), mode="r")[:], reference[:])
+
+
+def test_writes_off_the_inner_chunks_and_other_forms_are_zarrs(tmp_path):
     _, own = _pair(tmp_path, (30, 30), "uint8", (5, 5), (10, 10))
     writer = shard_files(own)
-    assert not writer.write((slice(5, 15), slice(0, 10)), np.ones((10, 10), "uint8"))  # not on the grid
+    assert not writer.write((slice(3, 15), slice(0, 10)), np.ones((12, 10), "uint8"))  # not on the inner grid
     assert not writer.write((slice(0, 10), slice(0, 10)), np.ones((10, 10), "float64"))  # another dtype
     assert not list((tmp_path / "own.zarr").rglob("c/*/*"))
     other = {

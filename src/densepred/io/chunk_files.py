@@ -73,7 +73,7 @@ class ChunkFiles:
         inner = self.shards.inner
         size = os.fstat(file.fileno()).st_size
         length = self.shards.index_bytes(self.chunks)
-        index = _shard_index(os.pread(file.fileno(), length, size - length if self.shards.index_at_end else 0),
+        index = shard_index(os.pread(file.fileno(), length, size - length if self.shards.index_at_end else 0),
                              self.shards.checksum, [o // i for o, i in zip(self.chunks, inner, strict=True)])
         inside = tuple(slice(max(b.start, s * o), min(b.stop, (s + 1) * o))
                        for b, s, o in zip(box, shard, self.chunks, strict=True))
@@ -173,7 +173,8 @@ def _index_checksum(codecs: tuple[Any, ...]) -> bool | None:
     return True if len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec) else None
 
 
-def _shard_index(raw: bytes, checksum: bool, grid: list[int]) -> np.ndarray:
+def shard_index(raw: bytes, checksum: bool, grid: list[int]) -> np.ndarray:
+    """A shard's index as ``(*grid, 2)`` offsets and lengths; a checksum that fails raises."""
     if checksum:
         import google_crc32c
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
+from .chunk_files import chunk_files
 from .ome_zarr import OmeLayout, create_levels, ome_attributes
 from .reading import plain_box
 from .shard_files import shard_files
@@ -44,15 +45,17 @@ class OutputArray:
                  levels: Sequence[Any] = ()):
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
         self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
-        self._shards = shard_files(array) if spec.kind == "zarr" else None  # whole shards written here
+        self._shards = shard_files(array) if spec.kind == "zarr" else None  # shards written here
+        self._files = chunk_files(array) if spec.kind == "zarr" else None  # chunks read here
+        self._levels: dict[int, OutputArray] = {0: self}
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
 
     def level(self, index: int) -> OutputArray:
         """The output's pyramid level ``index`` (level 0 is the output itself)."""
-        if index == 0:
-            return self
-        return OutputArray(self.spec, self.levels[index], group=self._group, levels=self.levels)
+        if index not in self._levels:
+            self._levels[index] = OutputArray(self.spec, self.levels[index], group=self._group, levels=self.levels)
+        return self._levels[index]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,7 +71,8 @@ class OutputArray:
             self.array[key] = value
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.array[key])
+        box = None if self._files is None else plain_box(key, self.shape)
+        return np.asarray(self.array[key]) if box is None else self._files.read(box)
 
     def flush(self) -> None:
         """Hand written tiles to the operating system (they survive a crash of this process)."""
@@ -89,9 +93,10 @@ class OutputArray:
         elif isinstance(self.array, np.memmap):
             self.array.flush()  # msync(MS_SYNC)
         elif self.spec.kind == "zarr":
-            for path in self._chunk_files(box):
+            paths = self._chunk_files(box)
+            for path in paths:
                 _fsync_file(path)
-            for folder in {path.parent for path in self._chunk_files(box)}:
+            for folder in {path.parent for path in paths}:
                 fsync_folder(folder)
 
     def write_box(self, box: tuple[slice, ...], values: np.ndarray, labels: bool) -> None:
@@ -105,7 +110,7 @@ class OutputArray:
 
     def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
         array = self.array
-        grid = getattr(array, "shards", None) or array.chunks
+        grid = self._shards.shard if self._shards is not None else getattr(array, "shards", None) or array.chunks
         ranges = []
         for s, n, c in zip(box, array.shape, grid, strict=False):
             start, stop, _ = s.indices(n)

@@ -1,18 +1,21 @@
-"""Whole shards of densepred's OME-Zarr outputs, encoded and written in the writing thread.
+"""Shards of densepred's OME-Zarr outputs, encoded and written in the writing thread.
 
 zarr-python encodes every shard written through its one event-loop thread, with the GIL held
-for most of it, so two writer threads and the compute wait behind each other. A tile of
-densepred's own output covers whole shards (the shards are the tiles), and the output's
-codecs are fixed (``sharding_indexed``: ``bytes`` and ``zstd`` inside, a little-endian
-``bytes`` index with ``crc32c`` at the end; every chunk stored). For such a write this module
-builds the shard itself: each inner chunk compressed by numcodecs' zstd (which releases the
-GIL), in zarr's Morton order, the index and its checksum after them, written to a temporary
-file renamed over the shard as zarr's local store does. The bytes are zarr-python's own for
-the same values (the tests compare them); any other write is zarr's.
+for most of it, so two writer threads and the compute wait behind each other. densepred's
+own outputs have fixed codecs (``sharding_indexed``: ``bytes`` and ``zstd`` inside, a
+little-endian ``bytes`` index with ``crc32c`` at the end; every chunk stored), and their
+writes are whole inner chunks: a tile covers whole shards of level 0, its downsampled part
+whole inner chunks of a pyramid level. For such a write this module builds the shard itself:
+each inner chunk compressed by numcodecs' zstd (which releases the GIL), the chunks already
+stored in a shard written in part kept as they are, all in zarr's Morton order, the index and
+its checksum after them, written to a temporary file renamed over the shard as zarr's local
+store does. The bytes are zarr-python's own for the same writes (the tests compare them); any
+other write is zarr's.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import uuid
 from dataclasses import dataclass
@@ -22,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .chunk_files import EMPTY
+from .chunk_files import EMPTY, shard_index
 
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """How to write whole shards of one zarr array."""
+    """How to write the shards of one zarr array, whole or by whole inner chunks."""
 
     array: Any
     folder: Path
@@ -39,43 +42,70 @@ class ShardFiles:
     compress: Any  # a numcodecs codec, or None for raw bytes
 
     def write(self, box: tuple[slice, ...], values: np.ndarray) -> bool:
-        """Write ``values`` over ``box`` if it is whole shards (at the array's end, what of
-        them lies inside); False, writing nothing, otherwise."""
-        grid = []
-        for s, n, c in zip(box, self.shape, self.shard, strict=True):
-            if s.start % c or (s.stop % c and s.stop != n):
-                return False
-            grid.append(range(s.start // c, -(-s.stop // c)))
+        """Write ``values`` over ``box`` if it is made of whole inner chunks (at the array's
+        end, what of them lies inside); False, writing nothing, otherwise. A shard the box
+        covers is written anew; one it covers in part keeps its other stored chunks (the caller
+        writes one shard from one thread at a time, as with zarr)."""
         values = np.asarray(values)
-        if values.shape != tuple(s.stop - s.start for s in box) or values.dtype != self.dtype:
+        if (values.shape != tuple(s.stop - s.start for s in box) or values.dtype != self.dtype
+                or any(s.start % i or (s.stop % i and s.stop != n) for s, i, n in zip(box, self.inner, self.shape,
+                                                                                       strict=True))):
             return False
-        for index in product(*grid):
-            part = tuple(slice(i * c - s.start, min((i + 1) * c, n) - s.start)
-                         for i, c, s, n in zip(index, self.shard, box, self.shape, strict=True))
-            self._put(self.folder / self.array.metadata.encode_chunk_key(index), self._encode(values[part]))
+        for index in product(*(range(s.start // c, -(-s.stop // c)) for s, c in zip(box, self.shard, strict=True))):
+            origin = tuple(i * c for i, c in zip(index, self.shard, strict=True))
+            part = tuple(slice(max(s.start, o), min(s.stop, o + c, n))
+                         for s, o, c, n in zip(box, origin, self.shard, self.shape, strict=True))
+            path = self.folder / self.array.metadata.encode_chunk_key(index)
+            whole = all(p.start == o and p.stop == min(o + c, n)
+                        for p, o, c, n in zip(part, origin, self.shard, self.shape, strict=True))
+            chunks = {} if whole else self._stored(path)
+            local = tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(part, box, strict=True))
+            chunks.update(self._encode(values[local], tuple(p.start - o for p, o in zip(part, origin, strict=True))))
+            self._put(path, self._assemble(chunks))
         return True
 
-    def _encode(self, values: np.ndarray) -> list[bytes]:
-        """One shard of ``values``, padded with the fill value at the array's end, where inner
-        chunks wholly outside the array are not stored."""
-        inside = values.shape
-        if values.shape != self.shard:
-            padded = np.full(self.shard, self.fill, self.dtype)
-            padded[tuple(slice(0, n) for n in values.shape)] = values
-            values = padded
-        counts = tuple(s // i for s, i in zip(self.shard, self.inner, strict=True))
-        index = np.full((*counts, 2), EMPTY, "<u8")
+    def _encode(self, values: np.ndarray, corner: tuple[int, ...]) -> dict[tuple[int, ...], bytes]:
+        """The inner chunks of ``values`` (placed at ``corner`` of its shard), each padded with
+        the fill value where it leaves the array."""
+        encoded = {}
+        for chunk in product(*(range(a // i, -(-(a + n) // i)) for a, n, i in zip(corner, values.shape, self.inner,
+                                                                                   strict=True))):
+            box = tuple(slice(c * i - a, (c + 1) * i - a) for c, i, a in zip(chunk, self.inner, corner, strict=True))
+            block = values[box]
+            if block.shape != self.inner:
+                padded = np.full(self.inner, self.fill, self.dtype)
+                padded[tuple(slice(0, n) for n in block.shape)] = block
+                block = padded
+            raw = np.ascontiguousarray(block)
+            encoded[chunk] = raw.tobytes() if self.compress is None else self.compress.encode(raw)
+        return encoded
+
+    def _assemble(self, chunks: dict[tuple[int, ...], bytes]) -> list[bytes]:
+        """A shard's bytes: its stored chunks in zarr's Morton order, then the index and its
+        crc32c; chunks not stored have the empty entry."""
+        index = np.full((*self._counts(), 2), EMPTY, "<u8")
         pieces, offset = [], 0
-        for chunk in _morton_order(counts):
-            if any(c * i >= n for c, i, n in zip(chunk, self.inner, inside, strict=True)):
-                continue
-            box = tuple(slice(c * i, (c + 1) * i) for c, i in zip(chunk, self.inner, strict=True))
-            raw = np.ascontiguousarray(values[box], self.dtype).tobytes()
-            data = raw if self.compress is None else self.compress.encode(raw)
-            index[chunk] = (offset, len(data))
-            pieces.append(data)
-            offset += len(data)
+        for chunk in _morton_order(self._counts()):
+            data = chunks.get(chunk)
+            if data is not None:
+                index[chunk] = (offset, len(data))
+                pieces.append(data)
+                offset += len(data)
         return [*pieces, _with_checksum(index.tobytes())]
+
+    def _stored(self, path: Path) -> dict[tuple[int, ...], bytes]:
+        """The stored inner chunks of the shard file at ``path`` (none if it does not exist)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        length = 16 * math.prod(self._counts()) + 4
+        index = shard_index(data[-length:], True, list(self._counts()))
+        return {chunk: data[int(index[chunk][0]):int(index[chunk][0] + index[chunk][1])]
+                for chunk in product(*map(range, self._counts())) if int(index[chunk][0]) != EMPTY}
+
+    def _counts(self) -> tuple[int, ...]:
+        return tuple(s // i for s, i in zip(self.shard, self.inner, strict=True))
 
     @staticmethod
     def _put(path: Path, pieces: list[bytes]) -> None:
