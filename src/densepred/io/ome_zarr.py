@@ -25,6 +25,8 @@ import numpy as np
 from ..errors import DensePredError, did_you_mean
 from ..geometry import Level, inner_chunks, level_shard, level_transform
 
+ZSTD_LEVEL = 1  # of the inner chunks' zstd (zarr's default 0 is zstd's 3)
+
 ZARR_DTYPES = ("uint8", "uint16", "uint32", "float32")
 SPACE_UNITS = (
     "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
@@ -116,12 +118,18 @@ def _channel(name: str, value_range: tuple[float, float]) -> dict[str, Any]:
 
 
 def create_levels(group: Any, layout: OmeLayout, dtype: np.dtype) -> list[Any]:
-    """Create the (empty) sharded arrays of every level in ``group``; returns them, level 0 first."""
+    """Create the (empty) sharded arrays of every level in ``group``; returns them, level 0 first.
+
+    Inner chunks are compressed with zstd at level 1, not zarr's default (0, which zstd reads
+    as 3): on a trained net's probability maps level 1 encoded 1.5-1.7x faster and its uint8
+    maps 2% smaller (docs/BENCHMARKS.md); compression is the largest cost of writing."""
+    from zarr.codecs import ZstdCodec
+
     arrays = []
     for level in layout.levels:
         arrays.append(group.create_array(
             str(level.index), shape=layout.shape(level), shards=layout.shard(level), chunks=layout.chunks(level),
-            dtype=dtype, fill_value=0, dimension_names=list(layout.axes)))
+            dtype=dtype, fill_value=0, dimension_names=list(layout.axes), compressors=ZstdCodec(level=ZSTD_LEVEL)))
     return arrays
 
 

@@ -12,7 +12,6 @@ frequent label (label images): :func:`downsample_mean`, :func:`downsample_mode`.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -66,18 +65,22 @@ def downsample_mean(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
 
 
 def _integer_mean(data: np.ndarray, step: Sequence[int]) -> np.ndarray:
-    """:func:`downsample_mean` of 8- and 16-bit integers as a sum of strided views: the sums are
-    exact and a block has 2, 4 or 8 voxels, so the float32 quotient is the float64 mean (5x
-    faster than reordering the blocks)."""
+    """:func:`downsample_mean` of 8- and 16-bit integers as sums of strided views, one axis at a
+    time (halving an axis is one addition): the sums are exact and a block has 2, 4 or 8
+    voxels, so the float32 quotient is the float64 mean (11x faster than reordering the blocks)."""
     spatial = len(step)
     lead = data.ndim - spatial
     pad = [(0, 0)] * lead + [(0, (-n) % s) for n, s in zip(data.shape[lead:], step, strict=True)]
     if any(p for _, p in pad):
         data = np.pad(data, pad, mode="edge")
-    out = (*data.shape[:lead], *(n // s for n, s in zip(data.shape[lead:], step, strict=True)))
-    total = np.zeros(out, np.int32)  # 8 x 65535 fits, and so does 8 x -32768
-    for offsets in itertools.product(*(range(s) for s in step)):
-        total += data[(..., *(slice(o, None, s) for o, s in zip(offsets, step, strict=True)))]
+    # 8-bit sums of up to 128 voxels fit 16 bits (255 x 128 and -128 x 128); others take 32
+    total = data.astype(np.int16 if data.dtype.itemsize == 1 and math.prod(step) <= 128 else np.int32)
+    for axis, s in enumerate(step, start=lead):
+        if s > 1:
+            views = [total[(slice(None),) * axis + (slice(o, None, s),)] for o in range(s)]
+            total = views[0] + views[1]
+            for view in views[2:]:
+                total += view
     return np.rint(total / np.float32(math.prod(step))).astype(data.dtype)
 
 

@@ -228,7 +228,8 @@ def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int
         if rows is None:
             shape = (values.shape[0], min(depth, out_shape[0] - z), *out_shape[1:])
             rows = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
-                                     chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0)
+                                     chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0,
+                                     compressors=None)  # scratch floats: compressing them cost time, saved no space
         key = (slice(None), slice(0, box[0][1] - box[0][0]), *(slice(a, b) for a, b in box[1:]))
         rows[key] = rows[key] + values
 
