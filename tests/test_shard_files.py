@@ -10,7 +10,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from densepred.io.arrays import ArraySpec
 from densepred.io.outputs import OutputArray
-from densepred.io.shard_files import shard_files
+from densepred.io.shard_files import ShardFiles, shard_files
 
 ZSTD = (ZstdCodec(level=0),)
 
@@ -68,6 +68,23 @@ def test_shards_written_in_parts_of_whole_inner_chunks_are_zarrs_own_bytes(tmp_p
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "own.zarr"), mode="r")[:], reference[:])
 
 
+@pytest.mark.parametrize("compressors", [ZSTD, None])
+def test_whole_chunks_of_an_array_without_shards_are_zarrs_own_bytes(tmp_path, compressors):
+    arrays = [zarr.create_array(str(tmp_path / name), shape=(3, 29, 50), dtype="float32", chunks=(3, 8, 16),
+                                fill_value=0.5, compressors=compressors).with_config({"write_empty_chunks": True})
+              for name in ("zarr.zarr", "own.zarr")]
+    writer = shard_files(arrays[1])
+    assert writer is not None
+    rng = np.random.default_rng(2)
+    for box in [(slice(0, 3), slice(8, 24), slice(16, 50)), (slice(0, 3), slice(24, 29), slice(0, 32)),
+                (slice(0, 3), slice(8, 16), slice(16, 32))]:
+        values = rng.normal(size=[s.stop - s.start for s in box]).astype("float32")
+        assert writer.write(box, values)
+        arrays[0][box] = values
+        assert _files(tmp_path / "own.zarr") == _files(tmp_path / "zarr.zarr")
+    assert not writer.write((slice(0, 3), slice(4, 12), slice(0, 16)), np.ones((3, 8, 16), "float32"))
+
+
 def test_writes_off_the_inner_chunks_and_other_forms_are_zarrs(tmp_path):
     _, own = _pair(tmp_path, (30, 30), "uint8", (5, 5), (10, 10))
     writer = shard_files(own)
@@ -77,7 +94,8 @@ def test_writes_off_the_inner_chunks_and_other_forms_are_zarrs(tmp_path):
     other = {
         "blosc": zarr.create_array(str(tmp_path / "b.zarr"), shape=(30, 30), dtype="uint8", chunks=(5, 5),
                                    shards=(10, 10), compressors=BloscCodec()).with_config({"write_empty_chunks": True}),
-        "unsharded": zarr.create_array(str(tmp_path / "u.zarr"), shape=(30, 30), dtype="uint8", chunks=(5, 5)),
+        "unsharded, empty chunks skipped": zarr.create_array(str(tmp_path / "u.zarr"), shape=(30, 30), dtype="uint8",
+                                                             chunks=(5, 5)),
         "empty chunks skipped": zarr.create_array(str(tmp_path / "e.zarr"), shape=(30, 30), dtype="uint8",
                                                   chunks=(5, 5), shards=(10, 10)),
         "in memory": zarr.create_array(zarr.storage.MemoryStore(), shape=(30, 30), dtype="uint8", chunks=(5, 5),
@@ -90,7 +108,7 @@ def test_an_output_writes_whole_shards_itself_and_the_rest_through_zarr(tmp_path
     _reference, own = _pair(tmp_path, (2, 25, 36), "uint8", (2, 5, 6), (2, 10, 12))
     output = OutputArray(ArraySpec.parse(str(tmp_path / "own.zarr")), own)
     written = []
-    monkeypatch.setattr(type(output._shards), "_put", staticmethod(lambda path, pieces: written.append(path)))
+    monkeypatch.setattr(ShardFiles, "_put", staticmethod(lambda path, pieces: written.append(path)))
     values = np.random.default_rng(0).integers(0, 255, (2, 25, 36), dtype="uint8")
     for key in [(slice(None), slice(0, 10), slice(12, 24)), (slice(None), slice(3, 9), slice(0, 36))]:
         output[key] = values[key]

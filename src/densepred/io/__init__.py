@@ -3,6 +3,10 @@
 * :mod:`.arrays` - array specs (``file.h5:dataset``, ``file.zarr[:path]``, ``.tif``, ``.npy``, ``.csv``)
 * :mod:`.images` - an image as ``(C, *S)``, read box by box and scaled to float32
 * :mod:`.outputs` - output arrays written tile by tile (OME-Zarr, HDF5, TIFF, NumPy), durably
+* :mod:`.reading` - a box of a stored array, with one clear line when storage fails
+* :mod:`.chunk_files`, :mod:`.shard_files`, :mod:`.local_zarr` - local zarr arrays read from
+  their chunk files and written by whole chunks or shards in the calling thread (zarr's own
+  values and bytes, without its event loop)
 * :mod:`.output_checks` - what may be written or replaced: never data densepred did not write
 * :mod:`.run_record` - the run record beside an output (``run.json``, ``done.log``), durably
 * :mod:`.pyramid` - an OME-Zarr output's pyramid levels, built while level 0 is written and

@@ -121,8 +121,8 @@ def create_levels(group: Any, layout: OmeLayout, dtype: np.dtype) -> list[Any]:
     """Create the (empty) sharded arrays of every level in ``group``; returns them, level 0 first.
 
     Inner chunks are compressed with zstd at level 1, not zarr's default (0, which zstd reads
-    as 3): on a trained net's probability maps level 1 encoded 1.5-1.7x faster and its uint8
-    maps 2% smaller (docs/BENCHMARKS.md); compression is the largest cost of writing."""
+    as 3): on the demo net's probability maps level 1 encoded 1.3x faster, its uint8 maps 2%
+    smaller (benchmarks/output_codec.py); compression is the largest cost of writing."""
     from zarr.codecs import ZstdCodec
 
     arrays = []

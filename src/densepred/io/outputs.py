@@ -28,10 +28,8 @@ import numpy as np
 from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
-from .chunk_files import chunk_files
+from .local_zarr import LocalZarr
 from .ome_zarr import OmeLayout, create_levels, ome_attributes
-from .reading import plain_box
-from .shard_files import shard_files
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
@@ -45,8 +43,7 @@ class OutputArray:
                  levels: Sequence[Any] = ()):
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
         self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
-        self._shards = shard_files(array) if spec.kind == "zarr" else None  # shards written here
-        self._files = chunk_files(array) if spec.kind == "zarr" else None  # chunks read here
+        self._local = LocalZarr(array) if spec.kind == "zarr" else None  # by its files where it can
         self._levels: dict[int, OutputArray] = {0: self}
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
@@ -66,13 +63,13 @@ class OutputArray:
         return np.dtype(self.array.dtype)
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        box = None if self._shards is None else plain_box(key, self.shape)
-        if box is None or not self._shards.write(box, value):
+        if self._local is not None:
+            self._local[key] = value
+        else:
             self.array[key] = value
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        box = None if self._files is None else plain_box(key, self.shape)
-        return np.asarray(self.array[key]) if box is None else self._files.read(box)
+        return np.asarray(self.array[key]) if self._local is None else self._local[key]
 
     def flush(self) -> None:
         """Hand written tiles to the operating system (they survive a crash of this process)."""
@@ -110,7 +107,7 @@ class OutputArray:
 
     def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
         array = self.array
-        grid = self._shards.shard if self._shards is not None else getattr(array, "shards", None) or array.chunks
+        grid = self._local.grid if self._local is not None else getattr(array, "shards", None) or array.chunks
         ranges = []
         for s, n, c in zip(box, array.shape, grid, strict=False):
             start, stop, _ = s.indices(n)

@@ -40,6 +40,7 @@ class ShardFiles:
     dtype: np.dtype
     fill: Any
     compress: Any  # a numcodecs codec, or None for raw bytes
+    indexed: bool = True  # False: an array without shards, each chunk its own file (inner = shard)
 
     def write(self, box: tuple[slice, ...], values: np.ndarray) -> bool:
         """Write ``values`` over ``box`` if it is made of whole inner chunks (at the array's
@@ -82,7 +83,9 @@ class ShardFiles:
 
     def _assemble(self, chunks: dict[tuple[int, ...], bytes]) -> list[bytes]:
         """A shard's bytes: its stored chunks in zarr's Morton order, then the index and its
-        crc32c; chunks not stored have the empty entry."""
+        crc32c; chunks not stored have the empty entry. Without shards: the one chunk's bytes."""
+        if not self.indexed:
+            return list(chunks.values())
         index = np.full((*self._counts(), 2), EMPTY, "<u8")
         pieces, offset = [], 0
         for chunk in _morton_order(self._counts()):
@@ -123,33 +126,51 @@ class ShardFiles:
 
 
 def shard_files(array: Any) -> ShardFiles | None:
-    """The shard writer of ``array`` where its stored form is densepred's own, else None."""
+    """The writer of ``array``'s shards where its stored form is densepred's own, or of its
+    chunks where it has no shards and stores them as ``bytes`` plus at most zstd; else None."""
     import zarr
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
     from zarr.storage import LocalStore
 
     if not isinstance(array, zarr.Array) or not isinstance(array.store_path.store, LocalStore):
         return None
     metadata, dtype = array.metadata, np.dtype(array.dtype)
     codecs = getattr(metadata, "codecs", ())
-    if metadata.zarr_format != 3 or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
-    sharding = codecs[0]
-    inner, index = sharding.codecs, sharding.index_codecs
     little = dtype.itemsize == 1 or (dtype.byteorder in "=<" and sys.byteorder == "little")
-    if (not little or dtype.kind not in "biuf" or not array.config.write_empty_chunks
-            or sharding.index_location.value != "end" or len(inner) > 2 or not isinstance(inner[0], BytesCodec)
-            or [type(c) for c in index] != [BytesCodec, Crc32cCodec] or index[0].endian.value != "little"
-            or (len(inner) == 2 and not isinstance(inner[1], ZstdCodec))):
+    if (metadata.zarr_format != 3 or not little or dtype.kind not in "biuf" or not array.config.write_empty_chunks
+            or not codecs):
         return None
-    compress = None
-    if len(inner) == 2:
-        from numcodecs import Zstd
+    grid, sharding = tuple(metadata.chunk_grid.chunk_shape), codecs[0]
+    if not isinstance(sharding, ShardingCodec):
+        compress = _compressor(codecs)
+        return None if compress is False else ShardFiles(array, _folder(array), tuple(array.shape), grid, grid,
+                                                         dtype, metadata.fill_value, compress, indexed=False)
+    index = sharding.index_codecs
+    compress = _compressor(sharding.codecs)
+    if (len(codecs) > 1 or compress is False or sharding.index_location.value != "end"
+            or [type(c) for c in index] != [BytesCodec, Crc32cCodec] or index[0].endian.value != "little"):
+        return None
+    return ShardFiles(array, _folder(array), tuple(array.shape), grid, tuple(sharding.chunk_shape), dtype,
+                      metadata.fill_value, compress)
 
-        compress = Zstd(level=inner[1].level, checksum=inner[1].checksum)
-    folder = Path(array.store_path.store.root) / array.store_path.path
-    return ShardFiles(array, folder, tuple(array.shape), tuple(metadata.chunk_grid.chunk_shape),
-                      tuple(sharding.chunk_shape), dtype, metadata.fill_value, compress)
+
+def _compressor(codecs: tuple[Any, ...]) -> Any:
+    """The numcodecs zstd of codecs ``bytes, zstd``, None for ``bytes`` alone, else False."""
+    from zarr.codecs import BytesCodec, ZstdCodec
+
+    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        return False
+    if len(codecs) == 1:
+        return None
+    if not isinstance(codecs[1], ZstdCodec):
+        return False
+    from numcodecs import Zstd
+
+    return Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+
+
+def _folder(array: Any) -> Path:
+    return Path(array.store_path.store.root) / array.store_path.path
 
 
 def _morton_order(counts: tuple[int, ...]) -> Any:

@@ -34,6 +34,7 @@ from ...geometry import BlockPlan
 from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, file_stamp, open_array
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
+from ...io.local_zarr import open_scratch, scratch_array
 from ...io.output_checks import record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, resumable_record
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
@@ -179,8 +180,6 @@ def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int
 def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:
     """Rows of windows along z summed into scratch arrays, and each output slab written once its
     rows are in; the shards a finished slab completes are logged. Returns the shards computed."""
-    import zarr
-
     out_shape, depth = run.output_shape, run.output_window[0]
     rows = [z for z in run.blend_axes()[0] if z < out_shape[0]]
     ends = [*rows[1:], out_shape[0]]
@@ -195,10 +194,10 @@ def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption
         for r, (z, end) in enumerate(zip(rows, ends, strict=True)):
             if r not in slabs_done:
                 if r not in rows_done:
-                    _blend_row(run, zarr, store, r, z, depth)
+                    _blend_row(run, store, r, z, depth)
                     row_log.append(r)
                 covering = [(q, zq) for q, zq in enumerate(rows[:r + 1]) if zq + depth > z]
-                _blend_slab(run, zarr, store, covering, z, end, sink)
+                _blend_slab(run, store, covering, z, end, sink)
                 slab_log.append(r)
                 bar.update(plane * (end - z))
                 for q, zq in enumerate(rows[:r + 1]):  # rows no later slab needs
@@ -216,7 +215,7 @@ def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption
     return len(pending)
 
 
-def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int) -> None:
+def _blend_row(run: ModelRun, store: Path, r: int, z: int, depth: int) -> None:
     """Row ``r``: the weighted sum of the windows starting at ``z``, into ``row<r>`` (from zeros)."""
     out_shape = run.output_shape
     rest = [[s for s in axis if s < n] for axis, n in zip(run.blend_axes()[1:], out_shape[1:], strict=True)]
@@ -227,20 +226,27 @@ def _blend_row(run: ModelRun, zarr: Any, store: Path, r: int, z: int, depth: int
         box, values = run.weigh(starts, result)
         if rows is None:
             shape = (values.shape[0], min(depth, out_shape[0] - z), *out_shape[1:])
-            rows = zarr.create_array(store / f"row{r}", shape=shape, dtype="float32", overwrite=True,
-                                     chunks=(values.shape[0], shape[1], *run.output_window[1:]), fill_value=0,
-                                     compressors=None)  # scratch floats: compressing them cost time, saved no space
+            rows = scratch_array(store / f"row{r}", shape, (shape[0], shape[1], *_row_chunks(run)))
         key = (slice(None), slice(0, box[0][1] - box[0][0]), *(slice(a, b) for a, b in box[1:]))
         rows[key] = rows[key] + values
 
     run.forward_each([(z, *starts) for starts in itertools.product(*rest)], take)
 
 
-def _blend_slab(run: ModelRun, zarr: Any, store: Path, covering: list[tuple[int, int]], z: int, end: int,
+def _row_chunks(run: ModelRun) -> tuple[int, ...]:
+    """A row's chunks across y and x: the largest that the windows' steps and sizes are
+    multiples of, so each window on the step grid covers whole chunks."""
+    sizes = []
+    for starts, window in zip(run.blend_axes()[1:], run.output_window[1:], strict=True):
+        sizes.append(math.gcd(window, starts[1] - starts[0]) if len(starts) > 1 else window)
+    return tuple(sizes)
+
+
+def _blend_slab(run: ModelRun, store: Path, covering: list[tuple[int, int]], z: int, end: int,
                 sink: Sink) -> None:
     """Output slab ``[z, end)``: the rows that cover it, summed and divided by the weight sum,
     one window-sized box at a time."""
-    arrays = [(zarr.open_array(store / f"row{q}", mode="r"), zq) for q, zq in covering]
+    arrays = [(open_scratch(store / f"row{q}"), zq) for q, zq in covering]
     tiles = [range(0, n, w) for n, w in zip(run.output_shape[1:], run.output_window[1:], strict=True)]
     for corner in itertools.product(*tiles):
         box = [(z, end), *((c, min(c + w, n)) for c, w, n in zip(corner, run.output_window[1:],
