@@ -10,7 +10,7 @@ The same specs as for input (see :mod:`densepred.arrays`):
 * ``out.npy`` - a NumPy file, written through a memory map.
 
 Each tile is written into its own box (a whole chunk for zarr and HDF5) and flushed before
-the tile is recorded as done. Whole shards of densepred's OME-Zarr outputs are encoded in the
+the tile is recorded as done. Shards of densepred's OME-Zarr outputs are encoded in the
 writing thread (:mod:`.shard_files`, zarr's own bytes); other writes go through zarr.
 """
 
