@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from numcodecs import GZip, Zstd
 from numcodecs.blosc import Blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
@@ -134,3 +136,23 @@ def test_a_corrupt_chunk_is_one_line_that_names_it(tmp_path, sharded):
 def _random_slice(rng: np.random.Generator, n: int) -> slice:
     a = int(rng.integers(0, n))
     return slice(a, int(rng.integers(a + 1, n + 1)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_shape_chunking_and_box_reads_as_zarr_reads(tmp_path_factory, data):
+    dims = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.integers(1, 23)) for _ in range(dims))
+    inner = tuple(data.draw(st.integers(1, n)) for n in shape)
+    sharded = data.draw(st.booleans())
+    shards = tuple(i * data.draw(st.integers(1, 3)) for i in inner) if sharded else None
+    path = tmp_path_factory.mktemp("h") / "a.zarr"
+    array = zarr.create_array(str(path), shape=shape, dtype="int16", chunks=inner, shards=shards, fill_value=-3)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    values = rng.integers(-1000, 1000, shape).astype("int16")
+    cut = tuple(slice(0, data.draw(st.integers(0, n))) for n in shape)
+    array[cut] = values[cut]  # the rest never written: the fill value
+    box = tuple(_random_slice(rng, n) for n in shape)
+    reopened = zarr.open_array(str(path), mode="r")
+    assert chunk_files(reopened) is not None
+    np.testing.assert_array_equal(read_box(reopened, box), reopened[box])

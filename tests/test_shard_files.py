@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from densepred.io.arrays import ArraySpec
@@ -114,3 +116,24 @@ def test_an_output_writes_whole_shards_itself_and_the_rest_through_zarr(tmp_path
         output[key] = values[key]
     assert [p.relative_to(tmp_path / "own.zarr").as_posix() for p in written] == ["c/0/0/1"]  # the first only
     assert np.array_equal(own[:, 3:9], values[:, 3:9])  # the second went through zarr
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_writes_of_whole_inner_chunks_are_zarrs_own_bytes(tmp_path_factory, data):
+    dims = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.integers(1, 20)) for _ in range(dims))
+    inner = tuple(data.draw(st.integers(1, n)) for n in shape)
+    shards = tuple(i * data.draw(st.integers(1, 3)) for i in inner)
+    folder = tmp_path_factory.mktemp("w")
+    reference, own = _pair(folder, shape, "uint16", inner, shards, fill=5)
+    writer, rng = shard_files(own), np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        box = []
+        for n, i in zip(shape, inner, strict=True):
+            a = data.draw(st.integers(0, (n - 1) // i)) * i
+            box.append(slice(a, min(n, a + i * data.draw(st.integers(1, 3)))))
+        values = rng.integers(0, 9, [s.stop - s.start for s in box]).astype("uint16")  # some chunks all fill
+        assert writer.write(tuple(box), values)
+        reference[tuple(box)] = values
+    assert _files(folder / "own.zarr") == _files(folder / "zarr.zarr")
