@@ -120,8 +120,10 @@ def chunk_files(array: Any) -> ChunkFiles | None:
         codec = metadata.compressor
         plan: tuple[Decode, Shards | None] | None = (_plain if codec is None else codec.decode, None)
         grid, stored = metadata.chunks, dtype
-    else:
+    elif metadata.codecs:
         plan, stored = _v3_plan(metadata.codecs), _stored_dtype(metadata.codecs, dtype)
+    else:
+        return None
     if plan is None or grid is None:
         return None
     folder = Path(array.store_path.store.root) / array.store_path.path
