@@ -102,32 +102,37 @@ class ChunkFiles:
 
 def chunk_files(array: Any) -> ChunkFiles | None:
     """The chunk files of ``array`` where this module reads its stored form, else None."""
-    try:
-        import zarr
-        from zarr.storage import LocalStore
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        return None
+    import zarr
+    from zarr.storage import LocalStore
+
     if not isinstance(array, zarr.Array) or not isinstance(array.store_path.store, LocalStore):
         return None
-    metadata = array.metadata
-    grid = getattr(getattr(metadata, "chunk_grid", None), "chunk_shape", None)
-    dtype = np.dtype(array.dtype)
+    metadata, dtype = array.metadata, np.dtype(array.dtype)
     if dtype.hasobject or dtype.kind not in "biufc":
         return None
-    if metadata.zarr_format == 2:
-        if metadata.filters or metadata.order != "C":
-            return None
-        codec = metadata.compressor
-        plan: tuple[Decode, Shards | None] | None = (_plain if codec is None else codec.decode, None)
-        grid, stored = metadata.chunks, dtype
-    elif metadata.codecs:
-        plan, stored = _v3_plan(metadata.codecs), _stored_dtype(metadata.codecs, dtype)
-    else:
-        return None
-    if plan is None or grid is None:
+    form = _v2_form(metadata, dtype) if metadata.zarr_format == 2 else _v3_form(metadata, dtype)
+    if form is None:
         return None
     folder = Path(array.store_path.store.root) / array.store_path.path
-    return ChunkFiles(array, folder, tuple(grid), dtype, stored, plan[0], plan[1])
+    return ChunkFiles(array, folder, form[0], dtype, *form[1:])
+
+
+Form = tuple[tuple[int, ...], np.dtype, Decode, "Shards | None"]  # grid, stored dtype, decoder, shards
+
+
+def _v2_form(metadata: Any, dtype: np.dtype) -> Form | None:
+    if metadata.filters or metadata.order != "C":
+        return None
+    codec = metadata.compressor
+    return tuple(metadata.chunks), dtype, _plain if codec is None else codec.decode, None
+
+
+def _v3_form(metadata: Any, dtype: np.dtype) -> Form | None:
+    grid = getattr(metadata.chunk_grid, "chunk_shape", None)
+    plan = _v3_plan(metadata.codecs) if metadata.codecs else None
+    if grid is None or plan is None:
+        return None
+    return tuple(grid), _stored_dtype(metadata.codecs, dtype), plan[0], plan[1]
 
 
 def _v3_plan(codecs: tuple[Any, ...]) -> tuple[Decode, Shards | None] | None:
