@@ -8,6 +8,7 @@ fastest run of each set is compared. Core sets are interleaved ``--repeats`` tim
 
     python benchmarks/pipeline_cores.py                           # 256 x 1024 x 1024, cores 0 and 0,1
     python benchmarks/pipeline_cores.py --sets 0,0-3 --depth 512  # a 4-core machine
+    python benchmarks/pipeline_cores.py --input hdf5              # a gzip HDF5 input
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="child processes per core set, interleaved")
     parser.add_argument("--classes", type=int, choices=(1, 2), default=1)
     parser.add_argument("--levels", type=int, default=1, help="pyramid levels; 0 = densepred's default")
+    parser.add_argument("--input", choices=("zarr", "hdf5"), default="zarr",
+                        help="the input's format: zarr (zstd) or HDF5 (gzip), 64^3 chunks either way")
     parser.add_argument("--work", default=None, help="folder for the volumes (default: a temporary one)")
     args = parser.parse_args()
     sets = args.sets.split(",")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         config = _trivial_net(work)
-        source = _volume(work / "in.zarr", (args.depth, args.side, args.side))
+        source = str(_volume(work / "in.zarr", (args.depth, args.side, args.side)))
+        if args.input == "hdf5":
+            source = _as_hdf5(source, work / "in.h5")
         command = ["predict", str(config), "--input", str(source), "--output", str(work / "out.zarr"), "--mirror",
                    "--dtype", "uint8", "--quiet", "--overwrite"]
         command += ["--classes", "1"] if args.classes == 1 else []
@@ -70,6 +75,20 @@ def main() -> None:
                   f"all: {' '.join(f'{r[0]:.2f}' for r in runs[cores])}")
         print(json.dumps({"speedup": round(best[sets[0]][0] / best[sets[-1]][0], 2),
                           "sets": sets, "depth": args.depth, "classes": args.classes, "levels": args.levels}))
+
+
+def _as_hdf5(source: str, path: Path) -> str:
+    """The zarr volume copied into a gzip-compressed HDF5 dataset of 64^3 chunks."""
+    import h5py
+    import zarr
+
+    volume = zarr.open_array(source, mode="r")
+    with h5py.File(path, "w") as file:
+        dataset = file.create_dataset("raw", shape=volume.shape, dtype=volume.dtype, chunks=(64, 64, 64),
+                                      compression="gzip")
+        for z in range(0, volume.shape[0], 64):
+            dataset[z:z + 64] = volume[z:z + 64]
+    return f"{path}:raw"
 
 
 if __name__ == "__main__":
