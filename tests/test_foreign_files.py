@@ -48,7 +48,8 @@ def stored(path):
     return np.asarray(group["0"][:])
 
 
-@pytest.mark.parametrize(("mode", "tol", "tile"), [("exact", 0.0, (40, 40, 40)), ("blend", 1e-6, (16, 24, 20))])
+@pytest.mark.parametrize(("mode", "tol", "tile"), [("exact", 0.0, (40, 40, 40)), ("blend", 1e-6, (16, 24, 20)),
+                                                   ("blend", 1e-6, (16, 32, 32))])
 def test_a_file_prediction_equals_the_in_memory_one(model_files, tmp_path, mode, tol, tile):
     model, volume = model_files
     assert predict(tmp_path, "out.zarr", "--mode", mode, "--tile", ",".join(map(str, tile)), "--levels", "2") == 0

@@ -15,6 +15,7 @@ from torch import nn
 import densepred
 from densepred.errors import Cancelled
 from densepred.running.compute.model_run import ModelRun
+from densepred.running.jobs import model_job
 
 
 class Smooth(nn.Module):
@@ -123,3 +124,14 @@ def test_windows_keep_the_heap_where_the_budget_holds_twice_their_estimate(monke
     returned = densepred.predict_dense(net, image, mode="exact", tile_shape=(10, 14, 14))
     assert modes == [True, False, True, True]  # the probes return; the windows keep, then return
     np.testing.assert_array_equal(kept, returned)
+
+
+def test_blend_rows_are_chunked_by_the_windows_step_unless_that_cuts_a_window_too_fine():
+    class Run:  # the window starts along z, y, x and the window's size
+        output_window = (16, 128, 100)
+
+        @staticmethod
+        def blend_axes():
+            return [[0, 8], [0, 64, 128, 192], [0, 48, 96, 112]]
+
+    assert model_job._row_chunks(Run) == (64, 100)  # 128 and 64: chunks of 64; 100 and 48: 4 is too fine

@@ -11,7 +11,8 @@ in one process and the other way round:
   when the last window reaching into it is written.
 * **blend** - windows run in rows along z. A row's Gaussian-weighted outputs are summed into
   a float32 zarr array of its own under the run record (so the sum streams to disk, never a
-  whole-volume accumulator in RAM); once a row is done, the output slab up to the next row's
+  whole-volume accumulator in RAM; uncompressed, in chunks of the windows' step, read and
+  written by its files: :mod:`densepred.io.local_zarr`); once a row is done, the output slab up to the next row's
   start has all its windows, and is divided by the weight sum (a product of per-axis sums),
   encoded and written. ``rows.log`` and ``slabs.log`` record progress; a row or slab cut short
   by a crash is redone from scratch, so a resumed output is byte-identical. A cluster block
@@ -48,6 +49,8 @@ from ..executors.cluster import Task, box_text, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
 from .layout import layout_for
+
+ROW_CHUNKS_PER_WINDOW = 4  # the most chunks of a blend row a window spans along y or x
 
 ROWS_LOG, SLABS_LOG, ROWS = "rows.log", "slabs.log", "blend"
 # a blend block recomputes the windows that reach into it from outside: a few shards per axis
@@ -235,10 +238,13 @@ def _blend_row(run: ModelRun, store: Path, r: int, z: int, depth: int) -> None:
 
 def _row_chunks(run: ModelRun) -> tuple[int, ...]:
     """A row's chunks across y and x: the largest that the windows' steps and sizes are
-    multiples of, so each window on the step grid covers whole chunks."""
+    multiples of, so each window on the step grid covers whole chunks, unless that cuts a
+    window into more than ``ROW_CHUNKS_PER_WINDOW`` along an axis (then the window's size:
+    its sums go through zarr in parts of chunks, slower but not thousands of files)."""
     sizes = []
     for starts, window in zip(run.blend_axes()[1:], run.output_window[1:], strict=True):
-        sizes.append(math.gcd(window, starts[1] - starts[0]) if len(starts) > 1 else window)
+        size = math.gcd(window, starts[1] - starts[0]) if len(starts) > 1 else window
+        sizes.append(size if size * ROW_CHUNKS_PER_WINDOW >= window else window)
     return tuple(sizes)
 
 
