@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -29,6 +29,18 @@ EMPTY = 2**64 - 1  # a shard index's offset and length of a chunk not stored
 Decode = Callable[[bytes], Any]
 
 
+class Raw:
+    """The codec of ``bytes`` alone: a chunk's stored bytes are its values."""
+
+    @staticmethod
+    def decode(raw: bytes) -> bytes:
+        return raw
+
+    @staticmethod
+    def encode(values: np.ndarray) -> bytes:
+        return np.ascontiguousarray(values).tobytes()
+
+
 @dataclass(frozen=True)
 class Shards:
     """How inner chunks sit in a shard file: their grid, their index's place and checksum."""
@@ -38,7 +50,7 @@ class Shards:
     checksum: bool
 
     def index_bytes(self, outer: tuple[int, ...]) -> int:
-        return 16 * math.prod(o // i for o, i in zip(outer, self.inner, strict=True)) + 4 * self.checksum
+        return index_length([o // i for o, i in zip(outer, self.inner, strict=True)], self.checksum)
 
 
 @dataclass(frozen=True)
@@ -113,8 +125,12 @@ def chunk_files(array: Any) -> ChunkFiles | None:
     form = _v2_form(metadata, dtype) if metadata.zarr_format == 2 else _v3_form(metadata, dtype)
     if form is None:
         return None
-    folder = Path(array.store_path.store.root) / array.store_path.path
-    return ChunkFiles(array, folder, form[0], dtype, *form[1:])
+    return ChunkFiles(array, array_folder(array), form[0], dtype, *form[1:])
+
+
+def array_folder(array: Any) -> Path:
+    """The folder of a zarr array in a local store."""
+    return Path(str(array.store_path.store.root)) / array.store_path.path
 
 
 Form = tuple[tuple[int, ...], np.dtype, Decode, "Shards | None"]  # grid, stored dtype, decoder, shards
@@ -124,7 +140,7 @@ def _v2_form(metadata: Any, dtype: np.dtype) -> Form | None:
     if metadata.filters or metadata.order != "C":
         return None
     codec = metadata.compressor
-    return tuple(metadata.chunks), dtype, _plain if codec is None else codec.decode, None
+    return tuple(metadata.chunks), dtype, (codec or Raw()).decode, None
 
 
 def _v3_form(metadata: Any, dtype: np.dtype) -> Form | None:
@@ -140,17 +156,17 @@ def _v3_plan(codecs: tuple[Any, ...]) -> tuple[Decode, Shards | None] | None:
 
     if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
         sharding = codecs[0]
-        decode = _decode_of(sharding.codecs)
-        checksum = _index_checksum(sharding.index_codecs)
-        if decode is None or checksum is None:
+        codec, checksum = compressor_of(sharding.codecs), index_checksum(sharding.index_codecs)
+        if codec is None or checksum is None:
             return None
-        return decode, Shards(tuple(sharding.chunk_shape), sharding.index_location.value == "end", checksum)
-    decode = _decode_of(codecs)
-    return None if decode is None else (decode, None)
+        return codec.decode, Shards(tuple(sharding.chunk_shape), sharding.index_location.value == "end", checksum)
+    codec = compressor_of(codecs)
+    return None if codec is None else (codec.decode, None)
 
 
-def _decode_of(codecs: tuple[Any, ...]) -> Decode | None:
-    """A decoder of ``bytes`` plus at most one compressor."""
+def compressor_of(codecs: tuple[Any, ...]) -> Any:
+    """The numcodecs codec of ``bytes`` plus at most one of zstd, gzip and blosc (:class:`Raw`
+    for ``bytes`` alone); None for other codecs."""
     from numcodecs import GZip, Zstd
     from numcodecs.blosc import Blosc
     from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
@@ -158,18 +174,18 @@ def _decode_of(codecs: tuple[Any, ...]) -> Decode | None:
     if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
         return None
     if len(codecs) == 1:
-        return _plain
+        return Raw()
     codec = codecs[1]
     if isinstance(codec, ZstdCodec):
-        return Zstd(level=codec.level, checksum=codec.checksum).decode
+        return Zstd(level=codec.level, checksum=codec.checksum)
     if isinstance(codec, GzipCodec):
-        return GZip(level=codec.level).decode
+        return GZip(level=codec.level)
     if isinstance(codec, BloscCodec):
-        return Blosc().decode
+        return Blosc()
     return None
 
 
-def _index_checksum(codecs: tuple[Any, ...]) -> bool | None:
+def index_checksum(codecs: tuple[Any, ...]) -> bool | None:
     """Whether a shard index ends in a crc32c checksum; None for index codecs not read here."""
     from zarr.codecs import BytesCodec, Crc32cCodec
 
@@ -178,6 +194,12 @@ def _index_checksum(codecs: tuple[Any, ...]) -> bool | None:
     if len(codecs) == 1:
         return False
     return True if len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec) else None
+
+
+def index_length(counts: Sequence[int], checksum: bool) -> int:
+    """The bytes of a shard index over ``counts`` inner chunks per axis: an offset and a length
+    of 8 bytes each per chunk, then 4 of crc32c where checksummed."""
+    return 16 * math.prod(counts) + 4 * checksum
 
 
 def shard_index(raw: bytes, checksum: bool, grid: list[int]) -> np.ndarray:
@@ -205,10 +227,6 @@ def _overlap(box: tuple[slice, ...], index: tuple[int, ...],
         source.append(slice(lo - i * c, hi - i * c))
         target.append(slice(lo - s.start, hi - s.start))
     return tuple(source), tuple(target)
-
-
-def _plain(raw: bytes) -> bytes:
-    return raw
 
 
 def _stored_dtype(codecs: tuple[Any, ...], dtype: np.dtype) -> np.dtype:

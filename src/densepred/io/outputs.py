@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
+from .chunk_files import array_folder
 from .local_zarr import LocalZarr
 from .ome_zarr import OmeLayout, create_levels, ome_attributes
 
@@ -107,12 +108,12 @@ class OutputArray:
 
     def _chunk_files(self, box: tuple[slice, ...]) -> list[Path]:
         array = self.array
-        grid = self._local.grid if self._local is not None else getattr(array, "shards", None) or array.chunks
+        grid = self._local.grid
         ranges = []
         for s, n, c in zip(box, array.shape, grid, strict=False):
             start, stop, _ = s.indices(n)
             ranges.append(range(start // c, (max(stop, start + 1) - 1) // c + 1))
-        folder = Path(str(array.store_path.store.root)) / array.store_path.path
+        folder = array_folder(array)
         return [folder / array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges)]
 
     def set_attributes(self, values: dict[str, Any]) -> None:

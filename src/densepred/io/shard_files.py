@@ -15,7 +15,6 @@ other write is zarr's.
 
 from __future__ import annotations
 
-import math
 import sys
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .chunk_files import EMPTY, shard_index
+from .chunk_files import EMPTY, Raw, array_folder, compressor_of, index_checksum, index_length, shard_index
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class ShardFiles:
     inner: tuple[int, ...]
     dtype: np.dtype
     fill: Any
-    compress: Any  # a numcodecs codec, or None for raw bytes
+    compress: Any  # a numcodecs zstd, or chunk_files.Raw
     indexed: bool = True  # False: an array without shards, each chunk its own file (inner = shard)
 
     def write(self, box: tuple[slice, ...], values: np.ndarray) -> bool:
@@ -77,8 +76,7 @@ class ShardFiles:
                 padded = np.full(self.inner, self.fill, self.dtype)
                 padded[tuple(slice(0, n) for n in block.shape)] = block
                 block = padded
-            raw = np.ascontiguousarray(block)
-            encoded[chunk] = raw.tobytes() if self.compress is None else self.compress.encode(raw)
+            encoded[chunk] = self.compress.encode(np.ascontiguousarray(block))
         return encoded
 
     def _assemble(self, chunks: dict[tuple[int, ...], bytes]) -> list[bytes]:
@@ -102,8 +100,7 @@ class ShardFiles:
             data = path.read_bytes()
         except FileNotFoundError:
             return {}
-        length = 16 * math.prod(self._counts()) + 4
-        index = shard_index(data[-length:], True, list(self._counts()))
+        index = shard_index(data[-index_length(self._counts(), True):], True, list(self._counts()))
         return {chunk: data[int(index[chunk][0]):int(index[chunk][0] + index[chunk][1])]
                 for chunk in product(*map(range, self._counts())) if int(index[chunk][0]) != EMPTY}
 
@@ -129,7 +126,7 @@ def shard_files(array: Any) -> ShardFiles | None:
     """The writer of ``array``'s shards where its stored form is densepred's own, or of its
     chunks where it has no shards and stores them as ``bytes`` plus at most zstd; else None."""
     import zarr
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs import ShardingCodec
     from zarr.storage import LocalStore
 
     if not isinstance(array, zarr.Array) or not isinstance(array.store_path.store, LocalStore):
@@ -142,35 +139,23 @@ def shard_files(array: Any) -> ShardFiles | None:
         return None
     grid, sharding = tuple(metadata.chunk_grid.chunk_shape), codecs[0]
     if not isinstance(sharding, ShardingCodec):
-        compress = _compressor(codecs)
-        return None if compress is False else ShardFiles(array, _folder(array), tuple(array.shape), grid, grid,
-                                                         dtype, metadata.fill_value, compress, indexed=False)
-    index = sharding.index_codecs
-    compress = _compressor(sharding.codecs)
-    if (len(codecs) > 1 or compress is False or sharding.index_location.value != "end"
-            or [type(c) for c in index] != [BytesCodec, Crc32cCodec] or index[0].endian.value != "little"):
+        compress = _encoder(codecs)
+        return None if compress is None else ShardFiles(array, array_folder(array), tuple(array.shape), grid, grid,
+                                                        dtype, metadata.fill_value, compress, indexed=False)
+    compress = _encoder(sharding.codecs)
+    if (len(codecs) > 1 or compress is None or sharding.index_location.value != "end"
+            or index_checksum(sharding.index_codecs) is not True):
         return None
-    return ShardFiles(array, _folder(array), tuple(array.shape), grid, tuple(sharding.chunk_shape), dtype,
+    return ShardFiles(array, array_folder(array), tuple(array.shape), grid, tuple(sharding.chunk_shape), dtype,
                       metadata.fill_value, compress)
 
 
-def _compressor(codecs: tuple[Any, ...]) -> Any:
-    """The numcodecs zstd of codecs ``bytes, zstd``, None for ``bytes`` alone, else False."""
-    from zarr.codecs import BytesCodec, ZstdCodec
-
-    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
-        return False
-    if len(codecs) == 1:
-        return None
-    if not isinstance(codecs[1], ZstdCodec):
-        return False
+def _encoder(codecs: tuple[Any, ...]) -> Any:
+    """The codec of ``bytes`` alone or ``bytes, zstd`` (written as zarr writes them), else None."""
     from numcodecs import Zstd
 
-    return Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
-
-
-def _folder(array: Any) -> Path:
-    return Path(array.store_path.store.root) / array.store_path.path
+    codec = compressor_of(codecs)
+    return codec if isinstance(codec, Raw | Zstd) else None
 
 
 def _morton_order(counts: tuple[int, ...]) -> Any:
