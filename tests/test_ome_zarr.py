@@ -131,3 +131,20 @@ def test_killed_during_the_pyramid_then_resumed_is_byte_identical(config, volume
     assert chunk_files(out) == chunk_files(tmp_path / "whole.zarr")
     with pytest.raises(AssertionError):  # a changed pyramid is another output
         assert predict(config, tmp_path, str(out), "--levels", "2", "--resume") == 0
+
+
+def test_an_output_cut_short_while_its_levels_are_created_names_no_missing_arrays(tmp_path, monkeypatch):
+    from densepred.io import outputs
+    from densepred.io.arrays import ArraySpec
+    def killed(group, layout, dtype):
+        group.create_array("0", shape=(2, 8, 8), dtype="uint8")
+        raise KeyboardInterrupt  # the process stops before the other levels exist
+
+    monkeypatch.setattr(outputs, "create_levels", killed)
+    layout = object()  # not looked at: the levels are cut short before the image's metadata
+    with pytest.raises(KeyboardInterrupt):
+        outputs.create_output(ArraySpec.parse(str(tmp_path / "o.zarr")), (2, 33, 40), "uint8", (33, 40),
+                              attributes={"densepred": {"complete": False}}, layout=layout)
+    attributes = zarr.open_group(tmp_path / "o.zarr", mode="r").attrs
+    assert attributes["densepred"] == {"complete": False}  # still marked as densepred's
+    assert "ome" not in attributes

@@ -246,8 +246,10 @@ def _create_zarr(spec: ArraySpec, dtype: np.dtype, layout: OmeLayout, attributes
 
     root = zarr.open_group(spec.path, mode="a", zarr_format=3)
     group = root.create_group(spec.key) if spec.key else root
-    group.update_attributes({**attributes, "ome": ome_attributes(layout)})
+    group.update_attributes(attributes)  # densepred's mark first, so a cut-short output is still known as ours
     arrays = [_for_writing(array) for array in create_levels(group, layout, dtype)]
+    # the image's metadata last: a process killed in between leaves no multiscales naming arrays that do not exist
+    group.update_attributes({"ome": ome_attributes(layout)})
     return OutputArray(spec, arrays[0], group=group, levels=arrays)
 
 
