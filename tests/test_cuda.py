@@ -77,3 +77,43 @@ def test_a_model_from_elsewhere_on_cuda_is_exact_in_float32_and_bounded_otherwis
     got = densepred.predict_dense(net, image, mode="exact", tile_shape=(10, 20, 20), device="cuda",
                                   precision=precision)
     assert np.abs(got - expected).max() <= BOUNDS[precision][0]
+
+
+def test_copies_on_their_own_streams_never_race_the_compute(rng):
+    """Many batches through the pipeline with copies up and down beside the kernels: each
+    result equals the CPU's, so no kernel read an input before its copy ended and no writer
+    read a result before its copy down did."""
+    from densepred.pipeline import run_pipeline
+    from densepred.running.compute.transfers import Transfers
+
+    transfers = Transfers(torch.device("cuda"))
+    weight = torch.from_numpy(rng.standard_normal((8, 1, 5, 5, 5)).astype(np.float32))
+    arrays = [rng.random((1, 1, 40, 96 + i, 80), dtype=np.float32) for i in range(24)]
+    got: dict[int, np.ndarray] = {}
+
+    def compute(upload):
+        x = transfers.take(upload)
+        for _ in range(4):  # long enough for copies to overlap it
+            y = torch.nn.functional.conv3d(x, weight.cuda(), padding=2)
+        return transfers.download(y, lambda t: torch.softmax(t, dim=1))
+
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 convolutions, as on the CPU
+        run_pipeline(range(len(arrays)), lambda i: transfers.upload(arrays[i]), compute,
+                     lambda i, result: got.__setitem__(i, result.numpy()), writers=2)
+    for i, array in enumerate(arrays):
+        expected = torch.softmax(torch.nn.functional.conv3d(torch.from_numpy(array), weight, padding=2), 1).numpy()
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mfp", "stream"])
+def test_a_file_run_of_many_tiles_on_cuda_equals_the_cpu_run(tmp_path, mode):
+    config = make_config(tmp_path)
+    np.save(tmp_path / "in.npy", np.random.default_rng(4).random((37, 90, 83), dtype=np.float32))
+    for device in ("cpu", "cuda"):
+        assert main(["predict", str(config), "--input", str(tmp_path / "in.npy"), "--output",
+                     str(tmp_path / f"{device}.zarr"), "--device", device, "--mode", mode, "--tile", "16,25,25",
+                     "--quiet"]) == 0
+    import zarr
+
+    cpu, cuda = (zarr.open_group(tmp_path / f"{d}.zarr", mode="r")["0"][...] for d in ("cpu", "cuda"))
+    np.testing.assert_allclose(cuda, cpu, atol=1e-5)

@@ -25,6 +25,10 @@ def test_the_estimate_grows_with_every_buffer_it_counts():
     assert Footprint(1, 2, prefetch=4).bytes(geometry, tile, "mfp") > base.bytes(geometry, tile, "mfp")
     assert base.bytes(geometry, (8, 24, 24), "mfp") > base.bytes(geometry, tile, "mfp")
     assert base.device_bytes(geometry, tile, "mfp") < base.bytes(geometry, tile, "mfp")
+    # on a GPU the inputs read ahead are copied up beside the compute: they count there too
+    assert Footprint(1, 2, prefetch=4).device_bytes(geometry, tile, "mfp") > base.device_bytes(geometry, tile, "mfp")
+    # a stream holds slabs on the device, however long the tile
+    assert base.device_bytes(geometry, (64, 24, 24), "stream") == base.device_bytes(geometry, (512, 24, 24), "stream")
 
 
 @pytest.mark.parametrize("room", [2**20, 2**24, 2**28])

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import densepred
@@ -135,3 +136,28 @@ def test_the_pyramid_is_built_while_tiles_are_written_and_a_resume_after_a_kill_
     densepred.predict_to_file(job("cut.zarr", resume=True))
     assert passes[-1] > 0  # the shards under tiles done before the kill came from the pass
     assert chunk_files(tmp_path / "cut.zarr") == chunk_files(tmp_path / "whole.zarr")
+
+
+def test_on_the_cpu_a_result_is_finished_in_the_writer_thread_and_an_upload_shares_the_array():
+    from densepred.running.compute.transfers import Transfers
+
+    transfers = Transfers(torch.device("cpu"))
+    array = np.random.default_rng(5).random((2, 3, 7, 9), dtype=np.float32)
+    upload = transfers.upload(array)
+    assert np.shares_memory(transfers.take(upload).numpy(), array)
+    threads: list[int] = []
+
+    def finish(logits: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.get_ident())
+        return torch.softmax(logits, dim=1)
+
+    result = transfers.download(transfers.take(upload), finish)
+    assert threads == []  # nothing done in the computing thread
+    written = []
+    writer = threading.Thread(target=lambda: written.append(result.numpy()))
+    writer.start()
+    writer.join()
+    assert threads == [writer.ident]
+    expected = np.exp(array) / np.exp(array).sum(1, keepdims=True)
+    np.testing.assert_allclose(written[0], expected, rtol=1e-6)
+    assert written[0].flags.c_contiguous

@@ -78,11 +78,17 @@ class Footprint:
         return windows + compute + results + encoded + levels
 
     def device_bytes(self, geometry: Geometry, output_tile: Sequence[int], mode: str) -> int:
-        """Estimated peak of GPU memory: the activations plus one batch's input, logits and probabilities."""
-        input_voxels = math.prod(geometry.input_shape_for(output_tile))
-        output_voxels = math.prod(output_tile)
-        return self.batch * (tile_bytes(geometry, output_tile, mode) + 4 * self.in_channels * input_voxels
-                             + 2 * 4 * self.n_classes * output_voxels)
+        """Estimated peak of GPU memory: the activations; the inputs in flight (``prefetch``
+        queued, one being copied up, one computed: copies run beside the compute); the logits
+        and probabilities of the batch computed and the probabilities of the one being copied
+        down. A stream holds slabs, not tiles."""
+        input_tile = geometry.input_shape_for(output_tile)
+        if mode == "stream":
+            input_tile = (min(STREAM_SLAB, input_tile[0]), *input_tile[1:])
+            output_tile = (min(STREAM_SLAB, output_tile[0]), *output_tile[1:])
+        inputs = (self.prefetch + 2) * 4 * self.in_channels * math.prod(input_tile)
+        outputs = 3 * 4 * self.n_classes * math.prod(output_tile)
+        return self.batch * (tile_bytes(geometry, output_tile, mode) + inputs + outputs)
 
 
 def default_output_tile(geometry: Geometry, output_shape: Sequence[int], mode: str, budget_bytes: int,

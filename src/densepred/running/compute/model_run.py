@@ -12,6 +12,7 @@ a running sum on the device.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -39,7 +40,8 @@ from ..planning.model_window import (
     window_for,
 )
 from .preprocess import Prepared, resolve
-from .windows import forward_window, gaussian, outer, read_window
+from .transfers import Download, Transfers, Upload
+from .windows import activated, gaussian, outer, read_window, window_logits
 
 log = logging.getLogger("densepred")
 
@@ -323,7 +325,7 @@ class ModelRun:
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         """The activated outputs of the window whose outputs start at ``starts`` (output voxels)."""
-        return self._compute(self._read_window(starts))
+        return self._compute(self._read_window(starts)).numpy()
 
     def forward_each(self, items: Sequence[Item], take: Callable[[Item, np.ndarray], None], *,
                      starts: Callable[[Item], Sequence[int]] = lambda item: item,
@@ -331,23 +333,33 @@ class ModelRun:
         """``take(item, self.forward(starts(item)))`` for every item, in order, from one
         background thread, while the next windows are read (another thread) and computed (this
         one): the same numbers as one window after another. ``poll`` runs before each forward
-        (a progress bar's cancel check)."""
+        (a progress bar's cancel check). On CUDA the windows' copies to and from the device run
+        on streams of their own beside the compute (:mod:`.transfers`)."""
 
-        def compute(x: np.ndarray) -> np.ndarray:
+        def compute(x: Upload) -> Download:
             if poll is not None:
                 poll()
             return self._compute(x)
 
-        run_pipeline(items, lambda item: self._read_window(starts(item)), compute, take,
-                     prefetch=PREFETCH, pending=PENDING)
+        run_pipeline(items, lambda item: self._upload(self._read_window(starts(item))), compute,
+                     lambda item, result: take(item, result.numpy()), prefetch=PREFETCH, pending=PENDING)
 
     def _read_window(self, starts: Sequence[int]) -> np.ndarray:
         return read_window(self.source, self.contract.input_extent(tuple(starts)), self.window, self.prepared,
                            self.net.padding)
 
-    def _compute(self, x: np.ndarray) -> np.ndarray:
-        return forward_window(self.model, self.net, x, self.flips, self.channel_map, self.device,
-                              self.memory_format, self.precision)
+    def _upload(self, x: np.ndarray) -> Upload:
+        return self.transfers.upload(x[None])
+
+    def _compute(self, x: Upload | np.ndarray) -> Download:
+        upload = x if isinstance(x, Upload) else self._upload(x)
+        logits = window_logits(self.model, self.transfers.take(upload), self.flips, self.channel_map,
+                               self.memory_format, self.precision)
+        return self.transfers.download(logits, activated(self.net))
+
+    @functools.cached_property
+    def transfers(self) -> Transfers:
+        return Transfers(self.device)
 
 
 def source_of(net: ForeignNet, image: Any) -> tuple[ForeignNet, ChannelFirst]:

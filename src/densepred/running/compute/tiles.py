@@ -19,6 +19,7 @@ from ...networks import DenseEngine, DenseNet, StackEngine
 from ...networks.precision import FLOAT32, Precision
 from ...pipeline import run_pipeline
 from ...progress import Progress, ProgressOption
+from .transfers import Download, Transfers, Upload
 
 log = logging.getLogger("densepred")
 
@@ -46,21 +47,22 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     loses one of the writes.
     """
     bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
+    transfers = Transfers(engine.device)
     try:
         if isinstance(engine, DenseEngine) and engine.mode == "stream":
-            _stream_tiles(engine, source, plan, tiles, write, bar, prefetch, pending, writers)
+            _stream_tiles(engine, source, plan, tiles, write, bar, transfers, prefetch, pending, writers)
             return
         batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
 
-        def read(batch: list[Tile]) -> np.ndarray:
-            return np.stack([read_window(source, plan, tile) for tile in batch])
+        def read(batch: list[Tile]) -> Upload:
+            return transfers.upload(np.stack([read_window(source, plan, tile) for tile in batch]))
 
-        def compute(windows: np.ndarray) -> torch.Tensor:
+        def compute(windows: Upload) -> Download:
             bar.poll()
-            return engine(torch.from_numpy(windows))
+            return transfers.download(engine(transfers.take(windows)), probabilities)
 
-        def write_batch(batch: list[Tile], logits: torch.Tensor) -> None:
-            for tile, tile_probs in zip(batch, _probabilities(logits), strict=True):
+        def write_batch(batch: list[Tile], result: Download) -> None:
+            for tile, tile_probs in zip(batch, result.numpy(), strict=True):
                 write(tile, tile_probs[(slice(None), *tile.owned_in_tile())], None, True)
                 bar.update(math.prod(tile.owned_shape))
 
@@ -70,39 +72,41 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
 
 
 def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
-                  write: TileWriter, bar: Progress, prefetch: int, pending: int, writers: int) -> None:
+                  write: TileWriter, bar: Progress, transfers: Transfers, prefetch: int, pending: int,
+                  writers: int) -> None:
     """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
     so memory depends on the slab and the cross-section, not on the tile's length."""
     length = plan.input_tile[0]
     slabs = [(tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB)]
     current: dict[str, Any] = {"tile": None}
 
-    def read(slab: tuple[Tile, int, int]) -> tuple[Tile, np.ndarray]:
+    def read(slab: tuple[Tile, int, int]) -> tuple[Tile, Upload]:
         tile, a, b = slab
-        return tile, read_window(source, plan, tile, rows=(a, b))
+        return tile, transfers.upload(read_window(source, plan, tile, rows=(a, b))[None])
 
-    def compute(item: tuple[Tile, np.ndarray]) -> tuple[int, torch.Tensor | None]:
+    def compute(item: tuple[Tile, Upload]) -> tuple[int, Download | None]:
         bar.poll()
         tile, data = item
         if current["tile"] is not tile:
             current.update(tile=tile, push=engine.stream(), made=0)
-        logits = current["push"](torch.from_numpy(data[None]))
+        logits = current["push"](transfers.take(data))
         first = current["made"]
         if logits is None:
             return first, None
         current["made"] += logits.shape[2]
-        return first, logits  # a fresh tensor: the stream's buffers hold only its ops' inputs
+        # a fresh tensor: the stream's buffers hold only its ops' inputs
+        return first, transfers.download(logits, probabilities)
 
-    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, torch.Tensor | None]) -> None:
+    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, Download | None]) -> None:
         tile, (first, logits) = slab[0], result
         if logits is None:
             return
-        probabilities = _probabilities(logits)[0]
+        probs = logits.numpy()[0]
         owned = tile.owned_in_tile()
-        lo, hi = max(first, owned[0].start), min(first + probabilities.shape[1], owned[0].stop)
+        lo, hi = max(first, owned[0].start), min(first + probs.shape[1], owned[0].stop)
         if lo >= hi:
             return
-        values = probabilities[(slice(None), slice(lo - first, hi - first), *owned[1:])]
+        values = probs[(slice(None), slice(lo - first, hi - first), *owned[1:])]
         part = (slice(tile.output_start[0] + lo, tile.output_start[0] + hi), *tile.owned_slices()[1:])
         write(tile, values, part, hi == owned[0].stop)
         bar.update(values[0].size)
@@ -112,11 +116,12 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
                  writer_of=lambda slab: id(slab[0]))
 
 
-def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax in float32, whatever the engine computed in, as a C-ordered ``(B, K, *box)`` array:
-    each class's map contiguous for the writer (the CPU engines' channels-last logits are
-    reordered first, which also makes the softmax itself faster there)."""
-    return torch.softmax(logits.float().contiguous(), dim=1).cpu().numpy()
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax in float32, whatever the engine computed in, C-ordered ``(B, K, *box)``: each
+    class's map contiguous for the writer (the CPU engines' channels-last logits are reordered
+    first, which also makes the softmax itself faster there). A tile's finish, run on the
+    device before the copy down on CUDA and in a writer thread on the CPU (:mod:`.transfers`)."""
+    return torch.softmax(logits.float().contiguous(), dim=1)
 
 
 def make_engine(net: DenseNet, mode: str, device: torch.device, stacked: bool,

@@ -1,9 +1,10 @@
 """One window of a model written elsewhere: read (preprocessed, padded as a whole-image forward
-pads), computed (flipped views averaged, activated, in float32), and weighed for blending."""
+pads), computed (flipped views averaged, then activated, in float32: :func:`window_logits`,
+:func:`activated`), and weighed for blending."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,17 +33,16 @@ def outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return result
 
 
-def forward_window(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple[int, ...]], channel_map: Any,
-                   device: torch.device, memory_format: torch.memory_format | None = None,
-                   precision: Precision = FLOAT32) -> np.ndarray:
-    """The window's activated outputs: logits averaged over the flips, then the activation, both
-    in float32 whatever the model computed in."""
-    x_t = torch.from_numpy(x[None]).to(device, dtype_of(model))
+def window_logits(model: Any, x: torch.Tensor, flips: list[tuple[int, ...]], channel_map: Any,
+                  memory_format: torch.memory_format | None = None, precision: Precision = FLOAT32) -> torch.Tensor:
+    """A window's logits averaged over the flips, in float32, where ``x`` (``(1, C, *window)``,
+    on the model's device) is: the flipped views' logits summed in a running sum."""
+    x_t = x.to(dtype_of(model))
     if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
         x_t = x_t.contiguous(memory_format=memory_format)
     total = None
     with torch.inference_mode():
-        with autocast(precision, device):
+        with autocast(precision, x_t.device):
             for axes in flips:
                 dims = [a + 2 for a in axes]
                 logits = model(x_t.flip(dims) if dims else x_t).float()
@@ -52,8 +52,13 @@ def forward_window(model: Any, net: ForeignNet, x: np.ndarray, flips: list[tuple
                         if channel_map and a in channel_map:
                             logits = logits[:, list(channel_map[a])]
                 total = logits if total is None else total + logits
-        result = net.activate(total / len(flips))
-    return result[0].float().cpu().contiguous().numpy()
+        assert total is not None, "a window has at least the identity view"
+        return total / len(flips)
+
+
+def activated(net: ForeignNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A window's finish: the net's activation of its averaged logits, in float32, as ``(K, *window)``."""
+    return lambda logits: net.activate(logits)[0].float()
 
 
 def read_window(source: ChannelFirst, starts: Sequence[int], window: Sequence[int],
