@@ -1,7 +1,8 @@
 """The GPU table in one run (at most about 5 minutes on an H200): exactness, each precision's
 error and speed, the profiler's walk, an exact U-Net beside a whole forward (and MONAI's
-sliding window when MONAI is installed), memory estimates against measured peaks, and training
-steps/s per precision.
+sliding window when MONAI is installed), memory estimates against measured peaks, training
+steps/s per precision, and the file pipeline end to end (the near-free net of
+pipeline_ceiling.py, and m36 against its engine alone on the same tile).
 
     python benchmarks/gpu_suite.py                     # on cuda
     python benchmarks/gpu_suite.py --device cpu --quick  # a smoke run of the same code
@@ -12,6 +13,7 @@ Prints Markdown tables for docs/BENCHMARKS.md; the device is named in the first 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -196,17 +198,67 @@ def training(device: torch.device, quick: bool) -> list[str]:
     return ["| training | precision | steps/s |", "|---|---|---|", *rows]
 
 
+def pipeline(device: torch.device, quick: bool) -> list[str]:
+    """File to file in this process (a warm second run timed): the near-free net over a uint8 zarr
+    volume into OME-Zarr (two classes, uint8, default pyramid, as issue 25's table), and m36 in
+    its fastest precision here beside its engine alone on the tile the plan chose."""
+    from pipeline_ceiling import _trivial_net, _volume
+
+    from densepred.running.jobs import PredictJob, predict_to_file
+    from densepred.running.planning.job_plan import plan_job
+
+    precision = "bfloat16" if "bfloat16" in runnable(device) else "float32"
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        trivial = _trivial_net(work)
+        m36_config = _m36_run(work)
+        for name, config, shape, how in (("near-free net", trivial, (64, 256, 256) if quick else (256, 1024, 1024),
+                                          "float32"),
+                                         ("m36", m36_config, (64, 128, 128) if quick else (256, 512, 512), precision)):
+            source = _volume(work / f"{name}.zarr", shape)
+            job = PredictJob(str(config), str(source), str(work / "out.zarr"), mirror=True, dtype="uint8",
+                             device=str(device), precision=how, overwrite=True, progress=False)
+            predict_to_file(job)  # warm-up: cuDNN's choices, the allocator, page cache
+            sync(device)
+            start = time.perf_counter()
+            result = predict_to_file(job)
+            seconds = time.perf_counter() - start
+            voxels = math.prod(result.shape[1:])
+            plan = plan_job(config, input=str(source), mirror=True, stored_dtype="uint8", measure=True,
+                            device=str(device), precision=how)
+            same = ("same tile" if tuple(plan.input_tile) == tuple(result.input_tile) else
+                    f"plan's tile {plan.input_tile}")
+            rows.append(f"| {name} | {'x'.join(map(str, shape))} | {how} | {'x'.join(map(str, result.input_tile))} "
+                        f"({plan.mode}, {result.tiles} tiles) | {seconds:.2f} | {voxels / seconds / 1e6:.1f} | "
+                        f"{plan.rate / 1e6:.1f} ({same}) | {voxels / seconds / plan.rate:.2f} |")
+    return ["| net | volume | precision | input tile | seconds | end to end Mvox/s | engine alone Mvox/s | ratio |",
+            "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def _m36_run(work: Path) -> Path:
+    """examples/m36.toml with its run folder in ``work``, and random sharp weights saved there."""
+    from densepred.networks.weights import save_weights
+
+    config = work / "m36.toml"
+    text = (ROOT / "examples" / "m36.toml").read_text()
+    config.write_text(text.replace('name = "m36"', f'name = "m36"\nsave_dir = "{work / "m36run"}"', 1))
+    (work / "m36run").mkdir()
+    save_weights(m36(), work / "m36run" / "m36-LAST.safetensors")
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
-    parser.add_argument("--parts", default="exactness,precisions,profile,unet,training")
+    parser.add_argument("--parts", default="exactness,precisions,profile,unet,training,pipeline")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, precisions: {', '.join(runnable(device))}\n")
     parts = {"exactness": exactness, "precisions": precisions, "profile": profile_walk, "unet": unet,
-             "training": training}
+             "training": training, "pipeline": pipeline}
     start = time.perf_counter()
     for part in args.parts.split(","):
         begun = time.perf_counter()
