@@ -103,3 +103,17 @@ def test_import_asks_pytorch_for_huge_pages_unless_the_user_said_otherwise(envir
     out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == str(expected)
+
+
+def test_a_gpu_run_finishes_tiles_on_a_quarter_of_the_host_cores_and_counts_their_batches(monkeypatch):
+    from densepred.running.planning import tiling
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for cores, writers in ((2, 2), (8, 2), (16, 4), (64, 4)):
+        monkeypatch.setattr(tiling, "available_cores", lambda cores=cores: cores)
+        assert tiling.writer_threads(cpu) == 2  # the CPU's cores also compute
+        assert tiling.writer_threads(gpu) == writers
+    geometry = make_net(NETS["3d_aniso"]).geometry
+    on_cpu, on_gpu = tiling.footprint_on(cpu, 1, 2, pyramid=True), tiling.footprint_on(gpu, 1, 2, pyramid=True)
+    assert (on_gpu.writers, on_gpu.pending) == (4, 4)
+    assert on_gpu.bytes(geometry, (8, 24, 24), "mfp") > on_cpu.bytes(geometry, (8, 24, 24), "mfp")

@@ -23,9 +23,6 @@ from .transfers import Download, Transfers, Upload
 
 log = logging.getLogger("densepred")
 
-# Threads that finish tiles (softmax, encoding, compression, the write) beside the next tile's
-# compute, where the output allows it (see predict_tiles); each tile is finished by one of them.
-WRITERS = 2
 # write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
 TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
 

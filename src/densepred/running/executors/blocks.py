@@ -34,7 +34,8 @@ from ...networks import create_prediction_net
 from ...networks.devices import resolve_device
 from ...system import available_cores
 from ..compute.sink import NonFinite, Sink
-from ..compute.tiles import WRITERS, make_engine, predict_tiles
+from ..compute.tiles import make_engine, predict_tiles
+from ..planning.tiling import writer_threads
 
 _NETS: dict[tuple[str, str], Any] = {}
 _NETS_LOCK = threading.Lock()
@@ -118,8 +119,8 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
     batches = [tiles[i:i + job.batch_size] for i in range(0, len(tiles), job.batch_size)]
     todo = [t for batch in batches if any(plan.tile_id(t) not in done for t in batch) for t in batch]
     source = ChannelFirst(open_array(job.input), job.in_channels, job.ndim)
-    engine = make_engine(_net(payload, job), job.engine_mode, resolve_device(job.device), source.stacked,
-                         job.precision)
+    device = resolve_device(job.device)
+    engine = make_engine(_net(payload, job), job.engine_mode, device, source.stacked, job.precision)
     output = open_output(job.output, clean=False)
     sink = Sink(output, job.encoding, NonFinite(job.shift, strict=job.strict))
     written: list[int] = []  # voxels per write; list.append is atomic across the writer threads
@@ -129,7 +130,7 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
             written.append(sink.write(part or tile.owned_slices(), probabilities))
 
     try:
-        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=WRITERS)
+        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=writer_threads(device))
     finally:
         output.close()
     non_finite = sink.non_finite

@@ -28,8 +28,8 @@ from ...networks.precision import autocast, precision_for
 from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
-from ..compute.tiles import WRITERS, make_engine, predict_tiles
-from ..planning.tiling import footprint_for, plan_and_mode, source_geometry
+from ..compute.tiles import make_engine, predict_tiles
+from ..planning.tiling import footprint_for, plan_and_mode, source_geometry, writer_threads
 
 log = logging.getLogger("densepred")
 
@@ -123,7 +123,7 @@ def predict_dense(
         budget = budget.less(4 * net.config.n_classes * math.prod(geometry.dense_output_shape(
             [n + (f - 1 if mirror else 0) for n, f in zip(source.spatial_shape, geometry.fov, strict=True)])))
     plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile_shape, mode, mirror, budget,
-                                      footprint_for(net, source, batch_size), device, stacked=source.stacked)
+                                      footprint_for(net, source, batch_size, device), device, stacked=source.stacked)
     engine = make_engine(net, engine_mode, device, source.stacked, precision)
     log.info("%d tile(s) of input %s, %s engine", len(plan), list(plan.input_tile), engine_mode)
 
@@ -138,7 +138,7 @@ def predict_dense(
 
     # tiles own disjoint boxes: an array in memory takes them from several writers at once, an
     # array-like with chunks of its own (zarr, HDF5) from one, as tiles may share its chunks
-    writers = WRITERS if isinstance(out, np.ndarray) else 1
+    writers = writer_threads(device) if isinstance(out, np.ndarray) else 1
     predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress,
                   writers=writers)
     return out

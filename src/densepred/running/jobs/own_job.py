@@ -42,10 +42,10 @@ from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
 from ..compute.sink import NonFinite, Sink
-from ..compute.tiles import WRITERS, make_engine, predict_tiles
+from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, tiles_per_block
-from ..planning.tiling import job_tiles
+from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
 from .layout import ome_layout
 
@@ -93,7 +93,7 @@ class NetTiles:
             # the output's shards (zarr), chunks (HDF5, written under h5py's lock) or bytes (a
             # memory map) are never shared by two tiles: several writers may finish tiles at once
             predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress,
-                          writers=WRITERS)
+                          writers=writer_threads(self.device))
         finally:
             done_log.close()
             output.flush()

@@ -19,14 +19,14 @@ import torch
 
 from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
-from ...geometry import BlockPlan, Footprint, Geometry, pyramid
+from ...geometry import BlockPlan, Geometry, pyramid
 from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks import DenseEngine, build_net
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
 from ...networks.precision import Precision, precision_for
 from ...progress import count_text, duration_text
-from .tiling import plan_and_mode
+from .tiling import footprint_on, plan_and_mode
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     device_ = resolve_device(device)
     checked = precision_for(precision, device_)
     classes = stored_channels or cfg.network.n_classes
-    footprint = Footprint(cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
-                          np.dtype(stored_dtype).itemsize, pyramid=True)  # planned as OME-Zarr with its pyramid
+    footprint = footprint_on(device_, cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
+                             np.dtype(stored_dtype).itemsize, pyramid=True)  # planned as OME-Zarr with its pyramid
     tiles, engine_mode = plan_and_mode(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
                                        memory_budget(memory_limit, device_), footprint, device_)
     per_block = (tiles_per_block,) * geometry.ndim if isinstance(tiles_per_block, int) else tuple(tiles_per_block)

@@ -30,8 +30,27 @@ from ...io import ChannelFirst
 from ...io.encoding import Encoding
 from ...networks import DenseNet
 from ...networks.memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
+from ...system import available_cores
 
 log = logging.getLogger("densepred")
+
+# Threads that finish tiles (softmax, encoding, compression, the write) beside the next tile's
+# compute. On the CPU two, since the cores also compute; on a GPU the host only reads, encodes,
+# compresses and writes, so a quarter of its cores, up to MAX_WRITERS.
+WRITERS = 2
+MAX_WRITERS = 4
+
+
+def writer_threads(device: torch.device) -> int:
+    """How many threads finish a run's tiles on ``device`` (see :data:`WRITERS`).
+
+    Example:
+        >>> writer_threads(torch.device("cpu"))
+        2
+    """
+    if device.type == "cpu":
+        return WRITERS
+    return max(WRITERS, min(MAX_WRITERS, available_cores() // 4))
 
 # FLOP for FLOP, the stream engine's convolutions ran at 0.90-0.95 of the speed of the cube
 # engines' on the CPU (m36 at output cross-sections of 32 to 96 voxels, docs/BENCHMARKS.md).
@@ -171,11 +190,21 @@ def _work_per_voxel(geometry: Geometry) -> Callable[[Sequence[int]], float]:
     return lambda tile: geometry.flops(geometry.input_shape_for(tile), "dilated") / math.prod(tile)
 
 
-def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, stored_channels: int | None = None,
-                  stored_itemsize: int = 4, pyramid: bool = False) -> Footprint:
-    """The buffers of a run of ``net`` on ``source``, for the memory estimate."""
-    return Footprint(net.config.in_channels, net.config.n_classes, source.dtype.itemsize, stored_channels,
-                     stored_itemsize, batch_size, pyramid=pyramid)
+def footprint_for(net: DenseNet, source: ChannelFirst, batch_size: int, device: torch.device,
+                  stored_channels: int | None = None, stored_itemsize: int = 4, pyramid: bool = False) -> Footprint:
+    """The buffers of a run of ``net`` on ``source`` on ``device``, for the memory estimate."""
+    return footprint_on(device, net.config.in_channels, net.config.n_classes, source.dtype.itemsize,
+                        stored_channels, stored_itemsize, batch_size, pyramid)
+
+
+def footprint_on(device: torch.device, in_channels: int, n_classes: int, input_itemsize: int = 4,
+                 stored_channels: int | None = None, stored_itemsize: int = 4, batch_size: int = 1,
+                 pyramid: bool = False) -> Footprint:
+    """A run's buffers on ``device``: as many writers as it runs (:func:`writer_threads`), each
+    with a batch waiting for it."""
+    writers = writer_threads(device)
+    return Footprint(in_channels, n_classes, input_itemsize, stored_channels, stored_itemsize, batch_size,
+                     pending=max(2, writers), pyramid=pyramid, writers=writers)
 
 
 def source_geometry(geometry: Geometry, source: ChannelFirst) -> Geometry:
@@ -222,7 +251,8 @@ def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: Channel
         raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
     budget = memory_budget(job.memory_limit, device)
-    footprint = footprint_for(net, source, batch, encoding.channels or 1, encoding.stored_dtype.itemsize, pyramid)
+    footprint = footprint_for(net, source, batch, device, encoding.channels or 1, encoding.stored_dtype.itemsize,
+                              pyramid)
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
         engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
