@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from densepred.io.arrays import ArraySpec
 from densepred.io.outputs import OutputArray
-from densepred.io.shard_files import ShardFiles, shard_files
+from densepred.io.shard_files import ShardFiles, morton_order, shard_files
 
 ZSTD = (ZstdCodec(level=0),)
 
@@ -137,3 +137,10 @@ def test_any_writes_of_whole_inner_chunks_are_zarrs_own_bytes(tmp_path_factory, 
         assert writer.write(tuple(box), values)
         reference[tuple(box)] = values
     assert _files(folder / "own.zarr") == _files(folder / "zarr.zarr")
+
+
+@pytest.mark.parametrize("counts", [(1,), (7,), (2, 2, 2), (3, 5, 7), (4, 1, 8), (5, 3), (1, 1, 1), (2, 9, 3, 2)])
+def test_a_shards_chunks_are_ordered_as_zarr_orders_them(counts):
+    from zarr.core.indexing import morton_order_iter  # zarr's own, not public: here only to compare
+
+    assert list(morton_order(counts)) == list(morton_order_iter(counts))

@@ -15,6 +15,7 @@ other write is zarr's.
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class ShardFiles:
             return list(chunks.values())
         index = np.full((*self._counts(), 2), EMPTY, "<u8")
         pieces, offset = [], 0
-        for chunk in _morton_order(self._counts()):
+        for chunk in morton_order(self._counts()):
             data = chunks.get(chunk)
             if data is not None:
                 index[chunk] = (offset, len(data))
@@ -158,10 +159,28 @@ def _encoder(codecs: tuple[Any, ...]) -> Any:
     return codec if isinstance(codec, Raw | Zstd) else None
 
 
-def _morton_order(counts: tuple[int, ...]) -> Any:
-    from zarr.core.indexing import morton_order_iter
+@functools.lru_cache(maxsize=64)
+def morton_order(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """A shard's inner chunks in the order zarr stores them: by compressed Morton code (as
+    Neuroglancer's precomputed format defines it), the coordinates' bits interleaved from the
+    lowest, each axis leaving the interleave once its ``ceil(log2(count))`` bits are used.
 
-    return morton_order_iter(counts)
+    Example:
+        >>> morton_order((2, 3))
+        ((0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2))
+    """
+    bits = [(count - 1).bit_length() for count in counts]
+
+    def code(chunk: tuple[int, ...]) -> int:
+        value, place = 0, 0
+        for bit in range(max(bits, default=0)):
+            for axis, coordinate in enumerate(chunk):
+                if bit < bits[axis]:
+                    value |= ((coordinate >> bit) & 1) << place
+                    place += 1
+        return value
+
+    return tuple(sorted(product(*map(range, counts)), key=code))
 
 
 def _with_checksum(index: bytes) -> bytes:
