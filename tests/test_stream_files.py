@@ -106,7 +106,7 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
     from densepred.system import resident_bytes
 
     budget = memory_budget(resident_bytes() + 2**30, torch.device("cpu"))  # 1 GiB over this process
-    footprint = footprint_for(net, source, 1)
+    footprint = footprint_for(net, source, 1, torch.device("cpu"))
     stream = plan_tiles(net.geometry, source.spatial_shape, None, "stream", True, budget, footprint)
     cube = plan_tiles(net.geometry, source.spatial_shape, None, "dilated", True, budget, footprint)
     assert stream.grid[0] == math.ceil(700 / STREAM_LENGTH)  # as few streams as the length allows, of equal length
