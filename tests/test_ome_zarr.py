@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +150,24 @@ def test_an_output_cut_short_while_its_levels_are_created_names_no_missing_array
     attributes = zarr.open_group(tmp_path / "o.zarr", mode="r").attrs
     assert attributes["densepred"] == {"complete": False}  # still marked as densepred's
     assert "ome" not in attributes
+
+
+def test_a_run_killed_while_it_creates_its_output_resumes_to_the_same_bytes(tmp_path, config):
+    np.save(tmp_path / "in.npy", np.random.default_rng(8).random((21, 70, 65), dtype=np.float32))
+    args = ["predict", str(config), "--input", str(tmp_path / "in.npy"), "--levels", "2", "--dtype", "uint8",
+            "--quiet", "--output"]
+    killed = ("import os, sys\nfrom densepred.io import outputs\n"
+              "def create_levels(group, layout, dtype):\n"
+              "    group.create_array('0', shape=(3, 2, 2), dtype='uint8')\n"
+              "    os._exit(9)  # as a kill -9: nothing cleaned up\n"
+              "outputs.create_levels = create_levels\n"
+              "from densepred.interfaces.cli import main\nmain(sys.argv[1:])\n")
+    cut = str(tmp_path / "cut.zarr")
+    assert subprocess.run([sys.executable, "-c", killed, *args, cut], check=False).returncode == 9
+    assert (tmp_path / "cut.zarr.densepred" / "run.json").exists()
+    assert zarr.open_group(cut, mode="r").attrs["densepred"] == {"complete": False}  # ours, cut short
+    assert main([*args, cut, "--resume"]) == 0
+    assert main([*args, str(tmp_path / "whole.zarr")]) == 0
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(zarr.open_group(cut, mode="r")[level][...],
+                                      zarr.open_group(tmp_path / "whole.zarr", mode="r")[level][...])

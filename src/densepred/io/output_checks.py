@@ -8,6 +8,10 @@
   (:func:`record_folder`); a file densepred never wrote is refused whatever its name.
   An HDF5 file is never deleted, only the dataset inside it; a file h5py cannot open for
   writing (open elsewhere, locked, read-only, corrupt) is an error, never a reason to delete.
+* A zarr output, like a run record, is first renamed out of the way (to a hidden
+  ``.<record folder>.<id>.deleting`` beside it), then deleted, so a process killed while
+  deleting leaves its name free instead of a half-deleted folder there; such leftovers go
+  with the next run to that output (:func:`clear_deleted`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,9 +135,29 @@ def remove_output(spec: ArraySpec, checked: bool = False) -> None:
         return
     target = _target(spec)
     if target.is_dir():
-        shutil.rmtree(target)
+        delete_folder(target, spec)
     else:
         target.unlink(missing_ok=True)
+
+
+def delete_folder(folder: Path, spec: ArraySpec) -> None:
+    """Delete ``folder`` (the output ``spec``'s, or its record's) after renaming it out of the way,
+    so a kill while deleting never leaves it half there (see :func:`clear_deleted`)."""
+    trash = spec.path.parent / f".{record_folder(spec).name}.{uuid.uuid4().hex}.deleting"
+    try:
+        folder.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash)
+
+
+def clear_deleted(spec: ArraySpec) -> int:
+    """Delete what earlier runs were killed while deleting (:func:`remove_output`'s renamed
+    outputs); returns how many there were."""
+    stale = list(spec.path.parent.glob(f".{record_folder(spec).name}.*.deleting"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
 
 
 def _target(spec: ArraySpec) -> Path:

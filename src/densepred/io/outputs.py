@@ -244,9 +244,11 @@ def remove_partial_writes(folder: Path) -> int:
 def _create_zarr(spec: ArraySpec, dtype: np.dtype, layout: OmeLayout, attributes: dict[str, Any]) -> OutputArray:
     import zarr
 
-    root = zarr.open_group(spec.path, mode="a", zarr_format=3)
-    group = root.create_group(spec.key) if spec.key else root
-    group.update_attributes(attributes)  # densepred's mark first, so a cut-short output is still known as ours
+    # densepred's mark is in the group's first metadata, so an output cut short is still known as ours
+    if spec.key:
+        group = zarr.open_group(spec.path, mode="a", zarr_format=3).create_group(spec.key, attributes=attributes)
+    else:
+        group = zarr.open_group(spec.path, mode="a", zarr_format=3, attributes=attributes)
     arrays = [_for_writing(array) for array in create_levels(group, layout, dtype)]
     # the image's metadata last: a process killed in between leaves no multiscales naming arrays that do not exist
     group.update_attributes({"ome": ome_attributes(layout)})

@@ -25,7 +25,7 @@ from typing import Any
 
 from ...errors import DensePredError
 from ...io import ArraySpec, create_output, open_output, output_exists, remove_output
-from ...io.output_checks import check_replaceable
+from ...io.output_checks import check_replaceable, clear_deleted, delete_folder
 from ...io.pyramid import PyramidFeed
 from ...io.run_record import provenance, read_done, write_error, write_record
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
@@ -79,7 +79,8 @@ def run_planned(job: PredictJob, planned: PlannedJob, client: Any = None) -> Job
         log.warning("%s is already complete; nothing to do", spec)
         return planned.result(0, planned.pieces)
     if previous is not None:
-        output, done = _reopen(planned), read_done(record_dir)
+        done = read_done(record_dir)
+        output = _reopen(planned, done)
     else:
         output, done = _start_output(planned, job.overwrite or job.resume), set()
     skipped = len(done)
@@ -120,9 +121,10 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
         check_replaceable(spec)
     # the record goes first: a crash while the old output is being deleted must not leave
     # a half-deleted output that a record still calls complete
-    shutil.rmtree(record_dir, ignore_errors=True)
+    delete_folder(record_dir, spec)
     if exists:
         remove_output(spec, checked=True)
+    clear_deleted(spec)
     try:
         record_dir.mkdir(parents=True)
     except OSError as exc:
@@ -163,9 +165,17 @@ def _pyramid_feed(planned: PlannedJob, output: Any) -> PyramidFeed | None:
     return feed
 
 
-def _reopen(planned: PlannedJob) -> Any:
-    """The interrupted run's output, if it is still what its record says."""
-    output = open_output(planned.out_spec)
+def _reopen(planned: PlannedJob, done: set[int]) -> Any:
+    """The interrupted run's output, if it is still what its record says. A run killed while
+    it created the output (its levels or metadata not all there) had written nothing, so with
+    no piece done the output is created again."""
+    try:
+        output = open_output(planned.out_spec)
+    except DensePredError:
+        if done:
+            raise
+        log.info("the interrupted run stopped while creating %s; creating it again", planned.out_spec)
+        return _start_output(planned, replace_old=True)
     if output.shape != planned.shape or output.dtype != planned.encoding.stored_dtype:
         output.close()
         raise DensePredError(f"{planned.out_spec} has shape {list(output.shape)} and dtype {output.dtype}, not what "
