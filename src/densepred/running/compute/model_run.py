@@ -325,7 +325,7 @@ class ModelRun:
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         """The activated outputs of the window whose outputs start at ``starts`` (output voxels)."""
-        return self._compute(self._read_window(starts)).numpy()
+        return self._compute(self._upload(self._read_window(starts))).numpy()
 
     def forward_each(self, items: Sequence[Item], take: Callable[[Item, np.ndarray], None], *,
                      starts: Callable[[Item], Sequence[int]] = lambda item: item,
@@ -351,8 +351,7 @@ class ModelRun:
     def _upload(self, x: np.ndarray) -> Upload:
         return self.transfers.upload(x[None])
 
-    def _compute(self, x: Upload | np.ndarray) -> Download:
-        upload = x if isinstance(x, Upload) else self._upload(x)
+    def _compute(self, upload: Upload) -> Download:
         logits = window_logits(self.model, self.transfers.take(upload), self.flips, self.channel_map,
                                self.memory_format, self.precision)
         return self.transfers.download(logits, activated(self.net))

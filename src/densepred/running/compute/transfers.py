@@ -9,8 +9,8 @@ download stream, queued by the computing thread and waited for by the writer::
                       queue batch k's finish (softmax) and its copy down (download stream)
     writer thread     wait for batch k's copy down, then encode and write it
 
-So the copies in both directions overlap the kernels, the computing thread never waits for
-the GPU, and the writer's wait is for its own batch only. Each tensor used on a stream other
+So the copies in both directions overlap the kernels, the computing thread does not wait for
+a copy, and a writer waits for its own batch only. Each tensor used on a stream other
 than the one that made it is recorded on that stream (``record_stream``), so the caching
 allocator does not hand its memory out again before the copy or the kernels are done; pinned
 host blocks come from torch's caching host allocator, which does the same for them.

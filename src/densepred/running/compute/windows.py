@@ -35,8 +35,8 @@ def outer(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 def window_logits(model: Any, x: torch.Tensor, flips: list[tuple[int, ...]], channel_map: Any,
                   memory_format: torch.memory_format | None = None, precision: Precision = FLOAT32) -> torch.Tensor:
-    """A window's logits averaged over the flips, in float32, where ``x`` (``(1, C, *window)``,
-    on the model's device) is: the flipped views' logits summed in a running sum."""
+    """The logits of the window ``x`` (``(1, C, *window)``, on the model's device) averaged over
+    the flipped views (a running sum of their logits), in float32."""
     x_t = x.to(dtype_of(model))
     if memory_format is not None and x_t.dim() == (5 if memory_format == torch.channels_last_3d else 4):
         x_t = x_t.contiguous(memory_format=memory_format)
