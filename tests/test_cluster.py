@@ -247,3 +247,21 @@ def test_client_killed_mid_run_then_resume_is_byte_identical(config, volume, tmp
     assert result.skipped >= 3
     assert result.computed + result.skipped == result.tiles
     assert same_bytes(output, reference)
+
+
+def test_the_network_outlives_every_worker_that_held_it():
+    """A job's network goes to the workers as a task, not scattered data: with every worker that
+    held it killed (and restarted by its nanny), the blocks still to run get it again."""
+    from densepred.running.executors.cluster import ClusterTarget, connected, shared
+
+    with connected(ClusterTarget(workers=2, threads_per_worker=1), None) as client:
+        network = shared(client, list(range(10)))
+        assert client.submit(sum, network, pure=False).result(timeout=60) == 45
+        for pid in client.run(os.getpid).values():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the nannies start new workers, which know nothing yet
+            time.sleep(0.2)
+            if len(client.scheduler_info()["workers"]) == 2 and not client.who_has(network)[network.key]:
+                break
+        assert client.submit(sum, network, pure=False).result(timeout=60) == 45

@@ -14,7 +14,10 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +169,23 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 
+def shared(client: Any, value: Any) -> Any:
+    """``value`` (a job's network) on the cluster, as a future the tasks take as an argument.
+
+    It is a task that returns the value, not scattered data: the scheduler keeps the task, so
+    when every worker that held the value is gone (killed, restarted by its nanny, preempted)
+    it runs again where it is needed, where scattered data would be lost with its workers and
+    every block still to run cancelled.
+    """
+    with warnings.catch_warnings():  # the value rides in the task: as large as the weights
+        warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
+        return client.submit(_same, value, pure=False, key=f"densepred-payload-{uuid.uuid4().hex}")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def run_tasks(client: Any, tasks: Iterator[Task], on_result: Callable[..., None],
               resources: dict[str, int] | None, with_id: bool = False) -> None:
     """Run ``tasks`` as futures, at most :data:`IN_FLIGHT_PER_THREAD` per worker thread at once,
@@ -191,14 +211,13 @@ def run_tasks(client: Any, tasks: Iterator[Task], on_result: Callable[..., None]
     try:
         for future in queue:
             task, attempt = running.pop(future)
-            if future.status == "finished":
-                result = future.result()
-                if with_id:
-                    on_result(result, task.task_id)
-                else:
-                    on_result(result)
-            else:
+            result = _result(future)
+            if result is _LOST:
                 _retry_or_stop(future, task, attempt, submit)
+            elif with_id:
+                on_result(result, task.task_id)
+            else:
+                on_result(result)
             future.release()
             fill()
     finally:
@@ -206,8 +225,22 @@ def run_tasks(client: Any, tasks: Iterator[Task], on_result: Callable[..., None]
             client.cancel(list(running))
 
 
+_LOST = object()
+
+
+def _result(future: Any) -> Any:
+    """The task's result, or :data:`_LOST` when it failed, was cancelled, or finished on a
+    worker that died before the result came back and could not run again."""
+    if future.status != "finished":
+        return _LOST
+    try:
+        return future.result()
+    except (CancelledError, OSError):  # cancelled once lost (FutureCancelledError), or a closed comm
+        return _LOST
+
+
 def _retry_or_stop(future: Any, task: Task, attempt: int, submit: Callable[[Task, int], None]) -> None:
-    error = future.exception()
+    error = future.exception() if future.status == "error" else None
     worker = getattr(error, "worker", "a worker that died")
     final = getattr(error, "final", False)
     if not final and attempt < ATTEMPTS:
@@ -220,7 +253,9 @@ def _retry_or_stop(future: Any, task: Task, attempt: int, submit: Callable[[Task
                          "--resume continues it once the cause is fixed")
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException | None) -> str:
+    if error is None:
+        return "it was lost with its worker (the worker died, or was removed from the cluster)"
     if isinstance(error, BlockFailed):
         return error.message
     if type(error).__name__ == "KilledWorker":

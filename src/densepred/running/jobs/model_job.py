@@ -45,7 +45,7 @@ from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
 from ..compute.sink import NonFinite, Sink
-from ..executors.cluster import Task, box_text, tiles_per_block
+from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
 from .layout import layout_for
@@ -93,7 +93,7 @@ class ModelShards:
             per_block = BLEND_SHARDS_PER_BLOCK
         blocks = BlockPlan.create(run.output_shape, run.shard, tiles_per_block(per_block, len(run.window)),
                                   (1,) * len(run.window))
-        payload = client.scatter(ModelPayload.from_job(self.job, run.net), broadcast=True, hash=False)
+        payload = shared(client, ModelPayload.from_job(self.job, run.net))
         block_job = ModelBlockJob(self.in_spec.resolved(), self.out_spec.resolved(), run.mode, run.window,
                                   run.overlap, job.tta, job.device, blocks, self.encoding, run.contract.crop,
                                   job.strict, job.threads_per_worker, run.prepared, run.precision.name)

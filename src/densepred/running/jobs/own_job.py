@@ -44,7 +44,7 @@ from ...networks.precision import Precision, precision_for
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
-from ..executors.cluster import Task, box_text, tiles_per_block
+from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
 from .layout import ome_layout
@@ -105,7 +105,7 @@ class NetTiles:
         plan = self.plan
         blocks = BlockPlan.create(plan.output_shape, plan.output_tile,
                                   tiles_per_block(job.tiles_per_block, len(plan.output_tile)), plan.fov)
-        payload = client.scatter(NetPayload.from_files(self.cfg, self.weights), broadcast=True, hash=False)
+        payload = shared(client, NetPayload.from_files(self.cfg, self.weights))
         network = self.cfg.network
         block_job = BlockJob(self.input_spec, self.out_spec.resolved(), network.in_channels, network.dims, plan,
                              blocks, self.engine_mode, self.batch_size, self.encoding, job.device,
