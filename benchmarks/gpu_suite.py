@@ -202,7 +202,7 @@ def pipeline(device: torch.device, quick: bool) -> list[str]:
     """File to file in this process (a warm second run timed): the near-free net over a uint8 zarr
     volume into OME-Zarr (two classes, uint8, default pyramid, as issue 25's table), and m36 in
     its fastest precision here beside its engine alone on the tile the plan chose."""
-    from pipeline_ceiling import _trivial_net, _volume
+    from pipeline_ceiling import textured_volume, trivial_net
 
     from densepred.running.jobs import PredictJob, predict_to_file
     from densepred.running.planning.job_plan import plan_job
@@ -211,12 +211,12 @@ def pipeline(device: torch.device, quick: bool) -> list[str]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        trivial = _trivial_net(work)
+        trivial = trivial_net(work)
         m36_config = _m36_run(work)
         for name, config, shape, how in (("near-free net", trivial, (64, 256, 256) if quick else (256, 1024, 1024),
                                           "float32"),
                                          ("m36", m36_config, (64, 128, 128) if quick else (256, 512, 512), precision)):
-            source = _volume(work / f"{name}.zarr", shape)
+            source = textured_volume(work / f"{name}.zarr", shape)
             job = PredictJob(str(config), str(source), str(work / "out.zarr"), mirror=True, dtype="uint8",
                              device=str(device), precision=how, overwrite=True, progress=False)
             predict_to_file(job)  # warm-up: cuDNN's choices, the allocator, page cache

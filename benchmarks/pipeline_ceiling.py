@@ -82,8 +82,8 @@ def main() -> None:
     depths = [int(d) for d in args.depths.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
-        config = _trivial_net(work)
-        inputs = {d: _volume(work / f"in{d}.zarr", (d, args.side, args.side)) for d in depths}
+        config = trivial_net(work)
+        inputs = {d: textured_volume(work / f"in{d}.zarr", (d, args.side, args.side)) for d in depths}
         runs: dict[tuple[str, int], list] = {}
         for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits both alike
             for d in depths:
@@ -112,7 +112,7 @@ def main() -> None:
         print(json.dumps(summary))
 
 
-def _trivial_net(work: Path) -> Path:
+def trivial_net(work: Path) -> Path:
     import densepred
     from densepred.networks.weights import save_weights
 
@@ -127,7 +127,7 @@ def _trivial_net(work: Path) -> Path:
     return config
 
 
-def _volume(path: Path, shape: tuple[int, int, int]) -> Path:
+def textured_volume(path: Path, shape: tuple[int, int, int]) -> Path:
     """A uint8 volume with EM-like texture (smooth blobs plus noise), written slab by slab."""
     array = zarr.create_array(path, shape=shape, chunks=(64, 64, 64), dtype="uint8")
     rng = np.random.default_rng(shape[0])

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline_ceiling import _trivial_net, _volume
+from pipeline_ceiling import textured_volume, trivial_net
 
 CHILD = r"""
 import json, resource, sys, time
@@ -52,8 +52,8 @@ def main() -> None:
     sets = args.sets.split(",")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
-        config = _trivial_net(work)
-        source = str(_volume(work / "in.zarr", (args.depth, args.side, args.side)))
+        config = trivial_net(work)
+        source = str(textured_volume(work / "in.zarr", (args.depth, args.side, args.side)))
         if args.input == "hdf5":
             source = _as_hdf5(source, work / "in.h5")
         command = ["predict", str(config), "--input", str(source), "--output", str(work / "out.zarr"), "--mirror",

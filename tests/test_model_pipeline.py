@@ -134,4 +134,4 @@ def test_blend_rows_are_chunked_by_the_windows_step_unless_that_cuts_a_window_to
         def blend_axes():
             return [[0, 8], [0, 64, 128, 192], [0, 48, 96, 112]]
 
-    assert model_job._row_chunks(Run) == (64, 100)  # 128 and 64: chunks of 64; 100 and 48: 4 is too fine
+    assert model_job.row_chunks(Run) == (64, 100)  # 128 and 64: chunks of 64; 100 and 48: 4 is too fine

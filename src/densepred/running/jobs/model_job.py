@@ -229,14 +229,14 @@ def _blend_row(run: ModelRun, store: Path, r: int, z: int, depth: int) -> None:
         box, values = run.weigh(starts, result)
         if rows is None:
             shape = (values.shape[0], min(depth, out_shape[0] - z), *out_shape[1:])
-            rows = scratch_array(store / f"row{r}", shape, (shape[0], shape[1], *_row_chunks(run)))
+            rows = scratch_array(store / f"row{r}", shape, (shape[0], shape[1], *row_chunks(run)))
         key = (slice(None), slice(0, box[0][1] - box[0][0]), *(slice(a, b) for a, b in box[1:]))
         rows[key] = rows[key] + values
 
     run.forward_each([(z, *starts) for starts in itertools.product(*rest)], take)
 
 
-def _row_chunks(run: ModelRun) -> tuple[int, ...]:
+def row_chunks(run: ModelRun) -> tuple[int, ...]:
     """A row's chunks across y and x: the largest that the windows' steps and sizes are
     multiples of, so each window on the step grid covers whole chunks, unless that cuts a
     window into more than ``ROW_CHUNKS_PER_WINDOW`` along an axis (then the window's size:
