@@ -1,7 +1,8 @@
 """Storage faults: a corrupt input chunk, a truncated HDF5 input, a file-size limit hit while
 writing (a full disk), an input changed on disk between a run and its resume, a read-only output
-folder. Each ends in one line and exit 2, leaves nothing that looks finished, and after the cause
-is gone ``--resume`` finishes with the bytes of an uninterrupted run."""
+folder, a second run to an output another run is writing. Each ends in one line and exit 2,
+leaves nothing that looks finished, and after the cause is gone ``--resume`` finishes with the
+bytes of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -157,3 +158,36 @@ def test_a_run_killed_while_deleting_the_old_output_leaves_the_name_free(tmp_pat
     assert main([*args, str(out), "--resume"]) == 0  # nothing to resume: a fresh run, no --overwrite needed
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["0"][...], expected)
     assert not list(tmp_path.glob(".o.zarr*"))  # the half-deleted folders went with it
+
+
+HOLD_LOCK = """
+import sys, time
+from densepred.io import ArraySpec
+from densepred.io.run_lock import output_lock
+with output_lock(ArraySpec.parse(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("name", ["o.zarr", "o.h5:pred"])
+def test_a_second_run_to_an_output_being_written_is_refused_until_the_first_is_gone(config, zarr_input, tmp_path,
+                                                                                    capsys, name):
+    out = f"{tmp_path / name}"
+    assert predict(config, zarr_input, out) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*")
+              if p.is_file() and p.relative_to(tmp_path).parts[0].startswith("o.")}
+    assert len(before) >= 2
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        one_error_line(capsys, predict(config, zarr_input, out, "--overwrite", "--classes", "1"),
+                       f"is being written by another densepred run (pid {holder.pid} on ")
+        one_error_line(capsys, predict(config, zarr_input, out, "--resume"), f"(pid {holder.pid} on ")
+        assert {p: p.read_bytes() for p in before} == before  # nothing deleted, nothing rewritten
+    finally:
+        holder.kill()  # as kill -9: the lock goes with the process, its file stays behind
+        holder.wait()
+    assert list(tmp_path.glob(".o.*.lock"))
+    assert predict(config, zarr_input, out, "--overwrite", "--classes", "1") == 0
+    assert not list(tmp_path.glob(".o.*.lock"))

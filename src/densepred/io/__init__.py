@@ -9,6 +9,7 @@
   values and bytes, without its event loop)
 * :mod:`.output_checks` - what may be written or replaced: never data densepred did not write
 * :mod:`.run_record` - the run record beside an output (``run.json``, ``done.log``), durably
+* :mod:`.run_lock` - one run per output at a time
 * :mod:`.pyramid` - an OME-Zarr output's pyramid levels, built while level 0 is written and
   completed after, resumably
 * :mod:`.fingerprint` - a cheap fingerprint of an input's contents, to notice a changed input

@@ -8,6 +8,7 @@ elsewhere (:func:`.model_job.plan_model`, pieces are output shards). Both give a
 (:mod:`densepred.io.run_record`):
 
 * nothing is created or deleted before every check has passed;
+* one run writes an output at a time (:mod:`densepred.io.run_lock`);
 * the record is written before the output and removed first, so a record never calls a
   half-deleted output complete;
 * ``--overwrite`` replaces only an output a densepred run wrote
@@ -27,6 +28,7 @@ from ...errors import DensePredError
 from ...io import ArraySpec, create_output, open_output, output_exists, remove_output
 from ...io.output_checks import check_replaceable, clear_deleted, delete_folder
 from ...io.pyramid import PyramidFeed
+from ...io.run_lock import output_lock
 from ...io.run_record import provenance, read_done, write_error, write_record
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
@@ -73,7 +75,13 @@ def plan_job(job: PredictJob) -> PlannedJob:
 
 def run_planned(job: PredictJob, planned: PlannedJob, client: Any = None) -> JobResult:
     """Create (or reopen) the output, compute the missing pieces here or on ``client``'s cluster,
-    build the pyramid, mark the output complete."""
+    build the pyramid, mark the output complete; refused while another run writes the output
+    (:mod:`densepred.io.run_lock`)."""
+    with output_lock(planned.out_spec):
+        return _run(job, planned, client)
+
+
+def _run(job: PredictJob, planned: PlannedJob, client: Any) -> JobResult:
     spec, record_dir, previous = planned.out_spec, planned.record_dir, planned.previous
     if previous is not None and previous.get("complete"):
         log.warning("%s is already complete; nothing to do", spec)
