@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from densepred import DensePredError, predict_dense
+from densepred import DensePredError, PredictJob, predict_dense, predict_to_file
 from densepred.geometry import Footprint, default_output_tile
 from densepred.interfaces.cli import main
 from densepred.networks.memory_budget import MemoryBudget, tile_cost
 from densepred.system import resident_bytes
-from tests.conftest import NETS, make_net
+from tests.conftest import NETS, make_net, mark_interrupted
 
 
 def test_the_estimate_grows_with_every_buffer_it_counts():
@@ -65,6 +65,20 @@ def test_an_explicit_tile_over_the_limit_warns_and_runs(rng, caplog):
         predict_dense(net, rng.random((200, 200), dtype=np.float32), tile_shape=199,
                       memory_limit=resident_bytes() + 2**20)
     assert "over the memory limit" in caplog.text
+
+
+def test_a_resume_under_a_smaller_limit_keeps_its_tiles_and_says_they_are_over(config, rng, tmp_path, caplog):
+    np.save(tmp_path / "in.npy", rng.random((21, 70, 65), dtype=np.float32))
+    job = PredictJob(str(config), str(tmp_path / "in.npy"), str(tmp_path / "out.zarr"), mirror=True)
+    first = predict_to_file(job)
+    mark_interrupted(tmp_path / "out.zarr")
+    tight = PredictJob(str(config), str(tmp_path / "in.npy"), str(tmp_path / "out.zarr"), mirror=True, resume=True,
+                       memory_limit=resident_bytes() + 2**16)
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        again = predict_to_file(tight)
+    assert again.input_tile == first.input_tile
+    assert "over the memory limit" in caplog.text
+    assert "the interrupted run planned it" in caplog.text
 
 
 def test_bad_memory_limits_are_one_line(tmp_path, capsys):

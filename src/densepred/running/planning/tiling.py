@@ -230,6 +230,10 @@ def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
     return tuple(int(t) for t in tile)
 
 
+RESUMED = ("the interrupted run planned it (a resume keeps its tiles); start again with --overwrite to plan "
+           "for this limit")
+
+
 def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: ChannelFirst, encoding: Encoding,
               previous: dict[str, Any] | None, device: torch.device,
               pyramid: bool) -> tuple[Geometry, TilePlan, str, int, int]:
@@ -256,6 +260,8 @@ def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: Channel
     if job.tile is None and tiles is not None:
         plan = TilePlan.create(source.spatial_shape, geometry.fov, tiles["input_tile"], job.mirror, roi)
         engine_mode = choose_mode(geometry, plan.input_tile, mode, device)
+        warn_if_over(budget, tile_cost(geometry, engine_mode, footprint, budget)(plan.output_tile), plan.input_tile,
+                     RESUMED)
     else:
         tile = job.tile if job.tile is not None else net.tile_shape
         plan, engine_mode = plan_and_mode(geometry, source.spatial_shape, tile, mode, job.mirror, budget, footprint,
