@@ -191,3 +191,20 @@ def test_a_second_run_to_an_output_being_written_is_refused_until_the_first_is_g
     assert list(tmp_path.glob(".o.*.lock"))
     assert predict(config, zarr_input, out, "--overwrite", "--classes", "1") == 0
     assert not list(tmp_path.glob(".o.*.lock"))
+
+
+def test_an_output_in_the_inputs_own_zarr_container_is_no_change_of_the_input(config, tmp_path, caplog):
+    group = zarr.open_group(tmp_path / "c.zarr", mode="w")
+    raw = group.create_array("raw", shape=SHAPE, chunks=(8, 16, 16), dtype="float32")
+    raw[:] = np.random.default_rng(5).random(SHAPE, dtype=np.float32)
+    source, out = f"{tmp_path / 'c.zarr'}:raw", f"{tmp_path / 'c.zarr'}:pred"
+    assert predict(config, source, out) == 0
+    mark_interrupted(tmp_path / "c.zarr.pred")
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert predict(config, source, out, "--resume") == 0
+    assert "modification time changed" not in caplog.text
+    mark_interrupted(tmp_path / "c.zarr.pred")
+    raw[5, 20, 20] = float(raw[5, 20, 20]) + 0.5  # the input itself, outside the sampled boxes
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert predict(config, source, out, "--resume") == 0
+    assert "modification time changed" in caplog.text

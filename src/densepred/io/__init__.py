@@ -17,7 +17,7 @@
 """
 
 from .arrays import ArraySpec, open_array
-from .fingerprint import array_fingerprint, file_stamp
+from .fingerprint import array_fingerprint, file_stamp, input_stamp
 from .images import ChannelFirst, read_window, to_float32
 from .output_checks import check_not_input, check_writable, output_exists, remove_output
 from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output
@@ -32,6 +32,7 @@ __all__ = [
     "check_writable",
     "create_output",
     "file_stamp",
+    "input_stamp",
     "open_array",
     "open_output",
     "output_exists",

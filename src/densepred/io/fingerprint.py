@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import ArraySpec
 from .reading import read_box
 
 SAMPLES_PER_AXIS = 4
@@ -44,6 +45,13 @@ def _starts(n: int) -> list[int]:
 
 
 MAX_STAMPED_FILES = 100_000
+
+
+def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
+    """:func:`file_stamp` of the input's own files: of a zarr array inside a container only its
+    folder, so an output written into the same container (``c.zarr:raw`` to ``c.zarr:pred``)
+    is no change of the input."""
+    return file_stamp(spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path)
 
 
 def file_stamp(path: Path) -> dict[str, int] | None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import BlockPlan
-from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, file_stamp, open_array
+from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, input_stamp, open_array
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.local_zarr import open_scratch, scratch_array
@@ -160,7 +160,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int
         "version": RECORD_VERSION,
         "input": {"spec": str(in_spec.resolved()), "shape": list(np.shape(source.image)), "dtype": str(source.dtype),
                   "fingerprint": array_fingerprint(source.image, len(run.window))},
-        "input_file": file_stamp(in_spec.path),
+        "input_file": input_stamp(in_spec),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
                     "contract": run.contract.describe(), "activation": run.net.output,

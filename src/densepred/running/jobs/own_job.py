@@ -32,7 +32,7 @@ from ...io import (
     array_fingerprint,
     check_not_input,
     check_writable,
-    file_stamp,
+    input_stamp,
     open_array,
 )
 from ...io.encoding import Encoding
@@ -170,7 +170,7 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
         "input": {"spec": str(ArraySpec(in_spec.path.resolve(), in_spec.key)),
                   "shape": list(source.image.shape), "dtype": str(source.dtype),
                   "fingerprint": array_fingerprint(source.image, geometry.ndim)},
-        "input_file": file_stamp(in_spec.path),
+        "input_file": input_stamp(in_spec),
         "network": {"config_sha256": network_hash(cfg), "weights_sha256": file_hash(weights),
                     "fov": list(geometry.fov), "stride": list(geometry.stride)},
         "tiles": {"input_tile": list(plan.input_tile), "output_tile": list(plan.output_tile),
