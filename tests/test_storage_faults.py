@@ -130,32 +130,37 @@ def test_a_read_only_output_folder_is_one_line(config, zarr_input, tmp_path, cap
     assert not (folder / "out.zarr").exists()
 
 
-def test_a_run_killed_while_deleting_the_old_output_leaves_the_name_free(tmp_path, config, monkeypatch):
-    from densepred.io import output_checks
+KILLED_WHILE_DELETING = """
+import os, signal, sys
+from pathlib import Path
+from densepred.io import output_checks
+from densepred.interfaces.cli import main
+rmtree = output_checks.shutil.rmtree
 
+def killed(path, *args, **kwargs):  # the old output half deleted, then the process dies
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        next(path.rglob("c")).rename(path / "gone")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rmtree(path, *args, **kwargs)
+
+output_checks.shutil.rmtree = killed
+main(sys.argv[1:])
+"""
+
+
+def test_a_run_killed_while_deleting_the_old_output_leaves_the_name_free(tmp_path, config):
     np.save(tmp_path / "in.npy", np.random.default_rng(9).random((21, 70, 65), dtype=np.float32))
     args = ["predict", str(config), "--input", str(tmp_path / "in.npy"), "--quiet", "--output"]
     out = tmp_path / "o.zarr"
     assert main([*args, str(out)]) == 0
     expected = zarr.open_group(out, mode="r")["0"][...]
-    deleted = []
-    rmtree = output_checks.shutil.rmtree
-
-    def killed(path, *args, **kwargs):  # the record goes; the process dies with the old output half deleted
-        deleted.append(Path(path))
-        if len(deleted) == 1:
-            return rmtree(path, *args, **kwargs)
-        next(Path(path).rglob("c")).rename(Path(path) / "gone")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(output_checks.shutil, "rmtree", killed)
-    assert main([*args, str(out), "--overwrite"]) == 130  # as a kill: nothing after it runs
-    monkeypatch.undo()
-    assert not out.exists()
-    assert not (tmp_path / "o.zarr.densepred").exists()
-    assert [path.name.startswith(".o.zarr.densepred.") for path in deleted] == [True, True]  # hidden, named
-    assert deleted[1].exists()
-    assert main([*args, str(out), "--resume"]) == 0  # nothing to resume: a fresh run, no --overwrite needed
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_DELETING, *args, str(out), "--overwrite"],
+                            capture_output=True, text=True, check=False)
+    assert killed.returncode == -9, killed.stderr
+    left = list(tmp_path.glob(".o.zarr.densepred.*.deleting"))
+    assert left  # renamed out of the way: hidden, named after the output
+    assert main([*args, str(out), "--resume"]) == 0  # the new run's output, or a fresh one: no --overwrite needed
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["0"][...], expected)
     assert not list(tmp_path.glob(".o.zarr*"))  # the half-deleted folders went with it
 

@@ -123,9 +123,10 @@ def record_folder(spec: ArraySpec) -> Path:
     return spec.path.with_name(spec.path.name + suffix + ".densepred")
 
 
-def remove_output(spec: ArraySpec, checked: bool = False) -> None:
+def remove_output(spec: ArraySpec, checked: bool = False, now: bool = True) -> None:
     """Delete an output a densepred run wrote (for HDF5 only the dataset); refuse anything else
-    (``checked``: :func:`check_replaceable` passed just now, before its record was cleared)."""
+    (``checked``: :func:`check_replaceable` passed just now, before its record was cleared).
+    ``now=False`` only renames a zarr folder out of the way, for :func:`clear_deleted` later."""
     if not checked:
         check_replaceable(spec)
     if spec.kind == "hdf5":
@@ -135,25 +136,28 @@ def remove_output(spec: ArraySpec, checked: bool = False) -> None:
         return
     target = _target(spec)
     if target.is_dir():
-        delete_folder(target, spec)
+        delete_folder(target, spec, now)
     else:
         target.unlink(missing_ok=True)
 
 
-def delete_folder(folder: Path, spec: ArraySpec) -> None:
+def delete_folder(folder: Path, spec: ArraySpec, now: bool = True) -> None:
     """Delete ``folder`` (the output ``spec``'s, or its record's) after renaming it out of the way,
-    so a kill while deleting never leaves it half there (see :func:`clear_deleted`)."""
+    so a kill while deleting never leaves it half there; ``now=False`` only renames it, for
+    :func:`clear_deleted` to delete (a run does that beside its work)."""
     trash = spec.path.parent / f".{record_folder(spec).name}.{uuid.uuid4().hex}.deleting"
     try:
         folder.rename(trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash)
+    if now:
+        shutil.rmtree(trash)
 
 
 def clear_deleted(spec: ArraySpec) -> int:
-    """Delete what earlier runs were killed while deleting (:func:`remove_output`'s renamed
-    outputs); returns how many there were."""
+    """Delete the output's and its record's renamed-away folders (:func:`delete_folder`): those
+    set aside to be deleted later, and what earlier runs were killed while deleting; returns how
+    many there were."""
     stale = list(spec.path.parent.glob(f".{record_folder(spec).name}.*.deleting"))
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)

@@ -19,8 +19,11 @@ elsewhere (:func:`.model_job.plan_model`, pieces are output shards). Both give a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -91,6 +94,12 @@ def _run(job: PredictJob, planned: PlannedJob, client: Any) -> JobResult:
         output = _reopen(planned, done)
     else:
         output, done = _start_output(planned, job.overwrite or job.resume), set()
+    with clearing_deleted(spec):
+        return _compute(job, planned, output, done, client)
+
+
+def _compute(job: PredictJob, planned: PlannedJob, output: Any, done: set[int], client: Any) -> JobResult:
+    spec, record_dir = planned.out_spec, planned.record_dir
     skipped = len(done)
     if client is not None:
         output.close()
@@ -112,6 +121,19 @@ def _run(job: PredictJob, planned: PlannedJob, client: Any) -> JobResult:
     return planned.result(computed, skipped)
 
 
+@contextlib.contextmanager
+def clearing_deleted(spec: ArraySpec) -> Iterator[None]:
+    """Delete the old output and record set aside by :func:`_start_output` (and any a killed
+    run left, :func:`~densepred.io.output_checks.clear_deleted`) in a thread while the block
+    runs, rather than before the first tile; wait for it at the end."""
+    thread = threading.Thread(target=clear_deleted, args=(spec,), name="densepred-delete", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
 def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     """Create the run record, then the output (marked incomplete), replacing old ones if allowed.
 
@@ -128,11 +150,11 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     if exists:
         check_replaceable(spec)
     # the record goes first: a crash while the old output is being deleted must not leave
-    # a half-deleted output that a record still calls complete
-    delete_folder(record_dir, spec)
+    # a half-deleted output that a record still calls complete. Both are renamed out of the
+    # way here and deleted beside the run (clearing_deleted)
+    delete_folder(record_dir, spec, now=False)
     if exists:
-        remove_output(spec, checked=True)
-    clear_deleted(spec)
+        remove_output(spec, checked=True, now=False)
     try:
         record_dir.mkdir(parents=True)
     except OSError as exc:
