@@ -11,7 +11,8 @@
   (``torch.export``, TorchScript, ONNX)
 * :mod:`.bioimageio`, :mod:`.zoo_description`, :mod:`.processing` - BioImage Model Zoo packages:
   their files, descriptions (formats 0.5 and 0.4) and pre/postprocessing
-* :mod:`.precision` - the arithmetic a prediction computes in (float32, tf32, bfloat16, float16)
+* :mod:`.precision` - the arithmetic a prediction computes in (float32, tf32, bfloat16, float16);
+  :mod:`.precision_speed` - a reduced precision measured slower than float32, remembered
 * :mod:`.devices` - choosing a device, and the memory format a model runs fastest in;
   :mod:`.memory_budget` - the memory a run may use on it, and what a tile costs
 * :mod:`.elektronn`, :mod:`.elektronn_param` - ELEKTRONN 1 nets and ``.param`` weights, read as data

@@ -41,6 +41,7 @@ from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, net
 from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
+from ...networks.precision_speed import refuse_if_slower
 from ..compute.sink import NonFinite, Sink
 from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
@@ -131,6 +132,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
         raise DensePredError("this network classifies feature vectors (dims = 0); densepred predict needs an image net")
     device = resolve_device(job.device)
     precision = precision_for(job.precision, device)
+    refuse_if_slower(cfg.network, device, precision.name)
     weights = Path(job.weights) if job.weights is not None else config_last(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry

@@ -24,7 +24,8 @@ from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks import DenseEngine, build_net
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
-from ...networks.precision import Precision, precision_for
+from ...networks.precision import FLOAT32, Precision, precision_for
+from ...networks.precision_speed import device_name, remember, slower_message
 from ...progress import count_text, duration_text
 from .tiling import footprint_on, plan_and_mode
 
@@ -131,14 +132,26 @@ def _rate(cfg: Config, geometry: Geometry, input_tile: tuple[int, ...], mode: st
         return rate_from_profile(profile_csv, input_tile, mode, precision.name)
     if not measure:
         return None, ""
+    voxels = math.prod(geometry.dense_output_shape(input_tile))
+    rate = voxels / tile_seconds(cfg, mode, input_tile, device, precision)
+    if precision.name != "float32":  # as the profiler: measured against float32 on the same tile, and kept
+        float32_rate = voxels / tile_seconds(cfg, mode, input_tile, device, FLOAT32)
+        how = f"densepred plan --measure, {mode} {_x(input_tile)}"
+        remember(cfg.network, device, precision.name, rate, float32_rate, how)
+        if rate < float32_rate:
+            raise DensePredError(slower_message(precision.name, device_name(device), rate, float32_rate, how))
+    return rate, f"one {_x(input_tile)} tile timed now, {precision.name}"
+
+
+def tile_seconds(cfg: Config, mode: str, input_tile: tuple[int, ...], device: torch.device,
+                 precision: Precision) -> float:
+    """Seconds of one tile of random data (after a warm-up), softmax and copy to the host included."""
     engine = DenseEngine(build_net(cfg).eval(), mode, device, precision)
     x = torch.rand((1, cfg.network.in_channels, *input_tile), generator=torch.Generator().manual_seed(0))
     torch.softmax(engine(x), dim=1)  # warm-up
     start = time.perf_counter()
     torch.softmax(engine(x), dim=1).cpu()
-    seconds = time.perf_counter() - start
-    return (math.prod(geometry.dense_output_shape(input_tile)) / seconds,
-            f"one {_x(input_tile)} tile timed now, {precision.name}")
+    return time.perf_counter() - start
 
 
 def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str,

@@ -30,6 +30,7 @@ from ...errors import DensePredError
 from ...geometry import Geometry, tile_bytes
 from ...networks.devices import resolve_device
 from ...networks.precision import precision_for
+from ...networks.precision_speed import remember
 from .report import PROFILE_MODES, ProfileResult, save_profile, shape_text, write_prediction_settings
 from .walk import Walk, tile_walk
 from .worker import Worker
@@ -84,9 +85,11 @@ def profile(config: Config | str | Path, *, device: str | None = None,
     precision = precision_for(precision, resolved).name
     with Worker(cfg, device, precision) as worker:
         limit = memory_limit if memory_limit is not None else worker.default_limit
-        result = ProfileResult([], worker.matmul_flops, device, limit, worker.baseline)
+        result = ProfileResult([], worker.matmul_flops, device, limit, worker.baseline, precision=precision)
         deadline = time.monotonic() + max_seconds
         _walk(worker, geometry, modes, ratio, limit, deadline, repeats, progress, result)
+    if precision != "float32":
+        _against_float32(cfg, resolved, result, repeats)
     folder = Path(out) if out is not None else cfg.save_dir
     if folder is not None:
         result.csv_path, result.png_path = save_profile(result, folder, cfg.name)
@@ -133,6 +136,23 @@ def _walk(worker: Worker, geometry: Geometry, modes: Sequence[str], aspect: Sequ
     result.stops.extend(walk.stops)
     if bar is not None:
         bar.close()
+
+
+def _against_float32(cfg: Config, device: Any, result: ProfileResult, repeats: int) -> None:
+    """Time float32 on the fastest tile of the profile's precision that float32 fits too, add
+    that row, and remember both rates (:mod:`densepred.networks.precision_speed`): a prediction
+    in a precision measured slower than float32 is refused."""
+    fitting = [r for r in result.rows if r.status == "ok" and r.precision == result.precision
+               and result.baseline + r.estimated_bytes <= result.memory_limit]
+    if not fitting:
+        return
+    tile = max(fitting, key=lambda r: r.voxels_per_s)
+    with Worker(cfg, str(device), "float32") as worker:
+        row = worker.measure(tile.mode, tile.input_shape, tile.output_shape, tile.estimated_bytes, repeats)
+    result.rows.append(row)
+    if row.status == "ok":
+        remember(cfg.network, device, result.precision, tile.voxels_per_s, row.voxels_per_s,
+                 f"densepred profile, {tile.mode} {shape_text(tile.input_shape)}")
 
 
 def _why_stopped(walk: Walk, geometry: Geometry, index: int, seconds_left: float, limit: int) -> str:

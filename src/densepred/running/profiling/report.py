@@ -71,19 +71,41 @@ class ProfileResult:
     csv_path: Path | None = None
     png_path: Path | None = None
     stops: list[str] = field(default_factory=list)
+    precision: str = "float32"  # the walk's; a reduced one adds a float32 row on one of its tiles
 
     @property
     def best(self) -> ProfileRow | None:
-        ok = [r for r in self.rows if r.status == "ok"]
+        ok = [r for r in self.rows if r.status == "ok" and r.precision == self.precision]
         return max(ok, key=lambda r: r.voxels_per_s) if ok else None
+
+    def against_float32(self) -> tuple[ProfileRow, ProfileRow] | None:
+        """A reduced precision's row and the float32 row measured on the same tile, if any."""
+        if self.precision == "float32":
+            return None
+        for other in self.rows:
+            if other.precision == "float32" and other.status == "ok":
+                same = [r for r in self.rows if r.precision == self.precision and r.status == "ok"
+                        and (r.mode, r.input_shape) == (other.mode, other.input_shape)]
+                if same:
+                    return same[0], other
+        return None
 
     def recommendation(self) -> str:
         best = self.best
         if best is None:
             return "no tile shape could be measured"
-        return (f"fastest: mode = \"{best.mode}\", tile_shape = {list(best.input_shape)} "
+        text = (f"fastest: mode = \"{best.mode}\", tile_shape = {list(best.input_shape)} "
                 f"({best.voxels_per_s:,.0f} voxels/s, {best.fraction_of_peak:.3f} of the matmul peak, "
                 f"peak memory {best.peak_bytes / 2**30:.2f} GiB)")
+        pair = self.against_float32()
+        if pair is not None:
+            reduced, full = pair
+            verdict = ("faster" if reduced.voxels_per_s >= full.voxels_per_s else
+                       "SLOWER: densepred predict refuses it for this network here until a profile finds it faster")
+            text += (f"\n{self.precision} against float32 on {reduced.mode} {shape_text(reduced.input_shape)}: "
+                     f"{reduced.voxels_per_s:,.0f} against {full.voxels_per_s:,.0f} voxels/s "
+                     f"({reduced.voxels_per_s / full.voxels_per_s:.2f}x), {verdict}")
+        return text
 
 
 def save_profile(result: ProfileResult, folder: str | Path, name: str = "") -> tuple[Path, Path]:
@@ -115,9 +137,13 @@ def plot_profile(result: ProfileResult, path: Path, name: str = "") -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode in PROFILE_MODES:
-        rows = [r for r in result.rows if r.mode == mode and r.status == "ok"]
+        rows = [r for r in result.rows if r.mode == mode and r.status == "ok" and r.precision == result.precision]
         if rows:
             ax.plot([r.output_voxels for r in rows], [r.voxels_per_s for r in rows], "o-", label=mode)
+    pair = result.against_float32()
+    if pair is not None:
+        ax.plot([pair[1].output_voxels], [pair[1].voxels_per_s], "x", color="black", markersize=10,
+                label=f"float32, {pair[1].mode} {shape_text(pair[1].input_shape)}")
     best = result.best
     if best is not None:
         ax.plot([best.output_voxels], [best.voxels_per_s], "*", color="black", markersize=16,
@@ -125,7 +151,8 @@ def plot_profile(result: ProfileResult, path: Path, name: str = "") -> None:
     ax.set_xscale("log")
     ax.set_xlabel("output voxels per tile")
     ax.set_ylabel("output voxels / s")
-    ax.set_title(f"{name} on {result.device}: matmul peak {result.matmul_flops / 1e9:.0f} GFLOP/s".strip())
+    ax.set_title(f"{name} on {result.device}, {result.precision}: matmul peak {result.matmul_flops / 1e9:.0f} "
+                 "GFLOP/s".strip())
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
