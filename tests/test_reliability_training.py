@@ -193,3 +193,44 @@ def test_8_class_weights_that_are_all_zero_are_a_config_error():
     with pytest.raises(ConfigError, match="class_weights are all 0"):
         densepred.config_from_dict({"network": {"dims": 0, "in_channels": 3, "n_classes": 2, "mlp": [4]},
                                     "training": {"class_weights": [0, 0]}})
+
+
+# -- two trainings into one save_dir -----------------------------------------------------------------
+
+HOLD_TRAINING_LOCK = """
+import sys, time
+from pathlib import Path
+from densepred.io.run_lock import exclusive
+with exclusive(Path(sys.argv[1]), "held"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_training_into_a_save_dir_being_trained_into_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path, steps=4)
+    assert main(["train", str(config), "--quiet"]) == 0
+    last = tmp_path / "run" / "tiny-LAST.safetensors"
+    before = last.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_TRAINING_LOCK, str(tmp_path / "run" / ".tiny.train.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", str(config), "--resume", "--steps", "8", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err
+        assert f"run is being trained into (tiny) by another densepred run (pid {holder.pid} on " in err
+        assert last.read_bytes() == before
+    finally:
+        holder.kill()  # the lock goes with the process
+        holder.wait()
+    assert main(["train", str(config), "--resume", "--steps", "8", "--quiet"]) == 0
+    assert last.read_bytes() != before
+    assert not list((tmp_path / "run").glob(".*lock"))
+
+
+def test_a_refused_first_training_leaves_no_save_dir(tmp_path):
+    config = write_config(tmp_path, steps=4)
+    with pytest.raises(DensePredError, match="does not exist; start without --resume"):
+        densepred.train(config, resume=True, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -1,11 +1,13 @@
-"""One run per output at a time.
+"""One run per output (and one training per save_dir) at a time.
 
 Two runs writing one output (a job submitted twice, ``--overwrite`` started while the first run
 still writes, a napari task beside a command) would delete each other's files, interleave two
 networks' tiles in one output and both report success. So a run holds an exclusive lock on
 ``.<record folder>.lock`` beside the output (:func:`~densepred.io.output_checks.record_folder`)
 from before it reads the run record until its output is finished, and a second run is refused
-in one line that names the first (process, host, start time).
+in one line that names the first (process, host, start time). Two trainings into one
+``save_dir`` would overwrite each other's checkpoints and history the same way: a training
+holds ``<save_dir>/.<name>.train.lock`` (:func:`exclusive`).
 
 The lock is the operating system's (``flock``): it goes with the process that holds it, so a
 run killed with ``kill -9`` or lost with its node never blocks the next one; the file it leaves
@@ -38,11 +40,16 @@ def lock_path(spec: ArraySpec) -> Path:
     return record.with_name(f".{record.name}.lock")
 
 
-@contextlib.contextmanager
-def output_lock(spec: ArraySpec) -> Iterator[None]:
+def output_lock(spec: ArraySpec) -> contextlib.AbstractContextManager[None]:
     """Hold the output's lock while the block runs; refuse in one line if another run holds it."""
-    path = lock_path(spec)
-    fd = _acquire(path, spec)
+    return exclusive(lock_path(spec), f"{spec} is being written by another densepred run")
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """Hold the lock file ``path`` while the block runs; refuse in one line, ``busy`` followed
+    by the holder, if another process holds it."""
+    fd = _acquire(path, busy)
     try:
         yield
     finally:
@@ -52,22 +59,22 @@ def output_lock(spec: ArraySpec) -> Iterator[None]:
             os.close(fd)
 
 
-def _acquire(path: Path, spec: ArraySpec) -> int | None:
+def _acquire(path: Path, busy: str) -> int | None:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise DensePredError(f"cannot create the lock file {path} of {spec}: {exc.strerror}") from None
+            raise DensePredError(f"cannot create the lock file {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "a process that has not said which"
             os.close(fd)
-            raise DensePredError(f"{spec} is being written by another densepred run ({holder}); wait for it to end, "
-                                 "or stop it first (--resume then continues its output)") from None
+            raise DensePredError(f"{busy} ({holder}); wait for it to end, or stop it first (--resume then "
+                                 "continues it)") from None
         except OSError as exc:
             os.close(fd)
-            log.info("%s: the file system cannot lock %s (%s); running unlocked", spec, path, exc.strerror)
+            log.info("the file system cannot lock %s (%s); running unlocked", path, exc.strerror)
             return None
         if _still_named(fd, path):
             _say_who(fd)

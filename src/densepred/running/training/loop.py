@@ -16,12 +16,14 @@ draws the same patches as an uninterrupted one. Ctrl-C saves LAST and returns.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from ...config import Config, load_config, set_values
 from ...errors import DensePredError
 from ...files import atomic_write_text
 from ...io import ArraySpec
+from ...io.run_lock import exclusive
 from ...networks import DenseNet, build_net
 from ...networks.devices import resolve_device
 from ...networks.precision import FLOAT32, Precision, autocast, precision_for
@@ -104,8 +107,30 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise DensePredError(f"steps = {steps!r} is invalid; expected a positive integer")
     device = resolve_device(device)
-    run = _Run(cfg, steps or cfg.training.steps, device, resume, precision_for(precision, device))
-    return run.loop(progress)
+    checked = precision_for(precision, device)
+    with _training_lock(cfg):
+        run = _Run(cfg, steps or cfg.training.steps, device, resume, checked)
+        return run.loop(progress)
+
+
+@contextlib.contextmanager
+def _training_lock(cfg: Config) -> Iterator[None]:
+    """One training per save_dir and name at a time (:func:`densepred.io.run_lock.exclusive`);
+    a save_dir created only for the lock goes again if the run leaves nothing in it."""
+    assert cfg.save_dir is not None
+    created = not cfg.save_dir.exists()
+    try:
+        cfg.save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DensePredError(f"cannot create save_dir {cfg.save_dir}: {exc.strerror}") from None
+    try:
+        with exclusive(cfg.save_dir / f".{cfg.name}.train.lock",
+                       f"{cfg.save_dir} is being trained into ({cfg.name}) by another densepred run"):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                cfg.save_dir.rmdir()  # only if empty
 
 
 class _Run:
