@@ -64,7 +64,9 @@ def profile(config: Config | str | Path, *, device: str | None = None,
         repeats: timed runs per shape after the warm-up (fewer for shapes slower than ~20 s).
         progress: show which shape is running.
         precision: the engines' arithmetic (``float32``, ``tf32``, ``bfloat16``, ``float16``); the
-            matmul peak is measured in it too, and ``profile.csv`` names it per row.
+            matmul peak is measured in it too, and ``profile.csv`` names it per row. Any but
+            float32 also times float32 on its fastest tile (a row of its own) and keeps the
+            verdict: ``predict`` refuses a precision measured slower than float32.
 
     Example:
         >>> result = densepred.profile("examples/m36.toml", max_seconds=300)   # doctest: +SKIP
