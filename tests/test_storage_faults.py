@@ -213,3 +213,19 @@ def test_an_output_in_the_inputs_own_zarr_container_is_no_change_of_the_input(co
     with caplog.at_level(logging.WARNING, logger="densepred"):
         assert predict(config, source, out, "--resume") == 0
     assert "modification time changed" in caplog.text
+
+
+def test_a_file_system_without_locks_runs_unlocked_and_says_so(config, zarr_input, tmp_path, monkeypatch, caplog):
+    import errno
+
+    from densepred.io import run_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.INFO, logger="densepred"):
+        assert predict(config, zarr_input, tmp_path / "o.zarr") == 0
+    assert "cannot lock" in caplog.text
+    assert "running unlocked" in caplog.text
+    assert complete(tmp_path / "o.zarr")

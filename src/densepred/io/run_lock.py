@@ -13,13 +13,13 @@ The lock is the operating system's (``flock``): it goes with the process that ho
 run killed with ``kill -9`` or lost with its node never blocks the next one; the file it leaves
 is only a name. A finished run removes the file while it still holds the lock, and a run that
 locked a file another run removed at that moment locks the new one instead. Where the file
-system has no locks, the run goes on unlocked and says so in the log.
+system (or the operating system) has no locks, the run goes on unlocked and says so in the
+log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -28,6 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DensePredError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no flock, runs go unlocked
+    fcntl = None  # type: ignore[assignment]
 from .arrays import ArraySpec
 from .output_checks import record_folder
 
@@ -60,6 +65,9 @@ def exclusive(path: Path, busy: str) -> Iterator[None]:
 
 
 def _acquire(path: Path, busy: str) -> int | None:
+    if fcntl is None:
+        log.info("this system has no flock; %s is not locked", path)
+        return None
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
