@@ -37,3 +37,24 @@ def test_bad_config_is_one_line_on_stderr_with_exit_code_2(tmp_path):
 def test_bad_shape_option(capsys):
     assert main(["info", str(EXAMPLES / "n4.toml"), "--input-shape", "1,2,3"]) == 2
     assert "--input-shape '1,2,3' is invalid; expected 2 positive integers" in capsys.readouterr().err
+
+
+def test_sighup_ends_the_command_like_an_interrupt_unless_nohup_ignores_it():
+    import signal
+
+    import pytest
+
+    from densepred.interfaces.signals import terminate_cleanly
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt), terminate_cleanly():
+            signal.raise_signal(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # given back
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a command
+        with terminate_cleanly():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)  # ignored: the command goes on
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -136,7 +136,8 @@ def test_a_zip_bomb_and_a_package_over_the_limit_are_refused_before_unpacking(pa
     assert not list(temp.iterdir())  # nothing was unpacked
 
 
-def test_the_unpacked_folder_goes_when_the_command_is_terminated(package, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_the_unpacked_folder_goes_when_the_command_is_terminated(package, tmp_path, stop):
     temp = tmp_path / "tmp"
     temp.mkdir()
     archive = zipped(package.parent, tmp_path / "model.zip")
@@ -150,7 +151,7 @@ def test_the_unpacked_folder_goes_when_the_command_is_terminated(package, tmp_pa
     while not (tmp_path / "big.zarr.densepred" / "run.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(temp.glob("densepred-zoo-*")), "the package was not unpacked"
-    victim.send_signal(signal.SIGTERM)
+    victim.send_signal(stop)
     _, err = victim.communicate(timeout=60)
     assert victim.returncode != 0, err
     assert not list(temp.glob("densepred-zoo-*"))
