@@ -229,3 +229,22 @@ def test_a_file_system_without_locks_runs_unlocked_and_says_so(config, zarr_inpu
     assert "cannot lock" in caplog.text
     assert "running unlocked" in caplog.text
     assert complete(tmp_path / "o.zarr")
+
+
+@pytest.mark.parametrize("name", ["first.zarr", "first.zarr:0", "first.h5:pred", "first.npy"])
+def test_an_unfinished_densepred_output_is_refused_as_input_until_it_is_finished(config, zarr_input, tmp_path,
+                                                                                  capsys, name):
+    first = f"{tmp_path / name}"
+    output = first.split(":", maxsplit=1)[0] if name.startswith("first.zarr") else first
+    assert predict(config, zarr_input, output, "--classes", "0") == 0
+    mark_interrupted(output.replace(":", "."))  # the record, and the mark a killed run leaves in the output
+    if name.startswith("first.zarr"):
+        zarr.open_group(output, mode="r+").attrs["densepred"] = {"complete": False}
+    elif name.endswith(":pred"):
+        with h5py.File(tmp_path / "first.h5", "a") as f:
+            f["pred"].attrs["densepred"] = json.dumps({"complete": False})
+    one_error_line(capsys, predict(config, first, tmp_path / "second.zarr"),
+                   f"{name} is the output of a densepred run that has not finished")
+    assert not (tmp_path / "second.zarr").exists()
+    assert predict(config, zarr_input, output, "--classes", "0", "--resume") == 0
+    assert predict(config, first, tmp_path / "second.zarr") == 0

@@ -1,5 +1,6 @@
 """What an output may be, and what may be replaced: never data densepred did not write.
 
+* An input a densepred run wrote must be finished (:func:`check_finished`).
 * An output is checked before anything is created or deleted: a known format, a folder that
   exists and is writable, a zarr key that stays inside its store, a zarr container of the
   same format (v3), an HDF5 file that is not the input's own file.
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -114,6 +116,41 @@ def check_replaceable(spec: ArraySpec) -> None:
         raise DensePredError(f"cannot replace {spec}: it is a folder, not a {spec.kind} file")
     if spec.kind in ("npy", "tiff") and target.exists() and not (record_folder(spec) / "run.json").is_file():
         raise _not_ours(spec)
+
+
+def check_finished(spec: ArraySpec) -> None:
+    """Refuse an input that a densepred run wrote and has not finished: its tiles not yet
+    written read as zeros (the fill value), which a prediction from it would take for data."""
+    state = _densepred_state(spec)
+    if isinstance(state, dict) and state.get("complete") is False:
+        raise DensePredError(f"{spec} is the output of a densepred run that has not finished, so its tiles not yet "
+                             "written would read as zeros; finish it first (densepred predict ... --resume), or "
+                             "wait for the run writing it")
+
+
+def _densepred_state(spec: ArraySpec) -> Any:
+    """The ``densepred`` attribute of the array ``spec`` or of a zarr group holding it (the
+    OME-Zarr image), or a TIFF/NumPy file's run record; None when densepred did not write it."""
+    try:
+        if spec.kind == "zarr":
+            parts = spec.key.split("/") if spec.key else []
+            for depth in range(len(parts), -1, -1):
+                meta = spec.path.joinpath(*parts[:depth]) / "zarr.json"
+                if meta.is_file():
+                    state = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}).get(MARK)
+                    if state is not None:
+                        return state
+            return None
+        if spec.kind == "hdf5":
+            import h5py
+
+            with h5py.File(spec.path, "r") as f:
+                value = f[h5_key(spec)].attrs.get(MARK) if h5_key(spec) in f else None
+            return None if value is None else json.loads(value)
+        record = record_folder(spec) / "run.json"
+        return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable here: the reader says so in its own words
 
 
 def record_folder(spec: ArraySpec) -> Path:

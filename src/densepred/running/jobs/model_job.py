@@ -36,7 +36,7 @@ from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, inpu
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.local_zarr import open_scratch, scratch_array
-from ...io.output_checks import record_folder
+from ...io.output_checks import check_finished, record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, resumable_record
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
@@ -112,6 +112,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
+    check_finished(in_spec)
     job, net = _job_net(job)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None

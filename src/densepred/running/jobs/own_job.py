@@ -36,7 +36,7 @@ from ...io import (
     open_array,
 )
 from ...io.encoding import Encoding
-from ...io.output_checks import record_folder
+from ...io.output_checks import check_finished, record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, resumable_record
 from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
@@ -139,6 +139,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_writable(out_spec)
     check_not_input(out_spec, in_spec)
+    check_finished(in_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_folder(out_spec)
