@@ -248,3 +248,25 @@ def test_an_unfinished_densepred_output_is_refused_as_input_until_it_is_finished
     assert not (tmp_path / "second.zarr").exists()
     assert predict(config, zarr_input, output, "--classes", "0", "--resume") == 0
     assert predict(config, first, tmp_path / "second.zarr") == 0
+
+
+def test_an_input_changed_while_the_run_reads_it_leaves_the_output_unfinished(config, zarr_input, tmp_path):
+    from densepred import DensePredError, PredictJob
+    from densepred.running.jobs.file_job import plan_job, run_planned
+
+    job = PredictJob(str(config), str(zarr_input), str(tmp_path / "out.zarr"), tile=(10, 29, 29), mode="mfp")
+    planned = plan_job(job)
+    compute = planned.work.compute
+
+    def written_meanwhile(*args):  # an acquisition still writing the volume being predicted
+        computed = compute(*args)
+        array = zarr.open_array(zarr_input, mode="r+")
+        array[5, 40, 30] = float(array[5, 40, 30]) + 0.5
+        return computed
+
+    planned.work.compute = written_meanwhile
+    with pytest.raises(DensePredError, match=r"changed while this run read it .* left unfinished: run again with "
+                                             r"--overwrite"):
+        run_planned(job, planned)
+    assert not complete(tmp_path / "out.zarr")
+    assert zarr.open_group(tmp_path / "out.zarr", mode="r").attrs["densepred"] == {"complete": False}

@@ -169,8 +169,14 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
 
 
 def _finish(output: Any, planned: PlannedJob) -> None:
-    """Mark the output and its record complete, and remove the progress logs."""
+    """Mark the output and its record complete, and remove the progress logs; not if the input
+    changed while the run read it."""
     record_dir, record = planned.record_dir, planned.record
+    if planned.input_fingerprint is not None and planned.input_fingerprint() != record["input"]["fingerprint"]:
+        output.close()
+        raise DensePredError(f"the input {record['input']['spec']} changed while this run read it (its sampled "
+                             f"contents differ from those at the start), so {planned.out_spec} may mix two inputs; "
+                             "it is left unfinished: run again with --overwrite once the input no longer changes")
     try:
         output.set_attributes({"densepred": {"complete": True, **provenance(record)}})
         output.close()

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -157,6 +157,7 @@ class PlannedJob:
     window: tuple[int, ...]  # the input tile or window
     origin: tuple[float, ...]  # the input voxel that output voxel 0 is centred on
     estimated_peak: int = 0  # bytes
+    input_fingerprint: Callable[[], str] | None = None  # the input's, read now, as run.json has it
 
     def result(self, computed: int, skipped: int) -> JobResult:
         return JobResult(self.out_spec, self.shape, self.pieces, computed, skipped, self.window, self.estimated_peak,

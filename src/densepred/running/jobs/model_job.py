@@ -21,6 +21,7 @@ in one process and the other way round:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import shutil
@@ -134,7 +135,8 @@ def plan_model(job: PredictJob) -> PlannedJob:
     shards = ModelShards(job, run, encoding, in_spec, out_spec, record_dir)
     chunks = written.shard if encoding.argmax else (encoding.channels, *written.shard)
     return PlannedJob(shards, out_spec, record_dir, record, previous, encoding, layout, shape, chunks,
-                      len(written.shards), run.window, run.contract.origin())
+                      len(written.shards), run.window, run.contract.origin(),
+                      input_fingerprint=functools.partial(array_fingerprint, run.source.image, len(run.window)))
 
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:

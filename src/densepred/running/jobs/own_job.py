@@ -13,6 +13,7 @@ recomputes whole batches, so its numbers are bitwise those of an uninterrupted r
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -161,7 +162,8 @@ def plan_net(job: PredictJob) -> PlannedJob:
                      in_spec.resolved(), device, precision, shift)
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
-                      _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate)
+                      _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
+                      functools.partial(array_fingerprint, source.image, geometry.ndim))
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,
