@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
+from densepred import DensePredError, PredictJob
 from densepred.interfaces.cli import main
 from tests.conftest import mark_interrupted
 from tests.test_predict_files import TILE
@@ -251,7 +252,6 @@ def test_an_unfinished_densepred_output_is_refused_as_input_until_it_is_finished
 
 
 def test_an_input_changed_while_the_run_reads_it_leaves_the_output_unfinished(config, zarr_input, tmp_path):
-    from densepred import DensePredError, PredictJob
     from densepred.running.jobs.file_job import plan_job, run_planned
 
     job = PredictJob(str(config), str(zarr_input), str(tmp_path / "out.zarr"), tile=(10, 29, 29), mode="mfp")
@@ -270,3 +270,22 @@ def test_an_input_changed_while_the_run_reads_it_leaves_the_output_unfinished(co
         run_planned(job, planned)
     assert not complete(tmp_path / "out.zarr")
     assert zarr.open_group(tmp_path / "out.zarr", mode="r").attrs["densepred"] == {"complete": False}
+
+
+def test_a_lock_file_another_user_left_read_only_still_locks(tmp_path, monkeypatch):
+    from densepred.io import run_lock
+
+    path = tmp_path / ".o.zarr.densepred.lock"
+    path.write_text("pid 1 on another host, started long ago\n")
+    opened = os.open
+
+    def as_another_user(name, flags, *args):  # root may write anything: refuse as the file's mode would
+        if Path(name) == path and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return opened(name, flags, *args)
+
+    monkeypatch.setattr(run_lock.os, "open", as_another_user)
+    held = pytest.raises(DensePredError, match=r"busy \(pid 1 on another host, started long ago\)")
+    with run_lock.exclusive(path, "busy"), held, run_lock.exclusive(path, "busy"):
+        pass
+    assert not path.exists()

@@ -69,10 +69,7 @@ def _acquire(path: Path, busy: str) -> int | None:
         log.info("this system has no flock; %s is not locked", path)
         return None
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise DensePredError(f"cannot create the lock file {path}: {exc.strerror}") from None
+        fd = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,6 +87,20 @@ def _acquire(path: Path, busy: str) -> int | None:
         os.close(fd)  # removed by a run that finished just now: lock the file that has the name now
 
 
+def _open(path: Path) -> int:
+    """The lock file, created if need be; one another user left (mode 0644) opens read-only,
+    which ``flock`` takes as well."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise DensePredError(f"cannot open the lock file {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise DensePredError(f"cannot create the lock file {path}: {exc.strerror}") from None
+
+
 def _still_named(fd: int, path: Path) -> bool:
     try:
         named = path.stat()
@@ -102,5 +113,6 @@ def _still_named(fd: int, path: Path) -> bool:
 def _say_who(fd: int) -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     text = f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text, 0)
+    with contextlib.suppress(OSError):  # a file opened read-only keeps the last holder's words
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
