@@ -28,6 +28,12 @@ def predict(tmp_path, config, *extra):
                  "--device", "cpu", "--quiet", "--overwrite", *extra])
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The verdicts these tests keep stay with them, never reaching another test's predictions."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def files(tmp_path):
     np.save(tmp_path / "in.npy", np.random.default_rng(2).random((9, 30, 31), dtype=np.float32))
