@@ -1,6 +1,7 @@
 """Training: ``densepred train`` (:func:`train`) and the patch samplers that feed it.
 
-* :mod:`.loop` - the training loop, its history, checkpoints and the "as trained" config
+* :mod:`.loop` - the training loop, its history and checkpoints
+* :mod:`.save_dir` - the "as trained" config, and one training per save_dir at a time
 * :mod:`.samplers` - random patches from images and labels, with augmentation
 """
 

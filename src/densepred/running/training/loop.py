@@ -16,14 +16,12 @@ draws the same patches as an uninterrupted one. Ctrl-C saves LAST and returns.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...config import Config, load_config, set_values
+from ...config import Config, load_config
 from ...errors import DensePredError
 from ...files import atomic_write_text
-from ...io import ArraySpec
-from ...io.run_lock import exclusive
 from ...networks import DenseNet, build_net
 from ...networks.devices import resolve_device
 from ...networks.precision import FLOAT32, Precision, autocast, precision_for
@@ -52,6 +48,7 @@ from ...networks.weights import (
     saved_optimizer_kind,
 )
 from .samplers import augmentation_for, build_samplers
+from .save_dir import trained_config_path, trained_config_text, training_lock
 
 log = logging.getLogger("densepred")
 HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr", "skipped_batches")
@@ -108,29 +105,9 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
         raise DensePredError(f"steps = {steps!r} is invalid; expected a positive integer")
     device = resolve_device(device)
     checked = precision_for(precision, device)
-    with _training_lock(cfg):
+    with training_lock(cfg):
         run = _Run(cfg, steps or cfg.training.steps, device, resume, checked)
         return run.loop(progress)
-
-
-@contextlib.contextmanager
-def _training_lock(cfg: Config) -> Iterator[None]:
-    """One training per save_dir and name at a time (:func:`densepred.io.run_lock.exclusive`);
-    a save_dir created only for the lock goes again if the run leaves nothing in it."""
-    assert cfg.save_dir is not None
-    created = not cfg.save_dir.exists()
-    try:
-        cfg.save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DensePredError(f"cannot create save_dir {cfg.save_dir}: {exc.strerror}") from None
-    try:
-        with exclusive(cfg.save_dir / f".{cfg.name}.train.lock",
-                       f"{cfg.save_dir} is being trained into ({cfg.name}) by another densepred run"):
-            yield
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                cfg.save_dir.rmdir()  # only if empty
 
 
 class _Run:
@@ -340,33 +317,6 @@ class _Run:
         save_weights(self.net, self.last, {"step": step, "name": self.cfg.name})
         if self.history:
             plot_history(self.history, self.save_dir / "history.png", self.cfg.name)
-
-
-def trained_config_path(cfg: Config, save_dir: Path) -> Path:
-    """``<save_dir>/<name>.toml``, or ``<name>.trained.toml`` where that is the user's own config
-    (``name`` and the file's stem alike, the config in its save_dir): never written over."""
-    target = Path(save_dir) / f"{cfg.name}.toml"
-    if cfg.path is not None and target.resolve() == Path(cfg.path).resolve():
-        target = target.with_name(f"{cfg.name}.trained.toml")
-        log.info("%s is the config itself; the config as trained goes to %s", cfg.path, target)
-    return target
-
-
-def trained_config_text(cfg: Config) -> str:
-    """The config as trained, to be stored in save_dir: data paths absolute, save_dir '.'.
-
-    Edited from the config file's own text when there is one, so its comments stay.
-    """
-    values: dict[str, Any] = {"name": cfg.name, "save_dir": "."}
-    training = cfg.source.get("training", {})
-    for key in ("data", "validation"):
-        if key in training:
-            values[f"training.{key}"] = [
-                {side: str(ArraySpec.parse(spec, cfg.base_dir)) for side, spec in pair.items()}
-                for pair in training[key]]
-    source = cfg.path.read_text(encoding="utf-8") if cfg.path is not None and cfg.path.is_file() else cfg.source
-    header = "# The config this run was trained with (written by densepred train).\n"
-    return header + set_values(source, values)
 
 
 class StopOnInterrupt:
