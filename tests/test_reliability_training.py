@@ -234,3 +234,17 @@ def test_a_refused_first_training_leaves_no_save_dir(tmp_path):
     with pytest.raises(DensePredError, match="does not exist; start without --resume"):
         densepred.train(config, resume=True, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unfinished_densepred_output_is_refused_as_training_data(tmp_path, capsys):
+    config = write_config(tmp_path, steps=4)
+    with h5py.File(tmp_path / "data.h5", "a") as f:  # raw made by a densepred run that was killed
+        f["raw"].attrs["densepred"] = json.dumps({"complete": False})
+    assert main(["train", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "data.h5:raw is the output of a densepred run that has not finished" in err
+    assert not (tmp_path / "run").exists()
+    with h5py.File(tmp_path / "data.h5", "a") as f:
+        f["raw"].attrs["densepred"] = json.dumps({"complete": True})
+    assert main(["train", str(config), "--quiet"]) == 0

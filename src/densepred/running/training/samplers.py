@@ -21,8 +21,9 @@ import numpy as np
 from ...config import Config, DataPair, TrainingConfig
 from ...errors import DensePredError
 from ...geometry import Geometry
-from ...io import ChannelFirst, open_array, to_float32
+from ...io import ArraySpec, ChannelFirst, open_array, to_float32
 from ...io.images import OneSliceStack
+from ...io.output_checks import check_finished
 
 Shape = tuple[int, ...]
 Batch = tuple[np.ndarray, np.ndarray]
@@ -198,6 +199,8 @@ def build_samplers(cfg: Config, geometry: Geometry | None) -> tuple[Any, Any | N
 
 
 def _open_pair(pair: DataPair, base: Path) -> tuple[Any, Any, str]:
+    for spec in (pair.raw, pair.label):  # a densepred output used as data must be finished
+        check_finished(ArraySpec.parse(spec, base))
     return open_array(pair.raw, base), open_array(pair.label, base), f"{pair.raw} / {pair.label}"
 
 
