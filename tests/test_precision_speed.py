@@ -51,6 +51,9 @@ def test_a_precision_measured_slower_is_refused_until_a_measure_finds_it_faster(
     assert "use --precision float32" in err
     assert not (tmp_path / "o.npy").exists()
     assert predict(tmp_path, files) == 0  # float32 is never refused
+    net = densepred.create_prediction_net(files)
+    with pytest.raises(DensePredError, match="bfloat16 runs this network slower than float32"):
+        densepred.predict_dense(net, np.load(tmp_path / "in.npy"), precision="bfloat16")  # the API alike
     other = tmp_path / "other"
     other.mkdir()
     config = (other / "stream.toml")

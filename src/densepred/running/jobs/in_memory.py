@@ -25,6 +25,7 @@ from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
 from ...networks.memory_budget import memory_budget
 from ...networks.precision import autocast, precision_for
+from ...networks.precision_speed import refuse_if_slower
 from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
@@ -115,6 +116,7 @@ def predict_dense(
     geometry = source_geometry(net_geometry, source)
     device = resolve_device(device)
     precision = precision_for(precision, device)
+    refuse_if_slower(net.config, device, precision.name)
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
