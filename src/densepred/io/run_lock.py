@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DensePredError
+from .arrays import ArraySpec
+from .output_checks import record_folder
 
 try:
     import fcntl
 except ImportError:  # not a POSIX system: no flock, runs go unlocked
     fcntl = None  # type: ignore[assignment]
-from .arrays import ArraySpec
-from .output_checks import record_folder
 
 log = logging.getLogger("densepred")
 
