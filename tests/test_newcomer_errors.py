@@ -199,3 +199,20 @@ def test_wrong_arguments_to_the_python_api_are_densepred_errors(config, volume):
         with pytest.raises(densepred.DensePredError) as caught:
             call()
         assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["made.zarr", "group.zarr:pred"])
+def test_an_empty_folder_made_ahead_for_a_zarr_output_is_written_into(config, volume, tmp_path, capsys, name):
+    import zarr
+
+    zarr.open_group(tmp_path / "group.zarr", mode="w")  # a container of the user's
+    folder = tmp_path / name.replace(":", "/")
+    folder.mkdir(parents=True, exist_ok=True)  # mkdir -p out.zarr in a job script
+    assert predict(config, tmp_path, str(tmp_path / name)) == 0
+    assert (folder / "zarr.json").exists()
+    (tmp_path / "other.zarr").mkdir()
+    (tmp_path / "other.zarr" / "notes.txt").write_text("someone else's")
+    for extra in ((), ("--overwrite",)):
+        one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "other.zarr"), *extra),
+                       "other.zarr is a folder that is not a zarr store")
+    assert (tmp_path / "other.zarr" / "notes.txt").read_text() == "someone else's"

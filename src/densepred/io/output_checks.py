@@ -86,15 +86,17 @@ def _check_zarr_container(spec: ArraySpec) -> None:
 
 
 def output_exists(spec: ArraySpec) -> bool:
-    """Whether the output named by ``spec`` is already there (for HDF5: the dataset)."""
+    """Whether the output named by ``spec`` is already there (for HDF5: the dataset). An empty
+    folder for a zarr output (made ahead by a job script) is no output: it is written into."""
     if spec.kind == "hdf5":
         if not spec.path.exists():
             return False
         with _h5_file(spec, "r") as f:
             return h5_key(spec) in f
-    if spec.kind == "zarr" and spec.key is not None:
-        return (spec.path / spec.key).exists()
-    return spec.path.exists()
+    target = _target(spec)
+    if spec.kind == "zarr" and target.is_dir() and not target.is_symlink():
+        return any(target.iterdir())
+    return target.exists()
 
 
 def check_replaceable(spec: ArraySpec) -> None:
