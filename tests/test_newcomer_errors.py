@@ -216,3 +216,21 @@ def test_an_empty_folder_made_ahead_for_a_zarr_output_is_written_into(config, vo
         one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "other.zarr"), *extra),
                        "other.zarr is a folder that is not a zarr store")
     assert (tmp_path / "other.zarr" / "notes.txt").read_text() == "someone else's"
+
+
+@pytest.mark.parametrize("name", ["theirs.zarr", "theirs.h5:x", "theirs.npy"])
+def test_an_output_densepred_did_not_write_is_named_so_at_once_not_offered_to_overwrite(config, volume, tmp_path,
+                                                                                       capsys, name):
+    import h5py
+    import zarr
+
+    if name.endswith(".zarr"):
+        zarr.create_array(tmp_path / name, shape=(3,), dtype="float32")
+    elif name.endswith(":x"):
+        with h5py.File(tmp_path / "theirs.h5", "w") as f:
+            f["x"] = np.zeros(3)
+    else:
+        np.save(tmp_path / name, np.zeros(3))
+    for extra in ((), ("--overwrite",)):  # the same answer, which --overwrite does not change
+        one_error_line(capsys, predict(config, tmp_path, str(tmp_path / name), *extra),
+                       "was not written by densepred predict; --overwrite replaces only densepred outputs")

@@ -144,11 +144,11 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     """
     spec, record_dir = planned.out_spec, planned.record_dir
     exists = output_exists(spec)
+    if exists:
+        check_replaceable(spec)  # one densepred did not write is named so, not offered to --overwrite
     if exists and not replace_old:
         raise DensePredError(f"{spec} already exists; pass --overwrite to replace it, or --resume to "
                              "finish an interrupted run")
-    if exists:
-        check_replaceable(spec)
     # the record goes first: a crash while the old output is being deleted must not leave
     # a half-deleted output that a record still calls complete. Both are renamed out of the
     # way here and deleted beside the run (clearing_deleted)
