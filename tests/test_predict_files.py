@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,7 +227,12 @@ def test_resume_with_other_settings_or_weights_is_refused(config, volume, tmp_pa
     assert predict(config, tmp_path, str(tmp_path / "never.npy"), "--resume") == 0  # nothing begun: a fresh start
     np.save(tmp_path / "mine.npy", volume)
     assert predict(config, tmp_path, str(tmp_path / "mine.npy"), "--resume") == 2
+    assert "mine.npy exists and was not written by densepred predict" in capsys.readouterr().err
+    assert predict(config, tmp_path, str(tmp_path / "kept.zarr")) == 0
+    shutil.rmtree(tmp_path / "kept.zarr.densepred")  # densepred's output without its record
+    assert predict(config, tmp_path, str(tmp_path / "kept.zarr"), "--resume") == 2
     assert "it has no run record" in capsys.readouterr().err
+    assert predict(config, tmp_path, str(tmp_path / "kept.zarr"), "--overwrite") == 0  # as the message says
     np.testing.assert_array_equal(np.load(tmp_path / "mine.npy"), volume)  # not touched
 
 

@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import DensePredError
 from ..files import atomic_write_text
 from .arrays import ArraySpec
-from .output_checks import output_exists
+from .output_checks import check_replaceable, output_exists
 
 log = logging.getLogger("densepred")
 
@@ -51,8 +51,9 @@ def resumable_record(spec: ArraySpec, record_dir: Path) -> dict[str, Any] | None
     """
     record = read_record(record_dir)
     if record is None and output_exists(spec) and not record_dir.exists():
-        raise DensePredError(f"cannot resume {spec}: it has no run record ({record_dir / RUN_JSON}), so it was not "
-                             "written by densepred predict; choose another output, or pass --overwrite")
+        check_replaceable(spec)  # one densepred did not write is named so (--overwrite would refuse it too)
+        raise DensePredError(f"cannot resume {spec}: it has no run record ({record_dir / RUN_JSON}), so which tiles "
+                             "are done is unknown; choose another output, or pass --overwrite")
     if record is not None and not output_exists(spec):
         log.warning("%s named in the run record %s does not exist; starting afresh", spec, record_dir)
         return None
