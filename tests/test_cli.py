@@ -34,6 +34,22 @@ def test_bad_config_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     assert "did you mean 'relu'" in lines[0]
 
 
+def test_argument_mistakes_are_one_line_pointing_to_help(capsys):
+    import pytest
+
+    for args, message in ((["predict", "net.toml", "--output", "o.zarr"], "required: --input"),
+                          (["predikt"], "invalid choice: 'predikt'"),
+                          (["predict", "net.toml", "--input", "i.npy", "--output", "o.zarr", "--mode", "fast"],
+                           "argument --mode: invalid choice: 'fast'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err  # no usage block before it
+        assert message in err
+        assert err.endswith("--help lists the options)")
+
+
 def test_bad_shape_option(capsys):
     assert main(["info", str(EXAMPLES / "n4.toml"), "--input-shape", "1,2,3"]) == 2
     assert "--input-shape '1,2,3' is invalid; expected 2 positive integers" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..config import load_config
@@ -40,8 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the arguments told in one line (not after the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="densepred",
         description="Fast, exact dense prediction of images and volumes with convolutional networks.",
     )
