@@ -153,3 +153,17 @@ def test_a_file_job_records_the_stream_auto_chose(rng, tmp_path):
                                        mode="dilated", tile_shape=(60, 40, 40))
     got = zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][...]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_a_given_tile_that_makes_many_times_the_default_count_of_tiles_is_warned_about(caplog):
+    geometry = make_net({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 1}]}).geometry
+    args = ((64, 256, 256), "mfp", True, MemoryBudget(2**34, 0, "cpu"), Footprint(1, 2))
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        plan = plan_tiles(geometry, args[0], (4, 4, 4), *args[1:])
+        assert len(plan) == 16 * 64 * 64
+        assert "tile [4, 4, 4] cuts the output into 65,536 tiles" in caplog.text
+        assert "leave the tile out" in caplog.text
+        caplog.clear()
+        plan_tiles(geometry, args[0], (32, 64, 64), *args[1:])  # 128 tiles: no word
+        plan_tiles(geometry, args[0], None, *args[1:])
+    assert caplog.text == ""

@@ -128,6 +128,9 @@ def choose_mode(geometry: Geometry, input_tile: Sequence[int], mode: str, device
     return "mfp" if geometry.is_valid(input_tile, "mfp") else "dilated"
 
 
+MANY_TILES = 10_000  # beyond this a given tile's count is weighed against the default tile's
+
+
 def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode: str, mirror: bool,
                budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None = None,
                stacked: bool = False) -> TilePlan:
@@ -160,7 +163,24 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
     check_tile(geometry, tile, mode)
     plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
     warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
+    if len(plan) > MANY_TILES and not stacked:
+        _warn_if_many(plan, geometry, spatial, mode, mirror, budget, footprint, roi)
     return plan
+
+
+def _warn_if_many(plan: TilePlan, geometry: Geometry, spatial: Sequence[int], mode: str, mirror: bool,
+                  budget: MemoryBudget, footprint: Footprint, roi: Sequence[tuple[int, int]] | None) -> None:
+    """Warn when a given tile cuts the output into many times as many tiles as the default would:
+    each tile costs time besides its compute (reading, bookkeeping, a write)."""
+    try:
+        default = plan_tiles(geometry, spatial, None, mode, mirror, budget, footprint, roi)
+    except DensePredError:
+        return
+    if len(default) * 10 <= len(plan):
+        log.warning("tile %s cuts the output into %s tiles, %dx as many as the default tile %s would; each tile "
+                    "costs time besides its compute, so this run is slower than it need be: leave the tile out "
+                    "(--tile, tile_shape=, the config's tile_shape) or give a larger one", list(plan.input_tile),
+                    f"{len(plan):,}", len(plan) // len(default), list(default.input_tile))
 
 
 def flow_tile(geometry: Geometry, output_shape: Sequence[int], largest: Sequence[int],
