@@ -50,6 +50,15 @@ def check_writable(spec: ArraySpec) -> None:
         _check_zarr_container(spec)
 
 
+def check_files(source: ArraySpec, output: ArraySpec) -> None:
+    """A job's input and output, before anything is read or written: the output writable and
+    not the input (:func:`check_writable`, :func:`check_not_input`), the input finished
+    (:func:`check_finished`)."""
+    check_writable(output)
+    check_not_input(output, source)
+    check_finished(source)
+
+
 def check_not_input(output: ArraySpec, source: ArraySpec) -> None:
     """Refuse an output that is the input, or lies in the input's own HDF5 file or zarr array."""
     if output.path.resolve() != source.path.resolve():
@@ -162,10 +171,17 @@ def record_folder(spec: ArraySpec) -> Path:
     return spec.path.with_name(spec.path.name + suffix + ".densepred")
 
 
-def remove_output(spec: ArraySpec, checked: bool = False, now: bool = True) -> None:
+def remove_output(spec: ArraySpec, checked: bool = False) -> None:
     """Delete an output a densepred run wrote (for HDF5 only the dataset); refuse anything else
-    (``checked``: :func:`check_replaceable` passed just now, before its record was cleared).
-    ``now=False`` only renames a zarr folder out of the way, for :func:`clear_deleted` later."""
+    (``checked``: :func:`check_replaceable` passed just now, before its record was cleared)."""
+    set_aside(spec, checked)
+    clear_deleted(spec)
+
+
+def set_aside(spec: ArraySpec, checked: bool = False) -> None:
+    """Free the output's name at once: a zarr folder renamed out of the way (:func:`move_aside`)
+    for :func:`clear_deleted` to delete (a run does that beside its work), an HDF5 dataset
+    deleted, a file unlinked; refuse an output densepred did not write."""
     if not checked:
         check_replaceable(spec)
     if spec.kind == "hdf5":
@@ -175,26 +191,22 @@ def remove_output(spec: ArraySpec, checked: bool = False, now: bool = True) -> N
         return
     target = _target(spec)
     if target.is_dir():
-        delete_folder(target, spec, now)
+        move_aside(target, spec)
     else:
         target.unlink(missing_ok=True)
 
 
-def delete_folder(folder: Path, spec: ArraySpec, now: bool = True) -> None:
-    """Delete ``folder`` (the output ``spec``'s, or its record's) after renaming it out of the way,
-    so a kill while deleting never leaves it half there; ``now=False`` only renames it, for
-    :func:`clear_deleted` to delete (a run does that beside its work)."""
+def move_aside(folder: Path, spec: ArraySpec) -> None:
+    """Rename ``folder`` (the output ``spec``'s, or its record's) to a hidden
+    ``.<record folder>.<id>.deleting`` beside it, for :func:`clear_deleted`: a kill while it is
+    deleted never leaves it half there under its name."""
     trash = spec.path.parent / f".{record_folder(spec).name}.{uuid.uuid4().hex}.deleting"
-    try:
+    with contextlib.suppress(FileNotFoundError):
         folder.rename(trash)
-    except FileNotFoundError:
-        return
-    if now:
-        shutil.rmtree(trash)
 
 
 def clear_deleted(spec: ArraySpec) -> int:
-    """Delete the output's and its record's renamed-away folders (:func:`delete_folder`): those
+    """Delete the output's and its record's renamed-away folders (:func:`move_aside`): those
     set aside to be deleted later, and what earlier runs were killed while deleting; returns how
     many there were."""
     stale = list(spec.path.parent.glob(f".{record_folder(spec).name}.*.deleting"))

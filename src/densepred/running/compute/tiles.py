@@ -95,10 +95,10 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         return first, transfers.download(logits, probabilities)
 
     def write_slab(slab: tuple[Tile, int, int], result: tuple[int, Download | None]) -> None:
-        tile, (first, logits) = slab[0], result
-        if logits is None:
+        tile, (first, down) = slab[0], result
+        if down is None:
             return
-        probs = logits.numpy()[0]
+        probs = down.numpy()[0]
         owned = tile.owned_in_tile()
         lo, hi = max(first, owned[0].start), min(first + probs.shape[1], owned[0].stop)
         if lo >= hi:

@@ -28,8 +28,8 @@ from dataclasses import replace
 from typing import Any
 
 from ...errors import DensePredError
-from ...io import ArraySpec, create_output, open_output, output_exists, remove_output
-from ...io.output_checks import check_replaceable, clear_deleted, delete_folder
+from ...io import ArraySpec, create_output, open_output, output_exists
+from ...io.output_checks import check_replaceable, clear_deleted, move_aside, set_aside
 from ...io.pyramid import PyramidFeed
 from ...io.run_lock import output_lock
 from ...io.run_record import provenance, read_done, write_error, write_record
@@ -152,9 +152,9 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     # the record goes first: a crash while the old output is being deleted must not leave
     # a half-deleted output that a record still calls complete. Both are renamed out of the
     # way here and deleted beside the run (clearing_deleted)
-    delete_folder(record_dir, spec, now=False)
+    move_aside(record_dir, spec)
     if exists:
-        remove_output(spec, checked=True, now=False)
+        set_aside(spec, checked=True)
     try:
         record_dir.mkdir(parents=True)
     except OSError as exc:

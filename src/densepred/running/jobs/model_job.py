@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from ...geometry import BlockPlan
-from ...io import ArraySpec, ChannelFirst, check_not_input, check_writable, input_stamp, open_array
+from ...io import ArraySpec, ChannelFirst, input_stamp, open_array
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.local_zarr import open_scratch, scratch_array
-from ...io.output_checks import check_finished, record_folder
+from ...io.output_checks import check_files, record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, read_done, resumable_record
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
@@ -111,9 +111,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     """Check the job and plan it (``job.memory_limit`` sizes the default window), with the
     interrupted run's record when resuming one."""
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
-    check_writable(out_spec)
-    check_not_input(out_spec, in_spec)
-    check_finished(in_spec)
+    check_files(in_spec, out_spec)
     job, net = _job_net(job)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
@@ -129,14 +127,15 @@ def plan_model(job: PredictJob) -> PlannedJob:
     layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
     shape = written.shape if encoding.argmax else (encoding.channels, *written.shape)
-    record = _record(job, in_spec, run, shape, encoding, layout)
+    fingerprint = functools.partial(array_fingerprint, run.source.image, len(run.window))  # at the start, and the end
+    record = _record(job, in_spec, run, shape, encoding, layout, fingerprint())
     if previous is not None:
         check_same(previous, record, out_spec)
     shards = ModelShards(job, run, encoding, in_spec, out_spec, record_dir)
     chunks = written.shard if encoding.argmax else (encoding.channels, *written.shard)
     return PlannedJob(shards, out_spec, record_dir, record, previous, encoding, layout, shape, chunks,
                       len(written.shards), run.window, run.contract.origin(),
-                      input_fingerprint=functools.partial(array_fingerprint, run.source.image, len(run.window)))
+                      input_fingerprint=fingerprint)
 
 
 def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
@@ -156,13 +155,13 @@ def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
 
 
 def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int, ...], encoding: Encoding,
-            layout: Any) -> dict[str, Any]:
+            layout: Any, fingerprint: str) -> dict[str, Any]:
     weights = job.model_file if job.model_file is not None else job.weights
     source = run.source
     record = {
         "version": RECORD_VERSION,
         "input": {"spec": str(in_spec.resolved()), "shape": list(np.shape(source.image)), "dtype": str(source.dtype),
-                  "fingerprint": array_fingerprint(source.image, len(run.window))},
+                  "fingerprint": fingerprint},
         "input_file": input_stamp(in_spec),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),

@@ -31,13 +31,11 @@ from ...io import (
     ArraySpec,
     ChannelFirst,
     array_fingerprint,
-    check_not_input,
-    check_writable,
     input_stamp,
     open_array,
 )
 from ...io.encoding import Encoding
-from ...io.output_checks import check_finished, record_folder
+from ...io.output_checks import check_files, record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, resumable_record
 from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
@@ -138,9 +136,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
-    check_writable(out_spec)
-    check_not_input(out_spec, in_spec)
-    check_finished(in_spec)
+    check_files(in_spec, out_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
     record_dir = record_folder(out_spec)
@@ -150,7 +146,9 @@ def plan_net(job: PredictJob) -> PlannedJob:
                                                                   encoding, previous, device, pyramid)
     layout = (ome_layout(job, cfg, in_spec, plan, encoding, geometry.offset, engine_mode) if out_spec.kind == "zarr"
               else None)
-    record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding, device)
+    fingerprint = functools.partial(array_fingerprint, source.image, geometry.ndim)  # at the start, and the end
+    record = _record(job, cfg, geometry, weights, in_spec, source, plan, engine_mode, batch_size, encoding, device,
+                     fingerprint())
     record["network"]["precision"] = precision.name
     if layout is not None:
         record["output"]["levels"] = [list(level.shape) for level in layout.levels]
@@ -163,18 +161,18 @@ def plan_net(job: PredictJob) -> PlannedJob:
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
                       _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
-                      functools.partial(array_fingerprint, source.image, geometry.ndim))
+                      fingerprint)
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,
             source: ChannelFirst, plan: TilePlan, engine_mode: str, batch_size: int,
-            encoding: Encoding, device: torch.device) -> dict[str, Any]:
+            encoding: Encoding, device: torch.device, fingerprint: str) -> dict[str, Any]:
     """``run.json``: everything that must be the same for a resume to continue this output."""
     return {
         "version": RECORD_VERSION,
         "input": {"spec": str(ArraySpec(in_spec.path.resolve(), in_spec.key)),
                   "shape": list(source.image.shape), "dtype": str(source.dtype),
-                  "fingerprint": array_fingerprint(source.image, geometry.ndim)},
+                  "fingerprint": fingerprint},
         "input_file": input_stamp(in_spec),
         "network": {"config_sha256": network_hash(cfg), "weights_sha256": file_hash(weights),
                     "fov": list(geometry.fov), "stride": list(geometry.stride)},
