@@ -129,6 +129,16 @@ def test_tta_that_is_no_axis_list_says_what_is_valid(tmp_path, conv, capsys):
     one_error_line(capsys, model_run(tmp_path, conv, "--tta", "banana"), "expected flips (every axis) or the")
 
 
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])
+def test_a_device_torch_knows_but_densepred_does_not_run_on_is_one_line(config, volume, conv, tmp_path, capsys,
+                                                                        device):
+    """``--device mps`` (a Mac's GPU) ended in torch's traceback, ``meta`` in a copy error."""
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--device", device),
+                   f"device '{device}' is not supported: densepred runs on 'cpu' and on NVIDIA GPUs")
+    one_error_line(capsys, model_run(tmp_path, conv, "--device", device), "is not supported")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_voxel_size_beyond_float_range_is_refused_before_writing(config, volume, tmp_path, capsys):
     one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--voxel-size", "1e400,1,1"),
                    "positive, finite numbers")

@@ -18,6 +18,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise DensePredError(f"device {device!r} is invalid; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise DensePredError(f"device {device!r} is not supported: densepred runs on 'cpu' and on NVIDIA GPUs "
+                             "('cuda' or 'cuda:N')")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise DensePredError(f"device {device!r} was requested but no CUDA GPU is available; use 'cpu'")
