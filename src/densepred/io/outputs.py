@@ -268,7 +268,7 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunk
 
     handle = h5py.File(spec.path, "a")
     try:
-        array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, dtype),
+        array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, shape, dtype),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
         output = OutputArray(spec, array, handle=handle)
         output.set_attributes(attributes)
@@ -278,9 +278,11 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunk
     return output
 
 
-def _h5_chunks(chunks: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
-    """The tile as the chunk, halved along its longest axis until under HDF5's 4 GiB limit."""
-    chunks = list(chunks)
+def _h5_chunks(chunks: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """The tile as the chunk, no larger than the dataset (HDF5 refuses that; a model's shard
+    may be larger than its cropped output), halved along its longest axis until under HDF5's
+    4 GiB limit."""
+    chunks = [min(c, s) for c, s in zip(chunks, shape, strict=True)]
     while int(np.prod(chunks)) * dtype.itemsize >= 2**32 - 1:
         axis = int(np.argmax(chunks))
         chunks[axis] = (chunks[axis] + 1) // 2

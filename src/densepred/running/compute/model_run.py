@@ -136,6 +136,10 @@ class ModelRun:
             _, window, tta, channel_map = asked_for
             return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
                               memory_limit, in_memory, window_given, precision)
+        if net.output == "softmax" and channels == 1:
+            raise DensePredError("this model returns one channel, and a softmax over one channel is 1 everywhere: "
+                                 "pass --activation sigmoid for a probability, or --activation identity for the "
+                                 "values as the model returns them (output= in from_torch)")
         run.prepared = prepared if prepared is not None else resolve(net, source)
         run.written = RunOutput(run.output_shape, run.shard, run.shard_plan(), channels)
         return run

@@ -224,6 +224,7 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
                mode: str, context: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """The window: given (checked) or the smallest exact one of at least 64 per axis, never
     larger than the smallest accepted size that covers the image."""
+    _check_image_size(c, spatial)
     if window is None:
         window = net.window
     if window is None:
@@ -249,6 +250,18 @@ def window_for(net: ForeignNet, c: TilingContract, window: Sequence[int] | int |
                 raise DensePredError(f"window {list(window)} is too small for exact tiling: the smallest valid "
                                      f"window is {_least(c, context)}") if c.scale else exc from None
     return window
+
+
+def _check_image_size(c: TilingContract, spatial: Sequence[int]) -> None:
+    """Refuse an image whose output would be empty: a valid-convolution model crops ``c.crop``
+    output voxels from each side, so an axis needs an extent over twice that."""
+    extent = c.output_extent(tuple(spatial))
+    if all(n > 2 * cr for n, cr in zip(extent, c.crop, strict=True)):
+        return
+    least = [-(-(2 * cr + 1) * down // up) for cr, (up, down) in zip(c.crop, c.pairs, strict=True)]
+    raise DensePredError(f"image spatial shape {list(spatial)} is too small for this model: it crops "
+                         f"{list(c.crop)} output voxels from each side (valid convolutions), so it needs an image of "
+                         f"at least {least} voxels")
 
 
 def _least(c: TilingContract, context: Sequence[tuple[int, int]]) -> list[int]:
