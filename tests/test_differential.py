@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import tomlkit
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -67,7 +68,7 @@ def own_runs(draw):
     return run
 
 
-def run_own(tmp_path, run, seed=3):
+def run_own(tmp_path, run, seed=3, client=None):
     network, dims = run["network"], run["network"]["dims"]
     net = make_net(network, seed=seed, dtype=torch.float32)
     (tmp_path / "f.toml").write_text(tomlkit.dumps({"name": "f", "save_dir": str(tmp_path), "network": network}))
@@ -80,8 +81,9 @@ def run_own(tmp_path, run, seed=3):
     job = densepred.PredictJob(str(tmp_path / "f.toml"), str(tmp_path / "in.npy"), output, mirror=run["mirror"],
                                mode=run["mode"], tile=run["tile"], roi=run["roi"], batch_size=run["batch_size"],
                                classes=None if run["classes"] is None else sorted(run["classes"]), progress=False,
-                               levels=1 if run["output"] == "zarr1" else None, device="cpu")
-    densepred.predict_to_file(job)
+                               levels=1 if run["output"] == "zarr1" else None, device="cpu",
+                               tiles_per_block=run.get("block"))
+    densepred.predict_to_file(job, client=client)
     reference_net = net.double()
     slices = np.moveaxis(image, 1, 0) if depth else image[None]  # each (C, *shape)
     expected = np.stack([softmax(reference_logits(reference_net, s.astype(np.float64), mirror=run["mirror"]))
@@ -107,7 +109,7 @@ def model_runs(draw):
             "output": draw(st.sampled_from(sorted(OUTPUTS)))}
 
 
-def run_model(tmp_path, run, seed=4):
+def run_model(tmp_path, run, seed=4, client=None):
     kwargs = run["kwargs"]
     model = trained_looking(UNet(**kwargs), seed=seed)
     save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
@@ -122,12 +124,13 @@ def run_model(tmp_path, run, seed=4):
     job = densepred.PredictJob(None, str(tmp_path / "in.npy"), output, model="tests.test_foreign:UNet",
                                model_kwargs=kwargs, weights=str(tmp_path / "w.safetensors"), dims=kwargs["dims"],
                                tile=window, mode="exact", activation="sigmoid" if sigmoid else None, progress=False,
-                               levels=1 if run["output"] == "zarr1" else None, device="cpu")
+                               levels=1 if run["output"] == "zarr1" else None, device="cpu",
+                               tiles_per_block=run.get("block"))
     if any(n <= 2 * c for n, c in zip(run["shape"], contract.crop, strict=True)):
         with pytest.raises(DensePredError, match="is too small for this model"):
-            densepred.predict_to_file(job)
+            densepred.predict_to_file(job, client=client)
         return
-    result = densepred.predict_to_file(job)
+    result = densepred.predict_to_file(job, client=client)
     expected = whole(model, volume.astype(np.float64), contract.factor, result.input_tile,
                      activation=torch.sigmoid if sigmoid else None)
     stored = np.asarray(open_array(output)[...])
@@ -159,6 +162,33 @@ def test_many_own_net_file_runs_equal_the_definition(tmp_path_factory, run):
 @given(run=model_runs())
 def test_many_model_file_runs_equal_the_definition(tmp_path_factory, run):
     run_model(tmp_path_factory.mktemp("model"), run)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def on_a_cluster(run, block):
+    """A cluster writes OME-Zarr only."""
+    return {**run, "output": "zarr1" if run["output"] == "zarr1" else "zarr", "block": block}
+
+
+@pytest.mark.slow
+@settings(max_examples=40, **FUZZ)
+@given(run=own_runs(), block=st.integers(1, 3))
+def test_own_net_cluster_runs_equal_the_definition(tmp_path_factory, client, run, block):
+    run_own(tmp_path_factory.mktemp("own"), on_a_cluster(run, block), client=client)
+
+
+@pytest.mark.slow
+@settings(max_examples=30, **FUZZ)
+@given(run=model_runs(), block=st.integers(1, 3))
+def test_model_cluster_runs_equal_the_definition(tmp_path_factory, client, run, block):
+    run_model(tmp_path_factory.mktemp("model"), on_a_cluster(run, block), client=client)
 
 
 # -- found by the campaign ---------------------------------------------------------------------------
@@ -200,3 +230,17 @@ def test_a_softmax_over_one_channel_is_refused_naming_sigmoid_and_identity(tmp_p
     assert not (tmp_path / "o.zarr").exists()
     _, code = model_cli(tmp_path, {"dims": 2, "depth": 1, "classes": 1}, (30, 30), "o.zarr", "--activation", "sigmoid")
     assert code == 0
+
+
+@pytest.mark.parametrize(("network", "shape", "axes"), [
+    ({"dims": 2, "in_channels": 1, "n_classes": 3, "layers": []}, [30, 26], "CYX"),
+    ({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 2}]}, [6, 9, 5], "CZYX")])
+def test_a_tiff_output_is_grey_pages_with_its_axes_never_colour(tmp_path, network, shape, axes):
+    """Three classes, or an x extent of 3 or 4 after the crop, were written as RGB (or RGBA)
+    samples: Fiji showed one colour image (tifffile warned it would change that)."""
+    run = {"network": network, "shape": shape, "mirror": False, "mode": "dilated", "output": "tif", "depth": None,
+           "roi": None, "tile": None, "classes": None, "batch_size": None}
+    run_own(tmp_path, run)
+    with tifffile.TiffFile(tmp_path / "o.tif") as tiff:
+        assert {page.photometric for page in tiff.pages} == {tifffile.PHOTOMETRIC.MINISBLACK}
+        assert tiff.series[0].axes == axes

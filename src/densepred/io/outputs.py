@@ -139,9 +139,12 @@ class OutputArray:
 
 
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-                  attributes: dict[str, Any] | None = None, layout: OmeLayout | None = None) -> OutputArray:
+                  attributes: dict[str, Any] | None = None, layout: OmeLayout | None = None,
+                  channel_axis: bool = True) -> OutputArray:
     """A new output array of ``shape``; ``chunks`` (the output tile) lays out HDF5, ``layout``
-    the levels, shards and metadata of an OME-Zarr output (required for zarr).
+    the levels, shards and metadata of an OME-Zarr output (required for zarr);
+    ``channel_axis``: whether the first axis holds classes (not for argmax labels), for the
+    axes a TIFF names.
 
     ``attributes`` (zarr and HDF5) are stored as the output comes into being, before any
     data, so an output is never seen without them (they mark what densepred wrote).
@@ -159,7 +162,10 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
             import tifffile
 
             bigtiff = int(np.prod(shape)) * dtype.itemsize > TIFF_LIMIT
-            array = tifffile.memmap(spec.path, shape=shape, dtype=dtype, bigtiff=bigtiff)
+            # grey pages, never RGB (tifffile takes 3 or 4 classes, or an x extent of 3 or 4, for colour samples)
+            axes = ("C" if channel_axis else "") + "ZYX"[3 - len(shape) + channel_axis:]
+            array = tifffile.memmap(spec.path, shape=shape, dtype=dtype, bigtiff=bigtiff, photometric="minisblack",
+                                    metadata={"axes": axes})
             _reserve(spec.path)
             return OutputArray(spec, array)
         if spec.kind == "npy":

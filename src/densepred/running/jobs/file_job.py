@@ -162,7 +162,8 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     try:
         write_record(record_dir, planned.record)
         return create_output(spec, planned.shape, planned.encoding.stored_dtype, planned.chunks,
-                             attributes={"densepred": {"complete": False}}, layout=planned.layout)
+                             attributes={"densepred": {"complete": False}}, layout=planned.layout,
+                             channel_axis=not planned.encoding.argmax)
     except BaseException:
         shutil.rmtree(record_dir, ignore_errors=True)
         raise
