@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
+from .axes import channel_first
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
@@ -120,20 +121,40 @@ def _open_hdf5(spec: ArraySpec) -> Any:
 def _open_zarr(spec: ArraySpec) -> Any:
     import zarr
 
-    node = zarr.open(spec.path, mode="r")
+    root = node = zarr.open(spec.path, mode="r")
     if spec.key is not None:
         try:
             node = node[spec.key]
         except (KeyError, TypeError):
             raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
-    if not isinstance(node, zarr.Array):
-        image = _ome_first_level(node)
-        if image is not None:
-            return image
-        arrays = sorted(name for name, _ in node.arrays())
-        raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
-                             f"(available: {', '.join(arrays) or 'none'})")
-    return node
+    if isinstance(node, zarr.Array):  # a level of an OME-Zarr image names its axes in the group above
+        parent, _, name = (spec.key or "").rpartition("/")
+        group = root[parent] if parent else root
+        return channel_first(node, _ome_axes(group, name) if isinstance(group, zarr.Group) else None, str(spec))
+    image = _ome_first_level(node)
+    if image is not None:
+        return channel_first(image, _ome_axes(node, _first_level_path(node)), str(spec))
+    arrays = sorted(name for name, _ in node.arrays())
+    raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
+                         f"(available: {', '.join(arrays) or 'none'})")
+
+
+def _ome_axes(group: Any, path: str | None) -> str | None:
+    """The axes of the OME-Zarr image ``group`` (0.4 or 0.5) as letters of ``TCZYX``, when its
+    multiscales list ``path`` among their levels; None for any other array."""
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    try:
+        multiscale = multiscales[0]
+        if path not in [d["path"] for d in multiscale["datasets"]]:
+            return None
+        letters = []
+        for axis in multiscale["axes"]:
+            name, kind = (axis, None) if isinstance(axis, str) else (axis.get("name"), axis.get("type"))
+            letters.append({"time": "T", "channel": "C"}.get(kind) or str(name).upper())
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return "".join(letters)
 
 
 def _ome_first_level(group: Any) -> Any:
@@ -177,10 +198,13 @@ def _first_level_path(group: Any) -> str | None:
 def _open_tiff(path: Path) -> Any:
     import tifffile
 
+    with tifffile.TiffFile(path) as tiff:
+        axes = tiff.series[0].axes if tiff.series else None
     try:
-        return tifffile.memmap(path, mode="r")
+        array = tifffile.memmap(path, mode="r")
     except ValueError:  # compressed or tiled: not memory-mappable
-        return tifffile.imread(path)
+        array = tifffile.imread(path)
+    return channel_first(array, axes, str(path))
 
 
 def _read_csv(path: Path) -> np.ndarray:

@@ -1,0 +1,88 @@
+"""Named axes of an input, put in densepred's order: channels first, then z, y, x.
+
+Microscopy files say what their axes are: bioformats2raw writes every OME-Zarr image as
+``(t, c, z, y, x)``, Fiji saves a multi-channel stack as ``ZCYX``, a colour TIFF is ``YXS``
+(samples last). Read as they are, each has the wrong number of axes, or channels in the wrong
+place, for a network that takes ``(C, Z, Y, X)``. :func:`channel_first` gives a lazy view in
+that order: a colour sample axis becomes the channel axis, axes of one element that are
+neither channel nor space (a single time point) are dropped, and a time series whose images
+have no z becomes a stack (what a 2D network predicts slice by slice). A time series of
+volumes is refused in one line.
+
+    >>> import numpy as np
+    >>> channel_first(np.zeros((1, 2, 5, 6, 7)), "TCZYX", "a.zarr").shape
+    (2, 5, 6, 7)
+    >>> channel_first(np.zeros((6, 7, 3)), "YXS", "rgb.tif").shape
+    (3, 6, 7)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DensePredError
+from .reading import read_box
+
+ORDER = "CZYX"
+KNOWN = set("TCSZYX")
+
+
+def channel_first(array: Any, axes: str | None, where: str) -> Any:
+    """``array`` (whose axes are named by ``axes``, letters of ``T C S Z Y X``, or None when
+    unknown) as ``(C?, Z?, Y, X)``: ``array`` itself where that is its order already or the
+    axes are unknown, else an :class:`AxesView`."""
+    shape = tuple(int(n) for n in array.shape)
+    if axes is None or len(axes) != len(shape) or not set(axes) <= KNOWN or len(set(axes)) != len(axes):
+        return array
+    sizes = dict(zip(axes, shape, strict=True))
+    role: dict[str, str | None] = {a: a if a in ORDER else None for a in axes}  # None: left out (one element)
+    if "S" in sizes:  # colour samples are the channels, unless the file has channels too
+        if sizes.get("C", 1) > 1 and sizes["S"] > 1:
+            raise DensePredError(f"{where} has both channels ({sizes['C']}) and colour samples ({sizes['S']}) per "
+                                 "voxel; densepred reads one channel axis: write the channels out as one")
+        if sizes.get("C", 1) == 1:
+            role["S"], role["C"] = "C", None
+    if sizes.get("T", 1) > 1:
+        if "Z" in sizes:
+            raise DensePredError(f"{where} is a time series of {sizes['T']} volumes ({axes}); densepred predicts one "
+                                 "volume or a stack of 2D images: write one time point out")
+        role["T"] = "Z"  # images over time: a stack, predicted image by image by a 2D network
+    target = sorted((a for a in axes if role[a] is not None), key=lambda a: ORDER.index(role[a] or ""))
+    return array if target == list(axes) else AxesView(array, axes, target)
+
+
+class AxesView:
+    """``array`` with the axes ``target`` (a reordering of some of ``axes``) in that order;
+    every other axis has one element and is left out. Boxes are read through
+    :func:`~densepred.io.reading.read_box`, so zarr inputs keep their fast chunk reader."""
+
+    def __init__(self, array: Any, axes: str, target: list[str]):
+        self.array, self.axes, self.target = array, axes, target
+        shape = dict(zip(axes, array.shape, strict=True))
+        self.shape = tuple(int(shape[a]) for a in target)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if Ellipsis in key:
+            at = key.index(Ellipsis)
+            key = (*key[:at], *[slice(None)] * (self.ndim - len(key) + 1), *key[at + 1:])
+        key = (*key, *[slice(None)] * (self.ndim - len(key)))
+        # integers are read as boxes of one and taken out after
+        boxes = {a: k if isinstance(k, slice) else slice(int(k) % n, int(k) % n + 1)
+                 for a, k, n in zip(self.target, key, self.shape, strict=True)}
+        data = read_box(self.array, tuple(boxes.get(a, slice(0, 1)) for a in self.axes))
+        kept = [a for a in self.axes if a in boxes]
+        data = data.reshape([n for a, n in zip(self.axes, data.shape, strict=True) if a in boxes])
+        data = np.transpose(data, [kept.index(a) for a in self.target])
+        return data[tuple(slice(None) if isinstance(k, slice) else 0 for k in key)]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)

@@ -1,0 +1,133 @@
+"""Inputs whose files name their axes: bioformats2raw's (t, c, z, y, x) OME-Zarr, Fiji's ZCYX
+stacks, colour TIFFs (YXS). Each is predicted as the same data given channels first."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import tifffile
+import tomlkit
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import densepred
+import densepred.io.axes
+from densepred.interfaces.cli import main
+from densepred.io.axes import channel_first
+from densepred.networks.weights import save_weights
+from tests.conftest import make_net
+from tests.test_reliability_files import one_error_line
+
+
+def net_config(tmp_path, dims, channels):
+    network = {"dims": dims, "in_channels": channels, "n_classes": 2, "layers": [{"filters": 3, "kernel": 3}]}
+    net = make_net(network, seed=channels, dtype=torch.float32)
+    (tmp_path / "n.toml").write_text(tomlkit.dumps({"name": "n", "save_dir": str(tmp_path), "network": network}))
+    save_weights(net, tmp_path / "n-LAST.safetensors")
+    return tmp_path / "n.toml", net
+
+
+def predicted(config, spec, tmp_path, *extra):
+    assert main(["predict", str(config), "--input", spec, "--output", str(tmp_path / "o.npy"), "--quiet",
+                 "--overwrite", *extra]) == 0
+    return np.load(tmp_path / "o.npy")
+
+
+def ome_image(path, data, axes, version):
+    """An OME-Zarr image of one level, as bioformats2raw (0.4, zarr v2) or ome-zarr 0.5 write it."""
+    kinds = {"t": "time", "c": "channel"}
+    multiscales = [{"version": version, "axes": [{"name": a, "type": kinds.get(a, "space")} for a in axes],
+                    "datasets": [{"path": "0", "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0] * (len(axes) - 3) + [40.0, 4.0, 4.0]}]}]}]
+    group = zarr.open_group(path, mode="w", zarr_format=2 if version == "0.4" else 3)
+    names = {} if version == "0.4" else {"dimension_names": list(axes)}
+    group.create_array("0", shape=data.shape, chunks=(1,) * (data.ndim - 3) + (8, 16, 16), dtype=data.dtype,
+                       **names)[:] = data
+    group.attrs.update({"multiscales": multiscales} if version == "0.4" else
+                       {"ome": {"version": version, "multiscales": multiscales}})
+
+
+def test_the_examples_in_the_axes_docstrings_hold():
+    assert doctest.testmod(densepred.io.axes).failed == 0
+
+
+@pytest.mark.parametrize(("version", "key"), [("0.4", ""), ("0.4", ":0"), ("0.5", "")])
+def test_a_bioformats2raw_tczyx_image_is_predicted_as_its_volume(tmp_path, version, key):
+    volume = np.random.default_rng(1).integers(0, 255, (11, 37, 29), dtype=np.uint8)
+    ome_image(tmp_path / "in.zarr", volume[None, None], "tczyx", version)
+    config, net = net_config(tmp_path, 3, 1)
+    got = predicted(config, f"{tmp_path / 'in.zarr'}{key}", tmp_path, "--mirror")
+    np.testing.assert_allclose(got, densepred.predict_dense(net, volume, mirror=True), rtol=0, atol=1e-6)
+    assert main(["predict", str(config), "--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "o.zarr"),
+                 "--quiet"]) == 0  # and its voxel size goes to the output
+    scale = zarr.open_group(tmp_path / "o.zarr").attrs["ome"]["multiscales"][0]["datasets"][0]
+    assert scale["coordinateTransformations"][0]["scale"][1:] == [40.0, 4.0, 4.0]
+
+
+def test_a_two_channel_ome_zarr_image_feeds_a_two_channel_net(tmp_path):
+    volume = np.random.default_rng(2).random((2, 9, 30, 26), dtype=np.float32)
+    ome_image(tmp_path / "in.zarr", volume[None], "tczyx", "0.5")
+    config, net = net_config(tmp_path, 3, 2)
+    np.testing.assert_allclose(predicted(config, str(tmp_path / "in.zarr"), tmp_path),
+                               densepred.predict_dense(net, volume), rtol=0, atol=1e-6)
+
+
+def test_a_colour_tiff_feeds_a_three_channel_2d_net(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    config, net = net_config(tmp_path, 2, 3)
+    np.testing.assert_allclose(predicted(config, str(tmp_path / "rgb.tif"), tmp_path),
+                               densepred.predict_dense(net, np.moveaxis(rgb, -1, 0)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_fiji_zcyx_stack_feeds_a_two_channel_net(tmp_path, dims):
+    """Fiji orders a hyperstack TZCYXS; ImageJ TIFFs keep that order, so channels come second."""
+    stack = np.random.default_rng(4).random((6, 2, 31, 27), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    config, net = net_config(tmp_path, dims, 2)
+    got = predicted(config, str(tmp_path / "ij.tif"), tmp_path, "--mirror")
+    channels_first = np.moveaxis(stack, 1, 0)
+    expected = (densepred.predict_dense(net, channels_first, mirror=True) if dims == 3 else
+                np.stack([densepred.predict_dense(net, channels_first[:, z], mirror=True) for z in range(6)], axis=1))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_movie_is_a_stack_for_a_2d_net_and_a_time_series_of_volumes_is_one_line(tmp_path, capsys):
+    movie = np.random.default_rng(5).random((4, 1, 1, 30, 22), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TZCYX"})
+    config, net = net_config(tmp_path, 2, 1)
+    expected = np.stack([densepred.predict_dense(net, movie[t, 0, 0], mirror=True) for t in range(4)], axis=1)
+    np.testing.assert_allclose(predicted(config, str(tmp_path / "movie.tif"), tmp_path, "--mirror"), expected,
+                               rtol=0, atol=1e-6)
+    ome_image(tmp_path / "series.zarr", np.zeros((3, 1, 9, 20, 20), np.uint8) + 7, "tczyx", "0.4")
+    code = main(["predict", str(config), "--input", str(tmp_path / "series.zarr"), "--output",
+                 str(tmp_path / "s.npy"), "--quiet"])
+    one_error_line(capsys, code, "is a time series of 3 volumes (TCZYX)")
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_a_view_reads_every_box_as_numpy_reads_the_reordered_array(data):
+    axes = data.draw(st.sampled_from(["TCZYX", "ZCYX", "YXS", "CYXS", "TZYX", "ZYXC"]))
+    sizes = {"T": 1, "S": data.draw(st.integers(1, 4))}
+    shape = [sizes.get(a) or data.draw(st.integers(1, 6)) for a in axes]
+    if axes == "CYXS" and shape[-1] > 1:
+        shape[0] = 1
+    array = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    view = channel_first(array, axes, "x")
+    size = dict(zip(axes, shape, strict=True))
+    dropped = {"T"} | ({"S"} if size.get("C", 1) > 1 else {"C"} if "S" in axes else set())
+    kept = [a for a in axes if a not in dropped]
+    names = ["C" if a == "S" else a for a in kept]
+    expected = np.transpose(array.reshape([shape[axes.index(a)] for a in kept]) if len(kept) < len(axes) else array,
+                            [names.index(a) for a in sorted(names, key="CZYX".index)])
+    assert view.shape == expected.shape
+    key = tuple(data.draw(st.one_of(st.integers(-n, n - 1), st.builds(slice, st.integers(0, n), st.integers(0, n))
+                                    .filter(lambda s: s.start < s.stop))) for n in expected.shape)
+    np.testing.assert_array_equal(np.asarray(view[key]), expected[key])
+    np.testing.assert_array_equal(np.asarray(view), expected)
