@@ -26,8 +26,8 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
     group.add_argument("--dims", type=int, default=3, choices=[2, 3], help="the model's spatial dimensions")
     group.add_argument("--in-channels", type=int, default=1, help="the model's input channels (default: 1)")
     group.add_argument("--activation", choices=["softmax", "sigmoid", "identity"],
-                       help="what the logits become (default: softmax; for a bioimage.io model, its own "
-                            "sigmoid or softmax postprocessing, else identity)")
+                       help="what the logits become (default: softmax, refused for a one-channel model; for a "
+                            "bioimage.io model, its own sigmoid or softmax postprocessing, else identity)")
     group.add_argument("--weights-format", choices=["pytorch_state_dict", "torchscript", "onnx"],
                        help="a bioimage.io package's weights to run (default: the first it has locally, in this "
                             "order)")

@@ -140,8 +140,9 @@ def _open_zarr(spec: ArraySpec) -> Any:
 
 
 def _ome_axes(group: Any, path: str | None) -> str | None:
-    """The axes of the OME-Zarr image ``group`` (0.4 or 0.5) as letters of ``TCZYX``, when its
-    multiscales list ``path`` among their levels; None for any other array."""
+    """The axes of the OME-Zarr image ``group`` as letters of ``TCZYX`` (0.1 and 0.2 have no
+    axes field: always t, c, z, y, x), when its multiscales list ``path`` among their levels;
+    None for any other array."""
     attrs = dict(group.attrs)
     multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
     try:
@@ -149,12 +150,12 @@ def _ome_axes(group: Any, path: str | None) -> str | None:
         if path not in [d["path"] for d in multiscale["datasets"]]:
             return None
         letters = []
-        for axis in multiscale["axes"]:
+        for axis in multiscale.get("axes") or ("tczyx" if multiscale.get("version") in ("0.1", "0.2") else ()):
             name, kind = (axis, None) if isinstance(axis, str) else (axis.get("name"), axis.get("type"))
             letters.append({"time": "T", "channel": "C"}.get(kind) or str(name).upper())
     except (TypeError, KeyError, IndexError, AttributeError):
         return None
-    return "".join(letters)
+    return "".join(letters) or None
 
 
 def _ome_first_level(group: Any) -> Any:
