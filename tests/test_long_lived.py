@@ -97,6 +97,7 @@ def job(folder, output, options, **extra):
                                 is not None, levels=1, **options, **extra)
 
 
+@pytest.mark.slow  # about 11 s: make test-slow
 def test_one_cluster_and_one_process_serve_runs_of_other_nets_in_turn(files):
     from distributed import Client, LocalCluster
 
