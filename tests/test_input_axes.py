@@ -4,7 +4,9 @@ stacks, colour TIFFs (YXS). Each is predicted as the same data given channels fi
 from __future__ import annotations
 
 import doctest
+import json
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
@@ -133,3 +135,31 @@ def test_a_view_reads_every_box_as_numpy_reads_the_reordered_array(data):
                                     .filter(lambda s: s.start < s.stop))) for n in expected.shape)
     np.testing.assert_array_equal(np.asarray(view[key]), expected[key])
     np.testing.assert_array_equal(np.asarray(view), expected)
+
+
+@pytest.mark.parametrize("form", ["ilastik", "h5py labels", "zarr v3 names", "xarray zarr v2"])
+def test_axis_names_in_hdf5_and_zarr_put_channels_first(tmp_path, form):
+    """ilastik exports ``zyxc`` (channels last) with an ``axistags`` attribute; zarr v3 arrays
+    name their dimensions; xarray writes ``_ARRAY_DIMENSIONS`` into zarr v2."""
+    volume = np.random.default_rng(6).random((9, 30, 26, 2), dtype=np.float32)  # z, y, x, c
+    if form in ("ilastik", "h5py labels"):
+        with h5py.File(tmp_path / "in.h5", "w") as f:
+            f["raw"] = volume
+            if form == "ilastik":
+                f["raw"].attrs["axistags"] = json.dumps({"axes": [{"key": k, "typeFlags": 2, "resolution": 0,
+                                                                   "description": ""} for k in "zyxc"]})
+            else:
+                for dim, label in zip(f["raw"].dims, "zyxc", strict=True):
+                    dim.label = label
+        spec = f"{tmp_path / 'in.h5'}:raw"
+    else:
+        v3 = form == "zarr v3 names"
+        array = zarr.create_array(tmp_path / "in.zarr", shape=volume.shape, chunks=(8, 16, 16, 2), dtype="f4",
+                                  zarr_format=3 if v3 else 2, **({"dimension_names": list("zyxc")} if v3 else {}))
+        array[:] = volume
+        if not v3:
+            array.attrs["_ARRAY_DIMENSIONS"] = list("zyxc")
+        spec = str(tmp_path / "in.zarr")
+    config, net = net_config(tmp_path, 3, 2)
+    expected = densepred.predict_dense(net, np.moveaxis(volume, -1, 0))
+    np.testing.assert_allclose(predicted(config, spec, tmp_path), expected, rtol=0, atol=1e-6)

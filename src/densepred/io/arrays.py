@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
-from .axes import channel_first
+from .axes import axis_letters, channel_first
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
@@ -109,13 +109,13 @@ def _open_hdf5(spec: ArraySpec) -> Any:
     handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
     if spec.key is None:
         if len(datasets) == 1:
-            return handle[datasets[0]]
+            return channel_first(handle[datasets[0]], _hdf5_axes(handle[datasets[0]]), str(spec))
         raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
                              f"{spec.path}:DATASET (available: {', '.join(datasets) or 'none'})")
     if spec.key not in datasets:
         raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
                              f"available: {', '.join(datasets) or 'none'}")
-    return handle[spec.key]
+    return channel_first(handle[spec.key], _hdf5_axes(handle[spec.key]), str(spec))
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -130,7 +130,8 @@ def _open_zarr(spec: ArraySpec) -> Any:
     if isinstance(node, zarr.Array):  # a level of an OME-Zarr image names its axes in the group above
         parent, _, name = (spec.key or "").rpartition("/")
         group = root[parent] if parent else root
-        return channel_first(node, _ome_axes(group, name) if isinstance(group, zarr.Group) else None, str(spec))
+        axes = _ome_axes(group, name) if isinstance(group, zarr.Group) else None
+        return channel_first(node, axes or axis_letters(_dimension_names(node)), str(spec))
     image = _ome_first_level(node)
     if image is not None:
         return channel_first(image, _ome_axes(node, _first_level_path(node)), str(spec))
@@ -156,6 +157,27 @@ def _ome_axes(group: Any, path: str | None) -> str | None:
     except (TypeError, KeyError, IndexError, AttributeError):
         return None
     return "".join(letters) or None
+
+
+def _dimension_names(array: Any) -> list[str] | None:
+    """A zarr array's own axis names: zarr v3's ``dimension_names``, or xarray's
+    ``_ARRAY_DIMENSIONS`` attribute in zarr v2."""
+    names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    return list(names) if names else None
+
+
+def _hdf5_axes(dataset: Any) -> str | None:
+    """An HDF5 dataset's axes: ilastik's and vigra's ``axistags`` attribute (channels often last,
+    ``zyxc``), else h5py dimension labels."""
+    import json
+
+    try:
+        tags = dataset.attrs.get("axistags")
+        if tags is not None:
+            return axis_letters([axis["key"] for axis in json.loads(tags)["axes"]])
+        return axis_letters([dim.label for dim in dataset.dims])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _ome_first_level(group: Any) -> Any:

@@ -53,6 +53,22 @@ def channel_first(array: Any, axes: str | None, where: str) -> Any:
     return array if target == list(axes) else AxesView(array, axes, target)
 
 
+NAMES = {"t": "T", "time": "T", "c": "C", "ch": "C", "channel": "C", "channels": "C", "z": "Z", "y": "Y", "x": "X"}
+
+
+def axis_letters(names: Any) -> str | None:
+    """Axis names (``["c", "z", "y", "x"]``, ``"zyxc"``) as letters of ``TCZYX``; None when any
+    name is unknown or missing.
+
+        >>> axis_letters(["z", "y", "x", "c"]), axis_letters(["z", "row", "col"]), axis_letters(["", "", ""])
+        ('ZYXC', None, None)
+    """
+    if not names:
+        return None
+    letters = [NAMES.get(str(name).lower()) for name in names]
+    return None if None in letters else "".join(letters)  # type: ignore[arg-type]
+
+
 class AxesView:
     """``array`` with the axes ``target`` (a reordering of some of ``axes``) in that order;
     every other axis has one element and is left out. Boxes are read through
