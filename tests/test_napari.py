@@ -295,3 +295,21 @@ class _counting_forwards:
         from densepred.networks import engines
 
         engines.DenseEngine.__call__ = self.original
+
+
+def test_an_rgb_layer_feeds_a_three_channel_2d_net(tmp_path):
+    """Its colour samples are the channels (the layer was refused as RGB)."""
+    from densepred.networks.weights import save_weights
+
+    path = tmp_path / "rgb.toml"
+    path.write_text('name = "rgb"\nsave_dir = "run"\n[network]\ndims = 2\nin_channels = 3\nn_classes = 2\n'
+                    'layers = [{ filters = 4, kernel = 3 }]\n')
+    torch.manual_seed(0)
+    save_weights(densepred.build_net(densepred.load_config(path)), tmp_path / "run" / "rgb-LAST.safetensors")
+    image = np.random.default_rng(3).integers(0, 255, (37, 41, 3), dtype=np.uint8)
+    viewer = ViewerModel()
+    viewer.add_image(image, name="photo", rgb=True, scale=SCALE[1:], translate=TRANSLATE[1:])
+    layer = run(viewer, request_from_fields(ImageSource.from_layer(viewer.layers["photo"]), {"config": str(path)}))
+    net = densepred.create_prediction_net(densepred.load_config(path))
+    np.testing.assert_array_equal(layer.data, densepred.predict_dense(net, np.moveaxis(image, -1, 0), mirror=True))
+    assert tuple(layer.scale)[1:] == SCALE[1:]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...io.axes import channel_first
 from ..values import parse_ints, parse_size
 
 OUTPUTS = ("probabilities", "labels")
@@ -32,12 +33,12 @@ class ImageSource:
 
     @classmethod
     def from_layer(cls, layer: Any) -> ImageSource:
-        if getattr(layer, "rgb", False):
-            raise DensePredError(f"layer '{layer.name}' is RGB; densepred predicts grey or multi-channel images "
-                                 "(open the channels as one layer with the channel axis first)")
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        return cls(data, layer.name, tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate),
-                   zarr_behind(layer, data))
+        scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
+        if getattr(layer, "rgb", False):  # colour samples last: the channels of a 3- or 4-channel net
+            return cls(channel_first(data, "ZYXS"[4 - data.ndim:], f"layer '{layer.name}'"), layer.name, scale,
+                       translate)
+        return cls(data, layer.name, scale, translate, zarr_behind(layer, data))
 
 
 def zarr_behind(layer: Any, data: Any) -> str | None:
