@@ -22,6 +22,7 @@ from ...config import Config, DataPair, TrainingConfig
 from ...errors import DensePredError
 from ...geometry import Geometry
 from ...io import ArraySpec, ChannelFirst, open_array, to_float32
+from ...io.axes import AxesView
 from ...io.images import OneSliceStack
 from ...io.output_checks import check_finished
 
@@ -212,6 +213,9 @@ def _volume(raw: Any, label: Any, channels: int, dims: int, patch: Shape, spec: 
     """An image, its labels and the region patches come from; with ``stack`` a 2D image is a
     stack of one slice."""
     image = ChannelFirst(raw, channels, dims)
+    spatial = "ZYX"[3 - len(image.spatial_shape):]
+    if tuple(label.shape) == (1, *image.spatial_shape):  # labels with a channel axis of one (ilastik's exports)
+        label = AxesView(label, "C" + spatial, list(spatial))
     if tuple(label.shape) != image.spatial_shape:
         raise DensePredError(f"{spec}: label shape {list(label.shape)} differs from the image's spatial "
                              f"shape {list(image.spatial_shape)}")
