@@ -9,6 +9,14 @@ fastest run of each set is compared. Core sets are interleaved ``--repeats`` tim
     python benchmarks/pipeline_cores.py                           # 256 x 1024 x 1024, cores 0 and 0,1
     python benchmarks/pipeline_cores.py --sets 0,0-3 --depth 512  # a 4-core machine
     python benchmarks/pipeline_cores.py --input hdf5              # a gzip HDF5 input
+    python benchmarks/pipeline_cores.py --ceiling                 # and the machine's own ceiling
+
+``--ceiling`` also runs the plain program of pipeline_ceiling.py (zarr reads, NumPy's
+per-voxel work, zarr writes densepred's shards) as a perfectly parallel job: one copy on the
+first core set's cores over the whole volume, against one copy per core of the last set, each
+on its share of the z shards, at once. Their speedup is what these cores give this work
+without any sharing between threads: the ceiling a pipeline's own speedup is measured against
+(memory bandwidth and caches shared by the cores lower it below the core count).
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from pipeline_ceiling import textured_volume, trivial_net
+from pipeline_ceiling import PLAIN, textured_volume, trivial_net
 
 CHILD = r"""
 import json, resource, sys, time
@@ -48,6 +57,7 @@ def main() -> None:
     parser.add_argument("--input", choices=("zarr", "hdf5"), default="zarr",
                         help="the input's format: zarr (zstd) or HDF5 (gzip), 64^3 chunks either way")
     parser.add_argument("--work", default=None, help="folder for the volumes (default: a temporary one)")
+    parser.add_argument("--ceiling", action="store_true", help="also time the plain program, one copy per core")
     args = parser.parse_args()
     sets = args.sets.split(",")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
@@ -73,8 +83,54 @@ def main() -> None:
             busy = (user + system) / wall
             print(f"cores {cores}: fastest {wall:.2f} s ({voxels / wall / 1e6:.1f} Mvox/s, {busy:.2f} cores busy); "
                   f"all: {' '.join(f'{r[0]:.2f}' for r in runs[cores])}")
-        print(json.dumps({"speedup": round(best[sets[0]][0] / best[sets[-1]][0], 2),
-                          "sets": sets, "depth": args.depth, "classes": args.classes, "levels": args.levels}))
+        summary = {"speedup": round(best[sets[0]][0] / best[sets[-1]][0], 2), "sets": sets, "depth": args.depth,
+                   "classes": args.classes, "levels": args.levels}
+        if args.ceiling:
+            summary["ceiling"] = _ceiling(args, sets, source, work)
+        print(json.dumps(summary))
+
+
+def _ceiling(args: argparse.Namespace, sets: list[str], source: str, work: Path) -> float:
+    """The plain program's speedup from one copy on ``sets[0]`` to one copy per core of
+    ``sets[-1]``, each over its share of the z shards (fastest of ``--repeats`` each)."""
+    import zarr
+
+    like = zarr.open_array(work / "out.zarr" / "0")
+    zarr.create_array(work / "plain.zarr", shape=like.shape, chunks=like.chunks, shards=like.shards, dtype="uint8",
+                      compressors=like.compressors, fill_value=0, overwrite=True)
+    depth = like.shards[1]
+    cores = _cores(sets[-1])
+    shards = -(-args.depth // depth)
+    bounds = [min(args.depth, depth * (shards * i // len(cores))) for i in range(len(cores) + 1)]
+    plain = [sys.executable, "-c", PLAIN, source, str(work / "plain.zarr"), str(work / "out.zarr" / "0"),
+             str(args.classes)]
+    times: dict[str, list[float]] = {"one": [], "all": []}
+    for _ in range(args.repeats):
+        for name, parts in (("one", [(sets[0], 0, args.depth)]),
+                            ("all", [(str(c), z0, z1) for c, z0, z1 in zip(cores, bounds, bounds[1:], strict=False)
+                                     if z1 > z0])):
+            start_at = time.time() + 3.0  # every copy has opened its arrays by then, and starts at once
+            copies = [subprocess.Popen(["taskset", "-c", core, *plain, str(z0), str(z1), str(start_at)],
+                                       stdout=subprocess.PIPE, text=True) for core, z0, z1 in parts]
+            loops = [json.loads(copy.communicate()[0].strip().splitlines()[-1])["loop_s"] for copy in copies]
+            if any(copy.returncode for copy in copies):
+                raise SystemExit("a copy of the plain program failed")
+            times[name].append(max(loops))
+    speedup = min(times["one"]) / min(times["all"])
+    print(f"plain program (its loop, without process start), one copy on cores {sets[0]}: fastest "
+          f"{min(times['one']):.2f} s; one copy per core of "
+          f"{sets[-1]}: fastest {min(times['all']):.2f} s; ceiling {speedup:.2f}x (all: "
+          f"{' '.join(f'{t:.2f}' for t in times['one'])} | {' '.join(f'{t:.2f}' for t in times['all'])})")
+    return round(speedup, 2)
+
+
+def _cores(text: str) -> list[int]:
+    """A taskset core list (``0-3,6``) as core numbers."""
+    cores: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cores += list(range(int(low), int(high or low) + 1))
+    return cores
 
 
 def _as_hdf5(source: str, path: Path) -> str:
