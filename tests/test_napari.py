@@ -313,3 +313,14 @@ def test_an_rgb_layer_feeds_a_three_channel_2d_net(tmp_path):
     net = densepred.create_prediction_net(densepred.load_config(path))
     np.testing.assert_array_equal(layer.data, densepred.predict_dense(net, np.moveaxis(image, -1, 0), mirror=True))
     assert tuple(layer.scale)[1:] == SCALE[1:]
+
+
+def test_a_layer_with_t_c_z_y_x_labels_is_predicted_as_its_volume(viewer, config, volume):
+    """napari-ome-zarr opens bioformats2raw's images with their five axes named."""
+    model = ViewerModel()
+    model.add_image(volume[None, None], name="tczyx", axis_labels=("t", "c", "z", "y", "x"),
+                    scale=(1.0, 1.0, *SCALE), translate=(0.0, 0.0, *TRANSLATE))
+    layer = run(model, request_from_fields(ImageSource.from_layer(model.layers["tczyx"]), fields(config)))
+    expected = run(viewer, request_from_fields(ImageSource.from_layer(viewer.layers["em"]), fields(config)))
+    np.testing.assert_array_equal(layer.data, expected.data)
+    assert tuple(layer.translate) == tuple(expected.translate)

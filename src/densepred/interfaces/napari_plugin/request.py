@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
-from ...io.axes import channel_first
+from ...io.axes import AxesView, axis_letters, channel_first
 from ..values import parse_ints, parse_size
 
 OUTPUTS = ("probabilities", "labels")
@@ -35,9 +35,11 @@ class ImageSource:
     def from_layer(cls, layer: Any) -> ImageSource:
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
+        where = f"layer '{layer.name}'"
         if getattr(layer, "rgb", False):  # colour samples last: the channels of a 3- or 4-channel net
-            return cls(channel_first(data, "ZYXS"[4 - data.ndim:], f"layer '{layer.name}'"), layer.name, scale,
-                       translate)
+            return cls(channel_first(data, "ZYXS"[4 - data.ndim:], where), layer.name, scale, translate)
+        # axes the layer names (napari-ome-zarr's t, c, z, y, x) put channels first, as for a file
+        data = channel_first(data, axis_letters(getattr(layer, "axis_labels", None)), where)
         return cls(data, layer.name, scale, translate, zarr_behind(layer, data))
 
 
@@ -51,8 +53,9 @@ def zarr_behind(layer: Any, data: Any) -> str | None:
     path = getattr(getattr(layer, "source", None), "path", None)
     if path and ".zarr" in str(path).lower():
         candidates.append(str(path).rstrip("/"))
-    if isinstance(data, zarr.Array) and hasattr(data.store, "root") and str(data.store.root).endswith(".zarr"):
-        candidates.append(f"{data.store.root}:{data.path}" if data.path else str(data.store.root))
+    stored = data.array if isinstance(data, AxesView) else data
+    if isinstance(stored, zarr.Array) and hasattr(stored.store, "root") and str(stored.store.root).endswith(".zarr"):
+        candidates.append(f"{stored.store.root}:{stored.path}" if stored.path else str(stored.store.root))
     for spec in candidates:
         try:
             array = open_array(spec)
