@@ -93,14 +93,20 @@ def test_one_chosen_class_is_a_layer_without_a_class_axis(viewer, config, volume
     assert tuple(layer.translate) == TRANSLATE
 
 
-def test_a_2d_net_over_a_stack_shifts_only_y_and_x(tmp_path):
+def two_d_net(folder, in_channels, layers):
+    """A config of a 2D net and its random weights."""
     from densepred.networks.weights import save_weights
 
-    path = tmp_path / "two.toml"
-    path.write_text('name = "two"\nsave_dir = "run"\n[network]\ndims = 2\nin_channels = 1\nn_classes = 2\n'
-                    'layers = [{ filters = 4, kernel = 3, pool = 2 }, { filters = 4, kernel = 3 }]\n')
+    path = folder / "two.toml"
+    path.write_text(f'name = "two"\nsave_dir = "run"\n[network]\ndims = 2\nin_channels = {in_channels}\n'
+                    f'n_classes = 2\nlayers = [{layers}]\n')
     torch.manual_seed(0)
-    save_weights(densepred.build_net(densepred.load_config(path)), tmp_path / "run" / "two-LAST.safetensors")
+    save_weights(densepred.build_net(densepred.load_config(path)), folder / "run" / "two-LAST.safetensors")
+    return path
+
+
+def test_a_2d_net_over_a_stack_shifts_only_y_and_x(tmp_path):
+    path = two_d_net(tmp_path, 1, "{ filters = 4, kernel = 3, pool = 2 }, { filters = 4, kernel = 3 }")
     stack = np.random.default_rng(2).random((5, 37, 41), dtype=np.float32)
     viewer = ViewerModel()
     viewer.add_image(stack, name="stack", scale=SCALE, translate=TRANSLATE)
@@ -299,13 +305,7 @@ class _counting_forwards:
 
 def test_an_rgb_layer_feeds_a_three_channel_2d_net(tmp_path):
     """Its colour samples are the channels (the layer was refused as RGB)."""
-    from densepred.networks.weights import save_weights
-
-    path = tmp_path / "rgb.toml"
-    path.write_text('name = "rgb"\nsave_dir = "run"\n[network]\ndims = 2\nin_channels = 3\nn_classes = 2\n'
-                    'layers = [{ filters = 4, kernel = 3 }]\n')
-    torch.manual_seed(0)
-    save_weights(densepred.build_net(densepred.load_config(path)), tmp_path / "run" / "rgb-LAST.safetensors")
+    path = two_d_net(tmp_path, 3, "{ filters = 4, kernel = 3 }")
     image = np.random.default_rng(3).integers(0, 255, (37, 41, 3), dtype=np.uint8)
     viewer = ViewerModel()
     viewer.add_image(image, name="photo", rgb=True, scale=SCALE[1:], translate=TRANSLATE[1:])
