@@ -244,3 +244,35 @@ def test_a_tiff_output_is_grey_pages_with_its_axes_never_colour(tmp_path, networ
     with tifffile.TiffFile(tmp_path / "o.tif") as tiff:
         assert {page.photometric for page in tiff.pages} == {tifffile.PHOTOMETRIC.MINISBLACK}
         assert tiff.series[0].axes == axes
+
+
+class GlobalPool(torch.nn.Module):
+    """A classifier, not a dense model: its output does not grow with the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.AdaptiveAvgPool3d(4)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+@pytest.mark.parametrize(("model", "extra", "message"), [
+    ("tests.test_foreign:UNet", ["--scale", "0.5"], "check the scale 1/2 given"),
+    ("tests.test_differential:GlobalPool", [], "whose output is as large as the input")])
+def test_a_model_that_does_not_tile_at_the_scale_is_refused_after_a_few_probes(tmp_path, capsys, monkeypatch, model,
+                                                                                extra, message):
+    """The probe tried every side to 256, each with forwards up to 256^3: a wrong --scale, or a
+    classifier given as a dense model, ran for hours before its error."""
+    from densepred.networks import contract_sizes
+
+    forwards = []
+    accepted = contract_sizes._accepted
+    monkeypatch.setattr(contract_sizes, "_accepted", lambda *args: forwards.append(args[3]) or accepted(*args))
+    np.save(tmp_path / "in.npy", np.random.default_rng(3).random((13, 30, 27), dtype=np.float32))
+    kwargs = ["--model-kwargs", '{"dims": 3, "depth": 1, "width": 2}'] if "UNet" in model else []
+    code = main(["predict", "--model", model, *kwargs, "--input", str(tmp_path / "in.npy"), "--output",
+                 str(tmp_path / "o.zarr"), "--quiet", *extra])
+    one_error_line(capsys, code, message)
+    assert len(forwards) < 60, forwards  # before: hundreds, sides up to 256
+    assert max(forwards) <= 160, forwards

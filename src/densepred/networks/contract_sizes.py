@@ -123,6 +123,9 @@ def _strided(module: torch.nn.Module) -> tuple[int, ...] | None:
     return None
 
 
+MAX_MISSES = 4  # a U-Net's first accepted side has its next size; a model that does not tile has none
+
+
 def first_forward(model: torch.nn.Module, in_channels: int, dims: int,
                   scale: Fraction | None = None) -> tuple[int, tuple[int, ...], int, Fraction]:
     """A cube side the model tiles from (``side + k * factor`` are all accepted, each output
@@ -135,6 +138,7 @@ def first_forward(model: torch.nn.Module, in_channels: int, dims: int,
     voxels) or a decoder upsamples beyond the input is passed over.
     """
     best: tuple[int, tuple[int, ...], int, Fraction] | None = None
+    misses = 0  # accepted sides without a next size at the scale: each costs forwards up to 256 a side
     for side in range(1, 257):
         first = _accepted(model, in_channels, dims, side)
         if first is None:
@@ -142,6 +146,9 @@ def first_forward(model: torch.nn.Module, in_channels: int, dims: int,
         out, factor = first
         found = _next_size(model, in_channels, dims, side, out, max(factor), scale)
         if found is None:
+            misses += 1
+            if best is None and misses == MAX_MISSES:  # a wrong scale given, or an output that does not grow
+                break
             continue
         step, r = found
         crop = side * r - out
@@ -158,7 +165,7 @@ def first_forward(model: torch.nn.Module, in_channels: int, dims: int,
     at = "as large as the input (or at a scale two sizes confirm)" if scale is None else f"{scale} times the input"
     hint = ("its output scale (--scale, scale=: output voxels per input voxel, 0.5 or 4) if the probe cannot find "
             "it" if scale is None else f"check the scale {scale} given (--scale, scale=, or a package's output axes)")
-    raise DensePredError(f"the model accepted no {dims}D window from 1 to 256 voxels per side with {in_channels} "
+    raise DensePredError(f"the model accepted no {dims}D window from 1 to {side} voxels per side with {in_channels} "
                          f"input channel(s) whose output is {at} less a constant, so its downsampling "
                          "factor and smallest input could not be determined: check its dims and input channels "
                          "(--dims, --in-channels); give the factor and its smallest input (--factor and "
