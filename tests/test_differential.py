@@ -259,11 +259,13 @@ class GlobalPool(torch.nn.Module):
 
 @pytest.mark.parametrize(("model", "extra", "message"), [
     ("tests.test_foreign:UNet", ["--scale", "0.5"], "check the scale 1/2 given"),
-    ("tests.test_differential:GlobalPool", [], "whose output is as large as the input")])
-def test_a_model_that_does_not_tile_at_the_scale_is_refused_after_a_few_probes(tmp_path, capsys, monkeypatch, model,
-                                                                                extra, message):
-    """The probe tried every side to 256, each with forwards up to 256^3: a wrong --scale, or a
-    classifier given as a dense model, ran for hours before its error."""
+    ("tests.test_differential:GlobalPool", [], "whose output is as large as the input"),
+    ("tests.test_foreign:UNet", ["--output-tensor", "1"], "output '1' does not exist: the model returns one tensor")])
+def test_a_model_the_probe_cannot_tile_is_refused_after_a_few_forwards(tmp_path, capsys, monkeypatch, model, extra,
+                                                                      message):
+    """The probe tried every side to 256, each with forwards up to 256^3: a wrong --scale, a
+    classifier given as a dense model, or an output the model does not have (every forward
+    failed, taken for a size it refuses) ran for minutes to hours before the error."""
     from densepred.networks import contract_sizes
 
     forwards = []

@@ -207,6 +207,8 @@ def _accepted(model: torch.nn.Module, in_channels: int, dims: int,
         with torch.inference_mode():
             box = side if isinstance(side, tuple) else (side,) * dims
             out = model(probe_input(model, (1, in_channels, *box), 0))
+    except DensePredError:  # no size cures it (an output the model does not have)
+        raise
     except Exception:  # too small, sizes that do not fit together, an exported program's guard
         return None
     finally:
