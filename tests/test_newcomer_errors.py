@@ -56,6 +56,21 @@ def test_a_scheduler_that_is_no_address_is_one_line(config, volume, tmp_path, ca
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_a_local_cluster_whose_workers_do_not_start_is_one_line(config, volume, tmp_path, capsys, monkeypatch):
+    """Found by fuzzing --model arguments on a loaded machine: "Nanny failed to start" came as
+    distributed's traceback."""
+    import distributed
+
+    async def cannot_start(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(distributed.Nanny, "start_unsafe", cannot_start)
+    one_error_line(capsys, predict(config, tmp_path, str(tmp_path / "o.zarr"), "--workers", "2"),
+                   "cannot start a local Dask cluster of 2 worker(s): Nanny failed to start. (OSError: [Errno 24] "
+                   "Too many open files); check that this machine can start that many processes")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_a_missing_scheduler_file_stops_after_the_connect_timeout(config, volume, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "1s")
     code = predict(config, tmp_path, str(tmp_path / "o.zarr"), "--scheduler-file", str(tmp_path / "none.json"))

@@ -103,14 +103,29 @@ def _client(client_class: Any, target: ClusterTarget, scratch: str | None) -> An
     where = target.scheduler or target.scheduler_file or "a local cluster"
     if target.scheduler_file is not None:
         _wait_for_file(Path(target.scheduler_file))
+    if target.scheduler is None and target.scheduler_file is None:
+        return client_class(_started(lambda: local_cluster(target.workers or 1, target.threads_per_worker,
+                                                           target.device, scratch), target.workers or 1))
     try:
         if target.scheduler is not None:
             return client_class(target.scheduler, timeout=CONNECT_TIMEOUT)
-        if target.scheduler_file is not None:
-            return client_class(scheduler_file=str(target.scheduler_file), timeout=CONNECT_TIMEOUT)
-        return client_class(local_cluster(target.workers or 1, target.threads_per_worker, target.device, scratch))
+        return client_class(scheduler_file=str(target.scheduler_file), timeout=CONNECT_TIMEOUT)
     except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address at all
         raise DensePredError(f"cannot reach the Dask scheduler ({where}): {exc}") from None
+
+
+def _started(start: Any, workers: int) -> Any:
+    """The local cluster ``start()`` makes; a worker that does not start (too little memory,
+    too many open files, a machine too loaded to answer in time) is one line, not distributed's
+    traceback."""
+    try:
+        return start()
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        cause = exc.__cause__ or exc.__context__
+        why = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause is not None else "")
+        raise DensePredError(f"cannot start a local Dask cluster of {workers} worker(s): {why}; check that this "
+                             "machine can start that many processes (memory, open files), or run without "
+                             "--workers") from None
 
 
 def _wait_for_file(path: Path) -> None:
