@@ -175,3 +175,68 @@ def test_any_bioimageio_description_is_read_or_refused_in_one_error(zoo, text):
         assert not message.endswith(":"), message  # the reason is never lost after the colon
         return
     assert net.dims in (2, 3)
+
+
+# -- `densepred predict --model` argument lists ------------------------------------------------------
+
+MODEL_OPTIONS = [
+    ("--mode", st.sampled_from(["exact", "blend", "auto", "mfp"])),
+    ("--tile", st.sampled_from(["16,16,16", "14", "12,20,20", "0", "a", "15,15,15", "16,16"])),
+    ("--overlap", st.sampled_from(["0.5", "0", "1", "-0.1", "nan"])),
+    ("--tta", st.sampled_from(["flips", "1,2", "3", "banana", "1,1"])),
+    ("--activation", st.sampled_from(["softmax", "sigmoid", "identity"])),
+    ("--dims", st.sampled_from(["2", "3"])),
+    ("--in-channels", st.sampled_from(["1", "2", "0"])),
+    ("--dtype", st.sampled_from(["float32", "float16", "uint8"])),
+    ("--classes", st.sampled_from(["0", "0,1", "5"])),
+    ("--argmax", None),
+    ("--levels", st.sampled_from(["1", "2", "0"])),
+    ("--chunks", st.sampled_from(["8", "8,8,8", "0", "8,8"])),
+    ("--memory-limit", st.sampled_from(["1G", "10", "50MB"])),
+    ("--output-tensor", st.sampled_from(["0", "1", "out"])),
+    ("--factor", st.sampled_from(["2", "3", "0"])),
+    ("--smallest", st.sampled_from(["4", "8,8,8", "0"])),
+    ("--context", st.sampled_from(["5", "2:3,2:3,2:3", "-1"])),
+    ("--scale", st.sampled_from(["1", "0.5", "0", "4"])),
+    ("--precision", st.sampled_from(["float32", "bfloat16", "float16"])),
+    ("--strict", None),
+]
+
+
+@st.composite
+def model_argument_lists(draw):
+    chosen = draw(st.lists(st.sampled_from(range(len(MODEL_OPTIONS))), unique=True, max_size=5))
+    args = []
+    for index in chosen:
+        name, values = MODEL_OPTIONS[index]
+        args += [name] if values is None else [name, draw(values)]
+    return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif"]))
+
+
+@pytest.mark.slow  # about 2-4 minutes: make test-slow
+@seed(20261205)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model_argument_lists())
+def test_any_model_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, drawn):
+    """Found three defects when it was first run: a wrong --scale or an --output-tensor the model
+    does not have made the size probe run for minutes to hours, a local cluster that did not
+    start was a traceback (docs/RELIABILITY.md)."""
+    from safetensors.torch import save_file
+
+    from tests.test_foreign import UNet, trained_looking
+
+    folder = tmp_path_factory.mktemp("model")
+    model = trained_looking(UNet(dims=3, depth=1, width=2, classes=2), seed=1).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "w.safetensors")
+    np.save(folder / "in.npy", np.random.default_rng(3).random((13, 30, 27), dtype=np.float32))
+    args, output = drawn
+    try:
+        code = main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs",
+                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--weights", str(folder / "w.safetensors"),
+                     "--input", str(folder / "in.npy"), "--output", f"{folder}/{output}", "--quiet", *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
