@@ -65,11 +65,12 @@ OPTIONS = [
 
 
 @st.composite
-def argument_lists(draw):
-    chosen = draw(st.lists(st.sampled_from(range(len(OPTIONS))), unique=True, max_size=5))
+def argument_lists(draw, options=OPTIONS):
+    """Up to five of ``options`` (name, values or None for a flag) with drawn values, and an output."""
+    chosen = draw(st.lists(st.sampled_from(range(len(options))), unique=True, max_size=5))
     args = []
     for index in chosen:
-        name, values = OPTIONS[index]
+        name, values = options[index]
         args += [name] if values is None else [name, draw(values)]
     return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif"]))
 
@@ -203,20 +204,10 @@ MODEL_OPTIONS = [
 ]
 
 
-@st.composite
-def model_argument_lists(draw):
-    chosen = draw(st.lists(st.sampled_from(range(len(MODEL_OPTIONS))), unique=True, max_size=5))
-    args = []
-    for index in chosen:
-        name, values = MODEL_OPTIONS[index]
-        args += [name] if values is None else [name, draw(values)]
-    return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif"]))
-
-
 @pytest.mark.slow  # about 2-4 minutes: make test-slow
 @seed(20261205)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(model_argument_lists())
+@given(argument_lists(MODEL_OPTIONS))
 def test_any_model_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, drawn):
     """Found three defects when it was first run: a wrong --scale or an --output-tensor the model
     does not have made the size probe run for minutes to hours, a local cluster that did not

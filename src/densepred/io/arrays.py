@@ -107,15 +107,14 @@ def _open_hdf5(spec: ArraySpec) -> Any:
     handle = h5py.File(spec.path, "r")
     datasets: list[str] = []
     handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-    if spec.key is None:
-        if len(datasets) == 1:
-            return channel_first(handle[datasets[0]], _hdf5_axes(handle[datasets[0]]), str(spec))
+    if spec.key is None and len(datasets) != 1:
         raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
                              f"{spec.path}:DATASET (available: {', '.join(datasets) or 'none'})")
-    if spec.key not in datasets:
+    if spec.key is not None and spec.key not in datasets:
         raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
                              f"available: {', '.join(datasets) or 'none'}")
-    return channel_first(handle[spec.key], _hdf5_axes(handle[spec.key]), str(spec))
+    dataset = handle[spec.key or datasets[0]]
+    return channel_first(dataset, _hdf5_axes(dataset), str(spec))
 
 
 def _open_zarr(spec: ArraySpec) -> Any:

@@ -104,8 +104,7 @@ def _client(client_class: Any, target: ClusterTarget, scratch: str | None) -> An
     if target.scheduler_file is not None:
         _wait_for_file(Path(target.scheduler_file))
     if target.scheduler is None and target.scheduler_file is None:
-        return client_class(_started(lambda: local_cluster(target.workers or 1, target.threads_per_worker,
-                                                           target.device, scratch), target.workers or 1))
+        return client_class(_local(target, scratch))
     try:
         if target.scheduler is not None:
             return client_class(target.scheduler, timeout=CONNECT_TIMEOUT)
@@ -114,12 +113,13 @@ def _client(client_class: Any, target: ClusterTarget, scratch: str | None) -> An
         raise DensePredError(f"cannot reach the Dask scheduler ({where}): {exc}") from None
 
 
-def _started(start: Any, workers: int) -> Any:
-    """The local cluster ``start()`` makes; a worker that does not start (too little memory,
+def _local(target: ClusterTarget, scratch: str | None) -> Any:
+    """The local cluster ``target`` asks for; a worker that does not start (too little memory,
     too many open files, a machine too loaded to answer in time) is one line, not distributed's
     traceback."""
+    workers = target.workers or 1
     try:
-        return start()
+        return local_cluster(workers, target.threads_per_worker, target.device, scratch)
     except (RuntimeError, TimeoutError, OSError) as exc:
         cause = exc.__cause__ or exc.__context__
         why = f"{exc}" + (f" ({type(cause).__name__}: {cause})" if cause is not None else "")
