@@ -44,6 +44,7 @@ from .running import (  # noqa: E402
     predict_dense,
     predict_to_file,
     profile,
+    profile_model,
     train,
 )
 
@@ -82,5 +83,6 @@ __all__ = [
     "predict_dense",
     "predict_to_file",
     "profile",
+    "profile_model",
     "train",
 ]

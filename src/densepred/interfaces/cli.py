@@ -16,7 +16,7 @@ from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
 from .elektronn_command import add_import_elektronn
 from .info import run_info
-from .model_options import add_model_options, model_job
+from .model_options import add_model_options, model_job, run_model_profile
 from .signals import terminate_cleanly
 from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
 from .zoo_command import add_test_model
@@ -80,10 +80,9 @@ def _add_train(sub: Any) -> None:
 
 def _add_profile(sub: Any) -> None:
     prof = sub.add_parser("profile", help="measure speed against tile size and find the fastest tile that fits")
-    prof.add_argument("config", help="network config file (TOML)")
+    prof.add_argument("config", nargs="?", help="network config file (TOML); not with --model")
     prof.add_argument("--device", help="cpu or cuda:N (default: cuda if available, else cpu)")
-    prof.add_argument("--modes", default="mfp,dilated",
-                      help="engines to compare (default: mfp,dilated; also naive, stream)")
+    prof.add_argument("--modes", help="engines to compare (default: mfp,dilated; also naive, stream)")
     prof.add_argument("--memory-limit", metavar="SIZE",
                       help="peak memory allowed, e.g. 8GiB or 500MB (default: 80%% of available RAM, "
                            "90%% of free GPU memory)")
@@ -96,6 +95,7 @@ def _add_profile(sub: Any) -> None:
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per shape after the warm-up (default: 3)")
     prof.add_argument("--quiet", action="store_true", help="no progress display")
     add_precision(prof)
+    add_model_options(prof, profiling=True)
     prof.set_defaults(run=run_profile)
 
 
@@ -215,13 +215,21 @@ def run_profile(args: argparse.Namespace) -> int:
     from ..running import profile
 
     _log_warnings()
+    if args.model or args.model_file:
+        return run_model_profile(args)
+    if args.config is None:
+        raise DensePredError("densepred profile needs the network's config file, or a model: --model "
+                             "package.module:Class or --model-file model.pt2")
+    if args.input or args.shape:
+        raise DensePredError("--input and --shape are for a model's profile (--model); a config's profile measures "
+                             "tiles, whatever the image")
     cfg = load_config(args.config)
     dims = cfg.network.dims
     aspect = parse_numbers(args.aspect, dims, "--aspect") if args.aspect else None
     limit = parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None
     if args.max_seconds <= 0 or args.repeats < 1:
         raise DensePredError("--max-seconds must be positive and --repeats at least 1")
-    result = profile(cfg, device=args.device, modes=args.modes, memory_limit=limit,
+    result = profile(cfg, device=args.device, modes=args.modes or "mfp,dilated", memory_limit=limit,
                      max_seconds=args.max_seconds, out=args.out, write=args.write, aspect=aspect,
                      repeats=args.repeats, progress=not args.quiet, precision=args.precision)
     print(f"device {result.device}, {args.precision}: matmul peak {result.matmul_flops / 1e9:.1f} GFLOP/s, "

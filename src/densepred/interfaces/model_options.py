@@ -10,7 +10,9 @@ from ..geometry.scale import scale_pairs
 from .values import parse_floats, parse_ints, parse_size
 
 
-def add_model_options(pred: argparse.ArgumentParser) -> None:
+def add_model_options(pred: argparse.ArgumentParser, profiling: bool = False) -> None:
+    """The options that name a model and its tiling contract; for ``predict`` also how its
+    windows are combined, for ``profile`` the image it is profiled for."""
     group = pred.add_argument_group("a model written elsewhere (PyTorch U-Nets; see the README, Models written "
                                     "elsewhere)")
     group.add_argument("--model", metavar="MODULE:CLASS",
@@ -44,6 +46,12 @@ def add_model_options(pred: argparse.ArgumentParser) -> None:
     group.add_argument("--scale", metavar="S|Z,Y,X",
                        help="output voxels per input voxel of a model whose output is at another scale (0.5 or "
                             "1/2: half size; 4: upsampled 4x), given instead of probed")
+    if profiling:
+        group.add_argument("--weights", metavar="FILE", help="the model's weights (safetensors or a state dict)")
+        where = group.add_mutually_exclusive_group()
+        where.add_argument("--input", metavar="SPEC", help="the image the model will predict (only its shape is read)")
+        where.add_argument("--shape", metavar="Z,Y,X", help="or its spatial shape (y,x for a 2D model)")
+        return
     group.add_argument("--overlap", type=float, default=0.5, help="blend mode: window overlap (default: 0.5)")
     group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
 
@@ -76,6 +84,49 @@ def model_job(args: argparse.Namespace) -> Any:
         progress=not args.quiet, levels=args.levels, chunks=_per_axis(args.chunks, "--chunks"),
         voxel_size=None if args.voxel_size is None else parse_floats(args.voxel_size), unit=args.unit,
         memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
+
+
+def run_model_profile(args: argparse.Namespace) -> int:
+    """``densepred profile --model ...``: the model's exact windows measured for an image."""
+    from ..running.profiling.model_profile import profile_model
+
+    if args.config is not None:
+        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    for option, given in (("--modes", args.modes), ("--aspect", args.aspect), ("--write", args.write)):
+        if given:
+            raise DensePredError(f"{option} is for densepred's own nets; a model's profile measures its exact "
+                                 "windows for the image of --input or --shape")
+    if args.max_seconds <= 0 or args.repeats < 1:
+        raise DensePredError("--max-seconds must be positive and --repeats at least 1")
+    result = profile_model(
+        args.model, model_file=args.model_file, model_kwargs=args.model_kwargs, weights=args.weights,
+        trust_imports=args.trust_imports, dims=args.dims, in_channels=args.in_channels, activation=args.activation,
+        output_tensor=args.output_tensor, weights_format=args.weights_format, contract=contract_fields(args),
+        input=args.input, shape=parse_ints(args.shape, None, "--shape"), device=args.device,
+        precision=args.precision, memory_limit=parse_size(args.memory_limit, "--memory-limit")
+        if args.memory_limit else None, max_seconds=args.max_seconds, repeats=args.repeats, out=args.out,
+        progress=not args.quiet)
+    limit = "the default" if result.memory_limit is None else f"{result.memory_limit / 2**30:.2f} GiB"
+    print(f"device {result.device}, {result.precision}: memory limit {limit}, image "
+          f"{'x'.join(map(str, result.image_shape))}")
+    for row in result.rows:
+        print("  " + _row_text(result, row))
+    for stop in result.stops:
+        print(f"  stopped: {stop}")
+    if result.csv_path is not None:
+        print(f"wrote {result.csv_path}")
+    print(result.recommendation())
+    return 0 if result.best is not None else 1
+
+
+def _row_text(result: Any, row: Any) -> str:
+    window = "x".join(map(str, row.window))
+    if row.status != "ok":
+        return f"{row.precision} window {window}: out of memory (estimated {row.estimated_bytes / 2**30:.2f} GiB)"
+    peak = "" if row.peak_bytes is None else f", measured {row.peak_bytes / 2**30:.2f} GiB"
+    return (f"{row.precision} window {window}: {row.windows:,} windows x {row.seconds:.3g} s = "
+            f"{row.image_seconds:.3g} s, {result.rate(row) / 1e6:.3g} Mvox/s (estimated "
+            f"{row.estimated_bytes / 2**30:.2f} GiB{peak})")
 
 
 def contract_fields(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -131,7 +182,7 @@ def _tta(text: str | None) -> str | tuple[int, ...] | None:
                              "flip, like 1,2") from None
 
 
-__all__ = ["add_model_options", "contract_fields", "model_job"]
+__all__ = ["add_model_options", "contract_fields", "model_job", "run_model_profile"]
 
 
 def _per_axis(text: str | None, option: str) -> int | tuple[int, ...] | None:

@@ -5,9 +5,11 @@ in float32 (small layers, conversions, a CPU whose 16-bit path is emulated). ``d
 profile --precision P`` and ``densepred plan --measure --precision P`` (P not float32) time
 float32 on the same tile too and keep both rates in
 ``$XDG_CACHE_HOME/densepred/precision/<key>.json``; the key hashes the network's layers,
-the device's name, the torch version and P. A prediction in P of that network on that
-machine is then refused in one line while the last measure found P slower; measuring again
-replaces the verdict. Without a measure a precision runs wherever the device has its kernels
+the device's name, the torch version and P. ``densepred profile --model ... --precision P``
+does the same for a model written elsewhere, keyed by its layers as PyTorch prints them
+(:func:`model_layers`). A prediction in P of that network or model on that machine is then
+refused in one line while the last measure found P slower; measuring again replaces the
+verdict. Without a measure a precision runs wherever the device has its kernels
 (:func:`~.precision.precision_for`). A cache that cannot be read or written is skipped: it
 only remembers.
 """
@@ -42,11 +44,12 @@ def device_name(device: torch.device) -> str:
 
 
 def remember(network: Any, device: torch.device, precision: str, rate: float, float32_rate: float,
-             measured: str) -> None:
+             measured: str, again: str = "densepred profile CONFIG") -> None:
     """Keep a measure of ``precision`` (``rate``) against float32 (``float32_rate``), output
-    voxels/s of the same tile; ``measured`` says how (tool, mode and tile)."""
+    voxels/s of the same tile; ``measured`` says how (tool, mode and tile), ``again`` the
+    command that measures it again (without ``--precision``)."""
     entry = {"precision": precision, "rate": rate, "float32_rate": float32_rate, "measured": measured,
-             "device": device_name(device), "date": time.strftime("%Y-%m-%d")}
+             "device": device_name(device), "date": time.strftime("%Y-%m-%d"), "again": again}
     path = _path(network, device, precision)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,17 +70,26 @@ def refuse_if_slower(network: Any, device: torch.device, precision: str) -> None
         return
     if slower:
         raise DensePredError(slower_message(precision, entry["device"], entry["rate"], entry["float32_rate"],
-                                            f"{entry['measured']}, {entry['date']}"))
+                                            f"{entry['measured']}, {entry['date']}",
+                                            entry.get("again", "densepred profile CONFIG")))
 
 
-def slower_message(precision: str, device: str, rate: float, float32_rate: float, measured: str) -> str:
+def slower_message(precision: str, device: str, rate: float, float32_rate: float, measured: str,
+                   again: str = "densepred profile CONFIG") -> str:
     return (f"{precision} runs this network slower than float32 on {device}: {rate:,.0f} against "
             f"{float32_rate:,.0f} output voxels/s ({measured}); use --precision float32, or measure again "
-            f"(densepred profile CONFIG --precision {precision}) if that has changed")
+            f"({again} --precision {precision}) if that has changed")
+
+
+def model_layers(model: torch.nn.Module) -> dict[str, str]:
+    """What keys a model written elsewhere: its layers as PyTorch prints them (their kinds,
+    channels, kernels and strides decide its speed; its weights do not)."""
+    return {"model": type(model).__qualname__, "layers": repr(model)}
 
 
 def _path(network: Any, device: torch.device, precision: str) -> Path:
-    """``network``: the config's network section (its layers decide the speed, its weights do not)."""
+    """``network``: the config's network section (its layers decide the speed, its weights do
+    not), or a model's :func:`model_layers`."""
     layers = dataclasses.asdict(network) if dataclasses.is_dataclass(network) else network
     identity = [VERSION, layers, device_name(device), torch.__version__, precision]
     key = hashlib.sha256(json.dumps(identity, default=str, sort_keys=True).encode()).hexdigest()

@@ -16,7 +16,7 @@ Progress bars and cancelling (:mod:`densepred.progress`) and the read/compute/wr
 from ..networks.devices import resolve_device
 from .compute.tiles import predict_tiles
 from .jobs import JobResult, PredictJob, class_probabilities, output_origin, predict_dense, predict_to_file
-from .profiling import ProfileResult, profile
+from .profiling import ProfileResult, profile, profile_model
 from .training import TrainResult, train
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "predict_tiles",
     "predict_to_file",
     "profile",
+    "profile_model",
     "resolve_device",
     "train",
 ]

@@ -30,6 +30,7 @@ from ...io import ChannelFirst
 from ...networks.devices import fast_memory_format, in_memory_format, on_device, resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
 from ...networks.precision import FLOAT32, Precision, precision_for
+from ...networks.precision_speed import model_layers, refuse_if_slower
 from ...pipeline import run_pipeline
 from ...progress import Progress, ProgressOption
 from ..planning.model_window import (
@@ -117,6 +118,7 @@ class ModelRun:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
         precision = precision_for(precision, device)
+        refuse_if_slower(model_layers(getattr(net, "flat", net).model), device, precision.name)
         model = on_device(net.model, device)
         memory_format = fast_memory_format(model, device)
         model = in_memory_format(model, memory_format)
@@ -329,7 +331,12 @@ class ModelRun:
 
     def forward(self, starts: Sequence[int]) -> np.ndarray:
         """The activated outputs of the window whose outputs start at ``starts`` (output voxels)."""
-        return self._compute(self._upload(self._read_window(starts))).numpy()
+        return self.compute_window(self._read_window(starts))
+
+    def compute_window(self, x: np.ndarray) -> np.ndarray:
+        """The activated outputs of an input window ``x`` (``(C, *window)`` float32, as read and
+        preprocessed), on the host."""
+        return self._compute(self._upload(x)).numpy()
 
     def forward_each(self, items: Sequence[Item], take: Callable[[Item, np.ndarray], None], *,
                      starts: Callable[[Item], Sequence[int]] = lambda item: item,

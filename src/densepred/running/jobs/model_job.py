@@ -112,7 +112,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     interrupted run's record when resuming one."""
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
     check_files(in_spec, out_spec)
-    job, net = _job_net(job)
+    job, net = job_net(job)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     # a resumed run keeps its recorded window and mode (the memory budget may choose others now)
@@ -138,7 +138,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
                       input_fingerprint=fingerprint)
 
 
-def _job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
+def job_net(job: PredictJob) -> tuple[PredictJob, ForeignNet]:
     """The job with what a bioimage.io model's description says filled in, and its net."""
     if not is_rdf(job.model_file):
         job = replace(job, activation=job.activation or "softmax", output_index=job.output_tensor)

@@ -42,6 +42,7 @@ IN_FLIGHT = 2
 # BasicUNet blend (64 x 128 x 128 windows) 1.65 against 0.92 GiB; its runs 1.4-1.7x faster so
 # (docs/BENCHMARKS.md, "Kept or returned")
 HEAP_KEPT = 2.0
+LADDER_RATIO = 1.25  # a model profile's windows: each holds at least this times the voxels of the last
 MARGIN = 1.25  # measured peak resident memory of a blended BasicUNet over the estimate: 1.07
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str, bool], ModelMemory]] = (
     weakref.WeakKeyDictionary())
@@ -171,22 +172,28 @@ def _cuda_peak(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, tuple[int,
 
 
 def largest_window(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tuple[int, ...]],
-                  count: Callable[[int, int], int], factor: Sequence[int], cost: Callable[[tuple[int, ...]], int],
-                  budget: MemoryBudget) -> tuple[int, ...]:
+                   count: Callable[[int, int], int], factor: Sequence[int], cost: Callable[[tuple[int, ...]], int],
+                   budget: MemoryBudget) -> tuple[int, ...]:
     """The largest window the budget holds, grown from ``least`` by factors on every axis until
     it covers the image (``fitted`` caps it), then shrunk per axis to the smallest size that
     needs no more windows (``count(axis, size)``); ``least`` itself when nothing larger fits
     (an error if even it does not)."""
-    window = fitted(tuple(least))
-    if cost(window) > budget.room:
-        raise OverBudget(str(too_small(budget, cost(window))))
-    while True:
-        grown = fitted(tuple(w + f for w, f in zip(window, factor, strict=True)))
-        if grown == window or cost(grown) > budget.room:
-            break
-        window = grown
+    window = _grown(least, fitted, factor, cost, budget)[-1]
     return tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in
                  enumerate(zip(window, fitted(tuple(least)), factor, strict=True)))
+
+
+def _grown(least: Sequence[int], fitted: Callable[[tuple[int, ...]], tuple[int, ...]], factor: Sequence[int],
+           cost: Callable[[tuple[int, ...]], int], budget: MemoryBudget) -> list[tuple[int, ...]]:
+    """The windows from ``least`` grown by ``factor`` on every axis while the budget holds them."""
+    windows = [fitted(tuple(least))]
+    if cost(windows[0]) > budget.room:
+        raise OverBudget(str(too_small(budget, cost(windows[0]))))
+    while True:
+        grown = fitted(tuple(w + f for w, f in zip(windows[-1], factor, strict=True)))
+        if grown == windows[-1] or cost(grown) > budget.room:
+            return windows
+        windows.append(grown)
 
 
 def _balanced(axis: int, window: int, least: int, factor: int, count: Callable[[int, int], int]) -> int:
@@ -333,3 +340,38 @@ def heap_kept(window_bytes: int, budget: MemoryBudget) -> bool:
 __all__ = ["DEFAULT_WINDOW", "HEAP_KEPT", "IN_FLIGHT", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget",
            "budget_window", "covering_window", "exact_counter", "heap_kept", "largest_window", "model_memory",
            "probe_window", "smallest_exact", "window_for"]
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """A window a model profile measures: its input shape, the exact windows the image needs of
+    it, and its memory estimate (bytes)."""
+
+    window: tuple[int, ...]
+    windows: int
+    estimated_bytes: int
+
+
+def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
+    """Exact windows of ``run``'s model from the smallest to the largest the memory budget holds
+    (the default window of an exact run over the same image, last), on the path that default is
+    grown along, each balanced like it and holding at least :data:`LADDER_RATIO` times the voxels
+    of the one before."""
+    c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
+    memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
+                          dtype_of(run.model))
+    context = c.context_with(run.flips)
+    least, count = _least(c, context), exact_counter(spatial, c, context)
+
+    def cost(window: tuple[int, ...]) -> int:
+        return memory.window_bytes(window, run.net.in_channels, views)
+
+    path = _grown(least, lambda w: _fitted(c, spatial, w), c.factor, cost, memory_budget(memory_limit, run.device))
+    floor = _fitted(c, spatial, least)
+    balanced = list(dict.fromkeys(tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in
+                                        enumerate(zip(window, floor, c.factor, strict=True))) for window in path))
+    kept = [balanced[0]]
+    for window in balanced[1:]:
+        if math.prod(window) >= LADDER_RATIO * math.prod(kept[-1]) or window == balanced[-1]:
+            kept.append(window)
+    return [LadderStep(w, math.prod(count(axis, n) for axis, n in enumerate(w)), cost(w)) for w in kept]

@@ -1,0 +1,261 @@
+"""``densepred profile --model``: the fastest exact window of a model written elsewhere, measured.
+
+An exact window recomputes its context on every side, so a larger window wastes less of its
+forward; but a forward's time per voxel is not constant (caches, a GPU's occupancy, the
+kernels cuDNN picks per shape), so the largest window the memory budget holds, which
+``predict`` takes by default, is not always the fastest. This profile measures a ladder of
+exact windows (:func:`~densepred.running.planning.model_window.window_ladder`): from the
+smallest exact window to that default, each holding at least 1.25 times the voxels of the
+last. Each window gets a warm-up forward and then ``repeats`` timed ones (the median counts)
+of random input, through the path a prediction takes: the run's precision and memory format,
+the activation, the copy to the host; files are not read. A window's seconds times the
+windows an image of the given shape needs of it is the image's compute time; the fastest
+window is recommended as ``--tile``. On CUDA each window's allocator peak is measured beside
+its estimate.
+
+A precision other than float32 is also timed in float32 on its fastest window, and the
+verdict is kept (:mod:`densepred.networks.precision_speed`): predicting with this model in a
+precision measured slower than float32 is refused on this machine until a measure finds it
+faster.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import DensePredError
+from ...files import atomic_write_text
+from ...io import ArraySpec, ChannelFirst, open_array
+from ...networks.bioimageio import is_rdf
+from ...networks.devices import resolve_device
+from ...networks.precision import precision_for
+from ...networks.precision_speed import model_layers, remember
+from ...system import large_blocks_returned
+from ..compute.model_run import ModelRun
+from ..compute.preprocess import Prepared
+from ..jobs.job import PredictJob
+from ..jobs.model_job import job_net
+from ..planning.model_window import LadderStep, window_ladder
+from .report import shape_text
+
+CSV_NAME = "model_profile.csv"
+CSV_COLUMNS = ["precision", "window", "windows", "seconds_per_window", "image_seconds", "voxels_per_s",
+               "estimated_bytes", "peak_bytes", "status"]
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One measured window: median seconds per forward; ``peak_bytes`` the CUDA allocator's
+    peak over the run's baseline (None on the CPU); ``status`` ``ok`` or ``oom``."""
+
+    precision: str
+    window: tuple[int, ...]
+    windows: int
+    seconds: float
+    estimated_bytes: int
+    peak_bytes: int | None = None
+    status: str = "ok"
+
+    @property
+    def image_seconds(self) -> float:
+        """The image's compute time: its windows, one after another."""
+        return self.windows * self.seconds
+
+    def csv_values(self, image_voxels: int) -> list[str]:
+        rate = image_voxels / self.image_seconds if self.status == "ok" else 0.0
+        return [self.precision, "x".join(map(str, self.window)), str(self.windows), f"{self.seconds:.6g}",
+                f"{self.image_seconds:.6g}", f"{rate:.6g}", str(self.estimated_bytes),
+                "" if self.peak_bytes is None else str(self.peak_bytes), self.status]
+
+
+@dataclass
+class ModelProfile:
+    """The measured windows of a model over an image of ``image_shape`` (spatial)."""
+
+    device: str
+    precision: str
+    memory_limit: int | None
+    image_shape: tuple[int, ...]
+    default_window: tuple[int, ...]  # what predict takes without --tile (the ladder's last)
+    rows: list[WindowRow] = field(default_factory=list)
+    stops: list[str] = field(default_factory=list)
+    csv_path: Path | None = None
+
+    @property
+    def image_voxels(self) -> int:
+        return math.prod(self.image_shape)
+
+    def rate(self, row: WindowRow) -> float:
+        """Image voxels per second with ``row``'s window."""
+        return self.image_voxels / row.image_seconds
+
+    @property
+    def best(self) -> WindowRow | None:
+        """The fastest window measured in the profile's precision."""
+        done = [r for r in self.rows if r.status == "ok" and r.precision == self.precision]
+        return min(done, key=lambda r: r.image_seconds) if done else None
+
+    def recommendation(self) -> str:
+        best = self.best
+        if best is None:
+            return "no window was measured"
+        text = (f"fastest: window {shape_text(best.window)}, {self.rate(best) / 1e6:.3g} Mvox/s over a "
+                f"{shape_text(self.image_shape)} image ({best.image_seconds:.3g} s of compute); ")
+        default = [r for r in self.rows if r.window == self.default_window and r.precision == self.precision
+                   and r.status == "ok"]
+        if best.window == self.default_window:
+            return text + "it is the window predict takes without --tile"
+        text += f"predict with --tile {','.join(map(str, best.window))}"
+        if default:
+            text += (f" (predict's default window, {shape_text(self.default_window)}, "
+                     f"{self.rate(default[0]) / 1e6:.3g} Mvox/s)")
+        return text
+
+    def csv_text(self) -> str:
+        rows = (",".join(r.csv_values(self.image_voxels)) for r in self.rows)
+        return "\n".join([",".join(CSV_COLUMNS), *rows]) + "\n"
+
+
+def profile_model(model: str | None = None, *, model_file: str | Path | None = None,
+                  model_kwargs: dict[str, Any] | str | None = None, weights: str | Path | None = None,
+                  trust_imports: Sequence[str] = (), dims: int = 3, in_channels: int = 1,
+                  activation: str | None = None, output_tensor: str | int | None = None,
+                  weights_format: str | None = None, contract: dict[str, Any] | None = None,
+                  input: str | None = None, shape: Sequence[int] | None = None, device: str | None = None,
+                  precision: str = "float32", memory_limit: int | None = None, max_seconds: float = 300.0,
+                  repeats: int = 3, out: str | Path | None = None, progress: bool = True) -> ModelProfile:
+    """Measure a model's exact windows for an image, and return (and with ``out``, save) the table.
+
+    The model is named as for ``densepred predict --model`` (:class:`~densepred.PredictJob`'s
+    fields of the same names). The image is ``input`` (a file spec; only its shape is read) or
+    its spatial ``shape``. ``memory_limit``: as for predict, whose default window is the
+    ladder's last. ``max_seconds``: a window whose predicted time would pass it is not started.
+    ``activation``: as predict's; by default none for a model that is not a bioimage.io one
+    (a one-channel model would be refused a softmax), which changes a window's time little.
+    ``out``: a folder for ``model_profile.csv``.
+
+    Example:
+        >>> result = densepred.profile_model("monai.networks.nets:BasicUNet", shape=(256, 512, 512),
+        ...                                  model_kwargs={"spatial_dims": 3})      # doctest: +SKIP
+        >>> result.best.window                                                      # doctest: +SKIP
+    """
+    if max_seconds <= 0 or repeats < 1:
+        raise DensePredError("max_seconds must be positive and repeats at least 1")
+    if (input is None) == (shape is None):
+        raise DensePredError("profiling a model needs the image it will predict: give its file (--input SPEC) or "
+                             "its shape (--shape Z,Y,X), one of them")
+    if model is None and model_file is None:
+        raise DensePredError("give the model to profile: --model MODULE:CLASS or --model-file FILE")
+    if activation is None and not is_rdf(model_file):
+        activation = "identity"
+    _, net = job_net(PredictJob(
+        config=None, input=input or "", output="", weights=weights, model=model, model_kwargs=model_kwargs,
+        model_file=model_file, trust_imports=tuple(trust_imports), dims=dims, in_channels=in_channels,
+        activation=activation, output_tensor=output_tensor, weights_format=weights_format, contract=contract))
+    if not net.contract.exact:
+        raise DensePredError(f"this model cannot be tiled exactly ({net.contract.reason}): it blends windows of "
+                             "its own size (--tile), so there are no exact windows to profile")
+    resolved = precision_for(precision, resolve_device(device)).name
+    image = open_array(ArraySpec.parse(input)) if input is not None else _shaped(shape, net.in_channels)
+    source = ChannelFirst(image, net.in_channels, net.dims)
+    with large_blocks_returned():
+        run = ModelRun.create(net, source, "exact", None, 0.0, None, None, device, Prepared((), ()),
+                              memory_limit=memory_limit, window_given=False)
+    ladder = window_ladder(run, memory_limit)
+    result = ModelProfile(str(run.device), resolved, memory_limit, tuple(run.source.spatial_shape),
+                          ladder[-1].window)
+    run.precision = precision_for(resolved, run.device)
+    with large_blocks_returned(not run.heap_kept):  # the heap as a prediction's windows have it
+        _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress)
+        if resolved != "float32" and result.best is not None:
+            _against_float32(run, net, result, repeats)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        result.csv_path = folder / CSV_NAME
+        atomic_write_text(result.csv_path, result.csv_text())
+    return result
+
+
+def _shaped(shape: Sequence[int], channels: int) -> np.ndarray:
+    """An image of ``shape`` that takes no memory: only its shape is used."""
+    shape = tuple(int(n) for n in shape)
+    if not shape or min(shape) < 1:
+        raise DensePredError(f"shape {list(shape)} is invalid; expected positive sizes like 256,512,512")
+    return np.broadcast_to(np.float32(0.5), (channels, *shape) if channels > 1 else shape)
+
+
+def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadline: float, repeats: int,
+          progress: bool) -> None:
+    """The ladder from its smallest window, until it ends, a window runs out of memory, or the
+    next one's predicted time passes the deadline."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(ladder), unit="window", leave=False, disable=not progress)
+    try:
+        last: WindowRow | None = None
+        for step in ladder:
+            if last is not None:
+                predicted = last.seconds * math.prod(step.window) / math.prod(last.window) * (1 + repeats)
+                if time.monotonic() + predicted > deadline:
+                    result.stops.append(f"{shape_text(step.window)} would take about {predicted:.0f} s, past the time "
+                                        "budget (--max-seconds)")
+                    break
+            bar.set_description(shape_text(step.window))
+            row = measure(run, step, repeats)
+            result.rows.append(row)
+            bar.update()
+            if row.status != "ok":
+                result.stops.append(f"{shape_text(step.window)} ran out of memory")
+                break
+            last = row
+    finally:
+        bar.close()
+
+
+def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
+    """``step``'s window timed: a warm-up forward, then ``repeats`` (the median)."""
+    x = np.random.default_rng(0).random((run.net.in_channels, *step.window), dtype=np.float32)
+    cuda = run.device.type == "cuda"
+    try:
+        if cuda:
+            torch.cuda.synchronize(run.device)
+            base = torch.cuda.memory_allocated(run.device)
+            torch.cuda.reset_peak_memory_stats(run.device)
+        run.compute_window(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run.compute_window(x)  # returns on the host: the copy down is waited for
+            times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(run.device) - base if cuda else None
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return WindowRow(run.precision.name, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom")
+    return WindowRow(run.precision.name, step.window, step.windows, statistics.median(times), step.estimated_bytes,
+                     peak)
+
+
+def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int) -> None:
+    """float32 on the fastest window of the profile's precision, a row of its own, and the
+    verdict kept for predictions of this model on this machine."""
+    best = result.best
+    assert best is not None, "called with a measured window"
+    reduced = run.precision
+    run.precision = precision_for("float32", run.device)
+    row = measure(run, LadderStep(best.window, best.windows, best.estimated_bytes), repeats)
+    run.precision = reduced
+    result.rows.append(row)
+    if row.status == "ok":
+        remember(model_layers(getattr(net, "flat", net).model), run.device, result.precision, result.rate(best),
+                 result.rate(row), f"densepred profile --model, window {shape_text(best.window)}",
+                 "densepred profile --model ...")

@@ -1,0 +1,148 @@
+"""``densepred profile --model``: a model's exact windows measured for an image, from the
+smallest exact window to the one ``predict`` takes by default, and a reduced precision's verdict
+kept so that predicting with the model in a precision measured slower is refused."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from densepred.interfaces.cli import main
+from densepred.io import ChannelFirst
+from densepred.networks.foreign import from_torch
+from densepred.networks.precision import runnable_precisions
+from densepred.networks.precision_speed import model_layers, remember
+from densepred.running.compute.model_run import ModelRun
+from densepred.running.planning.model_window import LADDER_RATIO, smallest_exact
+from densepred.running.profiling.model_profile import profile_model
+from tests.test_foreign import UNet
+from tests.test_reliability_files import one_error_line
+
+KWARGS = {"dims": 3, "depth": 2, "width": 4}
+CPU = torch.device("cpu")
+SHAPE = (37, 90, 77)  # odd sizes; a generous memory limit makes predict's default window cover it
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The verdicts and contracts these tests keep stay with them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def model_args(*extra):
+    return ["--model", "tests.test_foreign:UNet", "--model-kwargs", json.dumps(KWARGS), "--device", "cpu", "--quiet",
+            *extra]
+
+
+def exact_windows(window, image):
+    """The windows an exact run with ``window`` computes over ``image``: the definition the
+    profile's counts must equal."""
+    net = from_torch(UNet(**KWARGS).eval(), dims=3, in_channels=1, output="identity")
+    run = ModelRun.create(net, ChannelFirst(image, 1, 3), "exact", window, 0.0, None, None, "cpu")
+    return len(run.exact_windows())
+
+
+def test_the_ladder_runs_from_the_smallest_exact_window_to_predicts_default(tmp_path):
+    image = np.random.default_rng(3).random(SHAPE, dtype=np.float32)
+    np.save(tmp_path / "in.npy", image)
+    result = profile_model("tests.test_foreign:UNet", model_kwargs=KWARGS, input=str(tmp_path / "in.npy"),
+                           device="cpu", memory_limit=8 * 2**30, repeats=1, progress=False, out=tmp_path / "prof")
+    windows = [row.window for row in result.rows]
+    net = from_torch(UNet(**KWARGS).eval(), dims=3, in_channels=1, output="identity")
+    assert windows[0] == smallest_exact(net.contract)
+    assert main(["predict", *model_args(), "--input", str(tmp_path / "in.npy"), "--output",
+                 str(tmp_path / "out.zarr"), "--memory-limit", "8GiB"]) == 0
+    record = json.loads((tmp_path / "out.zarr.densepred" / "run.json").read_text())
+    assert windows[-1] == result.default_window == tuple(record["tiles"]["window"])
+    voxels = [math.prod(w) for w in windows]
+    assert all(b >= LADDER_RATIO * a for a, b in itertools.pairwise(voxels[:-1])), windows
+    assert voxels[-1] > voxels[-2]
+    counts = [row.windows for row in result.rows]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[-1] == 1
+    for row in result.rows[::2] + result.rows[-1:]:
+        assert row.windows == exact_windows(row.window, image), row.window
+    assert all(row.status == "ok" and row.seconds > 0 and row.peak_bytes is None for row in result.rows)
+    assert result.best is min(result.rows, key=lambda r: r.windows * r.seconds)
+    with open(result.csv_path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["window"] for r in table] == ["x".join(map(str, w)) for w in windows]
+    assert float(table[0]["voxels_per_s"]) == pytest.approx(math.prod(SHAPE) / result.rows[0].image_seconds, rel=1e-5)
+
+
+@pytest.mark.skipif("bfloat16" not in runnable_precisions(CPU), reason="this CPU has no bfloat16 kernels")
+def test_a_precision_measured_slower_for_a_model_is_refused_until_measured_faster(tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.random.default_rng(4).random((21, 40, 37), dtype=np.float32))
+    predict = ["predict", *model_args(), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.npy"),
+               "--overwrite"]
+    layers = model_layers(UNet(**KWARGS))
+    remember(layers, CPU, "bfloat16", 1000.0, 2500.0, "a test, window 20x20x20", "densepred profile --model ...")
+    one_error_line(capsys, main([*predict, "--precision", "bfloat16"]),
+                   "bfloat16 runs this network slower than float32 on ")
+    assert not (tmp_path / "o.npy").exists()
+    assert main(predict) == 0  # float32 is never refused
+    other = {**KWARGS, "width": 6}  # other layers: not measured
+    assert main([*predict[:4], json.dumps(other), *predict[5:], "--precision", "bfloat16"]) == 0
+    capsys.readouterr()
+
+    assert main(["profile", *model_args("--shape", "21,40,37", "--precision", "bfloat16", "--repeats", "1")]) == 0
+    printed = capsys.readouterr().out
+    assert "float32 window " in printed
+    assert "fastest: window " in printed
+    result = profile_model("tests.test_foreign:UNet", model_kwargs=KWARGS, shape=(21, 40, 37), device="cpu",
+                           precision="bfloat16", repeats=1, progress=False)
+    reduced, float32 = result.best, result.rows[-1]
+    assert float32.precision == "float32"
+    assert float32.window == reduced.window
+    code = main([*predict, "--precision", "bfloat16"])  # the profile's own verdict, whichever it is
+    if reduced.image_seconds <= float32.image_seconds:
+        assert code == 0
+    else:
+        one_error_line(capsys, code, "(densepred profile --model ... --precision bfloat16)")
+
+
+def test_a_2d_model_over_a_stack_is_profiled_with_slices_as_its_z(tmp_path):
+    result = profile_model("tests.test_foreign:UNet", model_kwargs={"dims": 2, "depth": 2, "width": 4}, dims=2,
+                           shape=(5, 70, 61), device="cpu", repeats=1, progress=False, memory_limit=8 * 2**30)
+    assert result.image_shape == (5, 70, 61)
+    assert result.rows[0].window[0] == 1
+    assert result.rows[-1].window[0] == 5
+    assert result.rows[-1].windows == 1
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "profiling a model needs the image it will predict"),
+    (["--shape", "20,30,30", "--write"], "--write is for densepred's own nets"),
+    (["--shape", "20,30,30", "--modes", "mfp"], "--modes is for densepred's own nets"),
+    (["--shape", "20,0,30"], "shape [20, 0, 30] is invalid"),
+    (["--shape", "20,30,30", "--precision", "tf32"], "precision tf32 cannot run on cpu"),
+    (["--shape", "20,30,30", "--model-kwargs", json.dumps({**KWARGS, "norm": "instance"})],
+     "this model cannot be tiled exactly"),
+])
+def test_model_profile_mistakes_are_one_line_exit_2(capsys, extra, message):
+    one_error_line(capsys, main(["profile", *model_args(*extra)]), message)
+
+
+def test_a_config_profile_refuses_a_models_image_options(tmp_path, capsys):
+    one_error_line(capsys, main(["profile", str(tmp_path / "net.toml"), "--shape", "20,30,30"]),
+                   "--input and --shape are for a model's profile")
+    one_error_line(capsys, main(["profile", "--quiet"]), "densepred profile needs the network's config file")
+
+
+def test_a_bioimageio_package_is_profiled_from_its_description(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    from tests.test_foreign_files import zoo_package
+
+    rdf, _ = zoo_package(tmp_path / "zoo")
+    assert main(["profile", "--model-file", str(rdf), "--shape", "21,35,30", "--device", "cpu", "--quiet",
+                 "--repeats", "1", "--out", str(tmp_path / "prof")]) == 0
+    printed = capsys.readouterr().out
+    assert "image 21x35x30" in printed
+    assert "fastest: window " in printed
+    assert (tmp_path / "prof" / "model_profile.csv").exists()
