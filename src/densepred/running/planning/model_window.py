@@ -345,11 +345,13 @@ __all__ = ["DEFAULT_WINDOW", "HEAP_KEPT", "IN_FLIGHT", "MARGIN", "PROBE_VOXELS",
 @dataclass(frozen=True)
 class LadderStep:
     """A window a model profile measures: its input shape, the exact windows the image needs of
-    it, and its memory estimate (bytes)."""
+    it, its memory estimate (bytes), and whether a run of it keeps freed heap blocks
+    (:func:`heap_kept`)."""
 
     window: tuple[int, ...]
     windows: int
     estimated_bytes: int
+    heap_kept: bool = True
 
 
 def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
@@ -366,7 +368,8 @@ def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
     def cost(window: tuple[int, ...]) -> int:
         return memory.window_bytes(window, run.net.in_channels, views)
 
-    path = _grown(least, lambda w: _fitted(c, spatial, w), c.factor, cost, memory_budget(memory_limit, run.device))
+    budget = memory_budget(memory_limit, run.device)
+    path = _grown(least, lambda w: _fitted(c, spatial, w), c.factor, cost, budget)
     floor = _fitted(c, spatial, least)
     balanced = list(dict.fromkeys(tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in
                                         enumerate(zip(window, floor, c.factor, strict=True))) for window in path))
@@ -374,4 +377,5 @@ def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
     for window in balanced[1:]:
         if math.prod(window) >= LADDER_RATIO * math.prod(kept[-1]) or window == balanced[-1]:
             kept.append(window)
-    return [LadderStep(w, math.prod(count(axis, n) for axis, n in enumerate(w)), cost(w)) for w in kept]
+    return [LadderStep(w, math.prod(count(axis, n) for axis, n in enumerate(w)), cost(w), heap_kept(cost(w), budget))
+            for w in kept]

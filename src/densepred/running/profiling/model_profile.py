@@ -49,7 +49,7 @@ from .report import shape_text
 
 CSV_NAME = "model_profile.csv"
 CSV_COLUMNS = ["precision", "window", "windows", "seconds_per_window", "image_seconds", "voxels_per_s",
-               "estimated_bytes", "peak_bytes", "status"]
+               "estimated_bytes", "peak_bytes", "heap_kept", "status"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class WindowRow:
     estimated_bytes: int
     peak_bytes: int | None = None
     status: str = "ok"
+    heap_kept: bool = True  # freed heap blocks kept for the next window, or returned (slower)
 
     @property
     def image_seconds(self) -> float:
@@ -74,7 +75,7 @@ class WindowRow:
         rate = image_voxels / self.image_seconds if self.status == "ok" else 0.0
         return [self.precision, "x".join(map(str, self.window)), str(self.windows), f"{self.seconds:.6g}",
                 f"{self.image_seconds:.6g}", f"{rate:.6g}", str(self.estimated_bytes),
-                "" if self.peak_bytes is None else str(self.peak_bytes), self.status]
+                "" if self.peak_bytes is None else str(self.peak_bytes), str(self.heap_kept).lower(), self.status]
 
 
 @dataclass
@@ -174,10 +175,9 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     result = ModelProfile(str(run.device), resolved, memory_limit, tuple(run.source.spatial_shape),
                           ladder[-1].window)
     run.precision = precision_for(resolved, run.device)
-    with large_blocks_returned(not run.heap_kept):  # the heap as a prediction's windows have it
-        _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress)
-        if resolved != "float32" and result.best is not None:
-            _against_float32(run, net, result, repeats)
+    _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress)
+    if resolved != "float32" and result.best is not None:
+        _against_float32(run, net, result, repeats, ladder)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,13 @@ def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadlin
 
 
 def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
-    """``step``'s window timed: a warm-up forward, then ``repeats`` (the median)."""
+    """``step``'s window timed: a warm-up forward, then ``repeats`` (the median), with the heap
+    as a prediction with that window has it (freed blocks kept or returned)."""
+    with large_blocks_returned(not step.heap_kept):
+        return _timed(run, step, repeats)
+
+
+def _timed(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
     x = np.random.default_rng(0).random((run.net.in_channels, *step.window), dtype=np.float32)
     cuda = run.device.type == "cuda"
     try:
@@ -240,19 +246,20 @@ def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
         peak = torch.cuda.max_memory_allocated(run.device) - base if cuda else None
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        return WindowRow(run.precision.name, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom")
+        return WindowRow(run.precision.name, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
+                         step.heap_kept)
     return WindowRow(run.precision.name, step.window, step.windows, statistics.median(times), step.estimated_bytes,
-                     peak)
+                     peak, heap_kept=step.heap_kept)
 
 
-def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int) -> None:
+def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int, ladder: list[LadderStep]) -> None:
     """float32 on the fastest window of the profile's precision, a row of its own, and the
     verdict kept for predictions of this model on this machine."""
     best = result.best
     assert best is not None, "called with a measured window"
     reduced = run.precision
     run.precision = precision_for("float32", run.device)
-    row = measure(run, LadderStep(best.window, best.windows, best.estimated_bytes), repeats)
+    row = measure(run, next(step for step in ladder if step.window == best.window), repeats)
     run.precision = reduced
     result.rows.append(row)
     if row.status == "ok":
