@@ -133,6 +133,18 @@ def test_a_monai_unet_from_python_and_from_the_command_line(tmp_path):
     assert zarr.open_group(tmp_path / "pred.zarr", mode="r")["0"].shape == (3, 20, 50, 50)
 
 
+@pytest.mark.slow  # about 10-20 s: make test-slow
+def test_a_models_profile_as_shown(tmp_path):
+    pytest.importorskip("monai")
+    block = shell_blocks(section("Finding the fastest tile"))[1]
+    assert "--model monai.networks.nets:BasicUNet" in block
+    run_shell(block.replace("\\\n", " "), tmp_path, **{"--shape 128,512,512": "--shape 20,70,66",
+                                                         "--device cuda --precision bfloat16": "--device cpu"})
+    table = (tmp_path / "profile" / "model_profile.csv").read_text().splitlines()
+    assert table[0].startswith("precision,window,windows,")
+    assert len(table) >= 2
+
+
 def test_the_slurm_example_builds_its_cluster_and_job(tmp_path):
     pytest.importorskip("dask_jobqueue")
     block = python_blocks(section("On a cluster"))[0]
