@@ -1,6 +1,7 @@
 """The GPU table in one run (at most about 5 minutes on an H200): exactness, each precision's
 error and speed, the profiler's walk, an exact U-Net beside a whole forward (and MONAI's
-sliding window when MONAI is installed), memory estimates against measured peaks, training
+sliding window when MONAI is installed), its windows profiled (densepred profile --model),
+memory estimates against measured peaks, training
 steps/s per precision, and the file pipeline end to end (the near-free net of
 pipeline_ceiling.py, and m36 against its engine alone on the same tile).
 
@@ -183,6 +184,29 @@ def unet(device: torch.device, quick: bool) -> list[str]:
             "|---|---|", *rows]
 
 
+def model_windows(device: torch.device, quick: bool) -> list[str]:
+    """``densepred profile --model`` of the U-Net above: its exact windows' speed, and on CUDA
+    each window's allocator peak against the estimate the window is chosen by."""
+    shape = (48, 128, 128) if quick else (128, 512, 512)
+    precision = "bfloat16" if "bfloat16" in runnable(device) else "float32"
+    result = densepred.profile_model(f"{Path(__file__).resolve()}:UNet", shape=shape, device=str(device),
+                                     precision=precision, max_seconds=10 if quick else 45,
+                                     repeats=1 if quick else 3, progress=False)
+    rows = []
+    for row in result.rows:
+        if row.status != "ok":
+            rows.append(f"| {row.precision} | {'x'.join(map(str, row.window))} | out of memory | | | | |")
+            continue
+        peak = "" if row.peak_bytes is None else f"{row.peak_bytes / 2**30:.2f}"
+        ratio = "" if row.peak_bytes is None else f"{row.peak_bytes / row.estimated_bytes:.2f}"
+        rows.append(f"| {row.precision} | {'x'.join(map(str, row.window))} | {row.windows} | {row.seconds:.3f} | "
+                    f"{result.rate(row) / 1e6:.2f} | {row.estimated_bytes / 2**30:.2f} | {peak} | {ratio} |")
+    return [f"The U-Net's exact windows for a {'x'.join(map(str, shape))} image (densepred.profile_model):", "",
+            "| precision | window | windows | s per window | Mvox/s | estimate GiB | peak GiB | peak / estimate |",
+            "|---|---|---|---|---|---|---|---|", *rows, "", *[f"stopped: {stop}" for stop in result.stops],
+            result.recommendation()]
+
+
 def training(device: torch.device, quick: bool) -> list[str]:
     from densepred.interfaces.demo import write_example
 
@@ -252,13 +276,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
-    parser.add_argument("--parts", default="exactness,precisions,profile,unet,training,pipeline")
+    parser.add_argument("--parts", default="exactness,precisions,profile,unet,models,training,pipeline")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, precisions: {', '.join(runnable(device))}\n")
     parts = {"exactness": exactness, "precisions": precisions, "profile": profile_walk, "unet": unet,
-             "training": training, "pipeline": pipeline}
+             "models": model_windows, "training": training, "pipeline": pipeline}
     start = time.perf_counter()
     for part in args.parts.split(","):
         begun = time.perf_counter()

@@ -117,3 +117,21 @@ def test_a_file_run_of_many_tiles_on_cuda_equals_the_cpu_run(tmp_path, mode):
 
     cpu, cuda = (zarr.open_group(tmp_path / f"{d}.zarr", mode="r")["0"][...] for d in ("cpu", "cuda"))
     np.testing.assert_allclose(cuda, cpu, atol=1e-5)
+
+
+def test_a_models_profile_on_cuda_measures_each_window_under_its_estimate(tmp_path):
+    """The allocator's peak of every window a model's profile measures stays within the
+    estimate the window would be chosen by, and the float32 row of a reduced precision's
+    profile is on the same window."""
+    from densepred.running.profiling.model_profile import profile_model
+
+    precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    result = profile_model("tests.test_foreign:UNet", model_kwargs={"dims": 3, "depth": 2, "width": 8},
+                           shape=(64, 192, 192), device="cuda", precision=precision, repeats=1, progress=False,
+                           max_seconds=60, out=tmp_path)
+    assert result.rows
+    for row in result.rows:
+        assert row.status == "ok"
+        assert row.peak_bytes is not None
+        assert 0 < row.peak_bytes <= row.estimated_bytes, row
+    assert result.best is not None
