@@ -59,17 +59,27 @@ else:
 shard = level0.shards[1:]
 weights = np.array([0.7, -0.3], np.float32)
 bias = np.array([0.1, -0.1], np.float32)
+stages = {"read_s": 0.0, "math_s": 0.0, "write_s": 0.0}  # wall time of each stage, one after another
 start = time.time()
 for z in range(z0, z1, shard[0]):
     for y in range(0, image.shape[1], shard[1]):
         for x in range(0, image.shape[2], shard[2]):
             box = (slice(z, z + shard[0]), slice(y, y + shard[1]), slice(x, x + shard[2]))
-            v = image[box].astype(np.float32) / 255.0
+            t0 = time.perf_counter()
+            raw = image[box]
+            t1 = time.perf_counter()
+            v = raw.astype(np.float32) / 255.0
             d = (weights[1] - weights[0]) * v + (bias[1] - bias[0])   # class 1's logit minus class 0's
             p1 = 1.0 / (1.0 + np.exp(-d))                             # the two-class softmax
             p = np.stack([1.0 - p1, p1])[2 - classes:]
-            out[(slice(None), *box)] = np.rint(p * 255.0).astype(np.uint8)
-print(json.dumps({"loop_s": time.time() - start}))
+            encoded = np.rint(p * 255.0).astype(np.uint8)
+            t2 = time.perf_counter()
+            out[(slice(None), *box)] = encoded
+            t3 = time.perf_counter()
+            stages["read_s"] += t1 - t0
+            stages["math_s"] += t2 - t1
+            stages["write_s"] += t3 - t2
+print(json.dumps({"loop_s": time.time() - start, **stages}))
 """
 
 

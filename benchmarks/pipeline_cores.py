@@ -16,7 +16,9 @@ per-voxel work, zarr writes densepred's shards) as a perfectly parallel job: one
 first core set's cores over the whole volume, against one copy per core of the last set, each
 on its share of the z shards, at once. Their speedup is what these cores give this work
 without any sharing between threads: the ceiling a pipeline's own speedup is measured against
-(memory bandwidth and caches shared by the cores lower it below the core count).
+(memory bandwidth and caches shared by the cores lower it below the core count). Each of the
+plain program's stages (zarr's reads and decompression, NumPy's per-voxel work, zarr's
+compression and writes) is timed too, and its speedup printed, so what falls short is named.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def _ceiling(args: argparse.Namespace, sets: list[str], source: str, work: Path)
     plain = [sys.executable, "-c", PLAIN, source, str(work / "plain.zarr"), str(work / "out.zarr" / "0"),
              str(args.classes)]
     times: dict[str, list[float]] = {"one": [], "all": []}
+    stages: dict[str, list[dict[str, float]]] = {"one": [], "all": []}  # per run: each stage's slowest copy
     for _ in range(args.repeats):
         for name, parts in (("one", [(sets[0], 0, args.depth)]),
                             ("all", [(str(c), z0, z1) for c, z0, z1 in zip(cores, bounds, bounds[1:], strict=False)
@@ -112,16 +115,24 @@ def _ceiling(args: argparse.Namespace, sets: list[str], source: str, work: Path)
             start_at = time.time() + 3.0  # every copy has opened its arrays by then, and starts at once
             copies = [subprocess.Popen(["taskset", "-c", core, *plain, str(z0), str(z1), str(start_at)],
                                        stdout=subprocess.PIPE, text=True) for core, z0, z1 in parts]
-            loops = [json.loads(copy.communicate()[0].strip().splitlines()[-1])["loop_s"] for copy in copies]
+            reports = [json.loads(copy.communicate()[0].strip().splitlines()[-1]) for copy in copies]
             if any(copy.returncode for copy in copies):
                 raise SystemExit("a copy of the plain program failed")
-            times[name].append(max(loops))
+            times[name].append(max(r["loop_s"] for r in reports))
+            stages[name].append({stage: max(r[stage] for r in reports) for stage in STAGES})
     speedup = min(times["one"]) / min(times["all"])
+    for stage in STAGES:  # each stage's fastest run, one copy against the slowest of the parallel copies
+        one, all_ = (min(run[stage] for run in stages[name]) for name in ("one", "all"))
+        print(f"  {stage[:-2]}: one copy {one:.2f} s, {len(cores)} copies {all_:.2f} s each at most, "
+              f"{one / all_:.2f}x")
     print(f"plain program (its loop, without process start), one copy on cores {sets[0]}: fastest "
           f"{min(times['one']):.2f} s; one copy per core of "
           f"{sets[-1]}: fastest {min(times['all']):.2f} s; ceiling {speedup:.2f}x (all: "
           f"{' '.join(f'{t:.2f}' for t in times['one'])} | {' '.join(f'{t:.2f}' for t in times['all'])})")
     return round(speedup, 2)
+
+
+STAGES = ("read_s", "math_s", "write_s")  # the plain program's: zarr reads, NumPy's work, zarr writes
 
 
 def _cores(text: str) -> list[int]:
