@@ -231,3 +231,44 @@ def test_any_model_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, 
     assert code in (0, 2), err
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
+
+
+PROFILE_OPTIONS = [
+    ("--shape", st.sampled_from(["13,30,27", "30,27", "0,5,5", "a", "13,30,27,4", "400,400,400"])),
+    ("--memory-limit", st.sampled_from(["1G", "10", "50MB"])),
+    ("--max-seconds", st.sampled_from(["2", "0", "-1"])),
+    ("--repeats", st.sampled_from(["1", "0"])),
+    ("--precision", st.sampled_from(["float32", "bfloat16", "float16", "tf32"])),
+    ("--activation", st.sampled_from(["softmax", "sigmoid", "identity"])),
+    ("--dims", st.sampled_from(["2", "3"])),
+    ("--in-channels", st.sampled_from(["1", "2", "0"])),
+    ("--factor", st.sampled_from(["2", "3", "0"])),
+    ("--smallest", st.sampled_from(["4", "8,8,8", "0"])),
+    ("--context", st.sampled_from(["5", "2:3,2:3,2:3", "-1"])),
+    ("--scale", st.sampled_from(["1", "0.5", "0"])),
+    ("--output-tensor", st.sampled_from(["0", "1"])),
+    ("--modes", st.sampled_from(["mfp", "exact"])),
+    ("--write", None),
+    ("--device", st.sampled_from(["cpu", "cuda:3", "mps"])),
+]
+
+
+@pytest.mark.slow  # about 1-2 minutes: make test-slow
+@seed(20261206)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argument_lists(PROFILE_OPTIONS))
+def test_any_model_profile_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, drawn):
+    folder = tmp_path_factory.mktemp("profile")
+    np.save(folder / "in.npy", np.random.default_rng(3).random((13, 30, 27), dtype=np.float32))
+    args, _ = drawn
+    where = [] if "--shape" in args else ["--input", str(folder / "in.npy")]
+    try:
+        code = main(["profile", "--model", "tests.test_foreign:UNet", "--model-kwargs",
+                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--quiet", "--max-seconds", "5", *where,
+                     *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
