@@ -16,7 +16,7 @@ from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
 from .elektronn_command import add_import_elektronn
 from .info import run_info
-from .model_options import add_model_options, model_job, run_model_profile
+from .model_options import add_model_options, model_job, run_model_plan, run_model_profile
 from .signals import terminate_cleanly
 from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
 from .zoo_command import add_test_model
@@ -95,7 +95,7 @@ def _add_profile(sub: Any) -> None:
     prof.add_argument("--repeats", type=int, default=3, help="timed runs per shape after the warm-up (default: 3)")
     prof.add_argument("--quiet", action="store_true", help="no progress display")
     add_precision(prof)
-    add_model_options(prof, profiling=True)
+    add_model_options(prof, command="profile")
     prof.set_defaults(run=run_profile)
 
 
@@ -149,7 +149,7 @@ def _add_predict(sub: Any) -> None:
 
 def _add_plan(sub: Any) -> None:
     plan = sub.add_parser("plan", help="size a prediction before running it: tiles, blocks, bytes, hours for N workers")
-    plan.add_argument("config", help="the network's config file (TOML)")
+    plan.add_argument("config", nargs="?", help="the network's config file (TOML); not with --model")
     where = plan.add_mutually_exclusive_group(required=True)
     where.add_argument("--input", metavar="SPEC", help="the volume to predict (only its shape and dtype are read)")
     where.add_argument("--shape", metavar="Z,Y,X", help="or the volume's shape")
@@ -157,8 +157,8 @@ def _add_plan(sub: Any) -> None:
     plan.add_argument("--workers", type=int, default=1, help="workers (processes or GPUs) the job runs on")
     plan.add_argument("--tile", metavar="Z,Y,X", help="input tile (default: [prediction] tile_shape, else by memory)")
     plan.add_argument("--block", metavar="Z,Y,X", default="1", help="tiles per block on each axis (default: 1)")
-    plan.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream"],
-                      help="dense engine (default: the config's)")
+    plan.add_argument("--mode", choices=["auto", "mfp", "dilated", "naive", "stream", "exact", "blend"],
+                      help="dense engine (default: the config's); exact or blend for a model")
     plan.add_argument("--mirror", action="store_true", help="the output covers the whole input")
     plan.add_argument("--dtype", choices=list(OUTPUT_DTYPES), default="float32", help="stored dtype")
     plan.add_argument("--channels", type=int, help="stored channels (default: all classes; 1 for --argmax)")
@@ -168,6 +168,7 @@ def _add_plan(sub: Any) -> None:
     plan.add_argument("--memory-limit", metavar="SIZE", help="per worker, as for predict")
     plan.add_argument("--device", help="cpu or cuda:N (for --measure and the memory default)")
     add_precision(plan)
+    add_model_options(plan, command="plan")
     plan.set_defaults(run=run_plan)
 
 
@@ -175,6 +176,11 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..running.planning.job_plan import plan_job
 
     _log_warnings()
+    if args.model or args.model_file:
+        return run_model_plan(args)
+    if args.config is None:
+        raise DensePredError("densepred plan needs the network's config file, or a model: --model "
+                             "package.module:Class or --model-file model.pt2")
     cfg = load_config(args.config)
     dims = cfg.network.dims
     result = plan_job(

@@ -10,9 +10,10 @@ from ..geometry.scale import scale_pairs
 from .values import parse_floats, parse_ints, parse_size
 
 
-def add_model_options(pred: argparse.ArgumentParser, profiling: bool = False) -> None:
-    """The options that name a model and its tiling contract; for ``predict`` also how its
-    windows are combined, for ``profile`` the image it is profiled for."""
+def add_model_options(pred: argparse.ArgumentParser, command: str = "predict") -> None:
+    """The options that name a model and its tiling contract; for ``predict`` and ``plan`` also
+    how its windows are combined, for ``profile`` the image it is profiled for (``plan`` has
+    its own)."""
     group = pred.add_argument_group("a model written elsewhere (PyTorch U-Nets; see the README, Models written "
                                     "elsewhere)")
     group.add_argument("--model", metavar="MODULE:CLASS",
@@ -46,8 +47,9 @@ def add_model_options(pred: argparse.ArgumentParser, profiling: bool = False) ->
     group.add_argument("--scale", metavar="S|Z,Y,X",
                        help="output voxels per input voxel of a model whose output is at another scale (0.5 or "
                             "1/2: half size; 4: upsampled 4x), given instead of probed")
-    if profiling:
+    if command != "predict":
         group.add_argument("--weights", metavar="FILE", help="the model's weights (safetensors or a state dict)")
+    if command == "profile":
         where = group.add_mutually_exclusive_group()
         where.add_argument("--input", metavar="SPEC", help="the image the model will predict (only its shape is read)")
         where.add_argument("--shape", metavar="Z,Y,X", help="or its spatial shape (y,x for a 2D model)")
@@ -119,6 +121,30 @@ def run_model_profile(args: argparse.Namespace) -> int:
     return 0 if result.best is not None else 1
 
 
+def run_model_plan(args: argparse.Namespace) -> int:
+    """``densepred plan --model ...``: the model's job sized before it runs."""
+    from ..running.jobs.model_plan import plan_model_job
+
+    if args.config is not None:
+        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    if args.mirror:
+        raise DensePredError("--mirror is for densepred's own nets; a model's output always covers its input")
+    if args.mode not in (None, "auto", "exact", "blend"):
+        raise DensePredError(f"--mode {args.mode} is for densepred's own nets; a model takes auto, exact or blend")
+    result = plan_model_job(
+        args.model, model_file=args.model_file, model_kwargs=args.model_kwargs, weights=args.weights,
+        trust_imports=args.trust_imports, dims=args.dims, in_channels=args.in_channels, activation=args.activation,
+        output_tensor=args.output_tensor, weights_format=args.weights_format, contract=contract_fields(args),
+        input=args.input, shape=parse_ints(args.shape, None, "--shape"), input_dtype=args.input_dtype,
+        workers=args.workers, window=_per_axis(args.tile, "--tile"),
+        blocks=None if args.block == "1" else _block(args.block), mode=args.mode or "auto", overlap=args.overlap,
+        tta=_tta(args.tta), stored_channels=args.channels, stored_dtype=args.dtype, profile_csv=args.profile,
+        measure=args.measure, memory_limit=parse_size(args.memory_limit, "--memory-limit")
+        if args.memory_limit else None, device=args.device, precision=args.precision)
+    print(result.report())
+    return 0
+
+
 def _row_text(result: Any, row: Any) -> str:
     window = "x".join(map(str, row.window))
     if row.status != "ok":
@@ -183,7 +209,7 @@ def _tta(text: str | None) -> str | tuple[int, ...] | None:
                              "flip, like 1,2") from None
 
 
-__all__ = ["add_model_options", "contract_fields", "model_job", "run_model_profile"]
+__all__ = ["add_model_options", "contract_fields", "model_job", "run_model_plan", "run_model_profile"]
 
 
 def _per_axis(text: str | None, option: str) -> int | tuple[int, ...] | None:

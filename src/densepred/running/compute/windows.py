@@ -4,6 +4,8 @@ pads), computed (flipped views averaged, then activated, in float32: :func:`wind
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,3 +79,22 @@ def read_window(source: ChannelFirst, starts: Sequence[int], window: Sequence[in
         return np.ascontiguousarray(data)
     mode, value = padding
     return np.pad(data, pad, constant_values=value) if mode == "constant" else np.pad(data, pad, mode=mode)
+
+
+def timed_window(run: Any, window: Sequence[int], repeats: int) -> tuple[float, int | None]:
+    """Median seconds of ``run``'s forward of one ``window`` of random input (after a warm-up
+    forward), activation and copy to the host included, and on CUDA the allocator's peak over
+    what was allocated before (None on the CPU). A CUDA out-of-memory error propagates."""
+    x = np.random.default_rng(0).random((run.net.in_channels, *window), dtype=np.float32)
+    cuda = run.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(run.device)
+        base = torch.cuda.memory_allocated(run.device)
+        torch.cuda.reset_peak_memory_stats(run.device)
+    run.compute_window(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run.compute_window(x)  # returns on the host: the copy down is waited for
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), torch.cuda.max_memory_allocated(run.device) - base if cuda else None

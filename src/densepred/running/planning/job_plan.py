@@ -61,8 +61,8 @@ class JobPlan:
             f"tiles    {count_text(tiles)} of {_x(self.output_tile)} (input window {_x(self.input_tile)}, {self.mode})",
             f"blocks   {count_text(len(self.blocks))} of {_x(self.blocks.block)} voxels (whole shards; each reads its "
             f"own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
-            f"read     {_bytes(self.input_bytes)}",
-            f"write    {_bytes(self.output_bytes)} (with the pyramid)",
+            f"read     {bytes_text(self.input_bytes)}",
+            f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
         ]
         if self.seconds is None:
             lines.append("time     unknown: give a profile.csv (--profile) or time one tile now (--measure)")
@@ -179,7 +179,8 @@ def _x(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
 
 
-def _bytes(n: float) -> str:
+def bytes_text(n: float) -> str:
+    """``1.2 GB``: a byte count with an SI prefix."""
     for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"

@@ -22,14 +22,12 @@ faster.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...errors import DensePredError
@@ -42,8 +40,10 @@ from ...networks.precision_speed import model_layers, remember
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
+from ..compute.windows import timed_window
 from ..jobs.job import PredictJob
 from ..jobs.model_job import job_net
+from ..jobs.model_plan import shaped_image
 from ..planning.model_window import LadderStep, window_ladder
 from .report import shape_text
 
@@ -166,7 +166,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
         raise DensePredError(f"this model cannot be tiled exactly ({net.contract.reason}): it blends windows of "
                              "its own size (--tile), so there are no exact windows to profile")
     resolved = precision_for(precision, resolve_device(device)).name
-    image = open_array(ArraySpec.parse(input)) if input is not None else _shaped(shape, net.in_channels)
+    image = open_array(ArraySpec.parse(input)) if input is not None else shaped_image(shape, net.in_channels)
     source = ChannelFirst(image, net.in_channels, net.dims)
     with large_blocks_returned():
         run = ModelRun.create(net, source, "exact", None, 0.0, None, None, device, Prepared((), ()),
@@ -184,14 +184,6 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
         result.csv_path = folder / CSV_NAME
         atomic_write_text(result.csv_path, result.csv_text())
     return result
-
-
-def _shaped(shape: Sequence[int], channels: int) -> np.ndarray:
-    """An image of ``shape`` that takes no memory: only its shape is used."""
-    shape = tuple(int(n) for n in shape)
-    if not shape or min(shape) < 1:
-        raise DensePredError(f"shape {list(shape)} is invalid; expected positive sizes like 256,512,512")
-    return np.broadcast_to(np.float32(0.5), (channels, *shape) if channels > 1 else shape)
 
 
 def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadline: float, repeats: int,
@@ -230,26 +222,14 @@ def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
 
 
 def _timed(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
-    x = np.random.default_rng(0).random((run.net.in_channels, *step.window), dtype=np.float32)
-    cuda = run.device.type == "cuda"
     try:
-        if cuda:
-            torch.cuda.synchronize(run.device)
-            base = torch.cuda.memory_allocated(run.device)
-            torch.cuda.reset_peak_memory_stats(run.device)
-        run.compute_window(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run.compute_window(x)  # returns on the host: the copy down is waited for
-            times.append(time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated(run.device) - base if cuda else None
+        seconds, peak = timed_window(run, step.window, repeats)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return WindowRow(run.precision.name, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
                          step.heap_kept)
-    return WindowRow(run.precision.name, step.window, step.windows, statistics.median(times), step.estimated_bytes,
-                     peak, heap_kept=step.heap_kept)
+    return WindowRow(run.precision.name, step.window, step.windows, seconds, step.estimated_bytes, peak,
+                     heap_kept=step.heap_kept)
 
 
 def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int, ladder: list[LadderStep]) -> None:

@@ -1,0 +1,92 @@
+"""``densepred plan --model``: a model's job sized before it runs. Its window count is the
+number of forwards the run makes, its time a measured rate (one window timed now, or the
+``model_profile.csv`` row of that window)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from densepred.interfaces.cli import main
+from densepred.networks.precision import runnable_precisions
+from densepred.running.compute.model_run import ModelRun
+from densepred.running.jobs import model_plan
+from densepred.running.jobs.model_plan import plan_model_job
+from tests.test_reliability_files import one_error_line
+
+KWARGS = {"dims": 3, "depth": 2, "width": 4}
+MODEL = ["--model", "tests.test_foreign:UNet", "--model-kwargs", json.dumps(KWARGS), "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(("mode", "tile"), [("exact", "36,40,48"), ("exact", None), ("blend", "16,24,24")])
+def test_the_planned_windows_are_the_forwards_the_run_makes(tmp_path, monkeypatch, capsys, mode, tile):
+    np.save(tmp_path / "in.npy", np.random.default_rng(5).random((29, 61, 53), dtype=np.float32))
+    tiled = ["--tile", tile] if tile else []
+    plan = plan_model_job("tests.test_foreign:UNet", model_kwargs=KWARGS, input=str(tmp_path / "in.npy"),
+                          device="cpu", mode=mode, window=None if tile is None else [int(v) for v in tile.split(",")],
+                          memory_limit=2 * 2**30, activation="softmax")
+    forwards = []
+    compute = ModelRun._compute  # every forward of a run, whichever path calls it
+    monkeypatch.setattr(ModelRun, "_compute", lambda run, x: forwards.append(run.window) or compute(run, x))
+    assert main(["predict", *MODEL, "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.zarr"),
+                 "--mode", mode, "--memory-limit", "2GiB", "--quiet", *tiled]) == 0
+    assert plan.windows == len(forwards)
+    assert set(forwards) == {plan.window}
+    assert plan.output_shape == (29, 61, 53)
+    assert plan.input_bytes == plan.windows * int(np.prod(plan.window)) * 4  # float32, one channel
+    record = json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())
+    assert tuple(record["tiles"]["window"]) == plan.window
+    capsys.readouterr()
+
+
+def test_the_time_comes_from_the_windows_profile_row_or_one_timed_now(tmp_path, capsys, monkeypatch):
+    shape = ["--shape", "30,70,66"]
+    assert main(["profile", *MODEL, *shape, "--quiet", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["plan", *MODEL, *shape, "--profile", str(tmp_path / "model_profile.csv"), "--workers", "4"]) == 0
+    report = capsys.readouterr().out
+    assert "this window)" in report
+    assert "on 4 worker(s)" in report
+    one_error_line(capsys, main(["plan", *MODEL, *shape, "--tile", "40,40,40", "--profile",
+                                 str(tmp_path / "model_profile.csv")]),
+                   "has no float32 row for window 32x40x40 (its windows: 32x36x36, ")
+    monkeypatch.setattr(model_plan, "timed_window", lambda run, window, repeats: (2.5, None))
+    plan = plan_model_job("tests.test_foreign:UNet", model_kwargs=KWARGS, shape=(30, 70, 66), device="cpu",
+                          measure=True, workers=3)
+    assert plan.seconds == pytest.approx(plan.windows * 2.5 / 3)
+
+
+@pytest.mark.skipif("bfloat16" not in runnable_precisions(torch.device("cpu")), reason="no bfloat16 kernels")
+def test_plan_measure_of_a_slower_precision_is_refused_and_remembered(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(model_plan, "timed_window",
+                        lambda run, window, repeats: ({"float32": 1.0, "bfloat16": 2.0}[run.precision.name], None))
+    args = ["plan", *MODEL, "--shape", "30,70,66", "--measure", "--precision", "bfloat16"]
+    one_error_line(capsys, main(args), "bfloat16 runs this network slower than float32")
+    np.save(tmp_path / "in.npy", np.random.default_rng(5).random((9, 20, 21), dtype=np.float32))
+    one_error_line(capsys, main(["predict", *MODEL, "--input", str(tmp_path / "in.npy"), "--output",
+                                 str(tmp_path / "o.npy"), "--precision", "bfloat16", "--quiet"]),
+                   "(densepred plan --model --measure, window ")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--shape", "20,30,30", "--mirror"], "--mirror is for densepred's own nets"),
+    (["--shape", "20,30,30", "--mode", "mfp"], "--mode mfp is for densepred's own nets"),
+    (["--shape", "20,30,30", "--workers", "0"], "workers = 0 is invalid"),
+    (["--shape", "20,30,30", "--tile", "21,21,21"], "window [21, 21, 21] is invalid for this model"),
+    (["--shape", "20,30,30", "--input-dtype", "banana"], "input dtype 'banana' is invalid"),
+    (["--shape", "20,30,30", "--profile", "/nonexistent/model_profile.csv"], "cannot read the profile"),
+])
+def test_model_plan_mistakes_are_one_line_exit_2(capsys, extra, message):
+    one_error_line(capsys, main(["plan", *MODEL, *extra]), message)
+
+
+def test_plan_without_a_config_or_a_model_is_one_line(capsys):
+    one_error_line(capsys, main(["plan", "--shape", "20,30,30"]), "densepred plan needs the network's config file")
