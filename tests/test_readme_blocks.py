@@ -1,9 +1,11 @@
 """The README's other examples run as written, scaled down: the ten lines, training and a larger
 prediction net, the training section of a config, file-to-file prediction, precision, the
 profiler, a MONAI U-Net from Python and from the command line, and the SLURM example as far as a
-machine without SLURM allows (its cluster and job built, its job script rendered), and make demo's
-recipe. The profiler, the MONAI U-Net, precision and make demo take 10-40 s each and run in
-``make test-slow``, keeping the default run under 5 minutes."""
+machine without SLURM allows (its cluster and job built, its job script rendered), make demo's
+recipe, a model's profile, and the plan transcripts (what ``densepred plan`` prints, line for
+line). The profiler, the MONAI U-Net, precision, make demo, the model's profile and the plan
+transcripts take 10-40 s each and run in ``make test-slow``, keeping the default run under 5
+minutes."""
 
 from __future__ import annotations
 
@@ -167,3 +169,36 @@ def test_make_demo_runs_end_to_end_scaled_down(tmp_path):
     for name in ("run/membranes-LAST.safetensors", "run/history.csv", "prediction.h5", "demo.png"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "F1" in done.stdout
+
+
+def transcripts(title: str) -> list[tuple[str, list[str]]]:
+    """The ``$ densepred ...`` transcripts of a README section: each command (its continuation
+    lines joined) and the lines it is shown to print."""
+    found = []
+    for block in re.findall(r"```\n(\$ densepred .*?)```", section(title), re.DOTALL):
+        command, _, shown = block.partition("\n") if "\\\n" not in block else _joined(block)
+        found.append((command.removeprefix("$ "), shown.strip().splitlines()))
+    return found
+
+
+def _joined(block: str) -> tuple[str, str, str]:
+    lines = block.splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.endswith("\\"))
+    command = " ".join(line.rstrip("\\").strip() for line in lines[:end + 1])
+    return command, "\n", "\n".join(lines[end + 1:])
+
+
+@pytest.mark.slow  # about 10-30 s (MONAI's model is probed): make test-slow
+def test_the_plan_transcripts_print_what_the_readme_shows(tmp_path):
+    pytest.importorskip("monai")
+    shown = transcripts("Sizing a job before it runs")
+    assert len(shown) == 2
+    (tmp_path / "model_profile.csv").write_text("precision,window,windows,seconds_per_window,image_seconds,"
+                                                "voxels_per_s,estimated_bytes,peak_bytes,heap_kept,status\n"
+                                                "float32,128x272x272,49,10.854,531.845,63090.6,12053473280,,false,ok\n")
+    for command, lines in shown:
+        cwd = tmp_path if "model_profile.csv" in command else README.parent
+        done = subprocess.run(["bash", "-c", f"{BIN}/{command} --device cpu"], capture_output=True, text=True,
+                              check=False, cwd=cwd, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines() == lines
