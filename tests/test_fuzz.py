@@ -272,3 +272,40 @@ def test_any_model_profile_arguments_work_or_fail_in_one_line(tmp_path_factory, 
     assert code in (0, 2), err
     if code == 2:
         assert len(err.strip().splitlines()) == 1, err
+
+
+PLAN_OPTIONS = [
+    ("--tile", st.sampled_from(["36,40,48", "14", "0", "a", "16,16"])),
+    ("--mode", st.sampled_from(["exact", "blend", "auto", "mfp"])),
+    ("--overlap", st.sampled_from(["0.5", "1", "nan"])),
+    ("--tta", st.sampled_from(["flips", "1,2", "banana"])),
+    ("--workers", st.sampled_from(["1", "64", "0", "-2"])),
+    ("--block", st.sampled_from(["2", "1,2,2", "0", "x"])),
+    ("--input-dtype", st.sampled_from(["uint16", "float64", "banana"])),
+    ("--dtype", st.sampled_from(["uint8", "float16"])),
+    ("--channels", st.sampled_from(["1", "0", "7"])),
+    ("--measure", None),
+    ("--profile", st.sampled_from(["/nonexistent.csv", "README.md"])),
+    ("--memory-limit", st.sampled_from(["1G", "10", "50MB"])),
+    ("--precision", st.sampled_from(["float32", "bfloat16", "tf32"])),
+    ("--mirror", None),
+    ("--dims", st.sampled_from(["2", "3"])),
+    ("--scale", st.sampled_from(["1", "0.5"])),
+]
+
+
+@pytest.mark.slow  # about 1 minute: make test-slow
+@seed(20261207)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argument_lists(PLAN_OPTIONS))
+def test_any_model_plan_arguments_work_or_fail_in_one_line(capsys, drawn):
+    args, _ = drawn
+    try:
+        code = main(["plan", "--model", "tests.test_foreign:UNet", "--model-kwargs",
+                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--shape", "13,300,270", *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
