@@ -180,6 +180,22 @@ def test_any_bioimageio_description_is_read_or_refused_in_one_error(zoo, text):
 
 # -- `densepred predict --model` argument lists ------------------------------------------------------
 
+TINY_MODEL = ["--model", "tests.test_foreign:UNet", "--model-kwargs",
+              '{"dims": 3, "depth": 1, "width": 2, "classes": 2}']
+
+
+def works_or_fails_in_one_line(capsys, argv):
+    """``densepred argv`` exits 0, or 2 with one line on stderr (argparse's usage errors too)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
+
+
 MODEL_OPTIONS = [
     ("--mode", st.sampled_from(["exact", "blend", "auto", "mfp"])),
     ("--tile", st.sampled_from(["16,16,16", "14", "12,20,20", "0", "a", "15,15,15", "16,16"])),
@@ -221,16 +237,9 @@ def test_any_model_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "w.safetensors")
     np.save(folder / "in.npy", np.random.default_rng(3).random((13, 30, 27), dtype=np.float32))
     args, output = drawn
-    try:
-        code = main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs",
-                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--weights", str(folder / "w.safetensors"),
-                     "--input", str(folder / "in.npy"), "--output", f"{folder}/{output}", "--quiet", *args])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code in (0, 2), err
-    if code == 2:
-        assert len(err.strip().splitlines()) == 1, err
+    works_or_fails_in_one_line(capsys, ["predict", *TINY_MODEL, "--weights", str(folder / "w.safetensors"),
+                                        "--input", str(folder / "in.npy"), "--output", f"{folder}/{output}",
+                                        "--quiet", *args])
 
 
 PROFILE_OPTIONS = [
@@ -262,16 +271,7 @@ def test_any_model_profile_arguments_work_or_fail_in_one_line(tmp_path_factory, 
     np.save(folder / "in.npy", np.random.default_rng(3).random((13, 30, 27), dtype=np.float32))
     args, _ = drawn
     where = [] if "--shape" in args else ["--input", str(folder / "in.npy")]
-    try:
-        code = main(["profile", "--model", "tests.test_foreign:UNet", "--model-kwargs",
-                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--quiet", "--max-seconds", "5", *where,
-                     *args])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code in (0, 2), err
-    if code == 2:
-        assert len(err.strip().splitlines()) == 1, err
+    works_or_fails_in_one_line(capsys, ["profile", *TINY_MODEL, "--quiet", "--max-seconds", "5", *where, *args])
 
 
 PLAN_OPTIONS = [
@@ -300,12 +300,4 @@ PLAN_OPTIONS = [
 @given(argument_lists(PLAN_OPTIONS))
 def test_any_model_plan_arguments_work_or_fail_in_one_line(capsys, drawn):
     args, _ = drawn
-    try:
-        code = main(["plan", "--model", "tests.test_foreign:UNet", "--model-kwargs",
-                     '{"dims": 3, "depth": 1, "width": 2, "classes": 2}', "--shape", "13,300,270", *args])
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code in (0, 2), err
-    if code == 2:
-        assert len(err.strip().splitlines()) == 1, err
+    works_or_fails_in_one_line(capsys, ["plan", *TINY_MODEL, "--shape", "13,300,270", *args])

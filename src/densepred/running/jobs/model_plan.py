@@ -25,12 +25,12 @@ from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks.bioimageio import is_rdf
 from ...networks.precision import FLOAT32
 from ...networks.precision_speed import device_name, model_layers, remember, slower_message
-from ...progress import count_text, duration_text
+from ...progress import count_text
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..executors.cluster import tiles_per_block
-from ..planning.job_plan import bytes_text
+from ..planning.job_plan import bytes_text, time_lines
 from .job import PredictJob
 from .model_job import BLEND_SHARDS_PER_BLOCK, job_net
 
@@ -71,14 +71,9 @@ class ModelPlan:
             f"read     at most {bytes_text(self.input_bytes)} (each window reads its own input, context included)",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
         ]
-        seconds = self.seconds
-        if seconds is None:
-            lines.append("time     unknown: give a model_profile.csv (--profile) or time one window now (--measure)")
-        else:
-            lines.append(f"rate     {self.seconds_per_window:.3g} s per window ({self.rate_source})")
-            lines.append(f"time     {duration_text(seconds)} on {self.workers} worker(s) "
-                         f"({duration_text(seconds * self.workers)} of worker time)")
-        return "\n".join(lines)
+        rate = f"{self.seconds_per_window:.3g} s per window ({self.rate_source})" if self.seconds_per_window else ""
+        return "\n".join(lines + time_lines(self.seconds, self.workers, rate, "a model_profile.csv (--profile) or "
+                                                                           "time one window now (--measure)"))
 
 
 def plan_model_job(model: str | None = None, *, model_file: str | Path | None = None,

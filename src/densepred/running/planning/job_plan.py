@@ -64,13 +64,17 @@ class JobPlan:
             f"read     {bytes_text(self.input_bytes)}",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
         ]
-        if self.seconds is None:
-            lines.append("time     unknown: give a profile.csv (--profile) or time one tile now (--measure)")
-        else:
-            lines.append(f"rate     {self.rate:,.0f} output voxels/s per worker ({self.rate_source})")
-            lines.append(f"time     {duration_text(self.seconds)} on {self.workers} worker(s) "
-                         f"({duration_text(self.seconds * self.workers)} of worker time)")
-        return "\n".join(lines)
+        rate = f"{self.rate:,.0f} output voxels/s per worker ({self.rate_source})" if self.rate else ""
+        return "\n".join(lines + time_lines(self.seconds, self.workers, rate, "a profile.csv (--profile) or time "
+                                                                           "one tile now (--measure)"))
+
+
+def time_lines(seconds: float | None, workers: int, rate: str, missing: str) -> list[str]:
+    """A plan's last lines: the rate and the time on ``workers``, or what would give them."""
+    if seconds is None:
+        return [f"time     unknown: give {missing}"]
+    return [f"rate     {rate}", f"time     {duration_text(seconds)} on {workers} worker(s) "
+                                 f"({duration_text(seconds * workers)} of worker time)"]
 
 
 def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Sequence[int] | None = None,
