@@ -355,10 +355,10 @@ class LadderStep:
 
 
 def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
-    """Exact windows of ``run``'s model from the smallest to the largest the memory budget holds
-    (the default window of an exact run over the same image, last), on the path that default is
-    grown along, each balanced like it and holding at least :data:`LADDER_RATIO` times the voxels
-    of the one before."""
+    """Exact windows of ``run``'s model from the smallest to ``run``'s own (an exact run's default
+    window: the largest the memory budget holds), on the path that default is grown along, each
+    balanced like it and holding at least :data:`LADDER_RATIO` times the voxels of the one
+    before."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
@@ -373,6 +373,7 @@ def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
     floor = _fitted(c, spatial, least)
     balanced = list(dict.fromkeys(tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in
                                         enumerate(zip(window, floor, c.factor, strict=True))) for window in path))
+    balanced = [w for w in balanced if math.prod(w) < math.prod(run.window)] + [tuple(run.window)]
     kept = [balanced[0]]
     for window in balanced[1:]:
         if math.prod(window) >= LADDER_RATIO * math.prod(kept[-1]) or window == balanced[-1]:
