@@ -117,7 +117,7 @@ def test_a_2d_model_over_a_stack_is_profiled_with_slices_as_its_z(tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ([], "profiling a model needs the image it will predict"),
+    ([], "a model's profile needs the image it will predict"),
     (["--shape", "20,30,30", "--write"], "--write is for densepred's own nets"),
     (["--shape", "20,30,30", "--modes", "mfp"], "--modes is for densepred's own nets"),
     (["--shape", "20,0,30"], "shape [20, 0, 30] is invalid"),

@@ -23,6 +23,7 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan, pyramid
 from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks.bioimageio import is_rdf
+from ...networks.foreign import ForeignNet
 from ...networks.precision import FLOAT32
 from ...networks.precision_speed import device_name, model_layers, remember, slower_message
 from ...progress import count_text
@@ -93,21 +94,11 @@ def plan_model_job(model: str | None = None, *, model_file: str | Path | None = 
     ``--tile`` and ``blocks`` its ``--block``."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DensePredError(f"workers = {workers!r} is invalid; expected a positive integer")
-    if model is None and model_file is None:
-        raise DensePredError("give the model to plan: --model MODULE:CLASS or --model-file FILE")
-    if (input is None) == (shape is None):
-        raise DensePredError("give the input (--input SPEC) or its shape (--shape Z,Y,X), one of them")
-    if activation is None and not is_rdf(model_file):
-        activation = "identity"  # what the logits become changes neither the windows nor their time much
-    _, net = job_net(PredictJob(
-        config=None, input=input or "", output="", weights=weights, model=model, model_kwargs=model_kwargs,
-        model_file=model_file, trust_imports=tuple(trust_imports), dims=dims, in_channels=in_channels,
-        activation=activation, output_tensor=output_tensor, weights_format=weights_format, contract=contract))
-    if input is not None:
-        image = open_array(ArraySpec.parse(input))
-        itemsize = np.dtype(image.dtype).itemsize
-    else:
-        image, itemsize = shaped_image(shape, net.in_channels), _itemsize(input_dtype)
+    net, image, itemsize = sized_model(
+        {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
+         "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
+         "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract},
+        input, shape, input_dtype, "plan")
     run = ModelRun.create(net, ChannelFirst(image, net.in_channels, net.dims), mode, window, overlap, tta, None,
                           device, Prepared((), ()), memory_limit=memory_limit, window_given=window is not None,
                           precision=precision)
@@ -121,6 +112,27 @@ def plan_model_job(model: str | None = None, *, model_file: str | Path | None = 
     return ModelPlan(model or str(model_file), run.output_shape, channels, run.window, run.mode, windows,
                      len(run.flips), grid, windows * math.prod(run.window) * net.in_channels * itemsize,
                      output_bytes * np.dtype(stored_dtype).itemsize, seconds, source, workers)
+
+
+def sized_model(fields: dict[str, Any], input: str | None, shape: Sequence[int] | None, input_dtype: str,
+                what: str) -> tuple[ForeignNet, Any, int]:
+    """The net of a model named by :class:`PredictJob`'s model ``fields``, the image it is to
+    predict (``input``'s array, or one of ``shape`` that takes no memory) and the image's bytes
+    per voxel, for a plan or a profile (``what``). A model that is not a bioimage.io one gets no
+    activation unless one is given: what the logits become changes neither the windows nor
+    their time much, and a one-channel model would be refused a softmax."""
+    if fields.get("model") is None and fields.get("model_file") is None:
+        raise DensePredError(f"give the model to {what}: --model MODULE:CLASS or --model-file FILE")
+    if (input is None) == (shape is None):
+        raise DensePredError(f"a model's {what} needs the image it will predict: give its file (--input SPEC) or its "
+                             "shape (--shape Z,Y,X), one of them")
+    if fields.get("activation") is None and not is_rdf(fields.get("model_file")):
+        fields = {**fields, "activation": "identity"}
+    _, net = job_net(PredictJob(config=None, input=input or "", output="", **fields))
+    if input is not None:
+        image = open_array(ArraySpec.parse(input))
+        return net, image, np.dtype(image.dtype).itemsize
+    return net, shaped_image(shape, net.in_channels), _itemsize(input_dtype)
 
 
 def window_count(run: ModelRun) -> int:

@@ -32,8 +32,7 @@ import torch
 
 from ...errors import DensePredError
 from ...files import atomic_write_text
-from ...io import ArraySpec, ChannelFirst, open_array
-from ...networks.bioimageio import is_rdf
+from ...io import ChannelFirst
 from ...networks.devices import resolve_device
 from ...networks.precision import precision_for
 from ...networks.precision_speed import model_layers, remember
@@ -41,9 +40,7 @@ from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
-from ..jobs.job import PredictJob
-from ..jobs.model_job import job_net
-from ..jobs.model_plan import shaped_image
+from ..jobs.model_plan import sized_model
 from ..planning.model_window import LadderStep, window_ladder
 from .report import shape_text
 
@@ -151,22 +148,15 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     """
     if max_seconds <= 0 or repeats < 1:
         raise DensePredError("max_seconds must be positive and repeats at least 1")
-    if (input is None) == (shape is None):
-        raise DensePredError("profiling a model needs the image it will predict: give its file (--input SPEC) or "
-                             "its shape (--shape Z,Y,X), one of them")
-    if model is None and model_file is None:
-        raise DensePredError("give the model to profile: --model MODULE:CLASS or --model-file FILE")
-    if activation is None and not is_rdf(model_file):
-        activation = "identity"
-    _, net = job_net(PredictJob(
-        config=None, input=input or "", output="", weights=weights, model=model, model_kwargs=model_kwargs,
-        model_file=model_file, trust_imports=tuple(trust_imports), dims=dims, in_channels=in_channels,
-        activation=activation, output_tensor=output_tensor, weights_format=weights_format, contract=contract))
+    net, image, _ = sized_model(
+        {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
+         "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
+         "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract},
+        input, shape, "uint8", "profile")
     if not net.contract.exact:
         raise DensePredError(f"this model cannot be tiled exactly ({net.contract.reason}): it blends windows of "
                              "its own size (--tile), so there are no exact windows to profile")
     resolved = precision_for(precision, resolve_device(device)).name
-    image = open_array(ArraySpec.parse(input)) if input is not None else shaped_image(shape, net.in_channels)
     source = ChannelFirst(image, net.in_channels, net.dims)
     with large_blocks_returned():
         run = ModelRun.create(net, source, "exact", None, 0.0, None, None, device, Prepared((), ()),
