@@ -61,9 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_info(sub: Any) -> None:
-    info = sub.add_parser("info", help="print the network's geometry: per-layer sizes, FOV, stride, offset")
-    info.add_argument("config", help="network config file (TOML)")
-    info.add_argument("--input-shape", metavar="Z,Y,X", help="input tile shape to size the table for")
+    info = sub.add_parser("info", help="print the network's geometry: per-layer sizes, FOV, stride, offset; or a "
+                                       "model's tiling contract")
+    info.add_argument("config", nargs="?", help="network config file (TOML); not with --model")
+    info.add_argument("--input-shape", metavar="Z,Y,X", help="input tile shape to size the table for (a model's "
+                                                             "window to check)")
+    info.add_argument("--device", help="a model's: cpu or cuda:N, where its memory is measured (default: cuda if "
+                                       "available)")
+    add_model_options(info, command="info")
     info.set_defaults(run=run_info)
 
 

@@ -6,11 +6,20 @@ import argparse
 from collections.abc import Sequence
 
 from ..config import load_config, network_geometry
+from ..errors import DensePredError
 from ..geometry import Geometry
-from .values import parse_shape
+from .model_options import contract_fields
+from .values import parse_ints, parse_shape
 
 
 def run_info(args: argparse.Namespace) -> int:
+    if args.model or args.model_file:
+        return run_model_info(args)
+    if args.config is None:
+        raise DensePredError("densepred info needs the network's config file, or a model: --model "
+                             "package.module:Class or --model-file model.pt2")
+    if args.device:
+        raise DensePredError("--device is for a model's info (--model), whose memory is measured on it")
     cfg = load_config(args.config)
     net = cfg.network
     if net.dims == 0:
@@ -24,6 +33,21 @@ def run_info(args: argparse.Namespace) -> int:
     print(format_table(geometry, shape))
     print()
     print(format_summary(geometry, shape))
+    return 0
+
+
+def run_model_info(args: argparse.Namespace) -> int:
+    """``densepred info --model ...``: the model's tiling contract, smallest exact window and memory."""
+    from ..running.jobs.model_info import model_info
+
+    if args.config is not None:
+        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    fields = {"model": args.model, "model_file": args.model_file, "model_kwargs": args.model_kwargs,
+              "weights": args.weights, "trust_imports": tuple(args.trust_imports), "dims": args.dims,
+              "in_channels": args.in_channels, "activation": args.activation, "output_tensor": args.output_tensor,
+              "weights_format": args.weights_format, "contract": contract_fields(args)}
+    window = parse_ints(args.input_shape, None, "--input-shape")
+    print(model_info(fields, window, args.device).report())
     return 0
 
 

@@ -121,18 +121,23 @@ def sized_model(fields: dict[str, Any], input: str | None, shape: Sequence[int] 
     per voxel, for a plan or a profile (``what``). A model that is not a bioimage.io one gets no
     activation unless one is given: what the logits become changes neither the windows nor
     their time much, and a one-channel model would be refused a softmax."""
-    if fields.get("model") is None and fields.get("model_file") is None:
-        raise DensePredError(f"give the model to {what}: --model MODULE:CLASS or --model-file FILE")
     if (input is None) == (shape is None):
         raise DensePredError(f"a model's {what} needs the image it will predict: give its file (--input SPEC) or its "
                              "shape (--shape Z,Y,X), one of them")
-    if fields.get("activation") is None and not is_rdf(fields.get("model_file")):
-        fields = {**fields, "activation": "identity"}
-    _, net = job_net(PredictJob(config=None, input=input or "", output="", **fields))
+    net = model_net(fields, what)
     if input is not None:
         image = open_array(ArraySpec.parse(input))
         return net, image, np.dtype(image.dtype).itemsize
     return net, shaped_image(shape, net.in_channels), _itemsize(input_dtype)
+
+
+def model_net(fields: dict[str, Any], what: str) -> ForeignNet:
+    """The net of a model named by :class:`PredictJob`'s model ``fields`` (see :func:`sized_model`)."""
+    if fields.get("model") is None and fields.get("model_file") is None:
+        raise DensePredError(f"give the model to {what}: --model MODULE:CLASS or --model-file FILE")
+    if fields.get("activation") is None and not is_rdf(fields.get("model_file")):
+        fields = {**fields, "activation": "identity"}
+    return job_net(PredictJob(config=None, input="", output="", **fields))[1]
 
 
 def window_count(run: ModelRun) -> int:
