@@ -301,3 +301,25 @@ PLAN_OPTIONS = [
 def test_any_model_plan_arguments_work_or_fail_in_one_line(capsys, drawn):
     args, _ = drawn
     works_or_fails_in_one_line(capsys, ["plan", *TINY_MODEL, "--shape", "13,300,270", *args])
+
+
+INFO_OPTIONS = [
+    ("--input-shape", st.sampled_from(["36,40,48", "14", "0,0,0", "a", "16,16", "-4,8,8"])),
+    ("--dims", st.sampled_from(["2", "3"])),
+    ("--in-channels", st.sampled_from(["1", "2", "0"])),
+    ("--factor", st.sampled_from(["2", "3", "0"])),
+    ("--smallest", st.sampled_from(["4", "8,8,8", "0"])),
+    ("--context", st.sampled_from(["5", "2:3,2:3,2:3", "-1"])),
+    ("--scale", st.sampled_from(["1", "0.5", "0"])),
+    ("--output-tensor", st.sampled_from(["0", "1"])),
+    ("--activation", st.sampled_from(["softmax", "sigmoid"])),
+    ("--device", st.sampled_from(["cpu", "cuda:3"])),
+]
+
+
+@pytest.mark.slow  # about 30 s: make test-slow
+@seed(20261208)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argument_lists(INFO_OPTIONS))
+def test_any_model_info_arguments_work_or_fail_in_one_line(capsys, drawn):
+    works_or_fails_in_one_line(capsys, ["info", *TINY_MODEL, *drawn[0]])
