@@ -88,5 +88,18 @@ def test_model_plan_mistakes_are_one_line_exit_2(capsys, extra, message):
     one_error_line(capsys, main(["plan", *MODEL, *extra]), message)
 
 
+def test_a_profile_of_the_other_kind_is_refused_in_one_line(tmp_path, capsys):
+    """Found by hand: a model's model_profile.csv given to a config's plan was a KeyError traceback."""
+    model_csv = tmp_path / "model_profile.csv"
+    model_csv.write_text("precision,window,windows,seconds_per_window,image_seconds,voxels_per_s,estimated_bytes,"
+                         "peak_bytes,heap_kept,status\nfloat32,36x40x48,4,0.5,2,1000,0,,true,ok\n")
+    one_error_line(capsys, main(["plan", "examples/m36.toml", "--shape", "100,100,100", "--profile", str(model_csv)]),
+                   "has no mode, input_shape column(s), so it is not a network's profile.csv")
+    one_error_line(capsys, main(["plan", *MODEL, "--shape", "100,100,100", "--profile", "docs/profile/profile.csv"]),
+                   "has no precision, window, seconds_per_window column(s), so it is not a model's model_profile.csv")
+    one_error_line(capsys, main(["plan", *MODEL, "--shape", "100,100,100", "--profile", "docs/profile/profile.png"]),
+                   "cannot read the profile docs/profile/profile.png: not a CSV file")
+
+
 def test_plan_without_a_config_or_a_model_is_one_line(capsys):
     one_error_line(capsys, main(["plan", "--shape", "20,30,30"]), "densepred plan needs the network's config file")

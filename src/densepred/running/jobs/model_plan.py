@@ -10,7 +10,6 @@ Nothing is read but the input's shape and dtype, and nothing is written.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..executors.cluster import tiles_per_block
-from ..planning.job_plan import bytes_text, time_lines
+from ..planning.job_plan import bytes_text, read_profile, time_lines
 from .job import PredictJob
 from .model_job import BLEND_SHARDS_PER_BLOCK, job_net
 
@@ -186,11 +185,10 @@ def _rate(run: ModelRun, profile_csv: str | Path | None, measure: bool) -> tuple
 
 def seconds_from_profile(path: str | Path, window: Sequence[int], precision: str) -> tuple[float, str]:
     """Seconds per window from the ``model_profile.csv`` row of ``window`` in ``precision``."""
-    try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("precision") == precision]
-    except OSError as exc:
-        raise DensePredError(f"cannot read the profile {path}: {exc.strerror}") from None
+    table = read_profile(path, ("precision", "window", "seconds_per_window", "status"),
+                         "a model's model_profile.csv (densepred profile --model ... --out DIR writes one; a "
+                         "network's profile.csv has tiles, not windows)")
+    rows = [r for r in table if r.get("status") == "ok" and r.get("precision") == precision]
     own = [r for r in rows if r.get("window") == _x(window)]
     if not own:
         measured = ", ".join(r["window"] for r in rows if "window" in r) or "none"

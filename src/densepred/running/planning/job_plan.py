@@ -162,12 +162,10 @@ def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str,
                       precision: str = "float32") -> tuple[float, str]:
     """Output voxels/s for a tile from ``profile.csv`` rows of ``precision`` (a profile without
     that column is float32): its own row, else the fastest row (said so)."""
-    try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f)
-                    if r.get("status") == "ok" and (r.get("precision") or "float32") == precision]
-    except OSError as exc:
-        raise DensePredError(f"cannot read the profile {path}: {exc.strerror}") from None
+    table = read_profile(path, ("mode", "input_shape", "voxels_per_s", "status"),
+                         "a network's profile.csv (densepred profile CONFIG --out DIR writes one; a model's "
+                         "model_profile.csv has windows, not tiles)")
+    rows = [r for r in table if r.get("status") == "ok" and (r.get("precision") or "float32") == precision]
     if not rows:
         raise DensePredError(f"{path} has no measured rows in {precision}; run densepred profile "
                              f"--precision {precision} first")
@@ -177,6 +175,23 @@ def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str,
         return float(own[0]["voxels_per_s"]), f"{path}, this tile"
     best = max(rows, key=lambda r: float(r["voxels_per_s"]))
     return float(best["voxels_per_s"]), f"{path}, its fastest row ({best['mode']} {best['input_shape']}), not this tile"
+
+
+def read_profile(path: str | Path, columns: Sequence[str], expected: str) -> list[dict[str, str]]:
+    """The rows of the CSV at ``path``, refused in one line unless it has ``columns`` (it is
+    then not the ``expected`` profile)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    except OSError as exc:
+        raise DensePredError(f"cannot read the profile {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DensePredError(f"cannot read the profile {path}: not a CSV file ({exc})") from None
+    if missing:
+        raise DensePredError(f"{path} has no {', '.join(missing)} column(s), so it is not {expected}")
+    return rows
 
 
 def _x(shape: Sequence[int]) -> str:
