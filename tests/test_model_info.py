@@ -40,7 +40,8 @@ def test_the_smallest_exact_window_is_the_smallest_an_exact_prediction_accepts(t
 
 
 @pytest.mark.parametrize(("window", "said"), [
-    ("40,41,60", "window 40x41x60: not accepted (smallest + k*factor per axis); nearest: 40x40x60 or 40x44x60"),
+    ("40,41,60", "window 40x41x60: not on the contract's sizes (smallest input + k * factor per axis); nearest: "
+                 "40x40x60 or 40x44x60"),
     ("20,20,20", "window 20x20x20: accepted, but too small for exact tiling (at least 36x36x36)"),
     ("36,40,100", "window 36x40x100: accepted, exact tiling possible"),
 ])

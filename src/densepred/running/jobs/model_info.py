@@ -57,7 +57,8 @@ class ModelInfo:
             above = [a for _, a in near]
             options = " or ".join(_x(w) for w in (below, above) if all(v >= m for v, m in zip(w, smallest,
                                                                                             strict=True)))
-            return f"window {_x(asked)}: not accepted (smallest + k*factor per axis); nearest: {options}"
+            return (f"window {_x(asked)}: not on the contract's sizes (smallest input + k * factor per axis); "
+                    f"nearest: {options}")
         if c.exact and any(a < w for a, w in zip(asked, self.window, strict=True)):
             return f"window {_x(asked)}: accepted, but too small for exact tiling (at least {_x(self.window)})"
         return f"window {_x(asked)}: accepted" + (", exact tiling possible" if c.exact else "")
