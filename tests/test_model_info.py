@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from densepred.interfaces.cli import main
 from tests.test_reliability_files import one_error_line
@@ -66,3 +67,30 @@ def test_a_model_that_cannot_tile_exactly_says_why_and_what_it_blends(capsys):
 ])
 def test_info_mistakes_are_one_line_exit_2(capsys, args, message):
     one_error_line(capsys, main(["info", *args]), message)
+
+
+class ResidualDown(torch.nn.Module):
+    """Two stride-2 levels, each a strided convolution beside a strided shortcut (as MONAI's
+    residual units): the probe counts both strides, a factor of 16 for sizes 4 apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = torch.nn.ModuleList([torch.nn.Conv3d(1 if i == 0 else 4, 4, 3, 2, 1) for i in range(2)])
+        self.skip = torch.nn.ModuleList([torch.nn.Conv3d(1 if i == 0 else 4, 4, 1, 2) for i in range(2)])
+        self.up = torch.nn.ConvTranspose3d(4, 2, 4, 4)
+
+    def forward(self, x):
+        for conv, shortcut in zip(self.main, self.skip, strict=True):
+            x = torch.relu(conv(x)) + shortcut(x)
+        return self.up(x)
+
+
+def test_a_factor_counted_twice_is_named_with_the_finer_one_that_tiles_exactly(capsys):
+    probed = info(capsys, "--model", "tests.test_model_info:ResidualDown", "--model-kwargs", "{}")
+    assert "factor [16, 16, 16]" in probed[1]
+    assert probed[3].startswith("finer factor?   the model accepts sizes 4 apart, finer than its factor 16")
+    given = info(capsys, "--model", "tests.test_model_info:ResidualDown", "--model-kwargs", "{}", "--factor", "4")
+    assert "factor [4, 4, 4]" in given[1]
+    assert "exact tiling possible" in given[1]
+    assert not any(line.startswith("finer factor?") for line in given)
+    assert not any(line.startswith("finer factor?") for line in info(capsys))  # the U-Net's factor is its own

@@ -196,6 +196,33 @@ def _linear(model: torch.nn.Module, in_channels: int, dims: int, side: int, expe
     return third is not None and third[0] == expected
 
 
+def size_step(model: torch.nn.Module, in_channels: int, dims: int, contract: TilingContract) -> int | None:
+    """The step of the grid of sizes the model accepts where it is finer than ``contract``'s
+    factor (the same on every axis): the smallest divisor ``d > 1`` of the factor such that the
+    smallest input plus ``d`` is on the grid (accepted, with an output larger by ``d`` times the
+    scale). None where the grid is not finer, or where the next size up is on it too (then the
+    sizes say nothing of the model's alignment). A strided branch beside the main path (a
+    residual unit's strided shortcut) is counted by the probe as if in series, so such a
+    model's factor comes out larger than its strides; a finer factor given (``--factor``) is
+    then checked by the verdict's shift test like any other."""
+    factor = set(contract.factor)
+    if len(factor) != 1 or not contract.smallest or len(set(contract.smallest)) != 1 or any(contract.fixed):
+        return None
+    (f,), side = factor, contract.smallest[0]
+    first = _accepted(model, in_channels, dims, side)
+    if f == 1 or first is None:
+        return None
+    r = ratio(contract.pairs[0])
+
+    def on_grid(d: int) -> bool:
+        second = _accepted(model, in_channels, dims, side + d)
+        return second is not None and Fraction(second[0] - first[0], d) == r
+
+    if on_grid(1):
+        return None
+    return next((d for d in range(2, f) if f % d == 0 and on_grid(d)), None)
+
+
 def _accepted(model: torch.nn.Module, in_channels: int, dims: int,
               side: int | tuple[int, ...]) -> tuple[Any, tuple[int, ...]] | None:
     """The output side and the downsampling factor of one forward of a cube (its output's
@@ -247,4 +274,4 @@ def sizes(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[int
     return contract
 
 
-__all__ = ["first_forward", "fixed_sizes", "given_sizes", "sizes"]
+__all__ = ["first_forward", "fixed_sizes", "given_sizes", "size_step", "sizes"]
