@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import densepred
 from densepred.interfaces.cli import main
 from tests.test_reliability_files import one_error_line
 
@@ -71,7 +72,7 @@ def test_info_mistakes_are_one_line_exit_2(capsys, args, message):
 
 class ResidualDown(torch.nn.Module):
     """Two stride-2 levels, each a strided convolution beside a strided shortcut (as MONAI's
-    residual units): the probe counts both strides, a factor of 16 for sizes 4 apart."""
+    residual units): the hooks count both strides, a factor of 16, for sizes 4 apart."""
 
     def __init__(self):
         super().__init__()
@@ -85,12 +86,22 @@ class ResidualDown(torch.nn.Module):
         return self.up(x)
 
 
-def test_a_factor_counted_twice_is_named_with_the_finer_one_that_tiles_exactly(capsys):
-    probed = info(capsys, "--model", "tests.test_model_info:ResidualDown", "--model-kwargs", "{}")
-    assert "factor [16, 16, 16]" in probed[1]
-    assert probed[3].startswith("finer factor?   the model accepts sizes 4 apart, finer than its factor 16")
-    given = info(capsys, "--model", "tests.test_model_info:ResidualDown", "--model-kwargs", "{}", "--factor", "4")
-    assert "factor [4, 4, 4]" in given[1]
-    assert "exact tiling possible" in given[1]
-    assert not any(line.startswith("finer factor?") for line in given)
-    assert not any(line.startswith("finer factor?") for line in info(capsys))  # the U-Net's factor is its own
+def test_strides_counted_in_series_leave_the_factor_the_sizes_show_and_it_tiles_exactly(tmp_path, capsys):
+    """Found by a sweep of MONAI's architectures: ``UNet(num_res_units=2)`` was probed at factor
+    16 for strides of 4, so its exact windows were on a 16-grid (84 per side at least, not 52)."""
+    from densepred.networks.contract_sizes import sizes
+    from tests.test_foreign import trained_looking, whole
+
+    model = ResidualDown().eval()
+    assert sizes(model, 3, 1).factor == (16, 16, 16)  # what the hooks count
+    lines = info(capsys, "--model", "tests.test_model_info:ResidualDown", "--model-kwargs", "{}")
+    assert "factor [4, 4, 4]" in lines[1]
+    assert "exact tiling possible" in lines[1]
+    assert lines[2].startswith("smallest exact  window 16x16x16")  # 4 + 16k before: 20 at least
+    model = trained_looking(model, seed=3)
+    net = densepred.from_torch(model, dims=3, in_channels=1, output="identity")
+    assert net.contract.factor == (4, 4, 4)
+    volume = np.random.default_rng(6).random((29, 38, 33), dtype=np.float32)
+    tiled = densepred.predict_dense(net, volume, mode="exact", tile_shape=(16, 20, 24))  # several per axis
+    np.testing.assert_allclose(tiled, whole(model, volume, (4, 4, 4), (16, 20, 24), lambda t: t), rtol=0,
+                               atol=1e-6)

@@ -20,7 +20,7 @@ from ..errors import DensePredError
 from ..geometry.scale import MAX_TERM, Pair, aligned_factor, ratio
 from ..geometry.scale import text as scale_text
 from . import contract_cache
-from .contract import TilingContract, from_fields, kept_scale, model_hash, probe_input
+from .contract import TilingContract, from_fields, kept_scale, model_hash, probe_input, verdict
 
 
 def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
@@ -196,6 +196,20 @@ def _linear(model: torch.nn.Module, in_channels: int, dims: int, side: int, expe
     return third is not None and third[0] == expected
 
 
+def finest_verdict(model: torch.nn.Module, dims: int, in_channels: int, probed: TilingContract) -> TilingContract:
+    """The full contract (:func:`~.contract.verdict`) from the finest factor that tiles exactly:
+    the step of the sizes the model accepts (:func:`size_step`) where that is finer than the
+    probed factor and the verdict at it (context, shift test, doubling) finds the model exact;
+    else the probed factor's. Finer factors put windows on a finer grid: smaller exact windows,
+    less context recomputed per window."""
+    step = size_step(model, in_channels, dims, probed)
+    if step is not None:
+        finer = verdict(model, dims, in_channels, replace(probed, factor=(step,) * dims))
+        if finer.exact and max(finer.factor) < max(probed.factor):
+            return finer
+    return verdict(model, dims, in_channels, probed)
+
+
 def size_step(model: torch.nn.Module, in_channels: int, dims: int, contract: TilingContract) -> int | None:
     """The step of the grid of sizes the model accepts where it is finer than ``contract``'s
     factor (the same on every axis): the smallest divisor ``d > 1`` of the factor such that the
@@ -274,4 +288,4 @@ def sizes(model: torch.nn.Module, dims: int, in_channels: int, factor: tuple[int
     return contract
 
 
-__all__ = ["first_forward", "fixed_sizes", "given_sizes", "size_step", "sizes"]
+__all__ = ["finest_verdict", "first_forward", "fixed_sizes", "given_sizes", "size_step", "sizes"]

@@ -19,7 +19,7 @@ import torch
 from ..errors import DensePredError
 from ..geometry.scale import aligned_factor, scale_pairs
 from .contract import TilingContract, kept_scale, verdict
-from .contract_sizes import fixed_sizes, given_sizes, sizes
+from .contract_sizes import finest_verdict, fixed_sizes, given_sizes, sizes
 
 log = logging.getLogger("densepred")
 
@@ -46,7 +46,8 @@ class ForeignNet(torch.nn.Module):
     def contract(self) -> TilingContract:
         """The full tiling contract (probed now if it was not yet)."""
         if self._contract is None:
-            self._contract = replace(verdict(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
+            judge = verdict if "factor" in self._overrides else finest_verdict  # a factor given is kept
+            self._contract = replace(judge(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
             log.info("tiling contract: %s", self._contract.describe())
         return self._contract
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import DensePredError
-from ...networks.contract_sizes import size_step
 from ...networks.devices import dtype_of
 from ...networks.foreign import TilingContract
 from ..compute.model_run import ModelRun
@@ -34,7 +33,6 @@ class ModelInfo:
     window_bytes: int  # the estimate for ``window`` (buffers of the windows in flight included)
     device: str
     asked: tuple[int, ...] | None = None  # a window size to check
-    finer: int | None = None  # the step of the sizes the model accepts, where finer than its factor
 
     def report(self) -> str:
         c = self.contract
@@ -44,10 +42,6 @@ class ModelInfo:
             lines.append(f"smallest exact  window {_x(self.window)} (a larger one recomputes less context)")
         else:
             lines.append(f"blended         predict blends windows of {_x(self.window)} (--tile sets another)")
-        if self.finer is not None:
-            lines.append(f"finer factor?   the model accepts sizes {self.finer} apart, finer than its factor "
-                         f"{c.factor[0]} (strides in parallel branches count as if in series): "
-                         f"try --factor {self.finer} (factor=), which the probe then checks for exactness")
         lines.append(f"memory          {self.bytes_per_voxel:,.0f} bytes per input voxel on {self.device} (one "
                      f"forward, measured); window {_x(self.window)} estimated at {self.window_bytes / 2**30:.2f} GiB")
         if self.asked is not None:
@@ -86,10 +80,9 @@ def model_info(fields: dict[str, Any], window: Sequence[int] | None = None, devi
     memory = model_memory(run.net, run.model, run.contract, net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
     name = fields.get("model") or str(fields.get("model_file"))
-    finer = None if (fields.get("contract") or {}).get("factor") else size_step(net.model, net.in_channels, net.dims, c)
     return ModelInfo(name, net.dims, net.in_channels, memory.channels, c, tuple(run.window),
                      memory.per_voxel, memory.window_bytes(run.window, net.in_channels), str(run.device),
-                     None if window is None else tuple(int(v) for v in window), finer)
+                     None if window is None else tuple(int(v) for v in window))
 
 
 def _covering(net: Any) -> tuple[int, ...]:
