@@ -263,13 +263,15 @@ def test_a_probed_contract_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = trained_looking(UNet(), seed=9)
     first = densepred.from_torch(model, dims=3, in_channels=1).contract
-    assert len(list((tmp_path / "densepred" / "contracts").glob("*.json"))) == 2  # sizes and verdict
+    # sizes, verdict, and the finest factor's choice (contract_sizes.finest_verdict)
+    assert len(list((tmp_path / "densepred" / "contracts").glob("*.json"))) == 3
 
     def no_probe(*args):
         raise AssertionError("probed again")
 
     monkeypatch.setattr(contract_sizes, "first_forward", no_probe)
     monkeypatch.setattr(contract, "_verdict", no_probe)
+    monkeypatch.setattr(contract_sizes, "size_step", no_probe)
     assert densepred.from_torch(model, dims=3, in_channels=1).contract == first
     with torch.no_grad():
         model.head.weight.add_(0.01)  # other weights: another key

@@ -201,13 +201,17 @@ def finest_verdict(model: torch.nn.Module, dims: int, in_channels: int, probed: 
     the step of the sizes the model accepts (:func:`size_step`) where that is finer than the
     probed factor and the verdict at it (context, shift test, doubling) finds the model exact;
     else the probed factor's. Finer factors put windows on a finer grid: smaller exact windows,
-    less context recomputed per window."""
+    less context recomputed per window. Cached on disk like the verdict."""
+    key = contract_cache.cache_key("finest", model_hash(model), dims, in_channels, asdict(probed))
+    cached = contract_cache.load(key)
+    if cached is not None:
+        return from_fields(cached)
     step = size_step(model, in_channels, dims, probed)
-    if step is not None:
-        finer = verdict(model, dims, in_channels, replace(probed, factor=(step,) * dims))
-        if finer.exact and max(finer.factor) < max(probed.factor):
-            return finer
-    return verdict(model, dims, in_channels, probed)
+    finer = None if step is None else verdict(model, dims, in_channels, replace(probed, factor=(step,) * dims))
+    if finer is None or not finer.exact or max(finer.factor) >= max(probed.factor):
+        finer = verdict(model, dims, in_channels, probed)
+    contract_cache.store(key, asdict(finer))
+    return finer
 
 
 def size_step(model: torch.nn.Module, in_channels: int, dims: int, contract: TilingContract) -> int | None:
