@@ -242,13 +242,8 @@ def test_any_model_arguments_work_or_fail_in_one_line(tmp_path_factory, capsys, 
                                         "--quiet", *args])
 
 
-PROFILE_OPTIONS = [
-    ("--shape", st.sampled_from(["13,30,27", "30,27", "0,5,5", "a", "13,30,27,4", "400,400,400"])),
-    ("--memory-limit", st.sampled_from(["1G", "10", "50MB"])),
-    ("--max-seconds", st.sampled_from(["2", "0", "-1"])),
-    ("--repeats", st.sampled_from(["1", "0"])),
-    ("--precision", st.sampled_from(["float32", "bfloat16", "float16", "tf32"])),
-    ("--activation", st.sampled_from(["softmax", "sigmoid", "identity"])),
+# what names a model's shape and tiling contract, good and bad values (profile and info)
+CONTRACT_OPTIONS = [
     ("--dims", st.sampled_from(["2", "3"])),
     ("--in-channels", st.sampled_from(["1", "2", "0"])),
     ("--factor", st.sampled_from(["2", "3", "0"])),
@@ -256,6 +251,16 @@ PROFILE_OPTIONS = [
     ("--context", st.sampled_from(["5", "2:3,2:3,2:3", "-1"])),
     ("--scale", st.sampled_from(["1", "0.5", "0"])),
     ("--output-tensor", st.sampled_from(["0", "1"])),
+]
+
+PROFILE_OPTIONS = [
+    ("--shape", st.sampled_from(["13,30,27", "30,27", "0,5,5", "a", "13,30,27,4", "400,400,400"])),
+    ("--memory-limit", st.sampled_from(["1G", "10", "50MB"])),
+    ("--max-seconds", st.sampled_from(["2", "0", "-1"])),
+    ("--repeats", st.sampled_from(["1", "0"])),
+    ("--precision", st.sampled_from(["float32", "bfloat16", "float16", "tf32"])),
+    ("--activation", st.sampled_from(["softmax", "sigmoid", "identity"])),
+    *CONTRACT_OPTIONS,
     ("--modes", st.sampled_from(["mfp", "exact"])),
     ("--write", None),
     ("--device", st.sampled_from(["cpu", "cuda:3", "mps"])),
@@ -305,13 +310,7 @@ def test_any_model_plan_arguments_work_or_fail_in_one_line(capsys, drawn):
 
 INFO_OPTIONS = [
     ("--input-shape", st.sampled_from(["36,40,48", "14", "0,0,0", "a", "16,16", "-4,8,8"])),
-    ("--dims", st.sampled_from(["2", "3"])),
-    ("--in-channels", st.sampled_from(["1", "2", "0"])),
-    ("--factor", st.sampled_from(["2", "3", "0"])),
-    ("--smallest", st.sampled_from(["4", "8,8,8", "0"])),
-    ("--context", st.sampled_from(["5", "2:3,2:3,2:3", "-1"])),
-    ("--scale", st.sampled_from(["1", "0.5", "0"])),
-    ("--output-tensor", st.sampled_from(["0", "1"])),
+    *CONTRACT_OPTIONS,
     ("--activation", st.sampled_from(["softmax", "sigmoid"])),
     ("--device", st.sampled_from(["cpu", "cuda:3"])),
 ]

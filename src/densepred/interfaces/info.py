@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..config import load_config, network_geometry
 from ..errors import DensePredError
 from ..geometry import Geometry
-from .model_options import contract_fields
+from .model_options import model_fields
 from .values import parse_ints, parse_shape
 
 
@@ -40,12 +40,7 @@ def run_model_info(args: argparse.Namespace) -> int:
     """``densepred info --model ...``: the model's tiling contract, smallest exact window and memory."""
     from ..running.jobs.model_info import model_info
 
-    if args.config is not None:
-        raise DensePredError("give a config or a model (--model, --model-file), not both")
-    fields = {"model": args.model, "model_file": args.model_file, "model_kwargs": args.model_kwargs,
-              "weights": args.weights, "trust_imports": tuple(args.trust_imports), "dims": args.dims,
-              "in_channels": args.in_channels, "activation": args.activation, "output_tensor": args.output_tensor,
-              "weights_format": args.weights_format, "contract": contract_fields(args)}
+    fields = model_fields(args)
     window = parse_ints(args.input_shape, None, "--input-shape")
     print(model_info(fields, window, args.device).report())
     return 0

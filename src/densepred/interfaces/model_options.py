@@ -92,8 +92,6 @@ def run_model_profile(args: argparse.Namespace) -> int:
     """``densepred profile --model ...``: the model's exact windows measured for an image."""
     from ..running.profiling.model_profile import profile_model
 
-    if args.config is not None:
-        raise DensePredError("give a config or a model (--model, --model-file), not both")
     for option, given in (("--modes", args.modes), ("--aspect", args.aspect), ("--write", args.write)):
         if given:
             raise DensePredError(f"{option} is for densepred's own nets; a model's profile measures its exact "
@@ -101,10 +99,7 @@ def run_model_profile(args: argparse.Namespace) -> int:
     if args.max_seconds <= 0 or args.repeats < 1:
         raise DensePredError("--max-seconds must be positive and --repeats at least 1")
     result = profile_model(
-        args.model, model_file=args.model_file, model_kwargs=args.model_kwargs, weights=args.weights,
-        trust_imports=args.trust_imports, dims=args.dims, in_channels=args.in_channels, activation=args.activation,
-        output_tensor=args.output_tensor, weights_format=args.weights_format, contract=contract_fields(args),
-        input=args.input, shape=parse_ints(args.shape, None, "--shape"), device=args.device,
+        **model_fields(args), input=args.input, shape=parse_ints(args.shape, None, "--shape"), device=args.device,
         precision=args.precision, memory_limit=parse_size(args.memory_limit, "--memory-limit")
         if args.memory_limit else None, max_seconds=args.max_seconds, repeats=args.repeats, out=args.out,
         progress=not args.quiet)
@@ -125,17 +120,13 @@ def run_model_plan(args: argparse.Namespace) -> int:
     """``densepred plan --model ...``: the model's job sized before it runs."""
     from ..running.jobs.model_plan import plan_model_job
 
-    if args.config is not None:
-        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    fields = model_fields(args)  # a config given with the model is refused first
     if args.mirror:
         raise DensePredError("--mirror is for densepred's own nets; a model's output always covers its input")
     if args.mode not in (None, "auto", "exact", "blend"):
         raise DensePredError(f"--mode {args.mode} is for densepred's own nets; a model takes auto, exact or blend")
     result = plan_model_job(
-        args.model, model_file=args.model_file, model_kwargs=args.model_kwargs, weights=args.weights,
-        trust_imports=args.trust_imports, dims=args.dims, in_channels=args.in_channels, activation=args.activation,
-        output_tensor=args.output_tensor, weights_format=args.weights_format, contract=contract_fields(args),
-        input=args.input, shape=parse_ints(args.shape, None, "--shape"), input_dtype=args.input_dtype,
+        **fields, input=args.input, shape=parse_ints(args.shape, None, "--shape"), input_dtype=args.input_dtype,
         workers=args.workers, window=_per_axis(args.tile, "--tile"),
         blocks=None if args.block == "1" else _block(args.block), mode=args.mode or "auto", overlap=args.overlap,
         tta=_tta(args.tta), stored_channels=args.channels, stored_dtype=args.dtype, profile_csv=args.profile,
@@ -154,6 +145,17 @@ def _row_text(result: Any, row: Any) -> str:
     return (f"{row.precision} window {window}: {row.windows:,} windows x {row.seconds:.3g} s = "
             f"{row.image_seconds:.3g} s, {result.rate(row) / 1e6:.3g} Mvox/s (estimated "
             f"{row.estimated_bytes / 2**30:.2f} GiB{peak})")
+
+
+def model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~densepred.PredictJob` fields that name a model, from its options (``info``,
+    ``profile`` and ``plan``; a config given with them is refused)."""
+    if args.config is not None:
+        raise DensePredError("give a config or a model (--model, --model-file), not both")
+    return {"model": args.model, "model_file": args.model_file, "model_kwargs": args.model_kwargs,
+            "weights": args.weights, "trust_imports": tuple(args.trust_imports), "dims": args.dims,
+            "in_channels": args.in_channels, "activation": args.activation, "output_tensor": args.output_tensor,
+            "weights_format": args.weights_format, "contract": contract_fields(args)}
 
 
 def contract_fields(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -209,7 +211,8 @@ def _tta(text: str | None) -> str | tuple[int, ...] | None:
                              "flip, like 1,2") from None
 
 
-__all__ = ["add_model_options", "contract_fields", "model_job", "run_model_plan", "run_model_profile"]
+__all__ = ["add_model_options", "contract_fields", "model_fields", "model_job", "run_model_plan",
+           "run_model_profile"]
 
 
 def _per_axis(text: str | None, option: str) -> int | tuple[int, ...] | None:
