@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 LOG_INTERVAL = 60.0  # seconds between progress lines in a batch log
@@ -87,6 +87,11 @@ class Progress:
 
 
 ProgressOption = bool | Callable[[Progress], None]
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(8, 64, 64)`` -> ``"8x64x64"``, as in the profiles' CSV files."""
+    return "x".join(str(v) for v in shape)
 
 
 def count_text(n: float) -> str:

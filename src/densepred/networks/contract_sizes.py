@@ -226,15 +226,13 @@ def size_step(model: torch.nn.Module, in_channels: int, dims: int, contract: Til
     factor = set(contract.factor)
     if len(factor) != 1 or not contract.smallest or len(set(contract.smallest)) != 1 or any(contract.fixed):
         return None
-    (f,), side = factor, contract.smallest[0]
-    first = _accepted(model, in_channels, dims, side)
-    if f == 1 or first is None:
+    (f,), side, r = factor, contract.smallest[0], ratio(contract.pairs[0])
+    if f == 1:
         return None
-    r = ratio(contract.pairs[0])
 
-    def on_grid(d: int) -> bool:
+    def on_grid(d: int) -> bool:  # the output of side + d: the smallest input's, larger by d times the scale
         second = _accepted(model, in_channels, dims, side + d)
-        return second is not None and Fraction(second[0] - first[0], d) == r
+        return second is not None and second[0] == (side + d) * r - 2 * contract.crop[0]
 
     if on_grid(1):
         return None

@@ -87,6 +87,15 @@ def model_layers(model: torch.nn.Module) -> dict[str, str]:
     return {"model": type(model).__qualname__, "layers": repr(model)}
 
 
+MODEL_AGAIN = "densepred profile --model ..."  # what measures a model's verdict again
+
+
+def model_key(net: Any) -> dict[str, str]:
+    """The key of a :class:`~.foreign.ForeignNet`'s verdicts: its model's layers (a 2D model's
+    own over a stack, so both share one verdict)."""
+    return model_layers(getattr(net, "flat", net).model)
+
+
 def _path(network: Any, device: torch.device, precision: str) -> Path:
     """``network``: the config's network section (its layers decide the speed, its weights do
     not), or a model's :func:`model_layers`."""

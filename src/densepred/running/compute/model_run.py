@@ -30,7 +30,7 @@ from ...io import ChannelFirst
 from ...networks.devices import fast_memory_format, in_memory_format, on_device, resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
 from ...networks.precision import FLOAT32, Precision, precision_for
-from ...networks.precision_speed import model_layers, refuse_if_slower
+from ...networks.precision_speed import model_key, refuse_if_slower
 from ...pipeline import run_pipeline
 from ...progress import Progress, ProgressOption
 from ..planning.model_window import (
@@ -118,7 +118,7 @@ class ModelRun:
             raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
         precision = precision_for(precision, device)
-        refuse_if_slower(model_layers(getattr(net, "flat", net).model), device, precision.name)
+        refuse_if_slower(model_key(net), device, precision.name)
         model = on_device(net.model, device)
         memory_format = fast_memory_format(model, device)
         model = in_memory_format(model, memory_format)

@@ -13,6 +13,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...networks.devices import dtype_of
 from ...networks.foreign import TilingContract
+from ...progress import shape_text
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..planning.model_window import DEFAULT_WINDOW, model_memory, smallest_exact
@@ -39,11 +40,12 @@ class ModelInfo:
         lines = [f"model '{self.name}': {self.dims}D, {self.in_channels} channel(s) in, {self.out_channels} out",
                  f"contract        {c.describe()}"]
         if c.exact:
-            lines.append(f"smallest exact  window {_x(self.window)} (a larger one recomputes less context)")
+            lines.append(f"smallest exact  window {shape_text(self.window)} (a larger one recomputes less context)")
         else:
-            lines.append(f"blended         predict blends windows of {_x(self.window)} (--tile sets another)")
+            lines.append(f"blended         predict blends windows of {shape_text(self.window)} (--tile sets another)")
         lines.append(f"memory          {self.bytes_per_voxel:,.0f} bytes per input voxel on {self.device} (one "
-                     f"forward, measured); window {_x(self.window)} estimated at {self.window_bytes / 2**30:.2f} GiB")
+                     f"forward, measured); window {shape_text(self.window)} estimated at "
+                     f"{self.window_bytes / 2**30:.2f} GiB")
         if self.asked is not None:
             lines.append(self._asked_text())
         return "\n".join(lines)
@@ -55,13 +57,14 @@ class ModelInfo:
             near = [_nearest(n, m, f) for n, m, f in zip(asked, smallest, c.factor, strict=True)]
             below = [b for b, _ in near]
             above = [a for _, a in near]
-            options = " or ".join(_x(w) for w in (below, above) if all(v >= m for v, m in zip(w, smallest,
+            options = " or ".join(shape_text(w) for w in (below, above) if all(v >= m for v, m in zip(w, smallest,
                                                                                             strict=True)))
-            return (f"window {_x(asked)}: not on the contract's sizes (smallest input + k * factor per axis); "
+            return (f"window {shape_text(asked)}: not on the contract's sizes (smallest input + k * factor per axis); "
                     f"nearest: {options}")
         if c.exact and any(a < w for a, w in zip(asked, self.window, strict=True)):
-            return f"window {_x(asked)}: accepted, but too small for exact tiling (at least {_x(self.window)})"
-        return f"window {_x(asked)}: accepted" + (", exact tiling possible" if c.exact else "")
+            return (f"window {shape_text(asked)}: accepted, but too small for exact tiling (at least "
+                    f"{shape_text(self.window)})")
+        return f"window {shape_text(asked)}: accepted" + (", exact tiling possible" if c.exact else "")
 
 
 def model_info(fields: dict[str, Any], window: Sequence[int] | None = None, device: str | None = None) -> ModelInfo:
@@ -102,6 +105,3 @@ def _nearest(n: int, smallest: int, factor: int) -> tuple[int, int]:
     k = max(0, (n - smallest) // factor)
     return smallest + k * factor, smallest + (k + 1) * factor
 
-
-def _x(shape: Sequence[int]) -> str:
-    return "x".join(str(v) for v in shape)

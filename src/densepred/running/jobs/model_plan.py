@@ -24,8 +24,8 @@ from ...io import ArraySpec, ChannelFirst, open_array
 from ...networks.bioimageio import is_rdf
 from ...networks.foreign import ForeignNet
 from ...networks.precision import FLOAT32
-from ...networks.precision_speed import device_name, model_layers, remember, slower_message
-from ...progress import count_text
+from ...networks.precision_speed import MODEL_AGAIN, device_name, model_key, remember, slower_message
+from ...progress import count_text, shape_text
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
@@ -63,11 +63,11 @@ class ModelPlan:
         voxels = math.prod(self.output_shape)
         views = f", {self.views} views each" if self.views > 1 else ""
         lines = [
-            f"model '{self.model}': output {_x((self.channels, *self.output_shape))} ({count_text(voxels)} voxels, "
-            f"{self.channels} channel(s))",
-            f"windows  {count_text(self.windows)} of {_x(self.window)} ({self.mode}{views})",
-            f"blocks   {count_text(len(self.blocks))} of {_x(self.blocks.block)} output voxels (whole shards; on a "
-            "cluster a window that straddles two blocks is computed in both)",
+            f"model '{self.model}': output {shape_text((self.channels, *self.output_shape))} "
+            f"({count_text(voxels)} voxels, {self.channels} channel(s))",
+            f"windows  {count_text(self.windows)} of {shape_text(self.window)} ({self.mode}{views})",
+            f"blocks   {count_text(len(self.blocks))} of {shape_text(self.blocks.block)} output voxels (whole "
+            "shards; on a cluster a window that straddles two blocks is computed in both)",
             f"read     at most {bytes_text(self.input_bytes)} (each window reads its own input, context included)",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
         ]
@@ -174,12 +174,12 @@ def _rate(run: ModelRun, profile_csv: str | Path | None, measure: bool) -> tuple
         float32_seconds, _ = timed_window(run, run.window, 1)
         run.precision = reduced
         voxels = math.prod(run.output_window)
-        how = f"densepred plan --model --measure, window {_x(run.window)}"
-        remember(model_layers(getattr(run.net, "flat", run.net).model), run.device, precision, voxels / seconds,
-                 voxels / float32_seconds, how, "densepred profile --model ...")
+        how = f"densepred plan --model --measure, window {shape_text(run.window)}"
+        remember(model_key(run.net), run.device, precision, voxels / seconds, voxels / float32_seconds, how,
+                 MODEL_AGAIN)
         if seconds > float32_seconds:
             raise DensePredError(slower_message(precision, device_name(run.device), voxels / seconds,
-                                                voxels / float32_seconds, how, "densepred profile --model ..."))
+                                                voxels / float32_seconds, how, MODEL_AGAIN))
     return seconds, f"one window timed now, {precision}"
 
 
@@ -189,13 +189,10 @@ def seconds_from_profile(path: str | Path, window: Sequence[int], precision: str
                          "a model's model_profile.csv (densepred profile --model ... --out DIR writes one; a "
                          "network's profile.csv has tiles, not windows)")
     rows = [r for r in table if r.get("status") == "ok" and r.get("precision") == precision]
-    own = [r for r in rows if r.get("window") == _x(window)]
+    own = [r for r in rows if r.get("window") == shape_text(window)]
     if not own:
         measured = ", ".join(r["window"] for r in rows if "window" in r) or "none"
-        raise DensePredError(f"{path} has no {precision} row for window {_x(window)} (its windows: {measured}); "
-                             "give one of them as --tile, or time this one with --measure")
+        raise DensePredError(f"{path} has no {precision} row for window {shape_text(window)} (its windows: "
+                             f"{measured}); give one of them as --tile, or time this one with --measure")
     return float(own[0]["seconds_per_window"]), f"{path}, this window"
 
-
-def _x(shape: Sequence[int]) -> str:
-    return "x".join(str(v) for v in shape)

@@ -26,7 +26,7 @@ from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
 from ...networks.precision import FLOAT32, Precision, precision_for
 from ...networks.precision_speed import device_name, remember, slower_message
-from ...progress import count_text, duration_text
+from ...progress import count_text, duration_text, shape_text
 from .tiling import footprint_on, plan_and_mode
 
 
@@ -57,10 +57,11 @@ class JobPlan:
     def report(self) -> str:
         tiles = math.prod(math.ceil(o / t) for o, t in zip(self.output_shape, self.output_tile, strict=True))
         lines = [
-            f"network '{self.name}': output {_x(self.output_shape)} = {count_text(self.output_voxels)} voxels",
-            f"tiles    {count_text(tiles)} of {_x(self.output_tile)} (input window {_x(self.input_tile)}, {self.mode})",
-            f"blocks   {count_text(len(self.blocks))} of {_x(self.blocks.block)} voxels (whole shards; each reads its "
-            f"own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
+            f"network '{self.name}': output {shape_text(self.output_shape)} = {count_text(self.output_voxels)} voxels",
+            f"tiles    {count_text(tiles)} of {shape_text(self.output_tile)} (input window "
+            f"{shape_text(self.input_tile)}, {self.mode})",
+            f"blocks   {count_text(len(self.blocks))} of {shape_text(self.blocks.block)} voxels (whole shards; each "
+            f"reads its own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
             f"read     {bytes_text(self.input_bytes)}",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
         ]
@@ -140,11 +141,11 @@ def _rate(cfg: Config, geometry: Geometry, input_tile: tuple[int, ...], mode: st
     rate = voxels / tile_seconds(cfg, mode, input_tile, device, precision)
     if precision.name != "float32":  # as the profiler: measured against float32 on the same tile, and kept
         float32_rate = voxels / tile_seconds(cfg, mode, input_tile, device, FLOAT32)
-        how = f"densepred plan --measure, {mode} {_x(input_tile)}"
+        how = f"densepred plan --measure, {mode} {shape_text(input_tile)}"
         remember(cfg.network, device, precision.name, rate, float32_rate, how)
         if rate < float32_rate:
             raise DensePredError(slower_message(precision.name, device_name(device), rate, float32_rate, how))
-    return rate, f"one {_x(input_tile)} tile timed now, {precision.name}"
+    return rate, f"one {shape_text(input_tile)} tile timed now, {precision.name}"
 
 
 def tile_seconds(cfg: Config, mode: str, input_tile: tuple[int, ...], device: torch.device,
@@ -169,7 +170,7 @@ def rate_from_profile(path: str | Path, input_tile: Sequence[int], mode: str,
     if not rows:
         raise DensePredError(f"{path} has no measured rows in {precision}; run densepred profile "
                              f"--precision {precision} first")
-    tile = _x(input_tile).replace(" ", "")
+    tile = shape_text(input_tile).replace(" ", "")
     own = [r for r in rows if r["input_shape"] == tile and r["mode"] == mode]
     if own:
         return float(own[0]["voxels_per_s"]), f"{path}, this tile"
@@ -193,9 +194,6 @@ def read_profile(path: str | Path, columns: Sequence[str], expected: str) -> lis
         raise DensePredError(f"{path} has no {', '.join(missing)} column(s), so it is not {expected}")
     return rows
 
-
-def _x(shape: Sequence[int]) -> str:
-    return "x".join(str(v) for v in shape)
 
 
 def bytes_text(n: float) -> str:

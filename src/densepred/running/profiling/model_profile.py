@@ -35,7 +35,7 @@ from ...files import atomic_write_text
 from ...io import ChannelFirst
 from ...networks.devices import resolve_device
 from ...networks.precision import precision_for
-from ...networks.precision_speed import model_layers, remember
+from ...networks.precision_speed import MODEL_AGAIN, model_key, remember
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
@@ -167,7 +167,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     run.precision = precision_for(resolved, run.device)
     _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress)
     if resolved != "float32" and result.best is not None:
-        _against_float32(run, net, result, repeats, ladder)
+        _against_float32(run, result, repeats, ladder)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ def _timed(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
                      heap_kept=step.heap_kept)
 
 
-def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int, ladder: list[LadderStep]) -> None:
+def _against_float32(run: ModelRun, result: ModelProfile, repeats: int, ladder: list[LadderStep]) -> None:
     """float32 on the fastest window of the profile's precision, a row of its own, and the
     verdict kept for predictions of this model on this machine."""
     best = result.best
@@ -233,6 +233,5 @@ def _against_float32(run: ModelRun, net: Any, result: ModelProfile, repeats: int
     run.precision = reduced
     result.rows.append(row)
     if row.status == "ok":
-        remember(model_layers(getattr(net, "flat", net).model), run.device, result.precision, result.rate(best),
-                 result.rate(row), f"densepred profile --model, window {shape_text(best.window)}",
-                 "densepred profile --model ...")
+        remember(model_key(run.net), run.device, result.precision, result.rate(best), result.rate(row),
+                 f"densepred profile --model, window {shape_text(best.window)}", MODEL_AGAIN)

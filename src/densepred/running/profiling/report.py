@@ -13,6 +13,7 @@ from pathlib import Path
 from ...config import load_config, set_prediction_settings
 from ...errors import DensePredError
 from ...files import atomic_write_text
+from ...progress import shape_text
 
 PROFILE_MODES = ("mfp", "dilated", "naive", "stream")
 CSV_COLUMNS = ("mode", "input_shape", "output_shape", "output_voxels", "seconds", "voxels_per_s",
@@ -181,6 +182,3 @@ def write_prediction_settings(path: str | Path, tile_shape: Sequence[int], mode:
     atomic_write_text(path, updated)
 
 
-def shape_text(shape: Sequence[int]) -> str:
-    """``(8, 64, 64)`` -> ``"8x64x64"``, as in the CSV."""
-    return "x".join(str(v) for v in shape)
