@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--input", choices=("zarr", "hdf5"), default="zarr",
                         help="the input's format: zarr (zstd) or HDF5 (gzip), 64^3 chunks either way")
     parser.add_argument("--work", default=None, help="folder for the volumes (default: a temporary one)")
+    parser.add_argument("--tile", default=None, help="densepred's --tile (default: its plan's)")
     parser.add_argument("--ceiling", action="store_true", help="also time the plain program, one copy per core")
     args = parser.parse_args()
     sets = args.sets.split(",")
@@ -72,6 +73,7 @@ def main() -> None:
                    "--dtype", "uint8", "--quiet", "--overwrite"]
         command += ["--classes", "1"] if args.classes == 1 else []
         command += ["--levels", str(args.levels)] if args.levels else []
+        command += ["--tile", args.tile] if args.tile else []
         runs: dict[str, list[list[float]]] = {cores: [] for cores in sets}
         for _ in range(args.repeats):
             for cores in sets:

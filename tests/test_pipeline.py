@@ -79,6 +79,29 @@ def test_uint8_encoding_rounds_and_stores_nan_as_zero_without_touching_its_input
     np.testing.assert_array_equal(probabilities, before)
 
 
+@pytest.mark.parametrize("encoding", [Encoding(3, "uint8"), Encoding(3, "float16", (2, 0)), Encoding(3, argmax=True),
+                                      Encoding(3, "uint8", (1,)), Encoding(3)], ids=str)
+def test_a_box_encoded_block_by_block_equals_the_whole_box_encoded_at_once(encoding, monkeypatch):
+    from densepred.running.compute import sink
+
+    monkeypatch.setattr(sink, "BLOCK_VALUES", 3 * 2 * 23 * 3)  # blocks of 2 rows: 7 and a half of them
+    probabilities = np.random.default_rng(3).random((3, 15, 23, 11), dtype=np.float32)[..., 4:]  # a view, as cropped
+    probabilities[:, 5, 7, 2] = np.nan  # the second block, and the last
+    probabilities[2, 14, 0, 0] = np.nan  # softmax makes NaN of any non-finite logit
+    written = {}
+
+    class Output:
+        def write_box(self, box, values, labels):
+            written.update(box=box, values=values.copy(), labels=labels)
+
+    non_finite = sink.NonFinite(shift=(100, 0, 0))
+    assert sink.Sink(Output(), encoding, non_finite).write((slice(4, 19), slice(0, 23), slice(9, 16)),
+                                                           probabilities) == 15 * 23 * 7
+    np.testing.assert_array_equal(written["values"], encoding(probabilities))
+    assert written["values"].dtype == encoding.stored_dtype and written["labels"] == encoding.argmax
+    assert (non_finite.count, non_finite.first) == (2, (109, 7, 11))
+
+
 def test_a_file_run_with_two_writers_equals_the_in_memory_prediction(config, tmp_path):
     # tiles of a few voxels, many in flight: the writers interleave tile after tile
     volume = np.random.default_rng(11).random((13, 47, 39), dtype=np.float32)

@@ -23,6 +23,7 @@ import densepred
 from densepred.interfaces.cli import main
 from densepred.io.arrays import open_array
 from densepred.io.encoding import Encoding
+from densepred.running.compute.sink import Sink
 from tests.conftest import CONFIG, make_config, mark_interrupted
 
 TILE = "6,19,17"  # MFP-valid: output tiles of 4 x 12 x 10
@@ -153,15 +154,15 @@ def chunk_files(folder: Path) -> dict[str, bytes]:
 def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, tmp_path, monkeypatch, capsys):
     assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--batch-size", "2") == 0
     calls = {"n": 0}
-    original = Encoding.__call__
+    original = Sink.write
 
-    def failing(self, probabilities):
+    def failing(self, box, values):
         calls["n"] += 1
         if calls["n"] == 9:
             raise OSError(28, "No space left on device")
-        return original(self, probabilities)
+        return original(self, box, values)
 
-    monkeypatch.setattr(Encoding, "__call__", failing)
+    monkeypatch.setattr(Sink, "write", failing)
     out = str(tmp_path / "part.zarr")
     assert predict(config, tmp_path, out, "--batch-size", "2") == 2
     err = capsys.readouterr().err
@@ -172,7 +173,7 @@ def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, t
     assert len(err.strip().splitlines()) == 1
     assert zarr.open_group(out, mode="r").attrs["densepred"]["complete"] is False
     assert json.loads((tmp_path / "part.zarr.densepred" / "run.json").read_text())["complete"] is False
-    monkeypatch.setattr(Encoding, "__call__", original)
+    monkeypatch.setattr(Sink, "write", original)
     assert predict(config, tmp_path, out) == 2  # exists: refused without --resume
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     # a chunk write cut short by a crash leaves zarr's temporary file; resume clears it

@@ -18,9 +18,9 @@ import zarr
 
 from densepred.files import atomic_write_text
 from densepred.io.arrays import ArraySpec, open_array
-from densepred.io.encoding import Encoding
 from densepred.io.run_record import DoneLog, done_line, read_done
 from densepred.networks.weights import save_weights
+from densepred.running.compute.sink import Sink
 from tests.conftest import mark_interrupted
 from tests.test_predict_files import TILE, in_memory, predict
 
@@ -135,16 +135,16 @@ def test_2_every_written_box_is_synced_before_its_tile_is_recorded(config, volum
 
 
 def fail_after(monkeypatch, tiles):
-    original = Encoding.__call__
+    original = Sink.write
     calls = {"n": 0}
 
-    def failing(self, probabilities):
+    def failing(self, box, values):
         calls["n"] += 1
         if calls["n"] > tiles:
             raise OSError(5, "Input/output error")
-        return original(self, probabilities)
+        return original(self, box, values)
 
-    monkeypatch.setattr(Encoding, "__call__", failing)
+    monkeypatch.setattr(Sink, "write", failing)
 
 
 # -- 3. the record and the output stay in step ------------------------------------------------------

@@ -11,9 +11,9 @@ import torch
 import densepred
 from densepred import DensePredError, predict_dense
 from densepred.interfaces.cli import main
-from densepred.io.encoding import Encoding
 from densepred.io.synthetic import em_volume
 from densepred.networks.weights import save_weights
+from densepred.running.compute.sink import Sink
 from densepred.running.training import read_history
 from tests.conftest import NETS, make_net
 
@@ -83,15 +83,15 @@ def test_densepred_predict_over_a_tiff_stack_equals_slice_by_slice_with_roi_and_
     np.testing.assert_allclose(stored, expected, atol=2e-5)
     assert main([*args, "--output", str(tmp_path / "roi.npy"), "--roi", "2:5,10:40,3:30"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "roi.npy"), expected[:, 2:5, 10:40, 3:30], atol=2e-5)
-    original, calls = Encoding.__call__, {"n": 0}
+    original, calls = Sink.write, {"n": 0}
 
-    def failing(self, probabilities):
+    def failing(self, box, values):
         calls["n"] += 1
         if calls["n"] > 3:
             raise OSError(5, "Input/output error")
-        return original(self, probabilities)
+        return original(self, box, values)
 
-    monkeypatch.setattr(Encoding, "__call__", failing)
+    monkeypatch.setattr(Sink, "write", failing)
     assert main([*args, "--output", str(tmp_path / "cut.h5:p")]) == 2
     monkeypatch.undo()
     assert main([*args, "--output", str(tmp_path / "cut.h5:p"), "--resume"]) == 0

@@ -43,6 +43,10 @@ class Encoding:
             return np.dtype(np.uint8 if self.n_classes <= 256 else np.uint16)
         return np.dtype(self.dtype)
 
+    def keeps(self, probabilities: np.ndarray) -> bool:
+        """Whether ``probabilities`` are stored as they are (no subset, no conversion)."""
+        return not self.argmax and self.classes is None and probabilities.dtype == self.stored_dtype
+
     def __call__(self, probabilities: np.ndarray) -> np.ndarray:
         """``(K, *box)`` float32 probabilities -> stored values."""
         if self.argmax:
