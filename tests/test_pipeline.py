@@ -98,7 +98,8 @@ def test_a_box_encoded_block_by_block_equals_the_whole_box_encoded_at_once(encod
     assert sink.Sink(Output(), encoding, non_finite).write((slice(4, 19), slice(0, 23), slice(9, 16)),
                                                            probabilities) == 15 * 23 * 7
     np.testing.assert_array_equal(written["values"], encoding(probabilities))
-    assert written["values"].dtype == encoding.stored_dtype and written["labels"] == encoding.argmax
+    assert written["values"].dtype == encoding.stored_dtype
+    assert written["labels"] == encoding.argmax
     assert (non_finite.count, non_finite.first) == (2, (109, 7, 11))
 
 

@@ -163,6 +163,23 @@ def test_3_a_failed_output_creation_leaves_no_record(config, volume, tmp_path, m
     assert predict(config, tmp_path, str(tmp_path / "out.zarr")) == 0  # not "already exists"
 
 
+def test_3_an_overwrite_that_cannot_create_the_new_output_leaves_no_hidden_folders(config, volume, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from densepred.running.jobs import file_job
+
+    assert predict(config, tmp_path, str(tmp_path / "out.zarr")) == 0
+
+    def broken(*args, **kwargs):
+        raise file_job.DensePredError("cannot create out.zarr: simulated")
+
+    monkeypatch.setattr(file_job, "create_output", broken)
+    assert predict(config, tmp_path, str(tmp_path / "out.zarr"), "--overwrite") == 2
+    assert "simulated" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob(".*")) == []  # the old output and record, set aside, are deleted
+    assert not (tmp_path / "out.zarr").exists()
+    assert not (tmp_path / "out.zarr.densepred").exists()
+
+
 def test_3_a_deleted_output_is_computed_again_not_reported_done(config, volume, tmp_path, capsys):
     out = tmp_path / "o3.zarr"
     assert predict(config, tmp_path, str(out)) == 0

@@ -156,6 +156,16 @@ def _start_output(planned: PlannedJob, replace_old: bool) -> Any:
     if exists:
         set_aside(spec, checked=True)
     try:
+        return _create(planned)
+    except Exception:
+        clear_deleted(spec)  # what was set aside goes now: no run follows to delete it
+        raise
+
+
+def _create(planned: PlannedJob) -> Any:
+    """The new record, then the new output; the record goes again if the output cannot be made."""
+    spec, record_dir = planned.out_spec, planned.record_dir
+    try:
         record_dir.mkdir(parents=True)
     except OSError as exc:
         raise DensePredError(f"cannot create {record_dir}: {exc.strerror}") from None
