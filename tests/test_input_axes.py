@@ -111,19 +111,61 @@ def test_a_movie_is_a_stack_for_a_2d_net_and_a_time_series_of_volumes_is_one_lin
     ome_image(tmp_path / "series.zarr", np.zeros((3, 1, 9, 20, 20), np.uint8) + 7, "tczyx", "0.4")
     code = main(["predict", str(config), "--input", str(tmp_path / "series.zarr"), "--output",
                  str(tmp_path / "s.npy"), "--quiet"])
-    one_error_line(capsys, code, "is a time series of 3 volumes (TCZYX)")
+    one_error_line(capsys, code, f"is a time series of 3 volumes (TCZYX); densepred predicts one volume at a time: "
+                                 f"name a time point, {tmp_path / 'series.zarr'}@t=0 to")
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_a_time_point_of_a_series_of_volumes_is_predicted_as_that_volume(tmp_path, version, capsys):
+    series = np.random.default_rng(6).integers(0, 255, (3, 1, 9, 21, 19), dtype=np.uint8)
+    ome_image(tmp_path / "series.zarr", series, "tczyx", version)
+    config, net = net_config(tmp_path, 3, 1)
+    for t in (0, 2):
+        np.testing.assert_allclose(predicted(config, f"{tmp_path / 'series.zarr'}@t={t}", tmp_path, "--mirror"),
+                                   densepred.predict_dense(net, series[t, 0], mirror=True), rtol=0, atol=1e-6)
+    out = str(tmp_path / "t1.zarr")
+    args = ["predict", str(config), "--input", f"{tmp_path / 'series.zarr'}@t=1", "--output", out, "--quiet"]
+    assert main(args) == 0  # into OME-Zarr: the voxel size of the series' spatial axes
+    scale = zarr.open_group(out).attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale["scale"][1:] == [40.0, 4.0, 4.0]
+    assert json.loads((tmp_path / "t1.zarr.densepred" / "run.json").read_text())["input"]["spec"].endswith("@t=1")
+    capsys.readouterr()
+    args[3] = f"{tmp_path / 'series.zarr'}@t=2"
+    one_error_line(capsys, main([*args, "--resume"]), "cannot resume")  # another time point is another input
+
+
+def test_a_time_point_of_a_fiji_hyperstack_and_the_mistakes_around_time_points(tmp_path, capsys):
+    stack = np.random.default_rng(7).random((2, 5, 2, 23, 17), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, metadata={"axes": "TZCYX"})
+    config, net = net_config(tmp_path, 3, 2)
+    np.testing.assert_allclose(predicted(config, f"{tmp_path / 'ij.tif'}@t=1", tmp_path),
+                               densepred.predict_dense(net, np.moveaxis(stack[1], 1, 0)), rtol=0, atol=1e-6)
+    np.save(tmp_path / "plain.npy", stack[0, :, 0])
+    for spec, output, message in [
+            (f"{tmp_path / 'ij.tif'}@t=2", "o.npy", "is past the end of its 2 time point(s): valid are @t=0 to @t=1"),
+            (f"{tmp_path / 'plain.npy'}@t=0", "o.npy", "names a time point, but a npy file names no axes"),
+            (f"{tmp_path / 'ij.tif'}@t=0", "o.zarr@t=0", "names a time point; @t=N selects a time point of an input")]:
+        code = main(["predict", str(config), "--input", spec, "--output", str(tmp_path / output), "--quiet"])
+        one_error_line(capsys, code, message)
+    assert not (tmp_path / "o.zarr").exists()
+    assert not list(tmp_path.glob("o.zarr@*"))
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_a_view_reads_every_box_as_numpy_reads_the_reordered_array(data):
     axes = data.draw(st.sampled_from(["TCZYX", "ZCYX", "YXS", "CYXS", "TZYX", "ZYXC"]))
-    sizes = {"T": 1, "S": data.draw(st.integers(1, 4))}
+    points = data.draw(st.integers(1, 3)) if "T" in axes else 1
+    sizes = {"T": points, "S": data.draw(st.integers(1, 4))}
     shape = [sizes.get(a) or data.draw(st.integers(1, 6)) for a in axes]
     if axes == "CYXS" and shape[-1] > 1:
         shape[0] = 1
-    array = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
-    view = channel_first(array, axes, "x")
+    whole = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    time = data.draw(st.integers(0, points - 1)) if "T" in axes else None
+    view = channel_first(whole, axes, "x", time)
+    array = whole if time is None else np.take(whole, [time], axis=axes.index("T"))  # the time point, as its only one
+    if time is not None:
+        shape[axes.index("T")] = 1
     size = dict(zip(axes, shape, strict=True))
     dropped = {"T"} | ({"S"} if size.get("C", 1) > 1 else {"C"} if "S" in axes else set())
     kept = [a for a in axes if a not in dropped]
@@ -190,3 +232,25 @@ def test_ilastik_exports_train_the_same_net_as_the_plain_arrays(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
+def test_a_time_point_feeds_a_model_from_elsewhere_and_a_cluster(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.test_foreign import UNet, trained_looking
+
+    series = np.random.default_rng(8).random((3, 19, 26, 23), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "series.tif", series, imagej=True, metadata={"axes": "TZYX"})
+    model = trained_looking(UNet(), seed=7).float()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet.safetensors")
+    assert main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", '{"dims": 3, "depth": 2, '
+                 '"width": 4}', "--weights", str(tmp_path / "unet.safetensors"), "--input",
+                 f"{tmp_path / 'series.tif'}@t=2", "--output", str(tmp_path / "m.npy"), "--quiet"]) == 0
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), densepred.predict_dense(net, series[2], mode="exact"),
+                               rtol=0, atol=1e-5)
+    config, own = net_config(tmp_path, 3, 1)
+    assert main(["predict", str(config), "--input", f"{tmp_path / 'series.tif'}@t=1", "--output",
+                 str(tmp_path / "c.zarr"), "--quiet", "--workers", "1", "--tile", "9,13,12"]) == 0
+    np.testing.assert_allclose(zarr.open_group(tmp_path / "c.zarr")["0"][...], densepred.predict_dense(own, series[1]),
+                               rtol=0, atol=1e-6)

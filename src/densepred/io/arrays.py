@@ -9,12 +9,17 @@ A spec is one string:
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 
+An input that is a time series of volumes (axes ``t, c, z, y, x`` with several time points)
+is one volume per time point: ``movie.zarr@t=3`` names the fourth (``@t=N`` after any of the
+forms above), so each time point is its own run, e.g. one task of a batch system's job array.
+
 Relative paths are resolved against ``base`` (the config file's folder), never against a
 changed working directory.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +31,40 @@ from .axes import axis_letters, channel_first
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
+TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
 @dataclass(frozen=True)
 class ArraySpec:
     path: Path
     key: str | None  # dataset inside an HDF5 file or zarr group
+    time: int | None = None  # one time point of a time series (``@t=N``)
 
     @classmethod
     def parse(cls, spec: str, base: Path | None = None) -> ArraySpec:
         if not isinstance(spec, str) or not spec or "\x00" in spec:
             raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
-        path_text, key = spec, None
+        time = TIME_POINT.search(spec)
+        text = spec[:time.start()] if time else spec
+        parsed = cls._parse(text, spec, base)
+        return cls(parsed.path, parsed.key, int(time.group(1))) if time else parsed
+
+    @classmethod
+    def output(cls, spec: str, base: Path | None = None) -> ArraySpec:
+        """An output's spec: a whole array, never a time point."""
+        parsed = cls.parse(spec, base)
+        if parsed.time is not None:
+            raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "
+                                 f"output is a whole array (e.g. {parsed.array_text})")
+        return parsed
+
+    @classmethod
+    def _parse(cls, text: str, spec: str, base: Path | None) -> ArraySpec:
+        path_text, key = text, None
         for suffix in (*HDF5_SUFFIXES, ".zarr"):
-            at = spec.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
+            at = text.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
             if at >= 0:
-                path_text, key = spec[:at + len(suffix)], spec[at + len(suffix) + 1:].strip("/") or None
+                path_text, key = text[:at + len(suffix)], text[at + len(suffix) + 1:].strip("/") or None
                 break
         if key is not None:
             _check_key(key, spec)
@@ -52,7 +75,7 @@ class ArraySpec:
 
     def resolved(self) -> ArraySpec:
         """The same array by its absolute path (as a process elsewhere opens it)."""
-        return ArraySpec(self.path.resolve(), self.key)
+        return ArraySpec(self.path.resolve(), self.key, self.time)
 
     @property
     def kind(self) -> str:
@@ -67,8 +90,13 @@ class ArraySpec:
             return suffix[1:]
         raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
 
-    def __str__(self) -> str:
+    @property
+    def array_text(self) -> str:
+        """The whole array's spec, without a time point."""
         return f"{self.path}:{self.key}" if self.key else str(self.path)
+
+    def __str__(self) -> str:
+        return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
 
 
 def _check_key(key: str, spec: str) -> None:
@@ -91,7 +119,11 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
         if kind == "zarr":
             return _open_zarr(spec)
         if kind == "tiff":
-            return _open_tiff(spec.path)
+            return _open_tiff(spec.path, spec.time)
+        if spec.time is not None:
+            raise DensePredError(f"{spec} names a time point, but a {kind} file names no axes: only files whose "
+                                 "axes say which is time (OME-Zarr, zarr with dimension names, TIFF, HDF5 with "
+                                 "axistags) have time points to choose from")
         if kind == "npy":
             return np.load(spec.path, mmap_mode="r", allow_pickle=False)
         return _read_csv(spec.path)
@@ -114,7 +146,7 @@ def _open_hdf5(spec: ArraySpec) -> Any:
         raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
                              f"available: {', '.join(datasets) or 'none'}")
     dataset = handle[spec.key or datasets[0]]
-    return channel_first(dataset, _hdf5_axes(dataset), str(spec))
+    return channel_first(dataset, _hdf5_axes(dataset), spec.array_text, spec.time)
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -130,10 +162,10 @@ def _open_zarr(spec: ArraySpec) -> Any:
         parent, _, name = (spec.key or "").rpartition("/")
         group = root[parent] if parent else root
         axes = _ome_axes(group, name) if isinstance(group, zarr.Group) else None
-        return channel_first(node, axes or axis_letters(_dimension_names(node)), str(spec))
+        return channel_first(node, axes or axis_letters(_dimension_names(node)), spec.array_text, spec.time)
     image = _ome_first_level(node)
     if image is not None:
-        return channel_first(image, _ome_axes(node, _first_level_path(node)), str(spec))
+        return channel_first(image, _ome_axes(node, _first_level_path(node)), spec.array_text, spec.time)
     arrays = sorted(name for name, _ in node.arrays())
     raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
                          f"(available: {', '.join(arrays) or 'none'})")
@@ -217,7 +249,7 @@ def _first_level_path(group: Any) -> str | None:
         return None
 
 
-def _open_tiff(path: Path) -> Any:
+def _open_tiff(path: Path, time: int | None = None) -> Any:
     import tifffile
 
     with tifffile.TiffFile(path) as tiff:
@@ -226,7 +258,7 @@ def _open_tiff(path: Path) -> Any:
         array = tifffile.memmap(path, mode="r")
     except ValueError:  # compressed or tiled: not memory-mappable
         array = tifffile.imread(path)
-    return channel_first(array, axes, str(path))
+    return channel_first(array, axes, str(path), time)
 
 
 def _read_csv(path: Path) -> np.ndarray:

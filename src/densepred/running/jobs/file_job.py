@@ -65,7 +65,7 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
         return run_planned(job, plan_job(job))
     target = ClusterTarget.of(job)
     target.check(client)
-    check_cluster_output(ArraySpec.parse(job.output))
+    check_cluster_output(ArraySpec.output(job.output))
     with connected(target, client) as connection:
         job = replace(job, memory_limit=worker_memory_limit(connection, job.memory_limit))
         return run_planned(job, plan_job(job), client=connection)

@@ -110,7 +110,7 @@ class ModelShards:
 def plan_model(job: PredictJob) -> PlannedJob:
     """Check the job and plan it (``job.memory_limit`` sizes the default window), with the
     interrupted run's record when resuming one."""
-    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
+    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.output(job.output)
     check_files(in_spec, out_spec)
     job, net = job_net(job)
     record_dir = record_folder(out_spec)

@@ -135,7 +135,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     weights = Path(job.weights) if job.weights is not None else config_last(cfg)
     net = create_prediction_net(cfg, param_file=weights)
     geometry: Geometry = net.geometry
-    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.parse(job.output)
+    in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.output(job.output)
     check_files(in_spec, out_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
@@ -170,7 +170,7 @@ def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_
     """``run.json``: everything that must be the same for a resume to continue this output."""
     return {
         "version": RECORD_VERSION,
-        "input": {"spec": str(ArraySpec(in_spec.path.resolve(), in_spec.key)),
+        "input": {"spec": str(in_spec.resolved()),
                   "shape": list(source.image.shape), "dtype": str(source.dtype),
                   "fingerprint": fingerprint},
         "input_file": input_stamp(in_spec),
