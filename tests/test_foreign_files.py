@@ -127,7 +127,7 @@ def test_a_resumed_exact_run_keeps_its_window_when_the_budget_holds_another(mode
     np.testing.assert_allclose(stored(tmp_path / "cut.zarr"), expected, rtol=0, atol=1e-6)
 
 
-def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, caplog):
+def test_an_instance_norm_model_is_blended_and_a_model_without_weights_predicts_with_warnings(tmp_path, capsys, caplog):
     model = trained_looking(UNet(norm="instance")).float()
     save_file(dict(model.state_dict()), tmp_path / "inorm.safetensors")
     np.save(tmp_path / "in.npy", np.random.default_rng(1).random((20, 33, 30), dtype=np.float32))
@@ -137,8 +137,15 @@ def test_an_instance_norm_model_is_blended_with_a_warning(tmp_path, capsys, capl
     with caplog.at_level(logging.WARNING, logger="densepred"):
         assert main([*args, "--output", str(tmp_path / "o.zarr")]) == 0
     assert "InstanceNorm3d" in caplog.text
+    assert "no --weights" not in caplog.text
     assert main([*args, "--output", str(tmp_path / "x.zarr"), "--mode", "exact"]) == 2
     assert "impossible" in capsys.readouterr().err
+    caplog.clear()
+    without = [a for a in args if a != "--weights" and not a.endswith(".safetensors")]
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        assert main([*without, "--output", str(tmp_path / "r.zarr")]) == 0  # a newcomer's slip: said, not silent
+    assert "no --weights for --model tests.test_foreign:UNet: it predicts with the parameters its constructor" in (
+        caplog.text)
 
 
 @pytest.mark.parametrize(("extra", "message"), [

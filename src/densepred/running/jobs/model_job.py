@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import shutil
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
 from .layout import layout_for
+
+log = logging.getLogger("densepred")
 
 ROW_CHUNKS_PER_WINDOW = 4  # the most chunks of a blend row a window spans along y or x
 
@@ -113,6 +116,9 @@ def plan_model(job: PredictJob) -> PlannedJob:
     in_spec, out_spec = ArraySpec.parse(job.input), ArraySpec.output(job.output)
     check_files(in_spec, out_spec)
     job, net = job_net(job)
+    if job.model is not None and job.model_file is None and job.weights is None:
+        log.warning("no --weights for --model %s: it predicts with the parameters its constructor gave it (random, "
+                    "unless the class loads trained ones itself)", job.model)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     # a resumed run keeps its recorded window and mode (the memory budget may choose others now)
