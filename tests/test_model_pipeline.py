@@ -4,6 +4,7 @@ after another."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -135,3 +136,61 @@ def test_blend_rows_are_chunked_by_the_windows_step_unless_that_cuts_a_window_to
             return [[0, 8], [0, 64, 128, 192], [0, 48, 96, 112]]
 
     assert model_job.row_chunks(Run) == (64, 100)  # 128 and 64: chunks of 64; 100 and 48: 4 is too fine
+
+
+@pytest.mark.parametrize(("room", "expected"), [(7 * 10**6, "kept"), (5 * 10**6, "largest"), (10**7, "kept")])
+def test_the_default_window_keeps_its_heap_unless_the_largest_computes_under_half_its_voxels(room, expected):
+    from densepred.networks.memory_budget import MemoryBudget
+    from densepred.running.planning import model_window as mw
+    from tests.test_foreign import UNet
+
+    net = densepred.from_torch(UNet(dims=2, depth=2, width=4).eval(), dims=2, in_channels=1, output="identity")
+    run = ModelRun.create(net, np.random.default_rng(7).random((300, 310), dtype=np.float32), "exact", None, 0.0,
+                          None, None, "cpu")
+    c, spatial, context = run.contract, run.source.spatial_shape, run.contract.context_with(run.flips)
+    budget = MemoryBudget(room, 0, "cpu")
+
+    def cost(window):
+        return 1000 * int(np.prod(window))
+
+    count = mw.exact_counter(spatial, c, context)
+
+    def largest(bytes_of):  # the largest exact window whose bytes_of the budget holds
+        return mw.largest_window(mw._least(c, context), lambda w: mw._fitted(c, spatial, w), count, c.factor,
+                                 bytes_of, budget)
+
+    def computed(window):  # voxels its windows compute over the image, context included
+        return np.prod(window) * np.prod([count(axis, n) for axis, n in enumerate(window)])
+
+    whole, kept = largest(cost), largest(lambda w: mw.HEAP_KEPT * cost(w))
+    assert not mw.heap_kept(cost(whole), budget)
+    assert mw.heap_kept(cost(kept), budget)
+    assert (computed(kept) <= mw.RETURNED_COST * computed(whole)) == (expected == "kept")
+    assert mw.default_window(c, spatial, context, cost, budget) == (kept if expected == "kept" else whole)
+
+
+def test_a_2d_model_over_a_stack_takes_half_the_slices_rather_than_return_its_heap(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from densepred.interfaces.cli import main
+    from densepred.networks.memory_budget import MemoryBudget
+    from densepred.running.planning import model_window as mw
+    from tests.test_foreign import UNet, trained_looking
+
+    # a window's estimate in proportion to its voxels; the budget holds 1.5x the whole stack's
+    # window: so whole it would return its maps, and half of its slices keep them
+    monkeypatch.setattr(mw.ModelMemory, "window_bytes", lambda self, window, *args: 1000 * int(np.prod(window)))
+    monkeypatch.setattr(mw, "memory_budget", lambda limit, device: MemoryBudget(int(1.5 * 1000 * 16 * 60 * 52), 0,
+                                                                                "cpu"))
+    stack = np.random.default_rng(8).random((16, 60, 50), dtype=np.float32)
+    np.save(tmp_path / "in.npy", stack)
+    model = trained_looking(UNet(dims=2, depth=2, width=4), seed=9).float().eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet.safetensors")
+    assert main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", '{"dims": 2, "depth": 2, '
+                 '"width": 4}', "--weights", str(tmp_path / "unet.safetensors"), "--dims", "2", "--activation",
+                 "identity", "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.npy"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "o.npy.densepred" / "run.json").read_text())
+    assert record["tiles"]["window"] == [8, 60, 52]
+    net = densepred.from_torch(model, dims=2, in_channels=1, output="identity")
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), densepred.predict_dense(net, stack, mode="exact"),
+                               rtol=0, atol=1e-5)

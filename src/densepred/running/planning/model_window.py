@@ -4,7 +4,8 @@ memory budget holds; and the memory the model needs per window.
 An exact window recomputes its context on every side, so a larger window wastes less; the
 result does not depend on it. The default exact window is therefore the largest one whose
 estimate fits the memory budget (:mod:`.memory_budget`), balanced so that no smaller window
-needs as few windows. The model's memory per input voxel is measured once, on one forward of
+needs as few windows; on the CPU one whose heap can keep its freed maps where that computes
+not much more (:func:`default_window`). The model's memory per input voxel is measured once, on one forward of
 a small window: on the CPU by the storages its operators return while tensors hold them (a
 ``TorchFunctionMode``; MONAI's BasicUNet measured 938 bytes per voxel so, as PyTorch's memory
 profiler did, and 930 by the process's peak resident memory), on a GPU by the allocator's
@@ -43,6 +44,12 @@ IN_FLIGHT = 2
 # (docs/BENCHMARKS.md, "Kept or returned")
 HEAP_KEPT = 2.0
 LADDER_RATIO = 1.25  # a model profile's windows: each holds at least this times the voxels of the last
+# on the CPU a window whose freed maps go back to the system computes each voxel slower than one
+# whose heap keeps them: MONAI's 2D BasicUNet 1.55x to 2.6x here (docs/BENCHMARKS.md, "The
+# default window keeps its heap"). The default window keeps its heap unless the largest window
+# computes under 1 / RETURNED_COST of its voxels; 2, near the middle of that range, loses at most
+# about 1.3x against the faster choice at either end
+RETURNED_COST = 2.0
 MARGIN = 1.25  # measured peak resident memory of a blended BasicUNet over the estimate: 1.07
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str, bool], ModelMemory]] = (
     weakref.WeakKeyDictionary())
@@ -314,12 +321,8 @@ def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None
     if budgeted and not size:
         check_window(memory, window, run.net.in_channels, views, budget, reason)
     elif budgeted:
-        context = c.context_with(run.flips)
-        window = largest_window(_least(c, context), lambda w: _fitted(c, spatial, w),
-                                exact_counter(spatial, c, context), c.factor,
+        window = default_window(c, spatial, c.context_with(run.flips),
                                 lambda w: memory.window_bytes(w, run.net.in_channels, views), budget)
-        log.info("exact window %s: the largest the memory limit of %.2f GiB holds", list(window),
-                 budget.limit / 2**30)
     estimate = memory.window_bytes(window, run.net.in_channels, views)
     kept = heap_kept(estimate, budget)
     if not kept:
@@ -327,6 +330,35 @@ def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None
                  "holds less than %g times their estimate of %.2f GiB (a larger limit runs faster)",
                  budget.limit / 2**30, HEAP_KEPT, estimate / 2**30)
     return window, memory.channels, kept
+
+
+def default_window(c: TilingContract, spatial: Sequence[int], context: Sequence[tuple[int, int]],
+                   cost: Callable[[tuple[int, ...]], int], budget: MemoryBudget) -> tuple[int, ...]:
+    """An exact run's default window: the largest the budget holds; but where that one's maps
+    would go back to the system as they are freed (:func:`heap_kept`), the largest whose heap
+    keeps them, unless its windows compute over :data:`RETURNED_COST` times the voxels
+    (context computed again): a 2D model's window over a stack, deeper only in slices, gains
+    nothing from its size and loses its heap."""
+    least, count = _least(c, context), exact_counter(spatial, c, context)
+
+    def fitted(w: tuple[int, ...]) -> tuple[int, ...]:
+        return _fitted(c, spatial, w)
+
+    largest = largest_window(least, fitted, count, c.factor, cost, budget)
+    limit = f"the memory limit of {budget.limit / 2**30:.2f} GiB"
+    try:
+        kept = (largest if heap_kept(cost(largest), budget) else
+                largest_window(least, fitted, count, c.factor, lambda w: int(HEAP_KEPT * cost(w)), budget))
+    except OverBudget:
+        kept = largest
+    computed = {w: math.prod(w) * math.prod(count(axis, n) for axis, n in enumerate(w)) for w in (kept, largest)}
+    if kept == largest or computed[kept] > RETURNED_COST * computed[largest]:
+        log.info("exact window %s: the largest %s holds", list(largest), limit)
+        return largest
+    log.info("exact window %s: the largest whose freed maps %s lets the heap keep (its windows compute %.2fx the "
+             "voxels of the largest window it holds, %s, whose maps would go back to the system)", list(kept), limit,
+             computed[kept] / computed[largest], list(largest))
+    return kept
 
 
 def heap_kept(window_bytes: int, budget: MemoryBudget) -> bool:
@@ -337,9 +369,9 @@ def heap_kept(window_bytes: int, budget: MemoryBudget) -> bool:
     return budget.device == "cuda" or window_bytes * HEAP_KEPT <= budget.room
 
 
-__all__ = ["DEFAULT_WINDOW", "HEAP_KEPT", "IN_FLIGHT", "MARGIN", "PROBE_VOXELS", "ModelMemory", "OverBudget",
-           "budget_window", "covering_window", "exact_counter", "heap_kept", "largest_window", "model_memory",
-           "probe_window", "smallest_exact", "window_for"]
+__all__ = ["DEFAULT_WINDOW", "HEAP_KEPT", "IN_FLIGHT", "MARGIN", "PROBE_VOXELS", "RETURNED_COST", "ModelMemory",
+           "OverBudget", "budget_window", "covering_window", "default_window", "exact_counter", "heap_kept",
+           "largest_window", "model_memory", "probe_window", "smallest_exact", "window_for"]
 
 
 @dataclass(frozen=True)
@@ -355,10 +387,10 @@ class LadderStep:
 
 
 def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
-    """Exact windows of ``run``'s model from the smallest to ``run``'s own (an exact run's default
-    window: the largest the memory budget holds), on the path that default is grown along, each
-    balanced like it and holding at least :data:`LADDER_RATIO` times the voxels of the one
-    before."""
+    """Exact windows of ``run``'s model from the smallest to the largest the memory budget holds,
+    on the path the default window is grown along, each balanced like it and holding at least
+    :data:`LADDER_RATIO` times the voxels of the one before; ``run``'s own window (an exact
+    run's default, :func:`default_window`) among them."""
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
@@ -373,10 +405,11 @@ def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
     floor = _fitted(c, spatial, least)
     balanced = list(dict.fromkeys(tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in
                                         enumerate(zip(window, floor, c.factor, strict=True))) for window in path))
-    balanced = [w for w in balanced if math.prod(w) < math.prod(run.window)] + [tuple(run.window)]
+    own = tuple(run.window)
+    balanced = sorted({*balanced, own}, key=lambda w: (math.prod(w), w))
     kept = [balanced[0]]
     for window in balanced[1:]:
-        if math.prod(window) >= LADDER_RATIO * math.prod(kept[-1]) or window == balanced[-1]:
+        if math.prod(window) >= LADDER_RATIO * math.prod(kept[-1]) or window in (own, balanced[-1]):
             kept.append(window)
     return [LadderStep(w, math.prod(count(axis, n) for axis, n in enumerate(w)), cost(w), heap_kept(cost(w), budget))
             for w in kept]

@@ -10,8 +10,10 @@ last. Each window gets a warm-up forward and then ``repeats`` timed ones (the me
 of random input, through the path a prediction takes: the run's precision and memory format,
 the activation, the copy to the host; files are not read. A window's seconds times the
 windows an image of the given shape needs of it is the image's compute time; the fastest
-window is recommended as ``--tile``. On CUDA each window's allocator peak is measured beside
-its estimate.
+window is recommended as ``--tile``. Each window's peak memory is measured beside its
+estimate: on the CPU each window runs in a fresh process (:mod:`.model_window_process`: its
+peak resident set, and a window the machine cannot hold reported as out of memory), on CUDA
+the allocator's peak.
 
 A precision other than float32 is also timed in float32 on its fastest window, and the
 verdict is kept (:mod:`densepred.networks.precision_speed`): predicting with this model in a
@@ -42,6 +44,7 @@ from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..jobs.model_plan import sized_model
 from ..planning.model_window import LadderStep, window_ladder
+from .model_window_process import measure_in_process
 from .report import shape_text
 
 CSV_NAME = "model_profile.csv"
@@ -51,8 +54,9 @@ CSV_COLUMNS = ["precision", "window", "windows", "seconds_per_window", "image_se
 
 @dataclass(frozen=True)
 class WindowRow:
-    """One measured window: median seconds per forward; ``peak_bytes`` the CUDA allocator's
-    peak over the run's baseline (None on the CPU); ``status`` ``ok`` or ``oom``."""
+    """One measured window: median seconds per forward; ``peak_bytes`` the peak over the run's
+    baseline (the CUDA allocator's, or on the CPU the resident set's; None where the system
+    does not tell); ``status`` ``ok`` or ``oom``."""
 
     precision: str
     window: tuple[int, ...]
@@ -130,7 +134,8 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
                   weights_format: str | None = None, contract: dict[str, Any] | None = None,
                   input: str | None = None, shape: Sequence[int] | None = None, device: str | None = None,
                   precision: str = "float32", memory_limit: int | None = None, max_seconds: float = 300.0,
-                  repeats: int = 3, out: str | Path | None = None, progress: bool = True) -> ModelProfile:
+                  repeats: int = 3, out: str | Path | None = None, progress: bool = True,
+                  peaks: bool = True) -> ModelProfile:
     """Measure a model's exact windows for an image, and return (and with ``out``, save) the table.
 
     The model is named as for ``densepred predict --model`` (:class:`~densepred.PredictJob`'s
@@ -139,7 +144,8 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     ladder's last. ``max_seconds``: a window whose predicted time would pass it is not started.
     ``activation``: as predict's; by default none for a model that is not a bioimage.io one
     (a one-channel model would be refused a softmax), which changes a window's time little.
-    ``out``: a folder for ``model_profile.csv``.
+    ``out``: a folder for ``model_profile.csv``. ``peaks=False``: on the CPU, each window is
+    timed in this process and its peak memory not measured (faster by a process start per window).
 
     Example:
         >>> result = densepred.profile_model("monai.networks.nets:BasicUNet", shape=(256, 512, 512),
@@ -148,11 +154,10 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     """
     if max_seconds <= 0 or repeats < 1:
         raise DensePredError("max_seconds must be positive and repeats at least 1")
-    net, image, _ = sized_model(
-        {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
-         "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
-         "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract},
-        input, shape, "uint8", "profile")
+    fields = {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
+              "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
+              "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract}
+    net, image, _ = sized_model(fields, input, shape, "uint8", "profile")
     if not net.contract.exact:
         raise DensePredError(f"this model cannot be tiled exactly ({net.contract.reason}): it blends windows of "
                              "its own size (--tile), so there are no exact windows to profile")
@@ -163,11 +168,12 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
                               memory_limit=memory_limit, window_given=False)
     ladder = window_ladder(run, memory_limit)
     result = ModelProfile(str(run.device), resolved, memory_limit, tuple(run.source.spatial_shape),
-                          ladder[-1].window)
+                          tuple(run.window))
     run.precision = precision_for(resolved, run.device)
-    _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress)
+    measure = WindowMeasure(run, fields, memory_limit, repeats, apart=peaks and run.device.type == "cpu")
+    _walk(run, ladder, result, time.monotonic() + max_seconds, repeats, progress, measure)
     if resolved != "float32" and result.best is not None:
-        _against_float32(run, result, repeats, ladder)
+        _against_float32(run, result, ladder, measure)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +183,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
 
 
 def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadline: float, repeats: int,
-          progress: bool) -> None:
+          progress: bool, measure: WindowMeasure) -> None:
     """The ladder from its smallest window, until it ends, a window runs out of memory, or the
     next one's predicted time passes the deadline."""
     from tqdm import tqdm
@@ -193,7 +199,7 @@ def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadlin
                                         "budget (--max-seconds)")
                     break
             bar.set_description(shape_text(step.window))
-            row = measure(run, step, repeats)
+            row = measure(step, run.precision.name)
             result.rows.append(row)
             bar.update()
             if row.status != "ok":
@@ -204,9 +210,35 @@ def _walk(run: ModelRun, ladder: list[LadderStep], result: ModelProfile, deadlin
         bar.close()
 
 
+@dataclass
+class WindowMeasure:
+    """Each window of ``run``'s model measured as a prediction with that window would run it:
+    ``apart`` (on the CPU) in a process of its own (:mod:`.model_window_process`: its peak
+    memory too), else here (on CUDA the allocator's peak is the window's own)."""
+
+    run: ModelRun
+    fields: dict[str, Any]
+    memory_limit: int | None
+    repeats: int
+    apart: bool
+
+    def __call__(self, step: LadderStep, precision: str) -> WindowRow:
+        run = self.run
+        if not self.apart:
+            run.precision = precision_for(precision, run.device)
+            return measure(run, step, self.repeats)
+        reply = measure_in_process(self.fields, run.source.spatial_shape, step.window, precision, self.memory_limit,
+                                   step.heap_kept, self.repeats)
+        if reply["status"] != "ok":
+            return WindowRow(precision, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
+                             step.heap_kept)
+        return WindowRow(precision, step.window, step.windows, reply["seconds"], step.estimated_bytes,
+                         reply["peak_bytes"], heap_kept=step.heap_kept)
+
+
 def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
-    """``step``'s window timed: a warm-up forward, then ``repeats`` (the median), with the heap
-    as a prediction with that window has it (freed blocks kept or returned)."""
+    """``step``'s window timed here: a warm-up forward, then ``repeats`` (the median), with the
+    heap as a prediction with that window has it (freed blocks kept or returned)."""
     with large_blocks_returned(not step.heap_kept):
         return _timed(run, step, repeats)
 
@@ -222,14 +254,13 @@ def _timed(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
                      heap_kept=step.heap_kept)
 
 
-def _against_float32(run: ModelRun, result: ModelProfile, repeats: int, ladder: list[LadderStep]) -> None:
+def _against_float32(run: ModelRun, result: ModelProfile, ladder: list[LadderStep], measure: WindowMeasure) -> None:
     """float32 on the fastest window of the profile's precision, a row of its own, and the
     verdict kept for predictions of this model on this machine."""
     best = result.best
     assert best is not None, "called with a measured window"
     reduced = run.precision
-    run.precision = precision_for("float32", run.device)
-    row = measure(run, next(step for step in ladder if step.window == best.window), repeats)
+    row = measure(next(step for step in ladder if step.window == best.window), "float32")
     run.precision = reduced
     result.rows.append(row)
     if row.status == "ok":

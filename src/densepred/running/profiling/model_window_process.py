@@ -1,0 +1,100 @@
+"""A model's window measured on the CPU in a process of its own: its time and its peak memory.
+
+Measured in one process, a window's resident growth depends on the windows measured before
+it: after a window whose heap kept its freed maps, the next window's growth was a third higher
+than in a fresh process (``benchmarks/model_window_memory.py``). A prediction runs one window
+shape with one heap policy throughout, so each window of the ladder gets a fresh process, as a
+prediction would: the model is built there from the same fields (the contract comes from the
+disk cache the profile's own probe filled), the run is created with the window given, and one
+warm-up forward is followed by ``repeats`` timed ones. The peak is the peak resident set over
+those forwards (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model is loaded)
+above the resident set before them: the bytes a prediction's window adds to the model.
+
+A window that runs the machine out of memory kills its process, not the profile: the window
+is reported as out of memory. The process is started as ``python -c`` (no multiprocessing
+spawn re-running the caller's script); the request goes in on standard input and the reply
+comes back as the last line of standard output, both JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import DensePredError
+
+CHILD_MAIN = "from densepred.running.profiling.model_window_process import serve; serve()"
+
+
+def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Sequence[int], precision: str,
+                       memory_limit: int | None, heap_kept: bool, repeats: int) -> dict[str, Any]:
+    """``{"seconds": median, "peak_bytes": growth}`` of ``window`` measured in a fresh process,
+    or ``{"status": "oom"}`` where the process was killed (the kernel's OOM killer) or torch
+    could not allocate."""
+    request = {"fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+               "shape": list(shape), "window": list(window), "precision": precision, "memory_limit": memory_limit,
+               "heap_kept": heap_kept, "repeats": repeats}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, "-c", CHILD_MAIN], input=json.dumps(request, default=str),
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode == -signal.SIGKILL:
+        return {"status": "oom"}
+    lines = done.stdout.strip().splitlines()
+    reply = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    if reply is None or "error" in reply:
+        why = reply["error"] if reply else (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise DensePredError(f"measuring window {list(window)} in its own process failed: {why}")
+    return reply
+
+
+def serve() -> None:
+    """The measuring process: one window, then exit."""
+    request = json.loads(sys.stdin.read())
+    try:
+        print(json.dumps(_measure(**request)))
+    except DensePredError as exc:
+        print(json.dumps({"error": str(exc)}))
+
+
+def _measure(fields: dict[str, Any], shape: list[int], window: list[int], precision: str,
+             memory_limit: int | None, heap_kept: bool, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from ...io import ChannelFirst
+    from ...networks.precision import precision_for
+    from ...system import large_blocks_returned, proc_values, release_free_memory
+    from ..compute.model_run import ModelRun
+    from ..compute.preprocess import Prepared
+    from ..compute.windows import timed_window
+    from ..jobs.model_plan import sized_model
+
+    fields = {**fields, "trust_imports": tuple(fields.get("trust_imports") or ())}
+    net, image, _ = sized_model(fields, None, shape, "uint8", "profile")
+    run = ModelRun.create(net, ChannelFirst(image, net.in_channels, net.dims), "exact", tuple(window), 0.0, None,
+                          None, "cpu", Prepared((), ()), memory_limit=memory_limit, window_given=True)
+    run.precision = precision_for(precision, run.device)
+    with large_blocks_returned(not heap_kept):
+        release_free_memory()
+        before = proc_values().get("VmRSS", 0)
+        reset = _reset_peak()
+        try:
+            seconds, _ = timed_window(run, window, repeats)
+        except (torch.OutOfMemoryError, MemoryError):
+            return {"status": "oom"}
+        peak = proc_values().get("VmHWM", 0) if reset else 0
+    return {"seconds": seconds, "peak_bytes": peak - before if peak and before else None, "status": "ok"}
+
+
+def _reset_peak() -> bool:
+    """Start the peak resident set (VmHWM) afresh from here; False where the system cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
