@@ -1,6 +1,6 @@
-"""Why `densepred profile --model` reports no measured peak on the CPU: the growth of the resident
-set over one window's forwards, measured in the process, depends on the windows of other shapes
-measured before it.
+"""Why `densepred profile --model` measures each window on the CPU in a process of its own: the
+growth of the resident set over one window's forwards, measured in one process, depends on the
+windows of other shapes measured before it.
 
 Each case runs in a process of its own: the model is built and its run created (as the profile
 does), then optionally a window of another shape is computed first (``--after``, with its heap

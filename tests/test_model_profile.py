@@ -154,3 +154,26 @@ def test_a_bioimageio_package_is_profiled_from_its_description(tmp_path, capsys,
     assert "fastest: window " in printed
     assert ("measured " in printed) == peaks
     assert (tmp_path / "prof" / "model_profile.csv").exists()
+
+
+def test_a_window_whose_process_the_machine_kills_is_out_of_memory_and_ends_the_walk(monkeypatch, capsys):
+    import subprocess
+
+    from densepred.running.profiling import model_window_process
+
+    real = subprocess.run
+    started = []
+
+    def killed_from_the_third(command, **kwargs):  # the kernel's OOM killer: SIGKILL
+        started.append(command)
+        if len(started) >= 3:
+            return subprocess.CompletedProcess(command, -9, "", "")
+        return real(command, **kwargs)
+
+    monkeypatch.setattr(model_window_process.subprocess, "run", killed_from_the_third)
+    assert main(["profile", *model_args("--shape", "21,60,57", "--repeats", "1", "--memory-limit", "8GiB")]) == 0
+    printed = capsys.readouterr().out
+    assert len(started) == 3
+    assert printed.count(" GiB, measured ") == 2  # the first two windows, with their peaks
+    assert "ran out of memory" in printed
+    assert "fastest: window " in printed

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
@@ -36,12 +37,17 @@ def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Seq
     """``{"seconds": median, "peak_bytes": growth}`` of ``window`` measured in a fresh process,
     or ``{"status": "oom"}`` where the process was killed (the kernel's OOM killer) or torch
     could not allocate."""
-    request = {"fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
+    request = {"fields": {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()},
                "shape": list(shape), "window": list(window), "precision": precision, "memory_limit": memory_limit,
                "heap_kept": heap_kept, "repeats": repeats}
+    try:
+        text = json.dumps(request)
+    except TypeError as exc:  # model_kwargs from Python holding objects, say
+        raise DensePredError(f"the model's fields cannot be sent to a process that measures a window ({exc}); "
+                             "profile with peaks=False (--no-peaks) to measure in this process") from None
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    done = subprocess.run([sys.executable, "-c", CHILD_MAIN], input=json.dumps(request, default=str),
-                          capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, "-c", CHILD_MAIN], input=text, capture_output=True, text=True, env=env,
+                          check=False)
     if done.returncode == -signal.SIGKILL:
         return {"status": "oom"}
     lines = done.stdout.strip().splitlines()
