@@ -324,3 +324,17 @@ def test_a_layer_with_t_c_z_y_x_labels_is_predicted_as_its_volume(viewer, config
     expected = run(viewer, request_from_fields(ImageSource.from_layer(viewer.layers["em"]), fields(config)))
     np.testing.assert_array_equal(layer.data, expected.data)
     assert tuple(layer.translate) == tuple(expected.translate)
+
+
+def test_a_layer_of_several_time_points_of_volumes_says_how_to_predict_one(config, volume):
+    model = ViewerModel()
+    model.add_image(np.stack([volume, volume[::-1]])[:, None], name="movie", axis_labels=("t", "c", "z", "y", "x"))
+    with pytest.raises(DensePredError, match=r"time series of 2 volumes \(TCZYX\); densepred predicts one volume at "
+                                             r"a time: add the time point as a layer of its own \(in napari's "
+                                             r"console: viewer.add_image\(viewer.layers\['movie'\].data\[t\]\)\)"):
+        ImageSource.from_layer(model.layers["movie"])
+    model.add_image(model.layers["movie"].data[1], name="t1")  # as the message says: channels first, as a file's
+    model.add_image(volume[::-1], name="plain")
+    predicted = [run(model, request_from_fields(ImageSource.from_layer(model.layers[name]), fields(config))).data
+                 for name in ("t1", "plain")]
+    np.testing.assert_array_equal(*predicted)

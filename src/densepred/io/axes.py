@@ -30,10 +30,13 @@ ORDER = "CZYX"
 KNOWN = set("TCSZYX")
 
 
-def channel_first(array: Any, axes: str | None, where: str, time: int | None = None) -> Any:
+def channel_first(array: Any, axes: str | None, where: str, time: int | None = None,
+                  choose_time: str | None = None) -> Any:
     """``array`` (whose axes are named by ``axes``, letters of ``T C S Z Y X``, or None when
     unknown) as ``(C?, Z?, Y, X)``: ``array`` itself where that is its order already or the
-    axes are unknown, else an :class:`AxesView`; with ``time``, that time point alone."""
+    axes are unknown, else an :class:`AxesView`; with ``time``, that time point alone.
+    ``choose_time``: how to name a time point, said when a time series of volumes is given
+    whole (default: the spec's ``@t=N``)."""
     shape = tuple(int(n) for n in array.shape)
     if axes is None or len(axes) != len(shape) or not set(axes) <= KNOWN or len(set(axes)) != len(axes):
         if time is not None:
@@ -52,8 +55,9 @@ def channel_first(array: Any, axes: str | None, where: str, time: int | None = N
             role["S"], role["C"] = "C", None
     if sizes.get("T", 1) > 1:
         if "Z" in sizes:
+            choose = choose_time or f"name a time point, {where}@t=0 to {where}@t={sizes['T'] - 1}"
             raise DensePredError(f"{where} is a time series of {sizes['T']} volumes ({axes}); densepred predicts one "
-                                 f"volume at a time: name a time point, {where}@t=0 to {where}@t={sizes['T'] - 1}")
+                                 f"volume at a time: {choose}")
         role["T"] = "Z"  # images over time: a stack, predicted image by image by a 2D network
     target = sorted((a for a in axes if role[a] is not None), key=lambda a: ORDER.index(role[a] or ""))
     return array if target == list(axes) else AxesView(array, axes, target, fixed)

@@ -39,7 +39,9 @@ class ImageSource:
         if getattr(layer, "rgb", False):  # colour samples last: the channels of a 3- or 4-channel net
             return cls(channel_first(data, "ZYXS"[4 - data.ndim:], where), layer.name, scale, translate)
         # axes the layer names (napari-ome-zarr's t, c, z, y, x) put channels first, as for a file
-        data = channel_first(data, axis_letters(getattr(layer, "axis_labels", None)), where)
+        data = channel_first(data, axis_letters(getattr(layer, "axis_labels", None)), where,
+                             choose_time=f"add the time point as a layer of its own (in napari's console: "
+                                         f"viewer.add_image(viewer.layers['{layer.name}'].data[t]))")
         return cls(data, layer.name, scale, translate, zarr_behind(layer, data))
 
 
