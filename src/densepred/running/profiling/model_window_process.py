@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,11 @@ def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Seq
     except TypeError as exc:  # model_kwargs from Python holding objects, say
         raise DensePredError(f"the model's fields cannot be sent to a process that measures a window ({exc}); "
                              "profile with peaks=False (--no-peaks) to measure in this process") from None
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    done = subprocess.run([sys.executable, "-c", CHILD_MAIN], input=text, capture_output=True, text=True, env=env,
-                          check=False)
+    # the process's temporary files (a bioimage.io package unpacked again) go with it, even killed
+    with tempfile.TemporaryDirectory(prefix="densepred-window-") as scratch:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), TMPDIR=scratch)
+        done = subprocess.run([sys.executable, "-c", CHILD_MAIN], input=text, capture_output=True, text=True,
+                              env=env, check=False)
     if done.returncode == -signal.SIGKILL:
         return {"status": "oom"}
     lines = done.stdout.strip().splitlines()
