@@ -5,11 +5,11 @@ An exact window recomputes its context on every side, so a larger window wastes 
 result does not depend on it. The default exact window is therefore the largest one whose
 estimate fits the memory budget (:mod:`.memory_budget`), balanced so that no smaller window
 needs as few windows; on the CPU one whose heap can keep its freed maps where that computes
-not much more (:func:`default_window`). The model's memory per input voxel is measured once, on one forward of
-a small window: on the CPU by the storages its operators return while tensors hold them (a
-``TorchFunctionMode``; MONAI's BasicUNet measured 938 bytes per voxel so, as PyTorch's memory
-profiler did, and 930 by the process's peak resident memory), on a GPU by the allocator's
-peak.
+not much more (:func:`default_window`). The model's memory per input voxel is measured once,
+on one forward of a small window: on the CPU by the storages its operators return while
+tensors hold them (a ``TorchFunctionMode``; MONAI's BasicUNet measured 938 bytes per voxel so,
+as PyTorch's memory profiler did, and 930 by the process's peak resident memory), on a GPU by
+the allocator's peak.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class ModelProfile:
     precision: str
     memory_limit: int | None
     image_shape: tuple[int, ...]
-    default_window: tuple[int, ...]  # what predict takes without --tile (the ladder's last)
+    default_window: tuple[int, ...]  # what predict takes without --tile (one of the ladder's)
     rows: list[WindowRow] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
     csv_path: Path | None = None
@@ -140,9 +140,9 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
 
     The model is named as for ``densepred predict --model`` (:class:`~densepred.PredictJob`'s
     fields of the same names). The image is ``input`` (a file spec; only its shape is read) or
-    its spatial ``shape``. ``memory_limit``: as for predict, whose default window is the
-    ladder's last. ``max_seconds``: a window whose predicted time would pass it is not started.
-    ``activation``: as predict's; by default none for a model that is not a bioimage.io one
+    its spatial ``shape``. ``memory_limit``: as for predict; the ladder ends with the largest
+    window it holds, and holds predict's default window. ``max_seconds``: a window whose
+    predicted time would pass it is not started. ``activation``: as predict's; by default none for a model that is not a bioimage.io one
     (a one-channel model would be refused a softmax), which changes a window's time little.
     ``out``: a folder for ``model_profile.csv``. ``peaks=False``: on the CPU, each window is
     timed in this process and its peak memory not measured (faster by a process start per window).
