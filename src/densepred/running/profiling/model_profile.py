@@ -142,10 +142,11 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     fields of the same names). The image is ``input`` (a file spec; only its shape is read) or
     its spatial ``shape``. ``memory_limit``: as for predict; the ladder ends with the largest
     window it holds, and holds predict's default window. ``max_seconds``: a window whose
-    predicted time would pass it is not started. ``activation``: as predict's; by default none for a model that is not a bioimage.io one
-    (a one-channel model would be refused a softmax), which changes a window's time little.
-    ``out``: a folder for ``model_profile.csv``. ``peaks=False``: on the CPU, each window is
-    timed in this process and its peak memory not measured (faster by a process start per window).
+    predicted time would pass it is not started. ``activation``: as predict's; by default none
+    for a model that is not a bioimage.io one (a one-channel model would be refused a softmax),
+    which changes a window's time little. ``out``: a folder for ``model_profile.csv``.
+    ``peaks=False``: on the CPU, each window is timed in this process and its peak memory not
+    measured (faster by a process start per window).
 
     Example:
         >>> result = densepred.profile_model("monai.networks.nets:BasicUNet", shape=(256, 512, 512),
