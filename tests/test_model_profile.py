@@ -185,3 +185,31 @@ def test_a_window_whose_process_the_machine_kills_is_out_of_memory_and_ends_the_
     assert printed.count(" GiB, measured ") == 2  # the first two windows, with their peaks
     assert "ran out of memory" in printed
     assert "fastest: window " in printed
+
+
+def test_a_window_process_takes_its_parents_contract_and_probes_nothing_with_the_disk_cache_off(monkeypatch):
+    """A read-only home on a cluster node (or DENSEPRED_NO_CONTRACT_CACHE) must not make every
+    window's process probe the model again."""
+    from densepred.networks import contract, contract_cache, contract_sizes
+    from densepred.running.profiling import model_window_process
+
+    monkeypatch.setenv("DENSEPRED_NO_CONTRACT_CACHE", "1")
+    monkeypatch.setattr(contract_cache, "_seen", {})
+    monkeypatch.setattr(contract_cache, "_given", {})
+    fields = {"model": "tests.test_foreign:UNet", "model_kwargs": KWARGS, "dims": 3}
+    net, _ = model_window_process.model_for(fields, None, (21, 40, 37))  # no weights: a fixed seed's parameters
+    assert net.contract.exact  # the profile's own probe
+    handed = json.loads(json.dumps(contract_cache.seen()))  # as the request carries them
+    assert len(handed) >= 2  # the sizes and the verdicts
+    monkeypatch.setattr(contract_cache, "_seen", {})  # the measuring process starts with nothing
+    contract_cache.given(handed)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed again")
+
+    for module, name in ((contract, "_verdict"), (contract_sizes, "first_forward"), (contract_sizes, "size_step")):
+        monkeypatch.setattr(module, name, no_probe)
+    reply = model_window_process._measure(fields, [21, 40, 37], list(smallest_exact(net.contract)), "float32", None,
+                                          True, 1)
+    assert reply["status"] == "ok"
+    assert reply["seconds"] > 0

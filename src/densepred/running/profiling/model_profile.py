@@ -42,9 +42,8 @@ from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
-from ..jobs.model_plan import sized_model
 from ..planning.model_window import LadderStep, window_ladder
-from .model_window_process import measure_in_process
+from .model_window_process import measure_in_process, model_for
 from .report import shape_text
 
 CSV_NAME = "model_profile.csv"
@@ -158,7 +157,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     fields = {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
               "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
               "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract}
-    net, image, _ = sized_model(fields, input, shape, "uint8", "profile")
+    net, image = model_for(fields, input, shape)
     if not net.contract.exact:
         raise DensePredError(f"this model cannot be tiled exactly ({net.contract.reason}): it blends windows of "
                              "its own size (--tile), so there are no exact windows to profile")

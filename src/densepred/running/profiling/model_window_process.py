@@ -4,9 +4,9 @@ Measured in one process, a window's resident growth depends on the windows measu
 it: after a window whose heap kept its freed maps, the next window's growth was a third higher
 than in a fresh process (``benchmarks/model_window_memory.py``). A prediction runs one window
 shape with one heap policy throughout, so each window of the ladder gets a fresh process, as a
-prediction would: the model is built there from the same fields (the contract comes from the
-disk cache the profile's own probe filled), the run is created with the window given, and one
-warm-up forward is followed by ``repeats`` timed ones. The peak is the peak resident set over
+prediction would: the model is built there from the same fields (with the tiling contract the
+profile probed, handed over: it is not probed again), the run is created with the window
+given, and one warm-up forward is followed by ``repeats`` timed ones. The peak is the peak resident set over
 those forwards (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model is loaded)
 above the resident set before them: the bytes a prediction's window adds to the model.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...networks import contract_cache
 
 CHILD_MAIN = "from densepred.running.profiling.model_window_process import serve; serve()"
 
@@ -40,7 +41,7 @@ def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Seq
     could not allocate."""
     request = {"fields": {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()},
                "shape": list(shape), "window": list(window), "precision": precision, "memory_limit": memory_limit,
-               "heap_kept": heap_kept, "repeats": repeats}
+               "heap_kept": heap_kept, "repeats": repeats, "contracts": contract_cache.seen()}
     try:
         text = json.dumps(request)
     except TypeError as exc:  # model_kwargs from Python holding objects, say
@@ -61,9 +62,25 @@ def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Seq
     return reply
 
 
+def model_for(fields: dict[str, Any], input: str | None, shape: Sequence[int] | None) -> tuple[Any, Any]:
+    """The net of a profile's model and its image (:func:`~..jobs.model_plan.sized_model`), with
+    the parameters a model built without weights gets always the same (a fixed seed, the
+    caller's random state kept): each window's process then builds the very model the profile
+    probed, whose contract it is handed (:mod:`~densepred.networks.contract_cache`)."""
+    import torch
+
+    from ..jobs.model_plan import sized_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net, image, _ = sized_model(fields, input, shape, "uint8", "profile")
+    return net, image
+
+
 def serve() -> None:
     """The measuring process: one window, then exit."""
     request = json.loads(sys.stdin.read())
+    contract_cache.given(request.pop("contracts", {}))  # the profile's probe, not probed again
     try:
         print(json.dumps(_measure(**request)))
     except DensePredError as exc:
@@ -80,10 +97,8 @@ def _measure(fields: dict[str, Any], shape: list[int], window: list[int], precis
     from ..compute.model_run import ModelRun
     from ..compute.preprocess import Prepared
     from ..compute.windows import timed_window
-    from ..jobs.model_plan import sized_model
-
     fields = {**fields, "trust_imports": tuple(fields.get("trust_imports") or ())}
-    net, image, _ = sized_model(fields, None, shape, "uint8", "profile")
+    net, image = model_for(fields, None, shape)
     run = ModelRun.create(net, ChannelFirst(image, net.in_channels, net.dims), "exact", tuple(window), 0.0, None,
                           None, "cpu", Prepared((), ()), memory_limit=memory_limit, window_given=True)
     run.precision = precision_for(precision, run.device)
