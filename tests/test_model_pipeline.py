@@ -155,14 +155,15 @@ def test_the_default_window_keeps_its_heap_unless_the_largest_computes_under_hal
 
     count = mw.exact_counter(spatial, c, context)
 
-    def largest(bytes_of):  # the largest exact window whose bytes_of the budget holds
-        return mw.largest_window(mw._least(c, context), lambda w: mw._fitted(c, spatial, w), count, c.factor,
-                                 bytes_of, budget)
+    def chosen(returned_cost):  # the rule's choice when returned heaps cost that much
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mw, "RETURNED_COST", returned_cost)
+            return mw.default_window(c, spatial, context, cost, budget)
 
     def computed(window):  # voxels its windows compute over the image, context included
         return np.prod(window) * np.prod([count(axis, n) for axis, n in enumerate(window)])
 
-    whole, kept = largest(cost), largest(lambda w: mw.HEAP_KEPT * cost(w))
+    whole, kept = chosen(0.0), chosen(float("inf"))  # the largest window, and the largest that keeps its heap
     assert not mw.heap_kept(cost(whole), budget)
     assert mw.heap_kept(cost(kept), budget)
     assert (computed(kept) <= mw.RETURNED_COST * computed(whole)) == (expected == "kept")

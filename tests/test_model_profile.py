@@ -209,7 +209,7 @@ def test_a_window_process_takes_its_parents_contract_and_probes_nothing_with_the
 
     for module, name in ((contract, "_verdict"), (contract_sizes, "first_forward"), (contract_sizes, "size_step")):
         monkeypatch.setattr(module, name, no_probe)
-    reply = model_window_process._measure(fields, [21, 40, 37], list(smallest_exact(net.contract)), "float32", None,
-                                          True, 1)
+    window = list(smallest_exact(net.contract))
+    reply = model_window_process.measure_window(fields, [21, 40, 37], window, "float32", None, True, 1)
     assert reply["status"] == "ok"
     assert reply["seconds"] > 0

@@ -199,6 +199,17 @@ def large_blocks_returned(returned: bool = True) -> Iterator[None]:
             mallopt(option, value)
 
 
+def reset_peak_resident() -> bool:
+    """Start the process's peak resident set (``VmHWM``) afresh from its current one; False
+    where the system cannot (no ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def release_free_memory() -> bool:
     """Return the heap memory malloc keeps for reuse to the system (glibc ``malloc_trim``)."""
     if not sys.platform.startswith("linux"):

@@ -226,17 +226,15 @@ class WindowMeasure:
         run = self.run
         if not self.apart:
             run.precision = precision_for(precision, run.device)
-            return measure(run, step, self.repeats)
+            return measure_here(run, step, self.repeats)
         reply = measure_in_process(self.fields, run.source.spatial_shape, step.window, precision, self.memory_limit,
                                    step.heap_kept, self.repeats)
         if reply["status"] != "ok":
-            return WindowRow(precision, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
-                             step.heap_kept)
-        return WindowRow(precision, step.window, step.windows, reply["seconds"], step.estimated_bytes,
-                         reply["peak_bytes"], heap_kept=step.heap_kept)
+            return _row(step, precision)
+        return _row(step, precision, reply["seconds"], reply["peak_bytes"])
 
 
-def measure(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
+def measure_here(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
     """``step``'s window timed here: a warm-up forward, then ``repeats`` (the median), with the
     heap as a prediction with that window has it (freed blocks kept or returned)."""
     with large_blocks_returned(not step.heap_kept):
@@ -248,9 +246,16 @@ def _timed(run: ModelRun, step: LadderStep, repeats: int) -> WindowRow:
         seconds, peak = timed_window(run, step.window, repeats)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        return WindowRow(run.precision.name, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
+        return _row(step, run.precision.name)
+    return _row(step, run.precision.name, seconds, peak)
+
+
+def _row(step: LadderStep, precision: str, seconds: float | None = None, peak: int | None = None) -> WindowRow:
+    """``step``'s row: measured in ``seconds`` (and ``peak`` bytes), or out of memory without them."""
+    if seconds is None:
+        return WindowRow(precision, step.window, step.windows, math.inf, step.estimated_bytes, None, "oom",
                          step.heap_kept)
-    return WindowRow(run.precision.name, step.window, step.windows, seconds, step.estimated_bytes, peak,
+    return WindowRow(precision, step.window, step.windows, seconds, step.estimated_bytes, peak,
                      heap_kept=step.heap_kept)
 
 

@@ -82,18 +82,18 @@ def serve() -> None:
     request = json.loads(sys.stdin.read())
     contract_cache.given(request.pop("contracts", {}))  # the profile's probe, not probed again
     try:
-        print(json.dumps(_measure(**request)))
+        print(json.dumps(measure_window(**request)))
     except DensePredError as exc:
         print(json.dumps({"error": str(exc)}))
 
 
-def _measure(fields: dict[str, Any], shape: list[int], window: list[int], precision: str,
+def measure_window(fields: dict[str, Any], shape: list[int], window: list[int], precision: str,
              memory_limit: int | None, heap_kept: bool, repeats: int) -> dict[str, Any]:
     import torch
 
     from ...io import ChannelFirst
     from ...networks.precision import precision_for
-    from ...system import large_blocks_returned, proc_values, release_free_memory
+    from ...system import large_blocks_returned, proc_values, release_free_memory, reset_peak_resident
     from ..compute.model_run import ModelRun
     from ..compute.preprocess import Prepared
     from ..compute.windows import timed_window
@@ -105,20 +105,10 @@ def _measure(fields: dict[str, Any], shape: list[int], window: list[int], precis
     with large_blocks_returned(not heap_kept):
         release_free_memory()
         before = proc_values().get("VmRSS", 0)
-        reset = _reset_peak()
+        reset = reset_peak_resident()
         try:
             seconds, _ = timed_window(run, window, repeats)
         except (torch.OutOfMemoryError, MemoryError):
             return {"status": "oom"}
         peak = proc_values().get("VmHWM", 0) if reset else 0
     return {"seconds": seconds, "peak_bytes": peak - before if peak and before else None, "status": "ok"}
-
-
-def _reset_peak() -> bool:
-    """Start the peak resident set (VmHWM) afresh from here; False where the system cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True

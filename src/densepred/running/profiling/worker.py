@@ -27,7 +27,7 @@ import torch
 
 from ...config import Config, network_geometry
 from ...errors import DensePredError
-from ...system import available_ram, proc_values, release_free_memory
+from ...system import available_ram, proc_values, release_free_memory, reset_peak_resident
 from .report import ProfileRow
 from .walk import repeats_for
 
@@ -191,11 +191,7 @@ def _reset_peak(device: Any) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         return
     release_free_memory()  # what the previous shape left in malloc's free lists is not this shape's
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set (VmHWM) to the current one
-    except OSError:
-        pass
+    reset_peak_resident()
 
 
 def _peak_memory(device: Any) -> int:
