@@ -254,3 +254,30 @@ def test_a_time_point_feeds_a_model_from_elsewhere_and_a_cluster(tmp_path):
                  str(tmp_path / "c.zarr"), "--quiet", "--workers", "1", "--tile", "9,13,12"]) == 0
     np.testing.assert_allclose(zarr.open_group(tmp_path / "c.zarr")["0"][...], densepred.predict_dense(own, series[1]),
                                rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("zarr_format", "separator", "shards", "axes"), [
+    (2, ".", None, "tczyx"), (2, "/", None, "tczyx"), (3, "/", None, "tczyx"), (3, ".", None, "tczyx"),
+    (3, "/", (2, 1, 8, 16, 16), "tczyx"), (3, "/", None, "czyxt")])
+def test_a_time_points_stamp_covers_its_own_chunks_as_an_acquisition_goes_on(tmp_path, zarr_format, separator,
+                                                                             shards, axes):
+    from densepred.io import ArraySpec, input_stamp
+
+    shape = {"t": 4, "c": 1, "z": 9, "y": 21, "x": 19}
+    layout = {"chunk_key_encoding": {"name": "default", "separator": separator}, "dimension_names": list(axes),
+              "shards": shards} if zarr_format == 3 else {"chunk_key_encoding": {"name": "v2", "separator": separator}}
+    array = zarr.create_array(tmp_path / "m.zarr", shape=[shape[a] for a in axes], dtype="float32",
+                              chunks=[1 if a in "tc" else 8 for a in axes], zarr_format=zarr_format, **layout)
+    if zarr_format == 2:
+        array.attrs["_ARRAY_DIMENSIONS"] = list(axes)
+    array[...] = np.random.default_rng(3).random(array.shape, dtype=np.float32)
+    at = {a: slice(None) for a in axes}
+    spec = ArraySpec.parse(f"{tmp_path / 'm.zarr'}@t=1")
+    stamp = input_stamp(spec)
+    assert 0 < stamp["files"] < len([p for p in (tmp_path / "m.zarr").rglob("*") if p.is_file()])
+    array[tuple({**at, "t": 3}[a] for a in axes)] = 0.5  # a later time point, then one appended
+    array.resize([shape[a] + (a == "t") for a in axes])
+    array[tuple({**at, "t": 4}[a] for a in axes)] = 0.25
+    assert input_stamp(spec) == stamp  # with shards of two time points: t=3 and t=4 are in others
+    array[tuple({**at, "t": 1, "z": 5}[a] for a in axes)] = 0.75
+    assert input_stamp(spec) != stamp

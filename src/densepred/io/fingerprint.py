@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySpec
+from .arrays import ArraySpec, open_array
 from .reading import read_box
 
 SAMPLES_PER_AXIS = 4
@@ -50,8 +51,54 @@ MAX_STAMPED_FILES = 100_000
 def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
     """:func:`file_stamp` of the input's own files: of a zarr array inside a container only its
     folder, so an output written into the same container (``c.zarr:raw`` to ``c.zarr:pred``)
-    is no change of the input."""
+    is no change of the input; of a zarr time point (``movie.zarr@t=3``) only the files of
+    the chunks (or shards) that hold it, so an acquisition that goes on writing (and appending)
+    time points changes no time point before (a change of the metadata that changes what a
+    time point reads changes its fingerprint instead)."""
+    if spec.kind == "zarr" and spec.time is not None:
+        view = open_array(spec)
+        folder = spec.path / view.array.path
+        axis = view.axes.index("T")
+        index = view.fixed["T"] // (view.array.shards or view.array.chunks)[axis]
+        return _stamp(_time_point_files(view.array, folder, axis, index))
     return file_stamp(spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path)
+
+
+def _time_point_files(array: Any, folder: Path, axis: int, index: int) -> Iterator[str]:
+    """The chunk (or shard) files of ``array``, stored in ``folder``, whose index along ``axis``
+    is ``index``; nested chunk folders of other indices are not entered."""
+    prefix, separator = _chunk_keys(array)
+    ndim = len(array.shape)
+    for root, folders, names in os.walk(folder):
+        key = Path(root).relative_to(folder).as_posix()
+        parts = _chunk_coordinates(key, prefix, "/") if separator == "/" else None
+        if parts is not None and len(parts) == axis:
+            folders[:] = [name for name in folders if name == str(index)]
+        for name in names:
+            coordinates = _chunk_coordinates(f"{key}/{name}" if key != "." else name, prefix, separator)
+            if coordinates is not None and len(coordinates) == ndim and coordinates[axis] == index:
+                yield os.path.join(root, name)
+
+
+def _chunk_keys(array: Any) -> tuple[str, str]:
+    """A zarr array's chunk keys: their prefix (``c`` + separator in zarr v3's default
+    encoding) and the separator between coordinates."""
+    encoding = getattr(array.metadata, "chunk_key_encoding", None)
+    if encoding is None:  # zarr v2
+        return "", getattr(array.metadata, "dimension_separator", None) or "."
+    return (f"c{encoding.separator}" if encoding.name == "default" else ""), encoding.separator
+
+
+def _chunk_coordinates(key: str, prefix: str, separator: str) -> list[int] | None:
+    """The coordinates a chunk key names (all those of a folder of nested keys), or None."""
+    if prefix:
+        if key == prefix.rstrip(separator):
+            return []
+        if not key.startswith(prefix):
+            return None
+        key = key[len(prefix):]
+    parts = key.split(separator) if key not in ("", ".") else []
+    return [int(p) for p in parts] if all(p.isdigit() for p in parts) else None
 
 
 def file_stamp(path: Path) -> dict[str, int] | None:
@@ -63,12 +110,17 @@ def file_stamp(path: Path) -> dict[str, int] | None:
     if not path.is_dir():
         stat = path.stat()
         return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    files, size, latest = 0, 0, 0
-    for folder, _, names in os.walk(path):
-        for name in names:
-            files += 1
-            if files > MAX_STAMPED_FILES:
-                return None
-            stat = os.stat(os.path.join(folder, name))
-            size, latest = size + stat.st_size, max(latest, stat.st_mtime_ns)
-    return {"files": files, "bytes": size, "mtime_ns": latest}
+    return _stamp(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names)
+
+
+def _stamp(files: Iterable[str]) -> dict[str, int] | None:
+    """The count, total size and latest modification time of ``files``, or None past
+    :data:`MAX_STAMPED_FILES`."""
+    count, size, latest = 0, 0, 0
+    for name in files:
+        count += 1
+        if count > MAX_STAMPED_FILES:
+            return None
+        stat = os.stat(name)
+        size, latest = size + stat.st_size, max(latest, stat.st_mtime_ns)
+    return {"files": count, "bytes": size, "mtime_ns": latest}
