@@ -326,15 +326,57 @@ def test_a_layer_with_t_c_z_y_x_labels_is_predicted_as_its_volume(viewer, config
     assert tuple(layer.translate) == tuple(expected.translate)
 
 
-def test_a_layer_of_several_time_points_of_volumes_says_how_to_predict_one(config, volume):
+def test_the_time_point_the_viewer_shows_is_predicted_and_shown_at_that_time(config, volume):
+    """A layer of (t, c, z, y, x), as napari-ome-zarr opens a time series: the widget passes the
+    time point on the viewer's slider; the result lies on the layer's axes at that time only."""
+    from densepred.interfaces.napari_plugin.request import shown_time_point
+
     model = ViewerModel()
-    model.add_image(np.stack([volume, volume[::-1]])[:, None], name="movie", axis_labels=("t", "c", "z", "y", "x"))
-    with pytest.raises(DensePredError, match=r"time series of 2 volumes \(TCZYX\); densepred predicts one volume at "
-                                             r"a time: add the time point as a layer of its own \(in napari's "
-                                             r"console: viewer.add_image\(viewer.layers\['movie'\].data\[t\]\)\)"):
+    movie = np.stack([volume, volume[::-1], volume[:, ::-1]])[:, None]
+    model.add_image(movie, name="movie", axis_labels=("t", "c", "z", "y", "x"), scale=(2.0, 1.0, *SCALE),
+                    translate=(5.0, 0.0, *TRANSLATE))
+    with pytest.raises(DensePredError, match=r"time series of 3 volumes \(TCZYX\); densepred predicts one volume at "
+                                             r"a time: show the time point to predict in the viewer"):
         ImageSource.from_layer(model.layers["movie"])
-    model.add_image(model.layers["movie"].data[1], name="t1")  # as the message says: channels first, as a file's
-    model.add_image(volume[::-1], name="plain")
-    predicted = [run(model, request_from_fields(ImageSource.from_layer(model.layers[name]), fields(config))).data
-                 for name in ("t1", "plain")]
-    np.testing.assert_array_equal(*predicted)
+    model.dims.set_point(0, 9.0)  # world time 5 + 2 * 2
+    assert shown_time_point(model, model.layers["movie"]) == 2
+    image = ImageSource.from_layer(model.layers["movie"], 2)
+    probabilities = run(model, request_from_fields(image, fields(config)))
+    labels = run(model, request_from_fields(image, fields(config, output="labels")))
+    plain = ViewerModel()
+    plain.add_image(volume[:, ::-1], name="t2", scale=SCALE, translate=TRANSLATE)
+    expected = run(plain, request_from_fields(ImageSource.from_layer(plain.layers["t2"]), fields(config)))
+    assert probabilities.data.shape == (1, *expected.data.shape)  # (t, classes as the channels, z, y, x)
+    np.testing.assert_array_equal(probabilities.data[0], expected.data)
+    np.testing.assert_array_equal(labels.data[0, 0], expected.data.argmax(axis=0))
+    for layer in (probabilities, labels):
+        assert tuple(layer.scale) == (2.0, 1.0, *SCALE)
+        assert tuple(layer.translate) == (9.0, 0.0, *expected.translate[1:])
+        assert layer.name.startswith("movie t=2 ")
+    # without a channel axis the classes go in front; another time point is another layer
+    model.add_image(movie[:, 0], name="tzyx", axis_labels=("t", "z", "y", "x"))
+    model.dims.set_point(model.dims.ndim - 4, 1.0)
+    assert shown_time_point(model, model.layers["tzyx"]) == 1
+    layer = run(model, request_from_fields(ImageSource.from_layer(model.layers["tzyx"], 1), fields(config)))
+    plain.add_image(volume[::-1], name="t1", scale=SCALE, translate=TRANSLATE)
+    expected = run(plain, request_from_fields(ImageSource.from_layer(plain.layers["t1"]), fields(config)))
+    assert layer.data.shape == (expected.data.shape[0], 1, *expected.data.shape[1:])  # (classes, t, z, y, x)
+    np.testing.assert_array_equal(layer.data[:, 0], expected.data)
+    assert tuple(layer.translate)[:2] == (0.0, 1.0)
+
+
+def test_a_time_point_of_a_zarr_series_is_predicted_file_to_file_beside_it(tmp_path, config, volume):
+    source = tmp_path / "movie.zarr"
+    series = np.stack([volume, volume[::-1]])
+    zarr.create_array(source, data=series, chunks=(1, 8, 32, 32), dimension_names=["t", "z", "y", "x"])
+    model = ViewerModel()
+    model.add_image(zarr.open_array(source, mode="r"), name="movie", axis_labels=("t", "z", "y", "x"))
+    image = ImageSource.from_layer(model.layers["movie"], 1)
+    assert image.file == f"{source}@t=1"
+    request = request_from_fields(image, fields(config, output="labels", tile="", mode=""))
+    assert request.output_path() == tmp_path / "movie-t1-stream-labels.ome.zarr"
+    layer = run(model, request)
+    net = densepred.create_prediction_net(densepred.load_config(config))
+    np.testing.assert_array_equal(np.asarray(layer.data)[0], densepred.predict_dense(net, series[1], mirror=True)
+                                  .argmax(axis=0))
+    assert layer.translate[0] == 1.0

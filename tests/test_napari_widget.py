@@ -83,6 +83,24 @@ def test_predict_adds_the_probabilities_layer_on_the_image(qapp, widget, config)
     assert widget.status.value.startswith("done; ")
 
 
+def test_predict_takes_the_time_point_on_the_slider_of_a_series_of_volumes(qapp, widget, config):
+    series = np.random.default_rng(4).random((3, 9, 41, 37), dtype=np.float32)
+    widget.viewer.add_image(series, name="movie", axis_labels=("t", "z", "y", "x"))
+    widget.image.value = widget.viewer.layers["movie"]
+    widget.config.value = str(config)
+    widget.tile.value, widget.mode.value, widget.mirror.value = "6,19,17", "mfp", False
+    widget.viewer.dims.set_point(0, 2.0)
+    widget.predict.native.click()
+    wait_until(qapp, lambda: len(widget.viewer.layers) == 3)
+
+    layer = widget.viewer.layers[-1]
+    net = densepred.create_prediction_net(densepred.load_config(config))
+    expected = densepred.predict_dense(net, series[2], tile_shape=(6, 19, 17), mode="mfp")
+    np.testing.assert_array_equal(layer.data[:, 0], expected)  # (classes, t, z, y, x): shown at t = 2 only
+    assert layer.name == "movie t=2 probabilities"
+    assert tuple(layer.translate)[:2] == (0.0, 2.0)
+
+
 def test_cancel_stops_the_run_and_adds_no_layer(qapp, widget, config, notices):
     widget.config.value = str(config)
     widget.tile.value, widget.mode.value = "6,13,13", "mfp"

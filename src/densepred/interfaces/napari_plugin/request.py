@@ -23,30 +23,61 @@ MODEL_FILES = (".pt2", ".onnx", ".torchscript", ".yaml", ".yml", ".zip")  # mode
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A layer's full-resolution data and where it lies; ``file`` is the zarr array behind it, if any."""
+    """A layer's full-resolution data and where it lies; ``file`` is the zarr array behind it, if
+    any. Of a layer of several time points of volumes, ``time`` is the one taken and ``axes``
+    the layer's axes (letters of ``TCZYX``), so the result can be placed at that time."""
 
     data: Any
     name: str
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     file: str | None = None
+    time: int | None = None
+    axes: str | None = None
 
     @classmethod
-    def from_layer(cls, layer: Any) -> ImageSource:
+    def from_layer(cls, layer: Any, time: int | None = None) -> ImageSource:
+        """The image of ``layer``; of a time series of volumes, its time point ``time`` (the
+        widget passes the one the viewer shows, :func:`shown_time_point`)."""
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
         where = f"layer '{layer.name}'"
         if getattr(layer, "rgb", False):  # colour samples last: the channels of a 3- or 4-channel net
             return cls(channel_first(data, "ZYXS"[4 - data.ndim:], where), layer.name, scale, translate)
         # axes the layer names (napari-ome-zarr's t, c, z, y, x) put channels first, as for a file
-        data = channel_first(data, axis_letters(getattr(layer, "axis_labels", None)), where,
-                             choose_time=f"add the time point as a layer of its own (in napari's console: "
-                                         f"viewer.add_image(viewer.layers['{layer.name}'].data[t]))")
-        return cls(data, layer.name, scale, translate, zarr_behind(layer, data))
+        axes = axis_letters(getattr(layer, "axis_labels", None))
+        time = time if _volume_series_axis(data, axes) is not None else None
+        image = channel_first(data, axes, where, time=time,
+                              choose_time="show the time point to predict in the viewer and press Predict "
+                                          "(or add it as a layer of its own: viewer.add_image(viewer.layers"
+                                          f"['{layer.name}'].data[t]))")
+        return cls(image, layer.name, scale, translate, zarr_behind(layer, image, time), time,
+                   None if time is None else axes)
 
 
-def zarr_behind(layer: Any, data: Any) -> str | None:
-    """The array spec of the zarr (OME-Zarr) array a layer shows, when its data is that array whole."""
+def shown_time_point(viewer: Any, layer: Any) -> int | None:
+    """The time point of ``layer`` that ``viewer`` shows, when the layer is a time series of
+    volumes (axes named, as napari-ome-zarr names them), else None."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    axis = _volume_series_axis(data, axis_letters(getattr(layer, "axis_labels", None)))
+    if axis is None:
+        return None
+    position = float(layer.world_to_data(viewer.dims.point)[axis])
+    return min(max(round(position), 0), int(data.shape[axis]) - 1)
+
+
+def _volume_series_axis(data: Any, axes: str | None) -> int | None:
+    """The time axis of ``data`` when it holds several time points of volumes whose spatial
+    axes come last (the form a result can be placed back in), else None."""
+    if axes is None or len(axes) != len(data.shape) or "T" not in axes or not axes.endswith("ZYX"):
+        return None
+    axis = axes.index("T")
+    return axis if int(data.shape[axis]) > 1 else None
+
+
+def zarr_behind(layer: Any, data: Any, time: int | None = None) -> str | None:
+    """The array spec of the zarr (OME-Zarr) array a layer shows, when its data is that array
+    whole (or its time point ``time``: the spec then names it, ``movie.zarr@t=3``)."""
     import zarr
 
     from ...io import open_array
@@ -58,7 +89,7 @@ def zarr_behind(layer: Any, data: Any) -> str | None:
     stored = data.array if isinstance(data, AxesView) else data
     if isinstance(stored, zarr.Array) and hasattr(stored.store, "root") and str(stored.store.root).endswith(".zarr"):
         candidates.append(f"{stored.store.root}:{stored.path}" if stored.path else str(stored.store.root))
-    for spec in candidates:
+    for spec in (c if time is None else f"{c}@t={time}" for c in candidates):
         try:
             array = open_array(spec)
         except (DensePredError, OSError, ValueError):
@@ -103,14 +134,16 @@ class PredictRequest:
         return self.output_file is not None or self.image.file is not None
 
     def output_path(self) -> Path:
-        """The output file: as given, else ``<input>-<net>[-labels].ome.zarr`` beside the input."""
+        """The output file: as given, else ``<input>[-t<time>]-<net>[-labels].ome.zarr`` beside the input."""
         if self.output_file is not None:
             return self.output_file
         if self.image.file is None:
             raise DensePredError("this layer is not backed by a zarr file; give an output file to predict to disk")
-        base = Path(self.image.file.split(".zarr:")[0].removesuffix(".zarr").removesuffix(".ome"))
+        spec = self.image.file.split("@t=")[0]
+        base = Path(spec.split(".zarr:")[0].removesuffix(".zarr").removesuffix(".ome"))
         net = Path(self.model.split(":")[-1]).stem if self.model else Path(self.config or "net").stem
-        return base.with_name(f"{base.name}-{net}{'-labels' if self.labels else ''}.ome.zarr")
+        time = "" if self.image.time is None else f"-t{self.image.time}"
+        return base.with_name(f"{base.name}{time}-{net}{'-labels' if self.labels else ''}.ome.zarr")
 
 
 def request_from_fields(image: ImageSource, fields: dict[str, Any]) -> PredictRequest:
@@ -170,4 +203,5 @@ def _path(value: Any) -> Path | None:
     return None if text is None or text == "." else Path(text).expanduser()
 
 
-__all__ = ["ImageSource", "PredictRequest", "describe_config", "request_from_fields", "zarr_behind"]
+__all__ = ["ImageSource", "PredictRequest", "describe_config", "request_from_fields", "shown_time_point",
+           "zarr_behind"]

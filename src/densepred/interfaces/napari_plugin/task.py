@@ -84,9 +84,8 @@ class PredictionTask:
 
     def run(self) -> list[LayerData]:
         """The result layers; raises :class:`Cancelled` or :class:`DensePredError`."""
-        if self.request.to_file:
-            return self._to_file()
-        return self._in_memory()
+        layers = self._to_file() if self.request.to_file else self._in_memory()
+        return layers if self.request.image.time is None else [at_time_point(layer, self.request) for layer in layers]
 
     def _observe(self, progress: Any) -> None:
         if self._cancel.is_set():
@@ -206,6 +205,29 @@ def placement(req: PredictRequest, origin: tuple[int, ...], lead: int) -> dict[s
     return {"scale": (1.0,) * lead + tuple(scale), "translate": (0.0,) * lead + moved}
 
 
+def at_time_point(layer: LayerData, req: PredictRequest) -> LayerData:
+    """A result of one time point of a layer, laid on that layer's axes so the viewer shows it
+    at that time only: each axis in front of z, y, x has one element (time's at the time point),
+    but the channel axis, which holds the classes; a class axis without one goes in front."""
+    data, kwargs, kind = layer
+    image, levels = req.image, data if isinstance(data, list) else [data]
+    classes = levels[0].ndim - 3
+    index: list[slice | None] = []
+    scale: list[float] = []
+    translate: list[float] = []
+    for i, axis in enumerate(image.axes[:-3]):
+        takes_classes = axis == "C" and classes > 0
+        index.append(slice(None) if takes_classes else None)
+        scale.append(1.0 if takes_classes else image.scale[i])
+        translate.append(0.0 if takes_classes else image.translate[i] + (image.time if axis == "T" else 0) * scale[-1])
+    if classes and "C" not in image.axes[:-3]:
+        index, scale, translate = [slice(None), *index], [1.0, *scale], [0.0, *translate]
+    placed = [level[(*index, Ellipsis)] for level in levels]  # NumPy arrays, or dask's of a file
+    kwargs = {**kwargs, "name": kwargs["name"].replace(image.name, f"{image.name} t={image.time}", 1),
+              "scale": (*scale, *kwargs["scale"][-3:]), "translate": (*translate, *kwargs["translate"][-3:])}
+    return (placed if isinstance(data, list) else placed[0]), kwargs, kind
+
+
 def label_dtype(classes: int) -> np.dtype:
     return np.dtype(np.uint8 if classes <= 256 else np.uint16 if classes <= 65536 else np.uint32)
 
@@ -242,5 +264,5 @@ def notify(outcome: Outcome) -> None:
         (show_info if outcome.cancelled else show_error)(outcome.message)
 
 
-__all__ = ["LayerData", "Outcome", "PredictionTask", "ProgressReport", "build_net_for", "describe_failure", "notify",
-           "placement"]
+__all__ = ["LayerData", "Outcome", "PredictionTask", "ProgressReport", "at_time_point", "build_net_for",
+           "describe_failure", "notify", "placement"]

@@ -23,7 +23,7 @@ from superqt.utils import ensure_main_thread
 
 from ...errors import DensePredError
 from ...networks.precision import PRECISIONS
-from .request import OUTPUTS, ImageSource, request_from_fields
+from .request import OUTPUTS, ImageSource, request_from_fields, shown_time_point
 from .sample import CONFIG_KEY
 from .task import Outcome, PredictionTask, ProgressReport, describe_failure, notify
 
@@ -32,7 +32,9 @@ BAR_STEPS = 1000
 
 
 class PredictWidget(Container):
-    """Dense prediction of the chosen image layer; the result is added as a layer on top of it."""
+    """Dense prediction of the chosen image layer; the result is added as a layer on top of it.
+    Of a layer of several time points of volumes, the time point the viewer shows is predicted
+    and its result shown at that time."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):  # or a ViewerModel (tests)
         super().__init__(labels=True)
@@ -97,7 +99,9 @@ class PredictWidget(Container):
         try:
             if self.image.value is None:
                 raise DensePredError("no image layer: open an image (or File > Open Sample > densepred) first")
-            request = request_from_fields(ImageSource.from_layer(self.image.value), self.fields())
+            layer = self.image.value  # of a time series of volumes, the time point the viewer shows
+            image = ImageSource.from_layer(layer, shown_time_point(self.viewer, layer))
+            request = request_from_fields(image, self.fields())
         except DensePredError as exc:
             notify(Outcome([], describe_failure(exc)))
             return
