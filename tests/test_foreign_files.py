@@ -168,6 +168,25 @@ def test_model_mistakes_are_one_line_exit_2(model_files, tmp_path, capsys, monke
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_a_model_that_needs_a_module_not_installed_says_which_in_one_line(tmp_path, capsys, monkeypatch):
+    """As MONAI's UNETR without einops: the import in the constructor (or the model's file) fails."""
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((9, 11, 13), dtype=np.float32))
+    (tmp_path / "lazy.py").write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                                      "        super().__init__()\n        import densepred_absent_einops.layers\n")
+    (tmp_path / "eager.py").write_text("import densepred_absent_einops\n")
+    for model, message in (("lazy.py:Net", "--model lazy.py:Net: Net needs the Python module "
+                                           "'densepred_absent_einops', which is not installed here; install it "
+                                           "(pip install densepred_absent_einops, for most modules)"),
+                           ("eager.py:Net", "it needs the Python module 'densepred_absent_einops', which is not "
+                                            "installed here (pip install densepred_absent_einops")):
+        assert main(["predict", "--model", model, "--input", "in.npy", "--output", "o.zarr", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert message in err[0]
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_a_torch_export_program_predicts_like_its_module(model_files, tmp_path):
     model, volume = model_files
     sides = [torch.export.Dim(f"d{axis}", min=2, max=128) for axis in range(3)]

@@ -37,6 +37,11 @@ def load_model(model: str | None = None, kwargs: dict[str, Any] | str | None = N
     try:
         module = cls(**options)
     except Exception as exc:  # a wrong or missing keyword, or the model's own check of its arguments
+        missing = missing_module(exc)
+        if missing is not None:  # an optional import of the model's own (MONAI's UNETR needs einops)
+            raise DensePredError(f"--model {model}: {cls.__name__} needs the Python module {missing!r}, which is "
+                                 f"not installed here; install it (pip install {missing.split('.')[0]}, for most "
+                                 "modules) and run again") from None
         raise DensePredError(f"--model {model}: {cls.__name__}(**{_short(options)}) failed: "
                              f"{type(exc).__name__}: {_first_line(exc)}; check --model-kwargs") from None
     if not isinstance(module, torch.nn.Module):
@@ -62,7 +67,10 @@ def _model_class(spec: str) -> type:
         else:
             module = importlib.import_module(where)
     except ImportError as exc:
-        raise DensePredError(f"--model {spec!r}: cannot import {where} ({exc})") from None
+        missing = missing_module(exc)
+        needs = (f": it needs the Python module {missing!r}, which is not installed here (pip install "
+                 f"{missing.split('.')[0]}, for most modules)") if missing and not where.startswith(missing) else ""
+        raise DensePredError(f"--model {spec!r}: cannot import {where} ({_first_line(exc)}){needs}") from None
     except SyntaxError as exc:
         raise DensePredError(f"--model {spec!r}: {exc.filename or where} line {exc.lineno}: syntax error "
                              f"({exc.msg})") from None
@@ -75,6 +83,21 @@ def _model_class(spec: str) -> type:
     if not callable(cls):
         raise DensePredError(f"--model {spec!r}: {where} has no class {name}")
     return cls
+
+
+def missing_module(exc: BaseException) -> str | None:
+    """The module whose absence ``exc`` (or an exception it was raised from) reports, if any:
+    a ``ModuleNotFoundError``, or a library's own optional-import error that names it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        found = re.search(r"No module named '([\w.]+)'", str(exc))
+        if found:
+            return found.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
