@@ -380,3 +380,29 @@ def test_a_time_point_of_a_zarr_series_is_predicted_file_to_file_beside_it(tmp_p
     np.testing.assert_array_equal(np.asarray(layer.data)[0], densepred.predict_dense(net, series[1], mirror=True)
                                   .argmax(axis=0))
     assert layer.translate[0] == 1.0
+
+
+def test_a_time_series_opened_by_the_reader_is_predicted_at_the_shown_time_file_to_file(tmp_path, config, volume):
+    """bioformats2raw's (t, c, z, y, x) with one channel, opened by densepred's reader: the layer
+    keeps its time axis (it was taken as channels) and is known to be its file's time point."""
+    from napari.layers._source import layer_source
+
+    from densepred.interfaces.napari_plugin.reader import read_ome_zarr
+    from densepred.interfaces.napari_plugin.request import shown_time_point
+    from tests.test_input_axes import ome_image
+
+    series = np.stack([volume, volume[:, ::-1]])[:, None]
+    ome_image(tmp_path / "movie.ome.zarr", series, "tczyx", "0.5")
+    model = ViewerModel()
+    data, kwargs, _ = read_ome_zarr(str(tmp_path / "movie.ome.zarr"))[0]
+    with layer_source(path=str(tmp_path / "movie.ome.zarr")):
+        layer = model.add_image(data, **kwargs)[0]
+    assert layer.axis_labels == ("t", "z", "y", "x")
+    model.dims.set_point(0, 1.0)
+    image = ImageSource.from_layer(layer, shown_time_point(model, layer))
+    assert image.file == f"{tmp_path / 'movie.ome.zarr'}@t=1"
+    result = run(model, request_from_fields(image, fields(config, tile="", mode="")))
+    assert (tmp_path / "movie-t1-stream.ome.zarr").is_dir()
+    net = densepred.create_prediction_net(densepred.load_config(config))
+    np.testing.assert_allclose(np.asarray(result.data[0] if result.multiscale else result.data)[:, 0],
+                               densepred.predict_dense(net, series[1, 0], mirror=True), rtol=0, atol=1e-6)

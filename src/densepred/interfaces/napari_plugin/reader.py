@@ -70,7 +70,8 @@ def read_ome_zarr(path: str) -> list[LayerData]:
     scale, translate = _transforms(image["datasets"][0], len(axes))
     spatial = [i for i, a in enumerate(axes) if a != "c"]
     kwargs: dict[str, Any] = {"name": Path(path).stem, "scale": [scale[i] for i in spatial],
-                              "translate": [translate[i] for i in spatial], "multiscale": len(levels) > 1}
+                              "translate": [translate[i] for i in spatial], "multiscale": len(levels) > 1,
+                              "axis_labels": [axes[i] for i in spatial]}  # a time axis stays time for the widget
     data = levels if len(levels) > 1 else levels[0]
     if "c" in axes:
         names = [c.get("label", str(i)) for i, c in enumerate(ome.get("omero", {}).get("channels", []))]

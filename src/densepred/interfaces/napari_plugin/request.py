@@ -94,9 +94,16 @@ def zarr_behind(layer: Any, data: Any, time: int | None = None) -> str | None:
             array = open_array(spec)
         except (DensePredError, OSError, ValueError):
             continue
-        if tuple(array.shape) == tuple(data.shape):
-            return spec
+        if _without_leading_ones(array.shape) == _without_leading_ones(data.shape):
+            return spec  # the same voxels (one channel of a t, c, z, y, x file split into layers by napari)
     return None
+
+
+def _without_leading_ones(shape: Any) -> tuple[int, ...]:
+    sizes = [int(n) for n in shape]
+    while len(sizes) > 1 and sizes[0] == 1:
+        sizes.pop(0)
+    return tuple(sizes)
 
 
 @dataclass(frozen=True)
