@@ -144,7 +144,10 @@ def test_a_time_point_of_a_fiji_hyperstack_and_the_mistakes_around_time_points(t
     for spec, output, message in [
             (f"{tmp_path / 'ij.tif'}@t=2", "o.npy", "is past the end of its 2 time point(s): valid are @t=0 to @t=1"),
             (f"{tmp_path / 'plain.npy'}@t=0", "o.npy", "names a time point, but a npy file names no axes"),
-            (f"{tmp_path / 'ij.tif'}@t=0", "o.zarr@t=0", "names a time point; @t=N selects a time point of an input")]:
+            (f"{tmp_path / 'ij.tif'}@t=0", "o.zarr@t=0", "names a time point; @t=N selects a time point of an input"),
+            (f"{tmp_path / 'ij.tif'}@t=-1", "o.npy", "names the time point '-1'; a time point is a whole number "
+                                                      "from 0, e.g. "),
+            (f"{tmp_path / 'ij.tif'}@t=", "o.npy", "names the time point ''")]:
         code = main(["predict", str(config), "--input", spec, "--output", str(tmp_path / output), "--quiet"])
         one_error_line(capsys, code, message)
     assert not (tmp_path / "o.zarr").exists()

@@ -45,6 +45,10 @@ class ArraySpec:
         if not isinstance(spec, str) or not spec or "\x00" in spec:
             raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
         time = TIME_POINT.search(spec)
+        bad = None if time else re.search(r"@t=([^/:@]*)$", spec)
+        if bad:
+            raise DensePredError(f"array spec {spec!r} names the time point {bad.group(1)!r}; a time point is a "
+                                 f"whole number from 0, e.g. {spec[:bad.start()]}@t=0")
         text = spec[:time.start()] if time else spec
         parsed = cls._parse(text, spec, base)
         return cls(parsed.path, parsed.key, int(time.group(1))) if time else parsed
