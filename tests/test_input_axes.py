@@ -243,7 +243,8 @@ def test_a_time_point_feeds_a_model_from_elsewhere_and_a_cluster(tmp_path):
     from tests.test_foreign import UNet, trained_looking
 
     series = np.random.default_rng(8).random((3, 19, 26, 23), dtype=np.float32)
-    tifffile.imwrite(tmp_path / "series.tif", series, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "series.tif", series, imagej=True, metadata={"axes": "TZYX"},
+                     compression="zlib")  # read by its strips, in this process and in the cluster's
     model = trained_looking(UNet(), seed=7).float()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "unet.safetensors")
     assert main(["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", '{"dims": 3, "depth": 2, '

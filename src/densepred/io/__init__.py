@@ -13,6 +13,7 @@
 * :mod:`.pyramid` - an OME-Zarr output's pyramid levels, built while level 0 is written and
   completed after, resumably
 * :mod:`.fingerprint` - a cheap fingerprint of an input's contents, to notice a changed input
+* :mod:`.tiff_chunks` - compressed or tiled TIFF inputs read by their own strips or tiles
 * :mod:`.synthetic` - synthetic EM-like volumes for the demo and the tests
 """
 
@@ -21,6 +22,7 @@ from .fingerprint import array_fingerprint, file_stamp, input_stamp
 from .images import ChannelFirst, read_window, to_float32
 from .output_checks import check_not_input, check_writable, output_exists, remove_output
 from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output
+from .tiff_chunks import kept_bytes_of
 
 __all__ = [
     "OUTPUT_DTYPES",
@@ -33,6 +35,7 @@ __all__ = [
     "create_output",
     "file_stamp",
     "input_stamp",
+    "kept_bytes_of",
     "open_array",
     "open_output",
     "output_exists",

@@ -260,8 +260,10 @@ def _open_tiff(path: Path, time: int | None = None) -> Any:
         axes = tiff.series[0].axes if tiff.series else None
     try:
         array = tifffile.memmap(path, mode="r")
-    except ValueError:  # compressed or tiled: not memory-mappable
-        array = tifffile.imread(path)
+    except ValueError:  # compressed or tiled: not memory-mappable, read by its own strips or tiles
+        from .tiff_chunks import TiffChunks
+
+        array = TiffChunks(path)
     return channel_first(array, axes, str(path), time)
 
 

@@ -19,7 +19,7 @@ import torch
 from ...config import MODES
 from ...errors import DensePredError
 from ...geometry import Geometry, Tile
-from ...io import ChannelFirst, to_float32
+from ...io import ChannelFirst, kept_bytes_of, to_float32
 from ...networks import DenseNet
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
@@ -120,7 +120,7 @@ def predict_dense(
     batch_size = _positive(batch_size, "batch_size", default=1)
     if mode not in MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
-    budget = memory_budget(memory_limit, device)
+    budget = memory_budget(memory_limit, device).less(kept_bytes_of(source))
     if out is None:  # the result is held in memory whole
         budget = budget.less(4 * net.config.n_classes * math.prod(geometry.dense_output_shape(
             [n + (f - 1 if mirror else 0) for n, f in zip(source.spatial_shape, geometry.fov, strict=True)])))

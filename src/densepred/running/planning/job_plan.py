@@ -20,7 +20,7 @@ import torch
 from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
 from ...geometry import BlockPlan, Geometry, pyramid
-from ...io import ArraySpec, ChannelFirst, open_array
+from ...io import ArraySpec, ChannelFirst, kept_bytes_of, open_array
 from ...networks import DenseEngine, build_net
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
@@ -92,7 +92,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DensePredError(f"workers = {workers!r} is invalid; expected a positive integer")
     geometry = network_geometry(cfg.network)
-    spatial, itemsize = _input_shape(cfg, geometry, input, shape, input_dtype)
+    spatial, itemsize, kept = _input_shape(cfg, geometry, input, shape, input_dtype)
     mode = mode or cfg.prediction.mode
     device_ = resolve_device(device)
     checked = precision_for(precision, device_)
@@ -100,7 +100,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
     footprint = footprint_on(device_, cfg.network.in_channels, cfg.network.n_classes, itemsize, classes,
                              np.dtype(stored_dtype).itemsize, pyramid=True)  # planned as OME-Zarr with its pyramid
     tiles, engine_mode = plan_and_mode(geometry, spatial, tile or cfg.prediction.tile_shape, mode, mirror,
-                                       memory_budget(memory_limit, device_), footprint, device_)
+                                       memory_budget(memory_limit, device_).less(kept), footprint, device_)
     per_block = (tiles_per_block,) * geometry.ndim if isinstance(tiles_per_block, int) else tuple(tiles_per_block)
     if len(per_block) != geometry.ndim or any(n < 1 for n in per_block):
         raise DensePredError(f"tiles per block {list(per_block)} are invalid; expected {geometry.ndim} positive "
@@ -114,19 +114,20 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
 
 
 def _input_shape(cfg: Config, geometry: Geometry, input: str | None, shape: Sequence[int] | None,
-                 input_dtype: str) -> tuple[tuple[int, ...], int]:
+                 input_dtype: str) -> tuple[tuple[int, ...], int, int]:
+    """The input's spatial shape, its itemsize, and the bytes it keeps of what it decoded."""
     if (input is None) == (shape is None):
         raise DensePredError("give the input (--input SPEC) or its shape (--shape Z,Y,X), one of them")
     if input is not None:
         source = ChannelFirst(open_array(ArraySpec.parse(input)), cfg.network.in_channels, geometry.ndim)
         if source.stacked:
             raise DensePredError("plan a 2D net over a stack by its slices: --shape Y,X with --workers for the slices")
-        return tuple(source.spatial_shape), source.dtype.itemsize
+        return tuple(source.spatial_shape), source.dtype.itemsize, kept_bytes_of(source)
     spatial = tuple(int(n) for n in shape)
     if len(spatial) != geometry.ndim or any(n < 1 for n in spatial):
         raise DensePredError(f"shape {list(spatial)} is invalid; expected {geometry.ndim} positive integers")
     try:
-        return spatial, np.dtype(input_dtype).itemsize
+        return spatial, np.dtype(input_dtype).itemsize, 0
     except TypeError:
         raise DensePredError(f"input dtype {input_dtype!r} is invalid; expected e.g. uint8, uint16, float32") from None
 

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
 from ...geometry.scale import scaled
+from ...io import kept_bytes_of
 from ...networks.devices import dtype_of
 from ...networks.foreign import ForeignNet, TilingContract, per_axis_ints
 from ...networks.memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
@@ -314,7 +315,7 @@ def budget_window(run: Any, size: bool, budgeted: bool, memory_limit: int | None
     c, spatial, views = run.contract, run.source.spatial_shape, len(run.flips)
     memory = model_memory(run.net, run.model, c, run.net.in_channels, run.device, run.memory_format,
                           dtype_of(run.model))
-    budget = memory_budget(memory_limit, run.device)
+    budget = memory_budget(memory_limit, run.device).less(kept_bytes_of(run.source))
     if in_memory:
         budget = budget.less(result_bytes(memory, run.output_shape))
     window = run.window
@@ -400,7 +401,7 @@ def window_ladder(run: Any, memory_limit: int | None) -> list[LadderStep]:
     def cost(window: tuple[int, ...]) -> int:
         return memory.window_bytes(window, run.net.in_channels, views)
 
-    budget = memory_budget(memory_limit, run.device)
+    budget = memory_budget(memory_limit, run.device).less(kept_bytes_of(run.source))
     path = _grown(least, lambda w: _fitted(c, spatial, w), c.factor, cost, budget)
     floor = _fitted(c, spatial, least)
     balanced = list(dict.fromkeys(tuple(_balanced(axis, w, lo, f, count) for axis, (w, lo, f) in

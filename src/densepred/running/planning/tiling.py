@@ -26,7 +26,7 @@ from ...geometry import (
     halved_tile,
     slices_that_fit,
 )
-from ...io import ChannelFirst
+from ...io import ChannelFirst, kept_bytes_of
 from ...io.encoding import Encoding
 from ...networks import DenseNet
 from ...networks.memory_budget import MemoryBudget, memory_budget, tile_cost, too_small, warn_if_over
@@ -274,7 +274,7 @@ def job_tiles(job: Any, config_batch: int | None, net: DenseNet, source: Channel
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise DensePredError(f"batch size {batch!r} is invalid; expected a positive integer")
     roi = output_roi(job.roi, source.spatial_shape, geometry.offset, geometry.border_high, job.mirror)
-    budget = memory_budget(job.memory_limit, device)
+    budget = memory_budget(job.memory_limit, device).less(kept_bytes_of(source))
     footprint = footprint_for(net, source, batch, device, encoding.channels or 1, encoding.stored_dtype.itemsize,
                               pyramid)
     if job.tile is None and tiles is not None:
