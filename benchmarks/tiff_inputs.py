@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="96,2048,2048")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="of: " + "; ".join(LAYOUTS))
+    parser.add_argument("--layouts", default=";".join(LAYOUTS), help="some of: " + "; ".join(LAYOUTS))
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
     with tempfile.TemporaryDirectory() as folder:
@@ -80,7 +80,7 @@ def main() -> None:
         config, data = trivial_net(work), stack(shape)
         print(f"stack {'x'.join(map(str, shape))} uint8 ({data.nbytes / 2**20:.0f} MiB decoded); seconds and peak "
               "resident GiB per run, in turn")
-        for name in args.layouts.split(","):
+        for name in args.layouts.split(";"):
             options = LAYOUTS[name.strip()]
             source = work / "stack.tif"
             tifffile.imwrite(source, data, compression="zlib", **options)
