@@ -39,8 +39,15 @@ atexit.register(lambda: print("peak_kib", re.search(r"VmHWM:\\s+(\\d+)", open("/
 # the reading before: the whole file decoded into memory when it is opened
 WHOLE = PEAK + """
 import tifffile
-import densepred.io.tiff_chunks as chunks
-chunks.TiffChunks = lambda path: tifffile.imread(path)
+import densepred.io.arrays as arrays
+from densepred.io.axes import channel_first
+
+def whole(path, time=None):
+    with tifffile.TiffFile(path) as tiff:
+        axes = tiff.series[0].axes
+    return channel_first(tifffile.imread(path), axes, str(path), time)
+
+arrays._open_tiff = whole
 from densepred.interfaces.cli import main
 sys.exit(main(sys.argv[1:]))
 """
