@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,22 @@ sys.exit(main(sys.argv[1:]))
 CHUNKS = PEAK + "from densepred.interfaces.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
-def stack(shape: tuple[int, int, int]) -> np.ndarray:
-    """EM-like texture: coarse blobs with noise, which compresses as real EM does (about 2-3x)."""
+def pages(shape: tuple[int, int, int]) -> Iterator[np.ndarray]:
+    """EM-like texture, page by page: coarse blobs with noise, which compresses as real EM does."""
     rng = np.random.default_rng(0)
-    coarse = rng.normal(128, 30, (shape[0], shape[1] // 4, shape[2] // 4)).astype(np.float32)
-    noise = rng.standard_normal(shape, dtype=np.float32) * 12
-    return (coarse.repeat(4, 1).repeat(4, 2) + noise).clip(0, 255).astype(np.uint8)
+    for _ in range(shape[0]):
+        coarse = rng.normal(128, 30, (shape[1] // 4, shape[2] // 4)).astype(np.float32).repeat(4, 0).repeat(4, 1)
+        yield (coarse + rng.standard_normal(shape[1:], dtype=np.float32) * 12).clip(0, 255).astype(np.uint8)
+
+
+def write_stack(path: Path, shape: tuple[int, int, int], options: dict) -> None:
+    """The stack written page by page (tile by tile for a tiled layout): never whole in memory."""
+    tile = options.get("tile")
+    segments = pages(shape) if tile is None else (
+        page[y:y + tile[0], x:x + tile[1]] for page in pages(shape)
+        for y in range(0, shape[1], tile[0]) for x in range(0, shape[2], tile[1]))
+    tifffile.imwrite(path, segments, shape=shape, dtype=np.uint8, photometric="minisblack", compression="zlib",
+                     **options)
 
 
 def run(program: str, config: Path, source: Path, output: Path) -> tuple[float, float]:
@@ -84,13 +95,13 @@ def main() -> None:
     shape = tuple(int(n) for n in args.shape.split(","))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        config, data = trivial_net(work), stack(shape)
-        print(f"stack {'x'.join(map(str, shape))} uint8 ({data.nbytes / 2**20:.0f} MiB decoded); seconds and peak "
+        config = trivial_net(work)
+        print(f"stack {'x'.join(map(str, shape))} uint8 ({np.prod(shape) / 2**20:.0f} MiB decoded); seconds and peak "
               "resident GiB per run, in turn")
         for name in args.layouts.split(";"):
             options = LAYOUTS[name.strip()]
             source = work / "stack.tif"
-            tifffile.imwrite(source, data, compression="zlib", **options)
+            write_stack(source, shape, options)
             results: dict[str, list[tuple[float, float]]] = {"whole": [], "chunks": []}
             for _ in range(args.rounds):
                 for way, program in (("whole", WHOLE), ("chunks", CHUNKS)):
