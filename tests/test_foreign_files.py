@@ -292,6 +292,7 @@ def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(t
     np.testing.assert_allclose(stored(tmp_path / "two.zarr"), stored(tmp_path / "one.zarr"), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # 15 s; exact blocks on a cluster: test_exact_blocks_on_a_local_cluster_equal_the_one_process_run
 def test_blend_on_a_local_cluster_equals_the_one_process_blend_and_resumes_anywhere(tmp_path):
     job = tiny_job(tmp_path, 5, (27, 45, 39), mode="blend", tile=(12, 16, 16), overlap=0.5, levels=1)
 

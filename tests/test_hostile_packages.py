@@ -136,7 +136,7 @@ def test_a_zip_bomb_and_a_package_over_the_limit_are_refused_before_unpacking(pa
     assert not list(temp.iterdir())  # nothing was unpacked
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
 def test_the_unpacked_folder_goes_when_the_command_is_terminated(package, tmp_path, stop):
     temp = tmp_path / "tmp"
     temp.mkdir()

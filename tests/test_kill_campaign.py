@@ -81,7 +81,7 @@ def campaign(folder, mode, kills, seed):
             np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "blend", pytest.param("own", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["exact", *(pytest.param(m, marks=pytest.mark.slow) for m in ("blend", "own"))])
 def test_a_run_killed_once_resumes_to_the_same_result(files, mode):  # own nets: test_predict_files' kill -9
     campaign(files, mode, kills=1, seed={"exact": 1, "blend": 2, "own": 3}[mode])
 

@@ -24,7 +24,7 @@ def tiles_for(net, image_shape, mode):
     return tiles
 
 
-MIRRORED_SLOW = ("dilated", "naive", "stream")  # mirrored runs of these take 10-24 s each: make test-slow
+MIRRORED_SLOW = ("dilated", "naive", "stream", "auto")  # mirrored runs of these take 8-24 s each: make test-slow
 
 
 @pytest.mark.parametrize("name", sorted(NETS))

@@ -180,6 +180,7 @@ def test_bad_profile_options_are_one_line_with_exit_code_2(tiny_config, capsys, 
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # 7 s
 def test_a_stream_is_profiled_over_cross_sections_with_a_fixed_length(tiny_config, tmp_path):
     from densepred.running.profiling.walk import stream_length
 

@@ -211,6 +211,7 @@ weights:
 """
 
 
+@pytest.mark.slow  # 12 s
 def test_a_fixed_size_0_4_package_that_does_not_convert_runs_as_it_is(tmp_path, capsys):
     folder = tmp_path / "p"
     package(folder, (), shape=(1, 1, 32, 32))
