@@ -175,6 +175,7 @@ def test_version():
     assert done.stdout.strip() == f"densepred {densepred.__version__}"
 
 
+@pytest.mark.slow  # 6 s
 def test_a_local_cluster_needs_no_fixed_scratch_name(config, volume, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()

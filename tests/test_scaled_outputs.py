@@ -243,7 +243,8 @@ def test_the_scale_factor_and_sizes_can_be_given_on_the_command_line(tmp_path, c
     assert "--scale 'half' is invalid" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["Half", pytest.param("Up", marks=pytest.mark.slow)])  # Up: make test-slow
+@pytest.mark.slow  # 7 s each; scaled outputs in one process: the tests above
+@pytest.mark.parametrize("name", ["Half", "Up"])
 def test_a_scaled_output_on_a_local_cluster_equals_the_one_process_run(tmp_path, name):
     model = scaled_model(tmp_path, name, dims=3)
     torch.save(model.state_dict(), tmp_path / "w.pt")

@@ -115,6 +115,7 @@ def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(c
     assert tile_cost(net.geometry, "stream", footprint, budget)(stream.output_tile) <= budget.room
 
 
+@pytest.mark.slow  # 7 s
 def test_a_stream_with_a_region_of_interest_on_a_cluster_equals_dilated_in_one_process(config, tmp_path):
     volume = np.random.default_rng(23).random((70, 33, 30), dtype=np.float32)
     np.save(tmp_path / "in.npy", volume)
