@@ -68,7 +68,7 @@ class ChunkFiles:
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         """The array's values in ``box`` (slices with step 1, inside the array)."""
         out = np.empty(tuple(s.stop - s.start for s in box), self.dtype)
-        for index in _grid(box, self.chunks):
+        for index in chunk_grid(box, self.chunks):
             path = self.folder / self.array.metadata.encode_chunk_key(index)
             try:
                 with open(path, "rb") as file:
@@ -89,7 +89,7 @@ class ChunkFiles:
                              self.shards.checksum, [o // i for o, i in zip(self.chunks, inner, strict=True)])
         inside = tuple(slice(max(b.start, s * o), min(b.stop, (s + 1) * o))
                        for b, s, o in zip(box, shard, self.chunks, strict=True))
-        for chunk in _grid(inside, inner):
+        for chunk in chunk_grid(inside, inner):
             local = tuple(c - s * (o // i) for c, s, o, i in zip(chunk, shard, self.chunks, inner, strict=True))
             offset, nbytes = (int(v) for v in index[local])
             if offset == EMPTY and nbytes == EMPTY:
@@ -102,12 +102,12 @@ class ChunkFiles:
         flat = np.frombuffer(self.decode(raw), self.stored)
         if flat.size != math.prod(shape):
             raise ValueError(f"a chunk decoded to {flat.size} values, not {math.prod(shape)}")
-        source, target = _overlap(box, index, shape)
+        source, target = chunk_overlap(box, index, shape)
         out[target] = flat.reshape(shape)[source]
 
     def _from_zarr(self, out: np.ndarray, box: tuple[slice, ...], index: tuple[int, ...],
                    shape: tuple[int, ...]) -> None:
-        source, target = _overlap(box, index, shape)
+        source, target = chunk_overlap(box, index, shape)
         stored = tuple(slice(i * c + s.start, i * c + s.stop) for i, c, s in zip(index, shape, source, strict=True))
         out[target] = np.asarray(self.array[stored])
 
@@ -214,11 +214,12 @@ def shard_index(raw: bytes, checksum: bool, grid: list[int]) -> np.ndarray:
     return np.frombuffer(raw, "<u8").reshape(*grid, 2)
 
 
-def _grid(box: tuple[slice, ...], chunks: tuple[int, ...]) -> product[tuple[int, ...]]:
+def chunk_grid(box: tuple[slice, ...], chunks: tuple[int, ...]) -> product[tuple[int, ...]]:
+    """The indices of the chunks (of shape ``chunks``) that ``box`` crosses, in C order."""
     return product(*(range(s.start // c, -(-s.stop // c)) for s, c in zip(box, chunks, strict=True)))
 
 
-def _overlap(box: tuple[slice, ...], index: tuple[int, ...],
+def chunk_overlap(box: tuple[slice, ...], index: tuple[int, ...],
              shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """The part of chunk ``index`` (of ``shape``) inside ``box``: slices in the chunk and in the box."""
     source, target = [], []

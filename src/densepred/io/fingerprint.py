@@ -82,11 +82,11 @@ def _time_point_files(array: Any, folder: Path, axis: int, index: int) -> Iterat
 
 def _chunk_keys(array: Any) -> tuple[str, str]:
     """A zarr array's chunk keys: their prefix (``c`` + separator in zarr v3's default
-    encoding) and the separator between coordinates."""
-    encoding = getattr(array.metadata, "chunk_key_encoding", None)
-    if encoding is None:  # zarr v2
-        return "", getattr(array.metadata, "dimension_separator", None) or "."
-    return (f"c{encoding.separator}" if encoding.name == "default" else ""), encoding.separator
+    encoding) and the separator between coordinates, read off a key zarr encodes (as the
+    chunk readers find their files, :mod:`.chunk_files`)."""
+    key = array.metadata.encode_chunk_key(tuple(range(7, 7 + len(array.shape))))  # digits no separator is
+    prefix = key[:key.index("7")]
+    return prefix, key[len(prefix) + 1]
 
 
 def _chunk_coordinates(key: str, prefix: str, separator: str) -> list[int] | None:

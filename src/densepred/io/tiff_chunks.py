@@ -17,7 +17,6 @@ not save a decode before they are evicted.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
+from .chunk_files import chunk_grid, chunk_overlap
 from .reading import plain_box
 
 CACHE_BYTES = 256 * 2**20  # decoded chunks kept per open file
@@ -59,17 +59,12 @@ class TiffChunks:
         box = plain_box(key if isinstance(key, tuple) else (key,), self.shape)
         if box is None:  # integers, steps: zarr's own indexing
             return np.asarray(self.array[key])
-        grid = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, self.chunks, strict=True)]
-        indices = list(itertools.product(*grid))
+        indices = list(chunk_grid(box, self.chunks))
         keep = 2 * len(indices) * int(np.prod(self.chunks)) * self.dtype.itemsize <= CACHE_BYTES
-        chunks = self._chunks(indices, keep)
         out = np.empty(tuple(s.stop - s.start for s in box), self.dtype)
-        for index, chunk in chunks.items():
-            inside = [slice(max(s.start, i * c), min(s.stop, (i + 1) * c))
-                      for i, s, c in zip(index, box, self.chunks, strict=True)]
-            out[tuple(slice(r.start - s.start, r.stop - s.start) for r, s in zip(inside, box, strict=True))] = \
-                chunk[tuple(slice(r.start - i * c, r.stop - i * c) for r, i, c in zip(inside, index, self.chunks,
-                                                                                        strict=True))]
+        for index, chunk in self._chunks(indices, keep).items():
+            source, target = chunk_overlap(box, index, self.chunks)
+            out[target] = chunk[source]
         return out
 
     def __len__(self) -> int:

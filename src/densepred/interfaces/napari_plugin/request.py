@@ -39,13 +39,13 @@ class ImageSource:
     def from_layer(cls, layer: Any, time: int | None = None) -> ImageSource:
         """The image of ``layer``; of a time series of volumes, its time point ``time`` (the
         widget passes the one the viewer shows, :func:`shown_time_point`)."""
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data = _full_resolution(layer)
         scale, translate = tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
         where = f"layer '{layer.name}'"
         if getattr(layer, "rgb", False):  # colour samples last: the channels of a 3- or 4-channel net
             return cls(channel_first(data, "ZYXS"[4 - data.ndim:], where), layer.name, scale, translate)
         # axes the layer names (napari-ome-zarr's t, c, z, y, x) put channels first, as for a file
-        axes = axis_letters(getattr(layer, "axis_labels", None))
+        axes = _axes(layer)
         time = time if _volume_series_axis(data, axes) is not None else None
         image = channel_first(data, axes, where, time=time,
                               choose_time="show the time point to predict in the viewer and press Predict "
@@ -58,12 +58,21 @@ class ImageSource:
 def shown_time_point(viewer: Any, layer: Any) -> int | None:
     """The time point of ``layer`` that ``viewer`` shows, when the layer is a time series of
     volumes (axes named, as napari-ome-zarr names them), else None."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    axis = _volume_series_axis(data, axis_letters(getattr(layer, "axis_labels", None)))
+    data = _full_resolution(layer)
+    axis = _volume_series_axis(data, _axes(layer))
     if axis is None:
         return None
     position = float(layer.world_to_data(viewer.dims.point)[axis])
     return min(max(round(position), 0), int(data.shape[axis]) - 1)
+
+
+def _full_resolution(layer: Any) -> Any:
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _axes(layer: Any) -> str | None:
+    """The axes a layer names, as letters of ``TCZYX`` (napari-ome-zarr's and densepred's reader's)."""
+    return axis_letters(getattr(layer, "axis_labels", None))
 
 
 def _volume_series_axis(data: Any, axes: str | None) -> int | None:
