@@ -171,3 +171,64 @@ def test_a_run_killed_while_it_creates_its_output_resumes_to_the_same_bytes(tmp_
     for level in ("0", "1"):
         np.testing.assert_array_equal(zarr.open_group(cut, mode="r")[level][...],
                                       zarr.open_group(tmp_path / "whole.zarr", mode="r")[level][...])
+
+
+def ome_input(path, data, scale, translation, outer_scale=None):
+    """An OME-Zarr 0.4 image of ``data`` with two levels (the second by striding), placed by a
+    scale and translation per level and optionally a scale of the whole multiscale."""
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    group.create_array("s0", data=data, chunks=(8, 32, 32))
+    group.create_array("s1", data=np.ascontiguousarray(data[:, ::2, ::2]), chunks=(8, 32, 32))
+    datasets = [{"path": f"s{i}", "coordinateTransformations": [
+        {"type": "scale", "scale": [scale[0], scale[1] * 2**i, scale[2] * 2**i]},
+        {"type": "translation", "translation": [translation[0], *(t + (2**i - 1) / 2 * s for t, s in
+                                                                  zip(translation[1:], scale[1:], strict=True))]}]}
+                for i in range(2)]
+    multiscale = {"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
+                  "datasets": datasets}
+    if outer_scale:
+        multiscale["coordinateTransformations"] = [{"type": "scale", "scale": outer_scale}]
+    group.attrs["multiscales"] = [multiscale]
+
+
+def world(transforms, index):
+    scale = transforms[0]["scale"][-3:]
+    shift = transforms[1]["translation"][-3:] if len(transforms) > 1 else [0.0] * 3
+    return [t + i * s for t, i, s in zip(shift, index, scale, strict=True)]
+
+
+@pytest.mark.parametrize(("level", "extra", "outer"), [("s0", (), None), ("s1", ("--roi", "2:13,5:30,3:26"), None),
+                                                       ("s0", ("--mirror",), [1.0, 2.0, 2.0])])
+def test_the_output_lies_where_the_input_lies_in_physical_space(config, volume, tmp_path, level, extra, outer):
+    """Each output voxel's physical position is that of the input voxel it is the prediction
+    of; an input placed away from the origin (a cutout of a larger volume) places the output
+    there too, also where --voxel-size overrides the input's scale (its position kept in voxels)."""
+    import densepred
+
+    ome_input(tmp_path / "in.zarr", volume, (40.0, 4.0, 4.0), (4000.0, -80.0, 1200.0), outer)
+    spec = f"{tmp_path / 'in.zarr'}:{level}"
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), *extra, input_spec=spec) == 0
+    assert predict(config, tmp_path, str(tmp_path / "v.zarr"), *extra, "--voxel-size", "5,1,1",
+                   input_spec=spec) == 0
+    source = zarr.open_group(tmp_path / "in.zarr", mode="r").attrs["multiscales"][0]
+    placed = next(d for d in source["datasets"] if d["path"] == level)["coordinateTransformations"]
+    if outer:  # the multiscale's scale applies after the dataset's transforms
+        placed = [{"scale": [a * b for a, b in zip(placed[0]["scale"], outer, strict=True)]},
+                  {"translation": [a * b for a, b in zip(placed[1]["translation"], outer, strict=True)]}]
+    if extra and extra[0] == "--roi":  # the region's voxels are predicted
+        start = [int(r.split(":")[0]) for r in extra[1].split(",")]
+    else:  # the whole image, or without mirroring, the voxels a window's border away from its faces
+        start = [0, 0, 0] if extra else densepred.build_net(densepred.load_config(config)).geometry.offset
+    for output, voxel_size in (("o.zarr", None), ("v.zarr", [5.0, 1.0, 1.0])):
+        transforms = zarr.open_group(tmp_path / output, mode="r").attrs["ome"]["multiscales"][0]["datasets"][0][
+            "coordinateTransformations"]
+        assert transforms[0]["scale"][1:] == (voxel_size or placed[0]["scale"])
+        for index in ([0, 0, 0], [3, 7, 5]):
+            source_voxel = [i + s for i, s in zip(index, start, strict=True)]
+            if voxel_size is None:
+                assert world(transforms, index) == pytest.approx(world(placed, source_voxel))
+            else:  # the input's position in voxels, with the given voxel size
+                shift = [t / s * v for t, s, v in zip(placed[1]["translation"], placed[0]["scale"], voxel_size,
+                                                      strict=True)]
+                assert world(transforms, index) == pytest.approx(
+                    [t + i * v for t, i, v in zip(shift, source_voxel, voxel_size, strict=True)])

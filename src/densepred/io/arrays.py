@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
+from .ome_zarr import Placement, ome_placement
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
@@ -221,13 +222,12 @@ def _ome_first_level(group: Any) -> Any:
     return None if path is None else group[path]
 
 
-def input_voxel_size(spec: ArraySpec) -> tuple[list[float], str | None] | None:
-    """The physical voxel size and unit of an OME-Zarr input (the level it names, else level 0)."""
+def input_placement(spec: ArraySpec) -> Placement | None:
+    """The physical voxel size, position and unit of an OME-Zarr input (the level it names,
+    else level 0), or None for an input that does not say."""
     if spec.kind != "zarr":
         return None
     import zarr
-
-    from .ome_zarr import ome_voxel_size
 
     try:
         root = zarr.open(spec.path, mode="r")
@@ -241,7 +241,7 @@ def input_voxel_size(spec: ArraySpec) -> tuple[list[float], str | None] | None:
         return None
     if dataset is None or not isinstance(group, zarr.Group):
         return None
-    return ome_voxel_size(dict(group.attrs), dataset)
+    return ome_placement(dict(group.attrs), dataset)
 
 
 def _first_level_path(group: Any) -> str | None:

@@ -133,19 +133,48 @@ def create_levels(group: Any, layout: OmeLayout, dtype: np.dtype) -> list[Any]:
     return arrays
 
 
-def ome_voxel_size(group_attributes: dict[str, Any], dataset_path: str) -> tuple[list[float], str | None] | None:
-    """The spatial scale and unit of one dataset of an OME-Zarr image, from its attributes."""
+@dataclass(frozen=True)
+class Placement:
+    """Where an image's voxels lie in physical space, for its spatial axes: voxel ``i`` is
+    centred at ``translation + i * voxel_size`` (OME-Zarr's scale then translation)."""
+
+    voxel_size: tuple[float, ...]
+    translation: tuple[float, ...]
+    unit: str | None = None
+
+
+def ome_placement(group_attributes: dict[str, Any], dataset_path: str) -> Placement | None:
+    """The placement of one dataset of an OME-Zarr image, from its attributes: the dataset's
+    scale and translation, then those the multiscale applies to all its datasets."""
     multiscales = group_attributes.get("ome", {}).get("multiscales") or group_attributes.get("multiscales")
     try:
         multiscale = multiscales[0]
         axes = multiscale["axes"]
         dataset = next(d for d in multiscale["datasets"] if d["path"] == dataset_path)
-        scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
-    except (TypeError, KeyError, IndexError, StopIteration):
+        scale, shift = _scale_and_translation(dataset["coordinateTransformations"], len(axes))
+        outer_scale, outer_shift = _scale_and_translation(multiscale.get("coordinateTransformations") or [],
+                                                          len(axes))
+        spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
+        units = {axes[i].get("unit") for i in spatial}
+    except (TypeError, KeyError, IndexError, StopIteration, AttributeError, ValueError):
         return None
-    spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
-    units = {axes[i].get("unit") for i in spatial}
-    return [float(scale[i]) for i in spatial], (units.pop() if len(units) == 1 else None)
+    return Placement(tuple(scale[i] * outer_scale[i] for i in spatial),
+                     tuple(shift[i] * outer_scale[i] + outer_shift[i] for i in spatial),
+                     units.pop() if len(units) == 1 else None)
+
+
+def _scale_and_translation(transforms: Sequence[dict[str, Any]], ndim: int) -> tuple[list[float], list[float]]:
+    """One scale and one translation per axis from a list of OME-Zarr transforms (the scale
+    first, as the specification orders them)."""
+    scale, shift = [1.0] * ndim, [0.0] * ndim
+    for transform in transforms:
+        if transform["type"] == "scale":
+            scale = [float(v) for v in transform["scale"]]
+        elif transform["type"] == "translation":
+            shift = [float(v) for v in transform["translation"]]
+    if len(scale) != ndim or len(shift) != ndim:
+        raise ValueError("a transform does not have one value per axis")
+    return scale, shift
 
 
 def channel_names(names: Sequence[str] | None, classes: Sequence[int]) -> tuple[str, ...]:

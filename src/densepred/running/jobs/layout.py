@@ -10,7 +10,7 @@ from ...errors import DensePredError
 from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
 from ...geometry.scale import origin
 from ...io import ArraySpec
-from ...io.arrays import input_voxel_size
+from ...io.arrays import input_placement
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
 from .job import PredictJob
@@ -38,9 +38,10 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
     of output voxel ``start``'s centre."""
     check_zarr_dtype(encoding.stored_dtype)
     dims = len(output_shape)
-    voxel_size, unit = _voxel_size(job, in_spec, dims)
+    voxel_size, image_translation, unit = _placement(job, in_spec, dims)
     pairs = tuple(scale) or ((1, 1),) * dims
-    translation = tuple(origin(s, p) * v for s, p, v in zip(start, pairs, voxel_size, strict=True))
+    translation = tuple(t + origin(s, p) * v for t, s, p, v in zip(image_translation, start, pairs, voxel_size,
+                                                                   strict=True))
     voxel_size = tuple(v * down / up for v, (up, down) in zip(voxel_size, pairs, strict=True))
     if not all(math.isfinite(v) and v > 0 for v in voxel_size) or not all(map(math.isfinite, translation)):
         raise DensePredError(f"voxel size {list(voxel_size)} is invalid for OME-Zarr metadata: the scale and the "
@@ -57,21 +58,27 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
         label=encoding.argmax, name=name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
-def _voxel_size(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], str | None]:
+def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], tuple[float, ...],
+                                                                        str | None]:
+    """The input's voxel size, the position of its voxel 0 and the unit: the job's voxel size
+    where it gives one (the input's position kept in voxels), else the input's own, else 1."""
     unit = check_unit(job.unit)
+    found = input_placement(in_spec)
+    if found is not None and len(found.voxel_size) != dims:
+        found = None
     if job.voxel_size is not None:
         size = tuple(float(v) for v in job.voxel_size)
         size = size * dims if len(size) == 1 else size
         if len(size) != dims or not all(0 < v < math.inf for v in size):
             raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive, finite "
                                  "numbers (z, y, x order)")
-        return size, unit
-    found = input_voxel_size(in_spec)
-    if found is not None and len(found[0]) == dims:
-        return tuple(found[0]), unit or found[1]
+        voxels = (t / v for t, v in zip(found.translation, found.voxel_size, strict=True)) if found else (0,) * dims
+        return size, tuple(i * v for i, v in zip(voxels, size, strict=True)), unit
+    if found is not None:
+        return found.voxel_size, found.translation, unit or found.unit
     if unit is not None:
         raise DensePredError(f"--unit {unit} needs --voxel-size (the input has no physical scale)")
-    return (1.0,) * dims, None
+    return (1.0,) * dims, (0.0,) * dims, None
 
 
 def _levels(levels: int | None) -> int | None:
