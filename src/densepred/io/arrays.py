@@ -5,6 +5,7 @@ A spec is one string:
 * ``file.h5:dataset`` (or ``.hdf5``) - an HDF5 dataset (h5py)
 * ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3); a group that is an
   OME-Zarr image stands for its full-resolution array
+* ``file.n5:group/dataset`` - an N5 dataset (read only; a multiscale group stands for ``s0``)
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
@@ -31,7 +32,7 @@ from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, ome_placement
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-SUPPORTED = "file.h5:dataset, file.zarr[:path], file.tif, file.npy or file.csv"
+SUPPORTED = "file.h5:dataset, file.zarr[:path], file.n5[:dataset], file.tif, file.npy or file.csv"
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -66,7 +67,7 @@ class ArraySpec:
     @classmethod
     def _parse(cls, text: str, spec: str, base: Path | None) -> ArraySpec:
         path_text, key = text, None
-        for suffix in (*HDF5_SUFFIXES, ".zarr"):
+        for suffix in (*HDF5_SUFFIXES, ".zarr", ".n5"):
             at = text.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
             if at >= 0:
                 path_text, key = text[:at + len(suffix)], text[at + len(suffix) + 1:].strip("/") or None
@@ -87,8 +88,8 @@ class ArraySpec:
         suffix = self.path.suffix.lower()
         if suffix in HDF5_SUFFIXES:
             return "hdf5"
-        if suffix == ".zarr":
-            return "zarr"
+        if suffix in (".zarr", ".n5"):
+            return suffix[1:]
         if suffix in (".tif", ".tiff"):
             return "tiff"
         if suffix in (".npy", ".csv"):
@@ -123,6 +124,8 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
             return _open_hdf5(spec)
         if kind == "zarr":
             return _open_zarr(spec)
+        if kind == "n5":
+            return _open_n5(spec)
         if kind == "tiff":
             return _open_tiff(spec.path, spec.time)
         if spec.time is not None:
@@ -176,6 +179,13 @@ def _open_zarr(spec: ArraySpec) -> Any:
                          f"(available: {', '.join(arrays) or 'none'})")
 
 
+def _open_n5(spec: ArraySpec) -> Any:
+    from .n5 import N5Array, dataset_folder, n5_axes
+
+    folder = dataset_folder(spec.path, spec.key)
+    return channel_first(N5Array(folder), n5_axes(folder), spec.array_text, spec.time)
+
+
 def _ome_axes(group: Any, path: str | None) -> str | None:
     """The axes of the OME-Zarr image ``group`` as letters of ``TCZYX`` (0.1 and 0.2 have no
     axes field: always t, c, z, y, x), when its multiscales list ``path`` among their levels;
@@ -224,7 +234,9 @@ def _ome_first_level(group: Any) -> Any:
 
 def input_placement(spec: ArraySpec) -> Placement | None:
     """The physical voxel size, position and unit of an OME-Zarr input (the level it names,
-    else level 0), or None for an input that does not say."""
+    else level 0) or an N5 dataset (:mod:`.n5`), or None for an input that does not say."""
+    if spec.kind == "n5":
+        return _n5_placement(spec)
     if spec.kind != "zarr":
         return None
     import zarr
@@ -242,6 +254,18 @@ def input_placement(spec: ArraySpec) -> Placement | None:
     if dataset is None or not isinstance(group, zarr.Group):
         return None
     return ome_placement(dict(group.attrs), dataset)
+
+
+def _n5_placement(spec: ArraySpec) -> Placement | None:
+    from .n5 import N5Array, dataset_folder, n5_axes, n5_placement
+
+    try:
+        folder = dataset_folder(spec.path, spec.key)
+        axes = n5_axes(folder)
+        spatial = sum(a in "ZYX" for a in axes) if axes else min(3, N5Array(folder).ndim)
+    except DensePredError:
+        return None
+    return n5_placement(folder, spatial)
 
 
 def _first_level_path(group: Any) -> str | None:

@@ -61,6 +61,10 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
         axis = view.axes.index("T")
         index = view.fixed["T"] // (view.array.shards or view.array.chunks)[axis]
         return _stamp(_time_point_files(view.array, folder, axis, index))
+    if spec.kind == "n5":
+        from .n5 import dataset_folder
+
+        return file_stamp(dataset_folder(spec.path, spec.key))
     return file_stamp(spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path)
 
 
