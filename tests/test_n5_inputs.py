@@ -22,22 +22,42 @@ from tests.test_reliability_files import one_error_line
 
 
 def write_n5(folder: Path, data: np.ndarray, block: tuple[int, ...], compression: str = "raw",
-             attributes: dict | None = None, skip: tuple[int, ...] | None = None) -> None:
+             attributes: dict | None = None, skip: tuple[int, ...] | None = None, edges: str = "cut",
+             mode: int = 0) -> None:
     """``data`` (z, y, x order) as an N5 dataset in ``block`` boxes; the block at grid index
-    ``skip`` (z, y, x order) is not stored."""
+    ``skip`` (z, y, x order) is not stored; ``edges="whole"`` stores the blocks at the far faces
+    at the full block size (as some writers do), padded; ``mode=1`` writes varlength headers."""
     folder.mkdir(parents=True)
+    codec = {"type": compression, **({"useZlib": True} if compression == "zlib" else {})}
+    codec["type"] = "gzip" if compression == "zlib" else compression
     meta = {"dimensions": list(reversed(data.shape)), "blockSize": list(reversed(block)), "dataType": data.dtype.name,
-            "compression": {"type": compression}, **(attributes or {})}
+            "compression": codec, **(attributes or {})}
     (folder / "attributes.json").write_text(json.dumps(meta))
     for index in product(*(range(-(-n // b)) for n, b in zip(data.shape, block, strict=True))):
         if index == skip:
             continue
         piece = data[tuple(slice(i * b, (i + 1) * b) for i, b in zip(index, block, strict=True))]
-        header = struct.pack(">HH", 0, piece.ndim) + struct.pack(f">{piece.ndim}I", *reversed(piece.shape))
+        if edges == "whole":
+            piece = np.pad(piece, [(0, b - n) for n, b in zip(piece.shape, block, strict=True)], mode="reflect")
+        header = struct.pack(">HH", mode, piece.ndim) + struct.pack(f">{piece.ndim}I", *reversed(piece.shape))
+        header += struct.pack(">I", piece.size) if mode == 1 else b""
         values = piece.astype(piece.dtype.newbyteorder(">")).tobytes()  # C order of (z, y, x): x fastest
         path = folder.joinpath(*map(str, reversed(index)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(header + (gzip.compress(values) if compression == "gzip" else values))
+        path.write_bytes(header + encode(compression, values))
+
+
+def encode(compression: str, values: bytes) -> bytes:
+    """A block's values compressed as N5's Java codecs store them."""
+    import bz2
+    import lzma
+    import zlib
+
+    import numcodecs
+
+    encoders = {"raw": lambda v: v, "gzip": gzip.compress, "zlib": zlib.compress, "bzip2": bz2.compress,
+                "xz": lzma.compress, "blosc": numcodecs.Blosc().encode, "zstd": numcodecs.Zstd().encode}
+    return encoders[compression](values)
 
 
 def container(path: Path) -> Path:
@@ -52,18 +72,21 @@ def boxes(shape, rng, count=20):
         yield tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(start, shape, strict=True))
 
 
-@pytest.mark.parametrize(("dtype", "compression"), [("uint16", "gzip"), ("float32", "raw"), ("int8", "gzip")])
-def test_every_box_of_an_n5_dataset_reads_as_the_array_written(tmp_path, dtype, compression):
+@pytest.mark.parametrize(("dtype", "compression", "edges", "mode"), [
+    ("uint16", "gzip", "cut", 0), ("float32", "raw", "whole", 1), ("int8", "zlib", "cut", 0),
+    ("uint64", "bzip2", "cut", 1), ("float64", "xz", "whole", 0), ("int16", "blosc", "cut", 0),
+    ("uint32", "zstd", "cut", 0)])
+def test_every_box_of_an_n5_dataset_reads_as_the_array_written(tmp_path, dtype, compression, edges, mode):
     rng = np.random.default_rng(1)
-    data = (rng.random((13, 37, 29)) * 100 - (50 if dtype == "int8" else 0)).astype(dtype)
+    data = (rng.random((13, 37, 29)) * 100 - (50 if dtype.startswith("int") else 0)).astype(dtype)
     root = container(tmp_path / "v.n5")
-    write_n5(root / "em" / "raw", data, (5, 16, 8), compression, skip=(1, 0, 2))
+    write_n5(root / "em" / "raw", data, (5, 16, 8), compression, skip=(1, 0, 2), edges=edges, mode=mode)
     expected = data.copy()
     expected[5:10, 0:16, 16:24] = 0  # a block not stored reads as N5's fill value
     for spec in (f"{root}:em/raw", f"{root}:em", str(root)):  # the only dataset, also without its name
         array = open_array(spec)
         assert (array.shape, array.dtype, array.chunks) == (data.shape, data.dtype, (5, 16, 8))
-    for box in [*boxes(data.shape, rng), (slice(None),) * 3, (4, slice(3, 30, 4))]:
+    for box in [*boxes(data.shape, rng), (slice(None),) * 3, (4, slice(3, 30, 4)), (slice(2, 2), -1), (..., 7)]:
         np.testing.assert_array_equal(array[box], expected[box])
     np.testing.assert_array_equal(np.asarray(array), expected)
 

@@ -1,12 +1,14 @@
 """N5 inputs: the chunked format of the Java imaging tools (BigDataViewer and BigStitcher,
-Paintera, N5 Spark, the Janelia FIB-SEM pipelines), read through tensorstore.
+Paintera, N5 Spark, the Janelia FIB-SEM pipelines).
 
-N5 keeps zarr's idea (a folder per group, a file per chunk) with other metadata: a dataset's
-``attributes.json`` lists ``dimensions`` and ``blockSize`` fastest axis first (x, y, z), and
-each block is stored in that (Fortran) order. tensorstore reads it in that order; densepred,
-like z5py and zarr's old N5 store, reverses the axes so an N5 volume is ``(z, y, x)``, with a
-channel axis (named ``c`` in a neuroglancer ``axes`` attribute, else the last in the file) in
-front.
+N5 keeps zarr's idea (a folder per group, a file per block) with other metadata: a dataset's
+``attributes.json`` lists ``dimensions`` and ``blockSize`` fastest axis first (x, y, z); a
+block file ``X/Y/Z`` holds a header (mode, rank, the block's own size) and its values,
+big-endian, x fastest, compressed as the dataset says. densepred, like z5py and zarr 2's N5
+store, reverses the axes so an N5 volume is ``(z, y, x)``, with a channel axis (named ``c`` in
+a neuroglancer ``axes`` attribute, else the last in the file) in front. zarr 3 reads no N5;
+the blocks are read here as :mod:`.chunk_files` reads zarr chunks: each in the calling thread,
+decoded by numcodecs, so a job's reader threads read at once and the memory is theirs.
 
 Where a dataset lies in physical space is written several ways, each read here:
 
@@ -25,18 +27,19 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DensePredError
+from .chunk_files import chunk_grid, chunk_overlap
 from .ome_zarr import SPACE_UNITS, UNIT_ABBREVIATIONS, Placement
 from .reading import plain_box
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
-CODECS = "raw, gzip, bzip2, xz, blosc or zstd"  # the N5 compressions tensorstore reads (not lz4)
+CODECS = "raw, gzip, bzip2, xz, blosc or zstd"  # N5's compressions read here (numcodecs; not lz4)
 
 
 def attributes(folder: Path) -> dict[str, Any]:
@@ -97,29 +100,44 @@ def _listing(folder: Path) -> str:
 
 class N5Array:
     """An N5 dataset as an array in C order (its stored axes reversed): ``shape``, ``dtype``,
-    ``chunks`` and ``array[box]``, read by tensorstore (safe from several threads)."""
+    ``chunks`` and ``array[box]``, read block file by block file in the calling thread (as
+    :mod:`.chunk_files` reads zarr arrays), so several threads read at once."""
 
     def __init__(self, folder: Path):
-        import tensorstore
-
+        meta = attributes(folder)
         self.folder = folder
         self.store_path = str(folder)  # how a read error names the input (io.reading)
         try:
-            store = tensorstore.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(folder)}},
-                                     read=True, open=True).result()
-        except ValueError as exc:  # an unknown compression or data type, a bad attributes.json
-            raise DensePredError(f"cannot open the N5 dataset {folder}: {_reason(exc)} (densepred reads N5 "
-                                 f"blocks stored {CODECS}: convert others, e.g. with N5's own tools)") from None
-        self.store = store.T  # x fastest in the file: z, y, x here
-        self.shape = tuple(int(n) for n in self.store.shape)
-        self.dtype = np.dtype(self.store.dtype.numpy_dtype)
+            self.shape = tuple(int(n) for n in reversed(meta["dimensions"]))
+            self.chunks = tuple(int(n) for n in reversed(meta["blockSize"]))
+            if meta["dataType"] not in DATA_TYPES:
+                raise ValueError(f"dataType {meta['dataType']!r} is not one of {', '.join(DATA_TYPES)}")
+            self.dtype = np.dtype(meta["dataType"])
+            compression = meta.get("compression", {"type": meta.get("compressionType", "raw")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DensePredError(f"cannot open the N5 dataset {folder}: its attributes.json does not describe "
+                                 f"an N5 dataset of numbers ({type(exc).__name__}: {exc})") from None
+        self.codec = _codec(compression, folder)
+        if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1:
+            raise DensePredError(f"cannot open the N5 dataset {folder}: blockSize {meta['blockSize']} does not "
+                                 f"fit dimensions {meta['dimensions']}")
         self.ndim = len(self.shape)
-        self.chunks = tuple(int(n) for n in reversed(attributes(folder)["blockSize"]))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        box = plain_box(key if isinstance(key, tuple) else (key,), self.shape)
-        view = self.store[box] if box is not None else self.store[key]
-        return np.asarray(view.read().result())
+        key = key if isinstance(key, tuple) else (key,)
+        box = plain_box(key, self.shape)
+        if box is None:  # integers, steps: read the box around them, then take them from it
+            box, local = _around(key, self.shape)
+            if any(s.stop <= s.start for s in box):
+                return np.zeros(tuple(s.stop - s.start for s in box), self.dtype)[local]
+            return self[box][local]
+        out = np.zeros(tuple(s.stop - s.start for s in box), self.dtype)  # a block not stored is 0
+        for index in chunk_grid(box, self.chunks):
+            block = self._block(index)
+            if block is not None:
+                source, target = chunk_overlap(box, index, self.chunks)
+                out[target] = block[source]
+        return out
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -128,12 +146,61 @@ class N5Array:
         data = self[tuple(slice(None) for _ in self.shape)]
         return data if dtype is None else data.astype(dtype)
 
+    def _block(self, index: tuple[int, ...]) -> np.ndarray | None:
+        """The block at grid ``index`` (z, y, x order), or None where it is not stored; its
+        header (mode, rank, its own size x first) then its values, big-endian, x fastest."""
+        try:
+            raw = (self.folder.joinpath(*map(str, reversed(index)))).read_bytes()
+        except FileNotFoundError:
+            return None
+        mode, rank = struct.unpack(">HH", raw[:4])
+        if mode not in (0, 1) or rank != self.ndim:
+            raise ValueError(f"block header says mode {mode}, {rank} dimensions; expected an array block of "
+                             f"{self.ndim}")
+        size = struct.unpack(f">{rank}I", raw[4:4 + 4 * rank])[::-1]
+        expected = tuple(min(c, n - i * c) for i, c, n in zip(index, self.chunks, self.shape, strict=True))
+        if any(s < e for s, e in zip(size, expected, strict=True)):  # a writer may store edge blocks whole
+            raise ValueError(f"the block holds {list(size)} voxels, fewer than the {list(expected)} expected")
+        start = 4 + 4 * rank + (4 if mode == 1 else 0)  # mode 1 (varlength) also counts its elements
+        values = np.frombuffer(self.codec(raw[start:]), self.dtype.newbyteorder(">"), count=math.prod(size))
+        return values.reshape(size)[tuple(slice(0, e) for e in expected)].astype(self.dtype, copy=False)
 
-def _reason(error: Exception) -> str:
-    """tensorstore's message without the spec it appends."""
-    return " ".join(re.sub(r"\s*\[tensorstore_spec=.*\]\s*$", "", str(error), flags=re.S).split())
+
+DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 
 
+def _around(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:
+    """The box (step 1) around the voxels an index of integers and slices selects, and the
+    same index within that box; the whole array for any other index."""
+    box, local = [], []
+    if len(key) > len(shape):
+        return tuple(slice(0, n) for n in shape), key
+    for k, n in zip((*key, *[slice(None)] * (len(shape) - len(key))), shape, strict=True):
+        if isinstance(k, int | np.integer) and -n <= k < n:
+            box.append(slice(int(k) % n, int(k) % n + 1))
+            local.append(0)
+        elif isinstance(k, slice) and (k.step or 1) > 0:
+            start, stop, step = k.indices(n)
+            box.append(slice(start, max(start, stop)))
+            local.append(slice(0, max(0, stop - start), step))
+        else:
+            return tuple(slice(0, n) for n in shape), key
+    return tuple(box), tuple(local)
+
+
+def _codec(compression: Any, folder: Path) -> Any:
+    """How a block's stored bytes decode, by the dataset's ``compression``."""
+    import numcodecs
+
+    kind = compression.get("type") if isinstance(compression, dict) else compression
+    if kind == "raw":
+        return bytes
+    codecs = {"gzip": lambda: numcodecs.Zlib() if compression.get("useZlib") else numcodecs.GZip(),
+              "bzip2": numcodecs.BZ2, "xz": numcodecs.LZMA, "blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd}
+    if kind not in codecs:
+        raise DensePredError(f"cannot read the N5 dataset {folder}: its blocks are compressed with {kind!r}; densepred "
+                             f"reads N5 blocks stored {CODECS} (rewrite it with one, e.g. with N5's own tools)")
+    return codecs[kind]().decode
 def n5_axes(folder: Path) -> str | None:
     """The dataset's axes as letters (``C``, ``Z``, ``Y``, ``X``, ``T``) in densepred's order
     (the file's reversed), from a neuroglancer ``axes`` attribute; None where there is none."""
