@@ -49,7 +49,9 @@ def same_bytes(a, b):
     return all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(levels(a), levels(b), strict=True))
 
 
-def test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically(config, volume, tmp_path):
+def test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically(config, tmp_path):
+    volume = tmp_path / "small.npy"  # 75 tiles: blocks of 1-6 of them on each worker
+    np.save(volume, np.random.default_rng(12).random((13, 61, 53), dtype=np.float32))
     predict_to_file(job(config, volume, tmp_path / "one.zarr"))
     first = predict_to_file(job(config, volume, tmp_path / "a.zarr", workers=2, threads_per_worker=1,
                                 tiles_per_block=(1, 2, 3)))

@@ -237,6 +237,7 @@ def test_ilastik_exports_train_the_same_net_as_the_plain_arrays(tmp_path):
         np.testing.assert_array_equal(weights[0][key], weights[1][key])
 
 
+@pytest.mark.slow  # 8 s; time points in one process stay in the default run
 def test_a_time_point_feeds_a_model_from_elsewhere_and_a_cluster(tmp_path):
     from safetensors.torch import save_file
 

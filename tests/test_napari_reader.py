@@ -56,3 +56,18 @@ def test_other_paths_are_left_to_other_readers(tmp_path):
     assert get_reader(str(tmp_path / "plain.zarr")) is None
     assert get_reader(str(tmp_path / "missing.h5")) is None
     assert get_reader([str(tmp_path / "a.h5")]) is None
+
+
+def test_an_image_scaled_as_a_whole_opens_where_its_prediction_lies(config, tmp_path):
+    """An OME-Zarr 0.4 image whose multiscale scales all its levels (and whose level has a
+    translation) opens where densepred places its prediction: both from the same transforms."""
+    from tests.test_ome_zarr import ome_input
+
+    ome_input(tmp_path / "in.zarr", np.random.default_rng(3).random((11, 40, 36), dtype=np.float32),
+              (40.0, 4.0, 4.0), (400.0, -8.0, 12.0), outer_scale=[1.0, 2.0, 2.0])
+    [(_, image, _)] = get_reader(str(tmp_path / "in.zarr"))(str(tmp_path / "in.zarr"))
+    assert image["scale"] == [40.0, 8.0, 8.0]
+    assert image["translate"] == [400.0, -16.0, 24.0]
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=str(tmp_path / "in.zarr")) == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    assert (output["scale"], output["translate"]) == (image["scale"], image["translate"])

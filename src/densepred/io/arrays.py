@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
-from .ome_zarr import Placement, ome_placement
+from .ome_zarr import Placement, attribute_placement, ome_placement
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.n5[:dataset], file.tif, file.npy or file.csv"
@@ -233,27 +233,53 @@ def _ome_first_level(group: Any) -> Any:
 
 
 def input_placement(spec: ArraySpec) -> Placement | None:
-    """The physical voxel size, position and unit of an OME-Zarr input (the level it names,
-    else level 0) or an N5 dataset (:mod:`.n5`), or None for an input that does not say."""
-    if spec.kind == "n5":
-        return _n5_placement(spec)
-    if spec.kind != "zarr":
-        return None
-    import zarr
-
+    """The physical voxel size, position and unit of an input, or None where it does not say:
+    an OME-Zarr image's (the level the spec names, else level 0), an N5 dataset's
+    (:mod:`.n5`), or those a zarr array or HDF5 dataset carries itself
+    (:func:`~.ome_zarr.attribute_placement`: funlib, daisy, CREMI)."""
     try:
-        root = zarr.open(spec.path, mode="r")
-        node = root[spec.key] if spec.key else root
-        if isinstance(node, zarr.Array):
-            parent_key, _, dataset = (spec.key or "").rpartition("/")
-            group = root[parent_key] if parent_key else root
-        else:
-            group, dataset = node, _first_level_path(node)
+        if spec.kind == "n5":
+            return _n5_placement(spec)
+        if spec.kind == "hdf5":
+            return _hdf5_placement(spec)
+        if spec.kind == "zarr":
+            return _zarr_placement(spec)
     except (KeyError, TypeError, ValueError, OSError):
         return None
-    if dataset is None or not isinstance(group, zarr.Group):
-        return None
-    return ome_placement(dict(group.attrs), dataset)
+    return None
+
+
+def _zarr_placement(spec: ArraySpec) -> Placement | None:
+    import zarr
+
+    root = zarr.open(spec.path, mode="r")
+    node = root[spec.key] if spec.key else root
+    if isinstance(node, zarr.Array):
+        parent_key, _, dataset = (spec.key or "").rpartition("/")
+        group = root[parent_key] if parent_key else root
+        placed = ome_placement(dict(group.attrs), dataset) if isinstance(group, zarr.Group) and dataset else None
+        return placed or attribute_placement(node.attrs)
+    dataset = _first_level_path(node)
+    return None if dataset is None else ome_placement(dict(node.attrs), dataset)
+
+
+def _hdf5_placement(spec: ArraySpec) -> Placement | None:
+    import h5py
+
+    with h5py.File(spec.path, "r") as handle:
+        datasets: list[str] = []
+        handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        key = spec.key or (datasets[0] if len(datasets) == 1 else None)
+        if key is None or key not in datasets:
+            return None
+        return attribute_placement({name: _plain(value) for name, value in handle[key].attrs.items()})
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as Python values (arrays as lists, bytes as text)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.dtype.kind in "OSU" else value.tolist()
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _n5_placement(spec: ArraySpec) -> Placement | None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .chunk_files import chunk_grid, chunk_overlap
-from .ome_zarr import SPACE_UNITS, UNIT_ABBREVIATIONS, Placement
+from .ome_zarr import Placement, checked_placement, space_unit
 from .reading import plain_box
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
@@ -228,16 +228,16 @@ def n5_placement(folder: Path, spatial: int) -> Placement | None:
         return None
     voxel = tuple(s * f for s, f in zip(size, factors, strict=True))
     shift = tuple(o + (f - 1) / 2 * s for o, f, s in zip(offset, factors, size, strict=True))  # block centres
-    return _checked(voxel, shift, unit)
+    return checked_placement(voxel, shift, unit)
 
 
 def _resolution(attrs: dict[str, Any], spatial: int) -> tuple[tuple[float, ...], str | None] | None:
     pixel = attrs.get("pixelResolution")
     if isinstance(pixel, dict):
-        return _reversed_numbers(pixel.get("dimensions"), spatial), _unit([pixel.get("unit")])
+        return _reversed_numbers(pixel.get("dimensions"), spatial), space_unit([pixel.get("unit")])
     values = pixel if isinstance(pixel, list) else attrs.get("resolution")
     size = _reversed_numbers(values, spatial)
-    return None if size is None else (size, _unit(attrs.get("units")))
+    return None if size is None else (size, space_unit(attrs.get("units")))
 
 
 def _cellmap_transform(transform: dict[str, Any], spatial: int) -> Placement | None:
@@ -247,8 +247,8 @@ def _cellmap_transform(transform: dict[str, Any], spatial: int) -> Placement | N
     scale = [float(v) for v in transform["scale"]][::order]
     translate = [float(v) for v in transform.get("translate", [0.0] * len(axes))][::order]
     units = transform.get("units")
-    return _checked(tuple(scale[i] for i in keep), tuple(translate[i] for i in keep),
-                    _unit([units[::order][i] for i in keep]) if isinstance(units, list) else None)
+    return checked_placement(tuple(scale[i] for i in keep), tuple(translate[i] for i in keep),
+                    space_unit([units[::order][i] for i in keep]) if isinstance(units, list) else None)
 
 
 def _reversed_numbers(values: Any, count: int) -> tuple[float, ...] | None:
@@ -256,18 +256,3 @@ def _reversed_numbers(values: Any, count: int) -> tuple[float, ...] | None:
     if not isinstance(values, list) or len(values) < count:
         return None
     return tuple(float(v) for v in reversed(values[:count]))
-
-
-def _unit(names: Any) -> str | None:
-    """One UDUNITS name for the spatial axes, or None where they have none, differ or are unknown."""
-    if not isinstance(names, list) or len(set(map(str, names))) != 1:
-        return None
-    name = str(names[0])
-    name = UNIT_ABBREVIATIONS.get(name, UNIT_ABBREVIATIONS.get(name.lower(), name))
-    return name if name in SPACE_UNITS else None
-
-
-def _checked(voxel: tuple[float, ...], shift: tuple[float, ...], unit: str | None) -> Placement | None:
-    if not all(math.isfinite(v) and v > 0 for v in voxel) or not all(map(math.isfinite, shift)):
-        return None
-    return Placement(voxel, shift, unit)

@@ -16,6 +16,7 @@ Why each choice (facts gathered in the project's design notes):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,24 +144,69 @@ class Placement:
     unit: str | None = None
 
 
+def space_unit(names: Any) -> str | None:
+    """One UDUNITS name for the spatial axes (``nm`` read as ``nanometer``), or None where they
+    have none, differ or are unknown."""
+    if not isinstance(names, list) or len(set(map(str, names))) != 1:
+        return None
+    name = str(names[0])
+    name = UNIT_ABBREVIATIONS.get(name, UNIT_ABBREVIATIONS.get(name.lower(), name))
+    return name if name in SPACE_UNITS else None
+
+
+def checked_placement(voxel: Sequence[float], shift: Sequence[float], unit: str | None) -> Placement | None:
+    """A placement of positive, finite voxel sizes and a finite position, else None."""
+    voxel, shift = tuple(float(v) for v in voxel), tuple(float(v) for v in shift)
+    if len(voxel) != len(shift) or not all(math.isfinite(v) and v > 0 for v in voxel) or \
+            not all(map(math.isfinite, shift)):
+        return None
+    return Placement(voxel, shift, unit)
+
+
+def attribute_placement(attributes: Any) -> Placement | None:
+    """The placement an array's own attributes give, as funlib, gunpowder and daisy write them
+    and the CREMI files hold: ``voxel_size`` (or ``resolution``) and ``offset``, spatial axes
+    only, z first, ``offset`` the position of voxel 0 in the same units; ``units`` names them."""
+    try:
+        size = attributes.get("voxel_size", attributes.get("resolution"))
+        if size is None:
+            return None
+        size = [float(v) for v in size]
+        offset = attributes.get("offset")
+        offset = [0.0] * len(size) if offset is None else [float(v) for v in offset]
+        units = attributes.get("units")
+        units = [units] * len(size) if isinstance(units, str) else units
+        return checked_placement(size, offset, space_unit(list(units) if units is not None else None))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 def ome_placement(group_attributes: dict[str, Any], dataset_path: str) -> Placement | None:
-    """The placement of one dataset of an OME-Zarr image, from its attributes: the dataset's
-    scale and translation, then those the multiscale applies to all its datasets."""
+    """The placement of one dataset of an OME-Zarr image (its spatial axes), from the image's
+    attributes; None where they do not say."""
     multiscales = group_attributes.get("ome", {}).get("multiscales") or group_attributes.get("multiscales")
     try:
         multiscale = multiscales[0]
         axes = multiscale["axes"]
-        dataset = next(d for d in multiscale["datasets"] if d["path"] == dataset_path)
-        scale, shift = _scale_and_translation(dataset["coordinateTransformations"], len(axes))
-        outer_scale, outer_shift = _scale_and_translation(multiscale.get("coordinateTransformations") or [],
-                                                          len(axes))
+        scale, shift = ome_transform(multiscale, dataset_path)
         spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
         units = {axes[i].get("unit") for i in spatial}
     except (TypeError, KeyError, IndexError, StopIteration, AttributeError, ValueError):
         return None
-    return Placement(tuple(scale[i] * outer_scale[i] for i in spatial),
-                     tuple(shift[i] * outer_scale[i] + outer_shift[i] for i in spatial),
+    return Placement(tuple(scale[i] for i in spatial), tuple(shift[i] for i in spatial),
                      units.pop() if len(units) == 1 else None)
+
+
+def ome_transform(multiscale: dict[str, Any], dataset_path: str) -> tuple[list[float], list[float]]:
+    """The scale and translation of every axis of one dataset of a multiscale: the dataset's
+    transforms, then those the multiscale applies to all its datasets. Raises StopIteration
+    for a path that is not a dataset, ValueError where a transform misses axes."""
+    ndim = len(multiscale["axes"]) if multiscale.get("axes") else 5  # 0.1-0.3: t, c, z, y, x
+    dataset = next(d for d in multiscale["datasets"] if d["path"] == dataset_path)
+    scale, shift = _scale_and_translation(dataset.get("coordinateTransformations") or [], ndim)
+    outer_scale, outer_shift = _scale_and_translation(multiscale.get("coordinateTransformations") or [], ndim)
+    return ([s * o for s, o in zip(scale, outer_scale, strict=True)],
+            [t * o + u for t, o, u in zip(shift, outer_scale, outer_shift, strict=True)])
 
 
 def _scale_and_translation(transforms: Sequence[dict[str, Any]], ndim: int) -> tuple[list[float], list[float]]:
@@ -168,9 +214,9 @@ def _scale_and_translation(transforms: Sequence[dict[str, Any]], ndim: int) -> t
     first, as the specification orders them)."""
     scale, shift = [1.0] * ndim, [0.0] * ndim
     for transform in transforms:
-        if transform["type"] == "scale":
+        if transform.get("type") == "scale":
             scale = [float(v) for v in transform["scale"]]
-        elif transform["type"] == "translation":
+        elif transform.get("type") == "translation":
             shift = [float(v) for v in transform["translation"]]
     if len(scale) != ndim or len(shift) != ndim:
         raise ValueError("a transform does not have one value per axis")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...io.ome_zarr import ome_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
 HDF5 = (".h5", ".hdf5", ".hdf")
@@ -67,7 +68,7 @@ def read_ome_zarr(path: str) -> list[LayerData]:
     ome, image, group = ome_metadata(path)
     axes = [a["name"] for a in image["axes"]]
     levels = _levels(image, group)
-    scale, translate = _transforms(image["datasets"][0], len(axes))
+    scale, translate = ome_transform(image, image["datasets"][0]["path"])
     spatial = [i for i, a in enumerate(axes) if a != "c"]
     kwargs: dict[str, Any] = {"name": Path(path).stem, "scale": [scale[i] for i in spatial],
                               "translate": [translate[i] for i in spatial], "multiscale": len(levels) > 1,
@@ -81,16 +82,6 @@ def read_ome_zarr(path: str) -> list[LayerData]:
             kwargs["contrast_limits"] = (window["start"], window["end"])
         return [(data, kwargs, "image")]
     return [(data, kwargs, "labels" if "image-label" in ome else "image")]
-
-
-def _transforms(dataset: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:
-    scale, translate = [1.0] * ndim, [0.0] * ndim
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = [float(v) for v in transform["scale"]]
-        elif transform.get("type") == "translation":
-            translate = [float(v) for v in transform["translation"]]
-    return scale, translate
 
 
 def read_hdf5(path: str) -> list[LayerData]:
