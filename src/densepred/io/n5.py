@@ -224,7 +224,7 @@ def n5_placement(folder: Path, spatial: int) -> Placement | None:
             return None
         factors = _reversed_numbers(own.get("downsamplingFactors"), spatial) or (1.0,) * spatial
         offset = _reversed_numbers(own.get("offset") or parent.get("offset"), spatial) or (0.0,) * spatial
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
         return None
     voxel = tuple(s * f for s, f in zip(size, factors, strict=True))
     shift = tuple(o + (f - 1) / 2 * s for o, f, s in zip(offset, factors, size, strict=True))  # block centres
@@ -244,6 +244,8 @@ def _cellmap_transform(transform: dict[str, Any], spatial: int) -> Placement | N
     order = 1 if transform.get("ordering", "C") == "C" else -1
     axes = [str(a).lower() for a in transform["axes"]][::order]
     keep = [i for i, a in enumerate(axes) if a in ("z", "y", "x")][-spatial:]
+    if len(keep) != spatial:
+        return None
     scale = [float(v) for v in transform["scale"]][::order]
     translate = [float(v) for v in transform.get("translate", [0.0] * len(axes))][::order]
     units = transform.get("units")

@@ -155,9 +155,10 @@ def space_unit(names: Any) -> str | None:
 
 
 def checked_placement(voxel: Sequence[float], shift: Sequence[float], unit: str | None) -> Placement | None:
-    """A placement of positive, finite voxel sizes and a finite position, else None."""
+    """A placement of positive, finite voxel sizes and a finite position (one of each per axis,
+    at least one axis), else None."""
     voxel, shift = tuple(float(v) for v in voxel), tuple(float(v) for v in shift)
-    if len(voxel) != len(shift) or not all(math.isfinite(v) and v > 0 for v in voxel) or \
+    if not voxel or len(voxel) != len(shift) or not all(math.isfinite(v) and v > 0 for v in voxel) or \
             not all(map(math.isfinite, shift)):
         return None
     return Placement(voxel, shift, unit)
@@ -183,7 +184,7 @@ def attribute_placement(attributes: Any) -> Placement | None:
 
 def ome_placement(group_attributes: dict[str, Any], dataset_path: str) -> Placement | None:
     """The placement of one dataset of an OME-Zarr image (its spatial axes), from the image's
-    attributes; None where they do not say."""
+    attributes; None where they do not say (or say sizes that are not positive and finite)."""
     multiscales = group_attributes.get("ome", {}).get("multiscales") or group_attributes.get("multiscales")
     try:
         multiscale = multiscales[0]
@@ -193,8 +194,8 @@ def ome_placement(group_attributes: dict[str, Any], dataset_path: str) -> Placem
         units = {axes[i].get("unit") for i in spatial}
     except (TypeError, KeyError, IndexError, StopIteration, AttributeError, ValueError):
         return None
-    return Placement(tuple(scale[i] for i in spatial), tuple(shift[i] for i in spatial),
-                     units.pop() if len(units) == 1 else None)
+    return checked_placement([scale[i] for i in spatial], [shift[i] for i in spatial],
+                             units.pop() if len(units) == 1 else None)
 
 
 def ome_transform(multiscale: dict[str, Any], dataset_path: str) -> tuple[list[float], list[float]]:
