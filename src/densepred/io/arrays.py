@@ -154,7 +154,28 @@ def _open_hdf5(spec: ArraySpec) -> Any:
         raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
                              f"available: {', '.join(datasets) or 'none'}")
     dataset = handle[spec.key or datasets[0]]
+    check_hdf5_filters(dataset, spec.array_text)
     return channel_first(dataset, _hdf5_axes(dataset), spec.array_text, spec.time)
+
+
+def check_hdf5_filters(dataset: Any, where: str) -> None:
+    """Every compression filter of ``dataset`` decodable here: HDF5's own (gzip, szip, shuffle),
+    or one of hdf5plugin's (Blosc, Bitshuffle, LZ4, Zstandard, ...), registered when a dataset
+    needs one; else one line naming the filter, not a read error taken for a corrupt file."""
+    import h5py
+
+    plist = dataset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    missing = [f for f in filters if not h5py.h5z.filter_avail(f[0])]
+    if missing:
+        import hdf5plugin  # noqa: F401 - registers its filters with HDF5 when imported
+
+        missing = [f for f in missing if not h5py.h5z.filter_avail(f[0])]
+    if missing:
+        names = ", ".join(f"{f[0]} ({f[3].decode(errors='replace') or 'unnamed'})" for f in missing)
+        raise DensePredError(f"{where} is compressed with HDF5 filter {names}, which neither HDF5 nor "
+                             "hdf5plugin decodes here; install that filter's plugin (HDF5_PLUGIN_PATH) or save the "
+                             "dataset with gzip")
 
 
 def _open_zarr(spec: ArraySpec) -> Any:

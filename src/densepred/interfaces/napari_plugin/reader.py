@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...io.arrays import check_hdf5_filters
 from ...io.ome_zarr import ome_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -94,6 +95,7 @@ def read_hdf5(path: str) -> list[LayerData]:
 
     def visit(name: str, item: Any) -> None:
         if isinstance(item, h5py.Dataset) and item.ndim in (2, 3):
+            check_hdf5_filters(item, f"{path}:{name}")  # Blosc, Bitshuffle: hdf5plugin's filters registered
             chunks = item.chunks or tuple(min(64, n) for n in item.shape)
             labels = np.issubdtype(item.dtype, np.integer) and Path(name).name.lower().startswith("label")
             layers.append((da.from_array(item, chunks=chunks), {"name": f"{Path(path).stem}:{name}"},

@@ -1,0 +1,44 @@
+"""HDF5 datasets compressed with filters beyond HDF5's own (Blosc, Bitshuffle-LZ4: what
+detector and tomography software write), decoded through hdf5plugin when a dataset needs one;
+a filter nothing here decodes is one line at open, not a corrupt-file error mid-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+import densepred
+from densepred.interfaces.cli import main
+from tests.conftest import make_config
+from tests.test_reliability_files import one_error_line
+
+
+def test_blosc_and_bitshuffle_datasets_predict_as_their_arrays_in_a_fresh_process(tmp_path):
+    config = make_config(tmp_path)
+    data = np.random.default_rng(1).integers(0, 4000, (11, 43, 37)).astype(np.uint16)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("blosc", data=data, chunks=(4, 16, 16), **hdf5plugin.Blosc(cname="zstd"))
+        f.create_dataset("bitshuffle", data=data, chunks=(4, 16, 16), **hdf5plugin.Bitshuffle())
+    expected = densepred.predict_dense(densepred.create_prediction_net(densepred.load_config(config)), data,
+                                       mirror=True, tile_shape=(9, 23, 21))
+    for name in ("blosc", "bitshuffle"):  # a process of its own: hdf5plugin not imported before densepred opens it
+        done = subprocess.run([sys.executable, "-m", "densepred", "predict", str(config), "--input",
+                               f"{tmp_path / 'scan.h5'}:{name}", "--output", str(tmp_path / f"{name}.npy"),
+                               "--mirror", "--tile", "9,23,21", "--quiet"], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), expected)
+
+
+def test_a_filter_nothing_here_decodes_is_one_line_at_open(tmp_path, capsys):
+    with h5py.File(tmp_path / "odd.h5", "w") as f:  # chunks stored as a filter no one registered would write them
+        ds = f.create_dataset("raw", shape=(8, 30, 30), dtype="uint8", chunks=(8, 30, 30), compression=32999,
+                              allow_unknown_filter=True)
+        ds.id.write_direct_chunk((0, 0, 0), np.random.default_rng(2).integers(0, 255, 7200, np.uint8).tobytes())
+    one_error_line(capsys, main(["predict", str(make_config(tmp_path)), "--input", f"{tmp_path / 'odd.h5'}:raw",
+                                 "--output", str(tmp_path / "o.npy"), "--quiet"]),
+                   "is compressed with HDF5 filter 32999 (unnamed), which neither HDF5 nor hdf5plugin decodes here")
+    assert not (tmp_path / "o.npy").exists()
