@@ -71,3 +71,24 @@ def test_plan_mistakes_are_one_line(tmp_path, capsys):
         plan_job(load_config(config))
     assert main(["plan", str(config), "--shape", "100,100,100", "--workers", "0"]) == 2
     assert "workers = 0 is invalid" in capsys.readouterr().err
+
+
+def test_the_plan_says_where_the_output_will_lie_and_counts_the_pyramid_that_will_be_written(tmp_path):
+    """An anisotropic input (40 x 4 x 4 nm) gets a pyramid that halves y and x first: the plan's
+    bytes are those of the levels the prediction writes, and it says the placement it read."""
+    import zarr
+
+    config = make_config(tmp_path)
+    data = np.random.default_rng(1).random((40, 300, 280), dtype=np.float32)
+    array = zarr.create_array(tmp_path / "raw.zarr", data=data, chunks=(20, 150, 140), zarr_format=2)
+    array.attrs.update({"resolution": [40, 4, 4], "offset": [80, 0, 12]})
+    plan = plan_job(config, input=str(tmp_path / "raw.zarr"))
+    assert "placed   voxel size 40 x 4 x 4, the input's voxel 0 at (80, 0, 12)" in plan.report()
+    assert main(["predict", str(config), "--input", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o.zarr"),
+                 "--quiet"]) == 0
+    group = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    written = sum(math.prod(group[str(i)].shape) * 4 for i in range(len(group.attrs["ome"]["multiscales"][0]
+                                                                      ["datasets"])))
+    assert plan.output_bytes == written
+    np.save(tmp_path / "raw.npy", data)  # a file that names no scale
+    assert "placed   voxel size 1, at the origin" in plan_job(config, input=str(tmp_path / "raw.npy")).report()

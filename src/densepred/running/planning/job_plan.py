@@ -21,6 +21,8 @@ from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
 from ...geometry import BlockPlan, Geometry, pyramid
 from ...io import ArraySpec, ChannelFirst, kept_bytes_of, open_array
+from ...io.arrays import input_placement
+from ...io.ome_zarr import Placement
 from ...networks import DenseEngine, build_net
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
@@ -45,6 +47,9 @@ class JobPlan:
     rate: float | None  # output voxels/s of one worker
     rate_source: str
     workers: int
+    placement: Placement | None = None  # of the input, from its metadata
+    from_file: bool = False  # planned for an input file (not a shape): its placement is said
+
 
     @property
     def output_voxels(self) -> int:
@@ -64,10 +69,20 @@ class JobPlan:
             f"reads its own halo: {self.blocks.read_amplification():.3f} input voxels read per output voxel)",
             f"read     {bytes_text(self.input_bytes)}",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
-        ]
+        ] + ([f"placed   {placement_text(self.placement)}"] if self.from_file else [])
         rate = f"{self.rate:,.0f} output voxels/s per worker ({self.rate_source})" if self.rate else ""
         return "\n".join(lines + time_lines(self.seconds, self.workers, rate, "a profile.csv (--profile) or time "
                                                                            "one tile now (--measure)"))
+
+
+def placement_text(placement: Placement | None) -> str:
+    """Where the output will lie, as the input's metadata says (or that it says nothing)."""
+    if placement is None:
+        return "voxel size 1, at the origin (the input names no physical scale; predict's --voxel-size gives one)"
+    unit = f" {placement.unit}" if placement.unit else ""
+    where = ", ".join(f"{t:g}" for t in placement.translation)
+    return (f"voxel size {' x '.join(f'{v:g}' for v in placement.voxel_size)}{unit}, the input's voxel 0 at "
+            f"({where}), from the input's metadata; the output lies over it")
 
 
 def time_lines(seconds: float | None, workers: int, rate: str, missing: str) -> list[str]:
@@ -93,6 +108,8 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
         raise DensePredError(f"workers = {workers!r} is invalid; expected a positive integer")
     geometry = network_geometry(cfg.network)
     spatial, itemsize, kept = _input_shape(cfg, geometry, input, shape, input_dtype)
+    placement = input_placement(ArraySpec.parse(input)) if input is not None else None
+    placement = placement if placement is not None and len(placement.voxel_size) == geometry.ndim else None
     mode = mode or cfg.prediction.mode
     device_ = resolve_device(device)
     checked = precision_for(precision, device_)
@@ -106,11 +123,12 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
         raise DensePredError(f"tiles per block {list(per_block)} are invalid; expected {geometry.ndim} positive "
                              "integers")
     blocks = BlockPlan.create(tiles.output_shape, tiles.output_tile, per_block, geometry.fov)
-    levels = pyramid(tiles.output_shape)
+    levels = pyramid(tiles.output_shape, placement.voxel_size if placement else None)
     output_bytes = sum(math.prod(level.shape) for level in levels) * classes * np.dtype(stored_dtype).itemsize
     rate, source = _rate(cfg, geometry, tiles.input_tile, engine_mode, profile_csv, measure, device_, checked)
     return JobPlan(cfg.name, tiles.output_shape, tiles.input_tile, tiles.output_tile, engine_mode, blocks,
-                   blocks.input_voxels() * cfg.network.in_channels * itemsize, output_bytes, rate, source, workers)
+                   blocks.input_voxels() * cfg.network.in_channels * itemsize, output_bytes, rate, source, workers,
+                   placement, input is not None)
 
 
 def _input_shape(cfg: Config, geometry: Geometry, input: str | None, shape: Sequence[int] | None,
