@@ -145,6 +145,7 @@ def test_a_level_of_a_multiscale_group_is_placed_by_its_downsampling(tmp_path, l
         assert (placement.voxel_size, placement.translation) == (size, shift)
         assert placement.unit == ("micrometer" if layout == "n5-viewer" else "nanometer")
     np.testing.assert_array_equal(np.asarray(open_array(f"{root}:g")), data)  # a group stands for its s0
+    np.testing.assert_array_equal(np.asarray(open_array(str(root))), data)  # the container's one multiscale
 
 
 def test_n5_mistakes_are_one_line(tmp_path, capsys):
@@ -162,6 +163,9 @@ def test_n5_mistakes_are_one_line(tmp_path, capsys):
         return main(["predict", str(config), "--input", spec, "--output", str(tmp_path / output), "--quiet"])
 
     one_error_line(capsys, predict(str(root)), "is an N5 group of 2 datasets; name one as")
+    for level in range(2):  # as BigDataViewer and Paintera lay out a multiscale: listed once
+        write_n5(root / "setup0" / "timepoint0" / f"s{level}", data[:, ::2**level, ::2**level].copy(), (3, 10, 13))
+    one_error_line(capsys, predict(f"{root}"), "(available: a/lz4, a/raw, setup0/timepoint0)")
     one_error_line(capsys, predict(f"{root}:a/raw/1"), "is a folder of chunks inside the N5 dataset")
     one_error_line(capsys, predict(f"{root}:b"), "'b' not found in")
     one_error_line(capsys, predict(f"{root}:a/lz4"), "densepred reads N5 blocks stored raw, gzip")

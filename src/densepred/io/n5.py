@@ -72,21 +72,22 @@ def dataset_folder(container: Path, key: str | None) -> Path:
     if is_dataset(folder / "s0"):
         return folder / "s0"
     found = datasets(folder)
-    if len(found) == 1:
-        return folder / found[0]
+    if len(found) == 1:  # a dataset, or a multiscale group (Paintera's raw/data, one BigDataViewer setup)
+        return folder / found[0] if is_dataset(folder / found[0]) else folder / found[0] / "s0"
     where = f"{container}:{key}" if key else str(container)
     raise DensePredError(f"{where} is an N5 group of {len(found)} datasets; name one as {container}:"
                          f"{key + '/' if key else ''}DATASET (available: {_listing(folder)})")
 
 
 def datasets(folder: Path) -> list[str]:
-    """The datasets below ``folder`` (not entering datasets, whose sub-folders are chunks)."""
+    """The datasets below ``folder``, a multiscale group (``s0``, ``s1``, ...) counted as one;
+    datasets are not entered (their sub-folders are chunks)."""
     found, queue, visited = [], [folder], 0
     while queue and visited < MAX_GROUPS_LISTED:
         group = queue.pop(0)
         visited += 1
         for child in sorted(p for p in group.iterdir() if p.is_dir()):
-            if is_dataset(child):
+            if is_dataset(child) or is_dataset(child / "s0"):
                 found.append(child.relative_to(folder).as_posix())
             else:
                 queue.append(child)
