@@ -145,8 +145,7 @@ def _open_hdf5(spec: ArraySpec) -> Any:
     import h5py
 
     handle = h5py.File(spec.path, "r")
-    datasets: list[str] = []
-    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    datasets = hdf5_datasets(handle)
     if spec.key is None and len(datasets) != 1:
         raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
                              f"{spec.path}:DATASET (available: {', '.join(datasets) or 'none'})")
@@ -156,6 +155,15 @@ def _open_hdf5(spec: ArraySpec) -> Any:
     dataset = handle[spec.key or datasets[0]]
     check_hdf5_filters(dataset, spec.array_text)
     return channel_first(dataset, _hdf5_axes(dataset), spec.array_text, spec.time)
+
+
+def hdf5_datasets(handle: Any) -> list[str]:
+    """The paths of every dataset in an open HDF5 file."""
+    import h5py
+
+    datasets: list[str] = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return datasets
 
 
 def check_hdf5_filters(dataset: Any, where: str) -> None:
@@ -288,8 +296,7 @@ def _hdf5_placement(spec: ArraySpec) -> Placement | None:
     import h5py
 
     with h5py.File(spec.path, "r") as handle:
-        datasets: list[str] = []
-        handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        datasets = hdf5_datasets(handle)
         key = spec.key or (datasets[0] if len(datasets) == 1 else None)
         if key is None or key not in datasets:
             return None
