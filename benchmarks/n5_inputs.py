@@ -13,7 +13,6 @@ densepred's own block readers (``io/chunk_files.py``, ``io/n5.py``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from itertools import product
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_ceiling import trivial_net
-from tiff_inputs import CHUNKS, pages, run
+from tiff_inputs import CHUNKS, pages, run, summary
 
 
 def slabs(shape: tuple[int, int, int], depth: int):
@@ -84,10 +83,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for kind, source in sources.items():
                     results[kind].append(run(CHUNKS, config, source, work / "o.zarr"))
-            line = ", ".join(f"{kind} {statistics.median(s for s, _ in runs):.2f} s (runs "
-                             f"{' '.join(f'{s:.2f}' for s, _ in runs)}; peak {max(p for _, p in runs):.2f} GiB)"
-                             for kind, runs in results.items())
-            print(f"  {codec}: {line}")
+            print(f"  {codec}: {summary(results)}")
 
 
 if __name__ == "__main__":

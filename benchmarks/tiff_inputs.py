@@ -86,6 +86,13 @@ def run(program: str, config: Path, source: Path, output: Path) -> tuple[float, 
     return seconds, int(peak[1]) / 2**20
 
 
+def summary(results: dict[str, list[tuple[float, float]]]) -> str:
+    """Each way's median seconds, its runs and its largest peak, on one line."""
+    return ", ".join(f"{way} {statistics.median(s for s, _ in runs):.2f} s (runs "
+                     f"{' '.join(f'{s:.2f}' for s, _ in runs)}; peak {max(p for _, p in runs):.2f} GiB)"
+                     for way, runs in results.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="96,2048,2048")
@@ -106,10 +113,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for way, program in (("whole", WHOLE), ("chunks", CHUNKS)):
                     results[way].append(run(program, config, source, work / "o.zarr"))
-            line = ", ".join(f"{way} {statistics.median(s for s, _ in runs):.2f} s (runs "
-                             f"{' '.join(f'{s:.2f}' for s, _ in runs)}; peak {max(p for _, p in runs):.2f} GiB)"
-                             for way, runs in results.items())
-            print(f"  {name} ({source.stat().st_size / 2**20:.0f} MiB on disk): {line}")
+            print(f"  {name} ({source.stat().st_size / 2**20:.0f} MiB on disk): {summary(results)}")
 
 
 if __name__ == "__main__":

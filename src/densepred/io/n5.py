@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DensePredError
 from .chunk_files import chunk_grid, chunk_overlap
 from .ome_zarr import Placement, checked_placement, space_unit
-from .reading import plain_box
+from .reading import BoxArray, plain_box
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
 CODECS = "raw, gzip, bzip2, xz, blosc or zstd"  # N5's compressions read here (numcodecs; not lz4)
@@ -99,7 +99,7 @@ def _listing(folder: Path) -> str:
     return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "") or "none"
 
 
-class N5Array:
+class N5Array(BoxArray):
     """An N5 dataset as an array in C order (its stored axes reversed): ``shape``, ``dtype``,
     ``chunks`` and ``array[box]``, read block file by block file in the calling thread (as
     :mod:`.chunk_files` reads zarr arrays), so several threads read at once."""
@@ -139,13 +139,6 @@ class N5Array:
                 source, target = chunk_overlap(box, index, self.chunks)
                 out[target] = block[source]
         return out
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[tuple(slice(None) for _ in self.shape)]
-        return data if dtype is None else data.astype(dtype)
 
     def _block(self, index: tuple[int, ...]) -> np.ndarray | None:
         """The block at grid ``index`` (z, y, x order), or None where it is not stored; its

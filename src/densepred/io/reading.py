@@ -21,6 +21,23 @@ from .chunk_files import chunk_files
 MAX_CHUNKS_SEARCHED = 4096
 
 
+class BoxArray:
+    """What NumPy asks of an array read box by box (``shape`` and ``self[box]`` given):
+    ``len()`` and ``np.asarray()`` of the whole."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[tuple(slice(None) for _ in self.shape)]
+        return data if dtype is None else data.astype(dtype)
+
+
 def read_box(array: Any, key: tuple[slice, ...]) -> np.ndarray:
     """``array[key]`` as a NumPy array; a storage failure is one line naming the chunk."""
     try:

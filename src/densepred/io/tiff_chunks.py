@@ -26,12 +26,12 @@ import numpy as np
 
 from ..errors import DensePredError
 from .chunk_files import chunk_grid, chunk_overlap
-from .reading import plain_box
+from .reading import BoxArray, plain_box
 
 CACHE_BYTES = 256 * 2**20  # decoded chunks kept per open file
 
 
-class TiffChunks:
+class TiffChunks(BoxArray):
     """Series 0 (level 0) of a TIFF as an array: ``shape``, ``dtype``, ``chunks`` (its strips or
     tiles) and ``array[box]``, decoded chunk by chunk; safe to read from several threads."""
 
@@ -66,13 +66,6 @@ class TiffChunks:
             source, target = chunk_overlap(box, index, self.chunks)
             out[target] = chunk[source]
         return out
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[tuple(slice(None) for _ in self.shape)]
-        return data if dtype is None else data.astype(dtype)
 
     def _chunks(self, indices: list[tuple[int, ...]], keep: bool) -> dict[tuple[int, ...], np.ndarray]:
         """The chunks at ``indices``: those kept, and the others read in one call to zarr (the box
