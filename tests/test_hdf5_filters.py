@@ -1,6 +1,8 @@
-"""HDF5 datasets compressed with filters beyond HDF5's own (Blosc, Bitshuffle-LZ4: what
-detector and tomography software write), decoded through hdf5plugin when a dataset needs one;
-a filter nothing here decodes is one line at open, not a corrupt-file error mid-run."""
+"""HDF5 files as acquisition software writes them: datasets compressed with filters beyond
+HDF5's own (Blosc, Bitshuffle-LZ4: detector and tomography software), decoded through
+hdf5plugin when a dataset needs one (a filter nothing here decodes is one line at open, not a
+corrupt-file error mid-run); BigDataViewer/BigStitcher files, whose 16-bit unsigned volumes
+are stored as int16."""
 
 from __future__ import annotations
 
@@ -42,3 +44,25 @@ def test_a_filter_nothing_here_decodes_is_one_line_at_open(tmp_path, capsys):
                                  "--output", str(tmp_path / "o.npy"), "--quiet"]),
                    "is compressed with HDF5 filter 32999 (unnamed), which neither HDF5 nor hdf5plugin decodes here")
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_bigdataviewer_view_reads_its_unsigned_values_and_names_its_full_resolution(tmp_path):
+    from densepred.io import open_array
+
+    config = make_config(tmp_path)
+    data = np.random.default_rng(3).integers(0, 65536, (9, 40, 34)).astype(np.uint16)  # half of it above 32767
+    with h5py.File(tmp_path / "dataset.h5", "w") as f:  # as BigStitcher writes a view: int16 holding uint16 bits
+        f["s00/resolutions"] = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 1.0]])
+        f["s00/subdivisions"] = np.array([[32, 32, 4], [16, 16, 4]], dtype=np.int32)
+        f.create_dataset("t00000/s00/0/cells", data=data.astype(np.int16), chunks=(4, 32, 32))
+        f.create_dataset("t00000/s00/1/cells", data=data[:, ::2, ::2].astype(np.int16), chunks=(4, 16, 16))
+        f["signed"] = data.astype(np.int16)  # not a BigDataViewer volume: int16 as it is
+    view = open_array(f"{tmp_path / 'dataset.h5'}:t00000/s00")
+    assert view.dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(view), data)
+    np.testing.assert_array_equal(view[2:5, 7, 3:30], data[2:5, 7, 3:30])
+    assert open_array(f"{tmp_path / 'dataset.h5'}:signed")[...].min() < 0
+    assert main(["predict", str(config), "--input", f"{tmp_path / 'dataset.h5'}:t00000/s00/0/cells", "--output",
+                 str(tmp_path / "o.npy"), "--mirror", "--tile", "9,23,21", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), densepred.predict_dense(
+        densepred.create_prediction_net(densepred.load_config(config)), data, mirror=True, tile_shape=(9, 23, 21)))

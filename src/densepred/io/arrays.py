@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, ome_placement
+from .reading import BoxArray
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.n5[:dataset], file.tif, file.npy or file.csv"
@@ -146,15 +147,51 @@ def _open_hdf5(spec: ArraySpec) -> Any:
 
     handle = h5py.File(spec.path, "r")
     datasets = hdf5_datasets(handle)
-    if spec.key is None and len(datasets) != 1:
+    key = spec.key
+    if key is not None and key not in datasets and f"{key}/0/cells" in datasets:  # a BigDataViewer view
+        key = f"{key}/0/cells"  # its full resolution
+    if key is None and len(datasets) != 1:
         raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
-                             f"{spec.path}:DATASET (available: {', '.join(datasets) or 'none'})")
-    if spec.key is not None and spec.key not in datasets:
-        raise DensePredError(f"dataset '{spec.key}' not found in {spec.path}; "
-                             f"available: {', '.join(datasets) or 'none'}")
-    dataset = handle[spec.key or datasets[0]]
+                             f"{spec.path}:DATASET (available: {_listed(datasets)})")
+    if key is not None and key not in datasets:
+        raise DensePredError(f"dataset '{key}' not found in {spec.path}; available: {_listed(datasets)}")
+    dataset = handle[key or datasets[0]]
     check_hdf5_filters(dataset, spec.array_text)
-    return channel_first(dataset, _hdf5_axes(dataset), spec.array_text, spec.time)
+    axes = _hdf5_axes(dataset)
+    if dataset.dtype == np.int16 and BDV_CELLS.match(dataset.name.lstrip("/")) and _has_bdv_setups(handle):
+        dataset = UnsignedView(dataset)
+    return channel_first(dataset, axes, spec.array_text, spec.time)
+
+
+BDV_CELLS = re.compile(r"t\d+/s\d+/\d+/cells$")  # BigDataViewer: time point, setup, level
+
+
+def _has_bdv_setups(handle: Any) -> bool:
+    """Whether an HDF5 file is BigDataViewer's: its setups list their levels' resolutions."""
+    import h5py
+
+    return any(isinstance(handle.get(name), h5py.Group) and "resolutions" in handle[name] for name in handle
+               if name.startswith("s") and name[1:].isdigit())
+
+
+class UnsignedView(BoxArray):
+    """A BigDataViewer HDF5 volume of 16-bit unsigned values, which BigDataViewer stores as
+    int16 (Java has no unsigned short) and reads as unsigned: the same bits, read unsigned, so
+    a voxel of 40000 is 40000, not -25536."""
+
+    def __init__(self, dataset: Any):
+        self.dataset, self.file, self.name = dataset, dataset.file, dataset.name  # file, name: read errors
+        self.shape, self.ndim, self.chunks = dataset.shape, dataset.ndim, dataset.chunks
+        self.dtype = np.dtype(np.uint16)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.dataset[key]).view(np.uint16)
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    """Names for a message: the first ``most`` of them and how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more or "none"
 
 
 def hdf5_datasets(handle: Any) -> list[str]:
