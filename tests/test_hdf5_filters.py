@@ -12,6 +12,7 @@ import sys
 import h5py
 import hdf5plugin
 import numpy as np
+import pytest
 
 import densepred
 from densepred.interfaces.cli import main
@@ -48,6 +49,7 @@ def test_a_filter_nothing_here_decodes_is_one_line_at_open(tmp_path, capsys):
 
 def test_a_bigdataviewer_view_reads_its_unsigned_values_and_names_its_full_resolution(tmp_path):
     from densepred.io import open_array
+    from densepred.io.arrays import ArraySpec, input_placement
 
     config = make_config(tmp_path)
     data = np.random.default_rng(3).integers(0, 65536, (9, 40, 34)).astype(np.uint16)  # half of it above 32767
@@ -57,6 +59,7 @@ def test_a_bigdataviewer_view_reads_its_unsigned_values_and_names_its_full_resol
         f.create_dataset("t00000/s00/0/cells", data=data.astype(np.int16), chunks=(4, 32, 32))
         f.create_dataset("t00000/s00/1/cells", data=data[:, ::2, ::2].astype(np.int16), chunks=(4, 16, 16))
         f["signed"] = data.astype(np.int16)  # not a BigDataViewer volume: int16 as it is
+    (tmp_path / "dataset.xml").write_text(BDV_XML)
     view = open_array(f"{tmp_path / 'dataset.h5'}:t00000/s00")
     assert view.dtype == np.uint16
     np.testing.assert_array_equal(np.asarray(view), data)
@@ -66,3 +69,22 @@ def test_a_bigdataviewer_view_reads_its_unsigned_values_and_names_its_full_resol
                  str(tmp_path / "o.npy"), "--mirror", "--tile", "9,23,21", "--quiet"]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), densepred.predict_dense(
         densepred.create_prediction_net(densepred.load_config(config)), data, mirror=True, tile_shape=(9, 23, 21)))
+    for level, (voxel, shift) in enumerate((((2.0, 0.4, 0.4), (0.0, 0.0, 0.0)), ((2.0, 0.8, 0.8), (0.0, 0.2, 0.2)))):
+        placed = input_placement(ArraySpec.parse(f"{tmp_path / 'dataset.h5'}:t00000/s00/{level}/cells"))
+        assert placed.voxel_size == pytest.approx(voxel)  # the XML's x y z, level 1 halved in x and y
+        assert placed.translation == pytest.approx(shift)
+        assert placed.unit == "micrometer"
+
+
+BDV_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<SpimData version="0.2">
+  <BasePath type="relative">.</BasePath>
+  <SequenceDescription>
+    <ImageLoader format="bdv.hdf5"><hdf5 type="relative">dataset.h5</hdf5></ImageLoader>
+    <ViewSetups>
+      <ViewSetup><id>0</id><name>0</name><size>34 40 9</size>
+        <voxelSize><unit>\u00b5m</unit><size>0.4 0.4 2.0</size></voxelSize></ViewSetup>
+    </ViewSetups>
+  </SequenceDescription>
+</SpimData>
+"""

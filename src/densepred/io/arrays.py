@@ -30,7 +30,6 @@ import numpy as np
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, ome_placement
-from .reading import BoxArray
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = "file.h5:dataset, file.zarr[:path], file.n5[:dataset], file.tif, file.npy or file.csv"
@@ -122,7 +121,9 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
         raise DensePredError(f"input not found: {spec.path}")
     try:
         if kind == "hdf5":
-            return _open_hdf5(spec)
+            from .hdf5 import open_hdf5
+
+            return open_hdf5(spec.path, spec.key, spec.array_text, spec.time)
         if kind == "zarr":
             return _open_zarr(spec)
         if kind == "n5":
@@ -140,87 +141,6 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise DensePredError(f"cannot read {spec}: {exc}") from None
-
-
-def _open_hdf5(spec: ArraySpec) -> Any:
-    import h5py
-
-    handle = h5py.File(spec.path, "r")
-    datasets = hdf5_datasets(handle)
-    key = spec.key
-    if key is not None and key not in datasets and f"{key}/0/cells" in datasets:  # a BigDataViewer view
-        key = f"{key}/0/cells"  # its full resolution
-    if key is None and len(datasets) != 1:
-        raise DensePredError(f"{spec.path} holds {len(datasets)} datasets; name one as "
-                             f"{spec.path}:DATASET (available: {_listed(datasets)})")
-    if key is not None and key not in datasets:
-        raise DensePredError(f"dataset '{key}' not found in {spec.path}; available: {_listed(datasets)}")
-    dataset = handle[key or datasets[0]]
-    check_hdf5_filters(dataset, spec.array_text)
-    axes = _hdf5_axes(dataset)
-    if dataset.dtype == np.int16 and BDV_CELLS.match(dataset.name.lstrip("/")) and _has_bdv_setups(handle):
-        dataset = UnsignedView(dataset)
-    return channel_first(dataset, axes, spec.array_text, spec.time)
-
-
-BDV_CELLS = re.compile(r"t\d+/s\d+/\d+/cells$")  # BigDataViewer: time point, setup, level
-
-
-def _has_bdv_setups(handle: Any) -> bool:
-    """Whether an HDF5 file is BigDataViewer's: its setups list their levels' resolutions."""
-    import h5py
-
-    return any(isinstance(handle.get(name), h5py.Group) and "resolutions" in handle[name] for name in handle
-               if name.startswith("s") and name[1:].isdigit())
-
-
-class UnsignedView(BoxArray):
-    """A BigDataViewer HDF5 volume of 16-bit unsigned values, which BigDataViewer stores as
-    int16 (Java has no unsigned short) and reads as unsigned: the same bits, read unsigned, so
-    a voxel of 40000 is 40000, not -25536."""
-
-    def __init__(self, dataset: Any):
-        self.dataset, self.file, self.name = dataset, dataset.file, dataset.name  # file, name: read errors
-        self.shape, self.ndim, self.chunks = dataset.shape, dataset.ndim, dataset.chunks
-        self.dtype = np.dtype(np.uint16)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.dataset[key]).view(np.uint16)
-
-
-def _listed(names: list[str], most: int = 12) -> str:
-    """Names for a message: the first ``most`` of them and how many more."""
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(names[:most]) + more or "none"
-
-
-def hdf5_datasets(handle: Any) -> list[str]:
-    """The paths of every dataset in an open HDF5 file."""
-    import h5py
-
-    datasets: list[str] = []
-    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return datasets
-
-
-def check_hdf5_filters(dataset: Any, where: str) -> None:
-    """Every compression filter of ``dataset`` decodable here: HDF5's own (gzip, szip, shuffle),
-    or one of hdf5plugin's (Blosc, Bitshuffle, LZ4, Zstandard, ...), registered when a dataset
-    needs one; else one line naming the filter, not a read error taken for a corrupt file."""
-    import h5py
-
-    plist = dataset.id.get_create_plist()
-    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
-    missing = [f for f in filters if not h5py.h5z.filter_avail(f[0])]
-    if missing:
-        import hdf5plugin  # noqa: F401 - registers its filters with HDF5 when imported
-
-        missing = [f for f in missing if not h5py.h5z.filter_avail(f[0])]
-    if missing:
-        names = ", ".join(f"{f[0]} ({f[3].decode(errors='replace') or 'unnamed'})" for f in missing)
-        raise DensePredError(f"{where} is compressed with HDF5 filter {names}, which neither HDF5 nor "
-                             "hdf5plugin decodes here; install that filter's plugin (HDF5_PLUGIN_PATH) or save the "
-                             "dataset with gzip")
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -278,20 +198,6 @@ def _dimension_names(array: Any) -> list[str] | None:
     return list(names) if names else None
 
 
-def _hdf5_axes(dataset: Any) -> str | None:
-    """An HDF5 dataset's axes: ilastik's and vigra's ``axistags`` attribute (channels often last,
-    ``zyxc``), else h5py dimension labels."""
-    import json
-
-    try:
-        tags = dataset.attrs.get("axistags")
-        if tags is not None:
-            return axis_letters([axis["key"] for axis in json.loads(tags)["axes"]])
-        return axis_letters([dim.label for dim in dataset.dims])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _ome_first_level(group: Any) -> Any:
     """The full-resolution array of an OME-Zarr image group (0.4 or 0.5), else None."""
     path = _first_level_path(group)
@@ -307,7 +213,9 @@ def input_placement(spec: ArraySpec) -> Placement | None:
         if spec.kind == "n5":
             return _n5_placement(spec)
         if spec.kind == "hdf5":
-            return _hdf5_placement(spec)
+            from .hdf5 import hdf5_placement
+
+            return hdf5_placement(spec.path, spec.key)
         if spec.kind == "zarr":
             return _zarr_placement(spec)
     except (KeyError, TypeError, ValueError, OSError):
@@ -327,24 +235,6 @@ def _zarr_placement(spec: ArraySpec) -> Placement | None:
         return placed or attribute_placement(node.attrs)
     dataset = _first_level_path(node)
     return None if dataset is None else ome_placement(dict(node.attrs), dataset)
-
-
-def _hdf5_placement(spec: ArraySpec) -> Placement | None:
-    import h5py
-
-    with h5py.File(spec.path, "r") as handle:
-        datasets = hdf5_datasets(handle)
-        key = spec.key or (datasets[0] if len(datasets) == 1 else None)
-        if key is None or key not in datasets:
-            return None
-        return attribute_placement({name: _plain(value) for name, value in handle[key].attrs.items()})
-
-
-def _plain(value: Any) -> Any:
-    """An HDF5 attribute as Python values (arrays as lists, bytes as text)."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()] if value.dtype.kind in "OSU" else value.tolist()
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _n5_placement(spec: ArraySpec) -> Placement | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
-from ...io.arrays import check_hdf5_filters
+from ...io.hdf5 import check_hdf5_filters
 from ...io.ome_zarr import ome_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
