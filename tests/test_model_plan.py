@@ -103,3 +103,20 @@ def test_a_profile_of_the_other_kind_is_refused_in_one_line(tmp_path, capsys):
 
 def test_plan_without_a_config_or_a_model_is_one_line(capsys):
     one_error_line(capsys, main(["plan", "--shape", "20,30,30"]), "densepred plan needs the network's config file")
+
+
+def test_a_models_plan_counts_the_anisotropic_pyramid_it_writes_and_says_where_it_lies(tmp_path, capsys):
+    import zarr
+
+    data = np.random.default_rng(6).random((40, 300, 280), dtype=np.float32)
+    array = zarr.create_array(tmp_path / "raw.zarr", data=data, chunks=(20, 150, 140), zarr_format=2)
+    array.attrs.update({"voxel_size": [40, 4, 4], "offset": [0, 8, 0], "units": ["nm"] * 3})
+    plan = plan_model_job("tests.test_foreign:UNet", model_kwargs=KWARGS, input=str(tmp_path / "raw.zarr"),
+                          device="cpu", activation="softmax", memory_limit=2 * 2**30)
+    assert "placed   voxel size 40 x 4 x 4 nanometer, the input's voxel 0 at (0, 8, 0)" in plan.report()
+    assert main(["predict", *MODEL, "--input", str(tmp_path / "raw.zarr"), "--output", str(tmp_path / "o.zarr"),
+                 "--memory-limit", "2GiB", "--quiet"]) == 0
+    group = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    levels = len(group.attrs["ome"]["multiscales"][0]["datasets"])
+    assert plan.output_bytes == sum(int(np.prod(group[str(i)].shape)) * 4 for i in range(levels))
+    capsys.readouterr()

@@ -21,6 +21,7 @@ import numpy as np
 from ...errors import DensePredError
 from ...geometry import BlockPlan, pyramid
 from ...io import ArraySpec, ChannelFirst, open_array
+from ...io.ome_zarr import Placement
 from ...networks.bioimageio import is_rdf
 from ...networks.foreign import ForeignNet
 from ...networks.precision import FLOAT32
@@ -30,7 +31,7 @@ from ..compute.model_run import ModelRun
 from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..executors.cluster import tiles_per_block
-from ..planning.job_plan import bytes_text, read_profile, time_lines
+from ..planning.job_plan import bytes_text, placement_text, planned_placement, read_profile, time_lines
 from .job import PredictJob
 from .model_job import BLEND_SHARDS_PER_BLOCK, job_net
 
@@ -52,6 +53,8 @@ class ModelPlan:
     seconds_per_window: float | None
     rate_source: str
     workers: int
+    placement: Placement | None = None  # of the input, from its metadata
+    from_file: bool = False  # planned for an input file (not a shape): its placement is said
 
     @property
     def seconds(self) -> float | None:
@@ -70,7 +73,7 @@ class ModelPlan:
             "shards; on a cluster a window that straddles two blocks is computed in both)",
             f"read     at most {bytes_text(self.input_bytes)} (each window reads its own input, context included)",
             f"write    {bytes_text(self.output_bytes)} (with the pyramid)",
-        ]
+        ] + ([f"placed   {placement_text(self.placement)}"] if self.from_file else [])
         rate = f"{self.seconds_per_window:.3g} s per window ({self.rate_source})" if self.seconds_per_window else ""
         return "\n".join(lines + time_lines(self.seconds, self.workers, rate, "a model_profile.csv (--profile) or "
                                                                            "time one window now (--measure)"))
@@ -106,11 +109,15 @@ def plan_model_job(model: str | None = None, *, model_file: str | Path | None = 
     grid = BlockPlan.create(run.output_shape, run.shard, tiles_per_block(per_block, len(run.window)),
                             (1,) * len(run.window))
     windows = window_count(run)
-    output_bytes = sum(math.prod(level.shape) for level in pyramid(run.output_shape)) * channels
+    placement = planned_placement(input, len(run.output_shape))
+    voxel = None if placement is None else tuple(  # the output's voxels, at the model's scale
+        v * down / up for v, (up, down) in zip(placement.voxel_size, run.contract.pairs, strict=True))
+    output_bytes = sum(math.prod(level.shape) for level in pyramid(run.output_shape, voxel)) * channels
     seconds, source = _rate(run, profile_csv, measure)
     return ModelPlan(model or str(model_file), run.output_shape, channels, run.window, run.mode, windows,
                      len(run.flips), grid, windows * math.prod(run.window) * net.in_channels * itemsize,
-                     output_bytes * np.dtype(stored_dtype).itemsize, seconds, source, workers)
+                     output_bytes * np.dtype(stored_dtype).itemsize, seconds, source, workers, placement,
+                     input is not None)
 
 
 def sized_model(fields: dict[str, Any], input: str | None, shape: Sequence[int] | None, input_dtype: str,

@@ -75,6 +75,12 @@ class JobPlan:
                                                                            "one tile now (--measure)"))
 
 
+def planned_placement(input: str | None, dims: int) -> Placement | None:
+    """The placement of a plan's input file, where it has one for ``dims`` spatial axes."""
+    placement = input_placement(ArraySpec.parse(input)) if input is not None else None
+    return placement if placement is not None and len(placement.voxel_size) == dims else None
+
+
 def placement_text(placement: Placement | None) -> str:
     """Where the output will lie, as the input's metadata says (or that it says nothing)."""
     if placement is None:
@@ -108,8 +114,7 @@ def plan_job(config: Config | str | Path, *, input: str | None = None, shape: Se
         raise DensePredError(f"workers = {workers!r} is invalid; expected a positive integer")
     geometry = network_geometry(cfg.network)
     spatial, itemsize, kept = _input_shape(cfg, geometry, input, shape, input_dtype)
-    placement = input_placement(ArraySpec.parse(input)) if input is not None else None
-    placement = placement if placement is not None and len(placement.voxel_size) == geometry.ndim else None
+    placement = planned_placement(input, geometry.ndim)
     mode = mode or cfg.prediction.mode
     device_ = resolve_device(device)
     checked = precision_for(precision, device_)
