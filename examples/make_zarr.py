@@ -1,6 +1,8 @@
-"""Write a zarr input for ``densepred predict``: an existing array (HDF5, TIFF, NumPy or zarr,
-given as a densepred array spec) copied into a chunked zarr v3 array, or a small synthetic EM-like
-volume when no input is given.
+"""Write a zarr input for ``densepred predict``: an existing array (HDF5, N5, TIFF, NumPy or
+zarr, given as a densepred array spec) copied into a chunked zarr v3 array, or a small
+synthetic EM-like volume when no input is given. Where the source says where its voxels lie
+(OME-Zarr, N5, CREMI or BigDataViewer metadata), the copy carries it as ``voxel_size``,
+``offset`` and ``units`` attributes, which densepred reads back.
 
     .venv/bin/python examples/make_zarr.py demo/test.h5:raw demo/raw.zarr   # copy an HDF5 dataset
     .venv/bin/python examples/make_zarr.py - demo/synthetic.zarr            # a synthetic 48x256x256 volume
@@ -17,6 +19,7 @@ import numpy as np
 import zarr
 
 from densepred.io import ArraySpec, open_array
+from densepred.io.arrays import input_placement
 
 CHUNK = 64
 
@@ -44,7 +47,12 @@ def main(argv: list[str]) -> int:
     spec, output = argv
     source = synthetic() if spec == "-" else open_array(ArraySpec.parse(spec))
     array = copy(source, output)
-    print(f"wrote {output}: shape {list(array.shape)}, dtype {array.dtype}, chunks {list(array.chunks)}")
+    placement = None if spec == "-" else input_placement(ArraySpec.parse(spec))
+    if placement is not None:
+        array.attrs.update({"voxel_size": list(placement.voxel_size), "offset": list(placement.translation),
+                            **({"units": [placement.unit] * len(placement.voxel_size)} if placement.unit else {})})
+    print(f"wrote {output}: shape {list(array.shape)}, dtype {array.dtype}, chunks {list(array.chunks)}"
+          + (f", voxel size {list(placement.voxel_size)}" if placement else ""))
     return 0
 
 

@@ -213,3 +213,21 @@ def test_an_n5_input_feeds_a_model_from_elsewhere_and_a_cluster(tmp_path):
                      "--tile", "9,13,12", "--mirror", "--quiet", *extra]) == 0
     np.testing.assert_allclose(zarr.open_group(tmp_path / "two.zarr")["0"][...],
                                zarr.open_group(tmp_path / "one.zarr")["0"][...], rtol=0, atol=1e-6)
+
+
+def test_the_example_converter_copies_an_n5_volume_with_its_placement(tmp_path, capsys):
+    import runpy
+
+    root = container(tmp_path / "v.n5")
+    data = np.random.default_rng(8).integers(0, 255, (7, 30, 20), dtype=np.uint8)
+    write_n5(root / "raw", data, (4, 16, 16), "gzip",
+             attributes={"pixelResolution": {"dimensions": [4, 4, 30], "unit": "nm"}, "offset": [8, 0, 60]})
+    converter = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "make_zarr.py"))
+    assert converter["main"]([f"{root}:raw", str(tmp_path / "raw.zarr")]) == 0
+    assert "voxel size [30.0, 4.0, 4.0]" in capsys.readouterr().out
+    copied = zarr.open_array(tmp_path / "raw.zarr", mode="r")
+    np.testing.assert_array_equal(copied[...], data)
+    from densepred.io.arrays import ArraySpec, input_placement
+
+    assert input_placement(ArraySpec.parse(str(tmp_path / "raw.zarr"))) == input_placement(
+        ArraySpec.parse(f"{root}:raw"))
