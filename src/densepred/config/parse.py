@@ -282,7 +282,7 @@ def _parse_data(raw: Any, key: str) -> tuple[DataPair, ...]:
                 isinstance(v, str) and v for v in item.values()):
             raise ConfigError(f"{key}[{i}] = {item!r} is invalid; expected "
                               '{ raw = "SPEC", label = "SPEC" } with SPEC like file.h5:dataset, '
-                              "file.zarr:path, file.tif, file.npy or file.csv")
+                              "file.zarr:path, file.n5:path, file.tif, file.npy or file.csv")
         pairs.append(DataPair(item["raw"], item["label"]))
     return tuple(pairs)
 
