@@ -194,7 +194,7 @@ def _done_lines(output):
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-@pytest.mark.slow  # 14-50 s, by how soon Dask replaces the worker (the kill campaign kills a cluster run by default)
+@pytest.mark.slow  # 14-50 s, by how soon Dask replaces the worker
 def test_a_worker_killed_mid_run_loses_no_block_and_records_none_twice(config, volume, tmp_path, dask_cluster,
                                                                       monkeypatch):
     client, _, workers = dask_cluster

@@ -128,8 +128,8 @@ def cluster_campaign(folder, mode, kills, seed):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", pytest.param("blend", marks=pytest.mark.slow),
-                                  pytest.param("own", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 12-13 s; test_foreign_files resumes a model's cluster run in the default run
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
 def test_a_cluster_run_killed_after_its_first_block_resumes_in_one_process(files, mode):
     cluster_campaign(files, mode, kills=1, seed=3)
 

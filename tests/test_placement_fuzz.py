@@ -48,7 +48,7 @@ def sound(placement, count=None):
 
 
 @seed(20261205)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(st.fixed_dictionaries({"multiscales": st.lists(MULTISCALE, max_size=1)}),
                  st.fixed_dictionaries({"ome": st.fixed_dictionaries({
                      "multiscales": st.lists(MULTISCALE, max_size=1)})}), ATTRIBUTES))
@@ -59,7 +59,7 @@ def test_any_ome_or_array_metadata_places_soundly_or_not_at_all(attributes):
 
 
 @seed(20261205)
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(ATTRIBUTES, ATTRIBUTES, st.integers(1, 3))
 @example({"transform": {"axes": ["z"], "scale": [2.0], "translate": [1.0]}}, {}, 3)  # found: fewer axes than asked
 @example({"transform": {"axes": [], "scale": [], "translate": []}}, {}, 1)  # found: no axes at all
