@@ -71,3 +71,30 @@ def test_an_image_scaled_as_a_whole_opens_where_its_prediction_lies(config, tmp_
     assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=str(tmp_path / "in.zarr")) == 0
     [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
     assert (output["scale"], output["translate"]) == (image["scale"], image["translate"])
+
+
+def test_an_n5_container_opens_each_dataset_placed_as_its_prediction(config, tmp_path):
+    """A multiscale N5 group opens as one multiscale layer, a plain dataset as a layer, each
+    where densepred places its prediction."""
+    from tests.test_n5_inputs import container, write_n5
+
+    data = np.random.default_rng(4).integers(0, 255, (9, 40, 36), dtype=np.uint8)
+    root = container(tmp_path / "v.n5")
+    for level in range(2):
+        write_n5(root / "em" / f"s{level}", data[:, ::2**level, ::2**level].copy(), (4, 16, 16), "gzip", attributes={
+            "pixelResolution": {"dimensions": [4, 4, 40], "unit": "nm"}, "downsamplingFactors": [2**level] * 2 + [1]})
+    write_n5(root / "mask", (data > 100).astype(np.uint8), (9, 40, 36))
+    layers = get_reader(str(root))(str(root))
+    assert [kwargs["name"] for _, kwargs, _ in layers] == ["v:em", "v:mask"]
+    (levels, em, kind), (mask, masked, _) = layers
+    assert kind == "image"
+    assert em["multiscale"]
+    assert len(levels) == 2
+    np.testing.assert_array_equal(np.asarray(levels[0]), data)
+    np.testing.assert_array_equal(np.asarray(levels[1]), data[:, ::2, ::2])
+    np.testing.assert_array_equal(np.asarray(mask), data > 100)
+    assert "scale" not in masked
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=f"{root}:em") == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    assert (em["scale"], em["translate"]) == ([40.0, 4.0, 4.0], [0.0, 0.0, 0.0]) == (output["scale"],
+                                                                                   output["translate"])

@@ -1,14 +1,18 @@
-"""napari reader: OME-Zarr images (what ``densepred predict`` writes) and HDF5 files, so
-``napari out.zarr raw.h5`` shows a prediction over its input without other plugins.
+"""napari reader: OME-Zarr images (what ``densepred predict`` writes), HDF5 files and N5
+containers, so ``napari out.zarr raw.h5`` (or ``raw.n5``) shows a prediction over its input
+without other plugins.
 
 An OME-Zarr image opens lazily as a multiscale layer with its physical scale and translation;
 a channel axis ``c`` becomes one layer per channel (named as in its omero metadata), a label
 image (argmax output) a labels layer. An HDF5 file opens every 2D or 3D dataset in it, lazily;
-integer datasets whose name starts with ``label`` as labels layers.
+integer datasets whose name starts with ``label`` as labels layers. An N5 container opens
+each dataset (a multiscale group as one multiscale layer), placed as densepred places its
+prediction (``io/n5.py``).
 """
 
 from __future__ import annotations
 
+from itertools import count, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ def get_reader(path: str | list[str]) -> Any:
         return read_hdf5
     if p.is_dir() and _multiscales(p) is not None:
         return read_ome_zarr
+    if p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)):
+        return read_n5
     return None
 
 
@@ -103,3 +109,39 @@ def read_hdf5(path: str) -> list[LayerData]:
 
     handle.visititems(visit)
     return layers
+
+
+MAX_N5_LAYERS = 16  # datasets of one container opened as layers
+
+
+def read_n5(path: str) -> list[LayerData]:
+    """Each dataset of an N5 container (or the one ``path`` names), lazily; a multiscale group
+    (``s0``, ``s1``, ...) as one multiscale layer, placed by its attributes."""
+    from ...io.n5 import datasets, is_dataset
+
+    folder = Path(path)
+    found = [""] if is_dataset(folder) or is_dataset(folder / "s0") else datasets(folder)[:MAX_N5_LAYERS]
+    if not found:
+        raise DensePredError(f"{path} holds no N5 dataset")
+    return [_n5_layer(folder / name, f"{folder.stem}{':' + name if name else ''}") for name in found]
+
+
+def _n5_layer(folder: Path, name: str) -> LayerData:
+    import dask.array as da
+
+    from ...io.n5 import N5Array, is_dataset, n5_axes, n5_placement
+
+    paths = [folder] if is_dataset(folder) else list(takewhile(is_dataset, (folder / f"s{i}" for i in count())))
+    arrays = [N5Array(p) for p in paths]
+    levels = [da.from_array(a, chunks=a.chunks) for a in arrays]
+    axes = n5_axes(paths[0]) or ""
+    kwargs: dict[str, Any] = {"name": name, "multiscale": len(levels) > 1}
+    if "C" in axes:
+        kwargs["channel_axis"] = axes.index("C")
+    spatial = sum(a in "ZYX" for a in axes) if axes else min(3, arrays[0].ndim)
+    placement = n5_placement(paths[0], spatial)
+    if placement is not None:  # other axes than space (time) in front: 1 and 0
+        lead = arrays[0].ndim - ("C" in axes) - len(placement.voxel_size)
+        kwargs.update(scale=[1.0] * lead + list(placement.voxel_size),
+                      translate=[0.0] * lead + list(placement.translation))
+    return (levels if len(levels) > 1 else levels[0], kwargs, "image")
