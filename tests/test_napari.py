@@ -163,6 +163,30 @@ def test_a_zarr_backed_layer_is_predicted_to_a_multiscale_file_and_opened_lazily
     assert ImageSource.from_layer(opened).file == str(output)
 
 
+def test_an_n5_layer_opened_by_the_reader_is_predicted_file_to_file_beside_it(tmp_path, config):
+    """A layer densepred's reader opened from an N5 container (the Java tools' format) names
+    its dataset, so it is predicted file to file like a zarr-backed one, placed as the file says."""
+    from densepred.interfaces.napari_plugin.reader import get_reader
+    from tests.test_n5_inputs import container, write_n5
+
+    volume = np.random.default_rng(9).integers(0, 255, (9, 44, 40), dtype=np.uint8)
+    root = container(tmp_path / "em.n5")
+    write_n5(root / "raw" / "s0", volume, (4, 16, 16), "gzip",
+             attributes={"resolution": [4, 4, 40], "units": ["nm"] * 3, "offset": [8, 0, 80]})
+    viewer = ViewerModel()
+    [(data, kwargs, _)] = get_reader(str(root))(str(root))
+    viewer.add_image(data, **kwargs)
+    image = ImageSource.from_layer(viewer.layers["em:raw"])
+    assert image.file == f"{root}:raw"
+    layer = run(viewer, request_from_fields(image, fields(config, output="labels", tile="", mode="")))
+    net = densepred.create_prediction_net(densepred.load_config(config))
+    np.testing.assert_array_equal(np.asarray(layer.data), densepred.predict_dense(net, volume, mirror=True).argmax(0))
+    written = zarr.open_group(tmp_path / "em-stream-labels.ome.zarr", mode="r")
+    assert written.attrs["densepred"]["complete"]
+    assert tuple(layer.scale) == (40.0, 4.0, 4.0)
+    assert tuple(layer.translate) == (80.0, 0.0, 8.0)
+
+
 def test_cancel_stops_within_one_batch_and_a_file_output_resumes(tmp_path, config, volume):
     source = tmp_path / "em.zarr"
     zarr.create_array(source, data=volume, chunks=(8, 32, 32))

@@ -4,6 +4,8 @@ opens each 2D/3D dataset, label datasets as labels."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import h5py
 import numpy as np
 import zarr
@@ -49,6 +51,11 @@ def test_an_hdf5_file_opens_every_image_dataset(tmp_path):
     layers = get_reader(str(tmp_path / "v.h5"))(str(tmp_path / "v.h5"))
     assert [(kwargs["name"], kind) for _, kwargs, kind in layers] == [("v:group/label", "labels"), ("v:raw", "image")]
     np.testing.assert_array_equal(np.asarray(layers[1][0]), raw)
+    from densepred.interfaces.napari_plugin.request import ImageSource
+
+    layer = SimpleNamespace(data=layers[1][0], rgb=False, multiscale=False, scale=(1.0,) * 3, translate=(0.0,) * 3,
+                            name="v:raw", metadata=layers[1][1]["metadata"])
+    assert ImageSource.from_layer(layer).file == f"{tmp_path / 'v.h5'}:raw"  # so the widget predicts it file to file
 
 
 def test_other_paths_are_left_to_other_readers(tmp_path):

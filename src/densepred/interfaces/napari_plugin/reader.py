@@ -19,6 +19,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...io.hdf5 import check_hdf5_filters
 from ...io.ome_zarr import ome_transform
+from .request import SOURCE_KEY
 
 LayerData = tuple[Any, dict[str, Any], str]
 HDF5 = (".h5", ".hdf5", ".hdf")
@@ -104,8 +105,8 @@ def read_hdf5(path: str) -> list[LayerData]:
             check_hdf5_filters(item, f"{path}:{name}")  # Blosc, Bitshuffle: hdf5plugin's filters registered
             chunks = item.chunks or tuple(min(64, n) for n in item.shape)
             labels = np.issubdtype(item.dtype, np.integer) and Path(name).name.lower().startswith("label")
-            layers.append((da.from_array(item, chunks=chunks), {"name": f"{Path(path).stem}:{name}"},
-                           "labels" if labels else "image"))
+            layers.append((da.from_array(item, chunks=chunks), {"name": f"{Path(path).stem}:{name}", "metadata": {
+                SOURCE_KEY: f"{path}:{name}"}}, "labels" if labels else "image"))
 
     handle.visititems(visit)
     return layers
@@ -120,13 +121,19 @@ def read_n5(path: str) -> list[LayerData]:
     from ...io.n5 import datasets, is_dataset
 
     folder = Path(path)
+    root = next(p for p in (folder, *folder.parents) if p.suffix.lower() == ".n5")
     found = [""] if is_dataset(folder) or is_dataset(folder / "s0") else datasets(folder)[:MAX_N5_LAYERS]
     if not found:
         raise DensePredError(f"{path} holds no N5 dataset")
-    return [_n5_layer(folder / name, f"{folder.stem}{':' + name if name else ''}") for name in found]
+    layers = []
+    for name in found:
+        key = (folder / name).relative_to(root).as_posix()
+        layers.append(_n5_layer(folder / name, f"{folder.stem}{':' + name if name else ''}",
+                                f"{root}:{key}" if key != "." else str(root)))
+    return layers
 
 
-def _n5_layer(folder: Path, name: str) -> LayerData:
+def _n5_layer(folder: Path, name: str, spec: str) -> LayerData:
     import dask.array as da
 
     from ...io.n5 import N5Array, is_dataset, n5_axes, n5_placement
@@ -135,7 +142,7 @@ def _n5_layer(folder: Path, name: str) -> LayerData:
     arrays = [N5Array(p) for p in paths]
     levels = [da.from_array(a, chunks=a.chunks) for a in arrays]
     axes = n5_axes(paths[0]) or ""
-    kwargs: dict[str, Any] = {"name": name, "multiscale": len(levels) > 1}
+    kwargs: dict[str, Any] = {"name": name, "multiscale": len(levels) > 1, "metadata": {SOURCE_KEY: spec}}
     if "C" in axes:
         kwargs["channel_axis"] = axes.index("C")
     spatial = sum(a in "ZYX" for a in axes) if axes else min(3, arrays[0].ndim)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...io.arrays import ArraySpec
 from ...io.axes import AxesView, axis_letters, channel_first
 from ..values import parse_ints, parse_size
 
@@ -19,6 +20,8 @@ MODES = ("auto", "mfp", "dilated", "naive", "exact", "blend")
 OWN_MODES = ("auto", "mfp", "dilated", "naive")
 MODEL_MODES = ("auto", "exact", "blend")
 MODEL_FILES = (".pt2", ".onnx", ".torchscript", ".yaml", ".yml", ".zip")  # model files, bioimage.io packages
+SOURCE_KEY = "densepred_source"  # a layer's metadata: the array spec densepred's reader opened it from
+CONTAINERS = (".zarr", ".n5", ".h5", ".hdf5", ".hdf", ".tif", ".tiff", ".npy")  # suffixes an output name drops
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class ImageSource:
                               choose_time="show the time point to predict in the viewer and press Predict "
                                           "(or add it as a layer of its own: viewer.add_image(viewer.layers"
                                           f"['{layer.name}'].data[t]))")
-        return cls(image, layer.name, scale, translate, zarr_behind(layer, image, time), time,
+        return cls(image, layer.name, scale, translate, file_behind(layer, image, time), time,
                    None if time is None else axes)
 
 
@@ -84,14 +87,16 @@ def _volume_series_axis(data: Any, axes: str | None) -> int | None:
     return axis if int(data.shape[axis]) > 1 else None
 
 
-def zarr_behind(layer: Any, data: Any, time: int | None = None) -> str | None:
-    """The array spec of the zarr (OME-Zarr) array a layer shows, when its data is that array
-    whole (or its time point ``time``: the spec then names it, ``movie.zarr@t=3``)."""
+def file_behind(layer: Any, data: Any, time: int | None = None) -> str | None:
+    """The array spec of the file array a layer shows, when its data is that array whole (or
+    its time point ``time``: the spec then names it, ``movie.zarr@t=3``): a zarr (OME-Zarr)
+    array, or the N5 or HDF5 dataset densepred's reader opened it from."""
     import zarr
 
     from ...io import open_array
 
-    candidates = []
+    opened = (getattr(layer, "metadata", None) or {}).get(SOURCE_KEY)
+    candidates = [opened] if isinstance(opened, str) else []
     path = getattr(getattr(layer, "source", None), "path", None)
     if path and ".zarr" in str(path).lower():
         candidates.append(str(path).rstrip("/"))
@@ -154,9 +159,11 @@ class PredictRequest:
         if self.output_file is not None:
             return self.output_file
         if self.image.file is None:
-            raise DensePredError("this layer is not backed by a zarr file; give an output file to predict to disk")
-        spec = self.image.file.split("@t=")[0]
-        base = Path(spec.split(".zarr:")[0].removesuffix(".zarr").removesuffix(".ome"))
+            raise DensePredError("this layer is not backed by a file (zarr, or N5 or HDF5 opened by densepred's "
+                                 "reader); give an output file to predict to disk")
+        spec = ArraySpec.parse(self.image.file.split("@t=")[0])
+        base = spec.path.with_suffix("") if spec.path.suffix.lower() in CONTAINERS else spec.path
+        base = base.with_suffix("") if base.suffix.lower() == ".ome" else base
         net = Path(self.model.split(":")[-1]).stem if self.model else Path(self.config or "net").stem
         time = "" if self.image.time is None else f"-t{self.image.time}"
         return base.with_name(f"{base.name}{time}-{net}{'-labels' if self.labels else ''}.ome.zarr")
@@ -219,5 +226,5 @@ def _path(value: Any) -> Path | None:
     return None if text is None or text == "." else Path(text).expanduser()
 
 
-__all__ = ["ImageSource", "PredictRequest", "describe_config", "request_from_fields", "shown_time_point",
-           "zarr_behind"]
+__all__ = ["ImageSource", "PredictRequest", "describe_config", "file_behind", "request_from_fields",
+           "shown_time_point"]

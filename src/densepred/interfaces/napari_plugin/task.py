@@ -157,7 +157,8 @@ def file_job(req: PredictRequest, output: Path, resume: bool, progress: Any) -> 
 
     source = req.image.file
     if source is None:
-        raise DensePredError(f"layer '{req.image.name}' is not backed by a zarr file; predict it in memory "
+        raise DensePredError(f"layer '{req.image.name}' is not backed by a file (zarr, or N5 or HDF5 opened by "
+                             "densepred's reader); predict it in memory "
                              "(leave the output file blank) or save it as OME-Zarr first")
     common = {"input": source, "output": str(output), "weights": req.weights, "tile": req.tile,
               "device": req.device, "precision": req.precision, "argmax": req.labels, "classes": req.classes,
