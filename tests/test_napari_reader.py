@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import pytest
 import zarr
 
 from densepred.interfaces.napari_plugin.reader import get_reader
@@ -105,3 +106,19 @@ def test_an_n5_container_opens_each_dataset_placed_as_its_prediction(config, tmp
     [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
     assert (em["scale"], em["translate"]) == ([40.0, 4.0, 4.0], [0.0, 0.0, 0.0]) == (output["scale"],
                                                                                    output["translate"])
+
+
+def test_a_bigdataviewer_file_opens_its_views_unsigned_and_placed(tmp_path):
+    from tests.test_hdf5_filters import BDV_XML
+
+    data = np.random.default_rng(5).integers(0, 65536, (9, 40, 34)).astype(np.uint16)
+    with h5py.File(tmp_path / "dataset.h5", "w") as f:
+        f["s00/resolutions"] = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 1.0]])
+        f["t00000/s00/0/cells"] = data.astype(np.int16)
+        f["t00000/s00/1/cells"] = data[:, ::2, ::2].astype(np.int16)
+    (tmp_path / "dataset.xml").write_text(BDV_XML)
+    [(view, kwargs, _)] = [layer for layer in get_reader(str(tmp_path / "dataset.h5"))(str(tmp_path / "dataset.h5"))
+                              if layer[1]["name"].endswith("cells")]
+    assert kwargs["name"] == "dataset:t00000/s00/0/cells"  # level 0 only
+    np.testing.assert_array_equal(np.asarray(view), data)
+    assert kwargs["scale"] == pytest.approx([2.0, 0.4, 0.4])

@@ -37,10 +37,14 @@ def open_hdf5(path: Path, key: str | None, where: str, time: int | None) -> Any:
     handle = h5py.File(path, "r")  # kept open: the dataset is read from it lazily
     dataset = handle[dataset_name(handle, path, key)]
     check_hdf5_filters(dataset, where)
-    axes = _axes(dataset)
+    return channel_first(values(handle, dataset), _axes(dataset), where, time)
+
+
+def values(handle: Any, dataset: Any) -> Any:
+    """``dataset`` as its values are meant: a BigDataViewer volume's int16 read unsigned."""
     if dataset.dtype == np.int16 and _bdv_volume(handle, dataset.name):
-        dataset = UnsignedView(dataset)
-    return channel_first(dataset, axes, where, time)
+        return UnsignedView(dataset)
+    return dataset
 
 
 def dataset_name(handle: Any, path: Path, key: str | None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
-from ...io.hdf5 import check_hdf5_filters
+from ...io.hdf5 import BDV_CELLS, check_hdf5_filters, hdf5_placement, values
 from ...io.ome_zarr import ome_transform
 from .request import SOURCE_KEY
 
@@ -101,15 +101,25 @@ def read_hdf5(path: str) -> list[LayerData]:
     handle = h5py.File(path, "r")  # kept open: the layers read from it lazily
 
     def visit(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset) and item.ndim in (2, 3):
+        if isinstance(item, h5py.Dataset) and item.ndim in (2, 3) and not _lower_level(name):
             check_hdf5_filters(item, f"{path}:{name}")  # Blosc, Bitshuffle: hdf5plugin's filters registered
             chunks = item.chunks or tuple(min(64, n) for n in item.shape)
             labels = np.issubdtype(item.dtype, np.integer) and Path(name).name.lower().startswith("label")
-            layers.append((da.from_array(item, chunks=chunks), {"name": f"{Path(path).stem}:{name}", "metadata": {
-                SOURCE_KEY: f"{path}:{name}"}}, "labels" if labels else "image"))
+            kwargs = {"name": f"{Path(path).stem}:{name}", "metadata": {SOURCE_KEY: f"{path}:{name}"}}
+            placement = hdf5_placement(Path(path), name)
+            if placement is not None and len(placement.voxel_size) == item.ndim:
+                kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
+            layers.append((da.from_array(values(handle, item), chunks=chunks), kwargs,
+                           "labels" if labels else "image"))
 
     handle.visititems(visit)
     return layers
+
+
+def _lower_level(name: str) -> bool:
+    """Whether ``name`` is a downsampled level of a BigDataViewer view (only level 0 opens)."""
+    found = BDV_CELLS.search(name)
+    return found is not None and found.group(2) != "0"
 
 
 MAX_N5_LAYERS = 16  # datasets of one container opened as layers
