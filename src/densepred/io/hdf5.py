@@ -138,13 +138,16 @@ def hdf5_placement(path: Path, key: str | None) -> Placement | None:
     import h5py
 
     with h5py.File(path, "r") as handle:
-        name = dataset_name(handle, path, key)
-        if _bdv_volume(handle, name):
-            found = BDV_CELLS.search(name)
-            assert found is not None
-            factors = handle[f"s{found.group(1)}/resolutions"][int(found.group(2))]
-            return bdv_placement(path, int(found.group(1)), [float(f) for f in factors])
-        return attribute_placement({k: _plain(v) for k, v in handle[name].attrs.items()})
+        return placement_of(handle, path, dataset_name(handle, path, key))
+
+
+def placement_of(handle: Any, path: Path, name: str) -> Placement | None:
+    """:func:`hdf5_placement` of dataset ``name`` in the open file ``handle`` (at ``path``)."""
+    found = BDV_CELLS.search(name) if _bdv_volume(handle, name) else None
+    if found is not None:
+        factors = handle[f"s{found.group(1)}/resolutions"][int(found.group(2))]
+        return bdv_placement(path, int(found.group(1)), [float(f) for f in factors])
+    return attribute_placement({k: _plain(v) for k, v in handle[name].attrs.items()})
 
 
 def bdv_placement(path: Path, setup: int, factors: list[float]) -> Placement | None:

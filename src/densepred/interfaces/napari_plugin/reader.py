@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
-from ...io.hdf5 import BDV_CELLS, check_hdf5_filters, hdf5_placement, values
+from ...io.hdf5 import BDV_CELLS, check_hdf5_filters, placement_of, values
 from ...io.ome_zarr import ome_transform
 from .request import SOURCE_KEY
 
@@ -106,7 +106,7 @@ def read_hdf5(path: str) -> list[LayerData]:
             chunks = item.chunks or tuple(min(64, n) for n in item.shape)
             labels = np.issubdtype(item.dtype, np.integer) and Path(name).name.lower().startswith("label")
             kwargs = {"name": f"{Path(path).stem}:{name}", "metadata": {SOURCE_KEY: f"{path}:{name}"}}
-            placement = hdf5_placement(Path(path), name)
+            placement = placement_of(handle, Path(path), name)
             if placement is not None and len(placement.voxel_size) == item.ndim:
                 kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
             layers.append((da.from_array(values(handle, item), chunks=chunks), kwargs,
