@@ -181,7 +181,7 @@ def test_an_n5_layer_opened_by_the_reader_is_predicted_file_to_file_beside_it(tm
     layer = run(viewer, request_from_fields(image, fields(config, output="labels", tile="", mode="")))
     net = densepred.create_prediction_net(densepred.load_config(config))
     np.testing.assert_array_equal(np.asarray(layer.data), densepred.predict_dense(net, volume, mirror=True).argmax(0))
-    written = zarr.open_group(tmp_path / "em-stream-labels.ome.zarr", mode="r")
+    written = zarr.open_group(tmp_path / "em-raw-stream-labels.ome.zarr", mode="r")  # the dataset in its name
     assert written.attrs["densepred"]["complete"]
     assert tuple(layer.scale) == (40.0, 4.0, 4.0)
     assert tuple(layer.translate) == (80.0, 0.0, 8.0)

@@ -155,7 +155,9 @@ class PredictRequest:
         return self.output_file is not None or self.image.file is not None
 
     def output_path(self) -> Path:
-        """The output file: as given, else ``<input>[-t<time>]-<net>[-labels].ome.zarr`` beside the input."""
+        """The output file: as given, else ``<input>[-<dataset>][-t<time>]-<net>[-labels].ome.zarr``
+        beside the input (the dataset's path where the spec names one inside its file, so two
+        datasets of one container get two outputs)."""
         if self.output_file is not None:
             return self.output_file
         if self.image.file is None:
@@ -164,9 +166,10 @@ class PredictRequest:
         spec = ArraySpec.parse(self.image.file.split("@t=")[0])
         base = spec.path.with_suffix("") if spec.path.suffix.lower() in CONTAINERS else spec.path
         base = base.with_suffix("") if base.suffix.lower() == ".ome" else base
+        dataset = f"-{spec.key.replace('/', '-')}" if spec.key else ""
         net = Path(self.model.split(":")[-1]).stem if self.model else Path(self.config or "net").stem
         time = "" if self.image.time is None else f"-t{self.image.time}"
-        return base.with_name(f"{base.name}{time}-{net}{'-labels' if self.labels else ''}.ome.zarr")
+        return base.with_name(f"{base.name}{dataset}{time}-{net}{'-labels' if self.labels else ''}.ome.zarr")
 
 
 def request_from_fields(image: ImageSource, fields: dict[str, Any]) -> PredictRequest:
