@@ -56,6 +56,25 @@ grey_jitter = 0.05
     return path
 
 
+def assert_trains_alike(tmp_path: Path, convert) -> None:
+    """Ten steps on ``write_config``'s data, and on the same data after ``convert(folder, config)``
+    rewrote it in another form: the same weights."""
+    from safetensors.numpy import load_file
+
+    weights = []
+    for form in ("plain", "converted"):
+        folder = tmp_path / form
+        folder.mkdir()
+        config = write_config(folder, steps=10)
+        if form == "converted":
+            convert(folder, config)
+        densepred.train(config, progress=False)
+        weights.append(load_file(folder / "run" / "tiny-LAST.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+
+
 def test_loss_falls_and_the_run_leaves_its_files(tmp_path):
     config = write_config(tmp_path, steps=80)
     result = densepred.train(config, progress=False)

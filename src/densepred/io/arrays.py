@@ -238,15 +238,12 @@ def _zarr_placement(spec: ArraySpec) -> Placement | None:
 
 
 def _n5_placement(spec: ArraySpec) -> Placement | None:
-    from .n5 import N5Array, dataset_folder, n5_axes, n5_placement
+    from .n5 import dataset_folder, n5_placement
 
     try:
-        folder = dataset_folder(spec.path, spec.key)
-        axes = n5_axes(folder)
-        spatial = sum(a in "ZYX" for a in axes) if axes else min(3, N5Array(folder).ndim)
+        return n5_placement(dataset_folder(spec.path, spec.key))
     except DensePredError:
         return None
-    return n5_placement(folder, spatial)
 
 
 def _first_level_path(group: Any) -> str | None:

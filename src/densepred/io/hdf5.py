@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DensePredError
+from ..errors import DensePredError, listed
 from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, checked_placement, space_unit
 from .reading import BoxArray
@@ -68,12 +68,6 @@ def hdf5_datasets(handle: Any) -> list[str]:
     datasets: list[str] = []
     handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
     return datasets
-
-
-def listed(names: list[str], most: int = 12) -> str:
-    """Names for a message: the first ``most`` of them and how many more."""
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(names[:most]) + more or "none"
 
 
 def check_hdf5_filters(dataset: Any, where: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DensePredError
+from ..errors import DensePredError, listed
 from .chunk_files import chunk_grid, chunk_overlap
 from .ome_zarr import Placement, checked_placement, space_unit
 from .reading import BoxArray, plain_box
@@ -66,7 +66,7 @@ def dataset_folder(container: Path, key: str | None) -> Path:
         raise DensePredError(f"{container}:{key} is a folder of chunks inside the N5 dataset "
                              f"{container}:{inside.relative_to(container).as_posix()}; name the dataset")
     if not folder.is_dir():
-        raise DensePredError(f"'{key}' not found in {container}; available: {_listing(container)}")
+        raise DensePredError(f"'{key}' not found in {container}; available: {listed(datasets(container))}")
     if is_dataset(folder):
         return folder
     if is_dataset(folder / "s0"):
@@ -76,7 +76,7 @@ def dataset_folder(container: Path, key: str | None) -> Path:
         return folder / found[0] if is_dataset(folder / found[0]) else folder / found[0] / "s0"
     where = f"{container}:{key}" if key else str(container)
     raise DensePredError(f"{where} is an N5 group of {len(found)} datasets; name one as {container}:"
-                         f"{key + '/' if key else ''}DATASET (available: {_listing(folder)})")
+                         f"{key + '/' if key else ''}DATASET (available: {listed(found)})")
 
 
 def datasets(folder: Path) -> list[str]:
@@ -92,11 +92,6 @@ def datasets(folder: Path) -> list[str]:
             else:
                 queue.append(child)
     return found
-
-
-def _listing(folder: Path) -> str:
-    names = datasets(folder) if folder.is_dir() else []
-    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "") or "none"
 
 
 class N5Array(BoxArray):
@@ -206,10 +201,14 @@ def n5_axes(folder: Path) -> str | None:
     return axis_letters(list(reversed(names)))
 
 
-def n5_placement(folder: Path, spatial: int) -> Placement | None:
-    """Where the dataset's voxels lie (its last ``spatial`` axes in densepred's order), from
-    the attributes of the dataset and of the group above it; None where neither says."""
+def n5_placement(folder: Path, spatial: int | None = None) -> Placement | None:
+    """Where the dataset's voxels lie (its last ``spatial`` axes in densepred's order: by
+    default those its ``axes`` name z, y or x, else up to 3), from the attributes of the
+    dataset and of the group above it; None where neither says."""
     own, parent = attributes(folder), attributes(folder.parent)
+    if spatial is None:
+        axes = n5_axes(folder)
+        spatial = sum(a in "ZYX" for a in axes) if axes else min(3, len(own.get("dimensions") or ()))
     try:
         if isinstance(own.get("transform"), dict):
             return _cellmap_transform(own["transform"], spatial)

@@ -155,8 +155,7 @@ def _n5_layer(folder: Path, name: str, spec: str) -> LayerData:
     kwargs: dict[str, Any] = {"name": name, "multiscale": len(levels) > 1, "metadata": {SOURCE_KEY: spec}}
     if "C" in axes:
         kwargs["channel_axis"] = axes.index("C")
-    spatial = sum(a in "ZYX" for a in axes) if axes else min(3, arrays[0].ndim)
-    placement = n5_placement(paths[0], spatial)
+    placement = n5_placement(paths[0])
     if placement is not None:  # other axes than space (time) in front: 1 and 0
         lead = arrays[0].ndim - ("C" in axes) - len(placement.voxel_size)
         kwargs.update(scale=[1.0] * lead + list(placement.voxel_size),
