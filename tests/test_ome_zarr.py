@@ -234,32 +234,45 @@ def test_the_output_lies_where_the_input_lies_in_physical_space(config, volume, 
                     [t + i * v for t, i, v in zip(shift, source_voxel, voxel_size, strict=True)])
 
 
-@pytest.mark.parametrize("kind", ["cremi hdf5", "funlib zarr"])
+@pytest.mark.parametrize("kind", ["cremi hdf5", "funlib zarr", "imagej tiff", "ome tiff"])
 def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyramid(config, volume, tmp_path, kind):
     """CREMI's HDF5 files and funlib/daisy's zarr arrays carry ``resolution`` (or ``voxel_size``)
-    and ``offset``, z first, in physical units: the output takes them, and its pyramid halves
-    the fine axes first (40 x 4 x 4 nm: y and x, not z)."""
+    and ``offset``, z first, in physical units; Fiji's TIFFs their calibration (resolution tags,
+    ``spacing``, origin in pixels), OME-TIFFs ``PhysicalSize`` with a unit per axis: the output
+    takes them, and its pyramid halves the fine axes first (40 x 4 x 4 nm: y and x, not z)."""
     import h5py
+    import tifffile
 
     import densepred
 
+    offset, unit = (400, 8, 12), "nanometer"
     if kind == "cremi hdf5":
         with h5py.File(tmp_path / "sample.h5", "w") as f:
             f["volumes/raw"] = volume
             f["volumes/raw"].attrs["resolution"] = np.array([40.0, 4.0, 4.0])
             f["volumes/raw"].attrs["offset"] = np.array([400.0, 8.0, 12.0])
         spec, unit = f"{tmp_path / 'sample.h5'}:volumes/raw", None
-    else:
+    elif kind == "funlib zarr":
         array = zarr.create_array(tmp_path / "raw.zarr", data=volume, chunks=(8, 32, 32), zarr_format=2)
         array.attrs.update({"voxel_size": [40, 4, 4], "offset": [400, 8, 12], "units": ["nm", "nm", "nm"],
                             "axis_names": ["z", "y", "x"]})
-        spec, unit = str(tmp_path / "raw.zarr"), "nanometer"
+        spec = str(tmp_path / "raw.zarr")
+    elif kind == "imagej tiff":  # ImageJ's origin is in pixels, from voxel 0 towards negative positions
+        spec = str(tmp_path / "fiji.tif")
+        tifffile.imwrite(spec, volume, imagej=True, resolution=(0.25, 0.25),
+                         metadata={"axes": "ZYX", "spacing": 40, "unit": "nm", "zorigin": -10, "yorigin": -2,
+                                   "xorigin": -3})
+    else:  # z in micrometres, y and x in nanometres
+        spec, offset = str(tmp_path / "bio.ome.tif"), (0, 0, 0)
+        tifffile.imwrite(spec, volume, metadata={"axes": "ZYX", "PhysicalSizeZ": 0.04, "PhysicalSizeY": 4,
+                                                 "PhysicalSizeX": 4, "PhysicalSizeYUnit": "nm",
+                                                 "PhysicalSizeXUnit": "nm"})
     assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--levels", "2", input_spec=spec) == 0
     multiscale = zarr.open_group(tmp_path / "o.zarr", mode="r").attrs["ome"]["multiscales"][0]
     border = densepred.build_net(densepred.load_config(config)).geometry.offset
     level0, level1 = (d["coordinateTransformations"] for d in multiscale["datasets"])
-    assert level0[0]["scale"] == [1, 40, 4, 4]
-    assert level0[1]["translation"][1:] == [o + b * v for o, b, v in zip((400, 8, 12), border, (40, 4, 4),
-                                                                         strict=True)]
-    assert level1[0]["scale"] == [1, 40, 8, 8]
+    assert level0[0]["scale"] == pytest.approx([1, 40, 4, 4])
+    assert level0[1]["translation"][1:] == pytest.approx([o + b * v for o, b, v in zip(offset, border, (40, 4, 4),
+                                                                                       strict=True)])
+    assert level1[0]["scale"] == pytest.approx([1, 40, 8, 8])
     assert {a.get("unit") for a in multiscale["axes"][1:]} == {unit}

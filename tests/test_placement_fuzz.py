@@ -1,4 +1,5 @@
-"""Where an input says its voxels lie (OME-Zarr transforms, N5 and funlib attributes), fuzzed:
+"""Where an input says its voxels lie (OME-Zarr transforms, N5 and funlib attributes, TIFF
+calibrations), fuzzed:
 any metadata gives a placement of positive, finite voxel sizes and a finite position, or none;
 never an exception, so a file with odd metadata is still predicted (at voxel size 1)."""
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from densepred.io.n5 import n5_placement
 from densepred.io.ome_zarr import attribute_placement, ome_placement
+from densepred.io.tiff_placement import imagej_placement, ome_tiff_placement
 
 NUMBER = st.one_of(st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True), st.just(0))
 ANY = st.one_of(st.none(), st.booleans(), NUMBER, st.text(max_size=4),
@@ -71,3 +73,21 @@ def test_any_n5_attributes_place_soundly_or_not_at_all(tmp_path_factory, own, pa
     (folder.parent / "attributes.json").write_text(json.dumps(parent, allow_nan=True))
     (folder / "attributes.json").write_text(json.dumps({**own, "dimensions": [5] * 3}, allow_nan=True))
     assert sound(n5_placement(folder, spatial), spatial)
+
+
+RESOLUTION = st.one_of(ANY, st.tuples(NUMBER, NUMBER))
+SPATIAL = st.sampled_from([["Y", "X"], ["Z", "Y", "X"], ["X"], ["Z", "Y"]])
+OME_VALUE = st.one_of(NUMBER.map(str), st.sampled_from(["nm", "\u00b5m", "\u00c5", "pixel", "inch", "", "<"]))
+
+
+@seed(20261206)
+@settings(max_examples=120, deadline=None)
+@given(st.dictionaries(st.sampled_from(["unit", "spacing", "xorigin", "yorigin", "zorigin"]),
+                       st.one_of(ANY, st.sampled_from(["micron", "\\u00B5m", "nm", "pixel"])), max_size=5),
+       RESOLUTION, RESOLUTION, SPATIAL,
+       st.dictionaries(st.sampled_from([f"PhysicalSize{a}{u}" for a in "XYZ" for u in ("", "Unit")]), OME_VALUE,
+                       max_size=6))
+def test_any_tiff_calibration_places_soundly_or_not_at_all(imagej, y_resolution, x_resolution, spatial, ome):
+    assert sound(imagej_placement(imagej, y_resolution, x_resolution, spatial), len(spatial))
+    pixels = " ".join(f'{k}="{v}"' for k, v in ome.items() if v != "<")
+    assert sound(ome_tiff_placement(f"<OME><Image><Pixels {pixels}/></Image></OME>", spatial), len(spatial))

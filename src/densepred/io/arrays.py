@@ -207,8 +207,9 @@ def _ome_first_level(group: Any) -> Any:
 def input_placement(spec: ArraySpec) -> Placement | None:
     """The physical voxel size, position and unit of an input, or None where it does not say:
     an OME-Zarr image's (the level the spec names, else level 0), an N5 dataset's
-    (:mod:`.n5`), or those a zarr array or HDF5 dataset carries itself
-    (:func:`~.ome_zarr.attribute_placement`: funlib, daisy, CREMI)."""
+    (:mod:`.n5`), a TIFF's ImageJ or OME calibration (:mod:`.tiff_placement`), or those a
+    zarr array or HDF5 dataset carries itself (:func:`~.ome_zarr.attribute_placement`:
+    funlib, daisy, CREMI)."""
     try:
         if spec.kind == "n5":
             return _n5_placement(spec)
@@ -218,6 +219,10 @@ def input_placement(spec: ArraySpec) -> Placement | None:
             return hdf5_placement(spec.path, spec.key)
         if spec.kind == "zarr":
             return _zarr_placement(spec)
+        if spec.kind == "tiff":
+            from .tiff_placement import tiff_placement
+
+            return tiff_placement(spec.path)
     except (KeyError, TypeError, ValueError, OSError):
         return None
     return None

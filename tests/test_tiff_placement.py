@@ -1,0 +1,72 @@
+"""A TIFF's calibration as its placement: ImageJ's and OME's, and nothing from other TIFFs."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from densepred.io.arrays import ArraySpec, input_placement
+from densepred.io.tiff_placement import imagej_placement, ome_tiff_placement, unit_name
+
+
+@pytest.fixture
+def stack():
+    return np.random.default_rng(3).integers(0, 255, (3, 2, 5, 7), dtype=np.uint8)  # z, c, y, x
+
+
+def placed(path):
+    return input_placement(ArraySpec.parse(str(path)))
+
+
+def test_a_fiji_hyperstack_is_placed_on_its_spatial_axes_only(stack, tmp_path):
+    tifffile.imwrite(tmp_path / "h.tif", stack, imagej=True, resolution=(1 / 0.3, 1 / 0.2),
+                     metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "\\u00B5m", "xorigin": 4})
+    placement = placed(tmp_path / "h.tif")
+    assert placement.voxel_size == pytest.approx((1.5, 0.2, 0.3))
+    assert placement.translation == pytest.approx((0, 0, -1.2))
+    assert placement.unit == "micrometer"
+
+
+def test_a_fiji_stack_without_spacing_has_imagejs_depth_of_one_unit(stack, tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", stack[:, 0], imagej=True, resolution=(0.5, 0.5),
+                     metadata={"axes": "ZYX", "unit": "micron"})
+    assert placed(tmp_path / "s.tif").voxel_size == pytest.approx((1.0, 2.0, 2.0))
+
+
+@pytest.mark.parametrize("metadata", [{"axes": "ZYX"}, {"axes": "ZYX", "unit": "pixel"},
+                                      {"axes": "ZYX", "unit": "nm", "spacing": 0}])
+def test_an_uncalibrated_fiji_stack_is_not_placed(stack, tmp_path, metadata):
+    tifffile.imwrite(tmp_path / "u.tif", stack[:, 0], imagej=True, resolution=(0.5, 0.5), metadata=metadata)
+    assert placed(tmp_path / "u.tif") is None
+
+
+def test_a_plain_tiffs_dots_per_inch_are_not_a_voxel_size(stack, tmp_path):
+    tifffile.imwrite(tmp_path / "p.tif", stack[:, 0], resolution=(72, 72), resolutionunit="INCH",
+                     photometric="minisblack")
+    assert placed(tmp_path / "p.tif") is None
+
+
+def test_an_ome_tiff_stack_without_a_depth_is_not_placed_but_an_image_is(stack, tmp_path):
+    tifffile.imwrite(tmp_path / "z.ome.tif", stack[:, 0], metadata={"axes": "ZYX", "PhysicalSizeX": 0.1,
+                                                                    "PhysicalSizeY": 0.1})
+    tifffile.imwrite(tmp_path / "i.ome.tif", stack[0, 0], metadata={"axes": "YX", "PhysicalSizeX": 0.1,
+                                                                    "PhysicalSizeY": 0.12})
+    assert placed(tmp_path / "z.ome.tif") is None
+    image = placed(tmp_path / "i.ome.tif")
+    assert (image.voxel_size, image.unit) == (pytest.approx((0.12, 0.1)), "micrometer")
+
+
+def test_ome_units_are_taken_to_the_unit_of_x():
+    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image><Pixels PhysicalSizeX="5" '
+           'PhysicalSizeXUnit="nm" PhysicalSizeY="0.005" PhysicalSizeZ="3" PhysicalSizeZUnit="Å"/></Image></OME>')
+    placement = ome_tiff_placement(xml, ["Z", "Y", "X"])
+    assert placement.voxel_size == pytest.approx((0.3, 5, 5))
+    assert placement.unit == "nanometer"
+    assert ome_tiff_placement(xml.replace('"nm"', '"pixel"'), ["Y", "X"]) is None
+    assert ome_tiff_placement("<OME", ["Y", "X"]) is None
+
+
+def test_imagej_metadata_that_is_not_numbers_places_nothing():
+    assert imagej_placement({"unit": "nm", "spacing": "a lot"}, (1, 4), (1, 4), ["Z", "Y", "X"]) is None
+    assert imagej_placement({"unit": "nm"}, (0, 1), (1, 4), ["Y", "X"]) is None
+    assert [unit_name(u) for u in ("micron", "\u00b5m", "\u03bcm", "nm", "\u00c5", "pixel", "", None)] == \
+        ["micrometer", "micrometer", "micrometer", "nanometer", "angstrom", None, None, None]
