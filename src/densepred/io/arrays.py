@@ -6,6 +6,8 @@ A spec is one string:
 * ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3); a group that is an
   OME-Zarr image stands for its full-resolution array
 * ``file.n5:group/dataset`` - an N5 dataset (read only; a multiscale group stands for ``s0``)
+* ``folder`` or ``precomputed://folder``, ``folder:SCALE`` - a neuroglancer precomputed volume
+  (a folder with an ``info`` file; read only; the first scale unless one is named)
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
@@ -30,9 +32,12 @@ import numpy as np
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, ome_placement
+from .precomputed import PREFIX as PRECOMPUTED
+from .precomputed import is_precomputed
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-SUPPORTED = "file.h5:dataset, file.zarr[:path], file.n5[:dataset], file.tif, file.npy or file.csv"
+SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
+             "file.npy or file.csv")
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -66,18 +71,21 @@ class ArraySpec:
 
     @classmethod
     def _parse(cls, text: str, spec: str, base: Path | None) -> ArraySpec:
+        precomputed = text.startswith(PRECOMPUTED)
+        text = text.removeprefix(PRECOMPUTED).removeprefix("file://")
         path_text, key = text, None
         for suffix in (*HDF5_SUFFIXES, ".zarr", ".n5"):
             at = text.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
             if at >= 0:
                 path_text, key = text[:at + len(suffix)], text[at + len(suffix) + 1:].strip("/") or None
                 break
+        if key is None and ":" in text:  # a scale of a precomputed volume: /data/em:16_16_40
+            folder, _, scale = text.rpartition(":")
+            if precomputed or is_precomputed(_resolve(folder, base)):
+                path_text, key = folder, scale.strip("/") or None
         if key is not None:
             _check_key(key, spec)
-        path = Path(path_text).expanduser()
-        if base is not None and not path.is_absolute():
-            path = base / path
-        return cls(path, key)
+        return cls(_resolve(path_text, base), key)
 
     def resolved(self) -> ArraySpec:
         """The same array by its absolute path (as a process elsewhere opens it)."""
@@ -94,6 +102,8 @@ class ArraySpec:
             return "tiff"
         if suffix in (".npy", ".csv"):
             return suffix[1:]
+        if is_precomputed(self.path):
+            return "precomputed"
         raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
 
     @property
@@ -103,6 +113,11 @@ class ArraySpec:
 
     def __str__(self) -> str:
         return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
+
+
+def _resolve(text: str, base: Path | None) -> Path:
+    path = Path(text).expanduser()
+    return base / path if base is not None and not path.is_absolute() else path
 
 
 def _check_key(key: str, spec: str) -> None:
@@ -120,16 +135,8 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     if not spec.path.exists():
         raise DensePredError(f"input not found: {spec.path}")
     try:
-        if kind == "hdf5":
-            from .hdf5 import open_hdf5
-
-            return open_hdf5(spec.path, spec.key, spec.array_text, spec.time)
-        if kind == "zarr":
-            return _open_zarr(spec)
-        if kind == "n5":
-            return _open_n5(spec)
-        if kind == "tiff":
-            return _open_tiff(spec.path, spec.time)
+        if kind in OPENERS:
+            return OPENERS[kind](spec)
         if spec.time is not None:
             raise DensePredError(f"{spec} names a time point, but a {kind} file names no axes: only files whose "
                                  "axes say which is time (OME-Zarr, zarr with dimension names, TIFF, HDF5 with "
@@ -141,6 +148,19 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise DensePredError(f"cannot read {spec}: {exc}") from None
+
+
+def _open_hdf5(spec: ArraySpec) -> Any:
+    from .hdf5 import open_hdf5
+
+    return open_hdf5(spec.path, spec.key, spec.array_text, spec.time)
+
+
+def _open_precomputed(spec: ArraySpec) -> Any:
+    from .precomputed import PrecomputedArray
+
+    image = PrecomputedArray(spec.path, spec.key)
+    return channel_first(image, "CZYX"[4 - image.ndim:], spec.array_text, spec.time)
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -207,25 +227,31 @@ def _ome_first_level(group: Any) -> Any:
 def input_placement(spec: ArraySpec) -> Placement | None:
     """The physical voxel size, position and unit of an input, or None where it does not say:
     an OME-Zarr image's (the level the spec names, else level 0), an N5 dataset's
-    (:mod:`.n5`), a TIFF's ImageJ or OME calibration (:mod:`.tiff_placement`), or those a
-    zarr array or HDF5 dataset carries itself (:func:`~.ome_zarr.attribute_placement`:
-    funlib, daisy, CREMI)."""
+    (:mod:`.n5`), a precomputed scale's (:mod:`.precomputed`), a TIFF's ImageJ or OME
+    calibration (:mod:`.tiff_placement`), or those a zarr array or HDF5 dataset carries
+    itself (:func:`~.ome_zarr.attribute_placement`: funlib, daisy, CREMI)."""
     try:
-        if spec.kind == "n5":
-            return _n5_placement(spec)
-        if spec.kind == "hdf5":
-            from .hdf5 import hdf5_placement
-
-            return hdf5_placement(spec.path, spec.key)
-        if spec.kind == "zarr":
-            return _zarr_placement(spec)
-        if spec.kind == "tiff":
-            from .tiff_placement import tiff_placement
-
-            return tiff_placement(spec.path)
+        return PLACEMENTS[spec.kind](spec) if spec.kind in PLACEMENTS else None
     except (KeyError, TypeError, ValueError, OSError):
         return None
-    return None
+
+
+def _hdf5_placement(spec: ArraySpec) -> Placement | None:
+    from .hdf5 import hdf5_placement
+
+    return hdf5_placement(spec.path, spec.key)
+
+
+def _precomputed_placement(spec: ArraySpec) -> Placement | None:
+    from .precomputed import precomputed_placement
+
+    return precomputed_placement(spec.path, spec.key)
+
+
+def _tiff_placement(spec: ArraySpec) -> Placement | None:
+    from .tiff_placement import tiff_placement
+
+    return tiff_placement(spec.path)
 
 
 def _zarr_placement(spec: ArraySpec) -> Placement | None:
@@ -260,9 +286,10 @@ def _first_level_path(group: Any) -> str | None:
         return None
 
 
-def _open_tiff(path: Path, time: int | None = None) -> Any:
+def _open_tiff(spec: ArraySpec) -> Any:
     import tifffile
 
+    path = spec.path
     with tifffile.TiffFile(path) as tiff:
         axes = tiff.series[0].axes if tiff.series else None
     try:
@@ -271,7 +298,7 @@ def _open_tiff(path: Path, time: int | None = None) -> Any:
         from .tiff_chunks import TiffChunks
 
         array = TiffChunks(path)
-    return channel_first(array, axes, str(path), time)
+    return channel_first(array, axes, str(path), spec.time)
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -284,3 +311,8 @@ def _read_csv(path: Path) -> np.ndarray:
         has_header = True
     data = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
     return data[:, 0] if data.shape[1] == 1 else data
+
+
+OPENERS = {"hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff, "precomputed": _open_precomputed}
+PLACEMENTS = {"n5": _n5_placement, "hdf5": _hdf5_placement, "zarr": _zarr_placement,
+              "precomputed": _precomputed_placement, "tiff": _tiff_placement}

@@ -65,6 +65,10 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
         from .n5 import dataset_folder
 
         return file_stamp(dataset_folder(spec.path, spec.key))
+    if spec.kind == "precomputed":  # the scale's own folder: a scale added later is no change of this one
+        from .precomputed import PrecomputedArray
+
+        return file_stamp(PrecomputedArray(spec.path, spec.key).folder)
     return file_stamp(spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path)
 
 

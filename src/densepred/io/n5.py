@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError, listed
-from .chunk_files import chunk_grid, chunk_overlap
 from .ome_zarr import Placement, checked_placement, space_unit
-from .reading import BoxArray, plain_box
+from .reading import BlockArray
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
 CODECS = "raw, gzip, bzip2, xz, blosc or zstd"  # N5's compressions read here (numcodecs; not lz4)
@@ -94,7 +93,7 @@ def datasets(folder: Path) -> list[str]:
     return found
 
 
-class N5Array(BoxArray):
+class N5Array(BlockArray):
     """An N5 dataset as an array in C order (its stored axes reversed): ``shape``, ``dtype``,
     ``chunks`` and ``array[box]``, read block file by block file in the calling thread (as
     :mod:`.chunk_files` reads zarr arrays), so several threads read at once."""
@@ -119,23 +118,7 @@ class N5Array(BoxArray):
                                  f"fit dimensions {meta['dimensions']}")
         self.ndim = len(self.shape)
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        box = plain_box(key, self.shape)
-        if box is None:  # integers, steps: read the box around them, then take them from it
-            box, local = _around(key, self.shape)
-            if any(s.stop <= s.start for s in box):
-                return np.zeros(tuple(s.stop - s.start for s in box), self.dtype)[local]
-            return self[box][local]
-        out = np.zeros(tuple(s.stop - s.start for s in box), self.dtype)  # a block not stored is 0
-        for index in chunk_grid(box, self.chunks):
-            block = self._block(index)
-            if block is not None:
-                source, target = chunk_overlap(box, index, self.chunks)
-                out[target] = block[source]
-        return out
-
-    def _block(self, index: tuple[int, ...]) -> np.ndarray | None:
+    def block(self, index: tuple[int, ...]) -> np.ndarray | None:
         """The block at grid ``index`` (z, y, x order), or None where it is not stored; its
         header (mode, rank, its own size x first) then its values, big-endian, x fastest."""
         try:
@@ -156,25 +139,6 @@ class N5Array(BoxArray):
 
 
 DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
-
-
-def _around(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:
-    """The box (step 1) around the voxels an index of integers and slices selects, and the
-    same index within that box; the whole array for any other index."""
-    box, local = [], []
-    if len(key) > len(shape):
-        return tuple(slice(0, n) for n in shape), key
-    for k, n in zip((*key, *[slice(None)] * (len(shape) - len(key))), shape, strict=True):
-        if isinstance(k, int | np.integer) and -n <= k < n:
-            box.append(slice(int(k) % n, int(k) % n + 1))
-            local.append(0)
-        elif isinstance(k, slice) and (k.step or 1) > 0:
-            start, stop, step = k.indices(n)
-            box.append(slice(start, max(start, stop)))
-            local.append(slice(0, max(0, stop - start), step))
-        else:
-            return tuple(slice(0, n) for n in shape), key
-    return tuple(box), tuple(local)
 
 
 def _codec(compression: Any, folder: Path) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError
-from .chunk_files import chunk_files
+from .chunk_files import chunk_files, chunk_grid, chunk_overlap
 
 MAX_CHUNKS_SEARCHED = 4096
 
@@ -36,6 +36,54 @@ class BoxArray:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self[tuple(slice(None) for _ in self.shape)]
         return data if dtype is None else data.astype(dtype)
+
+
+class BlockArray(BoxArray):
+    """An array stored in blocks of ``chunks`` on a regular grid, each read by :meth:`block`
+    in the calling thread (as :mod:`.chunk_files` reads zarr chunks), so several threads read
+    at once; a block not stored reads as 0. Integer and step indexing read the box around."""
+
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+
+    def block(self, index: tuple[int, ...]) -> np.ndarray | None:
+        """The block at grid ``index``, cut to the array's edge; None where it is not stored."""
+        raise NotImplementedError
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        box = plain_box(key, self.shape)
+        if box is None:  # integers, steps: read the box around them, then take them from it
+            box, local = box_around(key, self.shape)
+            if any(s.stop <= s.start for s in box):
+                return np.zeros(tuple(s.stop - s.start for s in box), self.dtype)[local]
+            return self[box][local]
+        out = np.zeros(tuple(s.stop - s.start for s in box), self.dtype)
+        for index in chunk_grid(box, self.chunks):
+            block = self.block(index)
+            if block is not None:
+                source, target = chunk_overlap(box, index, self.chunks)
+                out[target] = block[source]
+        return out
+
+
+def box_around(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[Any, ...]]:
+    """The box (step 1) around the voxels an index of integers and slices selects, and the
+    same index within that box; the whole array for any other index."""
+    box, local = [], []
+    if len(key) > len(shape):
+        return tuple(slice(0, n) for n in shape), key
+    for k, n in zip((*key, *[slice(None)] * (len(shape) - len(key))), shape, strict=True):
+        if isinstance(k, int | np.integer) and -n <= k < n:
+            box.append(slice(int(k) % n, int(k) % n + 1))
+            local.append(0)
+        elif isinstance(k, slice) and (k.step or 1) > 0:
+            start, stop, step = k.indices(n)
+            box.append(slice(start, max(start, stop)))
+            local.append(slice(0, max(0, stop - start), step))
+        else:
+            return tuple(slice(0, n) for n in shape), key
+    return tuple(box), tuple(local)
 
 
 def read_box(array: Any, key: tuple[slice, ...]) -> np.ndarray:

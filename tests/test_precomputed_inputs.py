@@ -1,0 +1,137 @@
+"""Neuroglancer precomputed inputs (``io/precomputed.py``). The sharded, JPEG and PNG volumes
+in ``tests/data/precomputed`` were written by tensorstore (``tests/data/make_precomputed.py``),
+another implementation of the format, with its own reading of them saved beside; the
+unsharded raw volumes here are written byte by byte as the specification defines them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from densepred.interfaces.cli import main
+from densepred.io import open_array
+from densepred.io.arrays import ArraySpec, input_placement
+from densepred.io.precomputed import compressed_morton_code
+from tests.conftest import make_config
+from tests.test_reliability_files import one_error_line
+
+DATA = Path(__file__).parent / "data" / "precomputed"
+
+
+def write_precomputed(folder: Path, data: np.ndarray, chunk: tuple[int, int, int], offset=(0, 0, 0),
+                      resolution=(4, 4, 40), gz=(), skip=None, encoding="raw") -> None:
+    """``data`` (c, z, y, x) as an unsharded raw scale ``s0``: a file per chunk named by its
+    voxel range x first from ``offset``, values little-endian with x fastest and channels
+    last-varying; the chunks at grid positions (x, y, z) in ``gz`` stored as CloudVolume stores
+    compressed ones (``<name>.gz``), the one at ``skip`` not at all."""
+    channels, *spatial = data.shape
+    size = spatial[::-1]
+    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": data.dtype.name,
+            "num_channels": channels, "scales": [{"key": "s0", "size": size, "resolution": list(resolution),
+                                                  "voxel_offset": list(offset), "chunk_sizes": [list(chunk)],
+                                                  "encoding": encoding}]}
+    (folder / "s0").mkdir(parents=True)
+    (folder / "info").write_text(json.dumps(info))
+    for cell in product(*(range(-(-n // c)) for n, c in zip(size, chunk, strict=True))):
+        if cell == skip:
+            continue
+        lo = [i * c for i, c in zip(cell, chunk, strict=True)]
+        hi = [min(a + c, n) for a, c, n in zip(lo, chunk, size, strict=True)]
+        piece = data[:, lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        values = piece.astype(piece.dtype.newbyteorder("<")).tobytes()  # C order of (c, z, y, x): x fastest
+        name = "_".join(f"{o + a}-{o + b}" for o, a, b in zip(offset, lo, hi, strict=True))
+        if cell in gz:
+            (folder / "s0" / f"{name}.gz").write_bytes(gzip.compress(values))
+        else:
+            (folder / "s0" / name).write_bytes(values)
+
+
+@pytest.mark.parametrize(("name", "key"), [("sharded-murmur", "8_8_30"), ("sharded-jpeg", "4_4_40"),
+                                           ("sharded-jpeg", "8_8_40"), ("unsharded-png", "1_1_1")])
+def test_volumes_tensorstore_wrote_read_as_tensorstore_reads_them(name, key):
+    """MurmurHash3 and identity shards, gzip and raw minishard indexes and data, JPEG and PNG
+    chunks, two channels, a voxel offset, edge chunks and a named scale."""
+    expected = np.load(DATA / f"{name}-{key}.npy")
+    expected = expected if expected.shape[0] > 1 else expected[0]
+    image = open_array(f"{DATA / name}:{key}")
+    np.testing.assert_array_equal(np.asarray(image), expected)
+    rng = np.random.default_rng(8)
+    for _ in range(15):
+        start = [int(rng.integers(0, n)) for n in expected.shape]
+        box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(start, expected.shape, strict=True))
+        np.testing.assert_array_equal(image[box], expected[box])
+    np.testing.assert_array_equal(image[..., 3, ::2], expected[..., 3, ::2])
+
+
+def test_the_compressed_morton_code_of_a_published_example():
+    """A public worksheet of a sharded volume (grid 671 x 877 x 1286 of 64^3 chunks): block
+    (335, 438, 1024) has code 0x434522d9, so with 9 preshift and 6 minishard bits it lies in
+    minishard 0x11 of shard 0x868a."""
+    code = compressed_morton_code((335, 438, 1024), (671, 877, 1286))
+    assert code == 0x434522D9
+    assert ((code >> 9) & 0x3F, (code >> 15) & 0xFFFF) == (0x11, 0x868A)
+
+
+def test_the_first_scale_is_read_unless_one_is_named_and_each_is_placed():
+    expected = np.load(DATA / "sharded-jpeg-4_4_40.npy")[0]
+    for spec in (str(DATA / "sharded-jpeg"), f"precomputed://{DATA / 'sharded-jpeg'}",
+                 f"precomputed://file://{DATA / 'sharded-jpeg'}"):
+        np.testing.assert_array_equal(np.asarray(open_array(spec)), expected)
+    fine, coarse = (input_placement(ArraySpec.parse(f"{DATA / 'sharded-jpeg'}:{k}")) for k in ("4_4_40", "8_8_40"))
+    assert (fine.voxel_size, fine.translation, fine.unit) == ((40.0, 4.0, 4.0), (0.0, 0.0, 0.0), "nanometer")
+    assert (coarse.voxel_size, coarse.translation) == ((40.0, 8.0, 8.0), (0.0, 2.0, 2.0))  # centred on 2 x 2
+    murmur = input_placement(ArraySpec.parse(str(DATA / "sharded-murmur")))
+    assert (murmur.voxel_size, murmur.translation) == ((30.0, 8.0, 8.0), (60.0, -24.0, 40.0))
+
+
+def test_a_prediction_from_precomputed_equals_the_one_from_its_array_and_lies_where_the_info_says(tmp_path):
+    config = make_config(tmp_path)
+    data = np.random.default_rng(9).integers(0, 255, (1, 15, 53, 47), dtype=np.uint8)
+    write_precomputed(tmp_path / "em", data, (16, 20, 4), offset=(100, 20, 30), gz={(1, 0, 2), (2, 2, 3)})
+    np.save(tmp_path / "raw.npy", data[0])
+    for name, spec in (("pre", f"precomputed://{tmp_path / 'em'}"), ("npy", str(tmp_path / "raw.npy"))):
+        assert main(["predict", str(config), "--input", spec, "--output", str(tmp_path / f"{name}.zarr"),
+                     "--tile", "9,23,21", "--mirror", "--quiet"]) == 0
+    pre, npy = (zarr.open_group(tmp_path / f"{name}.zarr", mode="r") for name in ("pre", "npy"))
+    np.testing.assert_array_equal(pre["0"][...], npy["0"][...])
+    multiscale = pre.attrs["ome"]["multiscales"][0]
+    assert multiscale["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]}, {"type": "translation", "translation": [0, 1200, 80, 400]}]
+    assert {a.get("unit") for a in multiscale["axes"][1:]} == {"nanometer"}
+
+
+def test_channels_and_a_chunk_not_stored(tmp_path):
+    data = np.random.default_rng(10).random((3, 6, 11, 9), dtype=np.float32)
+    write_precomputed(tmp_path / "rgb", data, (4, 4, 4), skip=(1, 2, 0))
+    expected = data.copy()
+    expected[:, 0:4, 8:11, 4:8] = 0  # chunk (x, y, z) = (1, 2, 0) reads as 0
+    np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "rgb"))), expected)
+
+
+def test_precomputed_mistakes_are_one_line(tmp_path, capsys):
+    config = make_config(tmp_path)
+    data = np.random.default_rng(11).random((1, 9, 30, 26), dtype=np.float32)
+    write_precomputed(tmp_path / "em", data, (13, 10, 3))
+
+    def predict(spec, output="o.npy"):
+        return main(["predict", str(config), "--input", spec, "--output", str(tmp_path / output), "--quiet"])
+
+    one_error_line(capsys, predict(f"{tmp_path / 'em'}:s9"), "scale 's9' not found in the precomputed volume")
+    shutil.copytree(tmp_path / "em", tmp_path / "seg")
+    info = json.loads((tmp_path / "seg" / "info").read_text())
+    info["scales"][0]["encoding"] = "compressed_segmentation"
+    (tmp_path / "seg" / "info").write_text(json.dumps(info))
+    one_error_line(capsys, predict(str(tmp_path / "seg")), "densepred reads the image encodings raw, jpeg, png")
+    (tmp_path / "seg" / "info").write_text(json.dumps({**info, "scales": []}))
+    one_error_line(capsys, predict(str(tmp_path / "seg")), "is not the info of a neuroglancer precomputed volume")
+    chunk = tmp_path / "em" / "s0" / "13-26_10-20_3-6"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    one_error_line(capsys, predict(str(tmp_path / "em")), "chunk [1, 1, 1] of ")  # z, y, x
+    one_error_line(capsys, predict(str(tmp_path / "em"), "em-copy"), "unsupported format")
