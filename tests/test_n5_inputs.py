@@ -56,8 +56,25 @@ def encode(compression: str, values: bytes) -> bytes:
     import numcodecs
 
     encoders = {"raw": lambda v: v, "gzip": gzip.compress, "zlib": zlib.compress, "bzip2": bz2.compress,
-                "xz": lzma.compress, "blosc": numcodecs.Blosc().encode, "zstd": numcodecs.Zstd().encode}
+                "xz": lzma.compress, "blosc": numcodecs.Blosc().encode, "zstd": numcodecs.Zstd().encode,
+                "lz4": lz4_java}
     return encoders[compression](values)
+
+
+def lz4_java(values: bytes, frame: int = 400) -> bytes:
+    """As lz4-java's LZ4BlockOutputStream writes: frames of at most ``frame`` bytes, each
+    ``LZ4Block``, a token, the stored and original lengths and a checksum (little-endian; not
+    computed here), LZ4-compressed (token 0x20) except every third, stored (0x10); then an empty
+    frame."""
+    import numcodecs
+
+    out = bytearray()
+    for n, at in enumerate(range(0, len(values), frame)):
+        piece = values[at:at + frame]
+        body = piece if n % 3 == 2 else bytes(numcodecs.LZ4().encode(piece))[4:]  # numcodecs' own size header off
+        out += b"LZ4Block" + bytes([0x10 if n % 3 == 2 else 0x29]) + struct.pack("<iii", len(body), len(piece), 0)
+        out += body
+    return bytes(out + b"LZ4Block" + bytes([0x10]) + struct.pack("<iii", 0, 0, 0))
 
 
 def container(path: Path) -> Path:
@@ -75,7 +92,7 @@ def boxes(shape, rng, count=20):
 @pytest.mark.parametrize(("dtype", "compression", "edges", "mode"), [
     ("uint16", "gzip", "cut", 0), ("float32", "raw", "whole", 1), ("int8", "zlib", "cut", 0),
     ("uint64", "bzip2", "cut", 1), ("float64", "xz", "whole", 0), ("int16", "blosc", "cut", 0),
-    ("uint32", "zstd", "cut", 0)])
+    ("uint32", "zstd", "cut", 0), ("uint16", "lz4", "cut", 0)])
 def test_every_box_of_an_n5_dataset_reads_as_the_array_written(tmp_path, dtype, compression, edges, mode):
     rng = np.random.default_rng(1)
     data = (rng.random((13, 37, 29)) * 100 - (50 if dtype.startswith("int") else 0)).astype(dtype)
@@ -153,9 +170,9 @@ def test_n5_mistakes_are_one_line(tmp_path, capsys):
     data = np.random.default_rng(5).random((9, 30, 26), dtype=np.float32)
     root = container(tmp_path / "v.n5")
     write_n5(root / "a" / "raw", data, (3, 10, 13))
-    write_n5(root / "a" / "lz4", data, (3, 10, 13))
-    meta = json.loads((root / "a" / "lz4" / "attributes.json").read_text())
-    (root / "a" / "lz4" / "attributes.json").write_text(json.dumps({**meta, "compression": {"type": "lz4"}}))
+    write_n5(root / "a" / "zfp", data, (3, 10, 13))
+    meta = json.loads((root / "a" / "zfp" / "attributes.json").read_text())
+    (root / "a" / "zfp" / "attributes.json").write_text(json.dumps({**meta, "compression": {"type": "zfp"}}))
     block = root / "a" / "raw" / "0" / "2" / "1"  # x, y, z: the block at (z, y, x) index (1, 2, 0)
     block.write_bytes(block.read_bytes()[:40])
 
@@ -165,10 +182,10 @@ def test_n5_mistakes_are_one_line(tmp_path, capsys):
     one_error_line(capsys, predict(str(root)), "is an N5 group of 2 datasets; name one as")
     for level in range(2):  # as BigDataViewer and Paintera lay out a multiscale: listed once
         write_n5(root / "setup0" / "timepoint0" / f"s{level}", data[:, ::2**level, ::2**level].copy(), (3, 10, 13))
-    one_error_line(capsys, predict(f"{root}"), "(available: a/lz4, a/raw, setup0/timepoint0)")
+    one_error_line(capsys, predict(f"{root}"), "(available: a/raw, a/zfp, setup0/timepoint0)")
     one_error_line(capsys, predict(f"{root}:a/raw/1"), "is a folder of chunks inside the N5 dataset")
     one_error_line(capsys, predict(f"{root}:b"), "'b' not found in")
-    one_error_line(capsys, predict(f"{root}:a/lz4"), "densepred reads N5 blocks stored raw, gzip")
+    one_error_line(capsys, predict(f"{root}:a/zfp"), "densepred reads N5 blocks stored raw, gzip")
     one_error_line(capsys, predict(f"{root}:a/raw"), "chunk [1, 2, 0] of ")
     assert not json.loads((tmp_path / "o.npy.densepred" / "run.json").read_text())["complete"]  # resumable
     one_error_line(capsys, predict(f"{root}:a/raw", "o.n5"), "cannot write")

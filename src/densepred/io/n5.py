@@ -38,7 +38,8 @@ from .ome_zarr import Placement, checked_placement, space_unit
 from .reading import BlockArray
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
-CODECS = "raw, gzip, bzip2, xz, blosc or zstd"  # N5's compressions read here (numcodecs; not lz4)
+CODECS = "raw, gzip, bzip2, xz, blosc, zstd or lz4"  # N5's compressions read here (numcodecs)
+LZ4_MAGIC = b"LZ4Block"  # lz4-java's block stream, which N5's lz4 compression writes
 
 
 def attributes(folder: Path) -> dict[str, Any]:
@@ -149,11 +150,39 @@ def _codec(compression: Any, folder: Path) -> Any:
     if kind == "raw":
         return bytes
     codecs = {"gzip": lambda: numcodecs.Zlib() if compression.get("useZlib") else numcodecs.GZip(),
-              "bzip2": numcodecs.BZ2, "xz": numcodecs.LZMA, "blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd}
+              "bzip2": numcodecs.BZ2, "xz": numcodecs.LZMA, "blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd,
+              "lz4": lambda: LZ4Java}
     if kind not in codecs:
         raise DensePredError(f"cannot read the N5 dataset {folder}: its blocks are compressed with {kind!r}; densepred "
                              f"reads N5 blocks stored {CODECS} (rewrite it with one, e.g. with N5's own tools)")
     return codecs[kind]().decode
+class LZ4Java:
+    """lz4-java's ``LZ4BlockOutputStream`` framing, as N5's Java ``Lz4Compression`` writes
+    blocks: frames of ``LZ4Block``, a token (0x10 stored, 0x20 LZ4, with the level), the stored
+    and the original length and a checksum (little-endian), then the bytes; a frame of
+    length 0 ends the stream. Each LZ4 frame is decoded by numcodecs' LZ4 (whose own framing
+    is the original length before the bytes); the checksums are not verified."""
+
+    @staticmethod
+    def decode(data: bytes) -> bytes:
+        import numcodecs
+
+        out, at, lz4 = bytearray(), 0, numcodecs.LZ4()
+        while at < len(data):
+            if data[at:at + 8] != LZ4_MAGIC or len(data) < at + 21:
+                raise ValueError(f"no lz4-java frame at byte {at} of the block")
+            token = data[at + 8]
+            stored, original = struct.unpack("<ii", data[at + 9:at + 17])
+            body = data[at + 21:at + 21 + stored]
+            if original == 0:
+                break
+            if len(body) != stored:
+                raise ValueError(f"the lz4-java frame at byte {at} ends before its {stored} bytes")
+            out += body if token & 0xF0 == 0x10 else lz4.decode(struct.pack("<I", original) + body)
+            at += 21 + stored
+        return bytes(out)
+
+
 def n5_axes(folder: Path) -> str | None:
     """The dataset's axes as letters (``C``, ``Z``, ``Y``, ``X``, ``T``) in densepred's order
     (the file's reversed), from a neuroglancer ``axes`` attribute; None where there is none."""
