@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import struct
 from itertools import product
 from pathlib import Path
@@ -185,6 +186,10 @@ def test_n5_mistakes_are_one_line(tmp_path, capsys):
     one_error_line(capsys, predict(f"{root}"), "(available: a/raw, a/zfp, setup0/timepoint0)")
     one_error_line(capsys, predict(f"{root}:a/raw/1"), "is a folder of chunks inside the N5 dataset")
     one_error_line(capsys, predict(f"{root}:b"), "'b' not found in")
+    write_n5(root / "inf", data, (3, 10, 13))  # found beside the precomputed fuzzing: int(inf), a traceback
+    meta = json.loads((root / "inf" / "attributes.json").read_text())
+    (root / "inf" / "attributes.json").write_text(json.dumps({**meta, "dimensions": [math.inf, 30, 9]}))
+    one_error_line(capsys, predict(f"{root}:inf"), "does not describe an N5 dataset of numbers (OverflowError")
     one_error_line(capsys, predict(f"{root}:a/zfp"), "densepred reads N5 blocks stored raw, gzip")
     one_error_line(capsys, predict(f"{root}:a/raw"), "chunk [1, 2, 0] of ")
     assert not json.loads((tmp_path / "o.npy.densepred" / "run.json").read_text())["complete"]  # resumable

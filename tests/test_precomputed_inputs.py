@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import shutil
 from itertools import product
 from pathlib import Path
@@ -14,12 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, example, given, seed, settings
+from hypothesis import strategies as st
 
+from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
 from densepred.io import open_array
 from densepred.io.arrays import ArraySpec, input_placement
 from densepred.io.precomputed import compressed_morton_code
+from densepred.io.reading import read_box
 from tests.conftest import make_config
+from tests.test_placement_fuzz import sound
 from tests.test_reliability_files import one_error_line
 
 DATA = Path(__file__).parent / "data" / "precomputed"
@@ -135,3 +141,41 @@ def test_precomputed_mistakes_are_one_line(tmp_path, capsys):
     chunk.write_bytes(chunk.read_bytes()[:100])
     one_error_line(capsys, predict(str(tmp_path / "em")), "chunk [1, 1, 1] of ")  # z, y, x
     one_error_line(capsys, predict(str(tmp_path / "em"), "em-copy"), "unsupported format")
+
+
+VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(allow_nan=True, allow_infinity=True),
+                  st.text(max_size=4), st.sampled_from(["raw", "jpeg", "png", "s0", "uint8", "float64", "gzip"]),
+                  st.lists(st.integers(-2, 40), max_size=4), st.lists(st.lists(st.integers(0, 9), max_size=4),
+                                                                     max_size=2))
+SCALE_FIELDS = ["key", "size", "resolution", "voxel_offset", "chunk_sizes", "encoding", "sharding"]
+SHARDING_FIELDS = ["@type", "hash", "preshift_bits", "minishard_bits", "shard_bits", "data_encoding"]
+
+
+@seed(20261206)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["data_type", "num_channels", "scales"]), VALUE, max_size=2),
+       st.dictionaries(st.sampled_from(SCALE_FIELDS), VALUE, max_size=3),
+       st.dictionaries(st.sampled_from(SHARDING_FIELDS), VALUE, max_size=2), st.booleans())
+@example({"num_channels": 1}, {}, {}, True)  # found: a read error's message asked the reader for zarr's shards
+@example({"num_channels": math.inf}, {}, {}, False)  # found: int(inf), an OverflowError traceback
+@example({}, {}, {"preshift_bits": -1}, True)  # found: a negative shift count at the first read
+def test_any_info_opens_and_reads_or_is_one_error(tmp_path_factory, top, scale, sharding, sharded):
+    """A valid info with fields replaced by any value: the volume opens and reads, or the
+    first mistake is a DensePredError (one line in the CLI), never another exception; its
+    placement is sound or none."""
+    source = DATA / ("sharded-murmur" if sharded else "unsharded-png")
+    folder = tmp_path_factory.mktemp("fuzz") / "v"
+    shutil.copytree(source, folder)
+    info = json.loads((folder / "info").read_text())
+    info.update(top)
+    if isinstance(info.get("scales"), list) and info["scales"] and isinstance(info["scales"][0], dict):
+        info["scales"][0].update(scale)
+        if isinstance(info["scales"][0].get("sharding"), dict):
+            info["scales"][0]["sharding"].update(sharding)
+    (folder / "info").write_text(json.dumps(info, allow_nan=True))
+    try:
+        image = open_array(str(folder))
+        read_box(image, tuple(slice(0, min(n, 5)) for n in image.shape))
+    except DensePredError:
+        pass
+    assert sound(input_placement(ArraySpec.parse(str(folder))))

@@ -110,7 +110,7 @@ class N5Array(BlockArray):
                 raise ValueError(f"dataType {meta['dataType']!r} is not one of {', '.join(DATA_TYPES)}")
             self.dtype = np.dtype(meta["dataType"])
             compression = meta.get("compression", {"type": meta.get("compressionType", "raw")})
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DensePredError(f"cannot open the N5 dataset {folder}: its attributes.json does not describe "
                                  f"an N5 dataset of numbers ({type(exc).__name__}: {exc})") from None
         self.codec = _codec(compression, folder)

@@ -90,7 +90,7 @@ class PrecomputedArray(BlockArray):
             if len(self.size) != 3 or len(self.offset) != 3 or len(self.chunk) != 3 or min(self.chunk) < 1 or \
                     min(self.size) < 1 or self.channels < 1:
                 raise ValueError("size, voxel_offset and chunk_sizes need 3 values each (x, y, z), sizes from 1")
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise DensePredError(f"cannot open the precomputed volume {folder}: its info does not describe a scale "
                                  f"of numbers ({type(exc).__name__}: {exc})") from None
         if self.encoding not in ENCODINGS:
@@ -103,7 +103,7 @@ class PrecomputedArray(BlockArray):
         self.chunks = (*lead, *reversed(self.chunk))
         self.ndim = len(self.shape)
         sharding = scale.get("sharding")
-        self.shards = Shards(self.folder, sharding, self.grid) if sharding else None
+        self.sharding = Shards(self.folder, sharding, self.grid) if sharding else None
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -113,7 +113,7 @@ class PrecomputedArray(BlockArray):
     def block(self, index: tuple[int, ...]) -> np.ndarray | None:
         cell = tuple(reversed(index[-3:]))  # x, y, z
         extent = tuple(min(c, n - i * c) for i, c, n in zip(cell, self.chunk, self.size, strict=True))
-        raw = self.shards.read(cell) if self.shards else self._chunk_file(cell, extent)
+        raw = self.sharding.read(cell) if self.sharding else self._chunk_file(cell, extent)
         if raw is None:
             return None
         values = self._decode(raw, extent)
@@ -183,12 +183,14 @@ class Shards:
                 raise ValueError(f"@type {spec.get('@type')!r}")
             self.preshift, self.minishard_bits, self.shard_bits = (int(spec[k]) for k in (
                 "preshift_bits", "minishard_bits", "shard_bits"))
+            if not (0 <= self.preshift < 64 and 0 <= self.minishard_bits <= 32 and 0 <= self.shard_bits <= 32):
+                raise ValueError("preshift_bits from 0 to 63, minishard_bits and shard_bits from 0 to 32")
             self.hash = spec.get("hash", "identity")
             if self.hash not in ("identity", "murmurhash3_x86_128"):
                 raise ValueError(f"hash {self.hash!r}")
             self.index_gzip = _gzip_encoding(spec.get("minishard_index_encoding", "raw"))
             self.data_gzip = _gzip_encoding(spec.get("data_encoding", "raw"))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DensePredError(f"cannot read the sharded precomputed scale {folder}: its sharding is not one "
                                  f"densepred reads ({type(exc).__name__}: {exc}; expected "
                                  "neuroglancer_uint64_sharded_v1, identity or murmurhash3_x86_128)") from None
@@ -282,6 +284,6 @@ def precomputed_placement(folder: Path, key: str | None) -> Placement | None:
         fine = [float(v) for v in finest["resolution"]]
         offset = [float(v) for v in scale.get("voxel_offset") or (0, 0, 0)]
         shift = [o * s + (s - f) / 2 for o, s, f in zip(offset, size, fine, strict=True)]
-    except (DensePredError, KeyError, TypeError, ValueError, IndexError):
+    except (DensePredError, KeyError, TypeError, ValueError, IndexError, OverflowError):
         return None
     return checked_placement(size[::-1], shift[::-1], "nanometer")
