@@ -1,8 +1,9 @@
-"""Write a zarr input for ``densepred predict``: an existing array (HDF5, N5, TIFF, NumPy or
-zarr, given as a densepred array spec) copied into a chunked zarr v3 array, or a small
-synthetic EM-like volume when no input is given. Where the source says where its voxels lie
-(OME-Zarr, N5, CREMI or BigDataViewer metadata), the copy carries it as ``voxel_size``,
-``offset`` and ``units`` attributes, which densepred reads back.
+"""Write a zarr input for ``densepred predict``: an existing array (HDF5, N5, neuroglancer
+precomputed, TIFF, NumPy or zarr, given as a densepred array spec) copied into a chunked zarr
+v3 array, or a small synthetic EM-like volume when no input is given. Where the source says
+where its voxels lie (OME-Zarr, N5, precomputed, CREMI or BigDataViewer metadata, a TIFF's
+Fiji or OME calibration), the copy carries it as ``voxel_size``, ``offset`` and ``units``
+attributes, which densepred reads back.
 
     .venv/bin/python examples/make_zarr.py demo/test.h5:raw demo/raw.zarr   # copy an HDF5 dataset
     .venv/bin/python examples/make_zarr.py - demo/synthetic.zarr            # a synthetic 48x256x256 volume
