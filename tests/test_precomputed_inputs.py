@@ -143,6 +143,27 @@ def test_precomputed_mistakes_are_one_line(tmp_path, capsys):
     one_error_line(capsys, predict(str(tmp_path / "em"), "em-copy"), "unsupported format")
 
 
+def test_a_resume_over_a_changed_chunk_is_refused_and_a_scale_added_beside_is_no_change(tmp_path, capsys, caplog):
+    from tests.conftest import mark_interrupted
+
+    config = make_config(tmp_path)
+    data = np.random.default_rng(12).random((1, 9, 40, 36), dtype=np.float32)
+    write_precomputed(tmp_path / "em", data, (36, 40, 9))
+    command = ["predict", str(config), "--input", str(tmp_path / "em"), "--output", str(tmp_path / "o.npy"), "--quiet"]
+    assert main(command) == 0
+    mark_interrupted(str(tmp_path / "o.npy"))
+    (tmp_path / "em" / "s1").mkdir()  # a coarser scale written later by a downsampling job
+    (tmp_path / "em" / "s1" / "0-18_0-20_0-9").write_bytes(bytes(18 * 20 * 9 * 4))
+    assert main([*command, "--resume"]) == 0
+    assert "modification time changed" not in caplog.text  # the stamp covers the scale read, not the folder
+    mark_interrupted(str(tmp_path / "o.npy"))
+    data[0, 0, :16, :16] += 1  # a sampled box
+    shutil.rmtree(tmp_path / "em" / "s0")
+    write_precomputed(tmp_path / "new", data, (36, 40, 9))
+    (tmp_path / "new" / "s0").rename(tmp_path / "em" / "s0")
+    one_error_line(capsys, main([*command, "--resume"]), "the input differs")
+
+
 VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(allow_nan=True, allow_infinity=True),
                   st.text(max_size=4), st.sampled_from(["raw", "jpeg", "png", "s0", "uint8", "float64", "gzip"]),
                   st.lists(st.integers(-2, 40), max_size=4), st.lists(st.lists(st.integers(0, 9), max_size=4),
