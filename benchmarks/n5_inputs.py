@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_ceiling import trivial_net
-from tiff_inputs import CHUNKS, pages, run, summary
+from tiff_inputs import in_turn, pages, summary
 
 
 def slabs(shape: tuple[int, int, int], depth: int):
@@ -79,11 +79,7 @@ def main() -> None:
             sources = {"zarr": work / f"v-{codec}.zarr", "n5": work / f"v-{codec}.n5"}
             write_zarr(sources["zarr"], shape, block, codec)
             write_n5(sources["n5"], shape, block, codec)
-            results: dict[str, list[tuple[float, float]]] = {"zarr": [], "n5": []}
-            for _ in range(args.rounds):
-                for kind, source in sources.items():
-                    results[kind].append(run(CHUNKS, config, source, work / "o.zarr"))
-            print(f"  {codec}: {summary(results)}")
+            print(f"  {codec}: {summary(in_turn(sources, config, work / 'o.zarr', args.rounds))}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from n5_inputs import slabs, write_zarr
 from pipeline_ceiling import trivial_net
-from tiff_inputs import CHUNKS, run, summary
+from tiff_inputs import in_turn, summary
 
 from densepred.io.precomputed import compressed_morton_code
 
@@ -115,11 +115,7 @@ def main() -> None:
         check_equal(sources, shape)
         print(f"volume {'x'.join(map(str, shape))} uint8 ({np.prod(shape) / 2**20:.0f} MiB), chunks "
               f"{'x'.join(map(str, chunk))}, gzip; seconds and peak resident GiB per run, in turn")
-        results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in sources}
-        for _ in range(args.rounds):
-            for kind, source in sources.items():
-                results[kind].append(run(CHUNKS, config, source, work / "o.zarr"))
-        print(f"  {summary(results)}")
+        print(f"  {summary(in_turn(sources, config, work / 'o.zarr', args.rounds))}")
 
 
 if __name__ == "__main__":

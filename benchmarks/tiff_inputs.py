@@ -86,6 +86,15 @@ def run(program: str, config: Path, source: Path, output: Path) -> tuple[float, 
     return seconds, int(peak[1]) / 2**20
 
 
+def in_turn(sources: dict[str, Path], config: Path, output: Path, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Each source predicted by densepred's own readers ``rounds`` times, the sources in turn."""
+    results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in sources}
+    for _ in range(rounds):
+        for kind, source in sources.items():
+            results[kind].append(run(CHUNKS, config, source, output))
+    return results
+
+
 def summary(results: dict[str, list[tuple[float, float]]]) -> str:
     """Each way's median seconds, its runs and its largest peak, on one line."""
     return ", ".join(f"{way} {statistics.median(s for s, _ in runs):.2f} s (runs "

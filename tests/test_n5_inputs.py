@@ -126,13 +126,19 @@ def test_a_prediction_from_n5_equals_the_one_from_its_array_and_lies_where_the_f
     root = container(tmp_path / "v.n5")
     write_n5(root / "raw", data, (4, 20, 16), "gzip",
              attributes={"resolution": [4, 4, 40], "units": ["nm", "nm", "nm"], "offset": [400, 80, 1200]})
+    assert_predicts_as_its_array_placed(config, tmp_path, f"{root}:raw", data)
+
+
+def assert_predicts_as_its_array_placed(config, tmp_path, spec, data):
+    """``spec`` predicts as ``data`` given as NumPy, and its output lies at 40 x 4 x 4 nm with
+    voxel 0 of the input at (1200, 80, 400) nm."""
     np.save(tmp_path / "raw.npy", data)
-    for name, spec in (("n5", f"{root}:raw"), ("npy", str(tmp_path / "raw.npy"))):
-        assert main(["predict", str(config), "--input", spec, "--output", str(tmp_path / f"{name}.zarr"),
+    for name, source in (("file", spec), ("npy", str(tmp_path / "raw.npy"))):
+        assert main(["predict", str(config), "--input", source, "--output", str(tmp_path / f"{name}.zarr"),
                      "--tile", "9,23,21", "--mirror", "--quiet"]) == 0
-    n5, npy = (zarr.open_group(tmp_path / f"{name}.zarr", mode="r") for name in ("n5", "npy"))
-    np.testing.assert_array_equal(n5["0"][...], npy["0"][...])
-    multiscale = n5.attrs["ome"]["multiscales"][0]
+    file, npy = (zarr.open_group(tmp_path / f"{name}.zarr", mode="r") for name in ("file", "npy"))
+    np.testing.assert_array_equal(file["0"][...], npy["0"][...])
+    multiscale = file.attrs["ome"]["multiscales"][0]
     assert multiscale["datasets"][0]["coordinateTransformations"] == [
         {"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]}, {"type": "translation", "translation": [0, 1200, 80, 400]}]
     assert {a.get("unit") for a in multiscale["axes"][1:]} == {"nanometer"}

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from densepred.io.arrays import ArraySpec, input_placement
 from densepred.io.precomputed import compressed_morton_code
 from densepred.io.reading import read_box
 from tests.conftest import make_config
+from tests.test_n5_inputs import assert_predicts_as_its_array_placed
 from tests.test_placement_fuzz import sound
 from tests.test_reliability_files import one_error_line
 
@@ -101,16 +101,7 @@ def test_a_prediction_from_precomputed_equals_the_one_from_its_array_and_lies_wh
     config = make_config(tmp_path)
     data = np.random.default_rng(9).integers(0, 255, (1, 15, 53, 47), dtype=np.uint8)
     write_precomputed(tmp_path / "em", data, (16, 20, 4), offset=(100, 20, 30), gz={(1, 0, 2), (2, 2, 3)})
-    np.save(tmp_path / "raw.npy", data[0])
-    for name, spec in (("pre", f"precomputed://{tmp_path / 'em'}"), ("npy", str(tmp_path / "raw.npy"))):
-        assert main(["predict", str(config), "--input", spec, "--output", str(tmp_path / f"{name}.zarr"),
-                     "--tile", "9,23,21", "--mirror", "--quiet"]) == 0
-    pre, npy = (zarr.open_group(tmp_path / f"{name}.zarr", mode="r") for name in ("pre", "npy"))
-    np.testing.assert_array_equal(pre["0"][...], npy["0"][...])
-    multiscale = pre.attrs["ome"]["multiscales"][0]
-    assert multiscale["datasets"][0]["coordinateTransformations"] == [
-        {"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]}, {"type": "translation", "translation": [0, 1200, 80, 400]}]
-    assert {a.get("unit") for a in multiscale["axes"][1:]} == {"nanometer"}
+    assert_predicts_as_its_array_placed(config, tmp_path, f"precomputed://{tmp_path / 'em'}", data[0])
 
 
 def test_channels_and_a_chunk_not_stored(tmp_path):
