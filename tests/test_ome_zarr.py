@@ -276,3 +276,34 @@ def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyra
                                                                                        strict=True)])
     assert level1[0]["scale"] == pytest.approx([1, 40, 8, 8])
     assert {a.get("unit") for a in multiscale["axes"][1:]} == {unit}
+
+
+def test_an_hdf5_output_carries_where_its_voxels_lie_as_cremi_attributes(config, volume, tmp_path):
+    """An HDF5 output of a placed input (or with --voxel-size) holds ``resolution``, ``offset``
+    and ``units`` as CREMI and funlib files do, so densepred and those tools read it placed; an
+    input that names no scale leaves the output without them."""
+    import h5py
+
+    import densepred
+    from densepred.io.arrays import ArraySpec, input_placement
+
+    with h5py.File(tmp_path / "sample.h5", "w") as f:
+        f["raw"] = volume
+        f["raw"].attrs.update({"resolution": [40.0, 4.0, 4.0], "offset": [400.0, 8.0, 12.0]})
+    np.save(tmp_path / "plain.npy", volume)
+    border = densepred.build_net(densepred.load_config(config)).geometry.offset
+    runs = [("sample.h5:raw", [], (40, 4, 4), [o + b * v for o, b, v in zip((400, 8, 12), border, (40, 4, 4),
+                                                                            strict=True)], None),
+            ("sample.h5:raw", ["--mirror", "--voxel-size", "30,5,5", "--unit", "nanometer"], (30, 5, 5),
+             [300, 10, 15], "nanometer"),
+            ("plain.npy", [], None, None, None)]
+    for index, (source, extra, size, offset, unit) in enumerate(runs):
+        output = f"{tmp_path / 'out.h5'}:pred{index}"
+        assert predict(config, tmp_path, output, *extra, input_spec=str(tmp_path / source)) == 0
+        placement = input_placement(ArraySpec.parse(output))
+        if size is None:
+            assert placement is None
+            continue
+        assert placement.voxel_size == pytest.approx(size)
+        assert placement.translation == pytest.approx(offset)
+        assert placement.unit == unit

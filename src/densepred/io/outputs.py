@@ -30,7 +30,7 @@ from ..files import fsync_folder
 from .arrays import ArraySpec
 from .chunk_files import array_folder
 from .local_zarr import LocalZarr
-from .ome_zarr import OmeLayout, create_levels, ome_attributes
+from .ome_zarr import OmeLayout, Placement, create_levels, ome_attributes
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
@@ -140,14 +140,16 @@ class OutputArray:
 
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
                   attributes: dict[str, Any] | None = None, layout: OmeLayout | None = None,
-                  channel_axis: bool = True) -> OutputArray:
+                  channel_axis: bool = True, placement: Placement | None = None) -> OutputArray:
     """A new output array of ``shape``; ``chunks`` (the output tile) lays out HDF5, ``layout``
     the levels, shards and metadata of an OME-Zarr output (required for zarr);
     ``channel_axis``: whether the first axis holds classes (not for argmax labels), for the
     axes a TIFF names.
 
     ``attributes`` (zarr and HDF5) are stored as the output comes into being, before any
-    data, so an output is never seen without them (they mark what densepred wrote).
+    data, so an output is never seen without them (they mark what densepred wrote); an HDF5
+    output's ``placement`` as CREMI's and funlib's ``resolution``, ``offset`` and ``units``
+    (spatial axes, z first), which densepred and those tools read back.
     """
     shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     chunks = tuple(int(c) for c in chunks)
@@ -157,7 +159,7 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
             assert layout is not None, "a zarr output needs its OME-Zarr layout"
             return _create_zarr(spec, dtype, layout, attributes)
         if spec.kind == "hdf5":
-            return _create_hdf5(spec, shape, dtype, chunks, attributes)
+            return _create_hdf5(spec, shape, dtype, chunks, attributes, placement)
         if spec.kind == "tiff":
             import tifffile
 
@@ -269,13 +271,18 @@ def _for_writing(array: Any) -> Any:
 
 
 def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                 attributes: dict[str, Any]) -> OutputArray:
+                 attributes: dict[str, Any], placement: Placement | None) -> OutputArray:
     import h5py
 
     handle = h5py.File(spec.path, "a")
     try:
         array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, shape, dtype),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
+        if placement is not None:
+            array.attrs["resolution"] = np.asarray(placement.voxel_size, np.float64)
+            array.attrs["offset"] = np.asarray(placement.translation, np.float64)
+            if placement.unit is not None:
+                array.attrs["units"] = [placement.unit] * len(placement.voxel_size)
         output = OutputArray(spec, array, handle=handle)
         output.set_attributes(attributes)
     except BaseException:

@@ -173,7 +173,7 @@ def _create(planned: PlannedJob) -> Any:
         write_record(record_dir, planned.record)
         return create_output(spec, planned.shape, planned.encoding.stored_dtype, planned.chunks,
                              attributes={"densepred": {"complete": False}}, layout=planned.layout,
-                             channel_axis=not planned.encoding.argmax)
+                             channel_axis=not planned.encoding.argmax, placement=planned.placement)
     except BaseException:
         shutil.rmtree(record_dir, ignore_errors=True)
         raise

@@ -12,7 +12,7 @@ from ...geometry.scale import origin
 from ...io import ArraySpec
 from ...io.arrays import input_placement
 from ...io.encoding import Encoding
-from ...io.ome_zarr import OmeLayout, channel_names, check_unit, check_zarr_dtype
+from ...io.ome_zarr import OmeLayout, Placement, channel_names, check_unit, check_zarr_dtype
 from .job import PredictJob
 
 
@@ -20,8 +20,7 @@ def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan,
                offset: Sequence[int], engine_mode: str) -> OmeLayout:
     """Levels, shards, chunks and physical metadata of an OME-Zarr output; shards are the
     tiles, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
-    # where output voxel 0 sits in the image: the ROI start, plus the border without mirroring
-    start = [o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True)]
+    start = output_start(job, plan, offset)
     tile = plan.output_tile
     if engine_mode == "stream":
         tile = (stream_shard(tile[0]), *tile[1:])
@@ -38,15 +37,8 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
     of output voxel ``start``'s centre."""
     check_zarr_dtype(encoding.stored_dtype)
     dims = len(output_shape)
-    voxel_size, image_translation, unit = _placement(job, in_spec, dims)
-    pairs = tuple(scale) or ((1, 1),) * dims
-    translation = tuple(t + origin(s, p) * v for t, s, p, v in zip(image_translation, start, pairs, voxel_size,
-                                                                   strict=True))
-    voxel_size = tuple(v * down / up for v, (up, down) in zip(voxel_size, pairs, strict=True))
-    if not all(math.isfinite(v) and v > 0 for v in voxel_size) or not all(map(math.isfinite, translation)):
-        raise DensePredError(f"voxel size {list(voxel_size)} is invalid for OME-Zarr metadata: the scale and the "
-                             f"translation {list(translation)} must be finite (JSON has no Infinity or NaN); "
-                             "give --voxel-size")
+    placed = output_placement(job, in_spec, dims, start, scale) or Placement((1.0,) * dims, (0.0,) * dims)
+    voxel_size, translation, unit = placed.voxel_size, placed.translation, placed.unit
     chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
     classes = range(encoding.n_classes) if encoding.classes is None else encoding.classes
     spatial_axes = tuple("zyx"[3 - dims:])
@@ -58,10 +50,33 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
         label=encoding.argmax, name=name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
-def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[float, ...], tuple[float, ...],
-                                                                        str | None]:
+def output_start(job: PredictJob, plan: TilePlan, offset: Sequence[int]) -> tuple[int, ...]:
+    """The image voxel an own net's output voxel 0 is centred on: the ROI start, plus the
+    border without mirroring."""
+    return tuple(o + (0 if job.mirror else b) for o, b in zip(plan.origin, offset, strict=True))
+
+
+def output_placement(job: PredictJob, in_spec: ArraySpec, dims: int, start: Sequence[int],
+                     scale: Sequence[tuple[int, int]] = ()) -> Placement | None:
+    """Where an output's voxels lie (see :func:`layout_for` for ``start`` and ``scale``); None
+    where neither the input nor the job names a voxel size."""
+    placed = _placement(job, in_spec, dims)
+    if placed is None:
+        return None
+    pairs = tuple(scale) or ((1, 1),) * dims
+    translation = tuple(t + origin(s, p) * v for t, s, p, v in zip(placed.translation, start, pairs,
+                                                                   placed.voxel_size, strict=True))
+    voxel_size = tuple(v * down / up for v, (up, down) in zip(placed.voxel_size, pairs, strict=True))
+    if not all(math.isfinite(v) and v > 0 for v in voxel_size) or not all(map(math.isfinite, translation)):
+        raise DensePredError(f"voxel size {list(voxel_size)} is invalid for the output's metadata: the scale and "
+                             f"the translation {list(translation)} must be finite (JSON has no Infinity or NaN); "
+                             "give --voxel-size")
+    return Placement(voxel_size, translation, placed.unit)
+
+
+def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> Placement | None:
     """The input's voxel size, the position of its voxel 0 and the unit: the job's voxel size
-    where it gives one (the input's position kept in voxels), else the input's own, else 1."""
+    where it gives one (the input's position kept in voxels), else the input's own, else None."""
     unit = check_unit(job.unit)
     found = input_placement(in_spec)
     if found is not None and len(found.voxel_size) != dims:
@@ -73,12 +88,12 @@ def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> tuple[tuple[fl
             raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive, finite "
                                  "numbers (z, y, x order)")
         voxels = (t / v for t, v in zip(found.translation, found.voxel_size, strict=True)) if found else (0,) * dims
-        return size, tuple(i * v for i, v in zip(voxels, size, strict=True)), unit
+        return Placement(size, tuple(i * v for i, v in zip(voxels, size, strict=True)), unit)
     if found is not None:
-        return found.voxel_size, found.translation, unit or found.unit
+        return Placement(found.voxel_size, found.translation, unit or found.unit)
     if unit is not None:
         raise DensePredError(f"--unit {unit} needs --voxel-size (the input has no physical scale)")
-    return (1.0,) * dims, (0.0,) * dims, None
+    return None
 
 
 def _levels(levels: int | None) -> int | None:

@@ -47,7 +47,7 @@ from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import ome_layout
+from .layout import ome_layout, output_placement, output_start
 
 log = logging.getLogger("densepred")
 
@@ -155,13 +155,14 @@ def plan_net(job: PredictJob) -> PlannedJob:
         record["output"]["chunks"] = list(layout.chunks(layout.levels[0]))
     if previous is not None:
         check_same(previous, record, out_spec)
-    shift = tuple(o + (0 if job.mirror else b) for o, b in zip(plan.origin, geometry.offset, strict=True))
+    shift = output_start(job, plan, geometry.offset)
+    placement = output_placement(job, in_spec, len(shift), shift) if out_spec.kind == "hdf5" else None
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
                       _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
-                      fingerprint)
+                      fingerprint, placement)
 
 
 def _record(job: PredictJob, cfg: Config, geometry: Geometry, weights: Path, in_spec: ArraySpec,
