@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from densepred.interfaces.napari_plugin.reader import get_reader
+from densepred.interfaces.napari_plugin.request import SOURCE_KEY
 from tests.test_predict_files import predict
 
 
@@ -122,3 +123,26 @@ def test_a_bigdataviewer_file_opens_its_views_unsigned_and_placed(tmp_path):
     assert kwargs["name"] == "dataset:t00000/s00/0/cells"  # level 0 only
     np.testing.assert_array_equal(np.asarray(view), data)
     assert kwargs["scale"] == pytest.approx([2.0, 0.4, 0.4])
+
+
+def test_a_precomputed_volume_opens_by_its_info_file_with_its_scales_placed_as_its_prediction(config, tmp_path):
+    from tests.test_precomputed_inputs import DATA
+
+    info = str(DATA / "sharded-jpeg" / "info")
+    [(levels, kwargs, kind)] = get_reader(info)(info)
+    assert (kind, kwargs["multiscale"], len(levels)) == ("image", True, 2)
+    np.testing.assert_array_equal(np.asarray(levels[0]), np.load(DATA / "sharded-jpeg-4_4_40.npy")[0])
+    np.testing.assert_array_equal(np.asarray(levels[1]), np.load(DATA / "sharded-jpeg-8_8_40.npy")[0])
+    from densepred.interfaces.napari_plugin.request import ImageSource
+
+    layer = SimpleNamespace(data=levels, rgb=False, multiscale=True, scale=kwargs["scale"],
+                            translate=kwargs["translate"], name=kwargs["name"], metadata=kwargs["metadata"])
+    source = ImageSource.from_layer(layer).file  # so the widget predicts it file to file
+    assert source == kwargs["metadata"][SOURCE_KEY] == str(DATA / "sharded-jpeg")
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=source) == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    assert (kwargs["scale"], kwargs["translate"]) == ([40.0, 4.0, 4.0], [0.0, 0.0, 0.0]) == (output["scale"],
+                                                                                           output["translate"])
+    [(_, two, _)] = get_reader(str(DATA / "sharded-murmur"))(str(DATA / "sharded-murmur"))
+    assert two["channel_axis"] == 0
+    assert get_reader(str(tmp_path / "o.zarr" / "zarr.json")) is None

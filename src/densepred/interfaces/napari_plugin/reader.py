@@ -7,7 +7,8 @@ a channel axis ``c`` becomes one layer per channel (named as in its omero metada
 image (argmax output) a labels layer. An HDF5 file opens every 2D or 3D dataset in it, lazily;
 integer datasets whose name starts with ``label`` as labels layers. An N5 container opens
 each dataset (a multiscale group as one multiscale layer), placed as densepred places its
-prediction (``io/n5.py``).
+prediction (``io/n5.py``); so does a neuroglancer precomputed volume, opened by its ``info``
+file, its scales as one multiscale layer (``io/precomputed.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ def get_reader(path: str | list[str]) -> Any:
         return read_ome_zarr
     if p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)):
         return read_n5
+    if _precomputed_folder(p) is not None:
+        return read_precomputed
     return None
+
+
+def _precomputed_folder(path: Path) -> Path | None:
+    """The precomputed volume ``path`` is (its folder) or whose ``info`` file it is, else None."""
+    from ...io.precomputed import is_precomputed
+
+    folder = path.parent if path.name == "info" and path.is_file() else path
+    return folder if is_precomputed(folder) else None
 
 
 def _multiscales(path: Path) -> dict[str, Any] | None:
@@ -161,3 +172,30 @@ def _n5_layer(folder: Path, name: str, spec: str) -> LayerData:
         kwargs.update(scale=[1.0] * lead + list(placement.voxel_size),
                       translate=[0.0] * lead + list(placement.translation))
     return (levels if len(levels) > 1 else levels[0], kwargs, "image")
+
+
+def read_precomputed(path: str) -> list[LayerData]:
+    """A precomputed volume, lazily, as one layer: its scales as levels (while each is smaller
+    than the one before), channels split, placed by its finest scale."""
+    import dask.array as da
+
+    from ...io.precomputed import PrecomputedArray, precomputed_placement, read_info
+
+    folder = _precomputed_folder(Path(path))
+    if folder is None:
+        raise DensePredError(f"{path} is not a neuroglancer precomputed volume (a folder with an info file)")
+    keys = [str(scale.get("key", "")).strip("/") for scale in read_info(folder)["scales"] if isinstance(scale, dict)]
+    arrays = [PrecomputedArray(folder, keys[0])]
+    for key in keys[1:]:
+        array = PrecomputedArray(folder, key)
+        if array.shape == arrays[-1].shape or any(a > b for a, b in zip(array.shape, arrays[-1].shape, strict=True)):
+            break
+        arrays.append(array)
+    levels = [da.from_array(a, chunks=a.chunks) for a in arrays]
+    kwargs: dict[str, Any] = {"name": folder.name, "multiscale": len(levels) > 1, "metadata": {SOURCE_KEY: str(folder)}}
+    if arrays[0].channels > 1:
+        kwargs["channel_axis"] = 0
+    placement = precomputed_placement(folder, keys[0])
+    if placement is not None:
+        kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
+    return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]

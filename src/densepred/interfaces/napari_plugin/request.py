@@ -161,8 +161,8 @@ class PredictRequest:
         if self.output_file is not None:
             return self.output_file
         if self.image.file is None:
-            raise DensePredError("this layer is not backed by a file (zarr, or N5 or HDF5 opened by densepred's "
-                                 "reader); give an output file to predict to disk")
+            raise DensePredError("this layer is not backed by a file (zarr, or N5, HDF5 or precomputed opened by "
+                                 "densepred's reader); give an output file to predict to disk")
         spec = ArraySpec.parse(self.image.file.split("@t=")[0])
         base = spec.path.with_suffix("") if spec.path.suffix.lower() in CONTAINERS else spec.path
         base = base.with_suffix("") if base.suffix.lower() == ".ome" else base
