@@ -234,10 +234,11 @@ def test_a_softmax_over_one_channel_is_refused_naming_sigmoid_and_identity(tmp_p
 
 @pytest.mark.parametrize(("network", "shape", "axes"), [
     ({"dims": 2, "in_channels": 1, "n_classes": 3, "layers": []}, [30, 26], "CYX"),
-    ({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 2}]}, [6, 9, 5], "CZYX")])
+    ({"dims": 3, "in_channels": 1, "n_classes": 2, "layers": [{"filters": 2, "kernel": 2}]}, [6, 9, 5], "ZCYX")])
 def test_a_tiff_output_is_grey_pages_with_its_axes_never_colour(tmp_path, network, shape, axes):
     """Three classes, or an x extent of 3 or 4 after the crop, were written as RGB (or RGBA)
-    samples: Fiji showed one colour image (tifffile warned it would change that)."""
+    samples: Fiji showed one colour image (tifffile warned it would change that). Classes are
+    an ImageJ hyperstack's channels (z before them, as ImageJ orders its axes)."""
     run = {"network": network, "shape": shape, "mirror": False, "mode": "dilated", "output": "tif", "depth": None,
            "roi": None, "tile": None, "classes": None, "batch_size": None}
     run_own(tmp_path, run)

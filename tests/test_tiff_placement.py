@@ -1,4 +1,5 @@
-"""A TIFF's calibration as its placement: ImageJ's and OME's, and nothing from other TIFFs."""
+"""A TIFF's calibration as its placement (ImageJ's and OME's, nothing from other TIFFs), and a
+TIFF output written as an ImageJ hyperstack with the input's calibration."""
 
 import numpy as np
 import pytest
@@ -70,3 +71,43 @@ def test_imagej_metadata_that_is_not_numbers_places_nothing():
     assert imagej_placement({"unit": "nm"}, (0, 1), (1, 4), ["Y", "X"]) is None
     assert [unit_name(u) for u in ("micron", "\u00b5m", "\u03bcm", "nm", "\u00c5", "pixel", "", None)] == \
         ["micrometer", "micrometer", "micrometer", "nanometer", "angstrom", None, None, None]
+
+
+@pytest.mark.parametrize("classes", [None, "1"])
+def test_a_tiff_output_is_a_calibrated_hyperstack_and_resumes_through_its_view(tmp_path, classes):
+    """Classes as an ImageJ hyperstack's channels (z first in the file) with the input's voxel
+    size, unit and origin; a resume writes through the same (C, Z, Y, X) view. One class keeps
+    tifffile's own axes (ImageJ leaves out a channel axis of one)."""
+    import json
+
+    from densepred.interfaces.cli import main
+    from tests.conftest import make_config, mark_interrupted
+
+    config = make_config(tmp_path)
+    volume = np.random.default_rng(4).random((13, 41, 37), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", volume, imagej=True, resolution=(0.25, 0.25),
+                     metadata={"axes": "ZYX", "spacing": 40, "unit": "nm", "xorigin": -3})
+    extra = ["--classes", classes] if classes else []
+    for output in ("o.npy", "o.tif"):
+        assert main(["predict", str(config), "--input", str(tmp_path / "in.tif"), "--output", str(tmp_path / output),
+                     "--tile", "7,19,17", "--mirror", "--quiet", *extra]) == 0
+    expected = np.load(tmp_path / "o.npy")
+    with tifffile.TiffFile(tmp_path / "o.tif") as tiff:
+        assert (tiff.is_imagej, tiff.series[0].axes) == ((True, "ZCYX") if classes is None else (False, "CZYX"))
+    from densepred.io import open_array
+
+    np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "o.tif"))), expected)
+    if classes is None:
+        placement = placed(tmp_path / "o.tif")
+        assert (placement.voxel_size, placement.translation, placement.unit) == (
+            pytest.approx((40, 4, 4)), pytest.approx((0, 0, 12)), "nanometer")
+    mark_interrupted(str(tmp_path / "o.tif"))  # nothing done: every tile written again through the reopened file
+    (tmp_path / "o.tif.densepred" / "done.log").write_text("")
+    array = tifffile.memmap(tmp_path / "o.tif", mode="r+")
+    array[:] = 0
+    array.flush()
+    del array
+    assert main(["predict", str(config), "--input", str(tmp_path / "in.tif"), "--output", str(tmp_path / "o.tif"),
+                 "--tile", "7,19,17", "--mirror", "--quiet", "--resume", *extra]) == 0
+    np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "o.tif"))), expected)
+    assert json.loads((tmp_path / "o.tif.densepred" / "run.json").read_text())["complete"]

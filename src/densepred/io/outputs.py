@@ -34,7 +34,6 @@ from .ome_zarr import OmeLayout, Placement, create_levels, ome_attributes
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
-TIFF_LIMIT = 2**32 - 2**25  # classic TIFF offsets are 32 bit; beyond that BigTIFF
 
 
 class OutputArray:
@@ -147,9 +146,10 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
     axes a TIFF names.
 
     ``attributes`` (zarr and HDF5) are stored as the output comes into being, before any
-    data, so an output is never seen without them (they mark what densepred wrote); an HDF5
-    output's ``placement`` as CREMI's and funlib's ``resolution``, ``offset`` and ``units``
-    (spatial axes, z first), which densepred and those tools read back.
+    data, so an output is never seen without them (they mark what densepred wrote). An HDF5
+    output holds its ``placement`` as CREMI's and funlib's ``resolution``, ``offset`` and
+    ``units`` (spatial axes, z first), a TIFF output as an ImageJ calibration
+    (:mod:`.tiff_output`); densepred and those tools read them back.
     """
     shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     chunks = tuple(int(c) for c in chunks)
@@ -161,13 +161,9 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
         if spec.kind == "hdf5":
             return _create_hdf5(spec, shape, dtype, chunks, attributes, placement)
         if spec.kind == "tiff":
-            import tifffile
+            from .tiff_output import create_tiff
 
-            bigtiff = int(np.prod(shape)) * dtype.itemsize > TIFF_LIMIT
-            # grey pages, never RGB (tifffile takes 3 or 4 classes, or an x extent of 3 or 4, for colour samples)
-            axes = ("C" if channel_axis else "") + "ZYX"[3 - len(shape) + channel_axis:]
-            array = tifffile.memmap(spec.path, shape=shape, dtype=dtype, bigtiff=bigtiff, photometric="minisblack",
-                                    metadata={"axes": axes})
+            array = create_tiff(spec.path, shape, dtype, channel_axis, placement)
             _reserve(spec.path)
             return OutputArray(spec, array)
         if spec.kind == "npy":
@@ -228,9 +224,9 @@ def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
             handle = h5py.File(spec.path, "r+")
             return OutputArray(spec, handle[h5_key(spec)], handle=handle)
         if spec.kind == "tiff":
-            import tifffile
+            from .tiff_output import open_tiff
 
-            return OutputArray(spec, tifffile.memmap(spec.path, mode="r+"))
+            return OutputArray(spec, open_tiff(spec.path))
         return OutputArray(spec, np.load(spec.path, mmap_mode="r+", allow_pickle=False))
     except (OSError, KeyError, ValueError) as exc:
         raise DensePredError(f"cannot reopen {spec} to resume: {exc}; start again with --overwrite") from None

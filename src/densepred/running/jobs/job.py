@@ -158,7 +158,7 @@ class PlannedJob:
     origin: tuple[float, ...]  # the input voxel that output voxel 0 is centred on
     estimated_peak: int = 0  # bytes
     input_fingerprint: Callable[[], str] | None = None  # the input's, read now, as run.json has it
-    placement: Placement | None = None  # where an HDF5 output's voxels lie, where the input or job says
+    placement: Placement | None = None  # where an HDF5 or TIFF output's voxels lie, where the input or job says
 
     def result(self, computed: int, skipped: int) -> JobResult:
         return JobResult(self.out_spec, self.shape, self.pieces, computed, skipped, self.window, self.estimated_peak,

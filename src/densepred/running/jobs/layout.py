@@ -37,7 +37,8 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
     of output voxel ``start``'s centre."""
     check_zarr_dtype(encoding.stored_dtype)
     dims = len(output_shape)
-    placed = output_placement(job, in_spec, dims, start, scale) or Placement((1.0,) * dims, (0.0,) * dims)
+    placed = output_placement(job, in_spec, dims, start, scale, in_voxels=True)
+    assert placed is not None
     voxel_size, translation, unit = placed.voxel_size, placed.translation, placed.unit
     chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
     classes = range(encoding.n_classes) if encoding.classes is None else encoding.classes
@@ -57,12 +58,14 @@ def output_start(job: PredictJob, plan: TilePlan, offset: Sequence[int]) -> tupl
 
 
 def output_placement(job: PredictJob, in_spec: ArraySpec, dims: int, start: Sequence[int],
-                     scale: Sequence[tuple[int, int]] = ()) -> Placement | None:
-    """Where an output's voxels lie (see :func:`layout_for` for ``start`` and ``scale``); None
-    where neither the input nor the job names a voxel size."""
+                     scale: Sequence[tuple[int, int]] = (), in_voxels: bool = False) -> Placement | None:
+    """Where an output's voxels lie (see :func:`layout_for` for ``start`` and ``scale``). Where
+    neither the input nor the job names a voxel size: in the input's voxels (size 1, voxel 0
+    at the origin) with ``in_voxels``, else None."""
     placed = _placement(job, in_spec, dims)
-    if placed is None:
+    if placed is None and not in_voxels:
         return None
+    placed = placed or Placement((1.0,) * dims, (0.0,) * dims)
     pairs = tuple(scale) or ((1, 1),) * dims
     translation = tuple(t + origin(s, p) * v for t, s, p, v in zip(placed.translation, start, pairs,
                                                                    placed.voxel_size, strict=True))

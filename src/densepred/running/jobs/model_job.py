@@ -133,7 +133,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
     placement = (output_placement(job, in_spec, len(written.shape), run.contract.crop, run.contract.scale)
-                 if out_spec.kind == "hdf5" else None)
+                 if out_spec.kind in ("hdf5", "tiff") else None)
     shape = written.shape if encoding.argmax else (encoding.channels, *written.shape)
     fingerprint = functools.partial(array_fingerprint, run.source.image, len(run.window))  # at the start, and the end
     record = _record(job, in_spec, run, shape, encoding, layout, fingerprint())

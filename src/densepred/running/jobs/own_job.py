@@ -156,7 +156,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     if previous is not None:
         check_same(previous, record, out_spec)
     shift = output_start(job, plan, geometry.offset)
-    placement = output_placement(job, in_spec, len(shift), shift) if out_spec.kind == "hdf5" else None
+    placement = output_placement(job, in_spec, len(shift), shift) if out_spec.kind in ("hdf5", "tiff") else None
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
