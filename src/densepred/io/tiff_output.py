@@ -6,8 +6,9 @@ with the voxel size, unit and origin of the input (``Image > Properties``). Imag
 before channels (``ZCYX``), so
 the file's array is handed to the writers as a ``(C, Z, Y, X)`` view of it.
 
-ImageJ has no float16, no BigTIFF, and leaves out a channel axis of one: such outputs keep
-tifffile's own description of their axes (``CZYX``), which densepred reads back the same.
+ImageJ has no float16, no BigTIFF, and leaves out any axis of one element (a single class, a
+single section): such outputs keep tifffile's own description of their axes (``CZYX``), which
+densepred reads back as written.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def create_tiff(path: Path, shape: tuple[int, ...], dtype: np.dtype, channel_axi
 
     axes = ("C" if channel_axis else "") + "ZYX"[3 - len(shape) + channel_axis:]
     bigtiff = int(np.prod(shape)) * dtype.itemsize > TIFF_LIMIT
-    if bigtiff or dtype.name not in IMAGEJ_DTYPES or (channel_axis and shape[0] == 1):
+    if bigtiff or dtype.name not in IMAGEJ_DTYPES or min(shape) == 1:
         # grey pages, never RGB (tifffile takes 3 or 4 classes, or an x extent of 3 or 4, for colour samples)
         return tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=bigtiff, photometric="minisblack",
                                metadata={"axes": axes})
