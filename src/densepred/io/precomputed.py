@@ -28,6 +28,7 @@ import json
 import lzma
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,40 +71,62 @@ def scale_of(info: dict[str, Any], folder: Path, key: str | None) -> dict[str, A
     return found
 
 
+@dataclass(frozen=True)
+class Scale:
+    """One scale of a volume as its ``info`` describes it, x first."""
+
+    key: str
+    size: tuple[int, ...]
+    offset: tuple[int, ...]  # voxel_offset
+    chunk: tuple[int, ...]
+    channels: int
+    encoding: str
+    dtype: np.dtype
+    sharding: Any
+
+
+def read_scale(folder: Path, key: str | None) -> Scale:
+    """The scale ``key`` names (the first where None), checked; else one line saying why not."""
+    info = read_info(folder)
+    scale = scale_of(info, folder, key)
+    try:
+        found = Scale(str(scale.get("key", "")).strip("/"), tuple(int(n) for n in scale["size"]),
+                      tuple(int(n) for n in scale.get("voxel_offset") or (0, 0, 0)),
+                      tuple(int(n) for n in scale["chunk_sizes"][0]), int(info.get("num_channels", 1)),
+                      str(scale.get("encoding", "raw")).lower(), np.dtype(_data_type(info)), scale.get("sharding"))
+        if not all(len(v) == 3 for v in (found.size, found.offset, found.chunk)) or \
+                min(*found.chunk, *found.size, found.channels) < 1:
+            raise ValueError("size, voxel_offset and chunk_sizes need 3 values each (x, y, z), sizes from 1")
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise DensePredError(f"cannot open the precomputed volume {folder}: its info does not describe a scale "
+                             f"of numbers ({type(exc).__name__}: {exc})") from None
+    if found.encoding not in ENCODINGS:
+        raise DensePredError(f"cannot read {folder}:{found.key}: its chunks are encoded {found.encoding!r}; "
+                             f"densepred reads the image encodings {', '.join(ENCODINGS)} (a segmentation is no input)")
+    return found
+
+
+def _data_type(info: dict[str, Any]) -> str:
+    name = str(info["data_type"]).lower()
+    if name not in DATA_TYPES:
+        raise ValueError(f"data_type {name!r} is not one of {', '.join(DATA_TYPES)}")
+    return name
+
+
 class PrecomputedArray(BlockArray):
     """One scale of a precomputed volume as ``(C, z, y, x)``, or ``(z, y, x)`` for one channel."""
 
     def __init__(self, folder: Path, key: str | None):
-        info = read_info(folder)
-        scale = scale_of(info, folder, key)
-        self.folder = folder / str(scale.get("key", "")).strip("/")
-        self.store_path = f"{folder}:{scale.get('key')}"  # how a read error names the input (io.reading)
-        try:
-            self.size = tuple(int(n) for n in scale["size"])
-            self.offset = tuple(int(n) for n in scale.get("voxel_offset") or (0, 0, 0))
-            self.chunk = tuple(int(n) for n in scale["chunk_sizes"][0])
-            self.channels = int(info.get("num_channels", 1))
-            self.encoding = str(scale.get("encoding", "raw")).lower()
-            dtype = str(info["data_type"]).lower()
-            if dtype not in DATA_TYPES:
-                raise ValueError(f"data_type {dtype!r} is not one of {', '.join(DATA_TYPES)}")
-            if len(self.size) != 3 or len(self.offset) != 3 or len(self.chunk) != 3 or min(self.chunk) < 1 or \
-                    min(self.size) < 1 or self.channels < 1:
-                raise ValueError("size, voxel_offset and chunk_sizes need 3 values each (x, y, z), sizes from 1")
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
-            raise DensePredError(f"cannot open the precomputed volume {folder}: its info does not describe a scale "
-                                 f"of numbers ({type(exc).__name__}: {exc})") from None
-        if self.encoding not in ENCODINGS:
-            raise DensePredError(f"cannot read {self.store_path}: its chunks are encoded {self.encoding!r}; densepred "
-                                 f"reads the image encodings {', '.join(ENCODINGS)} (a segmentation is no input)")
-        self.dtype = np.dtype(dtype)
-        spatial = tuple(reversed(self.size))
+        scale = read_scale(folder, key)
+        self.folder = folder / scale.key
+        self.store_path = f"{folder}:{scale.key}"  # how a read error names the input (io.reading)
+        self.size, self.offset, self.chunk = scale.size, scale.offset, scale.chunk
+        self.channels, self.encoding, self.dtype = scale.channels, scale.encoding, scale.dtype
         lead = (self.channels,) if self.channels > 1 else ()
-        self.shape = (*lead, *spatial)
+        self.shape = (*lead, *reversed(self.size))
         self.chunks = (*lead, *reversed(self.chunk))
         self.ndim = len(self.shape)
-        sharding = scale.get("sharding")
-        self.sharding = Shards(self.folder, sharding, self.grid) if sharding else None
+        self.sharding = Shards(self.folder, scale.sharding, self.grid) if scale.sharding else None
 
     @property
     def grid(self) -> tuple[int, ...]:
