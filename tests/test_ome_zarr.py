@@ -307,3 +307,31 @@ def test_an_hdf5_output_carries_where_its_voxels_lie_as_cremi_attributes(config,
         assert placement.voxel_size == pytest.approx(size)
         assert placement.translation == pytest.approx(offset)
         assert placement.unit == unit
+
+
+@pytest.mark.parametrize("kind", ["ome c, x, y, z", "dimension names x, y, z"])
+def test_an_input_stored_x_first_is_placed_in_the_order_it_is_read(config, volume, tmp_path, kind):
+    """webknossos writes its arrays ``c, x, y, z``: densepred reads them as (C, Z, Y, X), and
+    their voxel size and position, listed x first, must be put in that order too (the z size
+    of 40 nm was taken for x)."""
+    stored = np.ascontiguousarray(volume[:, :40, :36].T)  # x, y, z (the values in this order: test_input_axes)
+    if kind.startswith("ome"):
+        group = zarr.open_group(tmp_path / "wk.zarr", mode="w")
+        group.create_array("0", data=stored[None], chunks=(1, 16, 16, 8), dimension_names=["c", "x", "y", "z"])
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+            "axes": [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": "nanometer"}
+                                                          for a in "xyz"],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [1, 4, 4, 40]}, {"type": "translation", "translation": [0, 12, 8, 400]}]}]}]}
+    else:
+        array = zarr.create_array(tmp_path / "wk.zarr", data=stored, chunks=(16, 16, 8),
+                                  dimension_names=["x", "y", "z"])
+        array.attrs.update({"voxel_size": [4, 4, 40], "offset": [12, 8, 400], "units": ["nm"] * 3})
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--levels", "2", "--mirror",
+                   input_spec=str(tmp_path / "wk.zarr")) == 0
+    out = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    assert out["0"].shape[1:] == (15, 40, 36)
+    level0, level1 = (d["coordinateTransformations"] for d in out.attrs["ome"]["multiscales"][0]["datasets"])
+    assert level0 == [{"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]},
+                      {"type": "translation", "translation": [0.0, 400.0, 8.0, 12.0]}]
+    assert level1[0]["scale"] == [1.0, 40.0, 8.0, 8.0]  # the pyramid halves y and x, not z

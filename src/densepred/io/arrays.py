@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import axis_letters, channel_first
-from .ome_zarr import Placement, attribute_placement, ome_placement
+from .ome_zarr import Placement, attribute_placement, in_zyx_order, ome_placement, spatial_letters
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
 
@@ -263,7 +263,8 @@ def _zarr_placement(spec: ArraySpec) -> Placement | None:
         parent_key, _, dataset = (spec.key or "").rpartition("/")
         group = root[parent_key] if parent_key else root
         placed = ome_placement(dict(group.attrs), dataset) if isinstance(group, zarr.Group) and dataset else None
-        return placed or attribute_placement(node.attrs)
+        return placed or in_zyx_order(attribute_placement(node.attrs),
+                                      spatial_letters(axis_letters(_dimension_names(node))))
     dataset = _first_level_path(node)
     return None if dataset is None else ome_placement(dict(node.attrs), dataset)
 

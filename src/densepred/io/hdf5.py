@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DensePredError, listed
 from .axes import axis_letters, channel_first
-from .ome_zarr import Placement, attribute_placement, checked_placement, space_unit
+from .ome_zarr import Placement, attribute_placement, checked_placement, in_zyx_order, space_unit, spatial_letters
 from .reading import BoxArray
 
 BDV_CELLS = re.compile(r"t\d+/s(\d+)/(\d+)/cells$")  # BigDataViewer: time point, setup, level
@@ -141,7 +141,9 @@ def placement_of(handle: Any, path: Path, name: str) -> Placement | None:
     if found is not None:
         factors = handle[f"s{found.group(1)}/resolutions"][int(found.group(2))]
         return bdv_placement(path, int(found.group(1)), [float(f) for f in factors])
-    return attribute_placement({k: _plain(v) for k, v in handle[name].attrs.items()})
+    dataset = handle[name]
+    return in_zyx_order(attribute_placement({k: _plain(v) for k, v in dataset.attrs.items()}),
+                        spatial_letters(_axes(dataset)))
 
 
 def bdv_placement(path: Path, setup: int, factors: list[float]) -> Placement | None:

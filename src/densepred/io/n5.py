@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError, listed
-from .ome_zarr import Placement, checked_placement, space_unit
+from .ome_zarr import Placement, checked_placement, in_zyx_order, space_unit, spatial_letters
 from .reading import BlockArray
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
@@ -197,10 +197,16 @@ def n5_axes(folder: Path) -> str | None:
 def n5_placement(folder: Path, spatial: int | None = None) -> Placement | None:
     """Where the dataset's voxels lie (its last ``spatial`` axes in densepred's order: by
     default those its ``axes`` name z, y or x, else up to 3), from the attributes of the
-    dataset and of the group above it; None where neither says."""
+    dataset and of the group above it, put in z, y, x order where ``axes`` order them
+    otherwise; None where neither says."""
+    axes = n5_axes(folder)
+    return in_zyx_order(_stored_placement(folder, spatial, axes), spatial_letters(axes))
+
+
+def _stored_placement(folder: Path, spatial: int | None, axes: str | None) -> Placement | None:
+    """:func:`n5_placement` in the order of the stored axes, reversed."""
     own, parent = attributes(folder), attributes(folder.parent)
     if spatial is None:
-        axes = n5_axes(folder)
         spatial = sum(a in "ZYX" for a in axes) if axes else min(3, len(own.get("dimensions") or ()))
     try:
         if isinstance(own.get("transform"), dict):

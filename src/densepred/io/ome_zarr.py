@@ -164,6 +164,28 @@ def checked_placement(voxel: Sequence[float], shift: Sequence[float], unit: str 
     return Placement(voxel, shift, unit)
 
 
+def in_zyx_order(placement: Placement | None, letters: str | None) -> Placement | None:
+    """``placement``, whose spatial axes are named by ``letters`` in its order (``XYZ`` for
+    webknossos' arrays, say), in the z, y, x order densepred reads the array in
+    (:func:`~.axes.channel_first` puts its axes so); unchanged where the letters do not name
+    each of its axes once as z, y or x.
+
+        >>> in_zyx_order(Placement((4.0, 5.0, 40.0), (1.0, 2.0, 3.0)), "XYZ").voxel_size
+        (40.0, 5.0, 4.0)
+    """
+    if placement is None or not letters or len(letters) != len(placement.voxel_size) or \
+            len(set(letters)) != len(letters) or not set(letters) <= set("ZYX"):
+        return placement
+    order = sorted(range(len(letters)), key=lambda i: "ZYX".index(letters[i]))
+    return Placement(tuple(placement.voxel_size[i] for i in order), tuple(placement.translation[i] for i in order),
+                     placement.unit)
+
+
+def spatial_letters(letters: str | None) -> str | None:
+    """The spatial ones (z, y, x) of axis letters, in their order; None for None."""
+    return None if letters is None else "".join(a for a in letters if a in "ZYX")
+
+
 def attribute_placement(attributes: Any) -> Placement | None:
     """The placement an array's own attributes give, as funlib, gunpowder and daisy write them
     and the CREMI files hold: ``voxel_size`` (or ``resolution``) and ``offset``, spatial axes
@@ -192,10 +214,11 @@ def ome_placement(group_attributes: dict[str, Any], dataset_path: str) -> Placem
         scale, shift = ome_transform(multiscale, dataset_path)
         spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
         units = {axes[i].get("unit") for i in spatial}
+        letters = "".join(str(axes[i].get("name", "")).upper() for i in spatial)
     except (TypeError, KeyError, IndexError, StopIteration, AttributeError, ValueError):
         return None
-    return checked_placement([scale[i] for i in spatial], [shift[i] for i in spatial],
-                             units.pop() if len(units) == 1 else None)
+    return in_zyx_order(checked_placement([scale[i] for i in spatial], [shift[i] for i in spatial],
+                                          units.pop() if len(units) == 1 else None), letters)
 
 
 def ome_transform(multiscale: dict[str, Any], dataset_path: str) -> tuple[list[float], list[float]]:
