@@ -146,3 +146,21 @@ def test_a_precomputed_volume_opens_by_its_info_file_with_its_scales_placed_as_i
     [(_, two, _)] = get_reader(str(DATA / "sharded-murmur"))(str(DATA / "sharded-murmur"))
     assert two["channel_axis"] == 0
     assert get_reader(str(tmp_path / "o.zarr" / "zarr.json")) is None
+
+
+def test_an_image_stored_x_first_opens_in_z_y_x_order_under_its_prediction(config, tmp_path):
+    """webknossos stores ``c, x, y, z``: the layer is put in z, y, x order, as densepred reads
+    and predicts it, so the prediction lies over it."""
+    volume = np.random.default_rng(6).random((9, 30, 26), dtype=np.float32)
+    group = zarr.open_group(tmp_path / "wk.zarr", mode="w")
+    group.create_array("0", data=np.ascontiguousarray(volume.T)[None], chunks=(1, 16, 16, 9),
+                       dimension_names=["c", "x", "y", "z"])
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space"} for a in "xyz"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 4, 5, 40]}]}]}]}
+    [(data, image, _)] = get_reader(str(tmp_path / "wk.zarr"))(str(tmp_path / "wk.zarr"))
+    np.testing.assert_array_equal(np.asarray(data)[0], volume)
+    assert (image["scale"], image["axis_labels"], image["channel_axis"]) == ([40.0, 5.0, 4.0], ["z", "y", "x"], 0)
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=str(tmp_path / "wk.zarr")) == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    assert (output["scale"], output["translate"]) == (image["scale"], image["translate"])

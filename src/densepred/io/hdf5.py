@@ -135,15 +135,16 @@ def hdf5_placement(path: Path, key: str | None) -> Placement | None:
         return placement_of(handle, path, dataset_name(handle, path, key))
 
 
-def placement_of(handle: Any, path: Path, name: str) -> Placement | None:
-    """:func:`hdf5_placement` of dataset ``name`` in the open file ``handle`` (at ``path``)."""
+def placement_of(handle: Any, path: Path, name: str, read_order: bool = True) -> Placement | None:
+    """:func:`hdf5_placement` of dataset ``name`` in the open file ``handle`` (at ``path``): in
+    the order densepred reads its axes in, or with ``read_order=False`` in the stored order."""
     found = BDV_CELLS.search(name) if _bdv_volume(handle, name) else None
     if found is not None:
         factors = handle[f"s{found.group(1)}/resolutions"][int(found.group(2))]
         return bdv_placement(path, int(found.group(1)), [float(f) for f in factors])
     dataset = handle[name]
-    return in_zyx_order(attribute_placement({k: _plain(v) for k, v in dataset.attrs.items()}),
-                        spatial_letters(_axes(dataset)))
+    stored = attribute_placement({k: _plain(v) for k, v in dataset.attrs.items()})
+    return in_zyx_order(stored, spatial_letters(_axes(dataset))) if read_order else stored
 
 
 def bdv_placement(path: Path, setup: int, factors: list[float]) -> Placement | None:

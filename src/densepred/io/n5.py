@@ -194,13 +194,15 @@ def n5_axes(folder: Path) -> str | None:
     return axis_letters(list(reversed(names)))
 
 
-def n5_placement(folder: Path, spatial: int | None = None) -> Placement | None:
+def n5_placement(folder: Path, spatial: int | None = None, read_order: bool = True) -> Placement | None:
     """Where the dataset's voxels lie (its last ``spatial`` axes in densepred's order: by
     default those its ``axes`` name z, y or x, else up to 3), from the attributes of the
     dataset and of the group above it, put in z, y, x order where ``axes`` order them
-    otherwise; None where neither says."""
+    otherwise (not with ``read_order=False``: the stored axes reversed); None where neither
+    says."""
     axes = n5_axes(folder)
-    return in_zyx_order(_stored_placement(folder, spatial, axes), spatial_letters(axes))
+    stored = _stored_placement(folder, spatial, axes)
+    return in_zyx_order(stored, spatial_letters(axes)) if read_order else stored
 
 
 def _stored_placement(folder: Path, spatial: int | None, axes: str | None) -> Placement | None:

@@ -84,10 +84,13 @@ def _levels(image: dict[str, Any], group: Any) -> list[Any]:
 
 
 def read_ome_zarr(path: str) -> list[LayerData]:
+    """An OME-Zarr image as a multiscale layer, its spatial axes in z, y, x order as densepred
+    reads (and predicts) it, so an image stored x first lies under its prediction."""
     ome, image, group = ome_metadata(path)
-    axes = [a["name"] for a in image["axes"]]
-    levels = _levels(image, group)
-    scale, translate = ome_transform(image, image["datasets"][0]["path"])
+    order = read_order([str(a["name"]).lower() for a in image["axes"]])
+    axes = [str(image["axes"][i]["name"]).lower() for i in order]
+    levels = [level.transpose(order) for level in _levels(image, group)]
+    scale, translate = ([float(v[i]) for i in order] for v in ome_transform(image, image["datasets"][0]["path"]))
     spatial = [i for i, a in enumerate(axes) if a != "c"]
     kwargs: dict[str, Any] = {"name": Path(path).stem, "scale": [scale[i] for i in spatial],
                               "translate": [translate[i] for i in spatial], "multiscale": len(levels) > 1,
@@ -101,6 +104,15 @@ def read_ome_zarr(path: str) -> list[LayerData]:
             kwargs["contrast_limits"] = (window["start"], window["end"])
         return [(data, kwargs, "image")]
     return [(data, kwargs, "labels" if "image-label" in ome else "image")]
+
+
+def read_order(axes: list[str]) -> list[int]:
+    """The axes of an image, their other axes (time, channels) first as they are, then the
+    spatial ones in z, y, x order where they are named so."""
+    spatial = [i for i, a in enumerate(axes) if a in ("z", "y", "x")]
+    if len({axes[i] for i in spatial}) != len(spatial):
+        return list(range(len(axes)))
+    return [i for i in range(len(axes)) if i not in spatial] + sorted(spatial, key=lambda i: "zyx".index(axes[i]))
 
 
 def read_hdf5(path: str) -> list[LayerData]:
@@ -117,7 +129,7 @@ def read_hdf5(path: str) -> list[LayerData]:
             chunks = item.chunks or tuple(min(64, n) for n in item.shape)
             labels = np.issubdtype(item.dtype, np.integer) and Path(name).name.lower().startswith("label")
             kwargs = {"name": f"{Path(path).stem}:{name}", "metadata": {SOURCE_KEY: f"{path}:{name}"}}
-            placement = placement_of(handle, Path(path), name)
+            placement = placement_of(handle, Path(path), name, read_order=False)  # the layer keeps the file's order
             if placement is not None and len(placement.voxel_size) == item.ndim:
                 kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
             layers.append((da.from_array(values(handle, item), chunks=chunks), kwargs,
@@ -166,7 +178,7 @@ def _n5_layer(folder: Path, name: str, spec: str) -> LayerData:
     kwargs: dict[str, Any] = {"name": name, "multiscale": len(levels) > 1, "metadata": {SOURCE_KEY: spec}}
     if "C" in axes:
         kwargs["channel_axis"] = axes.index("C")
-    placement = n5_placement(paths[0])
+    placement = n5_placement(paths[0], read_order=False)  # the layer keeps the stored order (reversed)
     if placement is not None:  # other axes than space (time) in front: 1 and 0
         lead = arrays[0].ndim - ("C" in axes) - len(placement.voxel_size)
         kwargs.update(scale=[1.0] * lead + list(placement.voxel_size),
