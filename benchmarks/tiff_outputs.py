@@ -1,0 +1,69 @@
+"""TIFF outputs written as ImageJ hyperstacks (classes as channels, z before them in the file)
+against the same output written as plain pages, classes first.
+
+A hyperstack's tile is written through a (C, Z, Y, X) view of a memory map stored (Z, C, Y, X),
+so each class of a tile lands in other pages than in the plain layout. The script predicts one
+EM-like uint8 zarr volume with the near-free 1x1x1 net of ``pipeline_ceiling.py`` (two classes,
+where writing weighs the most) into a TIFF, float32 and uint8, with this checkout's ``src`` and
+with another (``--src``: the commit before the hyperstacks), in turn, each run a fresh process:
+its wall time and peak resident set.
+
+    python benchmarks/tiff_outputs.py --src /path/to/old/src      # 64 x 1024 x 1024, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_ceiling import textured_volume, trivial_net
+from tiff_inputs import CHUNKS
+
+HERE = Path(__file__).resolve().parent.parent / "src"
+
+
+def run(src: Path, config: Path, source: Path, output: Path, dtype: str) -> tuple[float, float]:
+    """Seconds and peak resident GiB of one prediction with the package at ``src``."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHUNKS, "predict", str(config), "--input", str(source), "--output",
+                           str(output), "--overwrite", "--quiet", "--dtype", dtype], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    seconds = time.perf_counter() - start
+    peak = re.search(r"peak_kib (\d+)", done.stderr)
+    if done.returncode != 0 or peak is None:
+        raise SystemExit(f"the prediction into {output} failed: {done.stderr.strip()[-500:]}")
+    return seconds, int(peak[1]) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, required=True, help="the other checkout's src folder")
+    parser.add_argument("--shape", default="64,1024,1024")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split(","))
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        config, source = trivial_net(work), textured_volume(work / "in.zarr", shape)
+        print(f"volume {'x'.join(map(str, shape))} uint8, two classes into TIFF; median seconds (runs), peak GiB")
+        for dtype in ("float32", "uint8"):
+            results: dict[str, list[tuple[float, float]]] = {"this src": [], "other src": []}
+            for _ in range(args.rounds):
+                for way, src in (("this src", HERE), ("other src", args.src)):
+                    results[way].append(run(src, config, source, work / "o.tif", dtype))
+            print(f"  {dtype}: " + ", ".join(
+                f"{way} {statistics.median(s for s, _ in runs):.2f} s ({' '.join(f'{s:.2f}' for s, _ in runs)}; "
+                f"peak {max(p for _, p in runs):.2f} GiB)" for way, runs in results.items()))
+
+
+if __name__ == "__main__":
+    main()
