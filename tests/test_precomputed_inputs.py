@@ -132,6 +132,10 @@ def test_precomputed_mistakes_are_one_line(tmp_path, capsys):
     chunk.write_bytes(chunk.read_bytes()[:100])
     one_error_line(capsys, predict(str(tmp_path / "em")), "chunk [1, 1, 1] of ")  # z, y, x
     one_error_line(capsys, predict(str(tmp_path / "em"), "em-copy"), "unsupported format")
+    one_error_line(capsys, main(["predict", str(config), "--input", str(tmp_path / "em"), "--output",
+                                 f"precomputed://{tmp_path / 'out'}", "--quiet"]), "densepred reads but does not write")
+    one_error_line(capsys, predict(str(tmp_path / "em"), "seg"), "densepred reads but does not write")
+    one_error_line(capsys, predict(str(tmp_path / "nothere")), "input not found")
 
 
 def test_a_resume_over_a_changed_chunk_is_refused_and_a_scale_added_beside_is_no_change(tmp_path, capsys, caplog):

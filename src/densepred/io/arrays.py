@@ -67,6 +67,9 @@ class ArraySpec:
         if parsed.time is not None:
             raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "
                                  f"output is a whole array (e.g. {parsed.array_text})")
+        if spec.startswith(PRECOMPUTED) or is_precomputed(parsed.path):
+            raise DensePredError(f"output {spec!r} is a neuroglancer precomputed volume, which densepred reads but "
+                                 "does not write; write OME-Zarr (out.zarr), which neuroglancer opens as zarr://")
         return parsed
 
     @classmethod
@@ -131,9 +134,9 @@ def _check_key(key: str, spec: str) -> None:
 def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     """An array-like (``shape``, ``dtype``, slicing) for a spec, read lazily where possible."""
     spec = spec if isinstance(spec, ArraySpec) else ArraySpec.parse(spec, base)
-    kind = spec.kind
     if not spec.path.exists():
         raise DensePredError(f"input not found: {spec.path}")
+    kind = spec.kind
     try:
         if kind in OPENERS:
             return OPENERS[kind](spec)
