@@ -73,11 +73,12 @@ def write_stack(path: Path, shape: tuple[int, int, int], options: dict) -> None:
                      **options)
 
 
-def run(program: str, config: Path, source: Path, output: Path) -> tuple[float, float]:
+def run(program: str, config: Path, source: Path, output: Path, options: tuple[str, ...] = ("--dtype", "uint8",
+        "--levels", "1"), env: dict[str, str] | None = None) -> tuple[float, float]:
     """Seconds and peak resident GiB of one prediction in a fresh process."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", program, "predict", str(config), "--input", str(source), "--output",
-                           str(output), "--overwrite", "--quiet", "--dtype", "uint8", "--levels", "1"],
+                           str(output), "--overwrite", "--quiet", *options], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     seconds = time.perf_counter() - start
     peak = re.search(r"peak_kib (\d+)", done.stderr)

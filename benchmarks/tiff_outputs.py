@@ -15,33 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_ceiling import textured_volume, trivial_net
-from tiff_inputs import CHUNKS
+from tiff_inputs import CHUNKS, run
 
 HERE = Path(__file__).resolve().parent.parent / "src"
-
-
-def run(src: Path, config: Path, source: Path, output: Path, dtype: str) -> tuple[float, float]:
-    """Seconds and peak resident GiB of one prediction with the package at ``src``."""
-    env = dict(os.environ, PYTHONPATH=str(src))
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHUNKS, "predict", str(config), "--input", str(source), "--output",
-                           str(output), "--overwrite", "--quiet", "--dtype", dtype], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
-    seconds = time.perf_counter() - start
-    peak = re.search(r"peak_kib (\d+)", done.stderr)
-    if done.returncode != 0 or peak is None:
-        raise SystemExit(f"the prediction into {output} failed: {done.stderr.strip()[-500:]}")
-    return seconds, int(peak[1]) / 2**20
 
 
 def main() -> None:
@@ -59,7 +42,8 @@ def main() -> None:
             results: dict[str, list[tuple[float, float]]] = {"this src": [], "other src": []}
             for _ in range(args.rounds):
                 for way, src in (("this src", HERE), ("other src", args.src)):
-                    results[way].append(run(src, config, source, work / "o.tif", dtype))
+                    results[way].append(run(CHUNKS, config, source, work / "o.tif", ("--dtype", dtype),
+                                            dict(os.environ, PYTHONPATH=str(src))))
             print(f"  {dtype}: " + ", ".join(
                 f"{way} {statistics.median(s for s, _ in runs):.2f} s ({' '.join(f'{s:.2f}' for s, _ in runs)}; "
                 f"peak {max(p for _, p in runs):.2f} GiB)" for way, runs in results.items()))
