@@ -234,7 +234,7 @@ def test_the_output_lies_where_the_input_lies_in_physical_space(config, volume, 
                     [t + i * v for t, i, v in zip(shift, source_voxel, voxel_size, strict=True)])
 
 
-@pytest.mark.parametrize("kind", ["cremi hdf5", "funlib zarr", "imagej tiff", "ome tiff"])
+@pytest.mark.parametrize("kind", ["cremi hdf5", "funlib zarr", "imagej tiff", "ome tiff", "fiji hdf5"])
 def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyramid(config, volume, tmp_path, kind):
     """CREMI's HDF5 files and funlib/daisy's zarr arrays carry ``resolution`` (or ``voxel_size``)
     and ``offset``, z first, in physical units; Fiji's TIFFs their calibration (resolution tags,
@@ -245,7 +245,7 @@ def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyra
 
     import densepred
 
-    offset, unit = (400, 8, 12), "nanometer"
+    offset, unit, voxel = (400, 8, 12), "nanometer", (40, 4, 4)
     if kind == "cremi hdf5":
         with h5py.File(tmp_path / "sample.h5", "w") as f:
             f["volumes/raw"] = volume
@@ -262,6 +262,12 @@ def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyra
         tifffile.imwrite(spec, volume, imagej=True, resolution=(0.25, 0.25),
                          metadata={"axes": "ZYX", "spacing": 40, "unit": "nm", "zorigin": -10, "yorigin": -2,
                                    "xorigin": -3})
+    elif kind == "fiji hdf5":  # Fiji's HDF5 plugin: element_size_um, z first
+        with h5py.File(tmp_path / "fiji.h5", "w") as f:
+            f["data"] = volume
+            f["data"].attrs["element_size_um"] = np.array([0.04, 0.004, 0.004])
+        spec, offset, unit = f"{tmp_path / 'fiji.h5'}:data", (0, 0, 0), "micrometer"
+        voxel = (0.04, 0.004, 0.004)
     else:  # z in micrometres, y and x in nanometres
         spec, offset = str(tmp_path / "bio.ome.tif"), (0, 0, 0)
         tifffile.imwrite(spec, volume, metadata={"axes": "ZYX", "PhysicalSizeZ": 0.04, "PhysicalSizeY": 4,
@@ -271,10 +277,10 @@ def test_an_arrays_own_voxel_size_and_offset_place_the_output_and_shape_its_pyra
     multiscale = zarr.open_group(tmp_path / "o.zarr", mode="r").attrs["ome"]["multiscales"][0]
     border = densepred.build_net(densepred.load_config(config)).geometry.offset
     level0, level1 = (d["coordinateTransformations"] for d in multiscale["datasets"])
-    assert level0[0]["scale"] == pytest.approx([1, 40, 4, 4])
-    assert level0[1]["translation"][1:] == pytest.approx([o + b * v for o, b, v in zip(offset, border, (40, 4, 4),
+    assert level0[0]["scale"] == pytest.approx([1, *voxel])
+    assert level0[1]["translation"][1:] == pytest.approx([o + b * v for o, b, v in zip(offset, border, voxel,
                                                                                        strict=True)])
-    assert level1[0]["scale"] == pytest.approx([1, 40, 8, 8])
+    assert level1[0]["scale"] == pytest.approx([1, voxel[0], voxel[1] * 2, voxel[2] * 2])
     assert {a.get("unit") for a in multiscale["axes"][1:]} == {unit}
 
 

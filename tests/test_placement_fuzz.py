@@ -33,7 +33,7 @@ MULTISCALE = st.fixed_dictionaries({}, optional={
         "coordinateTransformations": st.one_of(st.lists(TRANSFORM, max_size=3), ANY)}), max_size=2),
     "coordinateTransformations": st.one_of(st.lists(TRANSFORM, max_size=2), ANY)})
 ATTRIBUTES = st.dictionaries(st.sampled_from(["voxel_size", "resolution", "offset", "units", "pixelResolution",
-                                              "downsamplingFactors", "axes", "transform"]),
+                                              "element_size_um", "downsamplingFactors", "axes", "transform"]),
                              st.one_of(VALUE, st.fixed_dictionaries({}, optional={
                                  "axes": st.one_of(NAMES, LIST), "scale": st.one_of(SIZES, LIST),
                                  "translate": st.one_of(SIZES, LIST), "units": LIST,

@@ -189,9 +189,13 @@ def spatial_letters(letters: str | None) -> str | None:
 def attribute_placement(attributes: Any) -> Placement | None:
     """The placement an array's own attributes give, as funlib, gunpowder and daisy write them
     and the CREMI files hold: ``voxel_size`` (or ``resolution``) and ``offset``, spatial axes
-    only, z first, ``offset`` the position of voxel 0 in the same units; ``units`` names them."""
+    only, z first, ``offset`` the position of voxel 0 in the same units; ``units`` names them.
+    Else Fiji's HDF5 plugin's (and PlantSeg's) ``element_size_um``, in micrometres."""
     try:
         size = attributes.get("voxel_size", attributes.get("resolution"))
+        if size is None and attributes.get("element_size_um") is not None:
+            size = [float(v) for v in attributes.get("element_size_um")]
+            return checked_placement(size, [0.0] * len(size), "micrometer")
         if size is None:
             return None
         size = [float(v) for v in size]
