@@ -66,9 +66,9 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
 
         return file_stamp(dataset_folder(spec.path, spec.key))
     if spec.kind == "precomputed":  # the scale's own folder: a scale added later is no change of this one
-        from .precomputed import PrecomputedArray
+        from .precomputed import read_scale
 
-        return file_stamp(PrecomputedArray(spec.path, spec.key).folder)
+        return file_stamp(spec.path / read_scale(spec.path, spec.key).key)
     return file_stamp(spec.path / spec.key if spec.kind == "zarr" and spec.key else spec.path)
 
 

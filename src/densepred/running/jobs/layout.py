@@ -77,6 +77,13 @@ def output_placement(job: PredictJob, in_spec: ArraySpec, dims: int, start: Sequ
     return Placement(voxel_size, translation, placed.unit)
 
 
+def file_placement(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, dims: int, start: Sequence[int],
+                   scale: Sequence[tuple[int, int]] = ()) -> Placement | None:
+    """:func:`output_placement` for an output that holds it in its own attributes (HDF5, TIFF);
+    None for the others (an OME-Zarr output's layout places it, NumPy has no room)."""
+    return output_placement(job, in_spec, dims, start, scale) if out_spec.kind in ("hdf5", "tiff") else None
+
+
 def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> Placement | None:
     """The input's voxel size, the position of its voxel 0 and the unit: the job's voxel size
     where it gives one (the input's position kept in voxels), else the input's own, else None."""

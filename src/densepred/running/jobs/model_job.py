@@ -50,7 +50,7 @@ from ..compute.sink import NonFinite, Sink
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import layout_for, output_placement
+from .layout import file_placement, layout_for
 
 log = logging.getLogger("densepred")
 
@@ -132,8 +132,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     encoding = Encoding(written.channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
     layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
-    placement = (output_placement(job, in_spec, len(written.shape), run.contract.crop, run.contract.scale)
-                 if out_spec.kind in ("hdf5", "tiff") else None)
+    placement = file_placement(job, in_spec, out_spec, len(written.shape), run.contract.crop, run.contract.scale)
     shape = written.shape if encoding.argmax else (encoding.channels, *written.shape)
     fingerprint = functools.partial(array_fingerprint, run.source.image, len(run.window))  # at the start, and the end
     record = _record(job, in_spec, run, shape, encoding, layout, fingerprint())

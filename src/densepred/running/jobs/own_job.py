@@ -47,7 +47,7 @@ from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import ome_layout, output_placement, output_start
+from .layout import file_placement, ome_layout, output_start
 
 log = logging.getLogger("densepred")
 
@@ -156,7 +156,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     if previous is not None:
         check_same(previous, record, out_spec)
     shift = output_start(job, plan, geometry.offset)
-    placement = output_placement(job, in_spec, len(shift), shift) if out_spec.kind in ("hdf5", "tiff") else None
+    placement = file_placement(job, in_spec, out_spec, len(shift), shift)
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
     chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
