@@ -69,6 +69,29 @@ def test_a_corrupt_chunk_in_a_model_run_is_one_line_naming_the_chunk(zarr_input,
     assert not complete(tmp_path / "out.zarr")
 
 
+def test_a_corrupt_label_chunk_of_training_data_is_one_line_naming_the_chunk(tmp_path, capsys):
+    """Found by the damaged-files campaign: labels were read around the reader that names a
+    damaged chunk, so one stopped training with zarr's traceback."""
+    rng = np.random.default_rng(6)
+    zarr.create_array(tmp_path / "raw.zarr", shape=(60, 55), chunks=(30, 30), dtype="float32")[:] = (
+        rng.random((60, 55), dtype=np.float32))
+    labels = zarr.create_array(tmp_path / "lab.zarr", shape=(60, 55), chunks=(30, 30), dtype="uint8")
+    labels[:] = rng.integers(0, 2, (60, 55), dtype=np.uint8)
+    (tmp_path / "lab.zarr" / "c" / "1" / "0").write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    (tmp_path / "net.toml").write_text("""name = "tiny"
+[network]
+dims = 2
+in_channels = 1
+n_classes = 2
+layers = [{ filters = 4, kernel = 3 }]
+[training]
+data = [{ raw = "raw.zarr", label = "lab.zarr" }]
+patch_size = 9
+steps = 2
+""")
+    one_error_line(capsys, main(["train", str(tmp_path / "net.toml")]), "chunk [1, 0] of ")
+
+
 def test_a_truncated_hdf5_input_is_one_line(config, tmp_path, capsys):
     with h5py.File(tmp_path / "in.h5", "w") as f:
         f.create_dataset("raw", data=np.random.default_rng(4).random(SHAPE, dtype=np.float32))

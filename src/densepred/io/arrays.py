@@ -34,6 +34,7 @@ from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, in_zyx_order, ome_placement, spatial_letters
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
+from .reading import reason
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
@@ -131,6 +132,10 @@ def _check_key(key: str, spec: str) -> None:
                              "relative and must not contain '.', '..' or empty parts (e.g. file.zarr:pred/membranes)")
 
 
+FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV",
+                "precomputed": "neuroglancer precomputed"}
+
+
 def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     """An array-like (``shape``, ``dtype``, slicing) for a spec, read lazily where possible."""
     spec = spec if isinstance(spec, ArraySpec) else ArraySpec.parse(spec, base)
@@ -147,10 +152,13 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
         if kind == "npy":
             return np.load(spec.path, mmap_mode="r", allow_pickle=False)
         return _read_csv(spec.path)
-    except DensePredError:
+    except (DensePredError, MemoryError):
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         raise DensePredError(f"cannot read {spec}: {exc}") from None
+    except Exception as exc:  # a damaged file: its reader fails in its own way (KeyError, TypeError, ...)
+        raise DensePredError(f"cannot read {spec}: {reason(exc)}; it is damaged, or not a valid "
+                             f"{FORMAT_NAMES.get(kind, kind)} file") from None
 
 
 def _open_hdf5(spec: ArraySpec) -> Any:
@@ -283,11 +291,13 @@ def _n5_placement(spec: ArraySpec) -> Placement | None:
 
 def _first_level_path(group: Any) -> str | None:
     attrs = dict(group.attrs)
-    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    ome = attrs.get("ome")
+    multiscales = (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
     try:
-        return multiscales[0]["datasets"][0]["path"]
+        path = multiscales[0]["datasets"][0]["path"]
     except (TypeError, KeyError, IndexError):
         return None
+    return path if isinstance(path, str) else None
 
 
 def _open_tiff(spec: ArraySpec) -> Any:

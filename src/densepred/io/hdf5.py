@@ -50,6 +50,10 @@ def values(handle: Any, dataset: Any) -> Any:
 def dataset_name(handle: Any, path: Path, key: str | None) -> str:
     """The dataset a spec's ``key`` names: itself, a BigDataViewer view's full resolution, or
     the file's only dataset; else one line listing the datasets."""
+    import h5py
+
+    if key is not None and isinstance(handle.get(key), h5py.Dataset):
+        return key  # the file's other objects are not visited (thousands in a BigDataViewer file)
     datasets = hdf5_datasets(handle)
     if key is not None and key not in datasets and f"{key}/0/cells" in datasets:  # a BigDataViewer view
         return f"{key}/0/cells"

@@ -9,6 +9,7 @@ prediction apply the same rule, so a net sees the same values in both.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from .reading import read_box
 
 log = logging.getLogger("densepred")
 _WARNED: set[str] = set()  # integer dtypes warned about, once per process
+MAX_VOXELS = 2**60  # an exavoxel: beyond any volume, and within NumPy's int64 indexing
 
 
 class ChannelFirst:
@@ -65,6 +67,9 @@ class ChannelFirst:
                                  "booleans)")
         if 0 in shape:
             raise DensePredError(f"image of shape {list(shape)} has an empty axis: there is nothing to predict")
+        if math.prod(shape) > MAX_VOXELS:
+            raise DensePredError(f"image of shape {list(shape)} holds {math.prod(shape):.3g} values, more than any "
+                                 f"volume densepred predicts (2^60); its file's metadata may be damaged")
         if np.issubdtype(self.dtype, np.integer) and self.dtype.itemsize >= 4 and self.dtype.str not in _WARNED:
             _WARNED.add(self.dtype.str)
             log.warning("image dtype %s: its values are divided by %d (the dtype's maximum), so images that use "

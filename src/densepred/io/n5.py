@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import struct
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,8 @@ class N5Array(BlockArray):
         self.folder = folder
         self.store_path = str(folder)  # how a read error names the input (io.reading)
         try:
-            self.shape = tuple(int(n) for n in reversed(meta["dimensions"]))
-            self.chunks = tuple(int(n) for n in reversed(meta["blockSize"]))
+            self.shape = tuple(operator.index(n) for n in reversed(meta["dimensions"]))  # whole numbers only
+            self.chunks = tuple(operator.index(n) for n in reversed(meta["blockSize"]))
             if meta["dataType"] not in DATA_TYPES:
                 raise ValueError(f"dataType {meta['dataType']!r} is not one of {', '.join(DATA_TYPES)}")
             self.dtype = np.dtype(meta["dataType"])
@@ -114,7 +115,7 @@ class N5Array(BlockArray):
             raise DensePredError(f"cannot open the N5 dataset {folder}: its attributes.json does not describe "
                                  f"an N5 dataset of numbers ({type(exc).__name__}: {exc})") from None
         self.codec = _codec(compression, folder)
-        if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1:
+        if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1 or min(self.shape, default=0) < 0:
             raise DensePredError(f"cannot open the N5 dataset {folder}: blockSize {meta['blockSize']} does not "
                                  f"fit dimensions {meta['dimensions']}")
         self.ndim = len(self.shape)

@@ -30,6 +30,7 @@ from urllib.parse import quote
 from ..errors import DensePredError
 from .arrays import ArraySpec
 from .outputs import WRITABLE, h5_key
+from .reading import reason
 
 MARK = "densepred"  # the attribute densepred predict puts on every zarr and HDF5 output
 
@@ -160,8 +161,8 @@ def _densepred_state(spec: ArraySpec) -> Any:
             return None if value is None else json.loads(value)
         record = record_folder(spec) / "run.json"
         return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # unreadable here: the reader says so in its own words
+    except Exception:  # damaged or unreadable here: the reader says so in its own words
+        return None
 
 
 def record_folder(spec: ArraySpec) -> Path:
@@ -226,7 +227,10 @@ def _zarr_written_by_densepred(folder: Path) -> bool:
         group = zarr.open_group(folder, mode="r")
     except (OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
         return False
-    names = {name for name, _ in group.members()}
+    except Exception as exc:  # its zarr.json parses as JSON, but not as zarr metadata
+        raise DensePredError(f"cannot replace {folder}: its zarr metadata is damaged ({reason(exc)}), so whether "
+                             "densepred wrote it is unknown; delete it yourself, or choose another output") from None
+    names = {p.name for p in folder.iterdir() if p.is_dir()}  # its levels, whatever state their metadata is in
     return MARK in group.attrs and names <= {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
 
 
@@ -249,5 +253,8 @@ def _h5_file(spec: ArraySpec, mode: str) -> Iterator[Any]:
             "in another program, locked, read-only or not an HDF5 file; nothing was changed") from None
     try:
         yield handle
+    except RuntimeError as exc:  # HDF5's own structures damaged (a B-tree, an address past the end)
+        raise DensePredError(f"cannot read {spec.path}: {' '.join(str(exc).split())}; the HDF5 file is damaged; "
+                             "nothing was changed") from None
     finally:
         handle.close()

@@ -31,6 +31,7 @@ from .arrays import ArraySpec
 from .chunk_files import array_folder
 from .local_zarr import LocalZarr
 from .ome_zarr import OmeLayout, Placement, create_levels, ome_attributes
+from .reading import reason
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
 WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
@@ -228,8 +229,13 @@ def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
 
             return OutputArray(spec, open_tiff(spec.path))
         return OutputArray(spec, np.load(spec.path, mmap_mode="r+", allow_pickle=False))
+    except (DensePredError, MemoryError):
+        raise
     except (OSError, KeyError, ValueError) as exc:
         raise DensePredError(f"cannot reopen {spec} to resume: {exc}; start again with --overwrite") from None
+    except Exception as exc:  # a damaged file: its reader fails in its own way
+        raise DensePredError(f"cannot reopen {spec} to resume: {reason(exc)}; it is damaged; start again with "
+                             "--overwrite") from None
 
 
 def remove_partial_writes(folder: Path) -> int:
@@ -281,6 +287,10 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunk
                 array.attrs["units"] = [placement.unit] * len(placement.voxel_size)
         output = OutputArray(spec, array, handle=handle)
         output.set_attributes(attributes)
+    except (ValueError, RuntimeError) as exc:  # the file's own structures damaged (its heap, a B-tree)
+        handle.close()
+        raise DensePredError(f"cannot create {spec}: {reason(exc)}; the HDF5 file {spec.path} is damaged; write "
+                             "to another file") from None
     except BaseException:
         handle.close()
         raise

@@ -113,8 +113,9 @@ def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
     where = _array_name(image)
     chunks = getattr(image, "shards", None) or getattr(image, "chunks", None)
     shape = tuple(image.shape)
-    box = [(k.start or 0, shape[i] if k.stop is None else k.stop) for i, k in enumerate(key)]
-    if chunks is not None and len(chunks) == len(shape):
+    key = (*key, *[slice(None)] * (len(shape) - len(key)))
+    box = [k.indices(n)[:2] for k, n in zip(key, shape, strict=True)]
+    if chunks is not None and len(chunks) == len(shape) and all(c > 0 for c in chunks):
         grid = [range(a // c, -(-b // c)) for (a, b), c in zip(box, chunks, strict=True)]
         if 0 < math.prod(len(r) for r in grid) <= MAX_CHUNKS_SEARCHED:
             for index in itertools.product(*grid):
@@ -123,9 +124,9 @@ def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
                                                                                      strict=True))]
                 except Exception as exc:
                     return (f"chunk {list(index)} of {where} (chunk shape {list(chunks)}) is unreadable: "
-                            f"{_reason(exc)}; the input is corrupt or truncated there")
+                            f"{reason(exc)}; the input is corrupt or truncated there")
     text = ", ".join(f"{a}:{b}" for a, b in box)
-    return f"reading [{text}] of {where} failed: {_reason(error)}; the input is corrupt or truncated there"
+    return f"reading [{text}] of {where} failed: {reason(error)}; the input is corrupt or truncated there"
 
 
 def _array_name(image: Any) -> str:
@@ -138,6 +139,7 @@ def _array_name(image: Any) -> str:
     return f"the input ({type(image).__name__})"
 
 
-def _reason(error: BaseException) -> str:
+def reason(error: BaseException) -> str:
+    """An exception as one line: its type and its message."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

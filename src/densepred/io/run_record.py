@@ -38,6 +38,9 @@ log = logging.getLogger("densepred")
 RECORD_VERSION = 4  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision
 DONE_LOG = "done.log"
 RUN_JSON = "run.json"
+RECORDED_MODES = ("mfp", "dilated", "naive", "stream", "exact", "blend")  # the engines own nets and models ran
+POSITIVE = {"input_tile": "1 to 3 positive integers", "window": "1 to 3 positive integers",
+            "batch_size": "a positive integer"}
 SECTIONS = (("input", "input"), ("network", "network config or weights"),
             ("tiles", "tiling (tile, mode, batch size, mirror or region)"), ("output", "output format"))
 
@@ -130,7 +133,33 @@ def read_record(record_dir: Path) -> dict[str, Any] | None:
     if version != RECORD_VERSION:
         raise DensePredError(f"the run record {path} was written by another version of densepred (record "
                              f"version {version}, this one reads {RECORD_VERSION}); start again with --overwrite")
+    damage = record_damage(record)
+    if damage is not None:
+        raise DensePredError(f"the run record {path} is damaged: {damage}; start again with --overwrite")
     return record
+
+
+def record_damage(record: dict[str, Any]) -> str | None:
+    """What in a run record a resume cannot use (its sections, and the tiling it continues with), or None."""
+    for section, _ in SECTIONS:
+        if not isinstance(record.get(section), dict):
+            return f"its {section!r} is {_short(record.get(section))}, not a section"
+    if not isinstance(record.get("complete"), bool):
+        return f"'complete' is {_short(record.get('complete'))}, not true or false"
+    tiles = record["tiles"]
+    if tiles.get("mode") not in RECORDED_MODES:
+        return f"the tiles' mode is {_short(tiles.get('mode'))}, not one of {', '.join(RECORDED_MODES)}"
+    shapes = ("input_tile", "batch_size") if "input_tile" in tiles else ("window",)  # an own net's, a model's
+    for key in shapes:
+        value = tiles.get(key)
+        if not _is_shape([value] if key == "batch_size" else value):
+            return f"the tiles' {key} is {_short(value)}, not {POSITIVE[key]}"
+    return None
+
+
+def _is_shape(value: Any) -> bool:
+    return (isinstance(value, list) and 1 <= len(value) <= 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 for n in value))
 
 
 def write_record(record_dir: Path, record: dict[str, Any]) -> None:

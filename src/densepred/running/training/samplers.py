@@ -25,6 +25,7 @@ from ...io import ArraySpec, ChannelFirst, open_array, to_float32
 from ...io.axes import AxesView
 from ...io.images import OneSliceStack
 from ...io.output_checks import check_finished
+from ...io.reading import read_box
 
 Shape = tuple[int, ...]
 Batch = tuple[np.ndarray, np.ndarray]
@@ -110,7 +111,7 @@ class VolumeSampler:
         x = to_float32(raw.read([slice(s, s + p) for s, p in zip(start, self.patch, strict=True)]))
         box = tuple(slice(s + o, s + o + t * (m - 1) + 1, t)
                     for s, o, t, m in zip(start, g.offset, g.stride, self.out, strict=True))
-        return x, np.asarray(label[box]).astype(np.int64)
+        return x, read_box(label, box).astype(np.int64)  # a damaged chunk is one line, as for the image
 
 
 class ArraySampler:
@@ -157,7 +158,7 @@ def check_label_volume(label: Any, n_classes: int, ignore_label: int | None, whe
     per_slice = max(math.prod(shape[1:]), 1)
     step = max(1, block_voxels // per_slice)
     for start in range(0, shape[0], step):
-        block = np.asarray(label[start:start + step])
+        block = read_box(label, (slice(start, start + step),))
         check_labels(block, n_classes, ignore_label, where, (start,) + (0,) * (len(shape) - 1))
 
 
