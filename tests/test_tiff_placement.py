@@ -134,3 +134,38 @@ def test_a_tiff_output_reads_back_in_the_shape_it_was_written(tmp_path, shape, c
     read = open_array(str(tmp_path / "o.tif"))
     assert read.shape == shape
     np.testing.assert_array_equal(np.asarray(read), values)
+
+
+def test_a_tiff_output_over_4_gb_is_a_calibrated_ome_tiff_and_resumes(tmp_path, monkeypatch):
+    """ImageJ has no BigTIFF, so a large output was an uncalibrated tifffile stack; it is now an
+    OME-TIFF with the input's voxel size and unit (the limit lowered to make one here)."""
+    from densepred.interfaces.cli import main
+    from densepred.io import open_array, tiff_output
+    from tests.conftest import make_config, mark_interrupted
+
+    config = make_config(tmp_path)
+    volume = np.random.default_rng(8).random((11, 29, 31), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", volume, imagej=True, resolution=(0.25, 0.25),
+                     metadata={"axes": "ZYX", "spacing": 40, "unit": "nm"})
+
+    def predict(output, *extra):
+        return main(["predict", str(config), "--input", str(tmp_path / "in.tif"), "--output", str(tmp_path / output),
+                     "--tile", "7,19,17", "--mirror", "--quiet", *extra])
+
+    assert predict("small.tif") == 0
+    monkeypatch.setattr(tiff_output, "TIFF_LIMIT", 1000)
+    assert predict("large.tif") == 0
+    with tifffile.TiffFile(tmp_path / "large.tif") as tiff:
+        assert (tiff.is_bigtiff, tiff.is_ome, tiff.series[0].axes) == (True, True, "CZYX")
+    placement = placed(tmp_path / "large.tif")
+    assert (placement.voxel_size, placement.unit) == (pytest.approx((40, 4, 4)), "nanometer")
+    expected = np.asarray(open_array(str(tmp_path / "small.tif")))
+    np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "large.tif"))), expected)
+    mark_interrupted(str(tmp_path / "large.tif"))
+    (tmp_path / "large.tif.densepred" / "done.log").write_text("")
+    array = tifffile.memmap(tmp_path / "large.tif", mode="r+")
+    array[:] = 0
+    array.flush()
+    del array
+    assert predict("large.tif", "--resume") == 0
+    np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "large.tif"))), expected)

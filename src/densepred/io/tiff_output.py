@@ -6,9 +6,11 @@ with the voxel size, unit and origin of the input (``Image > Properties``). Imag
 before channels (``ZCYX``), so
 the file's array is handed to the writers as a ``(C, Z, Y, X)`` view of it.
 
-ImageJ has no float16, no BigTIFF, and leaves out any axis of one element (a single class, a
-single section): such outputs keep tifffile's own description of their axes (``CZYX``), which
-densepred reads back as written.
+ImageJ has no BigTIFF: an output over 4 GB is an OME-TIFF (``CZYX``), which Fiji opens through
+Bio-Formats with the input's voxel size and unit (``PhysicalSizeX/Y/Z``; OME-XML keeps no
+origin here). ImageJ has no float16 either, and both formats leave out any axis of one
+element (a single class, a single section): such outputs keep tifffile's own description of
+their axes (``CZYX``), uncalibrated, which densepred reads back as written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .ome_zarr import Placement
 TIFF_LIMIT = 2**32 - 2**25  # classic TIFF offsets are 32 bit; beyond that BigTIFF
 IMAGEJ_DTYPES = ("uint8", "uint16", "float32")
 IMAGEJ_UNITS = {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
+OME_UNITS = {"micrometer": "\u00b5m", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+             "angstrom": "\u00c5", "picometer": "pm"}  # OME-XML's UnitsLength symbols
 
 
 def create_tiff(path: Path, shape: tuple[int, ...], dtype: np.dtype, channel_axis: bool,
@@ -34,9 +38,11 @@ def create_tiff(path: Path, shape: tuple[int, ...], dtype: np.dtype, channel_axi
     axes = ("C" if channel_axis else "") + "ZYX"[3 - len(shape) + channel_axis:]
     bigtiff = int(np.prod(shape)) * dtype.itemsize > TIFF_LIMIT
     if bigtiff or dtype.name not in IMAGEJ_DTYPES or min(shape) == 1:
+        ome = bigtiff and dtype.name != "float16" and min(shape) > 1
+        calibration = ome_calibration(placement, axes.replace("C", "")) if ome else {}
         # grey pages, never RGB (tifffile takes 3 or 4 classes, or an x extent of 3 or 4, for colour samples)
-        return tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=bigtiff, photometric="minisblack",
-                               metadata={"axes": axes})
+        return tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=bigtiff, ome=ome, photometric="minisblack",
+                               metadata={"axes": axes, **calibration})
     stored = axes.replace("CZ", "ZC")
     resolution, calibration = imagej_calibration(placement, axes.replace("C", ""))
     array = tifffile.memmap(path, shape=tuple(shape[axes.index(a)] for a in stored), dtype=dtype, imagej=True,
@@ -71,3 +77,13 @@ def imagej_calibration(placement: Placement | None, spatial: str) -> tuple[Any, 
         calibration["spacing"] = size["Z"]
     calibration.update({f"{a.lower()}origin": -shift[a] / size[a] for a in spatial if shift[a]})
     return (1 / size["X"], 1 / size["Y"]), calibration
+
+
+def ome_calibration(placement: Placement | None, spatial: str) -> dict[str, Any]:
+    """OME-XML's ``PhysicalSize`` of ``spatial`` (``ZYX`` or ``YX``) and their unit, as
+    ``placement`` gives them; none without a placement or with a unit OME does not name."""
+    if placement is None or placement.unit not in OME_UNITS or len(placement.voxel_size) != len(spatial):
+        return {}
+    sizes = dict(zip(spatial, placement.voxel_size, strict=True))
+    return {key: value for a in spatial
+            for key, value in ((f"PhysicalSize{a}", sizes[a]), (f"PhysicalSize{a}Unit", OME_UNITS[placement.unit]))}
