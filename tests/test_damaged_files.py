@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-import struct
-from itertools import product
+import shutil
 from pathlib import Path
 
 import h5py
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from densepred.interfaces.cli import main
 from densepred.io import open_array
 from tests.conftest import make_config
+from tests.test_n5_inputs import write_n5
 
 IMAGE = np.random.default_rng(5).integers(0, 255, (9, 21, 23), dtype=np.uint8)
 JSON_FILES = ("zarr.json", ".zarray", ".zattrs", "attributes.json", "run.json")
@@ -75,26 +75,14 @@ def _npy(folder: Path) -> tuple[str, list[Path]]:
     return "in.npy", [folder / "in.npy"]
 
 
+def _n5(folder: Path) -> tuple[str, list[Path]]:
+    write_n5(folder / "in.n5" / "raw", IMAGE, (4, 8, 8), attributes={"resolution": [4, 4, 40]})
+    return "in.n5:raw", [folder / "in.n5" / "raw" / "attributes.json"]
+
+
 WRITERS = {"zarr3": lambda f: _zarr(f, 3), "zarr2": lambda f: _zarr(f, 2), "ome-zarr": _ome_zarr, "hdf5": _hdf5,
            "imagej-tiff": _imagej_tiff, "ome-tiff": _ome_tiff, "npy": _npy,
-           "n5": lambda f: ("in.n5:raw", [write_n5(f / "in.n5", IMAGE) / "attributes.json"])}
-
-
-def write_n5(root: Path, data: np.ndarray, block=(4, 8, 8)) -> Path:
-    """``data`` as a raw N5 dataset ``raw`` (x first in its attributes and block headers)."""
-    root.mkdir()
-    (root / "attributes.json").write_text('{"n5": "2.5.0"}')
-    folder = root / "raw"
-    folder.mkdir()
-    (folder / "attributes.json").write_text(json.dumps({
-        "dimensions": list(data.shape[::-1]), "blockSize": list(block[::-1]), "dataType": "uint8",
-        "compression": {"type": "raw"}, "resolution": [4, 4, 40]}))
-    for cell in product(*(range(-(-n // b)) for n, b in zip(data.shape, block, strict=True))):
-        piece = data[tuple(slice(i * b, (i + 1) * b) for i, b in zip(cell, block, strict=True))]
-        path = folder.joinpath(*(str(i) for i in cell[::-1]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(struct.pack(">HHIII", 0, 3, *piece.shape[::-1]) + piece.tobytes())
-    return folder
+           "n5": _n5}
 
 
 def fields(document, prefix=()):
@@ -197,14 +185,15 @@ OUTPUTS = ["out.zarr", "out.h5:pred", "out.tif", "out.npy"]
 
 @pytest.fixture(scope="module")
 def undamaged(tmp_path_factory, net):
-    """The input, and each output kind as an undamaged run writes it."""
+    """The input, and each output kind as an undamaged run writes it (the output and its record
+    folder, which a copy elsewhere resumes as it is)."""
     folder = tmp_path_factory.mktemp("undamaged")
     np.save(folder / "in.npy", IMAGE)
     results = {}
     for output in OUTPUTS:
         assert main(resume_args(net, folder / "in.npy", f"{folder}/{output}")) == 0
         results[output] = np.asarray(open_array(f"{folder}/{output}")[...])
-    return folder / "in.npy", results
+    return folder, results
 
 
 def resume_args(net: Path, source: Path, output: str) -> list[str]:
@@ -213,12 +202,14 @@ def resume_args(net: Path, source: Path, output: str) -> list[str]:
 
 
 def damaged_run_resumes_or_is_one_line(tmp_path_factory, capsys, net, undamaged, output, drawn):
-    source, results = undamaged
-    folder = tmp_path_factory.mktemp("resume")
+    original, results = undamaged
+    source, folder = original / "in.npy", tmp_path_factory.mktemp("resume")
     spec = f"{folder}/{output}"
-    assert main(resume_args(net, source, spec)) == 0
     path = Path(spec.split(":", maxsplit=1)[0])
     record = path.with_name(path.name + (".pred" if ":" in output else "") + ".densepred") / "run.json"
+    for name in (path.name, record.parent.name):  # the finished run, copied
+        copy = shutil.copytree if (original / name).is_dir() else shutil.copy2
+        copy(original / name, folder / name)
     state = json.loads(record.read_text())
     record.write_text(json.dumps({**state, "complete": False}))  # as if killed before its last tile
     inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -236,7 +227,7 @@ def damaged_run_resumes_or_is_one_line(tmp_path_factory, capsys, net, undamaged,
 
 
 @seed(20261208)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(OUTPUTS), DAMAGE)
 @example("out.npy", (0, [(1, [1])], None, []))  # found (the record's input a list): AttributeError
 @example("out.npy", (0, [(34, DELETE)], None, []))  # found (no tiles' batch size): KeyError
@@ -247,6 +238,7 @@ def damaged_run_resumes_or_is_one_line(tmp_path_factory, capsys, net, undamaged,
 @example("out.tif", (1, [], None, [(18, 0)]))  # found: a damaged TIFF header, tifffile's RuntimeError
 @example("out.zarr", (1, [(4, [1])], None, []))  # found: a damaged level's metadata, a TypeError
 @example("out.zarr", (3, [(0, False)], None, []))  # found: the image's attributes not an object, a TypeError
+@example("out.zarr", (1, [(42, None)], None, []))  # found: a shard index's endian None opens, then fails to read
 def test_any_damaged_run_resumes_to_its_result_or_is_one_line(tmp_path_factory, capsys, net, undamaged,
                                                                output, drawn):
     damaged_run_resumes_or_is_one_line(tmp_path_factory, capsys, net, undamaged, output, drawn)

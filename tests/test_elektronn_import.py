@@ -4,6 +4,7 @@ architecture gives, and hostile configs and pickles run nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import textwrap
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, example, given, seed, settings
+from hypothesis import strategies as st
 
 import densepred
 from densepred import DensePredError
@@ -355,3 +358,59 @@ def test_the_cli_converts_and_the_result_predicts(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "out" / "neuro_3d.toml"), "--input", str(tmp_path / "in.npy"),
                  "--output", str(tmp_path / "p.npy"), "--mirror", "--quiet"]) == 0
     assert np.load(tmp_path / "p.npy").shape == (2, 9, 40, 44)
+
+
+NEURO_3D_SHAPES = [(10, 1, 1, 4, 4), (25, 1, 10, 3, 3), (40, 3, 25, 3, 3), (50, 3, 40, 3, 3), (60, 1, 50, 2, 2),
+                   (2, 1, 60, 1, 1)]
+
+
+@pytest.fixture(scope="module")
+def param_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("param") / "neuro_3d-LAST.param"
+    write_param(path, random_layers(NEURO_3D_SHAPES), [[2, 2, 1], [2, 2, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]], 6)
+    return path.read_bytes()
+
+
+@seed(20261209)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.none(), st.floats(0, 1)), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
+                                                      max_size=4))
+@example(None, [(281, 149)])  # found: a frame length past any size, pickle's OverflowError
+@example(None, [(186, 68)])  # found: an encoding no codec names ('Datin1'), a LookupError
+@example(None, [(27, 114)])  # found: an array shape far beyond the file, a MemoryError
+def test_a_damaged_param_is_read_or_refused_in_one_error(tmp_path, param_bytes, cut, edits):
+    """A .param cut short or with bytes overwritten (its record headers, the shapes) gives its
+    arrays or one DensePredError; never another exception, nothing run."""
+    from densepred.networks.elektronn_param import read_param_file
+
+    data = bytearray(param_bytes[:None if cut is None else int(len(param_bytes) * cut)])
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    (tmp_path / "d.param").write_bytes(bytes(data))
+    with contextlib.suppress(DensePredError):
+        read_param_file(tmp_path / "d.param")
+
+
+SETTINGS = [line.split("=")[0].strip() for line in textwrap.dedent(MNIST_CNN).splitlines()
+            if "=" in line and "+=" not in line and not line.startswith(" ")]
+LITERALS = ["'a'", "2.6", "-'a'", "+'a'", "[1, 'x']", "None", "(1,)", "{}", "True", "-1", "0", "1e400", "[[1]]",
+            "[]", "'max'", "[2, 2]", "dict(a=1)"]
+
+
+@seed(20261210)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(SETTINGS), st.sampled_from(LITERALS)), min_size=1, max_size=3))
+@example([("save_name", "+'a'")])  # found: unary plus of a string, a TypeError in the parser
+@example([("desired_input", "2.6")])  # found: a float shape, 'float' object is not iterable
+@example([("n_lab", "'MNISTData'")])  # found: int('MNISTData'), a ValueError
+def test_any_value_of_an_elektronn_setting_converts_or_is_one_error(tmp_path, replaced):
+    """A config's settings given any literal (found by editing example configs character by
+    character): it converts, or one ConfigError names the setting; never another exception."""
+    lines = textwrap.dedent(MNIST_CNN).splitlines()
+    for name, literal in replaced:
+        lines = [f"{name} = {literal}" if line.split("=")[0].strip() == name and "+=" not in line else line
+                 for line in lines]
+    config = write(tmp_path, "config.py", "\n".join(lines))
+    with contextlib.suppress(DensePredError):
+        import_elektronn(config, None, tmp_path / "out", n_classes=10)

@@ -290,3 +290,20 @@ def test_the_channel_count_comes_from_the_small_memory_probe(tmp_path, monkeypat
     assert os.path.exists(tmp_path / "o.zarr")
     assert json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())["complete"] is True
     assert KWARGS
+
+
+def test_a_model_without_weights_resumes_only_with_the_parameters_it_started_with(tmp_path, capsys):
+    """Found by the damaged-files campaign: a model given without --weights (its constructor's
+    parameters) was resumed by a process whose constructor drew other random parameters, and
+    the output mixed two nets. The record now keeps a hash of the parameters."""
+    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((12, 30, 28), dtype=np.float32))
+    argv = ["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", KWARGS, "--input",
+            str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.zarr"), "--quiet", "--mode", "exact"]
+    torch.manual_seed(5)
+    assert main(argv) == 0
+    mark_interrupted(tmp_path / "o.zarr")
+    torch.manual_seed(6)
+    assert main([*argv, "--resume"]) == 2
+    assert "parameters_sha256" in capsys.readouterr().err
+    torch.manual_seed(5)
+    assert main([*argv, "--resume"]) == 0

@@ -82,7 +82,7 @@ def convert(settings: PythonSettings, sizes: NetSizes = NetSizes()) -> Converted
     _check_target(settings)
     dims = 0 if mode == "vect-scalar" else _n_dim(settings)
     layers = _layers(settings, dims)
-    mlp = [int(n) for n in settings.get("MLP_layers") or []]
+    mlp = [_whole(settings, "MLP_layers", n) for n in _listed(settings, "MLP_layers")]
     activation = _activation(settings, len(layers) + len(mlp), any(any(p > 1 for p in lay["pool"]) for lay in layers))
     network: dict[str, Any] = {"dims": dims, "in_channels": _in_channels(sizes, settings, dims),
                                "n_classes": _n_classes(settings, sizes), "activation": activation}
@@ -127,18 +127,32 @@ def _n_dim(settings: PythonSettings) -> int:
 
 def _shape(value: Any, dims: int, key: str) -> list[int]:
     """An ELEKTRONN shape (an int, or x, y[, z]) in densepred's z, y, x order."""
-    values = [value] * dims if isinstance(value, int) else list(value)
+    values = [value] * dims if isinstance(value, int) else list(value) if isinstance(value, list | tuple) else []
     if len(values) != dims or not all(isinstance(v, int) and v >= 1 for v in values):
         raise ConfigError(f"{key} = {value!r} is invalid for n_dim = {dims}; expected an int or {dims} positive "
                           "ints (x, y[, z])")
     return values[::-1]
 
 
+def _listed(settings: PythonSettings, key: str) -> list[Any]:
+    """A list setting (None, False or empty for none)."""
+    value = settings.get(key)
+    if not isinstance(value, list | tuple) and value not in (None, False, 0, ""):
+        raise ConfigError(f"{settings.path}: {key} = {value!r} is invalid; expected a list")
+    return list(value or [])
+
+
+def _whole(settings: PythonSettings, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{settings.path}: {key} = {value!r} is invalid; expected a positive whole number")
+    return value
+
+
 def _per_layer(settings: PythonSettings, key: str, count: int, default: Any) -> list[Any]:
     value = settings.get(key)
     if value in (None, False, []):
         return [default] * count
-    if value is True or isinstance(value, str | int):
+    if not isinstance(value, list | tuple):  # one value for every layer
         return [value] * count
     values = list(value)
     if len(values) != count:
@@ -147,7 +161,7 @@ def _per_layer(settings: PythonSettings, key: str, count: int, default: Any) -> 
 
 
 def _layers(settings: PythonSettings, dims: int) -> list[dict[str, Any]]:
-    filters, pools, widths = (list(settings.get(k) or []) for k in ("filters", "pool", "nof_filters"))
+    filters, pools, widths = (_listed(settings, k) for k in ("filters", "pool", "nof_filters"))
     if not len(filters) == len(pools) == len(widths):
         raise ConfigError(f"{settings.path}: filters, pool and nof_filters have {len(filters)}, {len(pools)} and "
                           f"{len(widths)} entries; ELEKTRONN needs one of each per conv layer")
@@ -161,7 +175,8 @@ def _layers(settings: PythonSettings, dims: int) -> list[dict[str, Any]]:
         pool_shape = _shape(pool, dims, f"pool[{i}]")
         if pooling != "max" and any(p > 1 for p in pool_shape):
             raise ConfigError(f"{settings.path}: layer {i} pools with {pooling!r}; densepred pools with 'max' only")
-        layers.append({"filters": int(width), "kernel": _shape(kernel, dims, f"filters[{i}]"), "pool": pool_shape})
+        layers.append({"filters": _whole(settings, f"nof_filters[{i}]", width),
+                       "kernel": _shape(kernel, dims, f"filters[{i}]"), "pool": pool_shape})
     return layers
 
 
@@ -196,18 +211,20 @@ def _in_channels(sizes: NetSizes, settings: PythonSettings, dims: int) -> int:
 def _n_classes(settings: PythonSettings, sizes: NetSizes) -> int:
     n_lab = settings.get("n_lab")
     if sizes.n_classes is not None:
-        if n_lab is not None and int(n_lab) != sizes.n_classes:
+        if n_lab is not None and _whole(settings, "n_lab", n_lab) != sizes.n_classes:
             raise ConfigError(f"{settings.path}: n_lab = {n_lab} but the weights have {sizes.n_classes} outputs")
         return sizes.n_classes
     if n_lab is None:
         raise ConfigError(f"{settings.path}: n_lab = None (detected from the data by ELEKTRONN); give the .param "
                           "file (its output layer has it) or --n-classes N")
-    return int(n_lab)
+    return _whole(settings, "n_lab", n_lab)
 
 
 def _dropout(settings: PythonSettings) -> float:
     rates = settings.get("dropout_rates")
     values = [r for r in (rates if isinstance(rates, list | tuple) else [rates]) if r]
+    if not all(isinstance(r, int | float) and not isinstance(r, bool) for r in values):
+        raise ConfigError(f"{settings.path}: dropout_rates = {rates!r} is invalid; expected rates between 0 and 1")
     return float(max(values)) if values else 0.0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ def read_python_settings(path: str | Path, defaults: dict[str, Any] | None = Non
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        tree = ast.parse(text, filename=str(path))
+        with warnings.catch_warnings():  # the compiler's warnings ("invalid decimal literal") on stderr
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
         raise ConfigError(f"{path}, line {exc.lineno}: not valid Python 3 ({exc.msg}); a Python 2 statement "
                           "(print without parentheses, exec) must be removed or rewritten first") from None
@@ -129,7 +132,11 @@ def _evaluate(node: ast.expr, settings: PythonSettings) -> Any:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         return _binary(node.op, _evaluate(node.left, settings), _evaluate(node.right, settings))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand, settings))
+        operand = _evaluate(node.operand, settings)
+        try:
+            return _UNARY[type(node.op)](operand)
+        except TypeError as exc:  # -'a'
+            raise _NotData(f"arithmetic that fails ({exc})") from None
     if _is_dict_call(node):
         return {k.arg: _evaluate(k.value, settings) for k in node.keywords}
     raise _NotData(_expression_kind(node))

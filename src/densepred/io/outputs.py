@@ -238,6 +238,28 @@ def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
                              "--overwrite") from None
 
 
+def check_levels(output: OutputArray, layout: OmeLayout, dtype: Any) -> None:
+    """Raise unless a reopened OME-Zarr output's levels have the metadata this run would create
+    (a damaged ``zarr.json`` can open, then fail at the first write or read of a shard)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    expected = create_levels(zarr.open_group(MemoryStore(), mode="w", zarr_format=3), layout, np.dtype(dtype))
+    found = output.levels
+    if len(found) != len(expected):
+        raise DensePredError(f"{output.spec} has {len(found)} levels, not the {len(expected)} its run record says; "
+                             "start again with --overwrite")
+    for index, (level, new) in enumerate(zip(found, expected, strict=True)):
+        differs = sorted(k for k, v in _metadata(new).items() if _metadata(level).get(k) != v)
+        if differs:
+            raise DensePredError(f"{output.spec}: level {index}'s zarr metadata ({', '.join(differs)}) is not what "
+                                 "this run writes; it is damaged; start again with --overwrite")
+
+
+def _metadata(array: Any) -> dict[str, Any]:
+    return {k: v for k, v in array.metadata.to_dict().items() if k != "attributes"}
+
+
 def remove_partial_writes(folder: Path) -> int:
     """Delete the temporary files of chunk writes a crash cut short.
 

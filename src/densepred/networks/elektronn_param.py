@@ -75,7 +75,11 @@ def _records(path: Path, data: bytes) -> list[Any]:
         except pickle.UnpicklingError as exc:
             raise DensePredError(f"refused {path}: record {len(records) + 1} is not plain data ({exc}); nothing in "
                                  "it was run") from None
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        except MemoryError:  # a damaged record: an array shape far beyond the file's bytes
+            raise DensePredError(f"{path} is not an ELEKTRONN 1 .param file (record {len(records) + 1} declares an "
+                                 f"array larger than memory, in a file of {len(data)} bytes)") from None
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+                LookupError) as exc:  # a damaged record: a frame past any size, an encoding no codec names
             raise DensePredError(f"{path} is not an ELEKTRONN 1 .param file (record {len(records) + 1} is "
                                  f"unreadable: {exc})") from None
     for record in records[1:-1]:

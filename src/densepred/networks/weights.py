@@ -9,6 +9,7 @@ reader (or a run killed mid-write) only ever sees a complete old or a complete n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -142,3 +143,14 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parameters_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and bytes of its parameters and
+    buffers): what a run record keeps of a model given without a weights file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {values.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -30,6 +30,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...io import ArraySpec, create_output, open_output, output_exists
 from ...io.output_checks import check_replaceable, clear_deleted, move_aside, set_aside
+from ...io.outputs import check_levels
 from ...io.pyramid import PyramidFeed
 from ...io.run_lock import output_lock
 from ...io.run_record import provenance, read_done, write_error, write_record
@@ -227,4 +228,10 @@ def _reopen(planned: PlannedJob, done: set[int]) -> Any:
         output.close()
         raise DensePredError(f"{planned.out_spec} has shape {list(output.shape)} and dtype {output.dtype}, not what "
                              "its run record says; start again with --overwrite")
+    if planned.layout is not None:
+        try:
+            check_levels(output, planned.layout, planned.encoding.stored_dtype)
+        except DensePredError:
+            output.close()
+            raise
     return output

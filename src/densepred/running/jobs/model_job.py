@@ -43,6 +43,7 @@ from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, rea
 from ...networks.bioimageio import is_rdf, load_zoo, read_rdf, zoo_net
 from ...networks.foreign import ForeignNet, from_torch, per_axis_fields
 from ...networks.loading import load_model
+from ...networks.weights import parameters_hash
 from ...progress import Progress, ProgressOption
 from ...system import large_blocks_returned
 from ..compute.model_run import ModelRun
@@ -172,6 +173,8 @@ def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int
         "input_file": input_stamp(in_spec),
         "network": {"model": job.model or str(job.model_file), "kwargs": job.model_kwargs,
                     "weights_sha256": None if weights is None else file_hash(Path(weights)),
+                    # without a file, the parameters the constructor gave it (random ones differ run by run)
+                    "parameters_sha256": parameters_hash(run.net.model) if weights is None else None,
                     "contract": run.contract.describe(), "activation": run.net.output,
                     "output_tensor": job.output_index,
                     "preprocessing": run.prepared.describe() if run.prepared is not None else [],
