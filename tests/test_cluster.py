@@ -53,9 +53,13 @@ def test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically(con
     volume = tmp_path / "small.npy"  # 75 tiles: blocks of 1-6 of them on each worker
     np.save(volume, np.random.default_rng(12).random((13, 61, 53), dtype=np.float32))
     predict_to_file(job(config, volume, tmp_path / "one.zarr"))
-    first = predict_to_file(job(config, volume, tmp_path / "a.zarr", workers=2, threads_per_worker=1,
-                                tiles_per_block=(1, 2, 3)))
-    predict_to_file(job(config, volume, tmp_path / "b.zarr", workers=2, threads_per_worker=1, tiles_per_block=2))
+    from distributed import LocalCluster
+
+    # one cluster for both runs (densepred's own --workers clusters start in test_foreign_files, test_n5_inputs, ...)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        first = predict_to_file(job(config, volume, tmp_path / "a.zarr", scheduler=address, tiles_per_block=(1, 2, 3)))
+        predict_to_file(job(config, volume, tmp_path / "b.zarr", scheduler=address, tiles_per_block=2))
     assert first.computed == first.tiles > 1
     for here, there in zip(levels(tmp_path / "one.zarr"), levels(tmp_path / "a.zarr"), strict=True):
         np.testing.assert_allclose(there, here, rtol=0, atol=1e-5)
