@@ -81,8 +81,11 @@ def campaign(folder, mode, kills, seed):
             np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
 
 
-@pytest.mark.parametrize("mode", ["exact", *(pytest.param(m, marks=pytest.mark.slow) for m in ("blend", "own"))])
-def test_a_run_killed_once_resumes_to_the_same_result(files, mode):  # own nets: test_predict_files' kill -9
+# 12-13 s each: make test-slow. The default run kills own nets with -9 (test_predict_files) and crashes
+# model runs at chosen writes and resumes them (test_foreign_files' test_a_crash_then_resume_is_byte_identical)
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exact", "blend", "own"])
+def test_a_run_killed_once_resumes_to_the_same_result(files, mode):
     campaign(files, mode, kills=1, seed={"exact": 1, "blend": 2, "own": 3}[mode])
 
 

@@ -128,7 +128,7 @@ def _n_dim(settings: PythonSettings) -> int:
 def _shape(value: Any, dims: int, key: str) -> list[int]:
     """An ELEKTRONN shape (an int, or x, y[, z]) in densepred's z, y, x order."""
     values = [value] * dims if isinstance(value, int) else list(value) if isinstance(value, list | tuple) else []
-    if len(values) != dims or not all(isinstance(v, int) and v >= 1 for v in values):
+    if len(values) != dims or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
         raise ConfigError(f"{key} = {value!r} is invalid for n_dim = {dims}; expected an int or {dims} positive "
                           "ints (x, y[, z])")
     return values[::-1]

@@ -250,7 +250,8 @@ def check_levels(output: OutputArray, layout: OmeLayout, dtype: Any) -> None:
         raise DensePredError(f"{output.spec} has {len(found)} levels, not the {len(expected)} its run record says; "
                              "start again with --overwrite")
     for index, (level, new) in enumerate(zip(found, expected, strict=True)):
-        differs = sorted(k for k, v in _metadata(new).items() if _metadata(level).get(k) != v)
+        stored = _metadata(level)
+        differs = sorted(k for k, v in _metadata(new).items() if stored.get(k) != v)
         if differs:
             raise DensePredError(f"{output.spec}: level {index}'s zarr metadata ({', '.join(differs)}) is not what "
                                  "this run writes; it is damaged; start again with --overwrite")
