@@ -256,6 +256,7 @@ def test_client_killed_mid_run_then_resume_is_byte_identical(config, volume, tmp
     assert same_bytes(output, reference)
 
 
+@pytest.mark.slow  # 6 s: a cluster of its own, started and stopped twice
 def test_the_network_outlives_every_worker_that_held_it():
     """A job's network goes to the workers as a task, not scattered data: with every worker that
     held it killed (and restarted by its nanny), the blocks still to run get it again."""

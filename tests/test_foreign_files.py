@@ -187,6 +187,7 @@ def test_a_model_that_needs_a_module_not_installed_says_which_in_one_line(tmp_pa
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.slow  # 7 s: torch.export of the U-Net
 def test_a_torch_export_program_predicts_like_its_module(model_files, tmp_path):
     model, volume = model_files
     sides = [torch.export.Dim(f"d{axis}", min=2, max=128) for axis in range(3)]

@@ -20,6 +20,7 @@ from tests.conftest import make_config
 from tests.test_reliability_files import one_error_line
 
 
+@pytest.mark.slow  # 5 s: a fresh Python process, to see the filters registered without help
 def test_blosc_and_bitshuffle_datasets_predict_as_their_arrays_in_a_fresh_process(tmp_path):
     config = make_config(tmp_path)
     data = np.random.default_rng(1).integers(0, 4000, (11, 43, 37)).astype(np.uint16)

@@ -156,6 +156,7 @@ def test_a_bioimageio_package_is_profiled_from_its_description(tmp_path, capsys,
     assert (tmp_path / "prof" / "model_profile.csv").exists()
 
 
+@pytest.mark.slow  # 6 s: a process per window
 def test_each_window_is_measured_in_a_process_of_its_own_with_its_peak(tmp_path):
     result = profile_model("tests.test_foreign:UNet", model_kwargs=KWARGS, shape=(21, 40, 37), device="cpu",
                            memory_limit=8 * 2**30, repeats=1, progress=False, out=tmp_path)

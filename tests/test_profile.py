@@ -100,6 +100,7 @@ def test_profile_writes_a_csv_of_valid_measured_shapes_and_a_plot(tiny_config, t
     assert f"tile_shape = {list(best.input_shape)}" in result.recommendation()
 
 
+@pytest.mark.slow  # 8 s: two profiles
 def test_memory_limit_stops_growth_before_the_measured_peak_passes_it(tiny_config, tmp_path):
     nothing = profile(tiny_config, device="cpu", memory_limit=1, out=None, progress=False)
     assert nothing.rows == []

@@ -175,6 +175,7 @@ def test_a_model_run_that_blended_resumes_with_mode_auto(tmp_path):
 
 # -- 10. a model's default window on a cluster is sized to the workers' memory --------------------
 
+@pytest.mark.slow  # 6 s: a local cluster
 def test_a_model_cluster_run_sizes_its_default_window_to_the_workers_memory(tmp_path, monkeypatch):
     import dask
     from distributed import Client, LocalCluster
