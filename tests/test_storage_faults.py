@@ -92,6 +92,25 @@ steps = 2
     one_error_line(capsys, main(["train", str(tmp_path / "net.toml")]), "chunk [1, 0] of ")
 
 
+def test_a_damaged_shard_that_a_resumed_model_run_adds_to_is_one_line(zarr_input, tmp_path, capsys):
+    """Found by the damaged-files campaign with model runs: a model's windows fill parts of a
+    shard, which zarr decodes to merge them; a damaged shard stopped the resume with zstd's
+    traceback from a writer thread."""
+    import torch
+
+    argv = ["predict", "--model", "tests.test_foreign:UNet", "--model-kwargs", '{"depth": 1, "width": 2}',
+            "--input", str(zarr_input), "--output", str(tmp_path / "out.zarr"), "--quiet", "--mode", "exact",
+            "--tile", "14,16,16"]
+    torch.manual_seed(3)  # the same parameters in both runs (the record keeps their hash)
+    assert main(argv) == 0
+    mark_interrupted(tmp_path / "out.zarr")
+    shard = next(p for p in sorted((tmp_path / "out.zarr" / "0" / "c").rglob("*")) if p.is_file())
+    shard.write_bytes(b"\x28\xb5\x2f\xfd garbage" + shard.read_bytes()[20:])
+    torch.manual_seed(3)
+    one_error_line(capsys, main([*argv, "--resume"]), "a shard it adds to cannot be decoded")
+    assert not complete(tmp_path / "out.zarr")
+
+
 def test_a_truncated_hdf5_input_is_one_line(config, tmp_path, capsys):
     with h5py.File(tmp_path / "in.h5", "w") as f:
         f.create_dataset("raw", data=np.random.default_rng(4).random(SHAPE, dtype=np.float32))

@@ -64,10 +64,17 @@ class OutputArray:
         return np.dtype(self.array.dtype)
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        if self._local is not None:
-            self._local[key] = value
-        else:
-            self.array[key] = value
+        try:
+            if self._local is not None:
+                self._local[key] = value
+            else:
+                self.array[key] = value
+        except (RuntimeError, ValueError) as exc:
+            if self._local is None:
+                raise
+            # zarr merges values written into part of a shard with the shard as stored, which it decodes first
+            raise DensePredError(f"writing {self.spec} failed: a shard it adds to cannot be decoded ({reason(exc)}); "
+                                 "the output is damaged; start again with --overwrite") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self.array[key]) if self._local is None else self._local[key]
