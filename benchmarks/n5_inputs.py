@@ -61,15 +61,25 @@ def write_n5(path: Path, shape: tuple[int, ...], block: tuple[int, ...], codec: 
             file.write_bytes(header + (gzip.compress(values, 6) if codec == "gzip" else values))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def volume_parser(description: str, grid: str) -> argparse.ArgumentParser:
+    """The input benchmarks' options: the volume's ``--shape``, its ``--<grid>`` (blocks or
+    chunks) and the ``--rounds``; read the shapes with :func:`ints`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="128,1024,1024")
-    parser.add_argument("--block", default="64,64,64")
+    parser.add_argument(f"--{grid}", default="64,64,64")
     parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(","))
+
+
+def main() -> None:
+    parser = volume_parser(__doc__, "block")
     parser.add_argument("--codecs", default="gzip,raw")
     args = parser.parse_args()
-    shape = tuple(int(n) for n in args.shape.split(","))
-    block = tuple(int(n) for n in args.block.split(","))
+    shape, block = ints(args.shape), ints(args.block)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         config = trivial_net(work)

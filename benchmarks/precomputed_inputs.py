@@ -13,7 +13,6 @@ turn: each run a fresh process, its wall time and peak resident set taken.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from n5_inputs import slabs, write_zarr
+from n5_inputs import ints, slabs, volume_parser, write_zarr
 from pipeline_ceiling import trivial_net
 from tiff_inputs import in_turn, summary
 
@@ -107,13 +106,8 @@ def check_equal(sources: dict[str, Path], shape: tuple[int, ...]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="128,1024,1024")
-    parser.add_argument("--chunk", default="64,64,64")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    shape = tuple(int(n) for n in args.shape.split(","))
-    chunk = tuple(int(n) for n in args.chunk.split(","))
+    args = volume_parser(__doc__, "chunk").parse_args()
+    shape, chunk = ints(args.shape), ints(args.chunk)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         config = trivial_net(work)

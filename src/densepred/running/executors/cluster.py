@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DensePredError
+from ...io.reading import reason
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import CPU_FRACTION
 from ...system import available_cores, available_ram, resident_bytes
@@ -275,7 +276,7 @@ def _reason(error: BaseException | None) -> str:
         return error.message
     if type(error).__name__ == "KilledWorker":
         return "its worker died each time it ran (out of memory, or killed)"
-    return f"{type(error).__name__}: {error}"
+    return reason(error)
 
 
 def check_resources(client: Any, resources: dict[str, int] | None) -> None:
