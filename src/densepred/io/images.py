@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ class ChannelFirst:
     """
 
     def __init__(self, image: Any, channels: int, dims: int):
+        image = host_array(image)
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
             image = np.asarray(image)
         shape = tuple(image.shape)
@@ -61,7 +63,7 @@ class ChannelFirst:
         else:
             raise DensePredError(f"image of shape {list(shape)} is invalid for this network; expected "
                                  f"{_expected(channels, dims)}")
-        self.dtype = np.dtype(image.dtype)
+        self.dtype = _numpy_dtype(image)
         if not any(np.issubdtype(self.dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
             raise DensePredError(f"image dtype {self.dtype} is invalid; expected real numbers (integers, floats or "
                                  "booleans)")
@@ -81,6 +83,33 @@ class ChannelFirst:
         key = (slice(None), *box) if self.has_channel_axis else tuple(box)
         data = read_box(self.image, key)
         return data if self.has_channel_axis else data[None]
+
+
+def host_array(image: Any) -> Any:
+    """``image`` itself, or a NumPy array where it is a torch tensor (which NumPy cannot read on a
+    GPU, with a gradient, or in bfloat16): copied to the host whole, bfloat16 as float32. A
+    tensor already on the host shares its memory."""
+    torch = sys.modules.get("torch")  # never imported here: a tensor exists only where torch was
+    if torch is None or not isinstance(image, torch.Tensor):
+        return image
+    tensor = image.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as exc:  # complex32, quantized, sparse, float8 tensors
+        raise DensePredError(f"a torch tensor of dtype {str(tensor.dtype).removeprefix('torch.')} and layout "
+                             f"{str(tensor.layout).removeprefix('torch.')} cannot be read ({exc}); pass a dense "
+                             "tensor of real numbers") from None
+
+
+def _numpy_dtype(image: Any) -> np.dtype:
+    try:
+        return np.dtype(image.dtype)
+    except (TypeError, AttributeError):
+        raise DensePredError(f"an image of type {type(image).__name__} with dtype {getattr(image, 'dtype', None)!r} "
+                             "cannot be read: NumPy does not know that dtype; pass a NumPy array, a torch tensor, "
+                             "or an array-like with a NumPy dtype (zarr, h5py, dask, a memmap)") from None
 
 
 def _expected(channels: int, dims: int) -> str:

@@ -8,6 +8,7 @@
 * :mod:`.model_job` - models written elsewhere: exact or blended windows, shards recorded
 * :mod:`.cluster_job` - either kind's pieces as blocks on a Dask cluster
 * :mod:`.in_memory` - :func:`predict_dense`: the result in memory or in an array given
+* :mod:`.out_arrays` - the array given as ``out=``: checked before any work, written box by box
 * :mod:`.layout` - an OME-Zarr output's levels, shards and metadata
 """
 

@@ -20,6 +20,7 @@ from ...config import MODES
 from ...errors import DensePredError
 from ...geometry import Geometry, Tile
 from ...io import ChannelFirst, kept_bytes_of, to_float32
+from ...io.images import host_array
 from ...networks import DenseNet
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
@@ -31,6 +32,7 @@ from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
 from ..compute.tiles import make_engine, predict_tiles
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry, writer_threads
+from .out_arrays import OutArray
 
 log = logging.getLogger("densepred")
 
@@ -58,7 +60,8 @@ def predict_dense(
     Args:
         net: a network from :func:`densepred.build_net` or :func:`create_prediction_net`.
         image: ``(C, *S)`` or ``(*S)`` for one channel; a NumPy array or an array-like
-            (h5py dataset, zarr array, memmap) that is read tile by tile. For a 2D net also a
+            (h5py dataset, zarr array, dask array, memmap) that is read tile by tile, or a torch
+            tensor (copied to the host whole where NumPy cannot read it as it is). For a 2D net also a
             stack of 2D images, ``(Z, Y, X)`` or ``(C, Z, Y, X)``, predicted slice by slice
             (the rule: :class:`densepred.io.ChannelFirst`).
         mirror: pad the image by mirror reflection (NumPy ``reflect`` mode) so the output
@@ -80,8 +83,10 @@ def predict_dense(
             :class:`~densepred.progress.Progress` after every tile and before every
             batch, and may raise :class:`densepred.errors.Cancelled` to stop the run.
         out: an array-like to stream the result into (a zarr array, an h5py dataset, a
-            memmap) of the result's shape; each tile is written as soon as it is done, so
-            memory depends on the tile, not on the image.
+            memmap, a torch tensor) of the result's shape; each tile is written as soon as it
+            is done, so memory depends on the tile, not on the image. A float ``out`` takes the
+            probabilities, a uint8 one takes them times 255, rounded (as ``--dtype uint8``);
+            others are refused before any tile (:mod:`densepred.running.jobs.out_arrays`).
         memory_limit: bytes the whole process may use at its peak (resident memory on the
             CPU, allocated memory on a GPU); the default tile is the largest whose estimate
             fits. Default: half of the available RAM (60% of the free GPU memory). Without
@@ -113,6 +118,7 @@ def predict_dense(
     if mode == "auto":
         mode = net.mode
     source = ChannelFirst(image, net.config.in_channels, net_geometry.ndim)
+    target = None if out is None else OutArray(out)  # refused before any work
     geometry = source_geometry(net_geometry, source)
     device = resolve_device(device)
     precision = precision_for(precision, device)
@@ -130,13 +136,13 @@ def predict_dense(
     log.info("%d tile(s) of input %s, %s engine", len(plan), list(plan.input_tile), engine_mode)
 
     expected = (net.config.n_classes, *plan.output_shape)
-    if out is None:
+    if target is None:
         out = mapped_zeros(expected, np.float32)  # off the heap the activations reuse
-    elif tuple(getattr(out, "shape", ())) != expected:
-        raise DensePredError(f"out has shape {list(getattr(out, 'shape', []))}; this prediction needs {list(expected)}")
+        target = OutArray(out)
+    target.check_shape(expected)
 
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, done: bool) -> None:
-        out[(slice(None), *(part or tile.owned_slices()))] = probabilities
+        target.put((slice(None), *(part or tile.owned_slices())), probabilities)
 
     # tiles own disjoint boxes: an array in memory takes them from several writers at once, an
     # array-like with chunks of its own (zarr, HDF5) from one, as tiles may share its chunks
@@ -179,7 +185,7 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     ``torch.autocast``, the softmax stays float32.
     """
     cfg = net.config
-    x = np.asarray(x)
+    x = np.asarray(host_array(x))
     if cfg.dims == 0:
         expected = (cfg.in_channels,)
     else:
@@ -236,8 +242,9 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
                     precision: str = "float32") -> np.ndarray | Any:
     """``(K, *(S - 2 crop))`` float32 outputs of ``net`` over ``image`` (``(C, *S)``, or ``(*S)``).
 
-    ``out``: an array-like of that shape (zarr, h5py, memmap) that exact windows are written
-    into as they finish (memory: one window); blending into ``out`` goes through
+    ``out``: an array-like of that shape (zarr, h5py, memmap, a torch tensor; float, or uint8
+    as ``--dtype uint8`` stores them) that exact windows are written into as they finish
+    (memory: one window); blending into ``out`` goes through
     ``densepred predict --model`` (file to file, streamed), so it is refused here.
     ``progress``: as in :func:`densepred.predict_dense`, updated after every window.
     ``memory_limit``: bytes the process may use at its peak (default: half the available
@@ -246,15 +253,18 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     ``precision``: as in :func:`densepred.predict_dense` (16-bit types under ``torch.autocast``).
     """
     net, source = source_of(net, image)
+    target = None if out is None else OutArray(out)  # refused before the probes
     with large_blocks_returned():  # the probes' memory
         run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
                               memory_limit=memory_limit, in_memory=out is None, precision=precision)
     with large_blocks_returned(not run.heap_kept):
-        if out is None:  # in its own memory map: on the heap it would split the space activations reuse
+        if target is None:  # in its own memory map: on the heap it would split the space activations reuse
             out = mapped_zeros((run.written.channels, *run.output_shape), np.float32)
             if run.mode == "blend":
                 return _blend_into(run, out, progress)
-        return _exact_into(run, out, progress)
+            target = OutArray(out)
+        _exact_into(run, target, progress)
+        return target.out
 
 
 def _blend_into(run: ModelRun, out: np.ndarray, progress: ProgressOption) -> np.ndarray:
@@ -277,24 +287,21 @@ def _blend_into(run: ModelRun, out: np.ndarray, progress: ProgressOption) -> np.
     return out
 
 
-def _exact_into(run: ModelRun, out: Any, progress: ProgressOption) -> Any:
+def _exact_into(run: ModelRun, out: OutArray, progress: ProgressOption) -> None:
     if run.mode != "exact":
         raise DensePredError("out= takes exact predictions (memory: one window); to blend a volume larger than "
                              "memory, predict file to file: densepred predict --model ... --mode blend")
-    if tuple(out.shape[1:]) != run.output_shape:
-        raise DensePredError(f"out has shape {list(out.shape)}; expected (channels, "
-                             f"{', '.join(map(str, run.output_shape))})")
+    out.check_shape((run.written.channels, *run.output_shape))
     bar = Progress(math.prod(run.output_shape), "predict (exact)", progress, terminal=True)
 
     def take(piece: ExactPiece, result: np.ndarray) -> None:
-        out[(slice(None), *(slice(a, b) for a, b in piece.box))] = run.crop_owned(piece, result)
+        out.put((slice(None), *(slice(a, b) for a, b in piece.box)), run.crop_owned(piece, result))
         bar.update(math.prod(b - a for a, b in piece.box))
 
     try:
         run.forward_each(run.exact_windows(), take, starts=lambda piece: piece.starts, poll=bar.poll)
     finally:
         bar.close()
-    return out
 
 
 __all__ = ["class_probabilities", "output_origin", "predict_dense", "predict_foreign"]
