@@ -50,6 +50,34 @@ def test_argument_mistakes_are_one_line_pointing_to_help(capsys):
         assert err.endswith("--help lists the options)")
 
 
+def test_an_abbreviated_option_is_refused_not_taken_for_a_longer_one(capsys):
+    # plan has no --output: argparse took it for --output-tensor, without a word
+    assert_one_line_exit_2(["plan", str(EXAMPLES / "n4.toml"), "--shape", "50,50", "--output", "x"], capsys,
+                           "unrecognized arguments: --output x")
+
+
+def test_a_models_option_given_to_a_configs_net_is_refused_not_ignored(capsys, tmp_path):
+    config = str(EXAMPLES / "n4.toml")
+    for args, named in ((["predict", config, "--input", "i.npy", "--output", "o.zarr", "--tta", "flips"], "--tta"),
+                        (["plan", config, "--shape", "50,50", "--overlap", "0.2"], "--overlap"),
+                        (["profile", config, "--activation", "sigmoid"], "--activation"),
+                        (["info", config, "--dims", "2", "--in-channels", "3"], "--dims, --in-channels are")):
+        assert_one_line_exit_2(args, capsys, f"{named} ")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def assert_one_line_exit_2(args, capsys, message):
+    """argparse's mistakes exit (SystemExit), densepred's return 2: either way, exit code 2."""
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert message in err, err
+
+
 def test_bad_shape_option(capsys):
     assert main(["info", str(EXAMPLES / "n4.toml"), "--input-shape", "1,2,3"]) == 2
     assert "--input-shape '1,2,3' is invalid; expected 2 positive integers" in capsys.readouterr().err

@@ -9,6 +9,8 @@ before a tile is computed.
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -231,3 +233,58 @@ def test_class_probabilities_take_a_tensor_with_a_gradient():
     got = densepred.class_probabilities(NET, patches)
     expected = [softmax(reference_logits(DEFINITION, patch)).ravel() for patch in patches.detach().numpy()]
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+
+
+def test_options_of_the_other_kind_of_net_are_refused_not_ignored(tmp_path):
+    image = np.random.default_rng(8).random(SHAPE, dtype=np.float32)
+    model = densepred.from_torch(torch.nn.Conv2d(1, 2, 3, padding=1), dims=2, in_channels=1)
+    np.save(tmp_path / "in.npy", image)
+    for call in (lambda: densepred.predict_dense(NET, image, tta="flips"),
+                 lambda: densepred.predict_dense(NET, image, overlap=0.25),
+                 lambda: densepred.predict_dense(NET, image, channel_map={0: [1, 0, 2]}),
+                 lambda: densepred.predict_dense(model, image, batch_size=4),
+                 lambda: densepred.predict_to_file(densepred.PredictJob(
+                     model="torch.nn:Identity", input=str(tmp_path / "in.npy"), output=str(tmp_path / "o.zarr"),
+                     config=None, dims=2, mirror=True))):
+        with pytest.raises(DensePredError, match=r"own nets|models from"):
+            call()
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tile_shape": float("nan")}, "tile_shape nan is invalid; expected a positive integer, or one per axis"),
+    ({"tile_shape": (True, 27, 27)}, "is invalid"),
+    ({"progress": 3}, "progress = 3 is invalid"),
+    ({"memory_limit": "8G"}, "memory_limit = '8G' is invalid; expected a number of bytes"),
+    ({"batch_size": 10**9}, "or give a smaller --batch-size"),
+])
+def test_a_wrong_value_of_predict_dense_is_one_line(kwargs, message):
+    with pytest.raises(DensePredError, match=re.escape(message)):
+        densepred.predict_dense(NET, np.random.default_rng(9).random(SHAPE, dtype=np.float32), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tta": [0, 0]}, "tta [0, 0] is invalid; expected 'flips' or a list of distinct spatial axes in 0..1"),
+    ({"tta": 3}, "tta 3 is invalid"),
+    ({"overlap": "0.5", "mode": "blend"}, "overlap '0.5' is invalid"),
+    ({"channel_map": {0: [1, 1]}, "tta": [0]}, "channel_map[0] = [1, 1] is invalid: this model returns 2 channels"),
+    ({"channel_map": "x", "tta": [0]}, "channel_map 'x' is invalid"),
+    ({"tile_shape": float("nan")}, "window nan is invalid"),
+])
+def test_a_wrong_value_for_a_models_windows_is_one_line(kwargs, message):
+    model = densepred.from_torch(torch.nn.Conv2d(1, 2, 3, padding=1), dims=2, in_channels=1)
+    with pytest.raises(DensePredError, match=re.escape(message)):
+        densepred.predict_dense(model, np.random.default_rng(9).random(SHAPE, dtype=np.float32), **kwargs)
+
+
+def test_numbers_from_numpy_and_floats_are_taken_where_a_count_of_bytes_or_voxels_is_due():
+    image = np.random.default_rng(10).random(SHAPE, dtype=np.float32)
+    expected = densepred.predict_dense(NET, image, mirror=True)
+    for kwargs in ({"memory_limit": np.int64(2**31)}, {"memory_limit": 8e9}, {"tile_shape": np.array([2, 27, 27])},
+                   {"tile_shape": np.int64(27)}):
+        np.testing.assert_allclose(densepred.predict_dense(NET, image, mirror=True, **kwargs), expected, rtol=0,
+                                   atol=1e-6)  # another tile sums in another order
+    model = densepred.from_torch(torch.nn.Conv2d(1, 2, 3, padding=1), dims=2, in_channels=1)
+    whole_ = densepred.predict_dense(model, image, mode="exact")
+    np.testing.assert_allclose(densepred.predict_dense(model, image, mode="exact", tile_shape=np.int64(16)), whole_,
+                               rtol=0, atol=1e-6)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import DensePredError
+
 LOG_INTERVAL = 60.0  # seconds between progress lines in a batch log
 
 
@@ -27,6 +29,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str, enabled: ProgressOption = True, interval: float = LOG_INTERVAL,
                  terminal: bool | None = None):
+        check_progress(enabled)
         self.callback = enabled if callable(enabled) else None
         self.total, self.desc, self.enabled, self.interval = total, desc, enabled is True, interval
         self.done = 0
@@ -87,6 +90,13 @@ class Progress:
 
 
 ProgressOption = bool | Callable[[Progress], None]
+
+
+def check_progress(progress: object) -> None:
+    """One line for a ``progress`` that is neither True, False (or None) nor a callable."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise DensePredError(f"progress = {progress!r} is invalid; expected True (a bar or log lines), False, or a "
+                             "function that gets the Progress after every tile")
 
 
 def shape_text(shape: Sequence[int]) -> str:

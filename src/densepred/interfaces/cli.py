@@ -16,7 +16,7 @@ from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
 from .elektronn_command import add_import_elektronn
 from .info import run_info
-from .model_options import add_model_options, model_job, run_model_plan, run_model_profile
+from .model_options import add_model_options, model_job, refuse_model_options, run_model_plan, run_model_profile
 from .signals import terminate_cleanly
 from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
 from .zoo_command import add_test_model
@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a mistake in the arguments told in one line (not after the whole usage)."""
+    """argparse, with a mistake in the arguments told in one line (not after the whole usage), and
+    no abbreviations: ``plan --output x`` must not become ``--output-tensor x`` without a word."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
@@ -186,6 +190,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.config is None:
         raise DensePredError("densepred plan needs the network's config file, or a model: --model "
                              "package.module:Class or --model-file model.pt2")
+    refuse_model_options(args)
     cfg = load_config(args.config)
     dims = cfg.network.dims
     result = plan_job(
@@ -231,6 +236,7 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.config is None:
         raise DensePredError("densepred profile needs the network's config file, or a model: --model "
                              "package.module:Class or --model-file model.pt2")
+    refuse_model_options(args)
     if args.input or args.shape:
         raise DensePredError("--input and --shape are for a model's profile (--model); a config's profile measures "
                              "tiles, whatever the image")
@@ -276,6 +282,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DensePredError("densepred predict needs the network's config file, or a model: --model "
                              "package.module:Class or --model-file model.pt2")
     else:
+        refuse_model_options(args)
         job = _config_job(args)
     if args.workers or args.scheduler or args.scheduler_file:
         _quiet_cluster_logs()

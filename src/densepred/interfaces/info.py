@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..config import load_config, network_geometry
 from ..errors import DensePredError
 from ..geometry import Geometry
-from .model_options import model_fields
+from .model_options import model_fields, refuse_model_options
 from .values import parse_ints, parse_shape
 
 
@@ -18,6 +18,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.config is None:
         raise DensePredError("densepred info needs the network's config file, or a model: --model "
                              "package.module:Class or --model-file model.pt2")
+    refuse_model_options(args)
     if args.device:
         raise DensePredError("--device is for a model's info (--model), whose memory is measured on it")
     cfg = load_config(args.config)

@@ -61,6 +61,20 @@ def add_model_options(pred: argparse.ArgumentParser, command: str = "predict") -
     group.add_argument("--tta", metavar="flips|AXES", help="flip test-time augmentation: 'flips' or axes like 1,2")
 
 
+MODEL_ONLY = {"model_kwargs": None, "trust_imports": [], "dims": 3, "in_channels": 1, "activation": None,
+              "weights_format": None, "output_tensor": None, "factor": None, "smallest": None, "context": None,
+              "scale": None, "overlap": 0.5, "tta": None, "no_peaks": False}
+
+
+def refuse_model_options(args: argparse.Namespace) -> None:
+    """A config's net given an option of models from elsewhere: one line, never ignored."""
+    given = ["--" + name.replace("_", "-") for name, default in MODEL_ONLY.items()
+             if getattr(args, name, default) != default]
+    if given:
+        raise DensePredError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for models from elsewhere "
+                             "(--model, --model-file); a config's net takes its settings from the config")
+
+
 def model_job(args: argparse.Namespace) -> Any:
     """The :class:`~densepred.running.PredictJob` of a ``--model`` or ``--model-file`` run."""
     from ..running import PredictJob

@@ -13,9 +13,12 @@ allocator's fragmentation, library buffers).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DensePredError
@@ -47,11 +50,10 @@ class MemoryBudget:
         return MemoryBudget(self.limit, self.baseline + reserved, self.device)
 
 
-def memory_budget(memory_limit: int | None, device: torch.device) -> MemoryBudget:
-    """The budget for a run on ``device``: ``memory_limit`` or the default fraction."""
-    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
-                                     or memory_limit <= 0):
-        raise DensePredError(f"memory_limit = {memory_limit!r} is invalid; expected a number of bytes > 0")
+def memory_budget(memory_limit: float | None, device: torch.device) -> MemoryBudget:
+    """The budget for a run on ``device``: ``memory_limit`` (bytes, any positive number: ``8e9``,
+    a NumPy integer) or the default fraction."""
+    memory_limit = bytes_limit(memory_limit)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         allocated = torch.cuda.memory_allocated(device)
@@ -68,11 +70,23 @@ def tile_cost(geometry: Geometry, mode: str, footprint: Footprint, budget: Memor
     return lambda tile: int(ESTIMATE_MARGIN * footprint.bytes(geometry, tile, estimate_mode))
 
 
-def too_small(budget: MemoryBudget, need: int) -> DensePredError:
+def bytes_limit(memory_limit: Any) -> int | None:
+    """``memory_limit`` as whole bytes; one line for anything but a positive, finite number."""
+    if memory_limit is None:
+        return None
+    number = isinstance(memory_limit, int | float | np.integer | np.floating)
+    if isinstance(memory_limit, bool | np.bool_) or not number or not 1 <= memory_limit < math.inf:
+        raise DensePredError(f"memory_limit = {memory_limit!r} is invalid; expected a number of bytes of at least 1")
+    return int(memory_limit)
+
+
+def too_small(budget: MemoryBudget, need: int, batch: int = 1) -> DensePredError:
+    tiles = "the smallest valid tile" if batch == 1 else f"a batch of {batch} of the smallest valid tiles"
     return DensePredError(
-        f"the memory limit of {_gib(budget.limit)} is too small: even the smallest valid tile needs about "
+        f"the memory limit of {_gib(budget.limit)} is too small: even {tiles} needs about "
         f"{_gib(budget.baseline + need)} ({_gib(budget.baseline)} for the process itself and {_gib(need)} for the "
-        "tile's buffers); raise --memory-limit (memory_limit=) to at least that")
+        "tile's buffers); raise --memory-limit (memory_limit=) to at least that"
+        + ("" if batch == 1 else ", or give a smaller --batch-size (batch_size=)"))
 
 
 GIVEN = "it was given (--tile, tile_shape= or the config's tile_shape); give a smaller one to stay within the limit"

@@ -42,6 +42,7 @@ from ..planning.model_window import (
 )
 from .preprocess import Prepared, resolve
 from .transfers import Download, Transfers, Upload
+from .window_options import channel_orders, check_orders, overlap_value, tta_axes, window_value
 from .windows import activated, gaussian, outer, read_window, window_logits
 
 log = logging.getLogger("densepred")
@@ -106,6 +107,10 @@ class ModelRun:
         came from the user (else from an interrupted run's record), for the over-budget warning;
         ``precision``: the arithmetic (float32, tf32, bfloat16, float16), checked on the device."""
         asked_for = (mode, window, tta, channel_map)
+        dims = (net.flat if isinstance(net, StackNet) else net).dims  # a 2D model's, over a stack too
+        window, overlap = window_value(window), overlap_value(overlap)
+        tta, channel_map = tta_axes(tta, dims), channel_orders(channel_map, dims)
+        orders = channel_map  # as given: a stack's axes are shifted below
         net, source = source_of(net, source)
         if isinstance(net, StackNet):
             window, tta, channel_map = _over_stack(net, window, tta, channel_map)
@@ -114,8 +119,6 @@ class ModelRun:
         contract = net.contract if mode == "exact" else net.sizes
         asked = window if window is not None else net.window
         window = window_for(net, contract, window, source.spatial_shape, mode, contract.context_with(flips))
-        if not 0 <= overlap < 1:
-            raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
         device = resolve_device(device)
         precision = precision_for(precision, device)
         refuse_if_slower(model_key(net), device, precision.name)
@@ -138,6 +141,7 @@ class ModelRun:
             _, window, tta, channel_map = asked_for
             return cls.create(net, source, "blend", window, overlap, tta, channel_map, device, prepared,
                               memory_limit, in_memory, window_given, precision)
+        check_orders(orders, channels)
         if net.output == "softmax" and channels == 1:
             raise DensePredError("this model returns one channel, and a softmax over one channel is 1 everywhere: "
                                  "pass --activation sigmoid for a probability, or --activation identity for the "
@@ -387,10 +391,10 @@ def _over_stack(net: StackNet, window: Any, tta: Any, channel_map: Any) -> tuple
     window = window if window is not None else net.flat.window
     if isinstance(window, int):
         window = (window, window)
-    if window is not None and len(window) == 2:
+    if isinstance(window, Sequence) and len(window) == 2:
         window = (max(1, DEFAULT_WINDOW**3 // (int(window[0]) * int(window[1]))), *window)
     if tta is not None:
-        tta = [1, 2] if tta == "flips" else (tta if isinstance(tta, str) else [a + 1 for a in tta])
+        tta = tuple(a + 1 for a in tta)
     if channel_map:
         channel_map = {a + 1: order for a, order in channel_map.items()}
     return window, tta, channel_map
@@ -401,15 +405,11 @@ def flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
 
 
-def _flips(net: ForeignNet, tta: str | Sequence[int] | None, channel_map: Any) -> list[tuple[int, ...]]:
-    if tta is None:
+def _flips(net: ForeignNet, axes: tuple[int, ...] | None, channel_map: Any) -> list[tuple[int, ...]]:
+    """The flipped views of each window: the identity alone, or every subset of ``axes``
+    (checked by :func:`~densepred.running.compute.window_options.tta_axes`)."""
+    if axes is None:
         return [()]
-    valid = tta == "flips" or (not isinstance(tta, str) and all(
-        isinstance(a, int) and 0 <= a < net.dims for a in tta))
-    if not valid:
-        raise DensePredError(f"tta {tta!r} is invalid; expected 'flips' or a list of spatial axes in "
-                             f"0..{net.dims - 1}")
-    axes = tuple(range(net.dims)) if tta == "flips" else tuple(tta)
     if net.output == "sigmoid" and not channel_map:
         raise DensePredError("flip test-time augmentation of sigmoid outputs (affinities) needs channel_map= "
                              "(per flipped axis, the channel order after flipping back); without it flips would "

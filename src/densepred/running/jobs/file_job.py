@@ -34,6 +34,7 @@ from ...io.outputs import check_levels
 from ...io.pyramid import PyramidFeed
 from ...io.run_lock import output_lock
 from ...io.run_record import provenance, read_done, write_error, write_record
+from ...networks.memory_budget import bytes_limit
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
 from .job import JobResult, PlannedJob, PredictJob, check_job
@@ -60,6 +61,7 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
         >>> predict_to_file(job).shape                                           # doctest: +SKIP
     """
     check_job(job)
+    job = replace(job, memory_limit=bytes_limit(job.memory_limit))  # 8e9 and NumPy integers as whole bytes
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:

@@ -24,10 +24,10 @@ from ...io.images import host_array
 from ...networks import DenseNet
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
-from ...networks.memory_budget import memory_budget
+from ...networks.memory_budget import bytes_limit, memory_budget
 from ...networks.precision import autocast, precision_for
 from ...networks.precision_speed import refuse_if_slower
-from ...progress import Progress, ProgressOption
+from ...progress import Progress, ProgressOption, check_progress
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
 from ..compute.tiles import make_engine, predict_tiles
@@ -109,10 +109,16 @@ def predict_dense(
     """
     if not isinstance(mirror, bool | np.bool_):
         raise DensePredError(f"mirror = {mirror!r} is invalid; expected True or False")
+    check_progress(progress)
+    memory_limit = bytes_limit(memory_limit)
     if isinstance(net, ForeignNet):
+        if batch_size is not None:
+            raise DensePredError("batch_size is for densepred's own nets; a model from from_torch runs one window "
+                                 "at a time (tile_shape is its window)")
         return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
                                 progress, memory_limit, precision)
     net_geometry = _image_geometry(net)
+    _refuse_model_options(overlap, tta, channel_map)
     if tile_shape is None:
         tile_shape = net.tile_shape
     if mode == "auto":
@@ -215,6 +221,17 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     finally:
         net.train(was_training)
     return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
+
+
+def _refuse_model_options(overlap: Any, tta: Any, channel_map: Any) -> None:
+    """Own nets are exact window by window; options that blend or flip windows are not theirs,
+    and are refused rather than ignored."""
+    given = [f"{name}={value!r}" for name, value, kept in
+             (("overlap", overlap, isinstance(overlap, float | int) and overlap == 0.5), ("tta", tta, tta is None),
+              ("channel_map", channel_map, channel_map is None)) if not kept]
+    if given:
+        raise DensePredError(f"{', '.join(given)} is for models from from_torch or from_bioimageio (blended or "
+                             "flipped windows); densepred's own nets predict each window exactly, without it")
 
 
 def _image_geometry(net: Any) -> Geometry:

@@ -100,6 +100,7 @@ def check_job(job: PredictJob) -> None:
                              f"'s net; valid: {', '.join(modes)}")
     if not isinstance(job.overlap, int | float) or not 0 <= job.overlap < 1:
         raise DensePredError(f"overlap {job.overlap!r} is invalid; expected a fraction in [0, 1)")
+    _refuse_the_other_kinds_fields(job, model)
     if job.classes is not None and (isinstance(job.classes, str) or not all(
             isinstance(c, int) and not isinstance(c, bool) for c in job.classes)):
         raise DensePredError(f"classes {job.classes!r} are invalid; expected a list of class indices like [1] or "
@@ -108,6 +109,19 @@ def check_job(job: PredictJob) -> None:
             isinstance(r, list | tuple) and len(r) == 2 and all(isinstance(v, int) for v in r) for r in job.roi)):
         raise DensePredError(f"roi {job.roi!r} is invalid; expected a (start, stop) pair of integers per axis, like "
                              "[(0, 64), (0, 2048), (0, 2048)]")
+
+
+def _refuse_the_other_kinds_fields(job: PredictJob, model: bool) -> None:
+    """Fields that only one kind of net uses are refused for the other, not ignored."""
+    if model:
+        given = [name for name, value in (("mirror", job.mirror), ("roi", job.roi), ("batch_size", job.batch_size))
+                 if value not in (None, False)]
+        if given:
+            raise DensePredError(f"{', '.join(given)} is for densepred's own nets; a model from elsewhere takes mode "
+                                 "exact or blend, tile (its window), overlap and tta")
+    elif job.overlap != 0.5 or job.tta is not None:
+        raise DensePredError("overlap and tta are for models from elsewhere (blended or flipped windows); densepred's "
+                             "own nets predict each window exactly, without them")
 
 
 @dataclass

@@ -149,17 +149,17 @@ def plan_tiles(geometry: Geometry, spatial: Sequence[int], tile_shape: Any, mode
         if cost(output_tile) <= budget.room and mode != "stream":  # a stream flows slab by slab
             output_tile = flow_tile(geometry, padded.output_shape, output_tile, lambda t: cost(t) <= budget.room)
         if cost(output_tile) > budget.room:
-            raise too_small(budget, cost(output_tile))
+            raise too_small(budget, cost(output_tile), footprint.batch)
         output_tile = balanced_tile(output_tile, padded.output_shape, geometry.stride, mode)
         return TilePlan.create(spatial, geometry.fov, geometry.input_shape_for(output_tile), mirror, roi)
-    if stacked and not isinstance(tile_shape, int | np.integer) and len(tuple(tile_shape)) == geometry.ndim - 1:
-        plane = _tile_tuple(tile_shape, geometry.ndim - 1)
+    if stacked and isinstance(tile_shape, Sequence | np.ndarray) and len(tile_shape) == geometry.ndim - 1:
+        plane = _tile_tuple(tile_shape, geometry.ndim - 1, stacked)
         check_tile(geometry, (1, *plane), mode)
         output_plane = tuple(min(p - f + 1, o) for p, f, o in
                              zip(plane, geometry.fov[1:], padded.output_shape[1:], strict=True))
         depth = slices_that_fit(lambda z: cost((z, *output_plane)), padded.output_shape[0], budget.room)
         tile_shape = (depth, *plane)
-    tile = _tile_tuple(tile_shape, geometry.ndim)
+    tile = _tile_tuple(tile_shape, geometry.ndim, stacked)
     check_tile(geometry, tile, mode)
     plan = TilePlan.create(spatial, geometry.fov, tile, mirror, roi)
     warn_if_over(budget, cost(plan.output_tile), plan.input_tile)
@@ -243,10 +243,14 @@ def check_tile(geometry: Geometry, tile: Sequence[int], mode: str) -> None:
     raise DensePredError(f"tile_shape {list(tile)} {why}; nearest valid tile shapes: {choices}")
 
 
-def _tile_tuple(tile_shape: Any, dims: int) -> tuple[int, ...]:
-    tile = (tile_shape,) * dims if isinstance(tile_shape, int | np.integer) else tuple(tile_shape)
-    if len(tile) != dims or not all(isinstance(t, int | np.integer) and t > 0 for t in tile):
-        raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected {dims} positive integers (z, y, x order)")
+def _tile_tuple(tile_shape: Any, dims: int, stacked: bool = False) -> tuple[int, ...]:
+    whole = isinstance(tile_shape, int | np.integer) and not isinstance(tile_shape, bool | np.bool_)
+    tile = (tile_shape,) * dims if whole else tuple(tile_shape) if isinstance(tile_shape, Sequence | np.ndarray) else ()
+    if len(tile) != dims or not all(isinstance(t, int | np.integer) and not isinstance(t, bool | np.bool_) and t > 0
+                                    for t in tile):
+        axes = "(y, x) per section, or (z, y, x)" if stacked else "(" + ", ".join("zyx"[3 - dims:]) + ")"
+        raise DensePredError(f"tile_shape {tile_shape!r} is invalid; expected a positive integer, or one per axis: "
+                             f"{axes}")
     return tuple(int(t) for t in tile)
 
 

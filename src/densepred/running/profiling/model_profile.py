@@ -36,6 +36,7 @@ from ...errors import DensePredError
 from ...files import atomic_write_text
 from ...io import ChannelFirst
 from ...networks.devices import resolve_device
+from ...networks.memory_budget import bytes_limit
 from ...networks.precision import precision_for
 from ...networks.precision_speed import MODEL_AGAIN, model_key, remember
 from ...system import large_blocks_returned
@@ -154,6 +155,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
     """
     if max_seconds <= 0 or repeats < 1:
         raise DensePredError("max_seconds must be positive and repeats at least 1")
+    memory_limit = bytes_limit(memory_limit)
     fields = {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
               "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,
               "output_tensor": output_tensor, "weights_format": weights_format, "contract": contract}

@@ -29,6 +29,7 @@ from ...config import Config, load_config, network_geometry
 from ...errors import DensePredError
 from ...geometry import Geometry, tile_bytes
 from ...networks.devices import resolve_device
+from ...networks.memory_budget import bytes_limit
 from ...networks.precision import precision_for
 from ...networks.precision_speed import remember
 from .report import PROFILE_MODES, ProfileResult, save_profile, shape_text, write_prediction_settings
@@ -80,6 +81,7 @@ def profile(config: Config | str | Path, *, device: str | None = None,
         raise DensePredError("write=True needs a config loaded from a file")
     if max_seconds <= 0 or repeats < 1:
         raise DensePredError("max_seconds must be positive and repeats at least 1")
+    memory_limit = bytes_limit(memory_limit)
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
     resolved = resolve_device(device)

@@ -1,0 +1,72 @@
+"""The options of a model's windows as a Python caller gives them: checked in one line each.
+
+``window`` (a whole number or one per axis), ``overlap`` (a fraction in [0, 1)), ``tta``
+(``"flips"`` or distinct spatial axes) and ``channel_map`` (per flipped axis, the channels'
+order after flipping back: a permutation). NumPy integers and floats count as numbers; bools do
+not. Plain arithmetic and types, before a model is probed or a window runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import DensePredError
+
+
+def whole(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def window_value(window: Any) -> Any:
+    """A NumPy integer or array as Python integers; other values as they are (checked later
+    against the model's sizes)."""
+    if whole(window):
+        return int(window)
+    if isinstance(window, np.ndarray):
+        return tuple(int(w) if whole(w) else w for w in window.tolist())
+    return window
+
+
+def overlap_value(overlap: Any) -> float:
+    if (isinstance(overlap, bool | np.bool_) or not isinstance(overlap, int | float | np.integer | np.floating)
+            or not 0 <= overlap < 1):
+        raise DensePredError(f"overlap {overlap!r} is invalid; expected a fraction in [0, 1)")
+    return float(overlap)
+
+
+def tta_axes(tta: Any, dims: int) -> tuple[int, ...] | None:
+    """The flipped axes: None (no flips), every axis for ``"flips"``, or the axes given."""
+    if tta is None:
+        return None
+    if isinstance(tta, str) and tta == "flips":
+        return tuple(range(dims))
+    axes = tuple(tta) if isinstance(tta, Sequence | np.ndarray) and not isinstance(tta, str) else None
+    if axes is None or not all(whole(a) and 0 <= a < dims for a in axes) or len(set(axes)) != len(axes):
+        raise DensePredError(f"tta {tta!r} is invalid; expected 'flips' or a list of distinct spatial axes in "
+                             f"0..{dims - 1}")
+    return tuple(int(a) for a in axes)
+
+
+def channel_orders(channel_map: Any, dims: int) -> dict[int, tuple[int, ...]] | None:
+    """``{axis: channel order}``, each axis a spatial one and each order whole numbers."""
+    if channel_map is None or (isinstance(channel_map, dict) and not channel_map):
+        return None
+    valid = isinstance(channel_map, dict) and all(
+        whole(a) and 0 <= a < dims and isinstance(order, Sequence | np.ndarray) and not isinstance(order, str)
+        and len(order) > 0 and all(whole(c) for c in order) for a, order in channel_map.items())
+    if not valid:
+        raise DensePredError(f"channel_map {channel_map!r} is invalid; expected {{axis: channel order}} per flipped "
+                             f"spatial axis (0..{dims - 1}), e.g. {{0: [1, 0, 2]}}: the channels after flipping that "
+                             "axis back")
+    return {int(a): tuple(int(c) for c in order) for a, order in channel_map.items()}
+
+
+def check_orders(channel_map: dict[int, tuple[int, ...]] | None, channels: int) -> None:
+    """Each order must be a permutation of the model's output channels."""
+    for axis, order in (channel_map or {}).items():
+        if sorted(order) != list(range(channels)):
+            raise DensePredError(f"channel_map[{axis}] = {list(order)} is invalid: this model returns {channels} "
+                                 f"channels, so it must order each of 0..{channels - 1} once")
