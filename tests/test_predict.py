@@ -147,7 +147,7 @@ def test_invalid_mfp_tile_lists_the_nearest_valid_tiles():
     ("kwargs", "message"),
     [
         ({"tile_shape": 3}, "smaller than the field of view"),
-        ({"tile_shape": (30,)}, "expected 2 positive integers"),
+        ({"tile_shape": (30,)}, r"expected a positive integer, or one per axis: \(y, x\)"),
         ({"mode": "fast"}, "valid: auto, mfp, dilated, naive"),
         ({"batch_size": 0}, "positive integer"),
         ({"device": "gpu7"}, "device 'gpu7' is invalid"),
