@@ -67,6 +67,10 @@ def test_an_architecture_from_a_trusted_package_runs_after_a_notice(package, tmp
         assert run(package, tmp_path, "--trust-imports", "tests") == 0
     assert "running the model code of" in caplog.text
     assert "tests.test_foreign:UNet" in caplog.text
+    # in Python a package's name alone is one name, not its letters ('t', 'e', 's' trusted)
+    assert densepred.from_bioimageio(package, trust_imports="tests").contract.exact
+    with pytest.raises(densepred.DensePredError, match="pass --trust-imports tests"):
+        densepred.from_bioimageio(package, trust_imports="t")
 
 
 @pytest.mark.parametrize("where", ["weights", "architecture"])

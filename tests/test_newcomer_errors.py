@@ -197,6 +197,12 @@ def test_a_local_cluster_needs_no_fixed_scratch_name(config, volume, tmp_path):
     ({"roi": "0:5"}, "roi '0:5' is invalid; expected a (start, stop) pair"),
     ({"workers": 0}, "workers = 0 is invalid"),
     ({"overlap": 3}, "overlap 3 is invalid"),
+    ({"tta": "flips"}, "overlap and tta are for models from elsewhere"),
+    ({"weights": 5}, "weights = 5 is invalid; expected a file path"),
+    ({"contract": "x"}, "contract 'x' is invalid"),
+    ({"tiles_per_block": "2"}, "tiles_per_block '2' is invalid"),
+    ({"voxel_size": "4,4,4"}, "voxel size '4,4,4' is invalid; expected 3 positive, finite numbers (z, y, x)"),
+    ({"voxel_size": (4, 4, 4), "unit": 5}, "unit 5 is invalid"),
 ])
 def test_a_predict_job_with_a_wrong_argument_is_one_densepred_error(config, volume, tmp_path, options, message):
     job = densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr"), progress=False, **options)
@@ -206,6 +212,16 @@ def test_a_predict_job_with_a_wrong_argument_is_one_densepred_error(config, volu
     assert not (tmp_path / "o.zarr").exists()
     with pytest.raises(densepred.DensePredError, match="names no network"):
         densepred.predict_to_file(densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr")))
+
+
+def test_a_predict_job_takes_paths_and_names_an_array_given_as_its_input(config, volume, tmp_path):
+    job = densepred.PredictJob(config, tmp_path / "in.npy", tmp_path / "o.zarr", progress=False, mirror=True)
+    assert densepred.predict_to_file(job).shape[1:] == volume.shape
+    with pytest.raises(densepred.DensePredError) as caught:
+        densepred.predict_to_file(densepred.PredictJob(config, volume, str(tmp_path / "p.zarr")))
+    assert str(caught.value).count("\n") == 0
+    assert "array spec of type ndarray is invalid" in str(caught.value)
+    assert "predict_dense" in str(caught.value)
 
 
 def test_wrong_arguments_to_the_python_api_are_densepred_errors(config, volume):
@@ -220,6 +236,10 @@ def test_wrong_arguments_to_the_python_api_are_densepred_errors(config, volume):
         (lambda: densepred.from_torch(conv, dims=3, in_channels=1, factor="2"), "factor '2' is invalid"),
         (lambda: densepred.predict_dense(densepred.from_torch(conv, dims=3, in_channels=1), volume,
                                          tile_shape=(1.5, 8, 8)), "window (1.5, 8, 8) is invalid"),
+        (lambda: densepred.profile(config, max_seconds="5"), "max_seconds = '5', repeats = 3: max_seconds must be"),
+        (lambda: densepred.profile(config, aspect=(1, "a", 1)), "aspect [1, 'a', 1] is invalid"),
+        (lambda: densepred.profile(config, write="yes"), "write = 'yes' is invalid"),
+        (lambda: densepred.profile(config, progress=3), "progress = 3 is invalid"),
     ]
     for call, message in wrong:
         with pytest.raises(densepred.DensePredError) as caught:

@@ -22,6 +22,7 @@ changed working directory.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,17 @@ SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precompute
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
+def spec_text(spec: Any) -> str:
+    """A spec as text: a ``pathlib.Path`` as its path; one line for anything that names no file."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec or "\x00" in spec:
+        what = repr(spec) if isinstance(spec, str | bytes) else f"of type {type(spec).__name__}"
+        hint = "; an array in memory is predicted by densepred.predict_dense" if hasattr(spec, "shape") else ""
+        raise DensePredError(f"array spec {what} is invalid; expected {SUPPORTED}{hint}")
+    return spec
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     path: Path
@@ -49,9 +61,8 @@ class ArraySpec:
     time: int | None = None  # one time point of a time series (``@t=N``)
 
     @classmethod
-    def parse(cls, spec: str, base: Path | None = None) -> ArraySpec:
-        if not isinstance(spec, str) or not spec or "\x00" in spec:
-            raise DensePredError(f"array spec {spec!r} is invalid; expected {SUPPORTED}")
+    def parse(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
+        spec = spec_text(spec)
         time = TIME_POINT.search(spec)
         bad = None if time else re.search(r"@t=([^/:@]*)$", spec)
         if bad:
@@ -62,8 +73,9 @@ class ArraySpec:
         return cls(parsed.path, parsed.key, int(time.group(1))) if time else parsed
 
     @classmethod
-    def output(cls, spec: str, base: Path | None = None) -> ArraySpec:
+    def output(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
         """An output's spec: a whole array, never a time point."""
+        spec = spec_text(spec)
         parsed = cls.parse(spec, base)
         if parsed.time is not None:
             raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "

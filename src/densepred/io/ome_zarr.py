@@ -75,6 +75,8 @@ def check_unit(unit: str | None) -> str | None:
     """A UDUNITS space unit as OME-Zarr wants it, or a clear error (``nm`` -> ``nanometer`` hint)."""
     if unit is None or unit in SPACE_UNITS:
         return unit
+    if not isinstance(unit, str):
+        raise DensePredError(f"unit {unit!r} is invalid; expected the name of a space unit, such as nanometer")
     hint = UNIT_ABBREVIATIONS.get(unit.lower())
     suggestion = f" (did you mean '{hint}'?)" if hint else did_you_mean(unit, SPACE_UNITS)
     raise DensePredError(f"unit {unit!r} is not an OME-Zarr space unit{suggestion}; use a UDUNITS name such as "

@@ -235,7 +235,7 @@ def announce(zoo: ZooModel, rdf: str | Path) -> None:
 def _trusted(module: str, trust_imports: Sequence[str], rdf: str | Path) -> str:
     """``module`` if it belongs to a trusted package; an architecture from anywhere else could
     be any function (``os:system``), so it is refused until the user trusts its package."""
-    allowed = (*TRUSTED_IMPORTS, *trust_imports)
+    allowed = (*TRUSTED_IMPORTS, *((trust_imports,) if isinstance(trust_imports, str) else trust_imports))
     if any(module == name or module.startswith(name + ".") for name in allowed):
         return module
     package = module.split(".", maxsplit=1)[0]

@@ -29,6 +29,7 @@ from typing import Any
 
 from ...errors import DensePredError
 from ...io import ArraySpec, create_output, open_output, output_exists
+from ...io.arrays import spec_text
 from ...io.output_checks import check_replaceable, clear_deleted, move_aside, set_aside
 from ...io.outputs import check_levels
 from ...io.pyramid import PyramidFeed
@@ -61,7 +62,8 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
         >>> predict_to_file(job).shape                                           # doctest: +SKIP
     """
     check_job(job)
-    job = replace(job, memory_limit=bytes_limit(job.memory_limit))  # 8e9 and NumPy integers as whole bytes
+    job = replace(job, memory_limit=bytes_limit(job.memory_limit),  # 8e9 and NumPy integers as whole bytes
+                  input=spec_text(job.input), output=spec_text(job.output))  # a pathlib.Path as its path
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:

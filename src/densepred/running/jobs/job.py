@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,21 @@ def check_job(job: PredictJob) -> None:
     if not isinstance(job.overlap, int | float) or not 0 <= job.overlap < 1:
         raise DensePredError(f"overlap {job.overlap!r} is invalid; expected a fraction in [0, 1)")
     _refuse_the_other_kinds_fields(job, model)
+    _check_paths_and_fields(job)
+
+
+def _check_paths_and_fields(job: PredictJob) -> None:
+    for name in ("weights", "model_file"):
+        value = getattr(job, name)
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise DensePredError(f"{name} = {value!r} is invalid; expected a file path")
+    per_block = job.tiles_per_block
+    if per_block is not None and not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (
+            per_block if isinstance(per_block, list | tuple) else [per_block])):
+        raise DensePredError(f"tiles_per_block {per_block!r} is invalid; expected a positive integer or one per axis")
+    if job.contract is not None and not isinstance(job.contract, dict):
+        raise DensePredError(f"contract {job.contract!r} is invalid; expected a dict of tiling contract fields, like "
+                             "{'factor': 16, 'context': 44}")
     if job.classes is not None and (isinstance(job.classes, str) or not all(
             isinstance(c, int) and not isinstance(c, bool) for c in job.classes)):
         raise DensePredError(f"classes {job.classes!r} are invalid; expected a list of class indices like [1] or "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from ...config import Config
 from ...errors import DensePredError
@@ -77,6 +78,14 @@ def output_placement(job: PredictJob, in_spec: ArraySpec, dims: int, start: Sequ
     return Placement(voxel_size, translation, placed.unit)
 
 
+def _numbers(values: Any) -> tuple[float, ...]:
+    """A number or numbers as floats; () for anything else (text, a dict), which the caller refuses."""
+    try:
+        return tuple(float(v) for v in ((values,) if isinstance(values, int | float) else values))
+    except (TypeError, ValueError):
+        return ()
+
+
 def file_placement(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, dims: int, start: Sequence[int],
                    scale: Sequence[tuple[int, int]] = ()) -> Placement | None:
     """:func:`output_placement` for an output that holds it in its own attributes (HDF5, TIFF);
@@ -92,11 +101,11 @@ def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> Placement | No
     if found is not None and len(found.voxel_size) != dims:
         found = None
     if job.voxel_size is not None:
-        size = tuple(float(v) for v in job.voxel_size)
+        size = _numbers(job.voxel_size)
         size = size * dims if len(size) == 1 else size
         if len(size) != dims or not all(0 < v < math.inf for v in size):
-            raise DensePredError(f"voxel size {list(job.voxel_size)} is invalid; expected {dims} positive, finite "
-                                 "numbers (z, y, x order)")
+            raise DensePredError(f"voxel size {job.voxel_size!r} is invalid; expected {dims} positive, finite "
+                                 f"numbers ({', '.join('zyx'[3 - dims:]) if dims <= 3 else 'one per axis'})")
         voxels = (t / v for t, v in zip(found.translation, found.voxel_size, strict=True)) if found else (0,) * dims
         return Placement(size, tuple(i * v for i, v in zip(voxels, size, strict=True)), unit)
     if found is not None:
@@ -113,8 +122,9 @@ def _levels(levels: int | None) -> int | None:
 
 
 def _per_axis_ints(value: Sequence[int] | int, dims: int, name: str) -> tuple[int, ...]:
-    values = (value,) * dims if isinstance(value, int) else tuple(value)
+    values = (value,) * dims if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else ()
     values = values * dims if len(values) == 1 else values
-    if len(values) != dims or not all(isinstance(v, int) and v > 0 for v in values):
-        raise DensePredError(f"{name} {value!r} is invalid; expected {dims} positive integers (z, y, x order)")
+    if len(values) != dims or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        axes = ", ".join("zyx"[3 - dims:]) if dims <= 3 else "one per axis"
+        raise DensePredError(f"{name} {value!r} is invalid; expected a positive integer, or {dims} ({axes})")
     return values

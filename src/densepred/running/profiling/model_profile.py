@@ -45,7 +45,7 @@ from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..planning.model_window import LadderStep, window_ladder
 from .model_window_process import measure_in_process, model_for
-from .report import shape_text
+from .report import check_measure_budget, shape_text
 
 CSV_NAME = "model_profile.csv"
 CSV_COLUMNS = ["precision", "window", "windows", "seconds_per_window", "image_seconds", "voxels_per_s",
@@ -153,8 +153,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
         ...                                  model_kwargs={"spatial_dims": 3})      # doctest: +SKIP
         >>> result.best.window                                                      # doctest: +SKIP
     """
-    if max_seconds <= 0 or repeats < 1:
-        raise DensePredError("max_seconds must be positive and repeats at least 1")
+    check_measure_budget(max_seconds, repeats)
     memory_limit = bytes_limit(memory_limit)
     fields = {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
               "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,

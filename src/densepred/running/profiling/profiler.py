@@ -20,6 +20,7 @@ product measured in the same worker (DESIGN §7), so a fraction means the same o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,15 @@ from ...networks.devices import resolve_device
 from ...networks.memory_budget import bytes_limit
 from ...networks.precision import precision_for
 from ...networks.precision_speed import remember
-from .report import PROFILE_MODES, ProfileResult, save_profile, shape_text, write_prediction_settings
+from ...progress import check_progress
+from .report import (
+    PROFILE_MODES,
+    ProfileResult,
+    check_measure_budget,
+    save_profile,
+    shape_text,
+    write_prediction_settings,
+)
 from .walk import Walk, tile_walk
 from .worker import Worker
 
@@ -77,10 +86,12 @@ def profile(config: Config | str | Path, *, device: str | None = None,
     if cfg.network.dims == 0:
         raise DensePredError("networks with dims = 0 classify feature vectors; there is no tile to profile")
     modes = _check_modes(modes)
+    if not isinstance(write, bool):
+        raise DensePredError(f"write = {write!r} is invalid; expected True or False")
+    check_progress(progress)
     if write and cfg.path is None:
         raise DensePredError("write=True needs a config loaded from a file")
-    if max_seconds <= 0 or repeats < 1:
-        raise DensePredError("max_seconds must be positive and repeats at least 1")
+    check_measure_budget(max_seconds, repeats)
     memory_limit = bytes_limit(memory_limit)
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
@@ -187,8 +198,11 @@ def _aspect(cfg: Config, geometry: Geometry, aspect: Sequence[float] | None) -> 
         patch = cfg.network.patch_size or (cfg.training.patch_size if cfg.training else None) \
             or cfg.prediction.tile_shape
         aspect = patch if patch is not None else (1,) * geometry.ndim
-    values = tuple(float(a) for a in aspect)
-    if len(values) != geometry.ndim or not all(a > 0 for a in values):
+    try:
+        values = tuple(float(a) for a in aspect)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != geometry.ndim or not all(0 < a < math.inf for a in values):
         raise DensePredError(f"aspect {list(aspect)} is invalid; expected {geometry.ndim} positive numbers (z, y, x)")
     largest = max(values)
     return tuple(a / largest for a in values)

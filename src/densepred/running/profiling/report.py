@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ...config import load_config, set_prediction_settings
 from ...errors import DensePredError
 from ...files import atomic_write_text
@@ -107,6 +109,20 @@ class ProfileResult:
                      f"{reduced.voxels_per_s:,.0f} against {full.voxels_per_s:,.0f} voxels/s "
                      f"({reduced.voxels_per_s / full.voxels_per_s:.2f}x), {verdict}")
         return text
+
+
+def check_measure_budget(max_seconds: object, repeats: object) -> None:
+    """A profile's time budget and repeats (NumPy scalars too), refused in one line if wrong."""
+    seconds, count = _plain(max_seconds), _plain(repeats)
+    if (isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf
+            or isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise DensePredError(f"max_seconds = {max_seconds!r}, repeats = {repeats!r}: max_seconds must be a positive "
+                             "number of seconds and repeats a whole number of at least 1")
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python number it holds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def save_profile(result: ProfileResult, folder: str | Path, name: str = "") -> tuple[Path, Path]:
