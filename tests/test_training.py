@@ -113,6 +113,9 @@ def test_a_second_run_into_the_same_save_dir_is_refused(tmp_path):
     densepred.train(config, progress=False)
     with pytest.raises(DensePredError, match="densepred train --resume"):
         densepred.train(config, progress=False)
+    for wrong, message in (({"resume": "yes"}, "resume = 'yes' is invalid"), ({"progress": 3}, "progress = 3")):
+        with pytest.raises(DensePredError, match=message):  # "yes" resumed; 3 was taken for no progress
+            densepred.train(config, **wrong)
 
 
 def test_prediction_net_loads_the_last_weights_and_predicts_like_the_trained_net(tmp_path, rng, caplog):

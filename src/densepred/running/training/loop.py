@@ -103,6 +103,9 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
         raise DensePredError(f"{cfg.path or 'the config'} has no [training] section")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise DensePredError(f"steps = {steps!r} is invalid; expected a positive integer")
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise DensePredError(f"{name} = {value!r} is invalid; expected True or False")
     device = resolve_device(device)
     checked = precision_for(precision, device)
     with training_lock(cfg):
