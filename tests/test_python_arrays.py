@@ -288,3 +288,43 @@ def test_numbers_from_numpy_and_floats_are_taken_where_a_count_of_bytes_or_voxel
     whole_ = densepred.predict_dense(model, image, mode="exact")
     np.testing.assert_allclose(densepred.predict_dense(model, image, mode="exact", tile_shape=np.int64(16)), whole_,
                                rtol=0, atol=1e-6)
+
+
+class TwoOutputs(torch.nn.Module):
+    """A deep-supervision-like model: logits and a second head, as a dict or a tuple."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.conv, self.as_dict = torch.nn.Conv2d(1, 2, 3, padding=1), as_dict
+
+    def forward(self, x: torch.Tensor):
+        y = self.conv(x)
+        return {"logits": y, "aux": y[:, :1]} if self.as_dict else (y, y[:, :1])
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_a_model_with_several_outputs_is_told_to_name_one_and_predicts_the_one_named(as_dict):
+    torch.manual_seed(1)
+    model = TwoOutputs(as_dict)
+    with pytest.raises(DensePredError) as caught:
+        densepred.from_torch(model, dims=2, in_channels=1)
+    assert "returns a dict of 2 outputs ('logits', 'aux')" in str(caught.value) if as_dict else \
+        "returns a tuple of 2 outputs" in str(caught.value)
+    assert "output_tensor=" in str(caught.value)
+    net = densepred.from_torch(model, dims=2, in_channels=1, output_tensor="logits" if as_dict else 0)
+    image = np.random.default_rng(11).random((37, 41), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(model.conv(torch.from_numpy(image)[None, None]), 1)[0].numpy()
+    got = densepred.predict_dense(net, image, mode="exact", tile_shape=(16, 16))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_bfloat16_model_is_probed_and_predicts():
+    torch.manual_seed(2)
+    model = torch.nn.Conv2d(1, 2, 3, padding=1).bfloat16()
+    net = densepred.from_torch(model, dims=2, in_channels=1)  # its weights hashed as bytes (NumPy has no bfloat16)
+    image = np.random.default_rng(12).random((37, 41), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(image)[None, None].bfloat16()).float(), 1)[0].numpy()
+    got = densepred.predict_dense(net, image, mode="exact", tile_shape=(16, 16))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

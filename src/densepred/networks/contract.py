@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..errors import DensePredError
 from ..geometry.scale import Pair, origin, scaled, unscaled
 from ..geometry.scale import text as scale_text
 from . import contract_cache
@@ -227,12 +228,12 @@ def _touched(model: torch.nn.Module, x: torch.Tensor, position: list[int]) -> to
     with torch.inference_mode():
         if getattr(model, "nan_probe", True):
             x[voxel] = float("nan")
-            return torch.isnan(model(x)).any(dim=1)[0]
-        base, changed = model(x), None
+            return torch.isnan(forward(model, x)).any(dim=1)[0]
+        base, changed = forward(model, x), None
         for delta in (1e3, -1e3):
             y = x.clone()
             y[voxel] += delta
-            moved = (model(y) != base).any(dim=1)[0]
+            moved = (forward(model, y) != base).any(dim=1)[0]
             changed = moved if changed is None else changed | moved
     return changed
 
@@ -251,7 +252,7 @@ def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContr
     window = [slice(None)] * len(side)
     window[axis] = slice(f, f + length)
     with torch.inference_mode():
-        whole, part = model(x), model(x[(slice(None), slice(None), *window)])
+        whole, part = forward(model, x), forward(model, x[(slice(None), slice(None), *window)])
     out, shift = scaled(length, pair), scaled(f, pair)
     trusted = slice(lo, out - 2 * c - hi)
     shifted = slice(shift + lo, shift + out - 2 * c - hi)
@@ -264,6 +265,26 @@ def _shift_error(model: torch.nn.Module, in_channels: int, contract: TilingContr
              if getattr(m, "align_corners", False)]
     what = ", ".join(named) if named else "an operation that depends on the window's size or position"
     return f"its output is not shift-equivariant (differs by {error:.3g} between aligned windows): {what}"
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, which must be one tensor: a model with several outputs is told, in one line, to
+    name the one to predict."""
+    result = model(x)
+    if isinstance(result, torch.Tensor):
+        return result
+    if isinstance(result, dict):
+        kind = f"a dict of {_outputs(len(result))} ({', '.join(repr(k) for k in result)})"
+    elif isinstance(result, list | tuple):
+        kind = f"a {type(result).__name__} of {_outputs(len(result))}"
+    else:
+        kind = f"a {type(result).__name__}, not a tensor"
+    raise DensePredError(f"this model returns {kind}; name the one to predict: output_tensor= in from_torch, "
+                         "--output-tensor NAME|INDEX on the command line")
+
+
+def _outputs(count: int) -> str:
+    return "1 output" if count == 1 else f"{count} outputs"
 
 
 def probe_input(model: torch.nn.Module, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -281,7 +302,7 @@ def model_hash(model: torch.nn.Module) -> str:
     digest.update(_structure(model).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
     return digest.hexdigest()
 
 
@@ -303,5 +324,5 @@ def _structure(model: torch.nn.Module) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["NON_LOCAL", "PROBE_VOXELS", "TilingContract", "from_fields", "kept_scale", "model_hash",
+__all__ = ["NON_LOCAL", "PROBE_VOXELS", "TilingContract", "forward", "from_fields", "kept_scale", "model_hash",
            "non_local_layers", "probe_input", "verdict"]

@@ -20,7 +20,7 @@ from ..errors import DensePredError
 from ..geometry.scale import MAX_TERM, Pair, aligned_factor, ratio
 from ..geometry.scale import text as scale_text
 from . import contract_cache
-from .contract import TilingContract, from_fields, kept_scale, model_hash, probe_input, verdict
+from .contract import TilingContract, forward, from_fields, kept_scale, model_hash, probe_input, verdict
 
 
 def fixed_sizes(model: torch.nn.Module, dims: int, in_channels: int, shape: tuple[int, ...],
@@ -249,7 +249,7 @@ def _accepted(model: torch.nn.Module, in_channels: int, dims: int,
     try:
         with torch.inference_mode():
             box = side if isinstance(side, tuple) else (side,) * dims
-            out = model(probe_input(model, (1, in_channels, *box), 0))
+            out = forward(model, probe_input(model, (1, in_channels, *box), 0))
     except DensePredError:  # no size cures it (an output the model does not have)
         raise
     except Exception:  # too small, sizes that do not fit together, an exported program's guard
