@@ -221,11 +221,24 @@ def test_a_model_takes_a_tensor_and_writes_into_a_tensor_or_a_uint8_array_or_ref
 
 
 @pytest.mark.parametrize("make", [lambda: torch.zeros((3, *SHAPE), dtype=torch.complex64),
-                                  lambda: np.zeros(SHAPE, object)], ids=["complex tensor", "object array"])
+                                  lambda: np.zeros(SHAPE, object), lambda: [[[0.5] * 29] * 23, [[0.5] * 28] * 23]],
+                         ids=["complex tensor", "object array", "ragged lists"])
 def test_an_image_numpy_cannot_read_as_numbers_is_one_line(make):
     with pytest.raises(DensePredError) as caught:
         densepred.predict_dense(NET, make(), mirror=True)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("features", "message"), [
+    ([["a", "b", "c"]], "input dtype <U1 is invalid; expected real numbers"),
+    (np.zeros((5, 3), complex), "input dtype complex128 is invalid"),  # its imaginary part was dropped
+    ([[1, 2], [3]], "input is not an array of numbers"),
+])
+def test_class_probabilities_of_what_is_no_array_of_real_numbers_is_one_line(features, message):
+    net = densepred.build_net(densepred.config_from_dict(
+        {"network": {"dims": 0, "in_channels": 3, "n_classes": 2, "mlp": [4]}}))
+    with pytest.raises(DensePredError, match=re.escape(message)):
+        densepred.class_probabilities(net, features)
 
 
 def test_class_probabilities_take_a_tensor_with_a_gradient():

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from ..geometry import Tile, TilePlan
-from .reading import read_box
+from .reading import read_box, reason
 
 log = logging.getLogger("densepred")
 _WARNED: set[str] = set()  # integer dtypes warned about, once per process
@@ -48,7 +48,10 @@ class ChannelFirst:
     def __init__(self, image: Any, channels: int, dims: int):
         image = host_array(image)
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-            image = np.asarray(image)
+            try:
+                image = np.asarray(image)
+            except ValueError as exc:  # nested lists of unequal lengths
+                raise DensePredError(f"the image is not an array of numbers: {reason(exc)}") from None
         shape = tuple(image.shape)
         self.image, self.channels = image, channels
         self.stacked = False
@@ -63,10 +66,7 @@ class ChannelFirst:
         else:
             raise DensePredError(f"image of shape {list(shape)} is invalid for this network; expected "
                                  f"{_expected(channels, dims)}")
-        self.dtype = _numpy_dtype(image)
-        if not any(np.issubdtype(self.dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
-            raise DensePredError(f"image dtype {self.dtype} is invalid; expected real numbers (integers, floats or "
-                                 "booleans)")
+        self.dtype = check_real(_numpy_dtype(image), "image")
         if 0 in shape:
             raise DensePredError(f"image of shape {list(shape)} has an empty axis: there is nothing to predict")
         if math.prod(shape) > MAX_VOXELS:
@@ -101,6 +101,13 @@ def host_array(image: Any) -> Any:
         raise DensePredError(f"a torch tensor of dtype {str(tensor.dtype).removeprefix('torch.')} and layout "
                              f"{str(tensor.layout).removeprefix('torch.')} cannot be read ({exc}); pass a dense "
                              "tensor of real numbers") from None
+
+
+def check_real(dtype: np.dtype, what: str) -> np.dtype:
+    """``dtype`` if it holds real numbers (integers, floats, booleans); else one line."""
+    if not any(np.issubdtype(dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
+        raise DensePredError(f"{what} dtype {dtype} is invalid; expected real numbers (integers, floats or booleans)")
+    return dtype
 
 
 def _numpy_dtype(image: Any) -> np.dtype:

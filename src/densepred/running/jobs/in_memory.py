@@ -20,7 +20,8 @@ from ...config import MODES
 from ...errors import DensePredError
 from ...geometry import Geometry, Tile
 from ...io import ChannelFirst, kept_bytes_of, to_float32
-from ...io.images import host_array
+from ...io.images import check_real, host_array
+from ...io.reading import reason
 from ...networks import DenseNet
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
@@ -191,7 +192,11 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     ``torch.autocast``, the softmax stays float32.
     """
     cfg = net.config
-    x = np.asarray(host_array(x))
+    try:
+        x = np.asarray(host_array(x))
+    except ValueError as exc:  # nested lists of unequal lengths
+        raise DensePredError(f"input is not an array of numbers: {reason(exc)}") from None
+    check_real(x.dtype, "input")
     if cfg.dims == 0:
         expected = (cfg.in_channels,)
     else:
