@@ -66,6 +66,12 @@ def test_a_models_option_given_to_a_configs_net_is_refused_not_ignored(capsys, t
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_a_demo_of_zero_steps_is_refused_before_it_writes_its_data(capsys, tmp_path):
+    assert_one_line_exit_2(["demo", "--out", str(tmp_path / "demo"), "--steps", "0"], capsys,
+                           "argument --steps: '0' is invalid; expected a positive whole number")
+    assert not (tmp_path / "demo").exists()  # it wrote the volumes, then the training refused 0 steps
+
+
 def assert_one_line_exit_2(args, capsys, message):
     """argparse's mistakes exit (SystemExit), densepred's return 2: either way, exit code 2."""
     try:

@@ -18,7 +18,7 @@ from .elektronn_command import add_import_elektronn
 from .info import run_info
 from .model_options import add_model_options, model_job, refuse_model_options, run_model_plan, run_model_profile
 from .signals import terminate_cleanly
-from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size
+from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size, positive_int
 from .zoo_command import add_test_model
 
 
@@ -80,7 +80,7 @@ def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train the config's network; weights go to its save_dir")
     train.add_argument("config", help="config file with [network] and [training] (TOML)")
     train.add_argument("--resume", action="store_true", help="continue from <name>-LAST.safetensors")
-    train.add_argument("--steps", type=int, help="total steps (overrides training.steps)")
+    train.add_argument("--steps", type=positive_int, help="total steps (overrides training.steps)")
     train.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     add_precision(train)
@@ -208,7 +208,7 @@ def run_plan(args: argparse.Namespace) -> int:
 def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="synthetic EM data end to end: train, predict, score")
     demo.add_argument("--out", default="demo", help="output folder (default: demo)")
-    demo.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    demo.add_argument("--steps", type=positive_int, default=1000, help="training steps (default: 1000)")
     demo.set_defaults(run=run_demo)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..io.synthetic import em_volume
 from ..networks import create_prediction_net
 from ..running import predict_dense, train
+from .values import positive_int
 
 DEMO_CONFIG = """\
 # A small anisotropic 3D membrane detector (z is coarser than y, x).
@@ -62,7 +63,7 @@ mode = "mfp"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="output folder (default: demo)")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="training steps (default: 1000)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,17 @@ def parse_floats(text: str, option: str = "--voxel-size") -> tuple[float, ...]:
 __all__ = ["parse_floats", "parse_ints", "parse_size"]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (steps, counts), refused before any work."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; expected a positive whole number")
+    return value
+
+
 def add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                         help="the network's arithmetic: float32 (exact, the default), tf32 (NVIDIA GPUs), "
