@@ -210,3 +210,36 @@ def test_the_shards_a_box_meets_carry_the_ids_of_the_whole_grid():
     assert source_box(above, (2, 2, 1), (9, 20, 7)) == ((4, 9), (6, 20), (0, 7))
     assert box_above(((3, 9), (6, 20), (0, 7)), (2, 2, 1), (9, 20, 7)) is None
     assert box_above(((4, 7), (6, 20), (0, 7)), (2, 2, 1), (9, 20, 7)) is None
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(shape=st.lists(st.integers(1, 13), min_size=1, max_size=3), tile=st.integers(1, 5),
+       batch_size=st.integers(1, 5), done_fraction=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_a_lazy_tile_list_is_the_listed_tiles_and_a_resume_runs_the_same_batches(shape, tile, batch_size,
+                                                                                 done_fraction, seed):
+    plan = TilePlan.create(shape, (1,) * len(shape), (tile,) * len(shape), mirror=False)
+    listed = list(plan.tiles())
+    lazy = plan.all_tiles()
+    assert len(lazy) == len(listed)
+    assert list(lazy) == listed
+    assert [lazy[i] for i in range(-len(listed), len(listed))] == listed + listed
+    assert lazy[1:len(listed):2] == listed[1::2]
+    assert lazy.voxels() == math.prod(shape) == sum(math.prod(t.owned_shape) for t in listed)
+    rng = np.random.default_rng(seed)
+    done = {i for i in range(len(listed)) if rng.random() < done_fraction}
+    # the definition: every fixed batch of the C-ordered tiles that has a tile not done
+    batches = [listed[i:i + batch_size] for i in range(0, len(listed), batch_size)]
+    expected = [t for batch in batches if any(plan.tile_id(t) not in done for t in batch) for t in batch]
+    todo = plan.batches_to_run(done, batch_size)
+    assert list(todo) == expected
+    assert [todo[i] for i in range(len(todo))] == expected
+    assert todo.voxels() == sum(math.prod(t.owned_shape) for t in expected)
+
+
+def test_a_plan_of_a_billion_tiles_is_listed_without_making_them():
+    plan = TilePlan.create((1000, 1000, 1000), (1, 1, 1), (1, 1, 1), mirror=False)
+    tiles = plan.batches_to_run({0, 1, 5}, batch_size=2)  # resumed: batch 0 done, batch 2 only half
+    assert len(tiles) == 10**9 - 2
+    assert tiles[0].index == (0, 0, 2)
+    assert tiles[-1].index == (999, 999, 999)
+    assert tiles.ranges == [range(2, 10**9)]

@@ -36,7 +36,7 @@ from .pyramid import (
     shards_meeting,
     source_box,
 )
-from .tiles import Tile, TilePlan, axis_starts, pad_low_for, reflect_index, source_window
+from .tiles import Tile, TileList, TilePlan, axis_starts, pad_low_for, reflect_index, source_window
 
 __all__ = [
     "INNER_CHUNK",
@@ -51,6 +51,7 @@ __all__ = [
     "LayerRow",
     "Level",
     "Tile",
+    "TileList",
     "TilePlan",
     "axis_starts",
     "balanced_tile",

@@ -17,10 +17,12 @@ maps them back to the stored image.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import DensePredError
 
@@ -142,6 +144,32 @@ class TilePlan:
         start = tuple(min(s, max(o - t, 0)) for s, o, t in zip(owned, self.output_shape, self.output_tile, strict=True))
         return Tile(index, start, self.output_tile, owned, owned_shape)
 
+    def tile_of(self, tile_id: int) -> Tile:
+        """The tile :meth:`tile_id` numbers ``tile_id``."""
+        index = []
+        for n in reversed(self.grid):
+            tile_id, i = divmod(tile_id, n)
+            index.append(i)
+        return self.tile_at(index[::-1])
+
+    def all_tiles(self) -> TileList:
+        """Every tile, in C order of the grid, made one at a time as they are taken."""
+        return TileList(self, [range(len(self))])
+
+    def batches_to_run(self, done: Container[int], batch_size: int) -> TileList:
+        """The tiles of every fixed batch (``batch_size`` tiles in C order) with a tile not in
+        ``done``: a rerun batches the same tiles together, so its numbers are the same."""
+        count = len(self)
+        touched = {i // batch_size for i in done if 0 <= i < count}  # batches with a tile done
+        finished = sorted(b for b in touched
+                          if all(i in done for i in range(b * batch_size, min((b + 1) * batch_size, count))))
+        ranges, start = [], 0
+        for b in finished:  # the tiles between batches wholly done run
+            ranges.append(range(start, b * batch_size))
+            start = min((b + 1) * batch_size, count)
+        ranges.append(range(start, count))
+        return TileList(self, ranges)
+
     def tile_id(self, tile: Tile) -> int:
         """The tile's position in C order of the grid: a stable id for done records."""
         flat = 0
@@ -158,6 +186,39 @@ class TilePlan:
             for o, start, length, low, n in zip(origin, tile.output_start, self.input_tile, self.pad_low,
                                                 self.image_shape, strict=True)
         ]
+
+
+class TileList(Sequence[Tile]):
+    """Tiles of a plan held as ranges of their ids: a few integers in memory however many tiles
+    (a run of 10^7 tiles listed as :class:`Tile` objects took about 5 GB), each tile made when
+    it is taken."""
+
+    def __init__(self, plan: TilePlan, ranges: Sequence[range]):
+        self.plan, self.ranges = plan, [r for r in ranges if len(r)]
+        self._ends = list(itertools.accumulate(len(r) for r in self.ranges))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(len(self)))]
+        if not -len(self) <= key < len(self):
+            raise IndexError(f"tile {key} of {len(self)}")
+        key %= len(self)
+        part = bisect.bisect_right(self._ends, key)
+        return self.plan.tile_of(self.ranges[part][key - (self._ends[part] - len(self.ranges[part]))])
+
+    def __iter__(self) -> Iterator[Tile]:
+        for ids in self.ranges:
+            for tile_id in ids:
+                yield self.plan.tile_of(tile_id)
+
+    def voxels(self) -> int:
+        """Output voxels the tiles own."""
+        if len(self) == len(self.plan):
+            return math.prod(self.plan.output_shape)
+        return sum(math.prod(tile.owned_shape) for tile in self)
 
 
 def pad_low_for(fov: Sequence[int]) -> Shape:

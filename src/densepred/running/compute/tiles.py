@@ -5,15 +5,16 @@ Input values are scaled as :mod:`densepred.io.images` says (integers by their dt
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...geometry import STREAM_SLAB, Tile, TilePlan
+from ...geometry import STREAM_SLAB, Tile, TileList, TilePlan
 from ...io import ChannelFirst, read_window
 from ...networks import DenseEngine, DenseNet, StackEngine
 from ...networks.precision import FLOAT32, Precision
@@ -43,13 +44,14 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     tiles, a memory map, an array in memory), since a shard written from two threads at once
     loses one of the writes.
     """
-    bar = Progress(sum(math.prod(t.owned_shape) for t in tiles), f"predict ({engine.mode})", progress, terminal=True)
+    voxels = tiles.voxels() if isinstance(tiles, TileList) else sum(math.prod(t.owned_shape) for t in tiles)
+    bar = Progress(voxels, f"predict ({engine.mode})", progress, terminal=True)
     transfers = Transfers(engine.device)
     try:
         if isinstance(engine, DenseEngine) and engine.mode == "stream":
             _stream_tiles(engine, source, plan, tiles, write, bar, transfers, prefetch, pending, writers)
             return
-        batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
+        batches = _batches(tiles, batch_size)  # made as they are read
 
         def read(batch: list[Tile]) -> Upload:
             return transfers.upload(np.stack([read_window(source, plan, tile) for tile in batch]))
@@ -68,13 +70,20 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         bar.close()
 
 
+def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:
+    """``size`` tiles at a time, in order (the last batch may be shorter)."""
+    taken = iter(tiles)
+    while batch := list(itertools.islice(taken, size)):
+        yield batch
+
+
 def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
                   write: TileWriter, bar: Progress, transfers: Transfers, prefetch: int, pending: int,
                   writers: int) -> None:
     """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
     so memory depends on the slab and the cross-section, not on the tile's length."""
     length = plan.input_tile[0]
-    slabs = [(tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB)]
+    slabs = ((tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB))
     current: dict[str, Any] = {"tile": None}
 
     def read(slab: tuple[Tile, int, int]) -> tuple[Tile, Upload]:
@@ -110,7 +119,7 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
 
     # a tile's slabs rewrite its shards: one writer takes them all, in order
     run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending, writers=writers,
-                 writer_of=lambda slab: id(slab[0]))
+                 writer_of=lambda slab: slab[0].index)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

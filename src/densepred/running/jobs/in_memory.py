@@ -154,7 +154,7 @@ def predict_dense(
     # tiles own disjoint boxes: an array in memory takes them from several writers at once, an
     # array-like with chunks of its own (zarr, HDF5) from one, as tiles may share its chunks
     writers = writer_threads(device) if isinstance(out, np.ndarray) else 1
-    predict_tiles(engine, source, plan, list(plan.tiles()), write, batch_size=batch_size, progress=progress,
+    predict_tiles(engine, source, plan, plan.all_tiles(), write, batch_size=batch_size, progress=progress,
                   writers=writers)
     return out
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ class NetTiles:
         read/compute/write pipeline; each tile is logged once written."""
         plan = self.plan
         engine = make_engine(self.net, self.engine_mode, self.device, self.source.stacked, self.precision)
-        todo = _batches_to_run(list(plan.tiles()), plan, done, self.batch_size)
+        todo = plan.batches_to_run(done, self.batch_size)
         done_log = DoneLog(self.record_dir)
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
 
@@ -119,7 +118,7 @@ class NetTiles:
                     yield Task(block_id, run_block, (payload, block_job, block_id, owned),
                                f"block {block_id} (output box {box_text(box)})")
 
-        missing = sum(math.prod(t.owned_shape) for t in plan.tiles() if plan.tile_id(t) not in done)
+        missing = plan.batches_to_run(done, 1).voxels()  # the tiles not done
         return BlockWork(tasks(), missing, f"predict ({self.engine_mode}, {len(blocks)} blocks)", self.shift,
                          len(plan))
 
@@ -199,11 +198,3 @@ def _output_shape(plan: TilePlan, encoding: Encoding) -> tuple[int, ...]:
 
 
 
-def _batches_to_run(tiles: list[Tile], plan: TilePlan, done: set[int], batch_size: int) -> list[Tile]:
-    """Tiles of every fixed batch that still has a missing tile, in order."""
-    run: list[Tile] = []
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first:first + batch_size]
-        if any(plan.tile_id(t) not in done for t in batch):
-            run.extend(batch)
-    return run
