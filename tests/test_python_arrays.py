@@ -261,6 +261,9 @@ def test_options_of_the_other_kind_of_net_are_refused_not_ignored(tmp_path):
                      config=None, dims=2, mirror=True))):
         with pytest.raises(DensePredError, match=r"own nets|models from"):
             call()
+    with pytest.raises(DensePredError, match="contract 'x' is invalid; expected a dict"):
+        densepred.predict_to_file(densepred.PredictJob(None, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr"),
+                                                       model="torch.nn:Identity", dims=2, contract="x"))
     assert not (tmp_path / "o.zarr").exists()
 
 

@@ -70,3 +70,24 @@ def check_orders(channel_map: dict[int, tuple[int, ...]] | None, channels: int) 
         if sorted(order) != list(range(channels)):
             raise DensePredError(f"channel_map[{axis}] = {list(order)} is invalid: this model returns {channels} "
                                  f"channels, so it must order each of 0..{channels - 1} once")
+
+
+MODEL_ONLY_DEFAULTS = {"overlap": 0.5, "tta": None, "channel_map": None, "model_kwargs": None, "trust_imports": (),
+                       "dims": 3, "in_channels": 1, "activation": None, "output_tensor": None,
+                       "weights_format": None, "contract": None}
+
+
+def refuse_for_own_nets(**given: Any) -> None:
+    """Options of models from elsewhere given to one of densepred's own nets: one line naming
+    them, never ignored (an own net's windows are exact, neither blended nor flipped)."""
+    named = [f"{name}={value!r}" for name, value in given.items() if not _is_default(value, MODEL_ONLY_DEFAULTS[name])]
+    if named:
+        raise DensePredError(f"{', '.join(named)}: for models from elsewhere (from_torch, from_bioimageio, --model); "
+                             "densepred's own nets take their settings from their config and predict each window "
+                             "exactly")
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if default is None or isinstance(default, tuple):
+        return value is None or (isinstance(value, tuple | list) and list(value) == list(default or ()))
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == default

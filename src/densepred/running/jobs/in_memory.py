@@ -32,6 +32,7 @@ from ...progress import Progress, ProgressOption, check_progress
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
 from ..compute.tiles import make_engine, predict_tiles
+from ..compute.window_options import refuse_for_own_nets
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry, writer_threads
 from .out_arrays import OutArray
 
@@ -119,7 +120,7 @@ def predict_dense(
         return _predict_foreign(net, image, mirror, tile_shape, mode, device, out, overlap, tta, channel_map,
                                 progress, memory_limit, precision)
     net_geometry = _image_geometry(net)
-    _refuse_model_options(overlap, tta, channel_map)
+    refuse_for_own_nets(overlap=overlap, tta=tta, channel_map=channel_map)
     if tile_shape is None:
         tile_shape = net.tile_shape
     if mode == "auto":
@@ -226,17 +227,6 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     finally:
         net.train(was_training)
     return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
-
-
-def _refuse_model_options(overlap: Any, tta: Any, channel_map: Any) -> None:
-    """Own nets are exact window by window; options that blend or flip windows are not theirs,
-    and are refused rather than ignored."""
-    given = [f"{name}={value!r}" for name, value, kept in
-             (("overlap", overlap, isinstance(overlap, float | int) and overlap == 0.5), ("tta", tta, tta is None),
-              ("channel_map", channel_map, channel_map is None)) if not kept]
-    if given:
-        raise DensePredError(f"{', '.join(given)} is for models from from_torch or from_bioimageio (blended or "
-                             "flipped windows); densepred's own nets predict each window exactly, without it")
 
 
 def _image_geometry(net: Any) -> Geometry:

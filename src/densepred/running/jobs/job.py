@@ -18,6 +18,7 @@ from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout, Placement
 from ...progress import ProgressOption
 from ..compute.model_run import MODES as MODEL_MODES
+from ..compute.window_options import MODEL_ONLY_DEFAULTS, refuse_for_own_nets
 from ..executors.cluster import Task
 
 
@@ -135,9 +136,8 @@ def _refuse_the_other_kinds_fields(job: PredictJob, model: bool) -> None:
         if given:
             raise DensePredError(f"{', '.join(given)} is for densepred's own nets; a model from elsewhere takes mode "
                                  "exact or blend, tile (its window), overlap and tta")
-    elif job.overlap != 0.5 or job.tta is not None:
-        raise DensePredError("overlap and tta are for models from elsewhere (blended or flipped windows); densepred's "
-                             "own nets predict each window exactly, without them")
+    else:
+        refuse_for_own_nets(**{name: getattr(job, name) for name in MODEL_ONLY_DEFAULTS if hasattr(job, name)})
 
 
 @dataclass
