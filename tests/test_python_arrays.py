@@ -9,6 +9,7 @@ before a tile is computed.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import h5py
@@ -344,3 +345,15 @@ def test_a_bfloat16_model_is_probed_and_predicts():
         expected = torch.softmax(model(torch.from_numpy(image)[None, None].bfloat16()).float(), 1)[0].numpy()
     got = densepred.predict_dense(net, image, mode="exact", tile_shape=(16, 16))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_nan_in_an_image_in_memory_is_warned_about_naming_the_first_voxel_it_reaches(mirror, caplog):
+    image = np.random.default_rng(13).random(SHAPE, dtype=np.float32)
+    image[1, 5, 5] = np.nan
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        got = densepred.predict_dense(NET, image, mirror=mirror)
+    bad = np.argwhere(np.isnan(got).any(axis=0))
+    first = bad[0] + (0 if mirror else np.array([0, *NET.geometry.offset]))  # as image voxels
+    assert f"{len(bad)} output voxel(s) have no finite prediction" in caplog.text
+    assert f"the first at image voxel {','.join(map(str, first))}" in caplog.text

@@ -55,10 +55,13 @@ class NonFinite:
             raise DensePredError(self.message())
 
     def message(self) -> str:
+        return (f"{self.found()}; uint8 outputs store them as 0 and --argmax as class 0. Clean the input, or drop "
+                "--strict to accept this")
+
+    def found(self) -> str:
         position = ",".join(map(str, self.first or ()))
         return (f"{self.count} output voxel(s) have no finite prediction because their input window holds NaN "
-                f"or inf (the first at image voxel {position}); uint8 outputs store them as 0 and --argmax as "
-                "class 0. Clean the input, or drop --strict to accept this")
+                f"or inf (the first at image voxel {position})")
 
     def merge(self, count: int, first: tuple[int, ...] | None) -> None:
         """Add what another process (a cluster worker) counted."""

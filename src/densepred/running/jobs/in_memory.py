@@ -31,6 +31,7 @@ from ...networks.precision_speed import refuse_if_slower
 from ...progress import Progress, ProgressOption, check_progress
 from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
+from ..compute.sink import NonFinite
 from ..compute.tiles import make_engine, predict_tiles
 from ..compute.window_options import refuse_for_own_nets
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry, writer_threads
@@ -149,14 +150,20 @@ def predict_dense(
         target = OutArray(out)
     target.check_shape(expected)
 
+    non_finite = NonFinite((0,) * geometry.ndim if mirror else tuple(geometry.offset))
+
     def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, done: bool) -> None:
-        target.put((slice(None), *(part or tile.owned_slices())), probabilities)
+        box = part or tile.owned_slices()
+        non_finite.check_box([s.start for s in box], probabilities)
+        target.put((slice(None), *box), probabilities)
 
     # tiles own disjoint boxes: an array in memory takes them from several writers at once, an
     # array-like with chunks of its own (zarr, HDF5) from one, as tiles may share its chunks
     writers = writer_threads(device) if isinstance(out, np.ndarray) else 1
     predict_tiles(engine, source, plan, plan.all_tiles(), write, batch_size=batch_size, progress=progress,
                   writers=writers)
+    if non_finite.count:
+        log.warning("%s; they are NaN in the result: clean the input", non_finite.found())
     return out
 
 
