@@ -156,6 +156,34 @@ def test_a_bioimageio_package_is_profiled_from_its_description(tmp_path, capsys,
     assert (tmp_path / "prof" / "model_profile.csv").exists()
 
 
+def test_a_window_process_reads_the_zoo_package_its_parent_unpacked(tmp_path, monkeypatch):
+    pytest.importorskip("bioimageio.spec")
+    import json
+    import subprocess
+    import zipfile
+
+    from densepred.networks.bioimageio import load_rdf
+    from densepred.running.profiling import model_window_process
+    from tests.test_foreign_files import zoo_package
+
+    rdf, _ = zoo_package(tmp_path / "zoo")
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
+        for path in rdf.parent.iterdir():
+            archive.write(path, path.name)
+    load_rdf(tmp_path / "model.zip")  # the profile unpacks it once, in this process
+    sent = []
+
+    def child(command, input, **kwargs):
+        sent.append(json.loads(input)["fields"]["model_file"])
+        return subprocess.CompletedProcess(command, 0, '{"seconds": 0.01, "peak_bytes": 1, "status": "ok"}\n', "")
+
+    monkeypatch.setattr(model_window_process.subprocess, "run", child)
+    model_window_process.measure_in_process({"model_file": tmp_path / "model.zip"}, (21, 35, 30), (21, 35, 30),
+                                            "float32", None, True, 1)
+    assert sent[0].endswith("rdf.yaml")  # the description it unpacked, not the zip unpacked again per window
+    assert not sent[0].startswith(str(tmp_path))
+
+
 @pytest.mark.slow  # 6 s: a process per window
 def test_each_window_is_measured_in_a_process_of_its_own_with_its_peak(tmp_path):
     result = profile_model("tests.test_foreign:UNet", model_kwargs=KWARGS, shape=(21, 40, 37), device="cpu",

@@ -244,6 +244,16 @@ def _trusted(module: str, trust_imports: Sequence[str], rdf: str | Path) -> str:
                          f"--trust-imports {package} (trust_imports=[{package!r}]) if you trust it")
 
 
+def unpacked_here(package: str | Path) -> Path | None:
+    """The description of the zipped ``package`` as this process unpacked it (unchanged since),
+    else None: a process this one starts (a window's measurement) reads it there, never
+    unpacking the package again."""
+    package = Path(package)
+    found = package.stat() if package.is_file() else None
+    rdf = _UNPACKED.get((str(package), found.st_size, found.st_mtime_ns)) if found else None
+    return rdf if rdf is not None and rdf.is_file() else None
+
+
 def _unpacked(package: Path) -> Path:
     """The description inside a zipped model package, unpacked into a private folder that is
     removed when the process exits (a SIGTERM to the CLI included) and shared by every call on

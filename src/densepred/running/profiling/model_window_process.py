@@ -30,6 +30,7 @@ from typing import Any
 
 from ...errors import DensePredError
 from ...networks import contract_cache
+from ...networks.bioimageio import unpacked_here
 
 CHILD_MAIN = "from densepred.running.profiling.model_window_process import serve; serve()"
 
@@ -39,6 +40,8 @@ def measure_in_process(fields: dict[str, Any], shape: Sequence[int], window: Seq
     """``{"seconds": median, "peak_bytes": growth}`` of ``window`` measured in a fresh process,
     or ``{"status": "oom"}`` where the process was killed (the kernel's OOM killer) or torch
     could not allocate."""
+    unpacked = unpacked_here(fields["model_file"]) if fields.get("model_file") else None
+    fields = {**fields, "model_file": unpacked or fields.get("model_file")}  # a zoo package: never unpacked again
     request = {"fields": {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()},
                "shape": list(shape), "window": list(window), "precision": precision, "memory_limit": memory_limit,
                "heap_kept": heap_kept, "repeats": repeats, "contracts": contract_cache.seen()}
