@@ -357,3 +357,15 @@ def test_nan_in_an_image_in_memory_is_warned_about_naming_the_first_voxel_it_rea
     first = bad[0] + (0 if mirror else np.array([0, *NET.geometry.offset]))  # as image voxels
     assert f"{len(bad)} output voxel(s) have no finite prediction" in caplog.text
     assert f"the first at image voxel {','.join(map(str, first))}" in caplog.text
+
+
+def test_class_probabilities_of_features_with_nan_are_warned_about(caplog):
+    net = densepred.build_net(densepred.config_from_dict(
+        {"network": {"dims": 0, "in_channels": 3, "n_classes": 2, "mlp": [4]}}))
+    features = np.random.default_rng(14).random((6, 3))
+    features[4, 1] = np.nan
+    with caplog.at_level(logging.WARNING, logger="densepred"):
+        got = densepred.class_probabilities(net, features)
+    assert np.isnan(got[4]).all()
+    assert np.isfinite(np.delete(got, 4, axis=0)).all()
+    assert "1 of 6 inputs have no finite probabilities because they hold NaN or inf (the first: 4)" in caplog.text

@@ -233,7 +233,12 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
                 chunks.append(torch.softmax(logits.reshape(len(chunk), -1), dim=1).cpu().numpy())
     finally:
         net.train(was_training)
-    return np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
+    result = np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
+    bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
+    if len(bad):
+        log.warning("%d of %d inputs have no finite probabilities because they hold NaN or inf (the first: %d); "
+                    "they are NaN in the result: clean the input", len(bad), len(result), bad[0])
+    return result
 
 
 def _image_geometry(net: Any) -> Geometry:
