@@ -9,6 +9,7 @@ before a tile is computed.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -292,6 +293,34 @@ def test_a_wrong_value_for_a_models_windows_is_one_line(kwargs, message):
     model = densepred.from_torch(torch.nn.Conv2d(1, 2, 3, padding=1), dims=2, in_channels=1)
     with pytest.raises(DensePredError, match=re.escape(message)):
         densepred.predict_dense(model, np.random.default_rng(9).random(SHAPE, dtype=np.float32), **kwargs)
+
+
+def test_numbers_from_numpy_are_taken_by_from_torch_and_a_predict_job(tmp_path):
+    model = densepred.from_torch(torch.nn.Conv2d(1, 2, 3, padding=1), dims=np.int64(2), in_channels=np.int32(1))
+    assert (model.dims, model.in_channels) == (2, 1)
+    assert type(model.in_channels) is int
+    image = np.random.default_rng(15).random((40, 44), dtype=np.float32)
+    np.save(tmp_path / "in.npy", image)
+    config = make_config_2d(tmp_path)
+    job = densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "o.zarr"), progress=False,
+                               mirror=True, batch_size=np.int64(2), levels=np.int64(1))
+    assert densepred.predict_to_file(job).shape[1:] == image.shape
+    record = json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())
+    assert record["complete"]
+    with pytest.raises(DensePredError, match=re.escape("levels = 0 is invalid; expected a positive integer (1 = no")):
+        densepred.predict_to_file(densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "p.zarr"),
+                                                       levels=0))
+
+
+def make_config_2d(folder):
+    """A small 2D net's config file, with its weights beside it."""
+    from densepred.networks.weights import save_weights
+
+    path = folder / "net.toml"
+    path.write_text('name = "net"\nsave_dir = "run"\n[network]\ndims = 2\nin_channels = 1\nn_classes = 3\n'
+                    "layers = [{ filters = 4, kernel = 3, pool = 2 }, { filters = 4, kernel = 3 }]\n")
+    save_weights(densepred.build_net(densepred.load_config(path)), folder / "run" / "net-LAST.safetensors")
+    return path
 
 
 def test_numbers_from_numpy_and_floats_are_taken_where_a_count_of_bytes_or_voxels_is_due():

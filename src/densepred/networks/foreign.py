@@ -124,6 +124,7 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
             index or key of the one to predict.
     """
     _check_arguments(model, dims, in_channels, output)
+    dims, in_channels = int(dims), int(in_channels)  # NumPy integers as Python ones
     with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
         model = model.eval()
     if output_tensor is not None:
@@ -156,9 +157,9 @@ def _check_arguments(model: Any, dims: Any, in_channels: Any, output: Any) -> No
     if not isinstance(model, torch.nn.Module) and not callable(model):
         raise DensePredError(f"model must be a torch.nn.Module (or a callable mapping a tensor to a tensor), got "
                              f"{type(model).__name__}")
-    if dims not in (2, 3) or isinstance(dims, bool):
+    if not isinstance(dims, numbers.Integral) or isinstance(dims, bool) or dims not in (2, 3):
         raise DensePredError(f"dims = {dims!r} is invalid; expected 2 or 3 spatial dimensions")
-    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+    if not isinstance(in_channels, numbers.Integral) or isinstance(in_channels, bool) or in_channels < 1:
         raise DensePredError(f"in_channels = {in_channels!r} is invalid; expected a positive integer")
     if output not in OUTPUTS:
         raise DensePredError(f"output {output!r} is invalid; expected one of {', '.join(OUTPUTS)}")

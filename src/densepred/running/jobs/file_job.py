@@ -38,7 +38,7 @@ from ...io.run_record import provenance, read_done, write_error, write_record
 from ...networks.memory_budget import bytes_limit
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
-from .job import JobResult, PlannedJob, PredictJob, check_job
+from .job import COUNTS, JobResult, PlannedJob, PredictJob, check_job
 from .model_job import plan_model
 from .own_job import plan_net
 
@@ -63,7 +63,8 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     """
     check_job(job)
     job = replace(job, memory_limit=bytes_limit(job.memory_limit),  # 8e9 and NumPy integers as whole bytes
-                  input=spec_text(job.input), output=spec_text(job.output))  # a pathlib.Path as its path
+                  input=spec_text(job.input), output=spec_text(job.output),  # a pathlib.Path as its path
+                  **{name: int(getattr(job, name)) for name in COUNTS if getattr(job, name) is not None})
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ class JobResult:
     origin: tuple[int, ...] = ()  # the input voxel that output voxel 0 is centred on
 
 
+COUNTS = ("workers", "threads_per_worker", "batch_size", "levels")  # positive integers, NumPy's too
+
+
 def check_job(job: PredictJob) -> None:
     """The fields a Python caller may get wrong in type or range, each refused in one line
     (file specs, tiles, dtypes and the like are checked where they are read)."""
@@ -91,10 +95,11 @@ def check_job(job: PredictJob) -> None:
     for name in ("mirror", "argmax", "resume", "overwrite", "strict"):
         if not isinstance(getattr(job, name), bool):
             raise DensePredError(f"{name} = {getattr(job, name)!r} is invalid; expected True or False")
-    for name in ("workers", "threads_per_worker", "batch_size"):
+    for name in COUNTS:
         value = getattr(job, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer"
+                                 + (" (1 = no pyramid)" if name == "levels" else ""))
     model = job.model is not None or job.model_file is not None
     modes = MODEL_MODES if model else MODES
     if job.mode is not None and job.mode not in modes:
