@@ -33,7 +33,7 @@ from ...system import large_blocks_returned, mapped_zeros
 from ..compute.model_run import ExactPiece, ModelRun, source_of
 from ..compute.sink import NonFinite
 from ..compute.tiles import make_engine, predict_tiles
-from ..compute.window_options import refuse_for_own_nets
+from ..compute.window_options import refuse_for_own_nets, whole
 from ..planning.tiling import footprint_for, plan_and_mode, source_geometry, writer_threads
 from .out_arrays import OutArray
 
@@ -253,7 +253,7 @@ def _image_geometry(net: Any) -> Geometry:
 def _positive(value: int | None, name: str, default: int) -> int:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not whole(value) or value < 1:
         raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer")
     return int(value)
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout, Placement
 from ...progress import ProgressOption
 from ..compute.model_run import MODES as MODEL_MODES
-from ..compute.window_options import MODEL_ONLY_DEFAULTS, refuse_for_own_nets
+from ..compute.window_options import MODEL_ONLY_DEFAULTS, refuse_for_own_nets, whole
 from ..executors.cluster import Task
 
 
@@ -97,7 +96,7 @@ def check_job(job: PredictJob) -> None:
             raise DensePredError(f"{name} = {getattr(job, name)!r} is invalid; expected True or False")
     for name in COUNTS:
         value = getattr(job, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        if value is not None and (not whole(value) or value < 1):
             raise DensePredError(f"{name} = {value!r} is invalid; expected a positive integer"
                                  + (" (1 = no pyramid)" if name == "levels" else ""))
     model = job.model is not None or job.model_file is not None
