@@ -8,7 +8,6 @@ given. A 2D model over a stack of 2D images is a :class:`StackNet`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import numbers
 from dataclasses import replace
@@ -18,6 +17,7 @@ import torch
 
 from ..errors import DensePredError
 from ..geometry.scale import aligned_factor, scale_pairs
+from .caller_state import evaluating
 from .contract import TilingContract, kept_scale, verdict
 from .contract_sizes import finest_verdict, fixed_sizes, given_sizes, sizes
 
@@ -47,7 +47,8 @@ class ForeignNet(torch.nn.Module):
         """The full tiling contract (probed now if it was not yet)."""
         if self._contract is None:
             judge = verdict if "factor" in self._overrides else finest_verdict  # a factor given is kept
-            self._contract = replace(judge(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
+            with evaluating(self.model):
+                self._contract = replace(judge(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
             log.info("tiling contract: %s", self._contract.describe())
         return self._contract
 
@@ -109,7 +110,9 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     """Wrap ``model`` for :func:`densepred.predict_dense` (``mode="exact"``, ``"blend"`` or ``"auto"``).
 
     Args:
-        model: maps ``(N, in_channels, *spatial)`` to ``(N, K, *spatial')``; put in eval mode.
+        model: maps ``(N, in_channels, *spatial)`` to ``(N, K, *spatial')``. It is probed and
+            predicted in eval mode, whatever mode it is in; its training flags are left as they are
+            (a model still being trained can be predicted between steps).
         dims: 2 or 3 spatial dimensions.
         output: ``"softmax"`` (classes), ``"sigmoid"`` (affinities, multi-label) or ``"identity"``.
         window: the input window to tile with (default: the smallest exact window, at least 64).
@@ -125,14 +128,21 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
     """
     _check_arguments(model, dims, in_channels, output)
     dims, in_channels = int(dims), int(in_channels)  # NumPy integers as Python ones
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program keeps its mode
-        model = model.eval()
     if output_tensor is not None:
         from .model_files import OneOutput
 
         model = OneOutput(model, output_tensor)
     window = None if window is None else per_axis_ints(window, dims, "window")
     overrides = _checked_fields(overrides, dims)
+    with evaluating(model):  # probed as it predicts; the caller's training flags kept
+        contract, window = _probed(model, dims, in_channels, contract, fixed, overrides, window)
+    return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
+
+
+def _probed(model: Any, dims: int, in_channels: int, contract: TilingContract | None, fixed: Any,
+            overrides: dict[str, Any], window: tuple[int, ...] | None) -> tuple[TilingContract, tuple[int, ...] | None]:
+    """The contract given (with ``overrides``), or the sizes probed (the context and verdict are
+    probed on first use), and the window (a fixed size's)."""
     if fixed is None and contract is None and callable(getattr(model, "fixed_shape", None)):
         fixed = model.fixed_shape()  # an ONNX graph with a static input shape
     if contract is None and fixed is not None:
@@ -149,7 +159,7 @@ def from_torch(model: torch.nn.Module, *, dims: int, in_channels: int, output: s
             contract = replace(contract, context=overrides["context"])
     else:
         contract = replace(contract, **overrides)
-    return ForeignNet(model, dims, in_channels, output, contract, window, overrides)
+    return contract, window
 
 
 def _check_arguments(model: Any, dims: Any, in_channels: Any, output: Any) -> None:

@@ -9,6 +9,7 @@ from ..config import Config, load_config
 from ..errors import DensePredError
 from ..geometry import Geometry
 from .build import DenseNet, build_net
+from .caller_state import rng_kept
 from .weights import last_path, load_weights
 
 log = logging.getLogger("densepred")
@@ -43,7 +44,8 @@ def create_prediction_net(config: Config | str | Path, save_dir: str | Path | No
         mode = cfg.prediction.mode
     if mode not in PREDICTION_MODES:
         raise DensePredError(f"mode {mode!r} is invalid; valid: {', '.join(PREDICTION_MODES)}")
-    net = build_net(cfg)
+    with rng_kept():  # the initial weights are replaced by the trained ones
+        net = build_net(cfg)
     if param_file is not None:
         weights = Path(param_file)
     else:

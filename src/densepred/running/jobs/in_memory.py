@@ -23,6 +23,7 @@ from ...io import ChannelFirst, kept_bytes_of, to_float32
 from ...io.images import check_real, host_array
 from ...io.reading import reason
 from ...networks import DenseNet
+from ...networks.caller_state import evaluating
 from ...networks.devices import on_device, resolve_device
 from ...networks.foreign import ForeignNet
 from ...networks.memory_budget import bytes_limit, memory_budget
@@ -220,10 +221,8 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
     device = resolve_device(device)
     chosen = precision_for(precision, device)
     batch_size = _positive(batch_size, "batch_size", default=256)
-    was_training = net.training
-    net.eval()
-    try:
-        chunks = []
+    chunks = []
+    with evaluating(net):
         model = on_device(net, device)
         dtype = next(model.parameters()).dtype
         with torch.inference_mode(), autocast(chosen, device):
@@ -231,8 +230,6 @@ def class_probabilities(net: DenseNet, x: Any, batch_size: int | None = None,
                 chunk = torch.from_numpy(to_float32(x[first:first + batch_size])).to(device, dtype)
                 logits = model(chunk).float()
                 chunks.append(torch.softmax(logits.reshape(len(chunk), -1), dim=1).cpu().numpy())
-    finally:
-        net.train(was_training)
     result = np.concatenate(chunks) if chunks else np.empty((0, cfg.n_classes), np.float32)
     bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
     if len(bad):
@@ -276,19 +273,20 @@ def predict_foreign(net: ForeignNet, image: Any, *, mode: str = "auto", window: 
     counted against it unless ``out`` is given (:mod:`densepred.running.planning.model_window`).
     ``precision``: as in :func:`densepred.predict_dense` (16-bit types under ``torch.autocast``).
     """
-    net, source = source_of(net, image)
-    target = None if out is None else OutArray(out)  # refused before the probes
-    with large_blocks_returned():  # the probes' memory
-        run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
-                              memory_limit=memory_limit, in_memory=out is None, precision=precision)
-    with large_blocks_returned(not run.heap_kept):
-        if target is None:  # in its own memory map: on the heap it would split the space activations reuse
-            out = mapped_zeros((run.written.channels, *run.output_shape), np.float32)
-            if run.mode == "blend":
-                return _blend_into(run, out, progress)
-            target = OutArray(out)
-        _exact_into(run, target, progress)
-        return target.out
+    with evaluating(net.model):  # whatever mode the caller left the model in; its flags kept
+        net, source = source_of(net, image)
+        target = None if out is None else OutArray(out)  # refused before the probes
+        with large_blocks_returned():  # the probes' memory
+            run = ModelRun.create(net, source, mode, window, overlap, tta, channel_map, device,
+                                  memory_limit=memory_limit, in_memory=out is None, precision=precision)
+        with large_blocks_returned(not run.heap_kept):
+            if target is None:  # in its own memory map: on the heap it would split the space activations reuse
+                out = mapped_zeros((run.written.channels, *run.output_shape), np.float32)
+                if run.mode == "blend":
+                    return _blend_into(run, out, progress)
+                target = OutArray(out)
+            _exact_into(run, target, progress)
+            return target.out
 
 
 def _blend_into(run: ModelRun, out: np.ndarray, progress: ProgressOption) -> np.ndarray:

@@ -24,6 +24,7 @@ from ...io import ArraySpec, ChannelFirst, kept_bytes_of, open_array
 from ...io.arrays import input_placement
 from ...io.ome_zarr import Placement
 from ...networks import DenseEngine, build_net
+from ...networks.caller_state import generator, rng_kept
 from ...networks.devices import resolve_device
 from ...networks.memory_budget import memory_budget
 from ...networks.precision import FLOAT32, Precision, precision_for
@@ -175,8 +176,10 @@ def _rate(cfg: Config, geometry: Geometry, input_tile: tuple[int, ...], mode: st
 def tile_seconds(cfg: Config, mode: str, input_tile: tuple[int, ...], device: torch.device,
                  precision: Precision) -> float:
     """Seconds of one tile of random data (after a warm-up), softmax and copy to the host included."""
-    engine = DenseEngine(build_net(cfg).eval(), mode, device, precision)
-    x = torch.rand((1, cfg.network.in_channels, *input_tile), generator=torch.Generator().manual_seed(0))
+    with rng_kept():  # random weights: the time is what counts
+        net = build_net(cfg).eval()
+    engine = DenseEngine(net, mode, device, precision)
+    x = torch.rand((1, cfg.network.in_channels, *input_tile), generator=generator())
     torch.softmax(engine(x), dim=1)  # warm-up
     start = time.perf_counter()
     torch.softmax(engine(x), dim=1).cpu()

@@ -29,6 +29,7 @@ from ...errors import DensePredError
 from ...geometry.overlap import exact_axis, fitted_window, smallest_window
 from ...geometry.scale import scaled
 from ...io import kept_bytes_of
+from ...networks.caller_state import generator
 from ...networks.devices import dtype_of
 from ...networks.foreign import ForeignNet, TilingContract, per_axis_ints
 from ...networks.memory_budget import MemoryBudget, memory_budget, too_small, warn_if_over
@@ -91,7 +92,7 @@ def model_memory(net: torch.nn.Module, model: torch.nn.Module, contract: TilingC
     stacked = hasattr(net, "flat")
     if (*key, stacked) not in known:
         window = probe_window(contract)
-        x = torch.rand((1, in_channels, *window), dtype=dtype, device=device)
+        x = torch.rand((1, in_channels, *window), generator=generator()).to(device, dtype)
         if memory_format is not None and x.dim() == (5 if memory_format == torch.channels_last_3d else 4):
             x = x.contiguous(memory_format=memory_format)
         peak, shape = (_cuda_peak if device.type == "cuda" else _cpu_peak)(model, x)

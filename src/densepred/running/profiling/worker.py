@@ -27,6 +27,7 @@ import torch
 
 from ...config import Config, network_geometry
 from ...errors import DensePredError
+from ...networks.caller_state import generator
 from ...system import available_ram, proc_values, release_free_memory, reset_peak_resident
 from .report import ProfileRow
 from .walk import repeats_for
@@ -167,8 +168,8 @@ def matmul_peak(device: Any, n: int | None = None, repeats: int = 5, precision: 
 
     precision = precision or FLOAT32
     n = n or int(os.environ.get("DENSEPRED_PEAK_MATRIX", "4096"))
-    a = torch.randn(n, n, device=device).to(precision.dtype)
-    b = torch.randn(n, n, device=device).to(precision.dtype)
+    a = torch.randn(n, n, generator=generator(1)).to(device, precision.dtype)
+    b = torch.randn(n, n, generator=generator(2)).to(device, precision.dtype)
     best = math.inf
     with precision_flags(precision):
         a @ b

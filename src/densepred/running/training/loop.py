@@ -34,6 +34,7 @@ from ...config import Config, load_config
 from ...errors import DensePredError
 from ...files import atomic_write_text
 from ...networks import DenseNet, build_net
+from ...networks.caller_state import rng_kept
 from ...networks.devices import resolve_device
 from ...networks.precision import FLOAT32, Precision, autocast, precision_for
 from ...networks.weights import (
@@ -108,7 +109,7 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
             raise DensePredError(f"{name} = {value!r} is invalid; expected True or False")
     device = resolve_device(device)
     checked = precision_for(precision, device)
-    with training_lock(cfg):
+    with training_lock(cfg), rng_kept(device):  # seeded for the run; the caller's random state kept
         run = _Run(cfg, steps or cfg.training.steps, device, resume, checked)
         return run.loop(progress)
 

@@ -1,0 +1,144 @@
+"""What a call leaves in the caller's process: the model's training flags and torch's random
+state, as they were (:mod:`densepred.networks.caller_state`).
+
+A notebook or training loop hands densepred a model it is still training, predicts a
+validation volume between steps, and goes on training from a seeded generator. Each test
+fails on a densepred that left the model in eval mode, predicted in whatever mode the model
+was in, or drew from torch's global generator.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+import densepred
+from densepred.networks.caller_state import evaluating
+from densepred.running import output_origin
+from tests.conftest import make_config
+from tests.test_training import write_config
+
+
+class Trainable(nn.Module):
+    """Batch norm and dropout: train mode changes the numbers (and draws random masks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm3d(4)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Conv3d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.norm(self.conv(x)))))
+
+
+def trainable(seed: int) -> Trainable:
+    torch.manual_seed(seed)
+    model = Trainable()
+    with torch.no_grad():  # running statistics that differ from a batch's own
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def flags(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def eval_definition(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """The whole image through the model in eval mode, in float64 (a copy: the model is kept)."""
+    copy = trainable(0)
+    copy.load_state_dict(model.state_dict())
+    copy = copy.double().eval()
+    with torch.no_grad():
+        logits = copy(torch.from_numpy(image.astype(np.float64))[None, None])
+    return torch.softmax(logits, dim=1)[0].numpy()
+
+
+def test_a_model_still_training_is_predicted_in_eval_mode_and_left_in_its_own_modes(rng):
+    model = trainable(3)
+    model.train()
+    model.norm.eval()  # the caller froze its batch norm: a mix of flags to keep
+    before = flags(model)
+    image = rng.random((13, 21, 19), dtype=np.float32)
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    assert flags(model) == before, "from_torch changed the caller's training flags"
+    for _ in range(2):  # the caller trains on between predictions: still train mode
+        model.train()
+        probabilities = densepred.predict_dense(net, image, mode="exact")
+        assert flags(model) == flags(trainable(0).train())
+        np.testing.assert_allclose(probabilities, eval_definition(model, image), atol=2e-5)
+    model.train()
+    model.norm.eval()
+    densepred.predict_dense(net, image, mode="blend", tile_shape=(13, 16, 16))
+    output_origin(net, image)
+    assert flags(model) == before
+
+
+def test_calls_at_once_from_threads_all_predict_in_eval_mode_and_the_last_puts_the_flags_back(rng):
+    model = trainable(4).train()
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    image = rng.random((9, 17, 15), dtype=np.float32)
+    expected = eval_definition(model, image)
+    results: list[np.ndarray] = []
+
+    def predict() -> None:
+        results.append(densepred.predict_dense(net, image, mode="exact", tile_shape=(9, 9, 9)))
+
+    threads = [threading.Thread(target=predict) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=2e-5)
+    assert flags(model) == [True] * 5
+    with evaluating(model):  # nested: the inner exit keeps eval mode until the outer one
+        with evaluating(model):
+            pass
+        assert flags(model) == [False] * 5
+    assert flags(model) == [True] * 5
+
+
+def test_an_own_nets_flags_are_kept_by_class_probabilities(tmp_path, rng):
+    net = densepred.build_net(densepred.load_config(make_config(tmp_path)))
+    net.train()
+    net.blocks[0].eval()
+    before = flags(net)
+    patches = rng.random((3, 1, *net.geometry.fov), dtype=np.float32)
+    densepred.class_probabilities(net, patches)
+    assert flags(net) == before
+
+
+def same_draws_after(call) -> None:
+    """torch's next draws are the same with and without ``call`` in between."""
+    torch.manual_seed(1234)
+    expected = torch.rand(5)
+    torch.manual_seed(1234)
+    call()
+    np.testing.assert_array_equal(torch.rand(5).numpy(), expected.numpy())
+
+
+def test_predicting_profiling_and_training_leave_the_callers_random_state_alone(tmp_path, rng):
+    image = rng.random((11, 19, 17), dtype=np.float32)
+    model = trainable(5).eval()
+    same_draws_after(lambda: densepred.from_torch(model, dims=3, in_channels=1))
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    same_draws_after(lambda: densepred.predict_dense(net, image))  # the memory probe's input
+    config = make_config(tmp_path)
+    same_draws_after(lambda: densepred.create_prediction_net(config))  # initial weights replaced
+    own = densepred.create_prediction_net(config)
+    same_draws_after(lambda: densepred.predict_dense(own, image, mirror=True))
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["raw"] = (image * 255).astype(np.uint8)
+    same_draws_after(lambda: densepred.predict_to_file(densepred.PredictJob(
+        config, f"{tmp_path}/in.h5:raw", f"{tmp_path}/out.zarr", progress=False)))
+    (tmp_path / "t").mkdir()
+    training = write_config(tmp_path / "t", steps=3)
+    same_draws_after(lambda: densepred.train(training, progress=False))  # seeded for its run only
