@@ -15,11 +15,11 @@ import torch
 
 import densepred
 from densepred import ConfigError, DensePredError
+from densepred.cgroups import memory_room
 from densepred.interfaces.cli import main
 from densepred.networks.devices import same_device
 from densepred.networks.weights import read_safetensors, save_weights
 from densepred.running.training import read_history
-from densepred.system import cgroup_memory_room
 from tests.test_training import write_config
 
 # -- 8. sparse labels ------------------------------------------------------------------------------
@@ -180,13 +180,14 @@ def test_16_equal_devices_are_recognised_and_the_net_is_not_copied_per_chunk(mon
 
 def test_16_a_cgroup_limit_bounds_the_memory_budget(tmp_path):
     (tmp_path / "proc").write_text("0::/slurm/job1\n")
+    (tmp_path / "mountinfo").write_text(f"30 23 0:40 / {tmp_path / 'cg'} rw - cgroup2 cgroup2 rw\n")
     group = tmp_path / "cg" / "slurm" / "job1"
     group.mkdir(parents=True)
     (group / "memory.max").write_text("1000000000\n")
     (group / "memory.current").write_text("400000000\n")
-    assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) == 600_000_000
+    assert memory_room(str(tmp_path / "proc"), str(tmp_path / "mountinfo")) == 600_000_000
     (group / "memory.max").write_text("max\n")
-    assert cgroup_memory_room(str(tmp_path / "cg"), str(tmp_path / "proc")) is None
+    assert memory_room(str(tmp_path / "proc"), str(tmp_path / "mountinfo")) is None
 
 
 def test_8_class_weights_that_are_all_zero_are_a_config_error():

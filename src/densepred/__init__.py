@@ -3,7 +3,7 @@
 The package is layered; a layer imports only those below it (checked by import-linter):
 ``geometry`` (plain integers) < ``config`` < ``networks`` (torch) and ``io`` (files, no torch)
 < ``running`` (prediction, jobs, training, profiling) < ``interfaces`` (CLI, demo).
-``errors``, ``files``, ``system``, ``progress`` (bars, log lines, cancelling) and ``pipeline``
+``errors``, ``files``, ``system``, ``cgroups``, ``progress`` (bars, log lines, cancelling) and ``pipeline``
 (reading, computing and writing at the same time) are the foundation every layer may use.
 
 Example:

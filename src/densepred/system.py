@@ -27,14 +27,16 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .cgroups import affinity_cores, memory_room, quota_cores
 from .errors import DensePredError
 
 
 def available_ram() -> int:
     """Bytes of memory this process can still take: the system's available memory, or less when
-    a cgroup (Slurm, Kubernetes, systemd) limits the process, so a job is not OOM-killed."""
+    a cgroup (Slurm, Kubernetes, systemd) limits the process or a group above it, so a job is not
+    OOM-killed (:mod:`densepred.cgroups`)."""
     available = _meminfo_available()
-    room = cgroup_memory_room()
+    room = memory_room()
     return available if room is None else min(available, room)
 
 
@@ -57,50 +59,11 @@ def proc_values(path: str = "/proc/self/status") -> dict[str, int]:
     return values
 
 
-def cgroup_memory_room(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
-    """The memory limit of this process's cgroup less what it uses, or None where there is no limit.
-
-    cgroup v2: ``memory.max`` and ``memory.current`` of the process's own group; v1:
-    ``memory/memory.limit_in_bytes`` and ``memory.usage_in_bytes``.
-    """
-    group = _cgroup_v2_path(proc)
-    candidates = []
-    if group is not None:
-        candidates.append((os.path.join(root, group.lstrip("/"), "memory.max"),
-                           os.path.join(root, group.lstrip("/"), "memory.current")))
-    candidates.append((os.path.join(root, "memory.max"), os.path.join(root, "memory.current")))
-    candidates.append((os.path.join(root, "memory", "memory.limit_in_bytes"),
-                       os.path.join(root, "memory", "memory.usage_in_bytes")))
-    for limit_file, usage_file in candidates:
-        limit = _read_int(limit_file)
-        if limit is None or limit >= 2**60:  # "max", or v1's "no limit" (a huge number)
-            continue
-        return max(limit - (_read_int(usage_file) or 0), 0)
-    return None
-
-
-def _cgroup_v2_path(proc: str) -> str | None:
-    try:
-        with open(proc) as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):  # missing, or "max"
-        return None
-
-
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU cores this process may keep busy: its affinity mask (a Slurm allocation, ``taskset``),
+    or fewer when a cgroup CPU quota (Kubernetes, ``docker --cpus``) allows less time."""
+    quota = quota_cores()
+    return affinity_cores() if quota is None else max(1, min(affinity_cores(), quota))
 
 
 def resident_bytes() -> int:

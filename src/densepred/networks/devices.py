@@ -1,14 +1,21 @@
-"""Torch devices: choosing one, telling two names of one device apart, moving a net there."""
+"""Torch devices: choosing one, telling two names of one device apart, moving a net there, and
+the CPU threads torch runs."""
 
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import warnings
 from typing import Any
 
 import torch
 
 from ..errors import DensePredError
+from ..system import available_cores
+
+log = logging.getLogger("densepred")
+_threads_checked = False
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -18,6 +25,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise DensePredError(f"device {device!r} is invalid; expected e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if resolved.type == "cpu":
+        check_cpu_threads()
     if resolved.type not in ("cpu", "cuda"):
         raise DensePredError(f"device {device!r} is not supported: densepred runs on 'cpu' and on NVIDIA GPUs "
                              "('cuda' or 'cuda:N')")
@@ -29,6 +38,36 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                 f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
             )
     return resolved
+
+
+def fit_cpu_threads() -> int | None:
+    """In a process densepred runs (the command line): torch's CPU threads cut to the cores the
+    process may keep busy (its affinity mask, or a cgroup CPU quota: Kubernetes, ``docker
+    --cpus``), where torch would run more, unless ``OMP_NUM_THREADS`` names a number; processes
+    it starts later (a profile's measuring processes) get the same. The new count, or None."""
+    cores = available_cores()
+    if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() <= cores:
+        return None
+    torch.set_num_threads(cores)
+    os.environ["OMP_NUM_THREADS"] = str(cores)
+    log.info("torch runs %d CPU threads: the cores this process may keep busy (its CPU quota)", cores)
+    return cores
+
+
+def check_cpu_threads() -> None:
+    """Once per process: a warning when torch runs more CPU threads than the process may keep
+    busy. Under a CPU quota the threads beyond it are stopped every period, and every thread
+    waits for them (a 1-core quota on 2 threads: a convolution 1.3x slower). A caller's process
+    is the caller's to set, so it is told, not changed."""
+    global _threads_checked
+    if _threads_checked:
+        return
+    _threads_checked = True
+    cores, threads = available_cores(), torch.get_num_threads()
+    if threads > cores:
+        log.warning("torch runs %d CPU threads, but this process may keep only %d core%s busy (its affinity mask or "
+                    "cgroup CPU quota): call torch.set_num_threads(%d) first, or set OMP_NUM_THREADS=%d, for full "
+                    "speed", threads, cores, "" if cores == 1 else "s", cores, cores)
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:
