@@ -115,6 +115,8 @@ def test_a_group_named_like_the_mounted_root_but_beside_it_is_read_at_the_root(t
                        [f"/docker/abc {root} rw - cgroup cgroup rw,memory"])
     assert [g.folder for g in groups("memory", *files)] == [root]
     assert memory_room(*files) == GiB
+    files = proc_files(tmp_path, "0::/../../other\n", [f"/ {root} rw - cgroup2 cgroup2 rw"])
+    assert [g.folder for g in groups("memory", *files)] == [root]  # outside the namespace: its root
 
 
 @pytest.fixture

@@ -92,7 +92,8 @@ def _folder(path: str, mount_root: str, mount_point: str) -> Path:
     """The folder of group ``path`` in a hierarchy whose ``mount_root`` is mounted at
     ``mount_point`` (the mount point itself where the group is not below the root mounted)."""
     under = mount_root in ("/", path) or path.startswith(mount_root + "/")
-    return Path(mount_point, path[len(mount_root):].lstrip("/") if under else "")
+    inside = path[len(mount_root):].lstrip("/") if under else ""
+    return Path(mount_point, "" if ".." in Path(inside).parts else inside)  # a group outside the namespace's root
 
 
 def _up_to(folder: Path, top: str) -> list[Path]:
