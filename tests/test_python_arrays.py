@@ -307,6 +307,15 @@ def test_numbers_from_numpy_are_taken_by_from_torch_and_a_predict_job(tmp_path):
     assert densepred.predict_to_file(job).shape[1:] == image.shape
     record = json.loads((tmp_path / "o.zarr.densepred" / "run.json").read_text())
     assert record["complete"]
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local, \
+            Client(local) as client:  # tiles per cluster task from NumPy too
+        densepred.predict_to_file(densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "c.zarr"),
+                                                       progress=False, mirror=True, levels=np.int64(1),
+                                                       tiles_per_block=np.int64(2)), client=client)
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "c.zarr", mode="r")["0"][...],
+                                  zarr.open_group(tmp_path / "o.zarr", mode="r")["0"][...])
     with pytest.raises(DensePredError, match=re.escape("levels = 0 is invalid; expected a positive integer (1 = no")):
         densepred.predict_to_file(densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / "p.zarr"),
                                                        levels=0))

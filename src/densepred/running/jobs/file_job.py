@@ -64,7 +64,8 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     check_job(job)
     job = replace(job, memory_limit=bytes_limit(job.memory_limit),  # 8e9 and NumPy integers as whole bytes
                   input=spec_text(job.input), output=spec_text(job.output),  # a pathlib.Path as its path
-                  **{name: int(getattr(job, name)) for name in COUNTS if getattr(job, name) is not None})
+                  **{name: int(getattr(job, name)) for name in COUNTS if getattr(job, name) is not None},
+                  tiles_per_block=as_ints(job.tiles_per_block))
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:
@@ -240,3 +241,10 @@ def _reopen(planned: PlannedJob, done: set[int]) -> Any:
             output.close()
             raise
     return output
+
+
+def as_ints(value: Any) -> Any:
+    """A count or counts per axis (NumPy's integers among them) as Python integers."""
+    if value is None:
+        return None
+    return tuple(int(n) for n in value) if isinstance(value, list | tuple) else int(value)

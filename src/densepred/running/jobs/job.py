@@ -116,7 +116,7 @@ def _check_paths_and_fields(job: PredictJob) -> None:
         if value is not None and not isinstance(value, str | os.PathLike):
             raise DensePredError(f"{name} = {value!r} is invalid; expected a file path")
     per_block = job.tiles_per_block
-    if per_block is not None and not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (
+    if per_block is not None and not all(whole(n) and n > 0 for n in (
             per_block if isinstance(per_block, list | tuple) else [per_block])):
         raise DensePredError(f"tiles_per_block {per_block!r} is invalid; expected a positive integer or one per axis")
     if job.contract is not None and not isinstance(job.contract, dict):
