@@ -40,7 +40,8 @@ PERIOD = 100_000
 def quota_group(quota: float) -> tuple[Path, str]:
     """A new cgroup with ``quota`` CPUs of time, and the file a process joins it by."""
     v2 = Path("/sys/fs/cgroup")
-    if "cpu" in (v2 / "cgroup.controllers").read_text().split() if (v2 / "cgroup.controllers").exists() else False:
+    controllers = (v2 / "cgroup.controllers").read_text().split() if (v2 / "cgroup.controllers").exists() else []
+    if "cpu" in controllers:
         group = v2 / f"densepred-quota-{os.getpid()}"
         group.mkdir()
         (group / "cpu.max").write_text(f"{int(quota * PERIOD)} {PERIOD}\n")

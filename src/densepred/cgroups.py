@@ -81,10 +81,10 @@ def groups(controller: str, proc_cgroup: str = PROC_CGROUP, mountinfo: str = MOU
     found = []
     for version, controllers, path in _memberships(proc_cgroup):
         for mount_root, mount_point, mounted in _mounts(mountinfo):
-            if version == 2 and mounted is None:
-                found += [Group(folder, 2) for folder in _up_to(_folder(path, mount_root, mount_point), mount_point)]
-            elif version == 1 and mounted is not None and controller in mounted and controller in controllers:
-                found += [Group(folder, 1) for folder in _up_to(_folder(path, mount_root, mount_point), mount_point)]
+            serves = mounted is None if version == 2 else (mounted is not None and controller in mounted & controllers)
+            if serves:
+                found += [Group(folder, version) for folder in _up_to(_folder(path, mount_root, mount_point),
+                                                                      mount_point)]
     return found
 
 
