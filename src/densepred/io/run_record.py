@@ -31,6 +31,7 @@ from ..config import Config
 from ..errors import DensePredError
 from ..files import atomic_write_text
 from .arrays import ArraySpec
+from .done_ids import DoneIds
 from .output_checks import check_replaceable, output_exists
 
 log = logging.getLogger("densepred")
@@ -77,17 +78,18 @@ def done_line(tile_id: int) -> str:
     return f"{tile_id} {zlib.crc32(str(tile_id).encode()):08x}\n"
 
 
-def read_done(record_dir: Path, name: str = DONE_LOG) -> set[int]:
+def read_done(record_dir: Path, name: str = DONE_LOG) -> DoneIds:
     """Ids recorded as done; lines without a newline or a matching checksum are ignored."""
+    done = DoneIds()
     try:
-        text = (Path(record_dir) / name).read_text(encoding="ascii", errors="replace")
+        text = (Path(record_dir) / name).read_bytes()
     except FileNotFoundError:
-        return set()
-    done = set()
-    for line in text.split("\n")[:-1]:  # the last piece lacks its newline: torn, or empty
-        parts = line.split(" ")
-        if len(parts) == 2 and parts[0].isdigit() and done_line(int(parts[0])) == line + "\n":
-            done.add(int(parts[0]))
+        return done
+    crc32, add = zlib.crc32, done.add
+    for line in text.split(b"\n")[:-1]:  # the last piece lacks its newline: torn, or empty
+        head, _, tail = line.partition(b" ")
+        if head.isdigit() and tail == b"%08x" % crc32(head) and str(int(head)).encode() == head:
+            add(int(head))
     return done
 
 

@@ -27,6 +27,7 @@ from ...errors import DensePredError
 from ...geometry import BlockPlan
 from ...geometry.overlap import AxisWindow, blend_axis, exact_axis, exact_shard
 from ...io import ChannelFirst
+from ...io.done_ids import DoneIds
 from ...networks.devices import fast_memory_format, in_memory_format, on_device, resolve_device
 from ...networks.foreign import ForeignNet, StackNet, TilingContract
 from ...networks.precision import FLOAT32, Precision, precision_for
@@ -208,7 +209,7 @@ class ModelRun:
                 pieces[index] = ExactPiece(tuple(p.start for p in parts), box)
         return pieces
 
-    def write_exact(self, sink: Any, done: set[int], done_log: Any, progress: ProgressOption) -> int:
+    def write_exact(self, sink: Any, done: DoneIds, done_log: Any, progress: ProgressOption) -> int:
         """Every exact window that owns part of a shard not in ``done``, in C order, into
         ``sink``; a shard goes to ``done_log`` once the last window that reaches into it is
         written. Returns the shards computed."""

@@ -23,6 +23,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...geometry import level_shard, shard_boxes, source_box
 from ...io import ArraySpec
+from ...io.done_ids import DoneIds
 from ...io.ome_zarr import OmeLayout
 from ...io.pyramid import level_log
 from ...io.run_record import DoneLog, read_done, write_error
@@ -40,7 +41,7 @@ def check_cluster_output(spec: ArraySpec) -> None:
                              "NumPy files cannot take writes from several processes")
 
 
-def run_blocks(client: Any, work: BlockWork, done: set[int], record_dir: Path, job: PredictJob,
+def run_blocks(client: Any, work: BlockWork, done: DoneIds, record_dir: Path, job: PredictJob,
                out_spec: ArraySpec) -> int:
     """Run a job's block tasks, appending the pieces each finished block made durable to
     ``done.log``; returns the pieces computed."""

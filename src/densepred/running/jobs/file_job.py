@@ -30,6 +30,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...io import ArraySpec, create_output, open_output, output_exists
 from ...io.arrays import spec_text
+from ...io.done_ids import DoneIds
 from ...io.output_checks import check_replaceable, clear_deleted, move_aside, set_aside
 from ...io.outputs import check_levels
 from ...io.pyramid import PyramidFeed
@@ -100,12 +101,12 @@ def _run(job: PredictJob, planned: PlannedJob, client: Any) -> JobResult:
         done = read_done(record_dir)
         output = _reopen(planned, done)
     else:
-        output, done = _start_output(planned, job.overwrite or job.resume), set()
+        output, done = _start_output(planned, job.overwrite or job.resume), DoneIds()
     with clearing_deleted(spec):
         return _compute(job, planned, output, done, client)
 
 
-def _compute(job: PredictJob, planned: PlannedJob, output: Any, done: set[int], client: Any) -> JobResult:
+def _compute(job: PredictJob, planned: PlannedJob, output: Any, done: DoneIds, client: Any) -> JobResult:
     spec, record_dir = planned.out_spec, planned.record_dir
     skipped = len(done)
     if client is not None:
@@ -219,7 +220,7 @@ def _pyramid_feed(planned: PlannedJob, output: Any) -> PyramidFeed | None:
     return feed
 
 
-def _reopen(planned: PlannedJob, done: set[int]) -> Any:
+def _reopen(planned: PlannedJob, done: DoneIds) -> Any:
     """The interrupted run's output, if it is still what its record says. A run killed while
     it created the output (its levels or metadata not all there) had written nothing, so with
     no piece done the output is created again."""

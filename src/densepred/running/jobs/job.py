@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ...config import MODES
 from ...errors import DensePredError
 from ...io import ArraySpec
+from ...io.done_ids import DoneIds
 from ...io.encoding import Encoding
 from ...io.ome_zarr import OmeLayout, Placement
 from ...progress import ProgressOption
@@ -158,12 +159,12 @@ class BlockWork:
 class Pieces(Protocol):
     """How one kind of model computes a job's pieces: in this process, or as cluster blocks."""
 
-    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+    def compute(self, job: PredictJob, output: Any, done: DoneIds) -> int:
         """Compute the pieces not in ``done`` in this process, into ``output``, logging each
         finished one; returns the pieces computed."""
         ...
 
-    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+    def blocks(self, job: PredictJob, client: Any, done: DoneIds) -> BlockWork:
         """The cluster tasks that compute the pieces not in ``done``."""
         ...
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ...geometry import BlockPlan
 from ...io import ArraySpec, ChannelFirst, input_stamp, open_array
+from ...io.done_ids import DoneIds
 from ...io.encoding import Encoding
 from ...io.fingerprint import array_fingerprint
 from ...io.local_zarr import open_scratch, scratch_array
@@ -75,7 +76,7 @@ class ModelShards:
     out_spec: ArraySpec
     record_dir: Path
 
-    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+    def compute(self, job: PredictJob, output: Any, done: DoneIds) -> int:
         """Exact windows or blended rows of windows, in this process."""
         sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, job.strict, self.run.contract.scale))
         with large_blocks_returned(not self.run.heap_kept):
@@ -90,7 +91,7 @@ class ModelShards:
         sink.non_finite.report()
         return computed
 
-    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+    def blocks(self, job: PredictJob, client: Any, done: DoneIds) -> BlockWork:
         """Blocks of whole shards (a blend block: :data:`BLEND_SHARDS_PER_BLOCK` per axis unless
         ``--tiles-per-block`` says otherwise) with a shard still to write."""
         run, per_block = self.run, job.tiles_per_block
@@ -192,7 +193,7 @@ def _record(job: PredictJob, in_spec: ArraySpec, run: ModelRun, shape: tuple[int
     return record
 
 
-def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: set[int]) -> int:
+def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption, done: DoneIds) -> int:
     """Rows of windows along z summed into scratch arrays, and each output slab written once its
     rows are in; the shards a finished slab completes are logged. Returns the shards computed."""
     out_shape, depth = run.output_shape, run.output_window[0]

@@ -33,6 +33,7 @@ from ...io import (
     input_stamp,
     open_array,
 )
+from ...io.done_ids import DoneIds
 from ...io.encoding import Encoding
 from ...io.output_checks import check_files, record_folder
 from ...io.run_record import RECORD_VERSION, DoneLog, check_same, file_hash, network_hash, resumable_record
@@ -71,7 +72,7 @@ class NetTiles:
     precision: Precision
     shift: tuple[int, ...]  # output voxel -> the image voxel it is centred on
 
-    def compute(self, job: PredictJob, output: Any, done: set[int]) -> int:
+    def compute(self, job: PredictJob, output: Any, done: DoneIds) -> int:
         """The tiles of every fixed batch with a tile not yet done, streamed through the
         read/compute/write pipeline; each tile is logged once written."""
         plan = self.plan
@@ -99,7 +100,7 @@ class NetTiles:
         sink.non_finite.report()
         return len(todo)
 
-    def blocks(self, job: PredictJob, client: Any, done: set[int]) -> BlockWork:
+    def blocks(self, job: PredictJob, client: Any, done: DoneIds) -> BlockWork:
         """Blocks of whole tiles (``--tiles-per-block``); a block skips the tiles already done."""
         plan = self.plan
         blocks = BlockPlan.create(plan.output_shape, plan.output_tile,
