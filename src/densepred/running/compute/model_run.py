@@ -196,33 +196,39 @@ class ModelRun:
 
     def exact_windows(self) -> list[ExactPiece]:
         """Every exact window that owns part of the output, in C order."""
-        return list(self.indexed_windows().values())
+        return [piece for _, piece in self.windows_in(tuple((0, n) for n in self.output_shape))]
 
-    def indexed_windows(self) -> dict[tuple[int, ...], ExactPiece]:
-        """:meth:`exact_windows` by their index on each axis."""
-        axes = self.exact_axes()
-        pieces = {}
-        for index in itertools.product(*(range(len(a)) for a in axes)):
+    def windows_in(self, box: Sequence[tuple[int, int]],
+                   axes: list[list[AxisWindow]] | None = None) -> list[tuple[tuple[int, ...], ExactPiece]]:
+        """The exact windows whose owned box meets ``box``, in C order: each one's index on every
+        axis and its piece. Only the windows near ``box`` are made (a cluster block of a run of
+        millions of windows looks at its own), from ``axes`` (:meth:`exact_axes`) when given."""
+        axes = self.exact_axes() if axes is None else axes
+        reach = [[i for i, w in enumerate(axis) if w.own_lo < hi and w.own_hi > lo] for axis, (lo, hi) in
+                 zip(axes, box, strict=True)]
+        found = []
+        for index in itertools.product(*reach):
             parts = [axis[i] for axis, i in zip(axes, index, strict=True)]
-            box = tuple((p.own_lo, min(p.own_hi, n)) for p, n in zip(parts, self.output_shape, strict=True))
-            if all(a < b for a, b in box):
-                pieces[index] = ExactPiece(tuple(p.start for p in parts), box)
-        return pieces
+            owned = tuple((p.own_lo, min(p.own_hi, n)) for p, n in zip(parts, self.output_shape, strict=True))
+            if all(a < b for a, b in owned):
+                found.append((index, ExactPiece(tuple(p.start for p in parts), owned)))
+        return found
 
     def write_exact(self, sink: Any, done: DoneIds, done_log: Any, progress: ProgressOption) -> int:
         """Every exact window that owns part of a shard not in ``done``, in C order, into
         ``sink``; a shard goes to ``done_log`` once the last window that reaches into it is
         written. Returns the shards computed."""
-        pieces = self.indexed_windows()
+        axes, pieces = self.exact_axes(), {}
         waiting: dict[int, int] = {}
         reaches: dict[tuple[int, ...], list[int]] = {}
         for shard_id, box in self.written.shards.boxes():
             if shard_id not in done:
-                indices = self.pieces_in(box, pieces)
-                waiting[shard_id] = len(indices)
-                for index in indices:
+                found = self.windows_in(box, axes)
+                waiting[shard_id] = len(found)
+                for index, piece in found:
+                    pieces[index] = piece
                     reaches.setdefault(index, []).append(shard_id)
-        todo = [index for index in pieces if index in reaches]
+        todo = sorted(pieces)  # C order
         bar = Progress(sum(math.prod(b - a for a, b in pieces[i].box) for i in todo), "predict (exact)", progress)
 
         def take(index: tuple[int, ...], result: np.ndarray) -> None:
@@ -284,23 +290,14 @@ class ModelRun:
         if self.mode != "exact":
             write(box, self.blended(box))
             return
-        pieces = self.indexed_windows()
 
-        def take(index: tuple[int, ...], result: np.ndarray) -> None:
-            piece = pieces[index]
+        def take(piece: ExactPiece, result: np.ndarray) -> None:
             part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(piece.box, box, strict=True))
             owned = self.crop_owned(piece, result)
             write(part, owned[(slice(None), *(slice(lo - a, hi - a) for (a, _), (lo, hi) in
                                               zip(piece.box, part, strict=True)))])
 
-        self.forward_each(self.pieces_in(box, pieces), take, starts=lambda index: pieces[index].starts)
-
-    def pieces_in(self, box: Sequence[tuple[int, int]],
-                  pieces: dict[tuple[int, ...], ExactPiece]) -> list[tuple[int, ...]]:
-        """The axis indices of the exact windows whose owned box meets ``box``."""
-        reach = [[i for i, w in enumerate(axis) if w.own_lo < hi and w.own_hi > lo] for axis, (lo, hi) in
-                 zip(self.exact_axes(), box, strict=True)]
-        return [index for index in itertools.product(*reach) if index in pieces]
+        self.forward_each([piece for _, piece in self.windows_in(box)], take, starts=lambda piece: piece.starts)
 
     def blended(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
         """The blend over ``box``: every window that meets it, weighted, summed per row of equal
