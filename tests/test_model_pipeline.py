@@ -195,3 +195,20 @@ def test_a_2d_model_over_a_stack_takes_half_the_slices_rather_than_return_its_he
     net = densepred.from_torch(model, dims=2, in_channels=1, output="identity")
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), densepred.predict_dense(net, stack, mode="exact"),
                                rtol=0, atol=1e-5)
+
+
+def test_the_windows_meeting_a_box_are_those_of_the_whole_listing_that_meet_it(run):
+    """The definition: every exact window of the run, kept where its owned box meets ``box``."""
+    every = run.exact_windows()
+    owned = np.zeros(run.output_shape, np.int64)
+    for piece in every:  # the windows partition the output
+        owned[tuple(slice(a, b) for a, b in piece.box)] += 1
+    assert np.all(owned == 1)
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        box = []
+        for n in run.output_shape:
+            lo = int(rng.integers(0, n))
+            box.append((lo, int(rng.integers(lo + 1, n + 1))))
+        expected = [p for p in every if all(a < hi and b > lo for (a, b), (lo, hi) in zip(p.box, box, strict=True))]
+        assert [piece for _, piece in run.windows_in(box)] == expected
