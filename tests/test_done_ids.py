@@ -36,13 +36,23 @@ def test_done_ids_answer_what_a_set_answers(added, asked):
     assert reference == done
     assert -1 not in done
     assert "3" not in done
+    at_once = DoneIds([7])
+    at_once.add_all(np.array(added, dtype=np.int64))  # in bulk, as a log is read
+    at_once.add_all(np.array(added[:3], dtype=np.uint32))
+    assert at_once == reference | {7}
+    assert len(at_once) == len(reference | {7})
 
 
-def test_an_id_that_is_no_piece_number_is_refused():
+def test_an_id_that_is_no_piece_number_is_refused_and_a_line_beyond_any_run_is_not_believed(tmp_path):
     done = DoneIds()
     for bad in (-1, 2.0, "3", None):
         with pytest.raises(ValueError, match="non-negative integer"):
             done.add(bad)
+    for bad in (np.array([3, -1]), np.array([1.5])):
+        with pytest.raises(ValueError, match="non-negative integers"):
+            done.add_all(bad)
+    (tmp_path / "done.log").write_text(done_line(2**32) + done_line(4) + done_line(10**15))  # by hand
+    assert read_done(tmp_path) == {4}  # no bitmap of 125 TB
 
 
 def lines_by_the_old_rule(text: str) -> set[int]:

@@ -9,7 +9,7 @@ a set (``in``, ``len``, iteration in increasing order, ``add``, ``update``, trut
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,6 +35,22 @@ class DoneIds:
     def update(self, ids: Iterable[int]) -> None:
         for piece_id in ids:
             self.add(piece_id)
+
+    def add_all(self, ids: np.ndarray | Sequence[int]) -> None:
+        """Add many ids at once (an array of them: a log read in chunks)."""
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            return
+        if ids.dtype.kind not in "iu" or int(ids.min()) < 0:
+            raise ValueError(f"piece ids are non-negative integers, not {ids.dtype} from {ids.min()}")
+        ids = ids.astype(np.int64, copy=False)
+        top = int(ids.max()) // 8 + 1
+        if top > len(self._bits):
+            self._bits.extend(bytes(max(top, len(self._bits) * 3 // 2) - len(self._bits)))
+        bits = np.frombuffer(self._bits, np.uint8)  # a view: written in place
+        before = int(np.bitwise_count(bits).sum())
+        np.bitwise_or.at(bits, ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8))
+        self._count += int(np.bitwise_count(bits).sum()) - before
 
     def __contains__(self, piece_id: object) -> bool:
         if not isinstance(piece_id, numbers.Integral) or piece_id < 0:

@@ -17,6 +17,7 @@ never merge with a torn one ("17" + "3" is not tile 173).
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
 import json
@@ -26,6 +27,8 @@ import threading
 import zlib
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..config import Config
 from ..errors import DensePredError
@@ -38,6 +41,8 @@ log = logging.getLogger("densepred")
 
 RECORD_VERSION = 4  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision
 DONE_LOG = "done.log"
+CHUNK_IDS = 1 << 16  # ids read from a log before they are set in its bitmap at once
+MAX_PIECES = 2**32  # a line naming a piece beyond is not believed (its bitmap alone would pass 512 MB)
 RUN_JSON = "run.json"
 RECORDED_MODES = ("mfp", "dilated", "naive", "stream", "exact", "blend")  # the engines own nets and models ran
 POSITIVE = {"input_tile": "1 to 3 positive integers", "window": "1 to 3 positive integers",
@@ -80,16 +85,20 @@ def done_line(tile_id: int) -> str:
 
 def read_done(record_dir: Path, name: str = DONE_LOG) -> DoneIds:
     """Ids recorded as done; lines without a newline or a matching checksum are ignored."""
-    done = DoneIds()
+    done, chunk, crc32 = DoneIds(), array.array("q"), zlib.crc32
     try:
-        text = (Path(record_dir) / name).read_bytes()
+        with open(Path(record_dir) / name, "rb") as f:
+            for line in f:  # a torn last line lacks its newline, so its checksum fails
+                head, _, tail = line.partition(b" ")
+                if (tail == b"%08x\n" % crc32(head) and head.isdigit() and (head[:1] != b"0" or head == b"0")
+                        and int(head) < MAX_PIECES):
+                    chunk.append(int(head))
+                    if len(chunk) == CHUNK_IDS:
+                        done.add_all(np.frombuffer(chunk, np.int64))
+                        chunk = array.array("q")
     except FileNotFoundError:
         return done
-    crc32, add = zlib.crc32, done.add
-    for line in text.split(b"\n")[:-1]:  # the last piece lacks its newline: torn, or empty
-        head, _, tail = line.partition(b" ")
-        if head.isdigit() and tail == b"%08x" % crc32(head) and str(int(head)).encode() == head:
-            add(int(head))
+    done.add_all(np.frombuffer(chunk, np.int64))
     return done
 
 
