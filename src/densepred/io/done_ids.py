@@ -63,9 +63,10 @@ class DoneIds:
 
     def __iter__(self) -> Iterator[int]:
         """The ids in increasing order, as Python integers."""
-        bits = np.unpackbits(np.frombuffer(bytes(self._bits), np.uint8), bitorder="little")
-        for start in range(0, len(bits), 1 << 20):  # a chunk at a time: no array of every id at once
-            yield from np.flatnonzero(bits[start:start + (1 << 20)]).__add__(start).tolist()
+        packed = bytes(self._bits)
+        for start in range(0, len(packed), 1 << 17):  # a chunk at a time: no array of every id at once
+            bits = np.unpackbits(np.frombuffer(packed[start:start + (1 << 17)], np.uint8), bitorder="little")
+            yield from (np.flatnonzero(bits) + 8 * start).tolist()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, DoneIds | set | frozenset):
