@@ -10,6 +10,7 @@ was in, or drew from torch's global generator.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import h5py
 import numpy as np
@@ -142,3 +143,18 @@ def test_predicting_profiling_and_training_leave_the_callers_random_state_alone(
     (tmp_path / "t").mkdir()
     training = write_config(tmp_path / "t", steps=3)
     same_draws_after(lambda: densepred.train(training, progress=False))  # seeded for its run only
+
+
+def test_a_scripted_model_still_training_predicts_in_eval_mode_without_torchs_copy_warning(rng):
+    """Found in this round: its channels-last copy printed torch's warning about ``.grad`` of a
+    non-leaf tensor on every call, a line about the user's gradients that has nothing to do with them."""
+    model = torch.jit.script(nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.Dropout(0.5))).train()
+    net = densepred.from_torch(model, dims=3, in_channels=1)
+    image = rng.random((9, 20, 20), dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = densepred.predict_dense(net, image)
+        second = densepred.predict_dense(net, image)
+    assert [str(w.message)[:60] for w in caught] == []
+    np.testing.assert_array_equal(first, second)  # no dropout
+    assert model.training

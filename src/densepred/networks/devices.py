@@ -118,8 +118,9 @@ def in_memory_format(model: torch.nn.Module, memory_format: torch.memory_format 
     if memory_format is None:
         return model
     try:
-        with warnings.catch_warnings():  # torch's own deprecations, met copying an exported program
+        with warnings.catch_warnings():  # torch's own, met copying an exported program or a scripted model
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
             return copy.deepcopy(model).to(memory_format=memory_format)
     except (RuntimeError, TypeError, copy.Error):
         return model
