@@ -57,7 +57,7 @@ def fit_cpu_threads() -> int | None:
 def check_cpu_threads() -> None:
     """Once per process: a warning when torch runs more CPU threads than the process may keep
     busy. Under a CPU quota the threads beyond it are stopped every period, and every thread
-    waits for them (a 1-core quota on 2 threads: a convolution 1.3x slower). A caller's process
+    waits for them (docs/BENCHMARKS.md, `benchmarks/cpu_quota.py`). A caller's process
     is the caller's to set, so it is told, not changed."""
     global _threads_checked
     if _threads_checked:
