@@ -23,24 +23,6 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-# the default run's longest tests (10-35 s each), started first: pytest-xdist hands tests out in
-# the order collected, and one of these started last keeps a worker busy after the other is done
-STARTED_FIRST = (
-    "tests/test_readme.py::test_the_newcomer_section_and_the_first_cluster_run_work_as_written",
-    "tests/test_predict_files.py::test_kill_9_at_a_random_moment_then_resume_is_byte_identical",
-    "tests/test_foreign_files.py::test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume",
-    "tests/test_training.py::test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step",
-    "tests/test_readme_blocks.py::test_file_to_file_prediction_as_shown",
-    "tests/test_cluster.py::test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    first = [item for item in items if item.nodeid.startswith(STARTED_FIRST)]
-    if first:
-        items[:] = first + [item for item in items if not item.nodeid.startswith(STARTED_FIRST)]
-
-
 def make_net(network: dict, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseNet:
     """A random network with random batch-norm statistics, in eval mode.
 
