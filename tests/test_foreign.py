@@ -244,6 +244,9 @@ def test_a_window_larger_than_the_volume_is_fitted_to_it_and_needs_no_padding():
     np.testing.assert_allclose(got, whole(model, volume, (4, 4, 4), (32, 36, 40)), rtol=0, atol=1e-6)
 
 
+# 10 s: make test-slow. The default run writes a small model's exact windows into a zarr out= and
+# refuses blending into it (test_python_arrays)
+@pytest.mark.slow
 def test_exact_streams_into_an_array_like_and_blend_into_it_is_refused(volume, tmp_path):
     import zarr
 

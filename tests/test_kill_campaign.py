@@ -81,7 +81,7 @@ def campaign(folder, mode, kills, seed):
             np.testing.assert_allclose(got, values, rtol=0, atol=1e-6, err_msg=f"kill {kill}, level {index}")
 
 
-# 12-13 s each: make test-slow. The default run kills own nets with -9 (test_predict_files) and crashes
+# 12-13 s each: make test-slow (with test_predict_files' kill -9). The default run crashes
 # model runs at chosen writes and resumes them (test_foreign_files' test_a_crash_then_resume_is_byte_identical)
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "blend", "own"])

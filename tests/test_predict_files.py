@@ -185,6 +185,9 @@ def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, t
     assert not (tmp_path / "part.zarr.densepred" / "done.log").exists()
 
 
+# 14-17 s: make test-slow, with the kill campaigns. The default run resumes runs killed while they
+# create the output and while they write the pyramid (test_ome_zarr), and after a full disk (test_storage_faults)
+@pytest.mark.slow
 def test_kill_9_at_a_random_moment_then_resume_is_byte_identical(config, tmp_path):
     data = np.random.default_rng(3).random((16, 90, 80), dtype=np.float32)
     np.save(tmp_path / "big.npy", data)

@@ -220,6 +220,11 @@ def test_a_model_takes_a_tensor_and_writes_into_a_tensor_or_a_uint8_array_or_ref
     read_only.setflags(write=False)
     with pytest.raises(DensePredError, match="read-only"):
         densepred.predict_dense(net, image, mode="exact", out=read_only)
+    zarr_out = zarr.create_array(tmp_path / "o.zarr", shape=expected.shape, chunks=(2, 16, 16), dtype="float64")
+    assert densepred.predict_dense(net, image, mode="exact", tile_shape=(16, 16), out=zarr_out) is zarr_out
+    np.testing.assert_allclose(zarr_out[:], expected, rtol=0, atol=1e-5)  # window after window, chunks shared
+    with pytest.raises(DensePredError, match="file to file"):  # blending into out= is refused
+        densepred.predict_dense(net, image, mode="blend", tile_shape=(16, 16), out=zarr_out)
 
 
 @pytest.mark.parametrize("make", [lambda: torch.zeros((3, *SHAPE), dtype=torch.complex64),

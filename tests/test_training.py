@@ -247,6 +247,8 @@ def _train_process(config: Path, *args: str) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+# 11-14 s: make test-slow. The default run resumes a stopped training exactly and saves on Ctrl-C
+@pytest.mark.slow
 def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_path):
     config = write_config(tmp_path, steps=100000)
     process = _train_process(config)
