@@ -16,6 +16,7 @@ Part of the foundation every layer may use: it imports nothing else of densepred
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -77,7 +78,20 @@ def quota_cores(proc_cgroup: str = PROC_CGROUP, mountinfo: str = MOUNTINFO) -> i
 
 def groups(controller: str, proc_cgroup: str = PROC_CGROUP, mountinfo: str = MOUNTINFO) -> list[Group]:
     """The folders of this process's group for ``controller`` and of every group above it up to
-    the mounted root, innermost first, in each hierarchy that has the controller mounted."""
+    the mounted root, innermost first, in each hierarchy that has the controller mounted. This
+    process's own are found once (a process stays in its groups) and their files read each time."""
+    if (proc_cgroup, mountinfo) == (PROC_CGROUP, MOUNTINFO):
+        return _own_groups(controller, os.getpid())
+    return _found_groups(controller, proc_cgroup, mountinfo)
+
+
+@functools.lru_cache(maxsize=8)
+def _own_groups(controller: str, pid: int) -> list[Group]:
+    """This process's groups (by its id: a forked child finds its own)."""
+    return _found_groups(controller, PROC_CGROUP, MOUNTINFO)
+
+
+def _found_groups(controller: str, proc_cgroup: str, mountinfo: str) -> list[Group]:
     found = []
     for version, controllers, path in _memberships(proc_cgroup):
         for mount_root, mount_point, mounted in _mounts(mountinfo):
