@@ -26,8 +26,7 @@ class DoneIds:
         if not isinstance(piece_id, numbers.Integral) or piece_id < 0:
             raise ValueError(f"a piece id is a non-negative integer, not {piece_id!r}")
         byte, bit = divmod(int(piece_id), 8)
-        if byte >= len(self._bits):  # grown by half again at least: adding ids in order stays linear
-            self._bits.extend(bytes(max(byte + 1, len(self._bits) * 3 // 2) - len(self._bits)))
+        self._reach(byte)
         if not self._bits[byte] >> bit & 1:
             self._bits[byte] |= 1 << bit
             self._count += 1
@@ -44,13 +43,18 @@ class DoneIds:
         if ids.dtype.kind not in "iu" or int(ids.min()) < 0:
             raise ValueError(f"piece ids are non-negative integers, not {ids.dtype} from {ids.min()}")
         ids = ids.astype(np.int64, copy=False)
-        top = int(ids.max()) // 8 + 1
-        if top > len(self._bits):
-            self._bits.extend(bytes(max(top, len(self._bits) * 3 // 2) - len(self._bits)))
+        self._reach(int(ids.max()) // 8)
         bits = np.frombuffer(self._bits, np.uint8)  # a view: written in place
-        before = int(np.bitwise_count(bits).sum())
+        touched = np.unique(ids >> 3)  # counted before and after: only the bytes these ids set
+        before = int(np.bitwise_count(bits[touched]).sum())
         np.bitwise_or.at(bits, ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8))
-        self._count += int(np.bitwise_count(bits).sum()) - before
+        self._count += int(np.bitwise_count(bits[touched]).sum()) - before
+
+    def _reach(self, byte: int) -> None:
+        """The bitmap long enough to hold ``byte``; grown by half again at least, so adding ids in
+        increasing order stays linear."""
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1, len(self._bits) * 3 // 2) - len(self._bits)))
 
     def __contains__(self, piece_id: object) -> bool:
         if not isinstance(piece_id, numbers.Integral) or piece_id < 0:

@@ -43,7 +43,7 @@ from ..planning.model_window import (
 )
 from .preprocess import Prepared, resolve
 from .transfers import Download, Transfers, Upload
-from .window_options import channel_orders, check_orders, overlap_value, tta_axes, window_value
+from .window_options import channel_orders, check_orders, overlap_value, python_ints, tta_axes
 from .windows import activated, gaussian, outer, read_window, window_logits
 
 log = logging.getLogger("densepred")
@@ -109,7 +109,7 @@ class ModelRun:
         ``precision``: the arithmetic (float32, tf32, bfloat16, float16), checked on the device."""
         asked_for = (mode, window, tta, channel_map)
         dims = (net.flat if isinstance(net, StackNet) else net).dims  # a 2D model's, over a stack too
-        window, overlap = window_value(window), overlap_value(overlap)
+        window, overlap = python_ints(window), overlap_value(overlap)
         tta, channel_map = tta_axes(tta, dims), channel_orders(channel_map, dims)
         orders = channel_map  # as given: a stack's axes are shifted below
         net, source = source_of(net, source)

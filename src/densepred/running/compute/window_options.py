@@ -20,14 +20,14 @@ def whole(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
-def window_value(window: Any) -> Any:
-    """A NumPy integer or array as Python integers; other values as they are (checked later
-    against the model's sizes)."""
-    if whole(window):
-        return int(window)
-    if isinstance(window, np.ndarray):
-        return tuple(int(w) if whole(w) else w for w in window.tolist())
-    return window
+def python_ints(value: Any) -> Any:
+    """A NumPy integer, or an array, list or tuple of them, as Python integers; other values as
+    they are (checked where they are used: a window against the model's sizes)."""
+    if whole(value):
+        return int(value)
+    if isinstance(value, np.ndarray | list | tuple):
+        return tuple(int(v) if whole(v) else v for v in (value.tolist() if isinstance(value, np.ndarray) else value))
+    return value
 
 
 def overlap_value(overlap: Any) -> float:

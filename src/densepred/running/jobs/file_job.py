@@ -37,6 +37,7 @@ from ...io.pyramid import PyramidFeed
 from ...io.run_lock import output_lock
 from ...io.run_record import provenance, read_done, write_error, write_record
 from ...networks.memory_budget import bytes_limit
+from ..compute.window_options import python_ints
 from ..executors.cluster import ClusterTarget, connected, worker_memory_limit
 from .cluster_job import check_cluster_output, run_blocks, run_pyramid
 from .job import COUNTS, JobResult, PlannedJob, PredictJob, check_job
@@ -66,7 +67,7 @@ def predict_to_file(job: PredictJob, client: Any = None) -> JobResult:
     job = replace(job, memory_limit=bytes_limit(job.memory_limit),  # 8e9 and NumPy integers as whole bytes
                   input=spec_text(job.input), output=spec_text(job.output),  # a pathlib.Path as its path
                   **{name: int(getattr(job, name)) for name in COUNTS if getattr(job, name) is not None},
-                  tiles_per_block=as_ints(job.tiles_per_block))
+                  tiles_per_block=python_ints(job.tiles_per_block))
     if job.resume and job.overwrite:
         raise DensePredError("--resume and --overwrite exclude each other: continue the output or replace it")
     if client is None and job.workers is None and job.scheduler is None and job.scheduler_file is None:
@@ -243,9 +244,3 @@ def _reopen(planned: PlannedJob, done: DoneIds) -> Any:
             raise
     return output
 
-
-def as_ints(value: Any) -> Any:
-    """A count or counts per axis (NumPy's integers among them) as Python integers."""
-    if value is None:
-        return None
-    return tuple(int(n) for n in value) if isinstance(value, list | tuple) else int(value)
