@@ -87,3 +87,10 @@ def test_a_resume_batches_the_same_tiles_from_done_ids_as_from_a_set():
     for batch_size in (1, 3, 7):
         chosen = set(rng.choice(len(plan), size=len(plan) // 3, replace=False).tolist())
         assert list(plan.batches_to_run(DoneIds(chosen), batch_size)) == list(plan.batches_to_run(chosen, batch_size))
+
+
+def test_the_mask_of_the_first_n_ids_is_membership():
+    rng = np.random.default_rng(4)
+    ids = DoneIds(int(i) for i in rng.choice(1000, 137, replace=False))
+    for n in (0, 1, 7, 8, 9, 500, 999, 1000, 1013, 4000):
+        assert ids.mask(n).tolist() == [i in ids for i in range(n)], n

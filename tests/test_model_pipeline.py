@@ -15,6 +15,7 @@ from torch import nn
 
 import densepred
 from densepred.errors import Cancelled
+from densepred.io.done_ids import DoneIds
 from densepred.running.compute.model_run import ModelRun
 from densepred.running.jobs import model_job
 
@@ -212,3 +213,53 @@ def test_the_windows_meeting_a_box_are_those_of_the_whole_listing_that_meet_it(r
             box.append((lo, int(rng.integers(lo + 1, n + 1))))
         expected = [p for p in every if all(a < hi and b > lo for (a, b), (lo, hi) in zip(p.box, box, strict=True))]
         assert [piece for _, piece in run.windows_in(box)] == expected
+
+
+def listed_order(run, done):
+    """The definition the streamed order keeps: every window meeting a shard not done, in C order,
+    and each such shard logged after the last window that reaches it."""
+    pieces, waiting, reaches = {}, {}, {}
+    for shard_id, box in run.written.shards.boxes():
+        if shard_id not in done:
+            found = run.windows_in(box)
+            waiting[shard_id] = len(found)
+            for index, piece in found:
+                pieces[index] = piece
+                reaches.setdefault(index, []).append(shard_id)
+    log = []
+    for index in sorted(pieces):
+        for shard_id in reaches[index]:
+            waiting[shard_id] -= 1
+            if not waiting[shard_id]:
+                log.append(shard_id)
+    return [pieces[i].box for i in sorted(pieces)], log, len(waiting)
+
+
+@pytest.mark.parametrize(("shape", "window"), [((23, 37, 29), (12, 16, 16)), ((9, 70, 13), (8, 24, 10))])
+def test_an_exact_run_streams_the_windows_and_logs_the_shards_of_the_whole_listing(shape, window):
+    """The second shape's last windows own parts of two shards on two axes."""
+    torch.manual_seed(3)
+    net = densepred.from_torch(Smooth().eval(), dims=3, in_channels=1)
+    image = np.random.default_rng(5).random((1, *shape), dtype=np.float32)
+    run = ModelRun.create(net, image, "exact", window, 0.5, None, None, "cpu")
+    shards = len(run.written.shards)
+    rng = np.random.default_rng(2)
+    for done_ids in [[], list(range(shards)), *(rng.choice(shards, int(rng.integers(1, shards)), replace=False)
+                                                for _ in range(6))]:
+        done, sink, log = DoneIds(int(i) for i in done_ids), Boxes(), Boxes()
+        computed = run.write_exact(sink, done, log, False)
+        assert (sink.written, log.written, computed) == listed_order(run, done), sorted(done)
+
+
+class Boxes:
+    """A sink that keeps the boxes written to it, and a done log that keeps the ids."""
+
+    def __init__(self):
+        self.written = []
+
+    def write(self, where, values):
+        self.written.append(tuple((s.start, s.stop) for s in where))
+        assert values.shape[1:] == tuple(s.stop - s.start for s in where)
+
+    def append(self, piece_id):
+        self.written.append(piece_id)

@@ -8,6 +8,7 @@ a set (``in``, ``len``, iteration in increasing order, ``add``, ``update``, trut
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -61,6 +62,11 @@ class DoneIds:
             return False
         byte, bit = divmod(int(piece_id), 8)
         return byte < len(self._bits) and bool(self._bits[byte] >> bit & 1)
+
+    def mask(self, n: int) -> np.ndarray:
+        """One boolean per id below ``n``: whether it is in the set."""
+        bits = np.unpackbits(np.frombuffer(bytes(self._bits[:math.ceil(n / 8)]), np.uint8), bitorder="little")
+        return np.pad(bits[:n], (0, max(0, n - bits.size))).astype(bool)
 
     def __len__(self) -> int:
         return self._count

@@ -16,7 +16,7 @@ import functools
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from ..planning.model_window import (
     budget_window,
     window_for,
 )
+from .exact_order import ExactOrder, ExactPiece
 from .preprocess import Prepared, resolve
 from .transfers import Download, Transfers, Upload
 from .window_options import channel_orders, check_orders, overlap_value, python_ints, tta_axes
@@ -53,15 +54,6 @@ MODES = ("auto", "exact", "blend")
 # one and the one in the reading (or writing) thread, as the memory budget does
 PREFETCH = PENDING = IN_FLIGHT - 1
 Item = TypeVar("Item")
-
-
-@dataclass(frozen=True)
-class ExactPiece:
-    """One exact window: where its outputs start (``starts``; its input's start, divided by the
-    model's scale) and the output ``box`` it owns."""
-
-    starts: tuple[int, ...]
-    box: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -217,34 +209,27 @@ class ModelRun:
     def write_exact(self, sink: Any, done: DoneIds, done_log: Any, progress: ProgressOption) -> int:
         """Every exact window that owns part of a shard not in ``done``, in C order, into
         ``sink``; a shard goes to ``done_log`` once the last window that reaches into it is
-        written. Returns the shards computed."""
-        axes, pieces = self.exact_axes(), {}
-        waiting: dict[int, int] = {}
-        reaches: dict[tuple[int, ...], list[int]] = {}
-        for shard_id, box in self.written.shards.boxes():
-            if shard_id not in done:
-                found = self.windows_in(box, axes)
-                waiting[shard_id] = len(found)
-                for index, piece in found:
-                    pieces[index] = piece
-                    reaches.setdefault(index, []).append(shard_id)
-        todo = sorted(pieces)  # C order
-        bar = Progress(sum(math.prod(b - a for a, b in pieces[i].box) for i in todo), "predict (exact)", progress)
+        written. The windows are made as they are read (:class:`ExactOrder`), and only the
+        shards being written are counted. Returns the shards computed."""
+        order = ExactOrder.create(self.exact_axes(), self.shard, self.output_shape, done)
+        left: dict[int, int] = {}  # the shards begun, each with its windows still to write
+        bar = Progress(order.voxels(), "predict (exact)", progress)
 
-        def take(index: tuple[int, ...], result: np.ndarray) -> None:
-            piece = pieces[index]
+        def take(item: tuple[tuple[int, ...], ExactPiece], result: np.ndarray) -> None:
+            index, piece = item
             sink.write(tuple(slice(a, b) for a, b in piece.box), self.crop_owned(piece, result))
-            for shard_id in reaches[index]:
-                waiting[shard_id] -= 1
-                if not waiting[shard_id]:
+            for shard_id, reaching in order.shards_of(index):
+                left[shard_id] = left.get(shard_id, reaching) - 1
+                if not left[shard_id]:
+                    del left[shard_id]
                     done_log.append(shard_id)
             bar.update(math.prod(b - a for a, b in piece.box))
 
         try:
-            self.forward_each(todo, take, starts=lambda index: pieces[index].starts, poll=bar.poll)
+            self.forward_each(order.pieces(), take, starts=lambda item: item[1].starts, poll=bar.poll)
         finally:
             bar.close()
-        return len(waiting)
+        return order.shards_to_do
 
     def crop_owned(self, piece: ExactPiece, result: np.ndarray) -> np.ndarray:
         """The window's outputs (``result``, its :meth:`forward`) over the box it owns."""
@@ -340,7 +325,7 @@ class ModelRun:
         preprocessed), on the host."""
         return self._compute(self._upload(x)).numpy()
 
-    def forward_each(self, items: Sequence[Item], take: Callable[[Item, np.ndarray], None], *,
+    def forward_each(self, items: Iterable[Item], take: Callable[[Item, np.ndarray], None], *,
                      starts: Callable[[Item], Sequence[int]] = lambda item: item,
                      poll: Callable[[], None] | None = None) -> None:
         """``take(item, self.forward(starts(item)))`` for every item, in order, from one

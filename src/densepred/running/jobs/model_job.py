@@ -205,7 +205,10 @@ def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption
     bar = Progress(sum(plane * (e - z) for r, (z, e) in enumerate(zip(rows, ends, strict=True))
                        if r not in slabs_done), "predict (blend)", progress)
     row_log, slab_log, done_log = DoneLog(record_dir, ROWS_LOG), DoneLog(record_dir, SLABS_LOG), DoneLog(record_dir)
-    pending = [(shard_id, box[0][1]) for shard_id, box in run.written.shards.boxes() if shard_id not in done]
+    shards = run.written.shards
+    layer = math.prod(shards.grid[1:])  # the shards of one z index: ids [k * layer, (k + 1) * layer)
+    to_do = len(shards) - int(done.mask(len(shards)).sum())
+    layers_logged = 0
     try:
         for r, (z, end) in enumerate(zip(rows, ends, strict=True)):
             if r not in slabs_done:
@@ -219,16 +222,18 @@ def _blend(run: ModelRun, sink: Sink, record_dir: Path, progress: ProgressOption
                 for q, zq in enumerate(rows[:r + 1]):  # rows no later slab needs
                     if zq + depth <= end:
                         shutil.rmtree(store / f"row{q}", ignore_errors=True)
-            for shard_id, stop in pending:  # the slabs so far cover [0, end) whole
-                if stop <= end and shard_id not in done:
-                    done_log.append(shard_id)
-                    done.add(shard_id)
+            while layers_logged < shards.grid[0] and min((layers_logged + 1) * shards.block[0], out_shape[0]) <= end:
+                for shard_id in range(layers_logged * layer, (layers_logged + 1) * layer):  # the slabs cover it
+                    if shard_id not in done:
+                        done_log.append(shard_id)
+                        done.add(shard_id)
+                layers_logged += 1
     finally:
         row_log.close()
         slab_log.close()
         done_log.close()
         bar.close()
-    return len(pending)
+    return to_do
 
 
 def _blend_row(run: ModelRun, store: Path, r: int, z: int, depth: int) -> None:
