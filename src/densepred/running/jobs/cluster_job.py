@@ -15,8 +15,9 @@ missing.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +81,26 @@ def run_pyramid(client: Any, layout: OmeLayout, label: bool, out_spec: ArraySpec
         done = read_done(record_dir, level_log(level.index))
         below = levels[level.index - 1].shape
         shard = level_shard(layout.tile, level.shape)
-        todo = [Task(shard_id, run_level_shard,
-                     (spec, level.index, box, source_box(box, level.step, below), level.step, label),
-                     f"pyramid level {level.index} shard {shard_id} (box {box_text(box)})")
-                for shard_id, box in shard_boxes(level.shape, shard) if shard_id not in done]
-        bar = Progress(sum(math.prod(b - a for a, b in t.args[2]) for t in todo), f"pyramid level {level.index}",
+        todo = functools.partial(_level_shards_to_do, level.shape, shard, done)  # made as submitted
+        tasks = (Task(shard_id, run_level_shard,
+                      (spec, level.index, box, source_box(box, level.step, below), level.step, label),
+                      f"pyramid level {level.index} shard {shard_id} (box {box_text(box)})")
+                 for shard_id, box in todo())
+        bar = Progress(sum(math.prod(b - a for a, b in box) for _, box in todo()), f"pyramid level {level.index}",
                        progress)
         done_log = DoneLog(record_dir, level_log(level.index))
         try:
-            run_tasks(client, iter(todo), _level_recorder(client, done_log, bar), None, with_id=True)
+            run_tasks(client, tasks, _level_recorder(client, done_log, bar), None, with_id=True)
         except OSError as exc:
             raise write_error(exc, out_spec, "all tiles done, the pyramid levels are not") from None
         finally:
             done_log.close()
             bar.close()
+
+
+def _level_shards_to_do(shape: tuple[int, ...], shard: tuple[int, ...],
+                        done: DoneIds) -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:
+    return ((shard_id, box) for shard_id, box in shard_boxes(shape, shard) if shard_id not in done)
 
 
 def _level_recorder(client: Any, done_log: DoneLog, bar: Progress) -> Callable[[int, int], None]:

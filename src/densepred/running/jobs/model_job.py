@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,14 @@ class ModelShards:
         block_job = ModelBlockJob(self.in_spec.resolved(), self.out_spec.resolved(), run.mode, run.window,
                                   run.overlap, job.tta, job.device, blocks, self.encoding, run.contract.crop,
                                   job.strict, job.threads_per_worker, run.prepared, run.precision.name)
-        todo = [(block_id, box) for block_id, box in blocks.boxes()
-                if not all(i in done for i in blocks.tile_ids(block_id))]
+
+        def todo() -> Iterator[tuple[int, tuple[tuple[int, int], ...]]]:  # made as submitted: no list of every block
+            return ((block_id, box) for block_id, box in blocks.boxes()
+                    if not all(i in done for i in blocks.tile_ids(block_id)))
+
         tasks = (Task(block_id, run_model_block, (payload, block_job, block_id),
-                      f"block {block_id} (output box {box_text(box)})") for block_id, box in todo)
-        voxels = sum(math.prod(b - a for a, b in box) for _, box in todo)
+                      f"block {block_id} (output box {box_text(box)})") for block_id, box in todo())
+        voxels = sum(math.prod(b - a for a, b in box) for _, box in todo())
         return BlockWork(tasks, voxels, f"predict ({run.mode}, {len(blocks)} blocks)", run.contract.crop,
                          math.prod(blocks.tile_grid))
 
