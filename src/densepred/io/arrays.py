@@ -4,13 +4,18 @@ A spec is one string:
 
 * ``file.h5:dataset`` (or ``.hdf5``) - an HDF5 dataset (h5py)
 * ``file.zarr`` or ``file.zarr:group/array`` - a zarr array (v2 or v3); a group that is an
-  OME-Zarr image stands for its full-resolution array
+  OME-Zarr image stands for its full-resolution array. A folder without the suffix is a zarr
+  store when it holds zarr metadata (``data/raw``: the array ``raw`` of the group ``data``)
 * ``file.n5:group/dataset`` - an N5 dataset (read only; a multiscale group stands for ``s0``)
 * ``folder`` or ``precomputed://folder``, ``folder:SCALE`` - a neuroglancer precomputed volume
   (a folder with an ``info`` file; read only; the first scale unless one is named)
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
+
+A path that goes on inside a zarr store, an N5 container or an HDF5 file is its ``:`` form:
+``em.zarr/recon-1/em/s0`` is ``em.zarr:recon-1/em/s0`` (OME-Zarr's and N5's paths, ilastik's
+``stack.h5/exported_data``).
 
 An input that is a time series of volumes (axes ``t, c, z, y, x`` with several time points)
 is one volume per time point: ``movie.zarr@t=3`` names the fourth (``@t=N`` after any of the
@@ -22,10 +27,11 @@ changed working directory.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -40,6 +46,8 @@ from .reading import reason
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
              "file.npy or file.csv")
+CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
+FILES = (".tif", ".tiff", ".npy", ".csv")
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -99,6 +107,10 @@ class ArraySpec:
             folder, _, scale = text.rpartition(":")
             if precomputed or is_precomputed(_resolve(folder, base)):
                 path_text, key = folder, scale.strip("/") or None
+        if key is None and not precomputed and not is_precomputed(_resolve(path_text, base)):
+            path_text, key = inner_path(path_text)
+        if key is None and not precomputed:  # a zarr node in a store named without .zarr
+            path_text, key = zarr_root(path_text, base)
         if key is not None:
             _check_key(key, spec)
         return cls(_resolve(path_text, base), key)
@@ -120,6 +132,9 @@ class ArraySpec:
             return suffix[1:]
         if is_precomputed(self.path):
             return "precomputed"
+        stored = stored_kind(self.path)
+        if stored is not None:
+            return stored
         raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
 
     @property
@@ -129,6 +144,56 @@ class ArraySpec:
 
     def __str__(self) -> str:
         return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
+
+
+def inner_path(text: str) -> tuple[str, str | None]:
+    """A path that goes on inside a zarr store, an N5 container or an HDF5 file, as OME-Zarr,
+    N5 and ilastik write them (``em.zarr/recon-1/em/s0``, ``stack.h5/exported_data``): the
+    container and the path inside it; any other path as it is. The last part that names a
+    container is the container, unless the path ends in a file of its own (``a.zarr/x.npy``)."""
+    parts = PurePosixPath(text.replace(os.sep, "/")).parts
+    if not parts or parts[-1].lower().endswith((*CONTAINERS, *FILES)):
+        return text, None
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i].lower().endswith(CONTAINERS):
+            return str(PurePosixPath(*parts[:i + 1])), "/".join(parts[i + 1:])
+    return text, None
+
+
+def zarr_root(text: str, base: Path | None) -> tuple[str, str | None]:
+    """A zarr array or group in a store whose name does not say zarr (``data/raw``): the
+    topmost zarr group above it and the path inside; the path as it is when it is no zarr
+    node or is the root already."""
+    path = _resolve(text, base)
+    if Path(text).suffix.lower() in (".zarr", ".n5") or stored_kind(path) != "zarr":
+        return text, None
+    parts: list[str] = []
+    root = path
+    while root.parent != root and _is_zarr_group(root.parent):
+        parts.insert(0, root.name)
+        root = root.parent
+    if not parts:
+        return text, None
+    return str(Path(text).parents[len(parts) - 1]), "/".join(parts)
+
+
+def _is_zarr_group(folder: Path) -> bool:
+    if (folder / ".zgroup").is_file():
+        return True
+    try:
+        return json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("node_type") == "group"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stored_kind(path: Path) -> str | None:
+    """A folder's format by what it holds, whatever its name: ``zarr`` (a store or group of
+    either zarr version), ``n5`` (a container's ``attributes.json``), or None."""
+    if not path.is_dir():
+        return None
+    if any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):
+        return "zarr"
+    return "n5" if (path / "attributes.json").is_file() else None
 
 
 def _resolve(text: str, base: Path | None) -> Path:
@@ -189,15 +254,10 @@ def _open_precomputed(spec: ArraySpec) -> Any:
 def _open_zarr(spec: ArraySpec) -> Any:
     import zarr
 
-    root = node = zarr.open(spec.path, mode="r")
-    if spec.key is not None:
-        try:
-            node = node[spec.key]
-        except (KeyError, TypeError):
-            raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
+    root, node = _zarr_node(spec)
     if isinstance(node, zarr.Array):  # a level of an OME-Zarr image names its axes in the group above
         parent, _, name = (spec.key or "").rpartition("/")
-        group = root[parent] if parent else root
+        group = None if root is None else root[parent] if parent else root
         axes = _ome_axes(group, name) if isinstance(group, zarr.Group) else None
         return channel_first(node, axes or axis_letters(_dimension_names(node)), spec.array_text, spec.time)
     image = _ome_first_level(node)
@@ -206,6 +266,26 @@ def _open_zarr(spec: ArraySpec) -> Any:
     arrays = sorted(name for name, _ in node.arrays())
     raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
                          f"(available: {', '.join(arrays) or 'none'})")
+
+
+def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
+    """The store's root group and the node ``spec`` names; a store with no metadata at its root
+    (an array some writer put at ``in.zarr/raw`` alone) has no root, and the node is opened
+    where it lies."""
+    import zarr
+
+    try:
+        root = zarr.open(spec.path, mode="r")
+    except FileNotFoundError:
+        if spec.key is None or not (spec.path / spec.key).is_dir():
+            raise
+        return None, zarr.open(spec.path / spec.key, mode="r")
+    if spec.key is None:
+        return root, root
+    try:
+        return root, root[spec.key]
+    except (KeyError, TypeError):
+        raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
 
 
 def _open_n5(spec: ArraySpec) -> Any:
@@ -280,11 +360,10 @@ def _tiff_placement(spec: ArraySpec) -> Placement | None:
 def _zarr_placement(spec: ArraySpec) -> Placement | None:
     import zarr
 
-    root = zarr.open(spec.path, mode="r")
-    node = root[spec.key] if spec.key else root
+    root, node = _zarr_node(spec)
     if isinstance(node, zarr.Array):
         parent_key, _, dataset = (spec.key or "").rpartition("/")
-        group = root[parent_key] if parent_key else root
+        group = None if root is None else root[parent_key] if parent_key else root
         placed = ome_placement(dict(group.attrs), dataset) if isinstance(group, zarr.Group) and dataset else None
         return placed or in_zyx_order(attribute_placement(node.attrs),
                                       spatial_letters(axis_letters(_dimension_names(node))))
