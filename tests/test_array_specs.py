@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
 from densepred.io import ArraySpec, open_array
 from densepred.io.arrays import input_placement
@@ -91,3 +92,37 @@ def test_predict_reads_and_writes_paths_inside_stores_as_their_colon_forms(tmp_p
     assert (tmp_path / "slash.zarr.pred.densepred" / "run.json").exists()
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "slash.zarr" / "pred" / "0")[:],
                                   zarr.open_array(tmp_path / "colon.zarr" / "pred" / "0")[:])
+
+
+def bioformats2raw(folder, image, series=1):
+    """bioformats2raw's layout (OME-Zarr 0.4, zarr 2): the image in group ``0``, t, c, z, y, x."""
+    root = zarr.open_group(folder, mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    for n in range(series):
+        group = root.create_group(str(n))
+        scale = {"type": "scale", "scale": [1, 1, 0.5, 0.1, 0.1]}
+        group.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
+                                       "datasets": [{"path": "0", "coordinateTransformations": [scale]}]}]
+        group.create_array("0", shape=(1, *image.shape), chunks=(1, 1, 5, 8, 8), dtype=image.dtype)[:] = image[None]
+    root.create_group("OME").attrs["series"] = [str(n) for n in range(series)]
+
+
+def test_a_bioformats2raw_folder_of_one_image_is_that_image(tmp_path, image):
+    bioformats2raw(tmp_path / "cells.ome.zarr", image)
+    opened = open_array(str(tmp_path / "cells.ome.zarr"))
+    assert opened.shape == image.shape
+    np.testing.assert_array_equal(np.asarray(opened[:]), image)
+    assert tuple(input_placement(ArraySpec.parse(str(tmp_path / "cells.ome.zarr"))).voxel_size) == (0.5, 0.1, 0.1)
+
+
+def test_a_bioformats2raw_folder_of_several_images_and_a_group_name_what_is_in_them(tmp_path, image):
+    bioformats2raw(tmp_path / "plate.ome.zarr", image, series=3)
+    with pytest.raises(DensePredError, match=r"holds 3 images \(bioformats2raw layout\): name one as "
+                       r".*plate.ome.zarr:N, e\.g\. .*plate\.ome\.zarr:0 \(images: 0, 1, 2\)"):
+        open_array(str(tmp_path / "plate.ome.zarr"))
+    ome_image(tmp_path / "em.zarr", image)
+    with pytest.raises(DensePredError, match=r"em.zarr:recon-1 is a zarr group; name an array or image in it as "
+                       r".*em.zarr:recon-1/PATH \(there: em\)"):
+        open_array(str(tmp_path / "em.zarr" / "recon-1"))

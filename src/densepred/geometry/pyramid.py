@@ -138,7 +138,18 @@ def source_box(box: Sequence[tuple[int, int]], step: Sequence[int],
 def level_transform(level: Level, voxel_size: Sequence[float],
                     translation: Sequence[float]) -> tuple[list[float], list[float]]:
     """OME-Zarr scale and translation of a level whose voxels summarise ``factor`` voxels of
-    level 0: the scale grows by the factor, the centre moves by ``(factor - 1) / 2`` voxels."""
-    scale = [v * f for v, f in zip(voxel_size, level.factor, strict=True)]
-    shift = [t + (f - 1) / 2 * v for t, f, v in zip(translation, level.factor, voxel_size, strict=True)]
+    level 0: the scale grows by the factor, the centre moves by ``(factor - 1) / 2`` voxels.
+    Values to 15 significant digits, as they were meant (0.3, not the 0.30000000000000004 of
+    3 x 0.1 in binary).
+
+    Example:
+        >>> level_transform(Level(1, (20, 50, 50), (1, 2, 2), (1, 2, 2)), (0.5, 0.1, 0.1), (0.5, 0.3, 0.1 * 3))
+        ([0.5, 0.2, 0.2], [0.5, 0.35, 0.35])
+    """
+    scale = [_meant(v * f) for v, f in zip(voxel_size, level.factor, strict=True)]
+    shift = [_meant(t + (f - 1) / 2 * v) for t, f, v in zip(translation, level.factor, voxel_size, strict=True)]
     return scale, shift
+
+
+def _meant(value: float) -> float:
+    return float(f"{value:.15g}")

@@ -263,9 +263,11 @@ def _open_zarr(spec: ArraySpec) -> Any:
     image = _ome_first_level(node)
     if image is not None:
         return channel_first(image, _ome_axes(node, _first_level_path(node)), spec.array_text, spec.time)
-    arrays = sorted(name for name, _ in node.arrays())
-    raise DensePredError(f"{spec} is a zarr group; name an array as {spec.path}:ARRAY "
-                         f"(available: {', '.join(arrays) or 'none'})")
+    inside = sorted(name for name, _ in node.arrays()) + sorted(
+        name for name, group in node.groups() if _first_level_path(group) is not None)
+    prefix = f"{spec.key}/" if spec.key else ""
+    raise DensePredError(f"{spec} is a zarr group; name an array or image in it as {spec.path}:{prefix}PATH "
+                         f"(there: {', '.join(inside[:20]) or 'none'}{', ...' if len(inside) > 20 else ''})")
 
 
 def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
@@ -280,12 +282,30 @@ def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
         if spec.key is None or not (spec.path / spec.key).is_dir():
             raise
         return None, zarr.open(spec.path / spec.key, mode="r")
-    if spec.key is None:
-        return root, root
     try:
-        return root, root[spec.key]
+        node = root if spec.key is None else root[spec.key]
     except (KeyError, TypeError):
         raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
+    return root, _bioformats2raw_image(spec, node)
+
+
+def _bioformats2raw_image(spec: ArraySpec, node: Any) -> Any:
+    """The image of a bioformats2raw (or OME-Zarr "bioformats2raw.layout") group of one image:
+    its series ``0``; a group of several is refused naming them. Any other node as it is."""
+    import zarr
+
+    attrs = dict(node.attrs) if isinstance(node, zarr.Group) else {}
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
+    if ome.get("bioformats2raw.layout") != 3 or _first_level_path(node) is not None:
+        return node
+    series = [name for name, _ in node.groups() if name.isdigit()]
+    series.sort(key=int)
+    if len(series) == 1:
+        return node[series[0]]
+    prefix = f"{spec.key}/" if spec.key else ""
+    raise DensePredError(f"{spec} holds {len(series)} images (bioformats2raw layout): name one as "
+                         f"{spec.path}:{prefix}N, e.g. {spec.path}:{prefix}{series[0] if series else 0} "
+                         f"(images: {', '.join(series[:20]) or 'none'}{', ...' if len(series) > 20 else ''})")
 
 
 def _open_n5(spec: ArraySpec) -> Any:
