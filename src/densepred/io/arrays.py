@@ -10,6 +10,8 @@ A spec is one string:
 * ``folder`` or ``precomputed://folder``, ``folder:SCALE`` - a neuroglancer precomputed volume
   (a folder with an ``info`` file; read only; the first scale unless one is named)
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
+* ``folder`` or ``folder/z*.tif`` - a folder of 2D TIFF files, one per section, in natural
+  order (read only; :mod:`.tiff_slices`)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 
@@ -42,10 +44,11 @@ from .ome_zarr import Placement, attribute_placement, in_zyx_order, ome_placemen
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
 from .reading import reason
+from .tiff_slices import holds_sections, is_pattern, open_sections, section_files
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
-             "file.npy or file.csv")
+             "a folder of .tif sections, file.npy or file.csv")
 CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
 FILES = (".tif", ".tiff", ".npy", ".csv")
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
@@ -88,6 +91,9 @@ class ArraySpec:
         if parsed.time is not None:
             raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "
                                  f"output is a whole array (e.g. {parsed.array_text})")
+        if (parsed.path.is_dir() or is_pattern(parsed.path)) and parsed.kind == "tiff":
+            raise DensePredError(f"output {spec!r} is a folder of TIFF sections, which densepred reads but does not "
+                                 "write; write one TIFF stack (out.tif) or OME-Zarr (out.zarr)")
         if spec.startswith(PRECOMPUTED) or is_precomputed(parsed.path):
             raise DensePredError(f"output {spec!r} is a neuroglancer precomputed volume, which densepred reads but "
                                  "does not write; write OME-Zarr (out.zarr), which neuroglancer opens as zarr://")
@@ -188,12 +194,15 @@ def _is_zarr_group(folder: Path) -> bool:
 
 def stored_kind(path: Path) -> str | None:
     """A folder's format by what it holds, whatever its name: ``zarr`` (a store or group of
-    either zarr version), ``n5`` (a container's ``attributes.json``), or None."""
+    either zarr version), ``n5`` (a container's ``attributes.json``), ``tiff`` (a folder of
+    sections, :mod:`.tiff_slices`), or None."""
     if not path.is_dir():
         return None
     if any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):
         return "zarr"
-    return "n5" if (path / "attributes.json").is_file() else None
+    if (path / "attributes.json").is_file():
+        return "n5"
+    return "tiff" if holds_sections(path) else None
 
 
 def _resolve(text: str, base: Path | None) -> Path:
@@ -216,7 +225,10 @@ FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy
 def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     """An array-like (``shape``, ``dtype``, slicing) for a spec, read lazily where possible."""
     spec = spec if isinstance(spec, ArraySpec) else ArraySpec.parse(spec, base)
-    if not spec.path.exists():
+    if is_pattern(spec.path) and spec.kind == "tiff":
+        if not section_files(spec.path):
+            raise DensePredError(f"input not found: no TIFF file matches {spec.path}")
+    elif not spec.path.exists():
         raise DensePredError(f"input not found: {spec.path}")
     kind = spec.kind
     try:
@@ -372,8 +384,11 @@ def _precomputed_placement(spec: ArraySpec) -> Placement | None:
 
 
 def _tiff_placement(spec: ArraySpec) -> Placement | None:
-    from .tiff_placement import tiff_placement
+    from .tiff_placement import sections_placement, tiff_placement
 
+    if spec.path.is_dir() or is_pattern(spec.path):
+        files = section_files(spec.path)
+        return tiff_placement(files[0]) if len(files) == 1 else sections_placement(files[0])
     return tiff_placement(spec.path)
 
 
@@ -415,6 +430,12 @@ def _open_tiff(spec: ArraySpec) -> Any:
     import tifffile
 
     path = spec.path
+    if path.is_dir() or is_pattern(path):  # a folder of sections
+        files = section_files(path)
+        if len(files) != 1:
+            array = open_sections(files, str(path))
+            return channel_first(array, "ZYXS"[:array.ndim], str(path), spec.time)
+        path = files[0]  # a folder of one file: that file
     with tifffile.TiffFile(path) as tiff:
         axes = tiff.series[0].axes if tiff.series else None
     try:

@@ -35,13 +35,16 @@ class TiffChunks(BoxArray):
     """Series 0 (level 0) of a TIFF as an array: ``shape``, ``dtype``, ``chunks`` (its strips or
     tiles) and ``array[box]``, decoded chunk by chunk; safe to read from several threads."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, array: Any = None):
+        """``array``: what to read instead of the file's own zarr view (a folder of sections,
+        :mod:`.tiff_slices`); ``path`` then names it in messages."""
         import tifffile
         import zarr
 
         self.path = str(path)
         self.store_path = self.path  # how a read error names the input (io.reading)
-        self.array = zarr.open_array(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+        self.array = array if array is not None else zarr.open_array(
+            tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
         self.shape = tuple(int(n) for n in self.array.shape)
         self.dtype = np.dtype(self.array.dtype)
         self.ndim = len(self.shape)

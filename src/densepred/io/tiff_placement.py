@@ -47,6 +47,23 @@ def tiff_placement(path: str | Path) -> Placement | None:
     return None
 
 
+def sections_placement(path: str | Path) -> Placement | None:
+    """The placement of a folder of sections (:mod:`.tiff_slices`), z, y, x, from its first
+    file: its ImageJ calibration when it names the voxel depth (``spacing``; a section alone
+    usually does not, and then the volume is left unplaced rather than given a depth of 1),
+    or its OME-XML's ``PhysicalSizeZ/Y/X``."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        if tiff.is_ome:
+            return ome_tiff_placement(tiff.ome_metadata or "", ["Z", "Y", "X"])
+        metadata = tiff.imagej_metadata or {}
+        if tiff.is_imagej and "spacing" in metadata:
+            page = tiff.pages.first
+            return imagej_placement(metadata, _tag(page, "YResolution"), _tag(page, "XResolution"), ["Z", "Y", "X"])
+    return None
+
+
 def _tag(page: Any, name: str) -> Any:
     tag = page.tags.get(name)
     return None if tag is None else tag.value
