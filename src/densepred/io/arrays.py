@@ -12,6 +12,8 @@ A spec is one string:
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``folder`` or ``folder/z*.tif`` - a folder of 2D TIFF files, one per section, in natural
   order (read only; :mod:`.tiff_slices`)
+* ``file.mrc`` (``.rec``, ``.map``, ``.st``, ``.ali``, ``.mrcs``) - a cryo-EM tomogram, map or
+  stack (memory-mapped; read only; :mod:`.mrc`)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 
@@ -40,6 +42,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import channel_first
+from .mrc import SUFFIXES as MRC_SUFFIXES
 from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
@@ -48,9 +51,11 @@ from .tiff_slices import holds_sections, is_pattern, open_sections, section_file
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
-             "a folder of .tif sections, file.npy or file.csv")
+             "a folder of .tif sections, file.mrc, file.npy or file.csv")
+SUFFIX_KINDS = {**dict.fromkeys(HDF5_SUFFIXES, "hdf5"), ".zarr": "zarr", ".n5": "n5", ".tif": "tiff", ".tiff": "tiff",
+                ".npy": "npy", ".csv": "csv", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
 CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
-FILES = (".tif", ".tiff", ".npy", ".csv")
+FILES = (".tif", ".tiff", ".npy", ".csv", *MRC_SUFFIXES)
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -94,6 +99,9 @@ class ArraySpec:
         if (parsed.path.is_dir() or is_pattern(parsed.path)) and parsed.kind == "tiff":
             raise DensePredError(f"output {spec!r} is a folder of TIFF sections, which densepred reads but does not "
                                  "write; write one TIFF stack (out.tif) or OME-Zarr (out.zarr)")
+        if parsed.path.suffix.lower() in MRC_SUFFIXES:
+            raise DensePredError(f"output {spec!r} is an MRC file, which densepred reads but does not write; write "
+                                 "OME-Zarr (out.zarr) or a TIFF stack (out.tif), which napari and Fiji open")
         if spec.startswith(PRECOMPUTED) or is_precomputed(parsed.path):
             raise DensePredError(f"output {spec!r} is a neuroglancer precomputed volume, which densepred reads but "
                                  "does not write; write OME-Zarr (out.zarr), which neuroglancer opens as zarr://")
@@ -127,21 +135,15 @@ class ArraySpec:
 
     @property
     def kind(self) -> str:
-        suffix = self.path.suffix.lower()
-        if suffix in HDF5_SUFFIXES:
-            return "hdf5"
-        if suffix in (".zarr", ".n5"):
-            return suffix[1:]
-        if suffix in (".tif", ".tiff"):
-            return "tiff"
-        if suffix in (".npy", ".csv"):
-            return suffix[1:]
-        if is_precomputed(self.path):
-            return "precomputed"
-        stored = stored_kind(self.path)
-        if stored is not None:
-            return stored
-        raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
+        """The format: by the suffix, else by what the folder holds (precomputed, zarr, N5, TIFF
+        sections)."""
+        kind = SUFFIX_KINDS.get(self.path.suffix.lower())
+        if kind is None and is_precomputed(self.path):
+            kind = "precomputed"
+        kind = kind or stored_kind(self.path)
+        if kind is None:
+            raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
+        return kind
 
     @property
     def array_text(self) -> str:
@@ -218,7 +220,7 @@ def _check_key(key: str, spec: str) -> None:
                              "relative and must not contain '.', '..' or empty parts (e.g. file.zarr:pred/membranes)")
 
 
-FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV",
+FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV", "mrc": "MRC",
                 "precomputed": "neuroglancer precomputed"}
 
 
@@ -261,6 +263,18 @@ def _open_precomputed(spec: ArraySpec) -> Any:
 
     image = PrecomputedArray(spec.path, spec.key)
     return channel_first(image, "CZYX"[4 - image.ndim:], spec.array_text, spec.time)
+
+
+def _open_mrc(spec: ArraySpec) -> Any:
+    from .mrc import open_mrc
+
+    return open_mrc(spec.path, spec.array_text, spec.time)
+
+
+def _mrc_placement(spec: ArraySpec) -> Placement | None:
+    from .mrc import mrc_placement
+
+    return mrc_placement(spec.path)
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -357,6 +371,7 @@ def _read_csv(path: Path) -> np.ndarray:
     return data[:, 0] if data.shape[1] == 1 else data
 
 
-OPENERS = {"hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff, "precomputed": _open_precomputed}
+OPENERS = {"hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff, "precomputed": _open_precomputed,
+           "mrc": _open_mrc}
 PLACEMENTS = {"n5": _n5_placement, "hdf5": _hdf5_placement, "zarr": _zarr_placement,
-              "precomputed": _precomputed_placement, "tiff": _tiff_placement}
+              "precomputed": _precomputed_placement, "tiff": _tiff_placement, "mrc": _mrc_placement}

@@ -1,0 +1,64 @@
+"""MRC files: cryo-electron tomograms, maps and stacks (``.mrc``, ``.rec``, ``.map``, ``.st``,
+``.ali``, ``.mrcs``), as IMOD, RELION, Warp and AreTomo write them; read only.
+
+The data are memory-mapped by mrcfile (CCP-EM's reader), ``(Z, Y, X)`` (a 2D image ``(Y,
+X)``; an image stack's sections along z), in the mode the header names (int8, int16, uint16,
+float16, float32). The voxel size is the header's cell over its sampling, in angstrom; the
+header's origin is left out, since programs disagree on what it means (a subvolume's start or
+the negative of it), so an output is placed from the volume's first voxel. A header that does
+not follow the MRC2014 standard (old IMOD and SerialEM files) is read as it is, with one
+warning naming what is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import DensePredError
+from .axes import channel_first
+from .ome_zarr import Placement, checked_placement
+
+log = logging.getLogger("densepred")
+
+SUFFIXES = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")
+
+
+def _open(path: Path) -> Any:
+    import mrcfile
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        except (OSError, ValueError) as exc:
+            raise DensePredError(f"cannot read {path}: {exc}; it is damaged, or not an MRC file") from None
+    off = str(caught[0].message).rstrip(".") if caught else None
+    if mrc.data is None:
+        raise DensePredError(f"cannot read {path}: its header does not describe its data ({off or 'mode '}"
+                             f"{'' if off else int(mrc.header.mode)}); it is damaged, or not an MRC file")
+    if off:
+        log.warning("%s does not follow the MRC2014 standard (%s); read as its header says", path, off)
+    return mrc
+
+
+def open_mrc(path: Path, where: str, time: int | None) -> Any:
+    """The file's data as a memory map, spatial axes named (``ZYX`` or ``YX``)."""
+    data = _open(path).data
+    if data.ndim not in (2, 3):
+        raise DensePredError(f"{where} holds {data.ndim}D data of shape {list(data.shape)}; densepred reads 2D images "
+                             "and 3D volumes")
+    return channel_first(data, "ZYX"[3 - data.ndim:], where, time)
+
+
+def mrc_placement(path: Path) -> Placement | None:
+    """The voxel size the header gives (z, y, x; angstrom), or None where it gives none."""
+    mrc = _open(path)
+    size = mrc.voxel_size  # x, y, z, float32
+    sizes = [float(f"{float(v):.7g}") for v in (size.z, size.y, size.x)][3 - mrc.data.ndim:]
+    return checked_placement(sizes, [0.0] * len(sizes), "angstrom")
+
+
+__all__ = ["SUFFIXES", "mrc_placement", "open_mrc"]
