@@ -164,3 +164,24 @@ def test_an_image_stored_x_first_opens_in_z_y_x_order_under_its_prediction(confi
     assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=str(tmp_path / "wk.zarr")) == 0
     [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
     assert (output["scale"], output["translate"]) == (image["scale"], image["translate"])
+
+
+def test_an_mrc_tomogram_opens_placed_as_its_prediction_and_is_predicted_from_its_file(config, tmp_path):
+    import mrcfile
+
+    from densepred.interfaces.napari_plugin.request import ImageSource
+
+    volume = np.random.default_rng(9).random((13, 47, 39)).astype(np.float32)
+    with mrcfile.new(tmp_path / "tomo.rec") as mrc:
+        mrc.set_data(volume)
+        mrc.voxel_size = (13.48, 13.48, 27.0)
+    path = str(tmp_path / "tomo.rec")
+    [(data, kwargs, kind)] = get_reader(path)(path)
+    np.testing.assert_array_equal(np.asarray(data), volume)
+    assert (kind, kwargs["scale"], kwargs["translate"]) == ("image", [27.0, 13.48, 13.48], [0.0, 0.0, 0.0])
+    layer = SimpleNamespace(data=data, rgb=False, multiscale=False, scale=kwargs["scale"],
+                            translate=kwargs["translate"], name=kwargs["name"], metadata=kwargs["metadata"])
+    assert ImageSource.from_layer(layer).file == path  # the widget predicts the file itself
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=path) == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    assert (output["scale"], output["translate"]) == (kwargs["scale"], kwargs["translate"])

@@ -8,7 +8,8 @@ image (argmax output) a labels layer. An HDF5 file opens every 2D or 3D dataset 
 integer datasets whose name starts with ``label`` as labels layers. An N5 container opens
 each dataset (a multiscale group as one multiscale layer), placed as densepred places its
 prediction (``io/n5.py``); so does a neuroglancer precomputed volume, opened by its ``info``
-file, its scales as one multiscale layer (``io/precomputed.py``).
+file, its scales as one multiscale layer (``io/precomputed.py``); an MRC tomogram by its voxel
+size (``io/mrc.py``).
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ from .request import SOURCE_KEY
 
 LayerData = tuple[Any, dict[str, Any], str]
 HDF5 = (".h5", ".hdf5", ".hdf")
+MRC = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")  # as io/mrc.py reads them
 
 
 def get_reader(path: str | list[str]) -> Any:
-    """The reader for ``path``, or None when it is neither an OME-Zarr image nor an HDF5 file."""
+    """The reader for ``path``, or None when it is none of the formats this reader opens (an
+    OME-Zarr image, an HDF5 file, an N5 container, a precomputed volume, an MRC file)."""
     if isinstance(path, list):
         return None
     p = Path(path)
-    if p.suffix.lower() in HDF5 and p.is_file():
-        return read_hdf5
-    if p.is_dir() and _multiscales(p) is not None:
-        return read_ome_zarr
-    if p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)):
-        return read_n5
-    if _precomputed_folder(p) is not None:
-        return read_precomputed
-    return None
+    suffix = p.suffix.lower()
+    readers = ((lambda: suffix in HDF5 and p.is_file(), read_hdf5),
+               (lambda: p.is_dir() and _multiscales(p) is not None, read_ome_zarr),
+               (lambda: p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)), read_n5),
+               (lambda: _precomputed_folder(p) is not None, read_precomputed),
+               (lambda: suffix in MRC and p.is_file(), read_mrc))
+    return next((reader for applies, reader in readers if applies()), None)
 
 
 def _precomputed_folder(path: Path) -> Path | None:
@@ -211,3 +212,17 @@ def read_precomputed(path: str) -> list[LayerData]:
     if placement is not None:
         kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
     return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]
+
+
+def read_mrc(path: str) -> list[LayerData]:
+    """An MRC tomogram, map or stack, memory-mapped, placed by its voxel size as its prediction is."""
+    import dask.array as da
+
+    from ...io.mrc import mrc_placement, open_mrc
+
+    data = open_mrc(Path(path), path, None)
+    kwargs: dict[str, Any] = {"name": Path(path).stem, "metadata": {SOURCE_KEY: path}}
+    placement = mrc_placement(Path(path))
+    if placement is not None:
+        kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
+    return [(da.from_array(data, chunks=(min(64, data.shape[0]), *data.shape[1:])), kwargs, "image")]
