@@ -96,7 +96,7 @@ class ArraySpec:
         if parsed.time is not None:
             raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "
                                  f"output is a whole array (e.g. {parsed.array_text})")
-        if (parsed.path.is_dir() or is_pattern(parsed.path)) and parsed.kind == "tiff":
+        if parsed.sections:
             raise DensePredError(f"output {spec!r} is a folder of TIFF sections, which densepred reads but does not "
                                  "write; write one TIFF stack (out.tif) or OME-Zarr (out.zarr)")
         if parsed.path.suffix.lower() in MRC_SUFFIXES:
@@ -144,6 +144,11 @@ class ArraySpec:
         if kind is None:
             raise DensePredError(f"'{self.path}' has an unsupported format; expected {SUPPORTED}")
         return kind
+
+    @property
+    def sections(self) -> bool:
+        """Whether this is a folder of TIFF sections, or a pattern of them (:mod:`.tiff_slices`)."""
+        return (self.path.is_dir() or is_pattern(self.path)) and self.kind == "tiff"
 
     @property
     def array_text(self) -> str:
@@ -323,7 +328,7 @@ def _precomputed_placement(spec: ArraySpec) -> Placement | None:
 def _tiff_placement(spec: ArraySpec) -> Placement | None:
     from .tiff_placement import sections_placement, tiff_placement
 
-    if spec.path.is_dir() or is_pattern(spec.path):
+    if spec.sections:
         files = section_files(spec.path)
         return tiff_placement(files[0]) if len(files) == 1 else sections_placement(files[0])
     return tiff_placement(spec.path)
@@ -342,7 +347,7 @@ def _open_tiff(spec: ArraySpec) -> Any:
     import tifffile
 
     path = spec.path
-    if path.is_dir() or is_pattern(path):  # a folder of sections
+    if spec.sections:
         files = section_files(path)
         if len(files) != 1:
             array = open_sections(files, str(path))

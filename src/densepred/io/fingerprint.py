@@ -21,7 +21,7 @@ import numpy as np
 
 from .arrays import ArraySpec, open_array
 from .reading import read_box
-from .tiff_slices import is_pattern, section_files
+from .tiff_slices import section_files
 
 SAMPLES_PER_AXIS = 4
 BOX = 16
@@ -66,7 +66,7 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
         from .n5 import dataset_folder
 
         return file_stamp(dataset_folder(spec.path, spec.key))
-    if spec.kind == "tiff" and (spec.path.is_dir() or is_pattern(spec.path)):  # its sections, not other files
+    if spec.sections:  # its sections, not other files in the folder
         return _stamp(str(p) for p in section_files(spec.path))
     if spec.kind == "precomputed":  # the scale's own folder: a scale added later is no change of this one
         from .precomputed import read_scale
