@@ -11,6 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
@@ -126,3 +128,29 @@ def test_a_bioformats2raw_folder_of_several_images_and_a_group_name_what_is_in_t
     with pytest.raises(DensePredError, match=r"em.zarr:recon-1 is a zarr group; name an array or image in it as "
                        r".*em.zarr:recon-1/PATH \(there: em\)"):
         open_array(str(tmp_path / "em.zarr" / "recon-1"))
+
+
+PARTS = ["data", "em.zarr", "cells.n5", "stack.h5", "s0", "recon-1", "v.npy", "z*.tif", "..", ".", "", "x y", "a:b"]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(PARTS), min_size=1, max_size=6))
+def test_any_path_is_a_spec_or_one_error_and_a_path_inside_a_container_is_its_colon_form(parts):
+    text = "/".join(parts)
+    try:
+        spec = ArraySpec.parse(text)
+    except DensePredError as exc:
+        error = str(exc)
+    else:
+        error = None
+    if error is not None:
+        assert "\n" not in error
+        return
+    assert spec.key is None or not any(p in ("", ".", "..") for p in spec.key.split("/"))
+    parts = [p for i, p in enumerate(parts) if p not in ("", ".") or i == 0]  # as a path reads them
+    containers = [i for i, p in enumerate(parts[:-1]) if p.endswith((".zarr", ".n5", ".h5"))]
+    if containers and not parts[-1].endswith((".npy", ".tif", ".zarr", ".n5", ".h5")) and ":" not in text and \
+            ".." not in parts[containers[-1]:]:
+        at = containers[-1]
+        colon = ArraySpec.parse("/".join(parts[:at + 1]) + ":" + "/".join(parts[at + 1:]))
+        assert (spec.path, spec.key) == (colon.path, colon.key)

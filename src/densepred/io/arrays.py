@@ -169,6 +169,8 @@ def inner_path(text: str) -> tuple[str, str | None]:
         return text, None
     for i in range(len(parts) - 2, -1, -1):
         if parts[i].lower().endswith(CONTAINERS):
+            if ".." in parts[i + 1:]:  # leaves the container again: an ordinary path
+                break
             return str(PurePosixPath(*parts[:i + 1])), "/".join(parts[i + 1:])
     return text, None
 
