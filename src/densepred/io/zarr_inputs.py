@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import DensePredError
+from ..errors import DensePredError, listed
 from .axes import axis_letters, channel_first
 from .ome_zarr import Placement, attribute_placement, in_zyx_order, ome_placement, spatial_letters
 
@@ -38,7 +38,7 @@ def open_zarr(spec: ArraySpec) -> Any:
         name for name, group in node.groups() if _first_level_path(group) is not None)
     prefix = f"{spec.key}/" if spec.key else ""
     raise DensePredError(f"{spec} is a zarr group; name an array or image in it as {spec.path}:{prefix}PATH "
-                         f"(there: {_listed(inside)})")
+                         f"(there: {listed(inside)})")
 
 
 def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
@@ -76,12 +76,7 @@ def _bioformats2raw_image(spec: ArraySpec, node: Any) -> Any:
     prefix = f"{spec.key}/" if spec.key else ""
     raise DensePredError(f"{spec} holds {len(series)} images (bioformats2raw layout): name one as "
                          f"{spec.path}:{prefix}N, e.g. {spec.path}:{prefix}{series[0] if series else 0} "
-                         f"(images: {_listed(series)})")
-
-
-def _listed(names: list[str], most: int = 20) -> str:
-    """Names for a message: the first ``most``, and ``...`` for the rest."""
-    return (", ".join(names[:most]) or "none") + (", ..." if len(names) > most else "")
+                         f"(images: {listed(series)})")
 
 
 def _ome_axes(group: Any, path: str | None) -> str | None:
