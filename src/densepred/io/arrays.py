@@ -14,6 +14,7 @@ A spec is one string:
   order (read only; :mod:`.tiff_slices`)
 * ``file.mrc`` (``.rec``, ``.map``, ``.st``, ``.ali``, ``.mrcs``) - a cryo-EM tomogram, map or
   stack (memory-mapped; read only; :mod:`.mrc`)
+* ``file.ims`` - an Imaris file, its full resolution (read only; :mod:`.imaris`)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 
@@ -51,11 +52,11 @@ from .tiff_slices import holds_sections, is_pattern, open_sections, section_file
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
-             "a folder of .tif sections, file.mrc, file.npy or file.csv")
+             "a folder of .tif sections, file.mrc, file.ims, file.npy or file.csv")
 SUFFIX_KINDS = {**dict.fromkeys(HDF5_SUFFIXES, "hdf5"), ".zarr": "zarr", ".n5": "n5", ".tif": "tiff", ".tiff": "tiff",
-                ".npy": "npy", ".csv": "csv", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
+                ".npy": "npy", ".csv": "csv", ".ims": "imaris", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
 CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
-FILES = (".tif", ".tiff", ".npy", ".csv", *MRC_SUFFIXES)
+FILES = (".tif", ".tiff", ".npy", ".csv", ".ims", *MRC_SUFFIXES)
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -99,8 +100,9 @@ class ArraySpec:
         if parsed.sections:
             raise DensePredError(f"output {spec!r} is a folder of TIFF sections, which densepred reads but does not "
                                  "write; write one TIFF stack (out.tif) or OME-Zarr (out.zarr)")
-        if parsed.path.suffix.lower() in MRC_SUFFIXES:
-            raise DensePredError(f"output {spec!r} is an MRC file, which densepred reads but does not write; write "
+        if parsed.path.suffix.lower() in (*MRC_SUFFIXES, ".ims"):
+            what = "an Imaris" if parsed.path.suffix.lower() == ".ims" else "an MRC"
+            raise DensePredError(f"output {spec!r} is {what} file, which densepred reads but does not write; write "
                                  "OME-Zarr (out.zarr) or a TIFF stack (out.tif), which napari and Fiji open")
         if spec.startswith(PRECOMPUTED) or is_precomputed(parsed.path):
             raise DensePredError(f"output {spec!r} is a neuroglancer precomputed volume, which densepred reads but "
@@ -228,6 +230,7 @@ def _check_key(key: str, spec: str) -> None:
 
 
 FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV", "mrc": "MRC",
+                "imaris": "Imaris",
                 "precomputed": "neuroglancer precomputed"}
 
 
@@ -282,6 +285,18 @@ def _mrc_placement(spec: ArraySpec) -> Placement | None:
     from .mrc import mrc_placement
 
     return mrc_placement(spec.path)
+
+
+def _open_imaris(spec: ArraySpec) -> Any:
+    from .imaris import open_imaris
+
+    return open_imaris(spec.path, spec.array_text, spec.time)
+
+
+def _imaris_placement(spec: ArraySpec) -> Placement | None:
+    from .imaris import imaris_placement
+
+    return imaris_placement(spec.path)
 
 
 def _open_zarr(spec: ArraySpec) -> Any:
@@ -379,6 +394,7 @@ def _read_csv(path: Path) -> np.ndarray:
 
 
 OPENERS = {"hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff, "precomputed": _open_precomputed,
-           "mrc": _open_mrc}
+           "mrc": _open_mrc, "imaris": _open_imaris}
 PLACEMENTS = {"n5": _n5_placement, "hdf5": _hdf5_placement, "zarr": _zarr_placement,
-              "precomputed": _precomputed_placement, "tiff": _tiff_placement, "mrc": _mrc_placement}
+              "precomputed": _precomputed_placement, "tiff": _tiff_placement, "mrc": _mrc_placement,
+              "imaris": _imaris_placement}
