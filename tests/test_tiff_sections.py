@@ -1,4 +1,4 @@
-"""A folder of 2D TIFF files, one per section (``io/tiff_slices.py``): read in natural order as
+"""A folder of 2D TIFF files, one per section (``io/tiff_sections.py``): read in natural order as
 the stack of its files, whatever each file's compression and strips, and predicted as the same
 volume given whole; the mistakes a folder can hold are one line."""
 
@@ -12,7 +12,7 @@ import tifffile
 import zarr
 
 from densepred.interfaces.cli import main
-from densepred.io import ArraySpec, input_stamp, open_array, tiff_chunks, tiff_slices
+from densepred.io import ArraySpec, input_stamp, open_array, tiff_chunks, tiff_sections
 from densepred.io.arrays import input_placement
 from tests.conftest import make_config
 from tests.test_reliability_files import one_error_line
@@ -39,7 +39,7 @@ def write_sections(folder, volume, shift=0, **options):
 
 @pytest.mark.parametrize("shift", [0, 1])  # an uncompressed first section: memory maps; else through the cache
 def test_a_folder_of_sections_reads_as_their_stack_in_natural_order(tmp_path, volume, monkeypatch, shift):
-    monkeypatch.setattr(tiff_slices, "OPEN_FILES", 3)  # files closed and opened again as boxes move on
+    monkeypatch.setattr(tiff_sections, "OPEN_FILES", 3)  # files closed and opened again as boxes move on
     monkeypatch.setattr(tiff_chunks, "CACHE_BYTES", 30_000)
     write_sections(tmp_path / "sections", volume, shift)
     array = open_array(str(tmp_path / "sections"))

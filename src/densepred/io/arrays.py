@@ -11,7 +11,7 @@ A spec is one string:
   (a folder with an ``info`` file; read only; the first scale unless one is named)
 * ``file.tif`` / ``file.tiff`` - a TIFF stack (memory-mapped when the file allows)
 * ``folder`` or ``folder/z*.tif`` - a folder of 2D TIFF files, one per section, in natural
-  order (read only; :mod:`.tiff_slices`)
+  order (read only; :mod:`.tiff_sections`)
 * ``file.mrc`` (``.rec``, ``.map``, ``.st``, ``.ali``, ``.mrcs``) - a cryo-EM tomogram, map or
   stack (memory-mapped; read only; :mod:`.mrc`)
 * ``file.ims`` - an Imaris file, its full resolution (read only; :mod:`.imaris`)
@@ -48,7 +48,7 @@ from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
 from .reading import reason
-from .tiff_slices import holds_sections, is_pattern, open_sections, section_files
+from .tiff_sections import holds_sections, is_pattern, open_sections, section_files
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
@@ -149,7 +149,7 @@ class ArraySpec:
 
     @property
     def sections(self) -> bool:
-        """Whether this is a folder of TIFF sections, or a pattern of them (:mod:`.tiff_slices`)."""
+        """Whether this is a folder of TIFF sections, or a pattern of them (:mod:`.tiff_sections`)."""
         return (self.path.is_dir() or is_pattern(self.path)) and self.kind == "tiff"
 
     @property
@@ -206,7 +206,7 @@ def _is_zarr_group(folder: Path) -> bool:
 def stored_kind(path: Path) -> str | None:
     """A folder's format by what it holds, whatever its name: ``zarr`` (a store or group of
     either zarr version), ``n5`` (a container's ``attributes.json``), ``tiff`` (a folder of
-    sections, :mod:`.tiff_slices`), or None."""
+    sections, :mod:`.tiff_sections`), or None."""
     if not path.is_dir():
         return None
     if any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):

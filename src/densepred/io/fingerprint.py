@@ -21,7 +21,7 @@ import numpy as np
 
 from .arrays import ArraySpec, open_array
 from .reading import read_box
-from .tiff_slices import section_files
+from .tiff_sections import section_files
 
 SAMPLES_PER_AXIS = 4
 BOX = 16

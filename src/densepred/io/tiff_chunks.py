@@ -37,7 +37,7 @@ class TiffChunks(BoxArray):
 
     def __init__(self, path: str | Path, array: Any = None):
         """``array``: what to read instead of the file's own zarr view (a folder of sections,
-        :mod:`.tiff_slices`); ``path`` then names it in messages."""
+        :mod:`.tiff_sections`); ``path`` then names it in messages."""
         import tifffile
         import zarr
 

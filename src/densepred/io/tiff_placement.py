@@ -48,7 +48,7 @@ def tiff_placement(path: str | Path) -> Placement | None:
 
 
 def sections_placement(path: str | Path) -> Placement | None:
-    """The placement of a folder of sections (:mod:`.tiff_slices`), z, y, x, from its first
+    """The placement of a folder of sections (:mod:`.tiff_sections`), z, y, x, from its first
     file: its ImageJ calibration when it names the voxel depth (``spacing``; a section alone
     usually does not, and then the volume is left unplaced rather than given a depth of 1),
     or its OME-XML's ``PhysicalSizeZ/Y/X``."""

@@ -7,9 +7,8 @@ The input is the folder (every ``.tif``/``.tiff`` file in it) or a pattern in it
 ``i``-th file. Each file is read by its own strips or tiles (tifffile's zarr view), as a
 single compressed TIFF is (:mod:`.tiff_chunks`, whose bounded cache of decoded chunks keeps
 the sections of recent tiles), or memory-mapped when uncompressed; files are opened as tiles
-reach them, at most
-:func:`open_files` at once. Every section must have the first one's shape and dtype: the
-first that does not stops the run in one line naming it.
+reach them, at most :func:`open_files` at once. Every section must have the first one's shape
+and dtype: the first that does not stops the run in one line naming it.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def natural(path: Path) -> list[Any]:
 
 
 def holds_sections(folder: Path) -> bool:
-    """Whether ``folder`` holds TIFF files (and is no zarr store or N5 container)."""
+    """Whether ``folder`` holds TIFF files (not hidden ones)."""
     try:
         return any(p.suffix.lower() in SUFFIXES and not p.name.startswith(".") for p in folder.iterdir())
     except OSError:
@@ -109,11 +108,6 @@ class Sections(BoxArray):
             while len(self._open) > self._keep_open:
                 _close(self._open.popitem(last=False)[1])
         return page
-
-    def close(self) -> None:
-        with self._lock:
-            while self._open:
-                _close(self._open.popitem()[1])
 
 
 def open_files() -> int:
