@@ -185,3 +185,21 @@ def test_an_mrc_tomogram_opens_placed_as_its_prediction_and_is_predicted_from_it
     assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=path) == 0
     [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
     assert (output["scale"], output["translate"]) == (kwargs["scale"], kwargs["translate"])
+
+
+def test_an_imaris_file_opens_per_channel_placed_as_its_prediction(config, tmp_path):
+    from tests.test_imaris_inputs import write_imaris
+
+    volume = np.random.default_rng(10).integers(0, 4096, (1, 2, 13, 47, 39), dtype=np.uint16)
+    write_imaris(tmp_path / "cells.ims", volume)
+    path = str(tmp_path / "cells.ims")
+    [(data, kwargs, kind)] = get_reader(path)(path)
+    assert (kind, kwargs["channel_axis"]) == ("image", 0)
+    np.testing.assert_array_equal(np.asarray(data), volume[0])
+    np.testing.assert_allclose(kwargs["scale"], [0.2, 0.1, 0.1])
+    np.testing.assert_allclose(kwargs["translate"], [5.1, -2.95, 1.05])
+    write_imaris(tmp_path / "one.ims", volume[:, :1])
+    assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=str(tmp_path / "one.ims")) == 0
+    [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
+    np.testing.assert_allclose(output["scale"], kwargs["scale"])
+    np.testing.assert_allclose(output["translate"], kwargs["translate"])

@@ -9,7 +9,7 @@ integer datasets whose name starts with ``label`` as labels layers. An N5 contai
 each dataset (a multiscale group as one multiscale layer), placed as densepred places its
 prediction (``io/n5.py``); so does a neuroglancer precomputed volume, opened by its ``info``
 file, its scales as one multiscale layer (``io/precomputed.py``); an MRC tomogram by its voxel
-size (``io/mrc.py``).
+size (``io/mrc.py``); an Imaris file by its extent (``io/imaris.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MRC = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")  # as io/mrc.py reads the
 
 def get_reader(path: str | list[str]) -> Any:
     """The reader for ``path``, or None when it is none of the formats this reader opens (an
-    OME-Zarr image, an HDF5 file, an N5 container, a precomputed volume, an MRC file)."""
+    OME-Zarr image, an HDF5 file, an N5 container, a precomputed volume, an MRC or Imaris file)."""
     if isinstance(path, list):
         return None
     p = Path(path)
@@ -39,7 +39,8 @@ def get_reader(path: str | list[str]) -> Any:
                (lambda: p.is_dir() and _multiscales(p) is not None, read_ome_zarr),
                (lambda: p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)), read_n5),
                (lambda: _precomputed_folder(p) is not None, read_precomputed),
-               (lambda: suffix in MRC and p.is_file(), read_mrc))
+               (lambda: suffix in MRC and p.is_file(), read_mrc),
+               (lambda: suffix == ".ims" and p.is_file(), read_imaris))
     return next((reader for applies, reader in readers if applies()), None)
 
 
@@ -226,3 +227,25 @@ def read_mrc(path: str) -> list[LayerData]:
     if placement is not None:
         kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
     return [(da.from_array(data, chunks=(min(64, data.shape[0]), *data.shape[1:])), kwargs, "image")]
+
+
+def read_imaris(path: str) -> list[LayerData]:
+    """An Imaris file's full resolution, lazily: one layer per channel, time points as the first
+    axis where there are several, placed by its extent as its prediction is."""
+    import dask.array as da
+    import h5py
+
+    from ...io.imaris import ImarisVolume, imaris_placement
+
+    volume = ImarisVolume(h5py.File(path, "r"), path)  # the file kept open: read from lazily
+    data = da.from_array(volume, chunks=(1, 1, min(64, volume.shape[2]), *volume.shape[3:]))
+    if volume.shape[0] == 1:
+        data = data[0]
+    kwargs: dict[str, Any] = {"name": Path(path).stem, "channel_axis": data.ndim - 4,
+                              "metadata": {SOURCE_KEY: path}}
+    placement = imaris_placement(Path(path))
+    if placement is not None:
+        time = data.ndim - 4  # a time axis in front (the channel axis is split off)
+        kwargs.update(scale=[1.0] * time + list(placement.voxel_size),
+                      translate=[0.0] * time + list(placement.translation))
+    return [(data, kwargs, "image")]
