@@ -115,7 +115,7 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("config", nargs="?", help="the network's config file (TOML); not with --model")
     pred.add_argument("--input", required=True, metavar="SPEC",
                       help="file.h5:dataset, file.zarr[:path], file.n5:dataset, a precomputed folder, file.tif, "
-                           "a folder of .tif sections, file.mrc, file.ims or file.npy")
+                           "a folder of .tif sections, file.mrc, file.ims, file.npy, or https://host/file.zarr[:path]")
     pred.add_argument("--output", required=True, metavar="SPEC",
                       help="out.zarr[:group], out.h5:dataset, out.tif or out.npy")
     pred.add_argument("--weights", metavar="FILE", help="weights file (default: <save_dir>/<name>-LAST.safetensors)")

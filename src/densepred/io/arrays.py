@@ -17,6 +17,8 @@ A spec is one string:
 * ``file.ims`` - an Imaris file, its full resolution (read only; :mod:`.imaris`)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
+* ``https://host/path/file.zarr[:path]`` - a zarr store over HTTP(S) (read only; zarr's fsspec
+  store): a web server's, or a public S3 or Google Cloud bucket's HTTPS address
 
 A path that goes on inside a zarr store, an N5 container or an HDF5 file is its ``:`` form:
 ``em.zarr/recon-1/em/s0`` is ``em.zarr:recon-1/em/s0`` (OME-Zarr's and N5's paths, ilastik's
@@ -32,12 +34,14 @@ changed working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -52,11 +56,12 @@ from .tiff_sections import holds_sections, is_pattern, open_sections, section_fi
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
-             "a folder of .tif sections, file.mrc, file.ims, file.npy or file.csv")
+             "a folder of .tif sections, file.mrc, file.ims, file.npy, file.csv or https://host/file.zarr[:path]")
 SUFFIX_KINDS = {**dict.fromkeys(HDF5_SUFFIXES, "hdf5"), ".zarr": "zarr", ".n5": "n5", ".tif": "tiff", ".tiff": "tiff",
                 ".npy": "npy", ".csv": "csv", ".ims": "imaris", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
 CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
 FILES = (".tif", ".tiff", ".npy", ".csv", ".ims", *MRC_SUFFIXES)
+REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # a URL (precomputed:// and file:// are paths)
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -76,6 +81,7 @@ class ArraySpec:
     path: Path
     key: str | None  # dataset inside an HDF5 file or zarr group
     time: int | None = None  # one time point of a time series (``@t=N``)
+    url: str | None = None  # a zarr store read over HTTP(S) (then ``path`` only carries its suffix)
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
@@ -86,14 +92,18 @@ class ArraySpec:
             raise DensePredError(f"array spec {spec!r} names the time point {bad.group(1)!r}; a time point is a "
                                  f"whole number from 0, e.g. {spec[:bad.start()]}@t=0")
         text = spec[:time.start()] if time else spec
-        parsed = cls._parse(text, spec, base)
-        return cls(parsed.path, parsed.key, int(time.group(1))) if time else parsed
+        remote = REMOTE.match(text) and not text.lower().startswith((PRECOMPUTED, "file://"))
+        parsed = remote_spec(text, spec) if remote else cls._parse(text, spec, base)
+        return dataclasses.replace(parsed, time=int(time.group(1))) if time else parsed
 
     @classmethod
     def output(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
         """An output's spec: a whole array, never a time point."""
         spec = spec_text(spec)
         parsed = cls.parse(spec, base)
+        if parsed.url is not None:
+            raise DensePredError(f"output {spec!r} is a URL; densepred reads zarr stores over HTTP(S) but writes to "
+                                 "a file system (a local disk, or a network or cloud bucket mounted as one)")
         if parsed.time is not None:
             raise DensePredError(f"output {spec!r} names a time point; @t=N selects a time point of an input, an "
                                  f"output is a whole array (e.g. {parsed.array_text})")
@@ -133,7 +143,7 @@ class ArraySpec:
 
     def resolved(self) -> ArraySpec:
         """The same array by its absolute path (as a process elsewhere opens it)."""
-        return ArraySpec(self.path.resolve(), self.key, self.time)
+        return self if self.url is not None else ArraySpec(self.path.resolve(), self.key, self.time)
 
     @property
     def kind(self) -> str:
@@ -155,10 +165,37 @@ class ArraySpec:
     @property
     def array_text(self) -> str:
         """The whole array's spec, without a time point."""
-        return f"{self.path}:{self.key}" if self.key else str(self.path)
+        where = self.url if self.url is not None else str(self.path)
+        return f"{where}:{self.key}" if self.key else where
 
     def __str__(self) -> str:
         return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
+
+
+def remote_spec(text: str, spec: str) -> ArraySpec:
+    """A zarr store (or an array or group in it) over HTTP(S), written like a local one:
+    ``https://host/em.zarr:recon-1/s0`` or ``https://host/em.zarr/recon-1/s0``."""
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DensePredError(f"array spec {spec!r}: {parts.scheme}:// is not read here; a public bucket is also "
+                             "reachable over HTTPS (s3://BUCKET/KEY as https://BUCKET.s3.amazonaws.com/KEY, gs://BUCKET/"
+                             "KEY as https://storage.googleapis.com/BUCKET/KEY), or mount it as a folder")
+    if parts.query or parts.fragment:
+        raise DensePredError(f"array spec {spec!r} has a query or fragment; a zarr store's URL is its folder's, "
+                             "https://host/path/volume.zarr")
+    path, key = parts.path, None
+    at = path.lower().rfind(".zarr:")
+    if at >= 0:
+        path, key = path[:at + 5], path[at + 6:].strip("/") or None
+    else:
+        path, key = inner_path(path)
+    if not path.lower().rstrip("/").endswith(".zarr"):
+        raise DensePredError(f"array spec {spec!r} is a URL of no zarr store; densepred reads zarr stores (OME-Zarr) "
+                             "over HTTP(S), https://host/path/volume.zarr[:array]; download other files first")
+    if key is not None:
+        _check_key(key, spec)
+    url = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+    return ArraySpec(Path(PurePosixPath(path).name), key, url=url)
 
 
 def inner_path(text: str) -> tuple[str, str | None]:
@@ -237,7 +274,9 @@ FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy
 def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     """An array-like (``shape``, ``dtype``, slicing) for a spec, read lazily where possible."""
     spec = spec if isinstance(spec, ArraySpec) else ArraySpec.parse(spec, base)
-    if is_pattern(spec.path) and spec.kind == "tiff":
+    if spec.url is not None:
+        pass  # reached when it is read
+    elif is_pattern(spec.path) and spec.kind == "tiff":
         if not section_files(spec.path):
             raise DensePredError(f"input not found: no TIFF file matches {spec.path}")
     elif not spec.path.exists():

@@ -66,6 +66,8 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
         from .n5 import dataset_folder
 
         return file_stamp(dataset_folder(spec.path, spec.key))
+    if spec.url is not None:  # over HTTP(S): no files to stamp here (the fingerprint of its values stays)
+        return None
     if spec.sections:  # its sections, not other files in the folder
         return _stamp(str(p) for p in section_files(spec.path))
     if spec.kind == "precomputed":  # the scale's own folder: a scale added later is no change of this one

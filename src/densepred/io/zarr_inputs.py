@@ -17,6 +17,7 @@ class ArraySpec(Protocol):
     path: Path
     key: str | None
     time: int | None
+    url: str | None
 
     @property
     def array_text(self) -> str: ...
@@ -47,16 +48,26 @@ def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
     where it lies."""
     import zarr
 
+    url = spec.url  # over HTTP(S)
     try:
-        root = zarr.open(spec.path, mode="r")
+        root = zarr.open(url or spec.path, mode="r")
     except FileNotFoundError:
-        if spec.key is None or not (spec.path / spec.key).is_dir():
-            raise
-        return None, zarr.open(spec.path / spec.key, mode="r")
+        if spec.key is None or (url is None and not (spec.path / spec.key).is_dir()):
+            if url is None:
+                raise
+            raise DensePredError(f"cannot read {spec.array_text}: no zarr array or group is there (its zarr.json, "
+                                 ".zarray or .zgroup was not found)") from None
+        try:
+            return None, zarr.open(f"{url}/{spec.key}" if url else spec.path / spec.key, mode="r")
+        except FileNotFoundError:
+            raise DensePredError(f"cannot read {spec.array_text}: no zarr array or group is there") from None
+    if spec.key is not None and isinstance(root, zarr.Array):
+        raise DensePredError(f"{url or spec.path} is a zarr array, not a group, so it holds no '{spec.key}'; give "
+                             f"{url or spec.path} alone")
     try:
         node = root if spec.key is None else root[spec.key]
     except (KeyError, TypeError):
-        raise DensePredError(f"array '{spec.key}' not found in {spec.path}") from None
+        raise DensePredError(f"array '{spec.key}' not found in {url or spec.path}") from None
     return root, _bioformats2raw_image(spec, node)
 
 

@@ -1,0 +1,98 @@
+"""zarr stores read over HTTP(S) (a local server here): an array, a zarr 2 group's array and an
+OME-Zarr image read and predict as the same stores on disk; the mistakes a URL can hold are one
+line, with nothing created."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import zarr
+
+from densepred.interfaces.cli import main
+from densepred.io import ArraySpec, open_array
+from densepred.io.arrays import input_placement
+from tests.conftest import make_config
+from tests.test_array_specs import OME
+from tests.test_reliability_files import one_error_line
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """``tmp_path/web`` over HTTP: its URL."""
+    (tmp_path / "web").mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(tmp_path / "web")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def volume():
+    return (np.random.default_rng(21).random((2, 11, 37, 29)) * 255).astype(np.uint8)
+
+
+def stores(web, volume):
+    zarr.create_array(web / "v.zarr", shape=volume[0].shape, chunks=(4, 16, 16), dtype=np.uint8)[:] = volume[0]
+    group = zarr.open_group(web / "g.zarr", mode="w", zarr_format=2)
+    group.create_array("raw", shape=volume[0].shape, chunks=(4, 16, 16), dtype=np.uint8)[:] = volume[0]
+    image = zarr.open_group(web / "em.zarr", mode="w").create_group("recon-1/em")
+    image.attrs.update(OME)
+    image.create_array("s0", shape=volume.shape, chunks=(1, 4, 16, 16), dtype=np.uint8,
+                       dimension_names=["c", "z", "y", "x"])[:] = volume
+
+
+def test_stores_over_http_read_and_place_as_the_same_stores_on_disk(tmp_path, served, volume):
+    web = tmp_path / "web"
+    stores(web, volume)
+    for remote, local in ((f"{served}/v.zarr", web / "v.zarr"), (f"{served}/g.zarr/raw", f"{web / 'g.zarr'}:raw"),
+                          (f"{served}/g.zarr:raw", f"{web / 'g.zarr'}:raw"),
+                          (f"{served}/em.zarr/recon-1/em/s0", f"{web / 'em.zarr'}:recon-1/em/s0")):
+        spec = ArraySpec.parse(remote)
+        assert spec.url is not None
+        there, here = open_array(spec), open_array(str(local))
+        assert there.shape == here.shape
+        np.testing.assert_array_equal(np.asarray(there), np.asarray(here))
+        assert input_placement(spec) == input_placement(ArraySpec.parse(str(local)))
+    assert tuple(input_placement(ArraySpec.parse(f"{served}/em.zarr/recon-1/em/s0")).voxel_size) == (40, 4, 4)
+
+
+def test_a_prediction_over_http_is_the_prediction_of_the_store_on_disk_and_resumes(tmp_path, served, volume):
+    stores(tmp_path / "web", volume)
+    config = make_config(tmp_path)
+    for source, output in ((f"{served}/v.zarr", "a.zarr"), (str(tmp_path / "web" / "v.zarr"), "b.zarr")):
+        assert main(["predict", str(config), "--input", source, "--output", str(tmp_path / output), "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr" / "0")[:],
+                                  zarr.open_array(tmp_path / "b.zarr" / "0")[:])
+    assert main(["predict", str(config), "--input", f"{served}/v.zarr", "--output", str(tmp_path / "a.zarr"),
+                 "--resume", "--quiet"]) == 0
+
+
+def test_mistakes_with_urls_are_one_line_and_create_nothing(tmp_path, served, volume, capsys):
+    stores(tmp_path / "web", volume)
+    config = make_config(tmp_path)
+    closed = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    port = closed.server_address[1]
+    closed.server_close()  # nothing listens there now
+    cases = {(f"{served}/none.zarr", "o.zarr"): "no zarr array or group is there",
+             (f"http://127.0.0.1:{port}/v.zarr", "o.zarr"): "Cannot connect to host",
+             (f"{served}/v.zarr:raw", "o.zarr"): "is a zarr array, not a group, so it holds no 'raw'",
+             ("s3://bucket/v.zarr", "o.zarr"): "a public bucket is also reachable over HTTPS",
+             (f"{served}/stack.h5", "o.zarr"): "is a URL of no zarr store",
+             (f"{served}/v.zarr?sig=abc", "o.zarr"): "has a query or fragment",
+             (f"{served}/v.zarr", f"{served}/o.zarr"): "densepred reads zarr stores over HTTP(S) but writes to a file"}
+    for (source, output), message in cases.items():
+        target = output if "://" in output else str(tmp_path / output)
+        code = main(["predict", str(config), "--input", source, "--output", target, "--quiet"])
+        one_error_line(capsys, code, message)
+        assert not (tmp_path / "o.zarr").exists()
