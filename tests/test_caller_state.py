@@ -10,6 +10,7 @@ was in, or drew from torch's global generator.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import h5py
@@ -158,3 +159,29 @@ def test_a_scripted_model_still_training_predicts_in_eval_mode_without_torchs_co
     assert [str(w.message)[:60] for w in caught] == []
     np.testing.assert_array_equal(first, second)  # no dropout
     assert model.training
+
+
+def test_a_models_contract_asked_for_from_threads_at_once_is_probed_once(monkeypatch):
+    """Found as a flaky failure of the test above: three threads each probed the contract, and
+    CPython 3.11's parser, run by inspect.getsource in two threads at once, raised SystemError."""
+    from densepred.networks import foreign
+
+    probes = []
+
+    def slow_probe(*args, **kwargs):
+        probes.append(threading.get_ident())
+        time.sleep(0.2)  # the other threads ask meanwhile
+        return original(*args, **kwargs)
+
+    original = foreign.finest_verdict
+    monkeypatch.setattr(foreign, "finest_verdict", slow_probe)
+    net = densepred.from_torch(trainable(5).eval(), dims=3, in_channels=1)
+    contracts = []
+    threads = [threading.Thread(target=lambda: contracts.append(net.contract)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(probes) == 1
+    assert len(contracts) == 3
+    assert all(c is contracts[0] for c in contracts)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -307,6 +308,9 @@ def model_hash(model: torch.nn.Module) -> str:
 
 
 _PLAIN = (int, float, str, bool, type(None))
+# inspect.getsource parses the class's file; CPython 3.11's parser fails when two threads parse at
+# once ("SystemError: AST constructor recursion depth mismatch"), so densepred's calls take turns
+_PARSING = threading.Lock()
 
 
 def _structure(model: torch.nn.Module) -> str:
@@ -318,7 +322,8 @@ def _structure(model: torch.nn.Module) -> str:
         classes.setdefault(type(module), None)
     for cls in classes:
         try:
-            parts.append(inspect.getsource(cls))
+            with _PARSING:
+                parts.append(inspect.getsource(cls))
         except (OSError, TypeError):  # built in, or defined where no source is kept
             parts.append(f"{cls.__module__}.{cls.__qualname__}")
     return "\n".join(parts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from .contract_sizes import finest_verdict, fixed_sizes, given_sizes, sizes
 log = logging.getLogger("densepred")
 
 OUTPUTS = ("softmax", "sigmoid", "identity")
+_PROBING = threading.Lock()  # one contract probe at a time (a lock per net would not pickle with it)
 
 
 class ForeignNet(torch.nn.Module):
@@ -44,12 +46,16 @@ class ForeignNet(torch.nn.Module):
 
     @property
     def contract(self) -> TilingContract:
-        """The full tiling contract (probed now if it was not yet)."""
+        """The full tiling contract (probed now if it was not yet; once, when several threads
+        ask at once)."""
         if self._contract is None:
-            judge = verdict if "factor" in self._overrides else finest_verdict  # a factor given is kept
-            with evaluating(self.model):
-                self._contract = replace(judge(self.model, self.dims, self.in_channels, self.sizes), **self._overrides)
-            log.info("tiling contract: %s", self._contract.describe())
+            with _PROBING:
+                if self._contract is None:
+                    judge = verdict if "factor" in self._overrides else finest_verdict  # a factor given is kept
+                    with evaluating(self.model):
+                        probed = judge(self.model, self.dims, self.in_channels, self.sizes)
+                    self._contract = replace(probed, **self._overrides)
+                    log.info("tiling contract: %s", self._contract.describe())
         return self._contract
 
     independent_axes: tuple[int, ...] = ()  # axes along which windows need no overlap (a stack's z)
