@@ -35,6 +35,8 @@ def test_a_tomogram_predicts_as_the_same_volume_given_whole_and_lies_at_its_voxe
         mrc.header.origin = (100.0, 200.0, 300.0)  # left out: programs disagree on what it means
     np.save(tmp_path / "whole.npy", data)
     np.testing.assert_array_equal(np.asarray(open_array(str(tmp_path / "tomo.rec"))), data)
+    if dtype not in (np.int8, np.float32):  # the values are the same: their prediction is the same too
+        return
     config = make_config(tmp_path)
     for source, output in (("tomo.rec", "a.zarr"), ("whole.npy", "b.zarr")):
         assert main(["predict", str(config), "--input", str(tmp_path / source), "--output", str(tmp_path / output),
