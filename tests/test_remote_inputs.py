@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from densepred.interfaces.cli import main
-from densepred.io import ArraySpec, open_array
+from densepred.io import ArraySpec, input_stamp, open_array
 from densepred.io.arrays import input_placement
 from tests.conftest import make_config
 from tests.test_array_specs import OME
@@ -65,6 +65,15 @@ def test_stores_over_http_read_and_place_as_the_same_stores_on_disk(tmp_path, se
         np.testing.assert_array_equal(np.asarray(there), np.asarray(here))
         assert input_placement(spec) == input_placement(ArraySpec.parse(str(local)))
     assert tuple(input_placement(ArraySpec.parse(f"{served}/em.zarr/recon-1/em/s0")).voxel_size) == (40, 4, 4)
+
+
+def test_a_time_point_over_http_is_read_and_stamped_by_its_values_alone(tmp_path, served, volume):
+    movie = np.stack([volume, volume[:, ::-1]])  # t, c, z, y, x
+    zarr.create_array(tmp_path / "web" / "m.zarr", shape=movie.shape, chunks=(1, 1, 4, 16, 16), dtype=np.uint8,
+                      dimension_names=["t", "c", "z", "y", "x"])[:] = movie
+    spec = ArraySpec.parse(f"{served}/m.zarr@t=1")
+    np.testing.assert_array_equal(np.asarray(open_array(spec)), movie[1])
+    assert input_stamp(spec) is None
 
 
 def test_a_prediction_over_http_is_the_prediction_of_the_store_on_disk_and_resumes(tmp_path, served, volume):

@@ -55,7 +55,10 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
     is no change of the input; of a zarr time point (``movie.zarr@t=3``) only the files of
     the chunks (or shards) that hold it, so an acquisition that goes on writing (and appending)
     time points changes no time point before (a change of the metadata that changes what a
-    time point reads changes its fingerprint instead)."""
+    time point reads changes its fingerprint instead). None over HTTP(S): no files to stamp
+    here (the fingerprint of its values stays)."""
+    if spec.url is not None:
+        return None
     if spec.kind == "zarr" and spec.time is not None:
         view = open_array(spec)
         folder = spec.path / view.array.path
@@ -66,8 +69,6 @@ def input_stamp(spec: ArraySpec) -> dict[str, int] | None:
         from .n5 import dataset_folder
 
         return file_stamp(dataset_folder(spec.path, spec.key))
-    if spec.url is not None:  # over HTTP(S): no files to stamp here (the fingerprint of its values stays)
-        return None
     if spec.sections:  # its sections, not other files in the folder
         return _stamp(str(p) for p in section_files(spec.path))
     if spec.kind == "precomputed":  # the scale's own folder: a scale added later is no change of this one
