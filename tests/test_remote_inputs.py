@@ -76,15 +76,18 @@ def test_a_time_point_over_http_is_read_and_stamped_by_its_values_alone(tmp_path
     assert input_stamp(spec) is None
 
 
-def test_a_prediction_over_http_is_the_prediction_of_the_store_on_disk_and_resumes(tmp_path, served, volume):
+def test_a_prediction_over_http_is_the_prediction_of_the_store_on_disk_and_resumes(tmp_path, served, volume,
+                                                                                   monkeypatch):
+    """The output named as the remote store, in the working folder, is no local copy of the input."""
     stores(tmp_path / "web", volume)
     config = make_config(tmp_path)
-    for source, output in ((f"{served}/v.zarr", "a.zarr"), (str(tmp_path / "web" / "v.zarr"), "b.zarr")):
-        assert main(["predict", str(config), "--input", source, "--output", str(tmp_path / output), "--quiet"]) == 0
-    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr" / "0")[:],
+    monkeypatch.chdir(tmp_path)
+    for source, output in ((f"{served}/v.zarr", "v.zarr"), (str(tmp_path / "web" / "v.zarr"), "b.zarr")):
+        assert main(["predict", str(config), "--input", source, "--output", output, "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "v.zarr" / "0")[:],
                                   zarr.open_array(tmp_path / "b.zarr" / "0")[:])
-    assert main(["predict", str(config), "--input", f"{served}/v.zarr", "--output", str(tmp_path / "a.zarr"),
-                 "--resume", "--quiet"]) == 0
+    assert main(["predict", str(config), "--input", f"{served}/v.zarr", "--output", "v.zarr", "--resume",
+                 "--quiet"]) == 0
 
 
 def test_mistakes_with_urls_are_one_line_and_create_nothing(tmp_path, served, volume, capsys):

@@ -81,7 +81,7 @@ class ArraySpec:
     path: Path
     key: str | None  # dataset inside an HDF5 file or zarr group
     time: int | None = None  # one time point of a time series (``@t=N``)
-    url: str | None = None  # a zarr store read over HTTP(S) (then ``path`` only carries its suffix)
+    url: str | None = None  # a zarr store read over HTTP(S) (then ``path`` is the URL as a path: its suffix)
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
@@ -195,7 +195,7 @@ def remote_spec(text: str, spec: str) -> ArraySpec:
     if key is not None:
         _check_key(key, spec)
     url = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
-    return ArraySpec(Path(PurePosixPath(path).name), key, url=url)
+    return ArraySpec(Path(url), key, url=url)  # a path no local file has: never taken for one
 
 
 def inner_path(text: str) -> tuple[str, str | None]:

@@ -62,7 +62,7 @@ def check_files(source: ArraySpec, output: ArraySpec) -> None:
 
 def check_not_input(output: ArraySpec, source: ArraySpec) -> None:
     """Refuse an output that is the input, or lies in the input's own HDF5 file or zarr array."""
-    if output.path.resolve() != source.path.resolve():
+    if source.url is not None or output.path.resolve() != source.path.resolve():
         return
     if output.kind == "hdf5" and output.key != source.key:
         raise DensePredError(
@@ -142,7 +142,10 @@ def check_finished(spec: ArraySpec) -> None:
 
 def _densepred_state(spec: ArraySpec) -> Any:
     """The ``densepred`` attribute of the array ``spec`` or of a zarr group holding it (the
-    OME-Zarr image), or a TIFF/NumPy file's run record; None when densepred did not write it."""
+    OME-Zarr image), or a TIFF/NumPy file's run record; None when densepred did not write it
+    (or the store is read over HTTP(S): densepred writes to a file system)."""
+    if spec.url is not None:
+        return None
     try:
         if spec.kind == "zarr":
             parts = spec.key.split("/") if spec.key else []
