@@ -75,18 +75,35 @@ def argument_lists(draw, options=OPTIONS):
     return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif"]))
 
 
+INPUTS = ["in.npy", "sections", "sections/z1*.tif", "in.mrc", "in.ims@t=0"]  # the same volume in each form
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    import mrcfile
+    import tifffile
+
+    from tests.test_imaris_inputs import write_imaris
+
     folder = tmp_path_factory.mktemp("fuzz")
     config = make_config(folder)
-    np.save(folder / "in.npy", np.random.default_rng(2).random((9, 31, 29), dtype=np.float32))
+    volume = np.random.default_rng(2).random((12, 31, 29), dtype=np.float32)
+    np.save(folder / "in.npy", volume)
+    (folder / "sections").mkdir()
+    for z, section in enumerate(volume):
+        tifffile.imwrite(folder / "sections" / f"z{z}.tif", section, compression="zlib" if z % 2 else None)
+    with mrcfile.new(folder / "in.mrc") as mrc:
+        mrc.set_data(volume)
+    write_imaris(folder / "in.ims", volume[None, None])
     return folder, config
 
 
 @seed(20261205)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(argument_lists())
-def test_any_predict_arguments_work_or_fail_in_one_line(files, capsys, drawn):
+@given(argument_lists(), st.sampled_from(INPUTS))
+def test_any_predict_arguments_work_or_fail_in_one_line(files, capsys, drawn, source):
+    """Over each input form: a NumPy file, a folder of TIFF sections (and a pattern in it), an
+    MRC file, an Imaris file's time point."""
     folder, config = files
     args, output = drawn
     work = folder / "work"
@@ -94,7 +111,7 @@ def test_any_predict_arguments_work_or_fail_in_one_line(files, capsys, drawn):
     work.mkdir()
     target = work / output.split(":")[0]
     try:
-        code = main(["predict", str(config), "--input", str(folder / "in.npy"), "--output", f"{work}/{output}",
+        code = main(["predict", str(config), "--input", str(folder / source), "--output", f"{work}/{output}",
                      "--quiet", "--device", "cpu", *args])
     except SystemExit as exc:  # argparse's own usage errors
         code = exc.code
