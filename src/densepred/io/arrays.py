@@ -222,8 +222,8 @@ def zarr_root(text: str, base: Path | None) -> tuple[str, str | None]:
     if Path(text).suffix.lower() in (".zarr", ".n5") or stored_kind(path) != "zarr":
         return text, None
     parts: list[str] = []
-    root = path
-    while root.parent != root and _is_zarr_group(root.parent):
+    root, steps = path, len(Path(text).parts) - 1  # never above the path as it is written
+    while len(parts) < steps and _is_zarr_group(root.parent):
         parts.insert(0, root.name)
         root = root.parent
     if not parts:
