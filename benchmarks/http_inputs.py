@@ -12,7 +12,6 @@ each way's median seconds and peak resident set. The server shares this machine'
 
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys
@@ -20,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_ceiling import trivial_net
-from tiff_inputs import in_turn, pages, summary
+from tiff_inputs import compare, pages, volume_options
 
 
 def free_port() -> int:
@@ -35,14 +33,9 @@ def free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="96,2048,2048")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    shape = tuple(int(n) for n in args.shape.split(","))
+    shape, rounds = volume_options(__doc__)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        config = trivial_net(work)
         array = zarr.create_array(work / "web" / "v.zarr", shape=shape, chunks=(64, 256, 256), dtype="uint8")
         for z, section in enumerate(pages(shape)):
             array[z] = section
@@ -53,9 +46,7 @@ def main() -> None:
         try:
             time.sleep(1.0)
             sources = {"http": f"http://127.0.0.1:{port}/v.zarr", "disk": work / "web" / "v.zarr"}
-            print(f"volume {'x'.join(map(str, shape))} uint8 ({np.prod(shape) / 2**20:.0f} MiB); seconds and peak "
-                  "resident GiB per run, in turn")
-            print("  " + summary(in_turn(sources, config, work / "o.zarr", args.rounds)))
+            compare(sources, trivial_net(work), work, shape, rounds)
         finally:
             server.terminate()
             server.wait()

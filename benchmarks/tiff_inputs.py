@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -94,6 +95,22 @@ def in_turn(sources: dict[str, Path], config: Path, output: Path, rounds: int) -
         for kind, source in sources.items():
             results[kind].append(run(CHUNKS, config, source, output))
     return results
+
+
+def volume_options(description: str) -> tuple[tuple[int, ...], int]:
+    """``--shape`` and ``--rounds`` of a script that compares ways to read one volume."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="96,2048,2048")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    return tuple(int(n) for n in args.shape.split(",")), args.rounds
+
+
+def compare(sources: dict[str, Any], config: Path, work: Path, shape: tuple[int, ...], rounds: int) -> None:
+    """Print each source's median seconds and peak, its runs in turn with the others'."""
+    print(f"volume {'x'.join(map(str, shape))} uint8 ({np.prod(shape) / 2**20:.0f} MiB); seconds and peak resident "
+          "GiB per run, in turn")
+    print("  " + summary(in_turn(sources, config, work / "o.zarr", rounds)))
 
 
 def summary(results: dict[str, list[tuple[float, float]]]) -> str:

@@ -12,7 +12,6 @@ turn, each run a fresh process; prints each way's median seconds and peak reside
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_ceiling import trivial_net
-from tiff_inputs import in_turn, pages, summary
+from tiff_inputs import compare, pages, volume_options
 
 
 def write_sources(work: Path, shape: tuple[int, int, int]) -> dict[str, Path]:
@@ -44,18 +43,10 @@ def write_sources(work: Path, shape: tuple[int, int, int]) -> dict[str, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="96,2048,2048")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    shape = tuple(int(n) for n in args.shape.split(","))
+    shape, rounds = volume_options(__doc__)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        config = trivial_net(work)
-        sources = write_sources(work, shape)
-        print(f"volume {'x'.join(map(str, shape))} uint8 ({np.prod(shape) / 2**20:.0f} MiB); seconds and peak "
-              "resident GiB per run, in turn")
-        print("  " + summary(in_turn(sources, config, work / "o.zarr", args.rounds)))
+        compare(write_sources(work, shape), trivial_net(work), work, shape, rounds)
 
 
 if __name__ == "__main__":
