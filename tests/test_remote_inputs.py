@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
+from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
 from densepred.io import ArraySpec, input_stamp, open_array
 from densepred.io.arrays import input_placement
@@ -25,14 +28,40 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class Ranged(Quiet):
+    """Answers a ``Range: bytes=A-B`` request with those bytes alone, as object stores do
+    (Python's own server sends the whole file)."""
+
+    def send_head(self):
+        wanted = self.headers.get("Range")
+        if wanted is None:
+            return super().send_head()
+        try:
+            data = Path(self.translate_path(self.path)).read_bytes()
+        except OSError:
+            self.send_error(404)
+            return None
+        first, _, last = wanted.removeprefix("bytes=").partition("-")
+        part = data[int(first):int(last) + 1 if last else len(data)]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {first}-{int(first) + len(part) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        return io.BytesIO(part)
+
+
+def serve(folder, handler=Quiet):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.fixture
 def served(tmp_path):
     """``tmp_path/web`` over HTTP: its URL."""
     (tmp_path / "web").mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Quiet, directory=str(tmp_path / "web")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = serve(tmp_path / "web")
+    yield url
     server.shutdown()
     server.server_close()
 
@@ -65,6 +94,25 @@ def test_stores_over_http_read_and_place_as_the_same_stores_on_disk(tmp_path, se
         np.testing.assert_array_equal(np.asarray(there), np.asarray(here))
         assert input_placement(spec) == input_placement(ArraySpec.parse(str(local)))
     assert tuple(input_placement(ArraySpec.parse(f"{served}/em.zarr/recon-1/em/s0")).voxel_size) == (40, 4, 4)
+
+
+@pytest.mark.parametrize("handler", [Ranged, Quiet])  # byte ranges, and a server that sends whole files
+def test_a_precomputed_volume_over_http_reads_and_lies_as_on_disk(handler):
+    from tests.test_precomputed_inputs import DATA
+
+    server, url = serve(DATA, handler)
+    try:
+        for name in ("sharded-jpeg", "sharded-murmur", "unsharded-png", "sharded-jpeg:8_8_40"):
+            spec = ArraySpec.parse(f"precomputed://{url}/{name}")
+            assert (spec.kind, str(spec)) == ("precomputed", f"precomputed://{url}/{name}")
+            here = ArraySpec.parse(str(DATA / name))
+            np.testing.assert_array_equal(np.asarray(open_array(spec)), np.asarray(open_array(here)))
+            assert input_placement(spec) == input_placement(here)
+        with pytest.raises(DensePredError, match=r"cannot read .*/none/info"):
+            open_array(f"precomputed://{url}/none")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_time_point_over_http_is_read_and_stamped_by_its_values_alone(tmp_path, served, volume):

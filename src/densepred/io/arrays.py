@@ -81,7 +81,8 @@ class ArraySpec:
     path: Path
     key: str | None  # dataset inside an HDF5 file or zarr group
     time: int | None = None  # one time point of a time series (``@t=N``)
-    url: str | None = None  # a zarr store read over HTTP(S) (then ``path`` is the URL as a path: its suffix)
+    url: str | None = None  # read over HTTP(S) (then ``path`` is the URL as a path: its suffix)
+    precomputed: bool = False  # a URL of a neuroglancer precomputed volume (``precomputed://https://...``)
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
@@ -92,8 +93,9 @@ class ArraySpec:
             raise DensePredError(f"array spec {spec!r} names the time point {bad.group(1)!r}; a time point is a "
                                  f"whole number from 0, e.g. {spec[:bad.start()]}@t=0")
         text = spec[:time.start()] if time else spec
-        remote = REMOTE.match(text) and not text.lower().startswith((PRECOMPUTED, "file://"))
-        parsed = remote_spec(text, spec) if remote else cls._parse(text, spec, base)
+        behind = text[len(PRECOMPUTED):] if text.lower().startswith(PRECOMPUTED) else text  # neuroglancer's prefix
+        remote = REMOTE.match(behind) and not behind.lower().startswith("file://")
+        parsed = remote_spec(behind, spec, behind is not text) if remote else cls._parse(text, spec, base)
         return dataclasses.replace(parsed, time=int(time.group(1))) if time else parsed
 
     @classmethod
@@ -149,6 +151,8 @@ class ArraySpec:
     def kind(self) -> str:
         """The format: by the suffix, else by what the folder holds (precomputed, zarr, N5, TIFF
         sections)."""
+        if self.url is not None:
+            return "precomputed" if self.precomputed else "zarr"
         kind = SUFFIX_KINDS.get(self.path.suffix.lower())
         if kind is None and is_precomputed(self.path):
             kind = "precomputed"
@@ -165,16 +169,19 @@ class ArraySpec:
     @property
     def array_text(self) -> str:
         """The whole array's spec, without a time point."""
-        where = self.url if self.url is not None else str(self.path)
+        where = self.url if self.url is None or not self.precomputed else PRECOMPUTED + self.url
+        where = where if where is not None else str(self.path)
         return f"{where}:{self.key}" if self.key else where
 
     def __str__(self) -> str:
         return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
 
 
-def remote_spec(text: str, spec: str) -> ArraySpec:
+def remote_spec(text: str, spec: str, precomputed: bool = False) -> ArraySpec:
     """A zarr store (or an array or group in it) over HTTP(S), written like a local one:
-    ``https://host/em.zarr:recon-1/s0`` or ``https://host/em.zarr/recon-1/s0``."""
+    ``https://host/em.zarr:recon-1/s0`` or ``https://host/em.zarr/recon-1/s0``; with
+    ``precomputed`` (neuroglancer's ``precomputed://`` before it), a precomputed volume there,
+    ``precomputed://https://host/em:8_8_40`` for a scale."""
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https"):
         raise DensePredError(f"array spec {spec!r}: {parts.scheme}:// is not read here; a public bucket is also "
@@ -185,17 +192,20 @@ def remote_spec(text: str, spec: str) -> ArraySpec:
                              "https://host/path/volume.zarr")
     path, key = parts.path, None
     at = path.lower().rfind(".zarr:")
-    if at >= 0:
+    if precomputed:
+        path, _, scale = path.rpartition(":") if ":" in path else (path, "", "")
+        key = scale.strip("/") or None
+    elif at >= 0:
         path, key = path[:at + 5], path[at + 6:].strip("/") or None
     else:
         path, key = inner_path(path)
-    if not path.lower().rstrip("/").endswith(".zarr"):
+    if not precomputed and not path.lower().rstrip("/").endswith(".zarr"):
         raise DensePredError(f"array spec {spec!r} is a URL of no zarr store; densepred reads zarr stores (OME-Zarr) "
                              "over HTTP(S), https://host/path/volume.zarr[:array]; download other files first")
     if key is not None:
         _check_key(key, spec)
     url = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
-    return ArraySpec(Path(url), key, url=url)  # a path no local file has: never taken for one
+    return ArraySpec(Path(url), key, url=url, precomputed=precomputed)  # a path no local file has
 
 
 def inner_path(text: str) -> tuple[str, str | None]:
@@ -310,7 +320,7 @@ def _open_hdf5(spec: ArraySpec) -> Any:
 def _open_precomputed(spec: ArraySpec) -> Any:
     from .precomputed import PrecomputedArray
 
-    image = PrecomputedArray(spec.path, spec.key)
+    image = PrecomputedArray(spec.url or spec.path, spec.key)
     return channel_first(image, "CZYX"[4 - image.ndim:], spec.array_text, spec.time)
 
 
@@ -378,7 +388,7 @@ def _hdf5_placement(spec: ArraySpec) -> Placement | None:
 def _precomputed_placement(spec: ArraySpec) -> Placement | None:
     from .precomputed import precomputed_placement
 
-    return precomputed_placement(spec.path, spec.key)
+    return precomputed_placement(spec.url or spec.path, spec.key)
 
 
 def _tiff_placement(spec: ArraySpec) -> Placement | None:

@@ -17,7 +17,10 @@ one channel), chunk by chunk in the calling thread:
   encodings (``compressed_segmentation``, ``compresso``) are not image inputs and are refused.
 
 A spec is the folder (``/data/em``, or neuroglancer's ``precomputed:///data/em``); a scale is
-named by its key, ``/data/em:16_16_40``; without one, the first (finest) scale is read.
+named by its key, ``/data/em:16_16_40``; without one, the first (finest) scale is read. A volume
+on a web server or in a public bucket is read over HTTP(S) as neuroglancer names it,
+``precomputed://https://storage.googleapis.com/BUCKET/PATH[:KEY]`` (:mod:`.locations`: whole
+chunk files, and byte ranges of shard files).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError, listed
+from .locations import Location, as_location
 from .ome_zarr import Placement, checked_placement
-from .reading import BlockArray
+from .reading import BlockArray, reason
 
 PREFIX = "precomputed://"
 DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -48,18 +52,19 @@ def is_precomputed(folder: Path) -> bool:
     return folder.is_dir() and (folder / "info").is_file()
 
 
-def read_info(folder: Path) -> dict[str, Any]:
+def read_info(folder: Path | str | Location) -> dict[str, Any]:
+    folder = as_location(folder)
     try:
-        info = json.loads((folder / "info").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DensePredError(f"cannot read {folder / 'info'}: {exc}") from None
+        info = json.loads(folder.read("info").decode("utf-8"))
+    except Exception as exc:  # a missing or damaged file, or a server that does not answer as it should
+        raise DensePredError(f"cannot read {folder / 'info'}: {reason(exc)}") from None
     if not isinstance(info, dict) or not isinstance(info.get("scales"), list) or not info["scales"]:
         raise DensePredError(f"{folder / 'info'} is not the info of a neuroglancer precomputed volume (it lists no "
                              "scales)")
     return info
 
 
-def scale_of(info: dict[str, Any], folder: Path, key: str | None) -> dict[str, Any]:
+def scale_of(info: dict[str, Any], folder: Any, key: str | None) -> dict[str, Any]:
     """The scale a spec's ``key`` names (the first, finest, where it names none)."""
     scales = [s for s in info["scales"] if isinstance(s, dict)]
     if key is None and scales:
@@ -85,7 +90,7 @@ class Scale:
     sharding: Any
 
 
-def read_scale(folder: Path, key: str | None) -> Scale:
+def read_scale(folder: Path | str | Location, key: str | None) -> Scale:
     """The scale ``key`` names (the first where None), checked; else one line saying why not."""
     info = read_info(folder)
     scale = scale_of(info, folder, key)
@@ -116,7 +121,8 @@ def _data_type(info: dict[str, Any]) -> str:
 class PrecomputedArray(BlockArray):
     """One scale of a precomputed volume as ``(C, z, y, x)``, or ``(z, y, x)`` for one channel."""
 
-    def __init__(self, folder: Path, key: str | None):
+    def __init__(self, folder: Path | str | Location, key: str | None):
+        folder = as_location(folder)
         scale = read_scale(folder, key)
         self.folder = folder / scale.key
         self.store_path = f"{folder}:{scale.key}"  # how a read error names the input (io.reading)
@@ -147,7 +153,7 @@ class PrecomputedArray(BlockArray):
         name = "_".join(f"{b}-{b + e}" for b, e in zip(begin, extent, strict=True))
         for suffix in ("", *COMPRESSED_SUFFIXES):
             try:
-                return decompress((self.folder / (name + suffix)).read_bytes(), suffix)
+                return decompress(self.folder.read(name + suffix), suffix)
             except FileNotFoundError:
                 continue
         return None
@@ -200,7 +206,7 @@ class Shards:
     """The chunks of a sharded scale (``neuroglancer_uint64_sharded_v1``): each chunk's bytes
     found through its shard's index and minishard index (kept once read; they are small)."""
 
-    def __init__(self, folder: Path, spec: Any, grid: tuple[int, ...]):
+    def __init__(self, folder: Location, spec: Any, grid: tuple[int, ...]):
         try:
             if spec.get("@type") != "neuroglancer_uint64_sharded_v1":
                 raise ValueError(f"@type {spec.get('@type')!r}")
@@ -227,18 +233,16 @@ class Shards:
         hashed = self._hash(chunk_id >> self.preshift)
         minishard = hashed & ((1 << self.minishard_bits) - 1)
         shard = (hashed >> self.minishard_bits) & ((1 << self.shard_bits) - 1)
-        path = self.folder / f"{shard:0{-(-self.shard_bits // 4)}x}.shard"
+        name = f"{shard:0{-(-self.shard_bits // 4)}x}.shard"
         try:
-            with open(path, "rb") as f:
-                where = self._minishard(f, shard, minishard).get(chunk_id)
-                if where is None:
-                    return None
-                f.seek(where[0])
-                data = f.read(where[1])
+            where = self._minishard(name, shard, minishard).get(chunk_id)
+            if where is None:
+                return None
+            data = self.folder.read(name, where[0], where[0] + where[1])
         except FileNotFoundError:
             return None
         if len(data) != where[1]:
-            raise ValueError(f"{path.name} ends before the chunk's {where[1]} bytes at {where[0]}")
+            raise ValueError(f"{name} ends before the chunk's {where[1]} bytes at {where[0]}")
         return gzip.decompress(data) if self.data_gzip else data
 
     def _hash(self, value: int) -> int:
@@ -248,19 +252,17 @@ class Shards:
 
         return int.from_bytes(mmh3.hash_bytes(value.to_bytes(8, "little"), 0, x64arch=False)[:8], "little")
 
-    def _minishard(self, f: Any, shard: int, minishard: int) -> dict[int, tuple[int, int]]:
-        """Chunk id -> (offset, size) in the shard file, for one minishard."""
+    def _minishard(self, name: str, shard: int, minishard: int) -> dict[int, tuple[int, int]]:
+        """Chunk id -> (offset, size) in the shard file ``name``, for one minishard."""
         with self._lock:
             found = self._minishards.get((shard, minishard))
         if found is not None:
             return found
         index_end = 16 << self.minishard_bits
-        f.seek(16 * minishard)
-        start, end = np.frombuffer(f.read(16), "<u8").tolist()
+        start, end = np.frombuffer(self.folder.read(name, 16 * minishard, 16 * minishard + 16), "<u8").tolist()
         found = {}
         if end > start:
-            f.seek(index_end + start)
-            data = f.read(end - start)
+            data = self.folder.read(name, index_end + start, index_end + end)
             data = gzip.decompress(data) if self.index_gzip else data
             table = np.frombuffer(data, "<u8").reshape(3, -1).astype(np.uint64)
             ids = np.cumsum(table[0], dtype=np.uint64)
@@ -296,7 +298,7 @@ def compressed_morton_code(cell: tuple[int, ...], grid: tuple[int, ...]) -> int:
     return code
 
 
-def precomputed_placement(folder: Path, key: str | None) -> Placement | None:
+def precomputed_placement(folder: Path | str | Location, key: str | None) -> Placement | None:
     """Where a scale's voxels lie: its ``resolution`` (nanometres) and ``voxel_offset``, with
     the centre of voxel 0 of the finest scale at ``voxel_offset * resolution`` (a coarser
     voxel's centre is that of the finer voxels it covers)."""
