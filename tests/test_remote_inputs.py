@@ -156,3 +156,12 @@ def test_mistakes_with_urls_are_one_line_and_create_nothing(tmp_path, served, vo
         code = main(["predict", str(config), "--input", source, "--output", target, "--quiet"])
         one_error_line(capsys, code, message)
         assert not (tmp_path / "o.zarr").exists()
+
+
+def test_the_napari_widget_asks_for_an_output_file_for_a_layer_read_over_http(tmp_path):
+    from densepred.interfaces.napari_plugin.request import ImageSource, PredictRequest
+
+    image = ImageSource(np.zeros((2, 3, 4)), "remote", (1.0,) * 3, (0.0,) * 3, file="https://host/em.zarr:s0")
+    request = PredictRequest(image=image, config=tmp_path / "net.toml")
+    with pytest.raises(DensePredError, match=r"read over HTTP.*give an output file"):
+        request.output_path()

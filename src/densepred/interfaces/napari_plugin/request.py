@@ -164,6 +164,9 @@ class PredictRequest:
             raise DensePredError("this layer is not backed by a file (zarr, or N5, HDF5 or precomputed opened by "
                                  "densepred's reader); give an output file to predict to disk")
         spec = ArraySpec.parse(self.image.file.split("@t=")[0])
+        if spec.url is not None:
+            raise DensePredError(f"{spec} is read over HTTP(S), where densepred writes nothing; give an output file "
+                                 "to predict it to disk")
         base = spec.path.with_suffix("") if spec.path.suffix.lower() in CONTAINERS else spec.path
         base = base.with_suffix("") if base.suffix.lower() == ".ome" else base
         dataset = f"-{spec.key.replace('/', '-')}" if spec.key else ""
