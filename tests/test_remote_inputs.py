@@ -165,3 +165,18 @@ def test_the_napari_widget_asks_for_an_output_file_for_a_layer_read_over_http(tm
     request = PredictRequest(image=image, config=tmp_path / "net.toml")
     with pytest.raises(DensePredError, match=r"read over HTTP.*give an output file"):
         request.output_path()
+
+
+def test_an_n5_dataset_over_http_reads_and_lies_as_on_disk(tmp_path, served, volume):
+    from tests.test_n5_inputs import write_n5
+
+    web = tmp_path / "web"
+    write_n5(web / "c.n5" / "em" / "s0", volume[0], (4, 8, 8), "gzip", {"resolution": [4, 4, 40]})
+    (web / "c.n5" / "attributes.json").write_text('{"n5": "2.5.1"}')
+    for form in ("c.n5/em/s0", "c.n5:em/s0", "c.n5:em"):  # a multiscale group stands for its s0
+        spec = ArraySpec.parse(f"{served}/{form}")
+        here = ArraySpec.parse(f"{web / 'c.n5'}:em/s0")
+        np.testing.assert_array_equal(np.asarray(open_array(spec)), np.asarray(open_array(here)))
+        assert input_placement(spec) == input_placement(here) is not None
+    with pytest.raises(DensePredError, match=r"over HTTP\(S\) a group cannot be listed: name the dataset"):
+        open_array(f"{served}/c.n5")

@@ -18,7 +18,8 @@ A spec is one string:
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 * ``https://host/path/file.zarr[:path]`` - a zarr store over HTTP(S) (read only; zarr's fsspec
-  store): a web server's, or a public S3 or Google Cloud bucket's HTTPS address
+  store): a web server's, or a public S3 or Google Cloud bucket's HTTPS address; also an N5
+  dataset (``https://host/c.n5:em/s0``) and a precomputed volume (``precomputed://https://...``)
 
 A path that goes on inside a zarr store, an N5 container or an HDF5 file is its ``:`` form:
 ``em.zarr/recon-1/em/s0`` is ``em.zarr:recon-1/em/s0`` (OME-Zarr's and N5's paths, ilastik's
@@ -35,11 +36,10 @@ changed working directory.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,15 +52,13 @@ from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
 from .reading import reason
-from .tiff_sections import holds_sections, is_pattern, open_sections, section_files
+from .spec_paths import HDF5_SUFFIXES, check_key, inner_path, resolve, stored_kind, zarr_root
+from .tiff_sections import is_pattern, open_sections, section_files
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
              "a folder of .tif sections, file.mrc, file.ims, file.npy, file.csv or https://host/file.zarr[:path]")
 SUFFIX_KINDS = {**dict.fromkeys(HDF5_SUFFIXES, "hdf5"), ".zarr": "zarr", ".n5": "n5", ".tif": "tiff", ".tiff": "tiff",
                 ".npy": "npy", ".csv": "csv", ".ims": "imaris", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
-CONTAINERS = (*HDF5_SUFFIXES, ".zarr", ".n5")  # formats with paths inside them
-FILES = (".tif", ".tiff", ".npy", ".csv", ".ims", *MRC_SUFFIXES)
 REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # a URL (precomputed:// and file:// are paths)
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
@@ -133,15 +131,15 @@ class ArraySpec:
                 break
         if key is None and ":" in text:  # a scale of a precomputed volume: /data/em:16_16_40
             folder, _, scale = text.rpartition(":")
-            if precomputed or is_precomputed(_resolve(folder, base)):
+            if precomputed or is_precomputed(resolve(folder, base)):
                 path_text, key = folder, scale.strip("/") or None
-        if key is None and not precomputed and not is_precomputed(_resolve(path_text, base)):
+        if key is None and not precomputed and not is_precomputed(resolve(path_text, base)):
             path_text, key = inner_path(path_text)
         if key is None and not precomputed:  # a zarr node in a store named without .zarr
             path_text, key = zarr_root(path_text, base)
         if key is not None:
-            _check_key(key, spec)
-        return cls(_resolve(path_text, base), key)
+            check_key(key, spec)
+        return cls(resolve(path_text, base), key)
 
     def resolved(self) -> ArraySpec:
         """The same array by its absolute path (as a process elsewhere opens it)."""
@@ -152,7 +150,7 @@ class ArraySpec:
         """The format: by the suffix, else by what the folder holds (precomputed, zarr, N5, TIFF
         sections)."""
         if self.url is not None:
-            return "precomputed" if self.precomputed else "zarr"
+            return "precomputed" if self.precomputed else SUFFIX_KINDS[self.path.suffix.lower()]
         kind = SUFFIX_KINDS.get(self.path.suffix.lower())
         if kind is None and is_precomputed(self.path):
             kind = "precomputed"
@@ -191,89 +189,22 @@ def remote_spec(text: str, spec: str, precomputed: bool = False) -> ArraySpec:
         raise DensePredError(f"array spec {spec!r} has a query or fragment; a zarr store's URL is its folder's, "
                              "https://host/path/volume.zarr")
     path, key = parts.path, None
-    at = path.lower().rfind(".zarr:")
+    ends = [at + len(suffix) for suffix in (".zarr", ".n5") if (at := path.lower().rfind(suffix + ":")) >= 0]
     if precomputed:
         path, _, scale = path.rpartition(":") if ":" in path else (path, "", "")
         key = scale.strip("/") or None
-    elif at >= 0:
-        path, key = path[:at + 5], path[at + 6:].strip("/") or None
+    elif ends:  # the container's end, then its key
+        path, key = path[:max(ends)], path[max(ends) + 1:].strip("/") or None
     else:
         path, key = inner_path(path)
-    if not precomputed and not path.lower().rstrip("/").endswith(".zarr"):
-        raise DensePredError(f"array spec {spec!r} is a URL of no zarr store; densepred reads zarr stores (OME-Zarr) "
-                             "over HTTP(S), https://host/path/volume.zarr[:array]; download other files first")
+    if not precomputed and not path.lower().rstrip("/").endswith((".zarr", ".n5")):
+        raise DensePredError(f"array spec {spec!r} is a URL of no zarr store or N5 container; densepred reads those "
+                             "(and precomputed://https://...) over HTTP(S), https://host/path/volume.zarr[:array]; "
+                             "download other files first")
     if key is not None:
-        _check_key(key, spec)
+        check_key(key, spec)
     url = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
     return ArraySpec(Path(url), key, url=url, precomputed=precomputed)  # a path no local file has
-
-
-def inner_path(text: str) -> tuple[str, str | None]:
-    """A path that goes on inside a zarr store, an N5 container or an HDF5 file, as OME-Zarr,
-    N5 and ilastik write them (``em.zarr/recon-1/em/s0``, ``stack.h5/exported_data``): the
-    container and the path inside it; any other path as it is. The last part that names a
-    container is the container, unless the path ends in a file of its own (``a.zarr/x.npy``)."""
-    parts = PurePosixPath(text.replace(os.sep, "/")).parts
-    if not parts or parts[-1].lower().endswith((*CONTAINERS, *FILES)):
-        return text, None
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i].lower().endswith(CONTAINERS):
-            if ".." in parts[i + 1:]:  # leaves the container again: an ordinary path
-                break
-            return str(PurePosixPath(*parts[:i + 1])), "/".join(parts[i + 1:])
-    return text, None
-
-
-def zarr_root(text: str, base: Path | None) -> tuple[str, str | None]:
-    """A zarr array or group in a store whose name does not say zarr (``data/raw``): the
-    topmost zarr group above it and the path inside; the path as it is when it is no zarr
-    node or is the root already."""
-    path = _resolve(text, base)
-    if Path(text).suffix.lower() in (".zarr", ".n5") or stored_kind(path) != "zarr":
-        return text, None
-    parts: list[str] = []
-    root, steps = path, len(Path(text).parts) - 1  # never above the path as it is written
-    while len(parts) < steps and _is_zarr_group(root.parent):
-        parts.insert(0, root.name)
-        root = root.parent
-    if not parts:
-        return text, None
-    return str(Path(text).parents[len(parts) - 1]), "/".join(parts)
-
-
-def _is_zarr_group(folder: Path) -> bool:
-    if (folder / ".zgroup").is_file():
-        return True
-    try:
-        return json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("node_type") == "group"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def stored_kind(path: Path) -> str | None:
-    """A folder's format by what it holds, whatever its name: ``zarr`` (a store or group of
-    either zarr version), ``n5`` (a container's ``attributes.json``), ``tiff`` (a folder of
-    sections, :mod:`.tiff_sections`), or None."""
-    if not path.is_dir():
-        return None
-    if any((path / name).is_file() for name in ("zarr.json", ".zarray", ".zgroup")):
-        return "zarr"
-    if (path / "attributes.json").is_file():
-        return "n5"
-    return "tiff" if holds_sections(path) else None
-
-
-def _resolve(text: str, base: Path | None) -> Path:
-    path = Path(text).expanduser()
-    return base / path if base is not None and not path.is_absolute() else path
-
-
-def _check_key(key: str, spec: str) -> None:
-    """A dataset or group path inside a file: relative, without ``.`` or ``..`` parts."""
-    parts = key.split("/")
-    if key.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in key:
-        raise DensePredError(f"array spec {spec!r} is invalid: the path inside the file, {key!r}, must be "
-                             "relative and must not contain '.', '..' or empty parts (e.g. file.zarr:pred/membranes)")
 
 
 FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV", "mrc": "MRC",
@@ -361,10 +292,18 @@ def _zarr_placement(spec: ArraySpec) -> Placement | None:
 
 
 def _open_n5(spec: ArraySpec) -> Any:
-    from .n5 import N5Array, dataset_folder, n5_axes
+    from .n5 import N5Array, n5_axes
 
-    folder = dataset_folder(spec.path, spec.key)
+    folder = _n5_dataset(spec)
     return channel_first(N5Array(folder), n5_axes(folder), spec.array_text, spec.time)
+
+
+def _n5_dataset(spec: ArraySpec) -> Any:
+    """The dataset's folder: on disk (:func:`~.n5.dataset_folder`), or over HTTP(S)."""
+    from .locations import Location
+    from .n5 import dataset_folder, remote_dataset
+
+    return remote_dataset(Location(spec.url), spec.key) if spec.url else dataset_folder(spec.path, spec.key)
 
 
 def input_placement(spec: ArraySpec) -> Placement | None:
@@ -401,10 +340,10 @@ def _tiff_placement(spec: ArraySpec) -> Placement | None:
 
 
 def _n5_placement(spec: ArraySpec) -> Placement | None:
-    from .n5 import dataset_folder, n5_placement
+    from .n5 import n5_placement
 
     try:
-        return n5_placement(dataset_folder(spec.path, spec.key))
+        return n5_placement(_n5_dataset(spec))
     except DensePredError:
         return None
 

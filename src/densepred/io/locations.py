@@ -22,6 +22,10 @@ class Location:
     def __truediv__(self, name: str) -> Location:
         return Location(f"{self.where}/{name}" if self.remote else self.where / name)
 
+    @property
+    def parent(self) -> Location:
+        return Location(self.where.rsplit("/", 1)[0] if self.remote else self.where.parent)
+
     def __str__(self) -> str:
         return str(self.where)
 

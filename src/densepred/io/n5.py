@@ -35,27 +35,40 @@ from typing import Any
 import numpy as np
 
 from ..errors import DensePredError, listed
+from .locations import Location, as_location
 from .ome_zarr import Placement, checked_placement, in_zyx_order, space_unit, spatial_letters
-from .reading import BlockArray
+from .reading import BlockArray, reason
 
 MAX_GROUPS_LISTED = 1000  # folders visited to list the datasets of a container
 CODECS = "raw, gzip, bzip2, xz, blosc, zstd or lz4"  # N5's compressions read here (numcodecs)
 LZ4_MAGIC = b"LZ4Block"  # lz4-java's block stream, which N5's lz4 compression writes
 
 
-def attributes(folder: Path) -> dict[str, Any]:
+def attributes(folder: Path | Location) -> dict[str, Any]:
     """A group's or dataset's attributes (an empty dict where it has none)."""
     try:
-        data = json.loads((folder / "attributes.json").read_text(encoding="utf-8"))
+        data = json.loads(as_location(folder).read("attributes.json").decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
-        raise DensePredError(f"cannot read {folder / 'attributes.json'}: {exc}") from None
+    except Exception as exc:  # damaged, or a server that does not answer as it should
+        raise DensePredError(f"cannot read {folder}/attributes.json: {reason(exc)}") from None
     return data if isinstance(data, dict) else {}
 
 
-def is_dataset(folder: Path) -> bool:
+def is_dataset(folder: Path | Location) -> bool:
     return "dimensions" in attributes(folder)
+
+
+def remote_dataset(container: Location, key: str | None) -> Location:
+    """The dataset a spec over HTTP(S) names: itself, or its ``s0`` where it is a multiscale
+    group; a group cannot be listed there, so any other is one line asking for the dataset."""
+    folder = container / key if key else container
+    if is_dataset(folder):
+        return folder
+    if is_dataset(folder / "s0"):
+        return folder / "s0"
+    raise DensePredError(f"{container}{':' + key if key else ''} is no N5 dataset nor a multiscale group (with s0); "
+                         f"over HTTP(S) a group cannot be listed: name the dataset, {container}:GROUP/DATASET")
 
 
 def dataset_folder(container: Path, key: str | None) -> Path:
@@ -100,9 +113,9 @@ class N5Array(BlockArray):
     ``chunks`` and ``array[box]``, read block file by block file in the calling thread (as
     :mod:`.chunk_files` reads zarr arrays), so several threads read at once."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path | Location):
         meta = attributes(folder)
-        self.folder = folder
+        self.folder = as_location(folder)
         self.store_path = str(folder)  # how a read error names the input (io.reading)
         try:
             self.shape = tuple(operator.index(n) for n in reversed(meta["dimensions"]))  # whole numbers only
@@ -124,7 +137,7 @@ class N5Array(BlockArray):
         """The block at grid ``index`` (z, y, x order), or None where it is not stored; its
         header (mode, rank, its own size x first) then its values, big-endian, x fastest."""
         try:
-            raw = (self.folder.joinpath(*map(str, reversed(index)))).read_bytes()
+            raw = self.folder.read("/".join(map(str, reversed(index))))
         except FileNotFoundError:
             return None
         mode, rank = struct.unpack(">HH", raw[:4])
@@ -143,7 +156,7 @@ class N5Array(BlockArray):
 DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 
 
-def _codec(compression: Any, folder: Path) -> Any:
+def _codec(compression: Any, folder: Path | Location) -> Any:
     """How a block's stored bytes decode, by the dataset's ``compression``."""
     import numcodecs
 
@@ -184,7 +197,7 @@ class LZ4Java:
         return bytes(out)
 
 
-def n5_axes(folder: Path) -> str | None:
+def n5_axes(folder: Path | Location) -> str | None:
     """The dataset's axes as letters (``C``, ``Z``, ``Y``, ``X``, ``T``) in densepred's order
     (the file's reversed), from a neuroglancer ``axes`` attribute; None where there is none."""
     from .axes import axis_letters
@@ -195,7 +208,7 @@ def n5_axes(folder: Path) -> str | None:
     return axis_letters(list(reversed(names)))
 
 
-def n5_placement(folder: Path, spatial: int | None = None, read_order: bool = True) -> Placement | None:
+def n5_placement(folder: Path | Location, spatial: int | None = None, read_order: bool = True) -> Placement | None:
     """Where the dataset's voxels lie (its last ``spatial`` axes in densepred's order: by
     default those its ``axes`` name z, y or x, else up to 3), from the attributes of the
     dataset and of the group above it, put in z, y, x order where ``axes`` order them
@@ -206,7 +219,7 @@ def n5_placement(folder: Path, spatial: int | None = None, read_order: bool = Tr
     return in_zyx_order(stored, spatial_letters(axes)) if read_order else stored
 
 
-def _stored_placement(folder: Path, spatial: int | None, axes: str | None) -> Placement | None:
+def _stored_placement(folder: Path | Location, spatial: int | None, axes: str | None) -> Placement | None:
     """:func:`n5_placement` in the order of the stored axes, reversed."""
     own, parent = attributes(folder), attributes(folder.parent)
     if spatial is None:
