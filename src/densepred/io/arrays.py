@@ -52,7 +52,7 @@ from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
 from .precomputed import is_precomputed
 from .reading import reason
-from .spec_paths import HDF5_SUFFIXES, check_key, inner_path, resolve, stored_kind, zarr_root
+from .spec_paths import CONTAINERS, HDF5_SUFFIXES, check_key, inner_path, resolve, stored_kind, zarr_root
 from .tiff_sections import is_pattern, open_sections, section_files
 
 SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precomputed folder[:scale], file.tif, "
@@ -124,7 +124,7 @@ class ArraySpec:
         precomputed = text.startswith(PRECOMPUTED)
         text = text.removeprefix(PRECOMPUTED).removeprefix("file://")
         path_text, key = text, None
-        for suffix in (*HDF5_SUFFIXES, ".zarr", ".n5"):
+        for suffix in CONTAINERS:
             at = text.lower().rfind(suffix + ":")  # suffixes in any case: DATA.H5:raw
             if at >= 0:
                 path_text, key = text[:at + len(suffix)], text[at + len(suffix) + 1:].strip("/") or None

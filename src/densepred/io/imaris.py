@@ -33,6 +33,11 @@ def text(value: Any) -> str:
     return value.decode("latin-1").strip() if isinstance(value, bytes) else str(value).strip()
 
 
+def image_size(image: Any) -> tuple[int, ...]:
+    """The image's own size (z, y, x) from the attributes of ``DataSetInfo/Image``."""
+    return tuple(int(text(image[a])) for a in ("Z", "Y", "X"))
+
+
 def _numbered(group: Any, prefix: str) -> list[str]:
     names = [n for n in group if re.fullmatch(rf"{prefix} \d+", n)]
     return sorted(names, key=lambda n: int(n.split()[1]))
@@ -47,8 +52,7 @@ class ImarisVolume(BoxArray):
             level = handle[LEVEL]
             self.times = _numbered(level, "TimePoint")
             self.channels = _numbered(level[self.times[0]], "Channel")
-            image = handle["DataSetInfo/Image"].attrs
-            size = tuple(int(text(image[a])) for a in ("Z", "Y", "X"))
+            size = image_size(handle["DataSetInfo/Image"].attrs)
             first = level[self.times[0]][self.channels[0]]["Data"]
         except (KeyError, IndexError, ValueError) as exc:
             raise DensePredError(f"{where} is not an Imaris file densepred can read ({exc}); it needs "
@@ -94,7 +98,7 @@ def imaris_placement(path: Path) -> Placement | None:
 
     with h5py.File(path, "r") as handle:
         image = handle["DataSetInfo/Image"].attrs
-        size = [int(text(image[a])) for a in ("Z", "Y", "X")]
+        size = image_size(image)
         low = [float(text(image[f"ExtMin{i}"])) for i in (2, 1, 0)]
         high = [float(text(image[f"ExtMax{i}"])) for i in (2, 1, 0)]
         unit = space_unit([text(image["Unit"])]) if "Unit" in image else None

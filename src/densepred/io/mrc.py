@@ -26,7 +26,9 @@ log = logging.getLogger("densepred")
 SUFFIXES = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path, warn: bool = True) -> Any:
+    """The file memory-mapped; ``warn``: log a header off the standard (once a run: when its
+    data are opened, not again for its placement)."""
     import mrcfile
 
     with warnings.catch_warnings(record=True) as caught:
@@ -39,7 +41,7 @@ def _open(path: Path) -> Any:
     if mrc.data is None:
         raise DensePredError(f"cannot read {path}: its header does not describe its data ({off or 'mode '}"
                              f"{'' if off else int(mrc.header.mode)}); it is damaged, or not an MRC file")
-    if off:
+    if off and warn:
         log.warning("%s does not follow the MRC2014 standard (%s); read as its header says", path, off)
     return mrc
 
@@ -55,7 +57,7 @@ def open_mrc(path: Path, where: str, time: int | None) -> Any:
 
 def mrc_placement(path: Path) -> Placement | None:
     """The voxel size the header gives (z, y, x; angstrom), or None where it gives none."""
-    mrc = _open(path)
+    mrc = _open(path, warn=False)
     size = mrc.voxel_size  # x, y, z, float32
     sizes = [float(f"{float(v):.7g}") for v in (size.z, size.y, size.x)][3 - mrc.data.ndim:]
     return checked_placement(sizes, [0.0] * len(sizes), "angstrom")

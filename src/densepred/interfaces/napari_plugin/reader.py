@@ -20,12 +20,12 @@ from typing import Any
 
 from ...errors import DensePredError
 from ...io.hdf5 import BDV_CELLS, check_hdf5_filters, placement_of, values
+from ...io.mrc import SUFFIXES as MRC_SUFFIXES
 from ...io.ome_zarr import ome_transform
+from ...io.spec_paths import HDF5_SUFFIXES
 from .request import SOURCE_KEY
 
 LayerData = tuple[Any, dict[str, Any], str]
-HDF5 = (".h5", ".hdf5", ".hdf")
-MRC = (".mrc", ".rec", ".map", ".st", ".ali", ".mrcs")  # as io/mrc.py reads them
 
 
 def get_reader(path: str | list[str]) -> Any:
@@ -35,11 +35,11 @@ def get_reader(path: str | list[str]) -> Any:
         return None
     p = Path(path)
     suffix = p.suffix.lower()
-    readers = ((lambda: suffix in HDF5 and p.is_file(), read_hdf5),
+    readers = ((lambda: suffix in HDF5_SUFFIXES and p.is_file(), read_hdf5),
                (lambda: p.is_dir() and _multiscales(p) is not None, read_ome_zarr),
                (lambda: p.is_dir() and any(q.suffix.lower() == ".n5" for q in (p, *p.parents)), read_n5),
                (lambda: _precomputed_folder(p) is not None, read_precomputed),
-               (lambda: suffix in MRC and p.is_file(), read_mrc),
+               (lambda: suffix in MRC_SUFFIXES and p.is_file(), read_mrc),
                (lambda: suffix == ".ims" and p.is_file(), read_imaris))
     return next((reader for applies, reader in readers if applies()), None)
 

@@ -68,21 +68,19 @@ class ExactOrder:
     grid: tuple[int, ...]
     done: DoneIds
     needed: np.ndarray  # one boolean per window (C order): it reaches a shard not done
+    shards_to_do: int  # the shards not in ``done``
 
     @classmethod
     def create(cls, axes: Sequence[Sequence[AxisWindow]], shard: Sequence[int], output_shape: Sequence[int],
                done: DoneIds) -> ExactOrder:
         per_axis = [AxisShards.create(w, s, n) for w, s, n in zip(axes, shard, output_shape, strict=True)]
         grid = tuple(len(a.counts) for a in per_axis)
-        needed = ~done.mask(math.prod(grid)).reshape(grid)
+        to_do = ~done.mask(math.prod(grid)).reshape(grid)
+        needed = to_do
         for axis, shards in enumerate(per_axis):
             needed = shards.any_of(needed, axis)
-        return cls(per_axis, grid, done, needed)
+        return cls(per_axis, grid, done, needed, int(to_do.sum()))
 
-    @property
-    def shards_to_do(self) -> int:
-        """The shards not in ``done``."""
-        return math.prod(self.grid) - int(self.done.mask(math.prod(self.grid)).sum())
 
     def voxels(self) -> int:
         """The output voxels the needed windows own."""
