@@ -147,7 +147,6 @@ def test_mistakes_with_urls_are_one_line_and_create_nothing(tmp_path, served, vo
     cases = {(f"{served}/none.zarr", "o.zarr"): "no zarr array or group is there",
              (f"http://127.0.0.1:{port}/v.zarr", "o.zarr"): "Cannot connect to host",
              (f"{served}/v.zarr:raw", "o.zarr"): "is a zarr array, not a group, so it holds no 'raw'",
-             ("s3://bucket/v.zarr", "o.zarr"): "a public bucket is also reachable over HTTPS",
              (f"{served}/stack.h5", "o.zarr"): "is a URL of no zarr store",
              (f"{served}/v.zarr?sig=abc", "o.zarr"): "has a query or fragment",
              (f"{served}/v.zarr", f"{served}/o.zarr"): "densepred reads zarr stores over HTTP(S) but writes to a file"}

@@ -18,8 +18,10 @@ A spec is one string:
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
 * ``https://host/path/file.zarr[:path]`` - a zarr store over HTTP(S) (read only; zarr's fsspec
-  store): a web server's, or a public S3 or Google Cloud bucket's HTTPS address; also an N5
-  dataset (``https://host/c.n5:em/s0``) and a precomputed volume (``precomputed://https://...``)
+  store): a web server's, or a public S3 or Google Cloud bucket's (``s3://BUCKET/...``,
+  ``gs://BUCKET/...`` or their HTTPS address); also an N5 dataset (``https://host/c.n5:em/s0``)
+  and a precomputed volume (``precomputed://gs://...``); neuroglancer's ``zarr://`` and ``n5://``
+  before a URL are taken as it writes them
 
 A path that goes on inside a zarr store, an N5 container or an HDF5 file is its ``:`` form:
 ``em.zarr/recon-1/em/s0`` is ``em.zarr:recon-1/em/s0`` (OME-Zarr's and N5's paths, ilastik's
@@ -47,6 +49,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import channel_first
+from .locations import public_url, refused, transient
 from .mrc import SUFFIXES as MRC_SUFFIXES
 from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
@@ -60,6 +63,7 @@ SUPPORTED = ("file.h5:dataset, file.zarr[:path], file.n5[:dataset], a precompute
 SUFFIX_KINDS = {**dict.fromkeys(HDF5_SUFFIXES, "hdf5"), ".zarr": "zarr", ".n5": "n5", ".tif": "tiff", ".tiff": "tiff",
                 ".npy": "npy", ".csv": "csv", ".ims": "imaris", **dict.fromkeys(MRC_SUFFIXES, "mrc")}
 REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # a URL (precomputed:// and file:// are paths)
+SOURCE = re.compile(r"^(zarr[23]?|n5)://", re.IGNORECASE)  # neuroglancer's data source prefixes; the path says which
 TIME_POINT = re.compile(r"@t=(\d+)$")  # a spec's time point: movie.zarr:0@t=3
 
 
@@ -92,6 +96,8 @@ class ArraySpec:
                                  f"whole number from 0, e.g. {spec[:bad.start()]}@t=0")
         text = spec[:time.start()] if time else spec
         behind = text[len(PRECOMPUTED):] if text.lower().startswith(PRECOMPUTED) else text  # neuroglancer's prefix
+        if (source := SOURCE.match(behind)) and REMOTE.match(behind[source.end():]):  # zarr://s3://..., n5://https://...
+            behind = text = behind[source.end():]
         remote = REMOTE.match(behind) and not behind.lower().startswith("file://")
         parsed = remote_spec(behind, spec, behind is not text) if remote else cls._parse(text, spec, base)
         return dataclasses.replace(parsed, time=int(time.group(1))) if time else parsed
@@ -180,11 +186,10 @@ def remote_spec(text: str, spec: str, precomputed: bool = False) -> ArraySpec:
     ``https://host/em.zarr:recon-1/s0`` or ``https://host/em.zarr/recon-1/s0``; with
     ``precomputed`` (neuroglancer's ``precomputed://`` before it), a precomputed volume there,
     ``precomputed://https://host/em:8_8_40`` for a scale."""
-    parts = urlsplit(text)
+    parts = urlsplit(public_url(text))  # a public bucket, s3:// or gs://, by its HTTPS address
     if parts.scheme.lower() not in ("http", "https"):
-        raise DensePredError(f"array spec {spec!r}: {parts.scheme}:// is not read here; a public bucket is also "
-                             "reachable over HTTPS (s3://BUCKET/KEY as https://BUCKET.s3.amazonaws.com/KEY, gs://BUCKET/"
-                             "KEY as https://storage.googleapis.com/BUCKET/KEY), or mount it as a folder")
+        raise DensePredError(f"array spec {spec!r}: {parts.scheme}:// is not read here; densepred reads over "
+                             "http(s)://, s3:// and gs:// (public buckets), or mount the data as a folder")
     if parts.query or parts.fragment:
         raise DensePredError(f"array spec {spec!r} has a query or fragment; a zarr store's URL is its folder's, "
                              "https://host/path/volume.zarr")
@@ -238,6 +243,8 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     except (OSError, ValueError) as exc:
         raise DensePredError(f"cannot read {spec}: {exc}") from None
     except Exception as exc:  # a damaged file: its reader fails in its own way (KeyError, TypeError, ...)
+        if refused(exc) or transient(exc):  # the server's answer, not the file's
+            raise DensePredError(f"cannot read {spec}: {reason(exc)}") from None
         raise DensePredError(f"cannot read {spec}: {reason(exc)}; it is damaged, or not a valid "
                              f"{FORMAT_NAMES.get(kind, kind)} file") from None
 

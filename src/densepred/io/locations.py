@@ -1,12 +1,29 @@
 """Where a folder of files lies: on disk, or at an HTTP(S) URL (a web server, a public S3 or
 Google Cloud bucket by its HTTPS address), read whole or by byte ranges. The precomputed reader
-reads through it, so a volume in a bucket reads as the same volume on disk does."""
+reads through it, so a volume in a bucket reads as the same volume on disk does.
+
+Buckets are read as neuroglancer reads them without credentials: ``s3://BUCKET/KEY`` at
+``https://BUCKET.s3.amazonaws.com/KEY`` and ``gs://BUCKET/KEY`` at
+``https://storage.googleapis.com/BUCKET/KEY`` (:func:`public_url`). A read that fails because the
+server is busy or the connection was lost (:func:`transient`) may succeed when tried again; a
+refusal (:func:`refused`) will not.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+BUCKETS = {"s3": "https://{bucket}.s3.amazonaws.com/{key}", "gs": "https://storage.googleapis.com/{bucket}/{key}"}
+BUSY = frozenset({408, 429, 500, 502, 503, 504})  # timeouts, S3's SlowDown, GCS's rate limit, a restarting server
+RETRIES = 4  # a request tried again after a transient failure, first after FIRST_WAIT seconds, then twice as long
+FIRST_WAIT = 0.5
+
+log = logging.getLogger("densepred")
 
 
 class Location:
@@ -33,7 +50,7 @@ class Location:
         """The bytes of file ``name`` in this folder, or those from ``start`` to ``end``;
         FileNotFoundError where there is none."""
         if self.remote:
-            data = _http().cat_file(f"{self.where}/{name}", start=start, end=end)
+            data = http_files().cat_file(f"{self.where}/{name}", start=start, end=end)
             if start is not None and end is not None and len(data) > end - start:  # a server that ignores Range
                 data = data[start:end]  # sends the whole file: correct, but each range costs the file
             return data
@@ -50,11 +67,78 @@ def is_url(where: Any) -> bool:
     return isinstance(where, str) and where.lower().startswith(("http://", "https://"))
 
 
+def public_url(url: str) -> str:
+    """``url`` with an ``s3://`` or ``gs://`` bucket written as the HTTPS address it answers
+    anonymously at; other URLs as they are."""
+    parts = urlsplit(url)
+    form = BUCKETS.get(parts.scheme.lower())
+    return url if form is None else form.format(bucket=parts.netloc, key=parts.path.lstrip("/"))
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status a failed request was answered with (aiohttp's ``ClientResponseError``)."""
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) and 100 <= status < 600 else None
+
+
+def failure(error: BaseException) -> str:
+    """A failed request as a few words: its HTTP status, or the exception."""
+    status = http_status(error)
+    if status is not None:
+        return " ".join(f"HTTP {status} {getattr(error, 'message', '')}".split())
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def refused(error: BaseException) -> bool:
+    """Whether the server refused access (401, 403). A read of a file takes a 403 as "not
+    there" instead (:func:`http_files`): S3 answers so for a key that is not there where
+    listing the bucket is not allowed."""
+    return http_status(error) in (401, 403)
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a remote read failed in a way that trying again may mend: the server busy or
+    restarting, the connection lost or timed out."""
+    if http_status(error) in BUSY or isinstance(error, ConnectionError | TimeoutError):
+        return True
+    import aiohttp
+
+    if isinstance(error, aiohttp.ClientConnectorError):  # no server there (refused, unknown host): not transient
+        return False
+    return isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
+
+
+def zarr_store(url: str) -> Any:
+    """A read-only zarr store at ``url`` whose reads are tried again after transient failures."""
+    from zarr.storage import FsspecStore
+
+    return FsspecStore(fs=http_files(asynchronous=True), path=url, read_only=True)
+
+
 @functools.cache
-def _http() -> Any:
-    import fsspec
+def http_files(asynchronous: bool = False) -> Any:
+    """fsspec's HTTP file system, trying each read again after a transient failure."""
+    from fsspec.implementations.http import HTTPFileSystem
 
-    return fsspec.filesystem("http")
+    class PatientHTTP(HTTPFileSystem):
+        async def _cat_file(self, url: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> Any:
+            for attempt in range(RETRIES + 1):
+                try:
+                    return await super()._cat_file(url, start=start, end=end, **kwargs)
+                except Exception as exc:
+                    if http_status(exc) == 403:  # S3's answer for a key not there where listing is not allowed
+                        raise FileNotFoundError(f"{url}: HTTP 403 Forbidden (not there, or not public: densepred "
+                                                "reads without credentials)") from None
+                    if attempt == RETRIES or not transient(exc):
+                        raise
+                    wait = FIRST_WAIT * 2 ** attempt
+                    log.warning("reading %s failed (%s); trying again in %g s", url, failure(exc), wait)
+                    await asyncio.sleep(wait)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    return PatientHTTP(asynchronous=asynchronous)
 
 
-__all__ = ["Location", "as_location", "is_url"]
+__all__ = ["Location", "as_location", "failure", "http_files", "http_status", "is_url", "public_url", "refused",
+           "transient", "zarr_store"]

@@ -4,7 +4,8 @@ A corrupt or truncated chunk (a failed decompression), a truncated HDF5 file or 
 mid-run raises deep inside zarr, numcodecs or h5py; :func:`read_box` turns that into a
 :class:`~densepred.errors.DensePredError` that names the first unreadable chunk. Boxes of zarr
 arrays on local disk are read from their chunk files (:mod:`.chunk_files`) where their stored
-form allows.
+form allows. Reads over HTTP(S) are tried again after transient failures (:mod:`.locations`)
+before they reach here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .chunk_files import chunk_files, chunk_grid, chunk_overlap
+from .locations import RETRIES, failure, refused, transient
 
 MAX_CHUNKS_SEARCHED = 4096
 
@@ -93,7 +95,7 @@ def read_box(array: Any, key: tuple[slice, ...]) -> np.ndarray:
         return files.read(box) if files is not None and box is not None else np.asarray(array[key])
     except (DensePredError, MemoryError):
         raise
-    except Exception as exc:  # a corrupt or truncated chunk, a vanished file
+    except Exception as exc:  # a corrupt or truncated chunk, a vanished file, a server that did not answer
         raise DensePredError(unreadable(array, key, exc)) from None
 
 
@@ -111,6 +113,8 @@ def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
     """Why reading ``image[key]`` failed, naming the first chunk that cannot be read (zarr and
     HDF5 arrays; found by reading the box's chunks one by one) or else the box."""
     where = _array_name(image)
+    if refused(error) or transient(error):  # the server's answer, not the data: no chunk to look for
+        return f"reading {where} failed: {reason(error)}"
     chunks = getattr(image, "shards", None) or getattr(image, "chunks", None)
     shape = tuple(image.shape)
     key = (*key, *[slice(None)] * (len(shape) - len(key)))
@@ -132,7 +136,9 @@ def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
 def _array_name(image: Any) -> str:
     store = getattr(image, "store_path", None)  # zarr
     if store is not None:
-        return str(store).removeprefix("file://")
+        root = getattr(getattr(store, "store", None), "path", None)  # a store over HTTP(S): its URL
+        where = f"{root}/{store.path}".rstrip("/") if isinstance(root, str) and "://" in root else str(store)
+        return where.removeprefix("file://")
     file = getattr(image, "file", None)  # h5py
     if file is not None and hasattr(file, "filename"):
         return f"{file.filename}:{image.name}"
@@ -140,6 +146,13 @@ def _array_name(image: Any) -> str:
 
 
 def reason(error: BaseException) -> str:
-    """An exception as one line: its type and its message."""
+    """An exception as one line: its type and its message; for a request over HTTP(S) that the
+    server refused, or that failed each time it was tried, what that means."""
+    if refused(error):
+        return (f"{failure(error)}: the server refused access; densepred reads over HTTP(S) without credentials, "
+                "so the data must be public (or download it, or mount the bucket as a folder)")
+    if transient(error):
+        return (f"{failure(error)}, {RETRIES + 1} times: the server is busy or the connection is lost; try again "
+                "later (a file run continues with --resume)")
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

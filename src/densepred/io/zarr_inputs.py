@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from ..errors import DensePredError, listed
 from .axes import axis_letters, channel_first
+from .locations import zarr_store
 from .ome_zarr import Placement, attribute_placement, in_zyx_order, ome_placement, spatial_letters
 
 
@@ -50,15 +51,16 @@ def _zarr_node(spec: ArraySpec) -> tuple[Any, Any]:
 
     url = spec.url  # over HTTP(S)
     try:
-        root = zarr.open(url or spec.path, mode="r")
+        root = zarr.open(zarr_store(url) if url else spec.path, mode="r")
     except FileNotFoundError:
         if spec.key is None or (url is None and not (spec.path / spec.key).is_dir()):
             if url is None:
                 raise
             raise DensePredError(f"cannot read {spec.array_text}: no zarr array or group is there (its zarr.json, "
-                                 ".zarray or .zgroup was not found)") from None
+                                 ".zarray or .zgroup was not found, or not public: densepred reads without "
+                                 "credentials)") from None
         try:
-            return None, zarr.open(f"{url}/{spec.key}" if url else spec.path / spec.key, mode="r")
+            return None, zarr.open(zarr_store(f"{url}/{spec.key}") if url else spec.path / spec.key, mode="r")
         except FileNotFoundError:
             raise DensePredError(f"cannot read {spec.array_text}: no zarr array or group is there") from None
     if spec.key is not None and isinstance(root, zarr.Array):

@@ -1,0 +1,166 @@
+"""Servers as they fail: a busy object store (503 Slow Down), one that answers 403 for a key
+that is not there (S3 where listing is not allowed), one that asks for credentials; and public
+buckets named as users copy them (``s3://``, ``gs://``, neuroglancer's sources)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import zarr
+
+from densepred.interfaces.cli import main
+from densepred.io import ArraySpec, locations, open_array
+from densepred.io.arrays import input_placement
+from tests.conftest import make_config
+from tests.test_reliability_files import one_error_line
+from tests.test_remote_inputs import Ranged, serve, stores
+
+
+@pytest.fixture(autouse=True)
+def short_waits(monkeypatch):
+    monkeypatch.setattr(locations, "FIRST_WAIT", 0.005)
+
+
+class Busy(Ranged):
+    """Answers the first request for each file with 503 Slow Down (S3's answer when it is busy),
+    and each request for a file in ``failing`` always so; later ones as :class:`Ranged`."""
+
+    failing = ()
+
+    def send_head(self):
+        with self.server.lock:
+            first = self.path not in self.server.seen
+            self.server.seen.add(self.path)
+        if first or any(part in self.path for part in self.failing):
+            self.send_error(503, "Slow Down")
+            return None
+        return super().send_head()
+
+
+class Private(Ranged):
+    """Answers 403 where a file is not there, as S3 does where listing is not allowed."""
+
+    def send_error(self, code, message=None, explain=None):
+        super().send_error(403 if code == 404 else code, message, explain)
+
+
+class Credentials(Ranged):
+    def send_head(self):
+        self.send_error(401, "Unauthorized")
+
+
+def busy_server(folder, failing=()):
+    server, url = serve(folder, type("Failing", (Busy,), {"failing": failing}))
+    server.seen, server.lock = set(), threading.Lock()
+    return server, url
+
+
+@pytest.fixture
+def web(tmp_path):
+    from tests.test_precomputed_inputs import DATA
+    from tests.test_remote_inputs import volume
+
+    stores(tmp_path / "web", volume.__wrapped__())
+    shutil.copytree(DATA / "sharded-jpeg", tmp_path / "web" / "sharded-jpeg")
+    shutil.copytree(DATA / "unsharded-png", tmp_path / "web" / "sparse-png")
+    (tmp_path / "web" / "sparse-png" / "1_1_1" / "0-8_8-13_4-7").unlink()  # a chunk never written: zeros
+    return tmp_path / "web"
+
+
+FORMS = ("v.zarr", "g.zarr:raw", "em.zarr/recon-1/em/s0", "precomputed://sharded-jpeg", "precomputed://sparse-png")
+
+
+def remote(url, form):
+    return f"precomputed://{url}/{form.removeprefix('precomputed://')}" if "://" in form else f"{url}/{form}"
+
+
+def local(web, form):
+    return str(web / form.removeprefix("precomputed://"))
+
+
+def assert_reads_as_on_disk(url, web):
+    for form in FORMS:
+        there, here = ArraySpec.parse(remote(url, form)), ArraySpec.parse(local(web, form))
+        np.testing.assert_array_equal(np.asarray(open_array(there)), np.asarray(open_array(here)))
+        assert input_placement(there) == input_placement(here)
+
+
+def test_a_busy_server_is_asked_again_and_gives_the_volume_on_disk(web):
+    server, url = busy_server(web)
+    try:
+        assert_reads_as_on_disk(url, web)
+        assert len(server.seen) > 20
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_answers_403_for_files_not_there_reads_as_the_folder(web):
+    """zarr looks for zarr.json and .zarray, precomputed for a chunk of a sparse volume: 403 is
+    "not there", as S3 answers it where the bucket cannot be listed."""
+    server, url = serve(web, Private)
+    try:
+        assert_reads_as_on_disk(url, web)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_prediction_through_a_busy_server_equals_the_one_from_disk(tmp_path, web, monkeypatch):
+    server, url = busy_server(web)
+    config = make_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    try:
+        for source, output in ((f"{url}/v.zarr", "http.zarr"), (str(web / "v.zarr"), "disk.zarr")):
+            assert main(["predict", str(config), "--input", source, "--output", output, "--quiet"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "http.zarr" / "0")[:],
+                                  zarr.open_array(tmp_path / "disk.zarr" / "0")[:])
+
+
+def test_a_server_that_stays_busy_or_asks_for_credentials_is_one_line(tmp_path, web, capsys):
+    config = make_config(tmp_path)
+    cases = ((lambda: busy_server(web, failing=("/c/",)), "5 times: the server is busy or the connection is lost"),
+             (lambda: busy_server(web, failing=("/",)), "5 times: the server is busy"),
+             (lambda: serve(web, Credentials), "HTTP 401 Unauthorized: the server refused access"))
+    for start, message in cases:
+        server, url = start()
+        try:
+            code = main(["predict", str(config), "--input", f"{url}/v.zarr", "--output", str(tmp_path / "o.zarr"),
+                         "--quiet"])
+        finally:
+            server.shutdown()
+            server.server_close()
+        one_error_line(capsys, code, message)
+        assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(("spec", "url", "key"), [
+    ("s3://janelia-cosem-datasets/jrc_hela-2/jrc_hela-2.zarr/recon-1/em/fibsem-uint8/s0",
+     "https://janelia-cosem-datasets.s3.amazonaws.com/jrc_hela-2/jrc_hela-2.zarr", "recon-1/em/fibsem-uint8/s0"),
+    ("zarr://s3://janelia-cosem-datasets/jrc_hela-2/jrc_hela-2.zarr/recon-1/em/fibsem-uint8",
+     "https://janelia-cosem-datasets.s3.amazonaws.com/jrc_hela-2/jrc_hela-2.zarr", "recon-1/em/fibsem-uint8"),
+    ("precomputed://gs://neuroglancer-janelia-flyem-hemibrain/emdata/clahe_yz/jpeg:8.0x8.0x8.0",
+     "https://storage.googleapis.com/neuroglancer-janelia-flyem-hemibrain/emdata/clahe_yz/jpeg", "8.0x8.0x8.0"),
+    ("n5://gs://bucket/c.n5/em/s0", "https://storage.googleapis.com/bucket/c.n5", "em/s0"),
+    ("zarr3://https://host/x.zarr:a/b", "https://host/x.zarr", "a/b"),
+])
+def test_buckets_and_neuroglancer_sources_are_read_at_their_public_https_address(spec, url, key):
+    parsed = ArraySpec.parse(spec)
+    assert (parsed.url, parsed.key) == (url, key)
+    assert ArraySpec.parse(str(parsed)) == parsed  # as the run record and the cluster's workers name it
+
+
+def test_a_scheme_not_read_and_a_bucket_as_output_are_one_line(tmp_path, capsys):
+    config = make_config(tmp_path)
+    for source, output, message in (("ftp://host/v.zarr", "o.zarr", "densepred reads over http(s)://, s3:// and gs://"),
+                                    ("in.npy", "s3://bucket/o.zarr", "is a URL; densepred reads zarr stores")):
+        np.save(tmp_path / "in.npy", np.ones((9, 9, 9), np.float32))
+        code = main(["predict", str(config), "--input", str(tmp_path / source) if "://" not in source else source,
+                     "--output", output, "--quiet"])
+        one_error_line(capsys, code, message)
