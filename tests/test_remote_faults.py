@@ -52,6 +52,13 @@ class Credentials(Ranged):
         self.send_error(401, "Unauthorized")
 
 
+class Counted(Ranged):
+    def send_head(self):
+        with self.server.lock:
+            self.server.asked.append(self.path)
+        return super().send_head()
+
+
 def busy_server(folder, failing=()):
     server, url = serve(folder, type("Failing", (Busy,), {"failing": failing}))
     server.seen, server.lock = set(), threading.Lock()
@@ -107,6 +114,21 @@ def test_a_server_that_answers_403_for_files_not_there_reads_as_the_folder(web):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_chunk_never_written_costs_one_request_once_a_chunk_was_found_by_its_name(web):
+    """Over HTTP a precomputed chunk is looked for as neuroglancer looks for it, by its bare name,
+    once one was found so: not also under each compressed suffix CloudVolume writes on disk."""
+    server, url = serve(web, Counted)
+    server.asked, server.lock = [], threading.Lock()
+    try:
+        spec = ArraySpec.parse(f"precomputed://{url}/sparse-png")
+        np.testing.assert_array_equal(np.asarray(open_array(spec)), np.asarray(open_array(str(web / "sparse-png"))))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [path.rsplit("/", 1)[1] for path in server.asked if "0-8_8-13_4-7" in path] == ["0-8_8-13_4-7"]
+    assert len(server.asked) == len(set(server.asked))
 
 
 def test_a_prediction_through_a_busy_server_equals_the_one_from_disk(tmp_path, web, monkeypatch):

@@ -133,6 +133,7 @@ class PrecomputedArray(BlockArray):
         self.chunks = (*lead, *reversed(self.chunk))
         self.ndim = len(self.shape)
         self.sharding = Shards(self.folder, scale.sharding, self.grid) if scale.sharding else None
+        self.suffixes = ("", *COMPRESSED_SUFFIXES)  # the names a chunk's file is looked for under
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -151,11 +152,14 @@ class PrecomputedArray(BlockArray):
     def _chunk_file(self, cell: tuple[int, ...], extent: tuple[int, ...]) -> bytes | None:
         begin = [o + i * c for o, i, c in zip(self.offset, cell, self.chunk, strict=True)]
         name = "_".join(f"{b}-{b + e}" for b, e in zip(begin, extent, strict=True))
-        for suffix in ("", *COMPRESSED_SUFFIXES):
+        for suffix in self.suffixes:
             try:
-                return decompress(self.folder.read(name + suffix), suffix)
+                data = self.folder.read(name + suffix)
             except FileNotFoundError:
                 continue
+            if suffix == "" and self.folder.remote:  # served as neuroglancer reads it: a bare name not there is
+                self.suffixes = ("",)  # a chunk never written (one request, where each suffix would cost one more)
+            return decompress(data, suffix)
         return None
 
     def _decode(self, raw: bytes, extent: tuple[int, ...]) -> np.ndarray:
