@@ -175,6 +175,24 @@ def test_version():
     assert done.stdout.strip() == f"densepred {densepred.__version__}"
 
 
+ANSWERED = """
+import sys
+from densepred.interfaces.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    print(exc.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("arguments", "code"), [(["--version"], 0), (["--help"], 0), (["predict", "--help"], 0),
+                                                 (["predikt"], 2), (["predict", "net.toml", "--mode", "fast"], 2)])
+def test_help_version_and_argument_mistakes_answer_without_loading_torch(arguments, code):
+    """Seconds of loading torch before a newcomer's typo is told: not any more."""
+    done = subprocess.run([sys.executable, "-c", ANSWERED, *arguments], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == f"{code} False"
+
+
 @pytest.mark.slow  # 6 s
 def test_a_local_cluster_needs_no_fixed_scratch_name(config, volume, tmp_path):
     temp = tmp_path / "tmp"

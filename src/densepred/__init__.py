@@ -16,40 +16,77 @@ Example:
 # glibc malloc settings for fast, bounded CPU inference, before any library starts a thread
 # (threads started later would keep arenas of their own), and huge pages for PyTorch's large
 # blocks, before its first allocation; DENSEPRED_NO_MALLOC_TUNING=1 opts out of both
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .system import request_huge_pages, tune_cpu_allocator
 
 tune_cpu_allocator()
 request_huge_pages()
 
-from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config  # noqa: E402
-from .errors import Cancelled, ConfigError, DensePredError  # noqa: E402
-from .geometry import Geometry  # noqa: E402
-from .networks import (  # noqa: E402
-    DenseEngine,
-    DenseNet,
-    ForeignNet,
-    TilingContract,
-    build_net,
-    create_prediction_net,
-    create_predncnn,
-    from_bioimageio,
-    from_torch,
-)
-from .running import (  # noqa: E402
-    JobResult,
-    PredictJob,
-    ProfileResult,
-    TrainResult,
-    class_probabilities,
-    predict_dense,
-    predict_to_file,
-    profile,
-    profile_model,
-    train,
-)
+# The public names are imported when first used (PEP 562), so ``densepred --help``, ``--version``
+# and a mistake in the arguments answer without loading torch; ``import densepred`` then
+# ``densepred.predict_dense`` reads as before.
+_EXPORTS = {
+    **dict.fromkeys(("Config", "LayerSpec", "NetworkConfig", "PredictionConfig", "config_from_dict", "load_config"),
+                    "config"),
+    **dict.fromkeys(("Cancelled", "ConfigError", "DensePredError"), "errors"),
+    "Geometry": "geometry",
+    **dict.fromkeys(("DenseEngine", "DenseNet", "ForeignNet", "TilingContract", "build_net", "create_prediction_net",
+                     "create_predncnn", "from_bioimageio", "from_torch"), "networks"),
+    **dict.fromkeys(("JobResult", "PredictJob", "ProfileResult", "TrainResult", "class_probabilities", "predict_dense",
+                     "predict_to_file", "profile", "profile_model", "train"), "running"),
+}
+_ALIASES = {"predictDense": "predict_dense"}  # ELEKTRONN's names, for users coming from it
+_SUBPACKAGES = ("cgroups", "config", "errors", "files", "geometry", "interfaces", "io", "networks", "pipeline",
+                "progress", "running", "system")
 
-# ELEKTRONN's names, for users coming from it
-predictDense = predict_dense
+if TYPE_CHECKING:
+    from .config import Config, LayerSpec, NetworkConfig, PredictionConfig, config_from_dict, load_config
+    from .errors import Cancelled, ConfigError, DensePredError
+    from .geometry import Geometry
+    from .networks import (
+        DenseEngine,
+        DenseNet,
+        ForeignNet,
+        TilingContract,
+        build_net,
+        create_prediction_net,
+        create_predncnn,
+        from_bioimageio,
+        from_torch,
+    )
+    from .running import (
+        JobResult,
+        PredictJob,
+        ProfileResult,
+        TrainResult,
+        class_probabilities,
+        predict_dense,
+        predict_to_file,
+        profile,
+        profile_model,
+        train,
+    )
+
+    predictDense = predict_dense
+
+
+def __getattr__(name: str) -> Any:
+    target = _ALIASES.get(name, name)
+    if target in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[target]}", __name__), target)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'densepred' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ from ..geometry import Geometry, LayerGeometry
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "linear")
 MODES = ("auto", "mfp", "dilated", "naive", "stream")
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")  # the arithmetic a prediction computes in (networks.precision)
 
 Shape = tuple[int, ...]
 

@@ -14,7 +14,6 @@ from .. import __version__
 from ..config import load_config
 from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
-from ..networks.devices import fit_cpu_threads
 from .elektronn_command import add_import_elektronn
 from .info import run_info
 from .model_options import add_model_options, model_job, refuse_model_options, run_model_plan, run_model_profile
@@ -26,6 +25,8 @@ from .zoo_command import add_test_model
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..networks.devices import fit_cpu_threads  # torch: loaded once the arguments are read
+
     fit_cpu_threads()  # this process is densepred's: as many threads as it may keep busy
     with terminate_cleanly():
         try:

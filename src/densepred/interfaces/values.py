@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.schema import PRECISIONS
 from ..errors import DensePredError
-from ..networks.precision import PRECISIONS
 from ..system import parse_size
 
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config.schema import PRECISIONS
 from ..errors import DensePredError
-
-PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 
 # float64 is no user choice, but the engines' exactness is checked in it against the definition
 _DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,

@@ -21,8 +21,8 @@ from magicgui.widgets import (
 )
 from superqt.utils import ensure_main_thread
 
+from ...config.schema import PRECISIONS
 from ...errors import DensePredError
-from ...networks.precision import PRECISIONS
 from .request import OUTPUTS, ImageSource, request_from_fields, shown_time_point
 from .sample import CONFIG_KEY
 from .task import Outcome, PredictionTask, ProgressReport, describe_failure, notify
