@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,6 +38,20 @@ class Busy(Ranged):
         if first or any(part in self.path for part in self.failing):
             self.send_error(503, "Slow Down")
             return None
+        return super().send_head()
+
+
+class Stalled(Ranged):
+    """Leaves each request for a chunk unanswered for 0.4 s (all of them, or the first of each)."""
+
+    always = True
+
+    def send_head(self):
+        with self.server.lock:
+            first = self.path not in self.server.seen
+            self.server.seen.add(self.path)
+        if "/c/" in self.path and (first or self.always):
+            time.sleep(0.4)
         return super().send_head()
 
 
@@ -103,6 +118,36 @@ def test_a_busy_server_is_asked_again_and_gives_the_volume_on_disk(web):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def impatient(monkeypatch):
+    monkeypatch.setattr(locations, "SILENT_SECONDS", 0.15)
+    locations.http_files.cache_clear()  # its file systems hold the timeouts they were made with
+    yield
+    locations.http_files.cache_clear()
+
+
+def test_a_connection_silent_past_the_timeout_is_tried_again_then_one_line(tmp_path, web, impatient, capsys):
+    config = make_config(tmp_path)
+    for always, code in ((False, 0), (True, 2)):
+        server, url = serve(web, type("Stalling", (Stalled,), {"always": always}))
+        server.seen, server.lock = set(), threading.Lock()
+        server.handle_error = lambda *args: None  # the connection it answers late was closed: not the test's news
+        try:
+            output = str(tmp_path / f"{always}.zarr")
+            assert main(["predict", str(config), "--input", f"{url}/v.zarr", "--output", output, "--quiet"]) == code
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert main(["predict", str(config), "--input", str(web / "v.zarr"), "--output", str(tmp_path / "disk.zarr"),
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "False.zarr" / "0")[:],
+                                  zarr.open_array(tmp_path / "disk.zarr" / "0")[:])
+    err = capsys.readouterr().err
+    assert "TimeoutError: Timeout on reading data from socket, 5 times: the server is busy or the connection" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "True.zarr").exists()
 
 
 def test_a_server_that_answers_403_for_files_not_there_reads_as_the_folder(web):

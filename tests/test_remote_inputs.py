@@ -50,8 +50,12 @@ class Ranged(Quiet):
         return io.BytesIO(part)
 
 
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # zarr asks for many chunks at once: a backlog of 5 drops connections, retried after 1 s
+
+
 def serve(folder, handler=Quiet):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server = Server(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 

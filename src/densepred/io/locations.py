@@ -22,6 +22,7 @@ BUCKETS = {"s3": "https://{bucket}.s3.amazonaws.com/{key}", "gs": "https://stora
 BUSY = frozenset({408, 429, 500, 502, 503, 504})  # timeouts, S3's SlowDown, GCS's rate limit, a restarting server
 RETRIES = 4  # a request tried again after a transient failure, first after FIRST_WAIT seconds, then twice as long
 FIRST_WAIT = 0.5
+CONNECT_SECONDS, SILENT_SECONDS = 30.0, 60.0  # a request fails (and is tried again) after so long without an answer
 
 log = logging.getLogger("densepred")
 
@@ -87,6 +88,8 @@ def failure(error: BaseException) -> str:
     if status is not None:
         return " ".join(f"HTTP {status} {getattr(error, 'message', '')}".split())
     text = " ".join(str(error).split())
+    if not text and isinstance(error, TimeoutError):
+        text = f"no answer for {SILENT_SECONDS:g} s"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -137,7 +140,12 @@ def http_files(asynchronous: bool = False) -> Any:
                     await asyncio.sleep(wait)
             raise AssertionError("unreachable")  # pragma: no cover
 
-    return PatientHTTP(asynchronous=asynchronous)
+    import aiohttp
+
+    # aiohttp's own limit is 5 minutes for the whole request: a stalled connection would hold a
+    # reader that long each try, where a connection silent for a minute is as good as lost
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=SILENT_SECONDS)
+    return PatientHTTP(asynchronous=asynchronous, client_kwargs={"timeout": timeout})
 
 
 __all__ = ["Location", "as_location", "failure", "http_files", "http_status", "is_url", "public_url", "refused",
