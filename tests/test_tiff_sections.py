@@ -114,3 +114,18 @@ def test_a_changed_section_changes_the_inputs_stamp_and_other_files_do_not(tmp_p
     assert input_stamp(spec) == before
     tifffile.imwrite(tmp_path / "sections" / "z4.tif", volume[4] // 2)
     assert input_stamp(spec) != before
+
+
+def test_folders_and_files_named_with_pattern_characters_are_names(tmp_path, volume):
+    """Acquisition folders named ``run[2] 10?30``, stacks named ``stack[1].tif``: a pattern is
+    only a file name with ``*``, ``?`` or ``[`` that no file has."""
+    folder = tmp_path / "run[2] 10?30"
+    write_sections(folder, volume)
+    tifffile.imwrite(tmp_path / "stack[1].tif", volume)
+    for spec in (folder, folder / "z*.tif", tmp_path / "stack[1].tif"):
+        np.testing.assert_array_equal(np.asarray(open_array(str(spec))), volume)
+    np.testing.assert_array_equal(np.asarray(open_array(str(folder / "z?.tif"))), volume[:10])
+    assert not ArraySpec.output(str(folder / "o.tif")).sections  # an output beside them, not a pattern
+    config = make_config(tmp_path)
+    assert main(["predict", str(config), "--input", str(folder / "z*.tif"), "--output", str(folder / "o.tif"),
+                 "--quiet"]) == 0

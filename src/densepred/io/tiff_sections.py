@@ -32,14 +32,18 @@ OPEN_FILES = 4096  # sections held open at once (a tile reaches one file per sec
 
 
 def is_pattern(path: str | Path) -> bool:
-    return glob.has_magic(str(path))
+    """Whether ``path`` is a pattern of sections: ``*``, ``?`` or ``[`` in its file name, and no
+    file of that very name (``sample[1].tif`` names itself where it exists). Its folders are
+    names, never patterns: ``run 10?30/z*.tif`` looks in the folder ``run 10?30``."""
+    path = Path(path)
+    return glob.has_magic(path.name) and not path.exists()
 
 
 def section_files(path: str | Path) -> list[Path]:
     """The sections of a folder or pattern, in natural order (no hidden files)."""
     path = Path(path)
     if is_pattern(path):
-        found = [Path(p) for p in glob.glob(str(path))]
+        found = [Path(p) for p in glob.glob(str(Path(glob.escape(str(path.parent))) / path.name))]
     elif path.is_dir():
         found = [p for p in path.iterdir() if p.suffix.lower() in SUFFIXES]
     else:
