@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import shutil
 import threading
 from pathlib import Path
 
@@ -183,3 +184,29 @@ def test_an_n5_dataset_over_http_reads_and_lies_as_on_disk(tmp_path, served, vol
         assert input_placement(spec) == input_placement(here) is not None
     with pytest.raises(DensePredError, match=r"over HTTP\(S\) a group cannot be listed: name the dataset"):
         open_array(f"{served}/c.n5")
+
+
+def test_neuroglancer_sources_of_paths_without_a_suffix_read_as_on_disk(tmp_path, served, volume, monkeypatch):
+    """``zarr://URL`` and ``n5://URL``: the node or dataset at a path named without .zarr or .n5,
+    as neuroglancer opens them, with the placement of their metadata; a run predicts it as the
+    store on disk."""
+    from tests.test_n5_inputs import write_n5
+
+    web = tmp_path / "web"
+    stores(web, volume)
+    shutil.copytree(web / "em.zarr", web / "data")
+    write_n5(web / "c" / "em" / "s0", volume[0], (4, 8, 8), "gzip", {"resolution": [4, 4, 40]})
+    for spec, here in ((f"zarr://{served}/data/recon-1/em", f"{web / 'em.zarr'}:recon-1/em"),
+                       (f"zarr3://{served}/data/recon-1/em/s0", f"{web / 'em.zarr'}:recon-1/em/s0"),
+                       (f"n5://{served}/c/em", f"{web / 'c' / 'em' / 's0'}")):
+        there = ArraySpec.parse(spec)
+        assert ArraySpec.parse(str(there)) == there  # as the run record and a cluster's workers name it
+        np.testing.assert_array_equal(np.asarray(open_array(there)), np.asarray(open_array(here)))
+    assert input_placement(ArraySpec.parse(f"zarr://{served}/data/recon-1/em")) == input_placement(
+        ArraySpec.parse(f"{web / 'em.zarr'}:recon-1/em"))
+    config = make_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for source, output in ((f"n5://{served}/c/em", "http.zarr"), (str(web / "c" / "em" / "s0"), "disk.zarr")):
+        assert main(["predict", str(config), "--input", source, "--output", output, "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "http.zarr" / "0")[:],
+                                  zarr.open_array(tmp_path / "disk.zarr" / "0")[:])

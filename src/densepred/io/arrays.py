@@ -85,6 +85,7 @@ class ArraySpec:
     time: int | None = None  # one time point of a time series (``@t=N``)
     url: str | None = None  # read over HTTP(S) (then ``path`` is the URL as a path: its suffix)
     precomputed: bool = False  # a URL of a neuroglancer precomputed volume (``precomputed://https://...``)
+    source: str | None = None  # "zarr" or "n5": a URL whose path names no suffix, given as neuroglancer's zarr:// or n5://
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, base: Path | None = None) -> ArraySpec:
@@ -96,10 +97,12 @@ class ArraySpec:
                                  f"whole number from 0, e.g. {spec[:bad.start()]}@t=0")
         text = spec[:time.start()] if time else spec
         behind = text[len(PRECOMPUTED):] if text.lower().startswith(PRECOMPUTED) else text  # neuroglancer's prefix
-        if (source := SOURCE.match(behind)) and REMOTE.match(behind[source.end():]):  # zarr://s3://..., n5://https://...
+        source = SOURCE.match(behind)
+        if source and REMOTE.match(behind[source.end():]):  # zarr://s3://..., n5://https://...
             behind = text = behind[source.end():]
         remote = REMOTE.match(behind) and not behind.lower().startswith("file://")
-        parsed = remote_spec(behind, spec, behind is not text) if remote else cls._parse(text, spec, base)
+        form = source.group(1).lower().rstrip("23") if source else None
+        parsed = remote_spec(behind, spec, behind is not text, form) if remote else cls._parse(text, spec, base)
         return dataclasses.replace(parsed, time=int(time.group(1))) if time else parsed
 
     @classmethod
@@ -156,7 +159,7 @@ class ArraySpec:
         """The format: by the suffix, else by what the folder holds (precomputed, zarr, N5, TIFF
         sections)."""
         if self.url is not None:
-            return "precomputed" if self.precomputed else SUFFIX_KINDS[self.path.suffix.lower()]
+            return "precomputed" if self.precomputed else self.source or SUFFIX_KINDS[self.path.suffix.lower()]
         kind = SUFFIX_KINDS.get(self.path.suffix.lower())
         if kind is None and is_precomputed(self.path):
             kind = "precomputed"
@@ -173,19 +176,21 @@ class ArraySpec:
     @property
     def array_text(self) -> str:
         """The whole array's spec, without a time point."""
-        where = self.url if self.url is None or not self.precomputed else PRECOMPUTED + self.url
-        where = where if where is not None else str(self.path)
+        prefix = PRECOMPUTED if self.precomputed else f"{self.source}://" if self.source else ""
+        where = str(self.path) if self.url is None else prefix + self.url
         return f"{where}:{self.key}" if self.key else where
 
     def __str__(self) -> str:
         return self.array_text if self.time is None else f"{self.array_text}@t={self.time}"
 
 
-def remote_spec(text: str, spec: str, precomputed: bool = False) -> ArraySpec:
+def remote_spec(text: str, spec: str, precomputed: bool = False, form: str | None = None) -> ArraySpec:
     """A zarr store (or an array or group in it) over HTTP(S), written like a local one:
     ``https://host/em.zarr:recon-1/s0`` or ``https://host/em.zarr/recon-1/s0``; with
     ``precomputed`` (neuroglancer's ``precomputed://`` before it), a precomputed volume there,
-    ``precomputed://https://host/em:8_8_40`` for a scale."""
+    ``precomputed://https://host/em:8_8_40`` for a scale. With ``form`` (neuroglancer's
+    ``zarr://`` or ``n5://`` before it), a path without the suffix is a zarr node or N5
+    dataset itself, as neuroglancer opens it."""
     parts = urlsplit(public_url(text))  # a public bucket, s3:// or gs://, by its HTTPS address
     if parts.scheme.lower() not in ("http", "https"):
         raise DensePredError(f"array spec {spec!r}: {parts.scheme}:// is not read here; densepred reads over "
@@ -202,14 +207,16 @@ def remote_spec(text: str, spec: str, precomputed: bool = False) -> ArraySpec:
         path, key = path[:max(ends)], path[max(ends) + 1:].strip("/") or None
     else:
         path, key = inner_path(path)
-    if not precomputed and not path.lower().rstrip("/").endswith((".zarr", ".n5")):
+    suffixed = path.lower().rstrip("/").endswith((".zarr", ".n5"))
+    if not precomputed and not suffixed and form is None:
         raise DensePredError(f"array spec {spec!r} is a URL of no zarr store or N5 container; densepred reads those "
-                             "(and precomputed://https://...) over HTTP(S), https://host/path/volume.zarr[:array]; "
-                             "download other files first")
+                             "over HTTP(S), https://host/path/volume.zarr[:array] (a path without the suffix as "
+                             "zarr://https://host/path or n5://..., and precomputed://...); download other files first")
     if key is not None:
         check_key(key, spec)
     url = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
-    return ArraySpec(Path(url), key, url=url, precomputed=precomputed)  # a path no local file has
+    return ArraySpec(Path(url), key, url=url, precomputed=precomputed,  # a path no local file has
+                     source=None if precomputed or suffixed else form)
 
 
 FORMAT_NAMES = {"hdf5": "HDF5", "zarr": "zarr", "n5": "N5", "tiff": "TIFF", "npy": "NumPy", "csv": "CSV", "mrc": "MRC",
