@@ -74,6 +74,19 @@ class Counted(Ranged):
         return super().send_head()
 
 
+class Slow(Ranged):
+    """Answers each request after 0.05 s, counting the requests in flight at once."""
+
+    def send_head(self):
+        with self.server.lock:
+            self.server.flying += 1
+            self.server.most = max(self.server.most, self.server.flying)
+        time.sleep(0.05)
+        with self.server.lock:
+            self.server.flying -= 1
+        return super().send_head()
+
+
 def busy_server(folder, failing=()):
     server, url = serve(folder, type("Failing", (Busy,), {"failing": failing}))
     server.seen, server.lock = set(), threading.Lock()
@@ -174,6 +187,31 @@ def test_a_chunk_never_written_costs_one_request_once_a_chunk_was_found_by_its_n
         server.server_close()
     assert [path.rsplit("/", 1)[1] for path in server.asked if "0-8_8-13_4-7" in path] == ["0-8_8-13_4-7"]
     assert len(server.asked) == len(set(server.asked))
+
+
+def test_a_box_and_a_fingerprint_over_http_ask_for_their_chunks_at_once(web):
+    """Over HTTP each request waits on the server, so a box's chunks (precomputed, N5) and the
+    fingerprint's sampled boxes (any format) are asked for at once, not one after another."""
+    from densepred.io.fingerprint import array_fingerprint
+    from densepred.io.reading import waits
+
+    server, url = serve(web, Slow)
+    server.lock, server.flying, server.most = threading.Lock(), 0, 0
+    try:
+        for form in ("precomputed://sharded-jpeg", "precomputed://sparse-png", "v.zarr", "em.zarr/recon-1/em/s0"):
+            there, here = open_array(remote(url, form)), open_array(local(web, form))
+            assert waits(there)
+            assert not waits(here)
+            server.most = 0
+            assert array_fingerprint(there, 3) == array_fingerprint(here, 3)
+            assert server.most > 1, form
+            if "precomputed" in form:
+                server.most = 0
+                np.testing.assert_array_equal(there[:, :, :], here[:, :, :])
+                assert server.most > 1, form
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_prediction_through_a_busy_server_equals_the_one_from_disk(tmp_path, web, monkeypatch):

@@ -10,6 +10,7 @@ contents is resumed with a warning, since a copy changes the time but not the da
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import ArraySpec, open_array
-from .reading import read_box
+from .reading import read_box, read_each, waits
 from .tiff_sections import section_files
 
 SAMPLES_PER_AXIS = 4
@@ -33,9 +34,10 @@ def array_fingerprint(array: Any, spatial_axes: int) -> str:
     digest = hashlib.sha256(f"{shape} {np.dtype(array.dtype).str}".encode())
     leading = tuple(slice(None) for _ in shape[:len(shape) - spatial_axes])
     starts = [_starts(n) for n in shape[len(shape) - spatial_axes:]]
-    for corner in itertools.product(*starts):
-        box = tuple(slice(s, s + BOX) for s in corner)
-        digest.update(np.ascontiguousarray(read_box(array, (*leading, *box))).tobytes())
+    boxes = [(*leading, *(slice(s, s + BOX) for s in corner)) for corner in itertools.product(*starts)]
+    read = functools.partial(read_box, array)
+    for values in read_each(read, boxes) if waits(array) else map(read, boxes):  # at once where each waits
+        digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()
 
 

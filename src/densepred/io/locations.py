@@ -12,6 +12,7 @@ refusal (:func:`refused`) will not.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 from pathlib import Path
@@ -145,7 +146,10 @@ def http_files(asynchronous: bool = False) -> Any:
     # aiohttp's own limit is 5 minutes for the whole request: a stalled connection would hold a
     # reader that long each try, where a connection silent for a minute is as good as lost
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=SILENT_SECONDS)
-    return PatientHTTP(asynchronous=asynchronous, client_kwargs={"timeout": timeout})
+    files = PatientHTTP(asynchronous=asynchronous, client_kwargs={"timeout": timeout})
+    if asynchronous:  # fsspec closes the session of a synchronous one only; aiohttp warns of one left open
+        atexit.register(lambda: files._session is None or HTTPFileSystem.close_session(None, files._session))
+    return files
 
 
 __all__ = ["Location", "as_location", "failure", "http_files", "http_status", "is_url", "public_url", "refused",

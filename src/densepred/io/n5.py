@@ -116,6 +116,7 @@ class N5Array(BlockArray):
     def __init__(self, folder: Path | Location):
         meta = attributes(folder)
         self.folder = as_location(folder)
+        self.waits = self.folder.remote
         self.store_path = str(folder)  # how a read error names the input (io.reading)
         try:
             self.shape = tuple(operator.index(n) for n in reversed(meta["dimensions"]))  # whole numbers only

@@ -125,6 +125,7 @@ class PrecomputedArray(BlockArray):
         folder = as_location(folder)
         scale = read_scale(folder, key)
         self.folder = folder / scale.key
+        self.waits = self.folder.remote
         self.store_path = f"{folder}:{scale.key}"  # how a read error names the input (io.reading)
         self.size, self.offset, self.chunk = scale.size, scale.offset, scale.chunk
         self.channels, self.encoding, self.dtype = scale.channels, scale.encoding, scale.dtype
@@ -134,6 +135,7 @@ class PrecomputedArray(BlockArray):
         self.ndim = len(self.shape)
         self.sharding = Shards(self.folder, scale.sharding, self.grid) if scale.sharding else None
         self.suffixes = ("", *COMPRESSED_SUFFIXES)  # the names a chunk's file is looked for under
+        self._naming, self._named = threading.Lock(), threading.Event()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -152,13 +154,23 @@ class PrecomputedArray(BlockArray):
     def _chunk_file(self, cell: tuple[int, ...], extent: tuple[int, ...]) -> bytes | None:
         begin = [o + i * c for o, i, c in zip(self.offset, cell, self.chunk, strict=True)]
         name = "_".join(f"{b}-{b + e}" for b, e in zip(begin, extent, strict=True))
+        if not self.waits or self._named.is_set():
+            return self._look_up(name)
+        with self._naming:  # over HTTP, until a chunk is found one at a time: the first found names the rest
+            if not self._named.is_set():
+                return self._look_up(name)
+        return self._look_up(name)
+
+    def _look_up(self, name: str) -> bytes | None:
         for suffix in self.suffixes:
             try:
                 data = self.folder.read(name + suffix)
             except FileNotFoundError:
                 continue
-            if suffix == "" and self.folder.remote:  # served as neuroglancer reads it: a bare name not there is
-                self.suffixes = ("",)  # a chunk never written (one request, where each suffix would cost one more)
+            if self.waits and not self._named.is_set():  # served as neuroglancer reads it (a bare name): a bare
+                rest = tuple(s for s in self.suffixes if s != suffix)  # name not there is a chunk never written
+                self.suffixes = ("",) if suffix == "" else (suffix, *rest)  # (one request, not one per suffix)
+                self._named.set()
             return decompress(data, suffix)
         return None
 

@@ -10,9 +10,12 @@ before they reach here.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,6 +24,35 @@ from .chunk_files import chunk_files, chunk_grid, chunk_overlap
 from .locations import RETRIES, failure, refused, transient
 
 MAX_CHUNKS_SEARCHED = 4096
+READ_THREADS = 16  # reads at once where each waits on storage (a request over HTTP(S)), not on the CPU
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def read_each(read: Callable[[T], R], items: Sequence[T], pool: str = "boxes") -> list[R]:
+    """``read(item)`` of each item, :data:`READ_THREADS` at once, in order; the first failure
+    raised. Boxes and the blocks of one box have pools of their own, so a box read in the
+    first waits on blocks read in the second, never on itself."""
+    if len(items) <= 1:
+        return [read(item) for item in items]
+    return list(_pool(pool).map(read, items))
+
+
+def waits(array: Any) -> bool:
+    """Whether each read of ``array`` waits on a server: a block array or zarr store over
+    HTTP(S), itself or under views (:class:`~densepred.io.axes.AxesView`, ``ChannelFirst``)."""
+    while array is not None:
+        store = getattr(getattr(array, "store_path", None), "store", None)
+        if getattr(array, "waits", False) is True or "http" in getattr(getattr(store, "fs", None), "protocol", ()):
+            return True
+        array = getattr(array, "array", None) or getattr(array, "image", None)
+    return False
+
+
+@functools.cache
+def _pool(name: str) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix=f"densepred-read-{name}")
 
 
 class BoxArray:
@@ -47,6 +79,7 @@ class BlockArray(BoxArray):
 
     chunks: tuple[int, ...]
     dtype: np.dtype
+    waits: bool = False  # each block a request that waits on a server: a box's blocks are read at once
 
     def block(self, index: tuple[int, ...]) -> np.ndarray | None:
         """The block at grid ``index``, cut to the array's edge; None where it is not stored."""
@@ -61,8 +94,9 @@ class BlockArray(BoxArray):
                 return np.zeros(tuple(s.stop - s.start for s in box), self.dtype)[local]
             return self[box][local]
         out = np.zeros(tuple(s.stop - s.start for s in box), self.dtype)
-        for index in chunk_grid(box, self.chunks):
-            block = self.block(index)
+        indices = list(chunk_grid(box, self.chunks))
+        blocks = read_each(self.block, indices, "blocks") if self.waits else map(self.block, indices)
+        for index, block in zip(indices, blocks, strict=False):
             if block is not None:
                 source, target = chunk_overlap(box, index, self.chunks)
                 out[target] = block[source]
