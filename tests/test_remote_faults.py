@@ -192,8 +192,11 @@ def test_a_chunk_never_written_costs_one_request_once_a_chunk_was_found_by_its_n
 def test_a_box_and_a_fingerprint_over_http_ask_for_their_chunks_at_once(web):
     """Over HTTP each request waits on the server, so a box's chunks (precomputed, N5) and the
     fingerprint's sampled boxes (any format) are asked for at once, not one after another."""
+    from densepred.io.axes import AxesView
     from densepred.io.fingerprint import array_fingerprint
     from densepred.io.reading import waits
+
+    assert not waits(AxesView(np.ones((2, 3)), "YX", ["Y", "X"]))  # a view of an array in memory
 
     server, url = serve(web, Slow)
     server.lock, server.flying, server.most = threading.Lock(), 0, 0

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .axes import channel_first
-from .locations import public_url, refused, transient
+from .locations import public_url, server_failed
 from .mrc import SUFFIXES as MRC_SUFFIXES
 from .ome_zarr import Placement
 from .precomputed import PREFIX as PRECOMPUTED
@@ -250,7 +250,7 @@ def open_array(spec: str | ArraySpec, base: Path | None = None) -> Any:
     except (OSError, ValueError) as exc:
         raise DensePredError(f"cannot read {spec}: {exc}") from None
     except Exception as exc:  # a damaged file: its reader fails in its own way (KeyError, TypeError, ...)
-        if refused(exc) or transient(exc):  # the server's answer, not the file's
+        if server_failed(exc):  # the server's answer, not the file's
             raise DensePredError(f"cannot read {spec}: {reason(exc)}") from None
         raise DensePredError(f"cannot read {spec}: {reason(exc)}; it is damaged, or not a valid "
                              f"{FORMAT_NAMES.get(kind, kind)} file") from None

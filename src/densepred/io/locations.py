@@ -113,6 +113,13 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
 
 
+def server_failed(error: BaseException) -> bool:
+    """Whether a request over HTTP(S) failed by the server's answer or the connection, for good
+    (:func:`refused`) or each time it was tried (:func:`transient`): not a damaged file."""
+    over_http = http_status(error) is not None or type(error).__module__.partition(".")[0] == "aiohttp"
+    return over_http and (refused(error) or transient(error))
+
+
 def zarr_store(url: str) -> Any:
     """A read-only zarr store at ``url`` whose reads are tried again after transient failures."""
     from zarr.storage import FsspecStore
@@ -153,4 +160,4 @@ def http_files(asynchronous: bool = False) -> Any:
 
 
 __all__ = ["Location", "as_location", "failure", "http_files", "http_status", "is_url", "public_url", "refused",
-           "transient", "zarr_store"]
+           "server_failed", "transient", "zarr_store"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from .chunk_files import chunk_files, chunk_grid, chunk_overlap
-from .locations import RETRIES, failure, refused, transient
+from .locations import RETRIES, failure, refused, server_failed
 
 MAX_CHUNKS_SEARCHED = 4096
 READ_THREADS = 16  # reads at once where each waits on storage (a request over HTTP(S)), not on the CPU
@@ -42,11 +42,14 @@ def read_each(read: Callable[[T], R], items: Sequence[T], pool: str = "boxes") -
 def waits(array: Any) -> bool:
     """Whether each read of ``array`` waits on a server: a block array or zarr store over
     HTTP(S), itself or under views (:class:`~densepred.io.axes.AxesView`, ``ChannelFirst``)."""
-    while array is not None:
+    for _ in range(8):  # views of views, never round in a circle
         store = getattr(getattr(array, "store_path", None), "store", None)
         if getattr(array, "waits", False) is True or "http" in getattr(getattr(store, "fs", None), "protocol", ()):
             return True
-        array = getattr(array, "array", None) or getattr(array, "image", None)
+        inner = getattr(array, "array", None)
+        array = inner if inner is not None else getattr(array, "image", None)
+        if array is None:
+            return False
     return False
 
 
@@ -147,7 +150,7 @@ def unreadable(image: Any, key: tuple[slice, ...], error: Exception) -> str:
     """Why reading ``image[key]`` failed, naming the first chunk that cannot be read (zarr and
     HDF5 arrays; found by reading the box's chunks one by one) or else the box."""
     where = _array_name(image)
-    if refused(error) or transient(error):  # the server's answer, not the data: no chunk to look for
+    if server_failed(error):  # the server's answer, not the data: no chunk to look for
         return f"reading {where} failed: {reason(error)}"
     chunks = getattr(image, "shards", None) or getattr(image, "chunks", None)
     shape = tuple(image.shape)
@@ -182,10 +185,10 @@ def _array_name(image: Any) -> str:
 def reason(error: BaseException) -> str:
     """An exception as one line: its type and its message; for a request over HTTP(S) that the
     server refused, or that failed each time it was tried, what that means."""
-    if refused(error):
+    if server_failed(error) and refused(error):
         return (f"{failure(error)}: the server refused access; densepred reads over HTTP(S) without credentials, "
                 "so the data must be public (or download it, or mount the bucket as a folder)")
-    if transient(error):
+    if server_failed(error):
         return (f"{failure(error)}, {RETRIES + 1} times: the server is busy or the connection is lost; try again "
                 "later (a file run continues with --resume)")
     text = " ".join(str(error).split())
