@@ -5,6 +5,9 @@ buckets named as users copy them (``s3://``, ``gs://``, neuroglancer's sources).
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -215,6 +218,37 @@ def test_a_box_and_a_fingerprint_over_http_ask_for_their_chunks_at_once(web):
     finally:
         server.shutdown()
         server.server_close()
+    readers = [t for t in threading.enumerate() if t.name.startswith("densepred-read")]
+    assert readers
+    assert all(t.daemon for t in readers)  # an exit never waits on a request to a server that stalls
+
+
+class Stalling(Ranged):
+    """Holds each request for a chunk for a minute; ``asked`` is set at the first."""
+
+    def send_head(self):
+        if "/c/" in self.path:
+            self.server.asked.set()
+            time.sleep(60)
+        return super().send_head()
+
+
+@pytest.mark.slow  # 5 s; the reading threads are checked to be daemons in make test (the test above)
+def test_ctrl_c_while_a_server_stalls_exits_at_once(tmp_path, web):
+    server, url = serve(web, Stalling)
+    server.asked, server.daemon_threads = threading.Event(), True
+    config = make_config(tmp_path)
+    run = subprocess.Popen([sys.executable, "-m", "densepred", "predict", str(config), "--input", f"{url}/v.zarr",
+                            "--output", str(tmp_path / "o.zarr")], stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.asked.wait(60)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=20) == 130, run.stderr.read()  # not after the stalled requests' minute
+    finally:
+        run.kill()
+        server.shutdown()
+        server.server_close()
+    assert "interrupted" in run.stderr.read()
 
 
 def test_a_prediction_through_a_busy_server_equals_the_one_from_disk(tmp_path, web, monkeypatch):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,7 +38,37 @@ def read_each(read: Callable[[T], R], items: Sequence[T], pool: str = "boxes") -
     first waits on blocks read in the second, never on itself."""
     if len(items) <= 1:
         return [read(item) for item in items]
-    return list(_pool(pool).map(read, items))
+    return _readers(pool).map(read, items)
+
+
+class _Readers:
+    """Daemon threads that read: a process that exits (Ctrl-C, an error) does not wait for the
+    requests they still have in flight on a server that stalls, as it would for a
+    ``ThreadPoolExecutor``'s threads; they only read, so nothing is left half-written."""
+
+    def __init__(self, name: str):
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for i in range(READ_THREADS):
+            threading.Thread(target=self._serve, name=f"densepred-read-{name}-{i}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            read, item, future = self._work.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(read(item))
+                except BaseException as exc:  # handed to the caller, which raises it
+                    future.set_exception(exc)
+
+    def map(self, read: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        futures: list[Future[R]] = [Future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._work.put((read, item, future))
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()  # those not started yet, after a failure or an interrupt
 
 
 def waits(array: Any) -> bool:
@@ -54,8 +86,8 @@ def waits(array: Any) -> bool:
 
 
 @functools.cache
-def _pool(name: str) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix=f"densepred-read-{name}")
+def _readers(name: str) -> _Readers:
+    return _Readers(name)
 
 
 class BoxArray:
