@@ -5,7 +5,8 @@ mid-run raises deep inside zarr, numcodecs or h5py; :func:`read_box` turns that 
 :class:`~densepred.errors.DensePredError` that names the first unreadable chunk. Boxes of zarr
 arrays on local disk are read from their chunk files (:mod:`.chunk_files`) where their stored
 form allows. Reads over HTTP(S) are tried again after transient failures (:mod:`.locations`)
-before they reach here.
+before they reach here, and where each read waits on a server (:func:`waits`), several are
+made at once (:func:`read_each`): a box's blocks, a fingerprint's boxes.
 """
 
 from __future__ import annotations
