@@ -202,8 +202,10 @@ def test_neuroglancer_sources_of_paths_without_a_suffix_read_as_on_disk(tmp_path
         there = ArraySpec.parse(spec)
         assert ArraySpec.parse(str(there)) == there  # as the run record and a cluster's workers name it
         np.testing.assert_array_equal(np.asarray(open_array(there)), np.asarray(open_array(here)))
-    assert input_placement(ArraySpec.parse(f"zarr://{served}/data/recon-1/em")) == input_placement(
-        ArraySpec.parse(f"{web / 'em.zarr'}:recon-1/em"))
+    for level in ("", "/s0"):  # the image group, and its level named alone: placed by the group's metadata
+        assert input_placement(ArraySpec.parse(f"zarr://{served}/data/recon-1/em{level}")) == input_placement(
+            ArraySpec.parse(f"{web / 'em.zarr'}:recon-1/em")) is not None
+    assert input_placement(ArraySpec.parse(f"{served}/v.zarr")) is None  # a store's root array: no group above
     config = make_config(tmp_path)
     monkeypatch.chdir(tmp_path)
     for source, output in ((f"n5://{served}/c/em", "http.zarr"), (str(web / "c" / "em" / "s0"), "disk.zarr")):

@@ -131,11 +131,25 @@ def zarr_placement(spec: ArraySpec) -> Placement | None:
     if isinstance(node, zarr.Array):
         parent_key, _, dataset = (spec.key or "").rpartition("/")
         group = None if root is None else root[parent_key] if parent_key else root
+        if spec.url is not None and spec.key is None:  # the URL names a level itself (zarr://.../em/s0)
+            group, dataset = _group_above(spec.url)
         placed = ome_placement(dict(group.attrs), dataset) if isinstance(group, zarr.Group) and dataset else None
         return placed or in_zyx_order(attribute_placement(node.attrs),
                                       spatial_letters(axis_letters(_dimension_names(node))))
     dataset = _first_level_path(node)
     return None if dataset is None else ome_placement(dict(node.attrs), dataset)
+
+
+def _group_above(url: str) -> tuple[Any, str]:
+    """The zarr group at the folder above ``url`` (None where there is none) and the name
+    ``url`` has in it: over HTTP(S) an OME-Zarr image's metadata lies one request up."""
+    import zarr
+
+    folder, _, name = url.rstrip("/").rpartition("/")
+    try:
+        return zarr.open_group(zarr_store(folder), mode="r"), name
+    except Exception:  # no group there (nothing, an array, a page that is no zarr metadata)
+        return None, name
 
 
 def _first_level_path(group: Any) -> str | None:
