@@ -4,6 +4,7 @@ buckets named as users copy them (``s3://``, ``gs://``, neuroglancer's sources).
 
 from __future__ import annotations
 
+import io
 import shutil
 import signal
 import subprocess
@@ -306,3 +307,35 @@ def test_a_scheme_not_read_and_a_bucket_as_output_are_one_line(tmp_path, capsys)
         code = main(["predict", str(config), "--input", str(tmp_path / source) if "://" not in source else source,
                      "--output", output, "--quiet"])
         one_error_line(capsys, code, message)
+
+
+class Damaging(Ranged):
+    """Answers one chunk at once with bytes that are no chunk, every other chunk after 0.5 s."""
+
+    def send_head(self):
+        if self.path.endswith("/0-8_0-8_0-4"):
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            return io.BytesIO(b"junk!")
+        if "/1_1_1/" in self.path:
+            time.sleep(0.5)
+        return super().send_head()
+
+
+@pytest.mark.slow  # 4 s; make test has the one-line errors of servers that stay busy or refuse (above)
+def test_a_run_that_stops_with_reads_in_flight_says_one_line(tmp_path, web):
+    """The reading threads' requests still in flight at exit (the session closed under them)
+    are neither tried again nor reported: the error is the one line."""
+    server, url = serve(web, Damaging)
+    server.daemon_threads = True
+    config = make_config(tmp_path)
+    try:
+        done = subprocess.run([sys.executable, "-m", "densepred", "predict", str(config), "--input",
+                               f"precomputed://{url}/sparse-png", "--output", str(tmp_path / "o.zarr")],
+                              check=False, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -141,8 +142,8 @@ def http_files(asynchronous: bool = False) -> Any:
                     if http_status(exc) == 403:  # S3's answer for a key not there where listing is not allowed
                         raise FileNotFoundError(f"{url}: HTTP 403 Forbidden (not there, or not public: densepred "
                                                 "reads without credentials)") from None
-                    if attempt == RETRIES or not transient(exc):
-                        raise
+                    if attempt == RETRIES or not transient(exc) or not threading.main_thread().is_alive():
+                        raise  # the last try, a lasting failure, or the process is exiting (its session closed)
                     wait = FIRST_WAIT * 2 ** attempt
                     log.warning("reading %s failed (%s); trying again in %g s", url, failure(exc), wait)
                     await asyncio.sleep(wait)
