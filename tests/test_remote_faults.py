@@ -21,12 +21,28 @@ from densepred.io import ArraySpec, locations, open_array
 from densepred.io.arrays import input_placement
 from tests.conftest import make_config
 from tests.test_reliability_files import one_error_line
-from tests.test_remote_inputs import Ranged, serve, stores
+from tests.test_remote_inputs import Ranged, serve, stores, two_channels
 
 
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch):
     monkeypatch.setattr(locations, "FIRST_WAIT", 0.005)
+
+
+def first_request(handler):
+    """Whether this is the server's first request for the handler's file (``server.seen``)."""
+    with handler.server.lock:
+        first = handler.path not in handler.server.seen
+        handler.server.seen.add(handler.path)
+    return first
+
+
+def with_state(server, **state):
+    """``server`` with a lock and the counters its handler keeps."""
+    server.lock = threading.Lock()
+    for name, value in state.items():
+        setattr(server, name, value)
+    return server
 
 
 class Busy(Ranged):
@@ -36,10 +52,7 @@ class Busy(Ranged):
     failing = ()
 
     def send_head(self):
-        with self.server.lock:
-            first = self.path not in self.server.seen
-            self.server.seen.add(self.path)
-        if first or any(part in self.path for part in self.failing):
+        if first_request(self) or any(part in self.path for part in self.failing):
             self.send_error(503, "Slow Down")
             return None
         return super().send_head()
@@ -51,10 +64,7 @@ class Stalled(Ranged):
     always = True
 
     def send_head(self):
-        with self.server.lock:
-            first = self.path not in self.server.seen
-            self.server.seen.add(self.path)
-        if "/c/" in self.path and (first or self.always):
+        if "/c/" in self.path and (first_request(self) or self.always):
             time.sleep(0.4)
         return super().send_head()
 
@@ -93,16 +103,14 @@ class Slow(Ranged):
 
 def busy_server(folder, failing=()):
     server, url = serve(folder, type("Failing", (Busy,), {"failing": failing}))
-    server.seen, server.lock = set(), threading.Lock()
-    return server, url
+    return with_state(server, seen=set()), url
 
 
 @pytest.fixture
 def web(tmp_path):
     from tests.test_precomputed_inputs import DATA
-    from tests.test_remote_inputs import volume
 
-    stores(tmp_path / "web", volume.__wrapped__())
+    stores(tmp_path / "web", two_channels())
     shutil.copytree(DATA / "sharded-jpeg", tmp_path / "web" / "sharded-jpeg")
     shutil.copytree(DATA / "unsharded-png", tmp_path / "web" / "sparse-png")
     (tmp_path / "web" / "sparse-png" / "1_1_1" / "0-8_8-13_4-7").unlink()  # a chunk never written: zeros
@@ -149,7 +157,7 @@ def test_a_connection_silent_past_the_timeout_is_tried_again_then_one_line(tmp_p
     config = make_config(tmp_path)
     for always, code in ((False, 0), (True, 2)):
         server, url = serve(web, type("Stalling", (Stalled,), {"always": always}))
-        server.seen, server.lock = set(), threading.Lock()
+        with_state(server, seen=set())
         server.handle_error = lambda *args: None  # the connection it answers late was closed: not the test's news
         try:
             output = str(tmp_path / f"{always}.zarr")
@@ -182,7 +190,7 @@ def test_a_chunk_never_written_costs_one_request_once_a_chunk_was_found_by_its_n
     """Over HTTP a precomputed chunk is looked for as neuroglancer looks for it, by its bare name,
     once one was found so: not also under each compressed suffix CloudVolume writes on disk."""
     server, url = serve(web, Counted)
-    server.asked, server.lock = [], threading.Lock()
+    with_state(server, asked=[])
     try:
         spec = ArraySpec.parse(f"precomputed://{url}/sparse-png")
         np.testing.assert_array_equal(np.asarray(open_array(spec)), np.asarray(open_array(str(web / "sparse-png"))))
@@ -203,7 +211,7 @@ def test_a_box_and_a_fingerprint_over_http_ask_for_their_chunks_at_once(web):
     assert not waits(AxesView(np.ones((2, 3)), "YX", ["Y", "X"]))  # a view of an array in memory
 
     server, url = serve(web, Slow)
-    server.lock, server.flying, server.most = threading.Lock(), 0, 0
+    with_state(server, flying=0, most=0)
     try:
         for form in ("precomputed://sharded-jpeg", "precomputed://sparse-png", "v.zarr", "em.zarr/recon-1/em/s0"):
             there, here = open_array(remote(url, form)), open_array(local(web, form))

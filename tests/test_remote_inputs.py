@@ -71,9 +71,13 @@ def served(tmp_path):
     server.server_close()
 
 
+def two_channels():
+    return (np.random.default_rng(21).random((2, 11, 37, 29)) * 255).astype(np.uint8)
+
+
 @pytest.fixture
 def volume():
-    return (np.random.default_rng(21).random((2, 11, 37, 29)) * 255).astype(np.uint8)
+    return two_channels()
 
 
 def stores(web, volume):

@@ -20,6 +20,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and its message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def listed(names: Sequence[str], most: int = 12) -> str:
     """Names for a message: the first ``most`` of them and how many more (``none`` for none)."""
     more = f" and {len(names) - most} more" if len(names) > most else ""

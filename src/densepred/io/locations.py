@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..errors import one_line
+
 BUCKETS = {"s3": "https://{bucket}.s3.amazonaws.com/{key}", "gs": "https://storage.googleapis.com/{bucket}/{key}"}
 BUSY = frozenset({408, 429, 500, 502, 503, 504})  # timeouts, S3's SlowDown, GCS's rate limit, a restarting server
 RETRIES = 4  # a request tried again after a transient failure, first after FIRST_WAIT seconds, then twice as long
@@ -89,10 +91,9 @@ def failure(error: BaseException) -> str:
     status = http_status(error)
     if status is not None:
         return " ".join(f"HTTP {status} {getattr(error, 'message', '')}".split())
-    text = " ".join(str(error).split())
-    if not text and isinstance(error, TimeoutError):
-        text = f"no answer for {SILENT_SECONDS:g} s"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if isinstance(error, TimeoutError) and not str(error).strip():
+        return f"{type(error).__name__}: no answer for {SILENT_SECONDS:g} s"
+    return one_line(error)
 
 
 def refused(error: BaseException) -> bool:
@@ -134,6 +135,12 @@ def http_files(asynchronous: bool = False) -> Any:
     from fsspec.implementations.http import HTTPFileSystem
 
     class PatientHTTP(HTTPFileSystem):
+        opened: Any = None  # the aiohttp session, closed at exit
+
+        async def set_session(self) -> Any:
+            self.opened = await super().set_session()
+            return self.opened
+
         async def _cat_file(self, url: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> Any:
             for attempt in range(RETRIES + 1):
                 try:
@@ -156,7 +163,7 @@ def http_files(asynchronous: bool = False) -> Any:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=SILENT_SECONDS)
     files = PatientHTTP(asynchronous=asynchronous, client_kwargs={"timeout": timeout})
     if asynchronous:  # fsspec closes the session of a synchronous one only; aiohttp warns of one left open
-        atexit.register(lambda: files._session is None or HTTPFileSystem.close_session(None, files._session))
+        atexit.register(lambda: files.opened is None or HTTPFileSystem.close_session(None, files.opened))
     return files
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import DensePredError
+from ..errors import DensePredError, one_line
 from .chunk_files import chunk_files, chunk_grid, chunk_overlap
 from .locations import RETRIES, failure, refused, server_failed
 
@@ -224,5 +224,4 @@ def reason(error: BaseException) -> str:
     if server_failed(error):
         return (f"{failure(error)}, {RETRIES + 1} times: the server is busy or the connection is lost; try again "
                 "later (a file run continues with --resume)")
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return one_line(error)

@@ -19,6 +19,7 @@ class ArraySpec(Protocol):
     key: str | None
     time: int | None
     url: str | None
+    source: str | None
 
     @property
     def array_text(self) -> str: ...
@@ -131,7 +132,7 @@ def zarr_placement(spec: ArraySpec) -> Placement | None:
     if isinstance(node, zarr.Array):
         parent_key, _, dataset = (spec.key or "").rpartition("/")
         group = None if root is None else root[parent_key] if parent_key else root
-        if spec.url is not None and spec.key is None:  # the URL names a level itself (zarr://.../em/s0)
+        if spec.source is not None and spec.key is None:  # zarr://.../em/s0: a level named alone, no store
             group, dataset = _group_above(spec.url)
         placed = ome_placement(dict(group.attrs), dataset) if isinstance(group, zarr.Group) and dataset else None
         return placed or in_zyx_order(attribute_placement(node.attrs),
