@@ -72,7 +72,7 @@ def argument_lists(draw, options=OPTIONS):
     for index in chosen:
         name, values = options[index]
         args += [name] if values is None else [name, draw(values)]
-    return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif"]))
+    return args, draw(st.sampled_from(["out.zarr", "out.h5:p", "out.npy", "out.tif", "out.mrc"]))
 
 
 INPUTS = ["in.npy", "sections", "sections/z1*.tif", "in.mrc", "in.ims@t=0"]  # the same volume in each form

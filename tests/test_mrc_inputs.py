@@ -1,6 +1,6 @@
 """MRC inputs (``io/mrc.py``): cryo-EM tomograms in each mode predict as the same volume given
 whole, placed by the header's voxel size in angstrom; files off the standard are read with a
-warning, damaged ones and MRC outputs are one line."""
+warning, damaged ones are one line."""
 
 from __future__ import annotations
 
@@ -63,5 +63,5 @@ def test_a_header_off_the_standard_is_read_with_a_warning_and_a_damaged_file_is_
     code = main(["predict", str(config), "--input", str(tmp_path / "noise.mrc"), "--output", str(tmp_path / "n.zarr")])
     one_error_line(capsys, code, "it is damaged, or not an MRC file")
     assert not (tmp_path / "n.zarr").exists()
-    code = main(["predict", str(config), "--input", str(tmp_path / "old.mrc"), "--output", str(tmp_path / "p.mrc")])
-    one_error_line(capsys, code, "is an MRC file, which densepred reads but does not write")
+    code = main(["predict", str(config), "--input", str(tmp_path / "old.mrc"), "--output", str(tmp_path / "p.ims")])
+    one_error_line(capsys, code, "is an Imaris file, which densepred reads but does not write")

@@ -169,7 +169,7 @@ def test_an_image_stored_x_first_opens_in_z_y_x_order_under_its_prediction(confi
 def test_an_mrc_tomogram_opens_placed_as_its_prediction_and_is_predicted_from_its_file(config, tmp_path):
     import mrcfile
 
-    from densepred.interfaces.napari_plugin.request import ImageSource
+    from densepred.interfaces.napari_plugin.request import ImageSource, request_from_fields
 
     volume = np.random.default_rng(9).random((13, 47, 39)).astype(np.float32)
     with mrcfile.new(tmp_path / "tomo.rec") as mrc:
@@ -182,9 +182,24 @@ def test_an_mrc_tomogram_opens_placed_as_its_prediction_and_is_predicted_from_it
     layer = SimpleNamespace(data=data, rgb=False, multiscale=False, scale=kwargs["scale"],
                             translate=kwargs["translate"], name=kwargs["name"], metadata=kwargs["metadata"])
     assert ImageSource.from_layer(layer).file == path  # the widget predicts the file itself
+    request = request_from_fields(ImageSource.from_layer(layer), {"config": str(config), "output": "labels"})
+    assert request.output_path() == tmp_path / "tomo-stream-labels.ome.zarr"  # beside it, without .rec
     assert predict(config, tmp_path, str(tmp_path / "o.zarr"), "--mirror", input_spec=path) == 0
     [(_, output, _)] = get_reader(str(tmp_path / "o.zarr"))(str(tmp_path / "o.zarr"))
     assert (output["scale"], output["translate"]) == (kwargs["scale"], kwargs["translate"])
+
+
+def test_an_mrc_prediction_opens_with_its_classes_as_channels_and_its_labels_as_labels(config, tmp_path):
+    volume = np.random.default_rng(11).random((13, 47, 39)).astype(np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    assert predict(config, tmp_path, str(tmp_path / "p.mrc"), "--voxel-size", "30,8,8", "--unit", "nanometer") == 0
+    assert predict(config, tmp_path, str(tmp_path / "l.mrc"), "--argmax") == 0
+    [(data, kwargs, kind)] = get_reader(str(tmp_path / "p.mrc"))(str(tmp_path / "p.mrc"))
+    assert (kind, kwargs["channel_axis"], data.shape[0], kwargs["scale"]) == ("image", 0, 3, [300.0, 80.0, 80.0])
+    [(labels, kwargs, kind)] = get_reader(str(tmp_path / "l.mrc"))(str(tmp_path / "l.mrc"))
+    assert kind == "labels"
+    assert "channel_axis" not in kwargs
+    np.testing.assert_array_equal(np.asarray(labels), np.asarray(data).argmax(axis=0))
 
 
 def test_an_imaris_file_opens_per_channel_placed_as_its_prediction(config, tmp_path):

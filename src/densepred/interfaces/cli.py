@@ -118,7 +118,7 @@ def _add_predict(sub: Any) -> None:
                       help="file.h5:dataset, file.zarr[:path], file.n5:dataset, a precomputed folder, file.tif, "
                            "a folder of .tif sections, file.mrc, file.ims, file.npy, or https://host/file.zarr[:path]")
     pred.add_argument("--output", required=True, metavar="SPEC",
-                      help="out.zarr[:group], out.h5:dataset, out.tif or out.npy")
+                      help="out.zarr[:group], out.h5:dataset, out.tif, out.mrc or out.npy")
     pred.add_argument("--weights", metavar="FILE", help="weights file (default: <save_dir>/<name>-LAST.safetensors)")
     pred.add_argument("--tile", metavar="Z,Y,X",
                       help="input tile shape (default: [prediction] tile_shape, else sized to memory)")

@@ -13,7 +13,7 @@ A spec is one string:
 * ``folder`` or ``folder/z*.tif`` - a folder of 2D TIFF files, one per section, in natural
   order (read only; :mod:`.tiff_sections`)
 * ``file.mrc`` (``.rec``, ``.map``, ``.st``, ``.ali``, ``.mrcs``) - a cryo-EM tomogram, map or
-  stack (memory-mapped; read only; :mod:`.mrc`)
+  stack (memory-mapped; :mod:`.mrc`; written by :mod:`.mrc_output`)
 * ``file.ims`` - an Imaris file, its full resolution (read only; :mod:`.imaris`)
 * ``file.npy`` - a NumPy array (memory-mapped)
 * ``file.csv`` - a numeric table (features or labels; read whole)
@@ -119,9 +119,8 @@ class ArraySpec:
         if parsed.sections:
             raise DensePredError(f"output {spec!r} is a folder of TIFF sections, which densepred reads but does not "
                                  "write; write one TIFF stack (out.tif) or OME-Zarr (out.zarr)")
-        if parsed.path.suffix.lower() in (*MRC_SUFFIXES, ".ims"):
-            what = "an Imaris" if parsed.path.suffix.lower() == ".ims" else "an MRC"
-            raise DensePredError(f"output {spec!r} is {what} file, which densepred reads but does not write; write "
+        if parsed.path.suffix.lower() == ".ims":
+            raise DensePredError(f"output {spec!r} is an Imaris file, which densepred reads but does not write; write "
                                  "OME-Zarr (out.zarr) or a TIFF stack (out.tif), which napari and Fiji open")
         if spec.startswith(PRECOMPUTED) or is_precomputed(parsed.path):
             raise DensePredError(f"output {spec!r} is a neuroglancer precomputed volume, which densepred reads but "

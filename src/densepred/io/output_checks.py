@@ -37,7 +37,7 @@ MARK = "densepred"  # the attribute densepred predict puts on every zarr and HDF
 
 def check_writable(spec: ArraySpec) -> None:
     """Raise a clear error now if the output cannot be written at all."""
-    if spec.kind not in ("zarr", "hdf5", "tiff", "npy"):
+    if spec.kind not in ("zarr", "hdf5", "tiff", "mrc", "npy"):
         raise DensePredError(f"cannot write '{spec.path}'; expected an output like {WRITABLE}")
     if spec.path.is_symlink() and not spec.path.exists():
         raise DensePredError(f"cannot write {spec}: it is a symbolic link to {os.readlink(spec.path)}, which does "
@@ -126,7 +126,7 @@ def check_replaceable(spec: ArraySpec) -> None:
         raise _not_ours(spec)
     if spec.kind != "zarr" and target.is_dir():
         raise DensePredError(f"cannot replace {spec}: it is a folder, not a {spec.kind} file")
-    if spec.kind in ("npy", "tiff") and target.exists() and not (record_folder(spec) / "run.json").is_file():
+    if spec.kind in ("npy", "tiff", "mrc") and target.exists() and not (record_folder(spec) / "run.json").is_file():
         raise _not_ours(spec)
 
 

@@ -7,6 +7,8 @@ The same specs as for input (see :mod:`densepred.arrays`):
   ``out.zarr:name`` puts that image group at ``name`` inside the store.
 * ``out.h5:dataset`` - an HDF5 dataset, chunked like the tiles, gzip-compressed.
 * ``out.tif`` - an uncompressed TIFF (BigTIFF when large), written through a memory map.
+* ``out.mrc`` - an MRC2014 file (``.rec``, ``.map`` too) for cryo-ET software, written
+  through a memory map (:mod:`.mrc_output`).
 * ``out.npy`` - a NumPy file, written through a memory map.
 
 Each tile is written into its own box (a whole chunk for zarr and HDF5) and flushed before
@@ -34,7 +36,7 @@ from .ome_zarr import OmeLayout, Placement, create_levels, ome_attributes
 from .reading import reason
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
-WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif or out.npy"
+WRITABLE = "out.zarr[:group], out.h5:dataset, out.tif, out.mrc or out.npy"
 
 
 class OutputArray:
@@ -174,6 +176,12 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
             array = create_tiff(spec.path, shape, dtype, channel_axis, placement)
             _reserve(spec.path)
             return OutputArray(spec, array)
+        if spec.kind == "mrc":
+            from .mrc_output import create_mrc
+
+            array = create_mrc(spec.path, shape, dtype, channel_axis, placement)
+            _reserve(spec.path)
+            return OutputArray(spec, array)
         if spec.kind == "npy":
             array = np.lib.format.open_memmap(spec.path, mode="w+", dtype=dtype, shape=shape)
             _reserve(spec.path)
@@ -209,11 +217,13 @@ def _reserve(path: Path) -> None:
             # the file system cannot preallocate (EOPNOTSUPP): write it as a sparse file
 
 
-def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
+def open_output(spec: ArraySpec, clean: bool = True, shape: Sequence[int] | None = None) -> OutputArray:
     """An existing output, opened for writing the tiles that are still missing.
 
     ``clean`` deletes the leftovers of zarr chunk writes a crash cut short; a cluster worker
     opens the output with ``clean=False``, since other workers' writes are in flight.
+    ``shape``: the output's shape as its run record gives it (an MRC file of one class holds
+    no channel axis).
     """
     try:
         if spec.kind == "zarr":
@@ -235,6 +245,10 @@ def open_output(spec: ArraySpec, clean: bool = True) -> OutputArray:
             from .tiff_output import open_tiff
 
             return OutputArray(spec, open_tiff(spec.path))
+        if spec.kind == "mrc":
+            from .mrc_output import open_mrc_output
+
+            return OutputArray(spec, open_mrc_output(spec.path, shape))
         return OutputArray(spec, np.load(spec.path, mmap_mode="r+", allow_pickle=False))
     except (DensePredError, MemoryError):
         raise

@@ -216,17 +216,23 @@ def read_precomputed(path: str) -> list[LayerData]:
 
 
 def read_mrc(path: str) -> list[LayerData]:
-    """An MRC tomogram, map or stack, memory-mapped, placed by its voxel size as its prediction is."""
+    """An MRC tomogram, map or stack, memory-mapped, placed by its voxel size as its prediction is;
+    densepred's predictions as it wrote them: classes as channels, labels as a labels layer."""
     import dask.array as da
 
-    from ...io.mrc import mrc_placement, open_mrc
+    from ...io.mrc import holds_labels, mrc_placement, open_mrc
 
     data = open_mrc(Path(path), path, None)
     kwargs: dict[str, Any] = {"name": Path(path).stem, "metadata": {SOURCE_KEY: path}}
+    classes = data.ndim == 4  # a volume per class
+    if classes:
+        kwargs["channel_axis"] = 0
     placement = mrc_placement(Path(path))
     if placement is not None:
         kwargs.update(scale=list(placement.voxel_size), translate=list(placement.translation))
-    return [(da.from_array(data, chunks=(min(64, data.shape[0]), *data.shape[1:])), kwargs, "image")]
+    spatial = data.shape[classes:]
+    lazy = da.from_array(data, chunks=(*(1,) * classes, min(64, spatial[0]), *spatial[1:]))
+    return [(lazy, kwargs, "labels" if holds_labels(Path(path)) else "image")]
 
 
 def read_imaris(path: str) -> list[LayerData]:

@@ -13,6 +13,7 @@ from typing import Any
 from ...errors import DensePredError
 from ...io.arrays import ArraySpec
 from ...io.axes import AxesView, axis_letters, channel_first
+from ...io.mrc import SUFFIXES as MRC_SUFFIXES
 from ..values import parse_ints, parse_size
 
 OUTPUTS = ("probabilities", "labels")
@@ -21,7 +22,8 @@ OWN_MODES = ("auto", "mfp", "dilated", "naive")
 MODEL_MODES = ("auto", "exact", "blend")
 MODEL_FILES = (".pt2", ".onnx", ".torchscript", ".yaml", ".yml", ".zip")  # model files, bioimage.io packages
 SOURCE_KEY = "densepred_source"  # a layer's metadata: the array spec densepred's reader opened it from
-CONTAINERS = (".zarr", ".n5", ".h5", ".hdf5", ".hdf", ".tif", ".tiff", ".npy")  # suffixes an output name drops
+CONTAINERS = (".zarr", ".n5", ".h5", ".hdf5", ".hdf", ".tif", ".tiff", ".npy", ".ims", *MRC_SUFFIXES)  # suffixes an
+# output name drops
 
 
 @dataclass(frozen=True)

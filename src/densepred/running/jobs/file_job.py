@@ -226,7 +226,7 @@ def _reopen(planned: PlannedJob, done: DoneIds) -> Any:
     it created the output (its levels or metadata not all there) had written nothing, so with
     no piece done the output is created again."""
     try:
-        output = open_output(planned.out_spec)
+        output = open_output(planned.out_spec, shape=planned.shape)
     except DensePredError:
         if done:
             raise

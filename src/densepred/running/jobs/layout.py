@@ -13,6 +13,7 @@ from ...geometry.scale import origin
 from ...io import ArraySpec
 from ...io.arrays import input_placement
 from ...io.encoding import Encoding
+from ...io.mrc_output import check_mrc_values
 from ...io.ome_zarr import OmeLayout, Placement, channel_names, check_unit, check_zarr_dtype
 from .job import PredictJob
 
@@ -52,6 +53,13 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
         label=encoding.argmax, name=name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
+def check_stored(out_spec: ArraySpec, encoding: Encoding) -> None:
+    """Refuse, before anything is written, stored values the output's format cannot keep as they
+    are (an MRC file's signed bytes; zarr's dtypes are checked by :func:`layout_for`)."""
+    if out_spec.kind == "mrc":
+        check_mrc_values(encoding.stored_dtype, encoding.argmax, encoding.n_classes)
+
+
 def output_start(job: PredictJob, plan: TilePlan, offset: Sequence[int]) -> tuple[int, ...]:
     """The image voxel an own net's output voxel 0 is centred on: the ROI start, plus the
     border without mirroring."""
@@ -88,9 +96,9 @@ def _numbers(values: Any) -> tuple[float, ...]:
 
 def file_placement(job: PredictJob, in_spec: ArraySpec, out_spec: ArraySpec, dims: int, start: Sequence[int],
                    scale: Sequence[tuple[int, int]] = ()) -> Placement | None:
-    """:func:`output_placement` for an output that holds it in its own attributes (HDF5, TIFF);
+    """:func:`output_placement` for an output that holds it in its own attributes (HDF5, TIFF, MRC);
     None for the others (an OME-Zarr output's layout places it, NumPy has no room)."""
-    return output_placement(job, in_spec, dims, start, scale) if out_spec.kind in ("hdf5", "tiff") else None
+    return output_placement(job, in_spec, dims, start, scale) if out_spec.kind in ("hdf5", "tiff", "mrc") else None
 
 
 def _placement(job: PredictJob, in_spec: ArraySpec, dims: int) -> Placement | None:

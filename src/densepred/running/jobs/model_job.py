@@ -52,7 +52,7 @@ from ..compute.sink import NonFinite, Sink
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import file_placement, layout_for
+from .layout import check_stored, file_placement, layout_for
 
 log = logging.getLogger("densepred")
 
@@ -135,6 +135,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
                               window_given=job.tile is not None, precision=job.precision)
     written = run.written
     encoding = Encoding(written.channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
+    check_stored(out_spec, encoding)
     layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
     placement = file_placement(job, in_spec, out_spec, len(written.shape), run.contract.crop, run.contract.scale)

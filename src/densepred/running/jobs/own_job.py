@@ -47,7 +47,7 @@ from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import file_placement, ome_layout, output_start
+from .layout import check_stored, file_placement, ome_layout, output_start
 
 log = logging.getLogger("densepred")
 
@@ -139,6 +139,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     check_files(in_spec, out_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
+    check_stored(out_spec, encoding)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     pyramid = out_spec.kind == "zarr" and job.levels != 1  # OME-Zarr levels, built by the writers
