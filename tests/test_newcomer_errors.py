@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,9 +180,10 @@ ANSWERED = """
 import sys
 from densepred.interfaces.cli import main
 try:
-    main(sys.argv[1:])
+    code = main(sys.argv[1:])
 except SystemExit as exc:
-    print(exc.code, "torch" in sys.modules)
+    code = exc.code
+print(code, "torch" in sys.modules)
 """
 
 
@@ -191,6 +193,25 @@ def test_help_version_and_argument_mistakes_answer_without_loading_torch(argumen
     """Seconds of loading torch before a newcomer's typo is told: not any more."""
     done = subprocess.run([sys.executable, "-c", ANSWERED, *arguments], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == f"{code} False"
+
+
+NET = str(Path(__file__).resolve().parents[1] / "examples" / "neuro3d.toml")
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["predict", NET, "--input", "{tmp}/none.h5:raw", "--output", "{tmp}/o.zarr"], "input not found"),
+    (["predict", "{tmp}/none.toml", "--input", "{tmp}/in.npy", "--output", "{tmp}/o.zarr"], "none.toml"),
+    (["predict", NET, "--input", "{tmp}/in.npy", "--output", "{tmp}/no/o.zarr"], "/no does not exist"),
+    (["predict", NET, "--input", "{tmp}/in.npy", "--output", "{tmp}/in.npy"], "is the input"),
+    (["plan", NET, "--input", "{tmp}/none.zarr"], "input not found")])
+def test_mistakes_in_the_files_named_answer_without_loading_torch(tmp_path, arguments, message):
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).random((9, 30, 30), dtype=np.float32))
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    done = subprocess.run([sys.executable, "-c", ANSWERED, *arguments], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "2 False"
+    assert message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "o.zarr").exists()
 
 
 @pytest.mark.slow  # 6 s

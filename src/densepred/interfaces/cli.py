@@ -25,11 +25,12 @@ from .zoo_command import add_test_model
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..networks.devices import fit_cpu_threads  # torch: loaded once the arguments are read
-
-    fit_cpu_threads()  # this process is densepred's: as many threads as it may keep busy
     with terminate_cleanly():
         try:
+            check_named_files(args)  # a mistake in a file named answers before torch loads
+            from ..networks.devices import fit_cpu_threads
+
+            fit_cpu_threads()  # this process is densepred's: as many threads as it may keep busy
             return int(args.run(args) or 0)
         except DensePredError as exc:
             print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -41,6 +42,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("densepred: interrupted", file=sys.stderr)
             return 130
+
+
+def check_named_files(args: argparse.Namespace) -> None:
+    """The config, input and output a ``predict`` or ``plan`` names, checked as its run will check
+    them (the config read, the input opened, the output's folder writable and not the input), but
+    without torch: a mistake in them is told in a fraction of a second instead of after torch loads
+    (about 2 s). An input over HTTP(S) is left to the run (each check there costs a request)."""
+    if args.run not in (run_predict, run_plan):
+        return
+    from ..io.arrays import ArraySpec, open_array
+    from ..io.output_checks import check_files
+
+    if args.config is not None and not (getattr(args, "model", None) or getattr(args, "model_file", None)):
+        refuse_model_options(args)  # the options' mistakes first, as the run tells them
+        load_config(args.config)
+    source = ArraySpec.parse(args.input) if args.input else None
+    if source is not None and source.url is None:
+        open_array(source)
+    if getattr(args, "output", None) and args.run is run_predict and source is not None:
+        check_files(source, ArraySpec.output(args.output))
 
 
 class _Parser(argparse.ArgumentParser):

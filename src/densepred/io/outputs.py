@@ -31,6 +31,7 @@ from ..errors import DensePredError
 from ..files import fsync_folder
 from .arrays import ArraySpec
 from .chunk_files import array_folder
+from .hdf5_chunks import DirectChunks
 from .local_zarr import LocalZarr
 from .ome_zarr import OmeLayout, Placement, create_levels, ome_attributes
 from .reading import reason
@@ -47,6 +48,7 @@ class OutputArray:
         self.spec, self.array, self._handle, self._group = spec, array, handle, group
         self.levels = list(levels) or [array]  # pyramid levels of an OME-Zarr output, level 0 first
         self._local = LocalZarr(array) if spec.kind == "zarr" else None  # by its files where it can
+        self._direct = DirectChunks.of(array) if spec.kind == "hdf5" else None  # compressed by the writers
         self._levels: dict[int, OutputArray] = {0: self}
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
@@ -69,6 +71,8 @@ class OutputArray:
         try:
             if self._local is not None:
                 self._local[key] = value
+            elif self._direct is not None and isinstance(key, tuple) and self._direct.write(key, value):
+                return
             else:
                 self.array[key] = value
         except (RuntimeError, ValueError) as exc:

@@ -1,0 +1,59 @@
+"""One prediction written to each output format: OME-Zarr (one level), HDF5, TIFF, MRC and NumPy.
+
+The near-free 1x1x1 net of ``pipeline_ceiling.py`` (two classes, where writing weighs the most)
+predicts one EM-like uint8 zarr volume into each format, float32 and float16 (the dtypes every
+format but zarr keeps; zarr takes uint8 instead of float16, which neuroglancer cannot read),
+the formats in turn, each run a fresh process: its wall time and peak resident set. With
+``--src``, each run is repeated with another checkout's ``src`` (through ``PYTHONPATH``).
+
+    python benchmarks/file_outputs.py                                   # 64 x 1024 x 1024, 3 rounds
+    python benchmarks/file_outputs.py --formats HDF5 --src /path/to/old/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pipeline_ceiling import textured_volume, trivial_net
+from tiff_inputs import CHUNKS, run
+
+HERE = Path(__file__).resolve().parent.parent / "src"
+OUTPUTS = {"OME-Zarr": "o.zarr", "HDF5": "o.h5:p", "TIFF": "o.tif", "MRC": "o.mrc", "NumPy": "o.npy"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="64,1024,1024")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--formats", default=",".join(OUTPUTS), help=f"some of {','.join(OUTPUTS)}")
+    parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--src", type=Path, help="another checkout's src folder, run in turn with this one's")
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split(","))
+    sources = {"": HERE} if args.src is None else {" (this src)": HERE, " (other src)": args.src}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        config, source = trivial_net(work), textured_volume(work / "in.zarr", shape)
+        print(f"volume {'x'.join(map(str, shape))} uint8, two classes; median seconds (runs), peak GiB")
+        for dtype in args.dtypes.split(","):
+            results: dict[str, list[tuple[float, float]]] = {}
+            for _ in range(args.rounds):
+                for kind in args.formats.split(","):
+                    stored = "uint8" if kind == "OME-Zarr" and dtype == "float16" else dtype
+                    for name, src in sources.items():
+                        runs = results.setdefault(f"{kind} {stored}{name}", [])
+                        runs.append(run(CHUNKS, config, source, work / OUTPUTS[kind], ("--dtype", stored, "--levels",
+                                        "1"), dict(os.environ, PYTHONPATH=str(src))))  # --overwrite: the last run's
+            for name, runs in results.items():
+                print(f"  {name:30s} {statistics.median(s for s, _ in runs):6.2f} s "
+                      f"({' '.join(f'{s:.2f}' for s, _ in runs)}), peak {max(p for _, p in runs):.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
