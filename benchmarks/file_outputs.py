@@ -4,15 +4,18 @@ The near-free 1x1x1 net of ``pipeline_ceiling.py`` (two classes, where writing w
 predicts one EM-like uint8 zarr volume into each format, float32 and float16 (the dtypes every
 format but zarr keeps; zarr takes uint8 instead of float16, which neuroglancer cannot read),
 the formats in turn, each run a fresh process: its wall time and peak resident set. With
-``--src``, each run is repeated with another checkout's ``src`` (through ``PYTHONPATH``).
+``--src``, each run is repeated with another checkout's ``src`` (through ``PYTHONPATH``);
+``--modes mfp,stream`` runs each engine (a stream writes its tile in slabs of a few slices).
 
     python benchmarks/file_outputs.py                                   # 64 x 1024 x 1024, 3 rounds
     python benchmarks/file_outputs.py --formats HDF5 --src /path/to/old/src
+    python benchmarks/file_outputs.py --modes mfp,stream --dtypes float32 --src /path/to/old/src
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(OUTPUTS), help=f"some of {','.join(OUTPUTS)}")
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--src", type=Path, help="another checkout's src folder, run in turn with this one's")
+    parser.add_argument("--modes", default="mfp", help="engines, e.g. mfp,stream")
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
     sources = {"": HERE} if args.src is None else {" (this src)": HERE, " (other src)": args.src}
@@ -46,12 +50,12 @@ def main() -> None:
             for _ in range(args.rounds):
                 for kind in args.formats.split(","):
                     stored = "uint8" if kind == "OME-Zarr" and dtype == "float16" else dtype
-                    for name, src in sources.items():
-                        runs = results.setdefault(f"{kind} {stored}{name}", [])
+                    for mode, (name, src) in itertools.product(args.modes.split(","), sources.items()):
+                        runs = results.setdefault(f"{kind} {stored} {mode}{name}", [])
                         runs.append(run(CHUNKS, config, source, work / OUTPUTS[kind], ("--dtype", stored, "--levels",
-                                        "1"), dict(os.environ, PYTHONPATH=str(src))))  # --overwrite: the last run's
+                                        "1", "--mode", mode), dict(os.environ, PYTHONPATH=str(src))))  # --overwrite
             for name, runs in results.items():
-                print(f"  {name:30s} {statistics.median(s for s, _ in runs):6.2f} s "
+                print(f"  {name:36s} {statistics.median(s for s, _ in runs):6.2f} s "
                       f"({' '.join(f'{s:.2f}' for s, _ in runs)}), peak {max(p for _, p in runs):.2f} GiB")
 
 

@@ -1,6 +1,6 @@
 """HDF5 outputs compressed by the writers (``io/hdf5_chunks.py``): the chunks a box covers are
 stored as HDF5's shuffle and deflate filters would store them, so h5py reads back every value;
-boxes that cover parts of chunks go through h5py, and datasets with other filters too."""
+the parts of chunks a box covers go through h5py, and datasets with other filters too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from densepred.interfaces.cli import main
 from densepred.io.hdf5_chunks import DirectChunks
+from densepred.io.outputs import h5_chunk_shape
 from tests.test_predict_files import in_memory, predict
 
 
@@ -27,23 +28,26 @@ def dataset(path, shape, dtype, chunks, **filters):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "uint8", "uint16"])
-def test_whole_chunks_read_back_as_written_and_parts_of_chunks_are_left_to_h5py(tmp_path, dtype):
+def test_whole_chunks_and_parts_of_chunks_read_back_as_written(tmp_path, dtype):
     rng = np.random.default_rng(3)
     shape, chunks = (2, 13, 29, 19), (2, 4, 8, 8)
     values = (rng.random(shape) * 250).astype(dtype)
     f, array = dataset(tmp_path / "o.h5", shape, dtype, chunks)
     direct = DirectChunks.of(array)
-    assert not direct.write((slice(None), slice(1, 5), slice(0, 8), slice(0, 8)), values[:, 1:5, :8, :8])
-    assert not direct.write((slice(None), slice(0, 4), slice(0, 8), slice(0, 7)), values[:, :4, :8, :7])
-    assert array.id.get_num_chunks() == 0  # nothing written for a box that is not whole chunks
+    assert not direct.write((slice(None), 3, slice(0, 8), slice(0, 8)), values[:, 3, :8, :8])  # h5py's
+    assert not direct.write((slice(None), slice(0, 4, 2), slice(0, 8), slice(0, 8)), values[:, :4:2, :8, :8])
+    assert array.id.get_num_chunks() == 0
     for z in range(0, 13, 8):  # boxes of 2 x 2 x 3 chunks, clipped at the edges (13, 29, 19)
         for y in range(0, 29, 16):
             for x in range(0, 19, 24):
                 box = (slice(None), slice(z, z + 8), slice(y, y + 16), slice(x, x + 24))
                 assert direct.write(box, values[box])
+    assert array.id.get_num_chunks() == 4 * 4 * 3
+    partial = (slice(None), slice(3, 11), slice(5, 21), slice(2, 19))  # whole chunks inside, parts around them
+    values[partial] = (rng.random(values[partial].shape) * 250).astype(dtype)
+    assert direct.write(partial, values[partial])
     f.close()
     with h5py.File(tmp_path / "o.h5", "r") as f:
-        assert f["p"].id.get_num_chunks() == 4 * 4 * 3
         np.testing.assert_array_equal(f["p"][...], values)
 
 
@@ -56,19 +60,23 @@ def test_a_dataset_with_other_filters_is_written_by_h5py(tmp_path):
 @pytest.mark.parametrize("extra", [(), ("--dtype", "uint8", "--classes", "0,2"), ("--mode", "stream")])
 def test_a_predicted_hdf5_output_is_the_in_memory_prediction(config, volume, tmp_path, extra, monkeypatch):
     expected = in_memory(config, volume)
-    written, write = [], DirectChunks.write
-    monkeypatch.setattr(DirectChunks, "write", lambda self, key, values: written.append(write(self, key, values))
-                        or written[-1])
+    encoded, encode = [], DirectChunks.encode
+    monkeypatch.setattr(DirectChunks, "encode", lambda self, block: encoded.append(block.shape) or encode(self, block))
     arguments = [a for a in extra if a not in ("--mode", "stream")]
-    if "stream" in extra:  # a stream writes slabs, parts of its chunks: through h5py
+    if "stream" in extra:  # a stream's slabs are gathered into whole rows of chunks (StreamRows)
         assert main(["predict", str(config), "--input", str(tmp_path / "in.npy"), "--output",
                      f"{tmp_path / 'o.h5'}:p", "--mode", "stream", "--quiet"]) == 0
     else:
         assert predict(config, tmp_path, f"{tmp_path / 'o.h5'}:p", *arguments) == 0
     with h5py.File(tmp_path / "o.h5", "r") as f:
-        stored = f["p"][...]
+        stored, chunks = f["p"][...], f["p"].id.get_num_chunks()
     if "uint8" in extra:
         expected = np.rint(expected[[0, 2]] * 255).astype(np.uint8)
     np.testing.assert_allclose(stored, expected, atol=0 if "stream" not in extra else 1e-6)
-    assert written
-    assert "stream" in extra or all(written)  # the MFP tiles are whole chunks, each written directly
+    assert len(encoded) == chunks  # MFP tiles, and a stream's slabs gathered into rows of chunks: each chunk whole,
+    # compressed once by a writer, none written in part through h5py
+
+
+def test_chunks_divide_the_tile_about_64_a_side_with_every_class():
+    assert h5_chunk_shape((2, 64, 256, 200), (2, 500, 900, 900), np.dtype("float32"), True) == (2, 64, 64, 50)
+    assert h5_chunk_shape((12, 20, 300), (11, 20, 90), np.dtype("uint8"), False) == (11, 20, 60)

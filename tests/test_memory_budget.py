@@ -83,8 +83,9 @@ def test_a_resume_under_a_smaller_limit_keeps_its_tiles_and_says_they_are_over(c
 
 def test_bad_memory_limits_are_one_line(tmp_path, capsys):
     (tmp_path / "x.toml").write_text("[network]\ndims = 2\nin_channels = 1\nn_classes = 2\n")
-    assert main(["predict", str(tmp_path / "x.toml"), "--input", "a.npy", "--output", "b.npy",
-                 "--memory-limit", "lots"]) == 2
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((30, 30)))
+    assert main(["predict", str(tmp_path / "x.toml"), "--input", str(tmp_path / "a.npy"), "--output",
+                 str(tmp_path / "b.npy"), "--memory-limit", "lots"]) == 2
     assert "--memory-limit 'lots' is invalid" in capsys.readouterr().err
     with pytest.raises(DensePredError, match="memory_limit = -5 is invalid"):
         predict_dense(make_net(NETS["2d_pool2"]), np.ones((30, 30)), memory_limit=-5)

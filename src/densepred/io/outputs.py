@@ -5,7 +5,7 @@ The same specs as for input (see :mod:`densepred.arrays`):
 * ``out.zarr`` - an OME-Zarr 0.5 image: a zarr v3 group with multiscales metadata and the
   array ``0`` in it, chunked like the output tiles (napari and neuroglancer open it).
   ``out.zarr:name`` puts that image group at ``name`` inside the store.
-* ``out.h5:dataset`` - an HDF5 dataset, chunked like the tiles, gzip-compressed.
+* ``out.h5:dataset`` - an HDF5 dataset in chunks that divide the tiles (about 64 a side), gzip-compressed.
 * ``out.tif`` - an uncompressed TIFF (BigTIFF when large), written through a memory map.
 * ``out.mrc`` - an MRC2014 file (``.rec``, ``.map`` too) for cryo-ET software, written
   through a memory map (:mod:`.mrc_output`).
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import DensePredError
 from ..files import fsync_folder
+from ..geometry.pyramid import inner_chunks
 from .arrays import ArraySpec
 from .chunk_files import array_folder
 from .hdf5_chunks import DirectChunks
@@ -84,6 +85,17 @@ class OutputArray:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self.array[key]) if self._local is None else self._local[key]
+
+    def block_length(self, axis: int) -> int | None:
+        """The length along ``axis`` of the blocks the output is stored in (a zarr shard, an HDF5
+        chunk), which a write of part of one decodes and encodes again; None for a memory map."""
+        if self.spec.kind == "zarr":
+            blocks = self.array.shards or self.array.chunks
+        elif self.spec.kind == "hdf5":
+            blocks = self.array.chunks
+        else:
+            return None
+        return int(blocks[axis]) if blocks is not None else None
 
     def flush(self) -> None:
         """Hand written tiles to the operating system (they survive a crash of this process)."""
@@ -173,7 +185,7 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
             assert layout is not None, "a zarr output needs its OME-Zarr layout"
             return _create_zarr(spec, dtype, layout, attributes)
         if spec.kind == "hdf5":
-            return _create_hdf5(spec, shape, dtype, chunks, attributes, placement)
+            return _create_hdf5(spec, shape, dtype, chunks, channel_axis, attributes, placement)
         if spec.kind == "tiff":
             from .tiff_output import create_tiff
 
@@ -320,13 +332,14 @@ def _for_writing(array: Any) -> Any:
     return array.with_config({"write_empty_chunks": True})
 
 
-def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, tile: tuple[int, ...], channel_axis: bool,
                  attributes: dict[str, Any], placement: Placement | None) -> OutputArray:
     import h5py
 
     handle = h5py.File(spec.path, "a")
     try:
-        array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype, chunks=_h5_chunks(chunks, shape, dtype),
+        array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype,
+                                      chunks=h5_chunk_shape(tile, shape, dtype, channel_axis),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
         if placement is not None:
             array.attrs["resolution"] = np.asarray(placement.voxel_size, np.float64)
@@ -345,11 +358,15 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunk
     return output
 
 
-def _h5_chunks(chunks: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
-    """The tile as the chunk, no larger than the dataset (HDF5 refuses that; a model's shard
-    may be larger than its cropped output), halved along its longest axis until under HDF5's
-    4 GiB limit."""
-    chunks = [min(c, s) for c, s in zip(chunks, shape, strict=True)]
+def h5_chunk_shape(tile: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype,
+                   channel_axis: bool) -> tuple[int, ...]:
+    """Chunks that divide the output tile (a model's shard), about 64 voxels a side as zarr's
+    inner chunks, every class in each: a tile is whole chunks, which the writers compress
+    (:mod:`.hdf5_chunks`), and a viewer decodes a small block for a small view. No larger than
+    the dataset (HDF5 refuses that; a model's shard may be larger than its cropped output), and
+    halved along the longest axis until under HDF5's 4 GiB limit."""
+    tile = tile[:channel_axis] + inner_chunks(tile[channel_axis:])
+    chunks = [min(c, s) for c, s in zip(tile, shape, strict=True)]
     while int(np.prod(chunks)) * dtype.itemsize >= 2**32 - 1:
         axis = int(np.argmax(chunks))
         chunks[axis] = (chunks[axis] + 1) // 2

@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import DensePredError
 from ...geometry import Tile
+from ...geometry.memory import STREAM_SHARD
 from ...io.encoding import Encoding
 
 log = logging.getLogger("densepred")
@@ -85,14 +86,20 @@ class Sink:
 
     def write(self, box: Sequence[slice], values: np.ndarray) -> int:
         """Write ``values`` (``(K, *box)``) over the output ``box``; returns the voxels written."""
+        self.put(box, self.encode(box, values))
+        return int(np.prod(values.shape[1:]))
+
+    def encode(self, box: Sequence[slice], values: np.ndarray) -> np.ndarray:
+        """``values`` (``(K, *box)``) checked and encoded as the output stores them."""
         start = [s.start for s in box]
         if self.encoding.keeps(values):  # stored as they are: checked in one pass, no copy
             self.non_finite.check_box(start, values)
-            encoded = values
-        else:
-            encoded = self._encoded(start, values)
+            return values
+        return self._encoded(start, values)
+
+    def put(self, box: Sequence[slice], encoded: np.ndarray) -> None:
+        """Write encoded values over the output ``box`` and make them durable."""
         self.output.write_box(tuple(box), encoded, self.encoding.argmax)
-        return int(np.prod(values.shape[1:]))
 
     def _encoded(self, start: list[int], values: np.ndarray) -> np.ndarray:
         """Checked and encoded block by block of rows (the first spatial axis), each block's
@@ -110,3 +117,63 @@ class Sink:
 
 
 BLOCK_VALUES = 1 << 18  # float32 values per block of Sink._encoded: 1 MiB, a core's L2 cache here
+
+
+@dataclass
+class StreamRows:
+    """The slabs of streamed tiles, written in whole rows of the output's blocks.
+
+    A stream's slab is a few output slices; a zarr shard or HDF5 chunk holds up to
+    :data:`~densepred.geometry.memory.STREAM_SHARD` of them, and a write of part of one decodes
+    and encodes the whole block again: once per slab (``benchmarks/file_outputs.py --modes
+    mfp,stream``: a zarr output took 3.3x as long from a stream as from MFP tiles, HDF5 13x).
+    Here a tile's slabs are encoded as they come and kept until they fill the rows of a block
+    (or the tile ends), which are then written at once. A block row is what the memory estimate
+    of a stream already holds per writer (its ``written`` shard); memory-mapped outputs are
+    written as the slabs come. Each tile's slabs come from one writer thread, in order.
+    """
+
+    sink: Sink
+    limit: int = STREAM_SHARD  # the longest block kept whole; longer ones (an older output's): slab by slab
+    _kept: dict[Any, list[tuple[tuple[slice, ...], np.ndarray]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.axis = 0 if self.sink.encoding.argmax else 1  # the stream's axis in the encoded values
+        length = self.sink.output.block_length(self.axis)
+        self.length = length if length is not None and length <= self.limit else None
+
+    def write(self, tile: Any, box: tuple[slice, ...], values: np.ndarray, last: bool) -> int:
+        """Take slab ``values`` (``(K, *box)``) of ``tile``, ``last`` where it ends the tile;
+        returns the voxels taken."""
+        if self.length is None:
+            return self.sink.write(box, values)
+        encoded = self.sink.encode(box, values)
+        if encoded is values:  # kept past this call: not a view of a buffer the pipeline may reuse
+            encoded = values.copy()
+        with self._lock:
+            kept = self._kept.setdefault(tile, [])
+        kept.append((box, encoded))
+        end = box[0].stop if last else box[0].stop // self.length * self.length
+        if end > kept[0][0][0].start:
+            self._put(kept, end)
+        if last:
+            with self._lock:
+                del self._kept[tile]
+        return int(np.prod(values.shape[1:]))
+
+    def _put(self, kept: list[tuple[tuple[slice, ...], np.ndarray]], end: int) -> None:
+        """Write the kept rows before ``end`` as one box; keep the rest."""
+        parts, rest = [], []
+        lead = (slice(None),) * self.axis
+        for box, encoded in kept:
+            rows = box[0].stop - box[0].start
+            cut = min(max(end - box[0].start, 0), rows)
+            if cut:
+                parts.append(encoded[(*lead, slice(0, cut))])
+            if cut < rows:
+                rest.append(((slice(box[0].start + cut, box[0].stop), *box[1:]), encoded[(*lead, slice(cut, rows))]))
+        first = kept[0][0]
+        self.sink.put((slice(first[0].start, end), *first[1:]),
+                      parts[0] if len(parts) == 1 else np.concatenate(parts, axis=self.axis))
+        kept[:] = rest

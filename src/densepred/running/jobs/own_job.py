@@ -25,7 +25,7 @@ import torch
 
 from ...config import Config, load_config
 from ...errors import DensePredError
-from ...geometry import BlockPlan, Geometry, Tile, TilePlan
+from ...geometry import BlockPlan, Geometry, Tile, TilePlan, stream_shard
 from ...io import (
     ArraySpec,
     ChannelFirst,
@@ -41,7 +41,7 @@ from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
 from ...networks.precision_speed import refuse_if_slower
-from ..compute.sink import NonFinite, Sink
+from ..compute.sink import NonFinite, Sink, StreamRows
 from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
@@ -80,12 +80,16 @@ class NetTiles:
         todo = plan.batches_to_run(done, self.batch_size)
         done_log = DoneLog(self.record_dir)
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
+        rows = StreamRows(sink)  # a stream's slabs, written in whole shards (chunks)
 
         def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
             tile_id = plan.tile_id(tile)
             if tile_id in done:
                 return  # recomputed only because its batch had a missing tile
-            sink.write(part or tile.owned_slices(), probabilities)
+            if part is None:
+                sink.write(tile.owned_slices(), probabilities)
+            else:
+                rows.write(tile_id, part, probabilities, last)
             if last:  # a streamed tile is done with its last slab
                 done_log.append(tile_id)
 
@@ -160,7 +164,8 @@ def plan_net(job: PredictJob) -> PlannedJob:
     placement = file_placement(job, in_spec, out_spec, len(shift), shift)
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
-    chunks = plan.output_tile if encoding.argmax else (encoding.channels, *plan.output_tile)
+    tile = (stream_shard(plan.output_tile[0]), *plan.output_tile[1:]) if engine_mode == "stream" else plan.output_tile
+    chunks = tile if encoding.argmax else (encoding.channels, *tile)  # HDF5's, as zarr's shards (ome_layout)
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
                       _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
                       fingerprint, placement)
