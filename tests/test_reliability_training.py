@@ -145,8 +145,9 @@ def test_14_a_network_too_large_for_memory_is_refused_before_allocating(tmp_path
                                         "layers = [{ filters = 1000000000, kernel = 3 }]\n")
     with pytest.raises(DensePredError, match=r"30,000,000,002 parameters and needs about .* GiB .* fewer filters"):
         densepred.build_net(densepred.load_config(tmp_path / "huge.toml"))
-    code = main(["predict", str(tmp_path / "huge.toml"), "--input", "x.npy", "--output", str(tmp_path / "o.npy"),
-                 "--weights", str(tmp_path / "w.safetensors")])
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((9, 20, 20)))
+    code = main(["predict", str(tmp_path / "huge.toml"), "--input", str(tmp_path / "x.npy"), "--output",
+                 str(tmp_path / "o.npy"), "--weights", str(tmp_path / "w.safetensors")])
     assert code == 2
     assert "parameters and needs about" in capsys.readouterr().err
 

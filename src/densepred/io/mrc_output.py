@@ -62,6 +62,8 @@ def create_mrc(path: Path, shape: tuple[int, ...], dtype: np.dtype, channel_axis
         size = voxel_size(placement, spatial)
         if size is not None:
             mrc.voxel_size = size
+        mrc.header.label[:] = b""  # mrcfile's own label has the time: the same run, the same bytes
+        mrc.header.nlabl = 0
         mrc.add_label(PREDICTION_LABEL if channel_axis else LABELS_LABEL)  # napari's reader opens labels as such
     return open_mrc_output(path, shape)
 
