@@ -1,9 +1,9 @@
 """How long the ``densepred`` command takes to answer before it computes anything.
 
 Each case runs as a fresh process (``python -m densepred ...``), as a user's shell starts it,
-``--repeat`` times; the median wall time is printed. ``--version``, ``--help`` and a mistake in
-the arguments are answered without loading torch; ``info`` of a config and a ``predict`` whose
-input is missing load what they need. For comparison, ``python -c "import torch"`` alone.
+``--repeat`` times; the median wall time is printed. ``--version``, ``--help``, a mistake in
+the arguments, ``info`` of a config and a ``predict`` whose input is missing are answered without
+loading torch. For comparison, ``python -c "import torch"`` alone.
 
     python benchmarks/cli_start.py
     python benchmarks/cli_start.py --repeat 9

@@ -18,6 +18,7 @@ from densepred.io import open_array
 from densepred.io.mrc_output import check_mrc_values, create_mrc, open_mrc_output
 from densepred.io.ome_zarr import Placement
 from densepred.running.compute.sink import Sink
+from tests.test_predict_files import disk_full_at
 from tests.test_reliability_files import one_error_line
 
 TILE = "6,19,17"  # MFP-valid: output tiles of 4 x 12 x 10
@@ -105,16 +106,7 @@ def test_values_mrc_cannot_keep_are_refused_before_anything_is_written(config, t
 def test_a_run_stopped_by_a_full_disk_resumes_to_the_same_bytes(config, tomogram, tmp_path, monkeypatch, capsys):
     assert predict(config, tmp_path, "whole.mrc", "--classes", "1", "--batch-size", "2") == 0
     time.sleep(1.1)  # another second: the header holds no time, so the bytes are the same
-    calls = {"n": 0}
-    original = Sink.write
-
-    def failing(self, box, values):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise OSError(28, "No space left on device")
-        return original(self, box, values)
-
-    monkeypatch.setattr(Sink, "write", failing)
+    original = disk_full_at(monkeypatch, 9)
     code = predict(config, tmp_path, "part.mrc", "--classes", "1", "--batch-size", "2")
     one_error_line(capsys, code, "the disk is full; the output is incomplete")
     monkeypatch.setattr(Sink, "write", original)

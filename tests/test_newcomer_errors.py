@@ -187,15 +187,17 @@ print(code, "torch" in sys.modules)
 """
 
 
+NET = str(Path(__file__).resolve().parents[1] / "examples" / "neuro3d.toml")
+
+
 @pytest.mark.parametrize(("arguments", "code"), [(["--version"], 0), (["--help"], 0), (["predict", "--help"], 0),
-                                                 (["predikt"], 2), (["predict", "net.toml", "--mode", "fast"], 2)])
+                                                 (["predikt"], 2), (["predict", "net.toml", "--mode", "fast"], 2),
+                                                 (["info", NET, "--input-shape", "23,185,185"], 0)])
 def test_help_version_and_argument_mistakes_answer_without_loading_torch(arguments, code):
-    """Seconds of loading torch before a newcomer's typo is told: not any more."""
+    """Seconds of loading torch before a newcomer's typo is told: not any more; nor before a
+    config's geometry, which is arithmetic."""
     done = subprocess.run([sys.executable, "-c", ANSWERED, *arguments], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == f"{code} False"
-
-
-NET = str(Path(__file__).resolve().parents[1] / "examples" / "neuro3d.toml")
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -151,18 +151,24 @@ def chunk_files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "zarr.json"}
 
 
-def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, tmp_path, monkeypatch, capsys):
-    assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--batch-size", "2") == 0
+def disk_full_at(monkeypatch, write: int):
+    """Sink.write fails with a full disk at its ``write``-th call; returns the original."""
     calls = {"n": 0}
     original = Sink.write
 
     def failing(self, box, values):
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == write:
             raise OSError(28, "No space left on device")
         return original(self, box, values)
 
     monkeypatch.setattr(Sink, "write", failing)
+    return original
+
+
+def test_resume_after_a_failure_gives_the_uninterrupted_result(config, volume, tmp_path, monkeypatch, capsys):
+    assert predict(config, tmp_path, str(tmp_path / "whole.zarr"), "--batch-size", "2") == 0
+    original = disk_full_at(monkeypatch, 9)
     out = str(tmp_path / "part.zarr")
     assert predict(config, tmp_path, out, "--batch-size", "2") == 2
     err = capsys.readouterr().err

@@ -28,9 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with terminate_cleanly():
         try:
             check_named_files(args)  # a mistake in a file named answers before torch loads
-            from ..networks.devices import fit_cpu_threads
+            if computes(args):
+                from ..networks.devices import fit_cpu_threads
 
-            fit_cpu_threads()  # this process is densepred's: as many threads as it may keep busy
+                fit_cpu_threads()  # this process is densepred's: as many threads as it may keep busy
             return int(args.run(args) or 0)
         except DensePredError as exc:
             print(f"densepred: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -42,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("densepred: interrupted", file=sys.stderr)
             return 130
+
+
+def computes(args: argparse.Namespace) -> bool:
+    """Whether the command runs a network (torch): every one but ``info`` of a config, which is
+    plain arithmetic on the config (its geometry)."""
+    return not (args.run is run_info and not (args.model or args.model_file))
 
 
 def check_named_files(args: argparse.Namespace) -> None:

@@ -1,14 +1,14 @@
 """HDF5 outputs compressed by the writers, not inside HDF5.
 
 An HDF5 output is chunked in blocks that divide the output tiles and compressed with the
-shuffle filter and deflate (gzip), which every HDF5 reader decodes (h5py, Fiji, ilastik, MATLAB). HDF5 compresses
-a chunk inside the library, one chunk at a time, under h5py's lock: a near-free net wrote
-HDF5 three times slower than zarr, TIFF or MRC (``benchmarks/file_outputs.py``). Here each
-writer shuffles and deflates the chunks its box covers itself, with Intel ISA-L's deflate
-(python-isal: a standard zlib stream, 10x faster than zlib's at level 1 and as small on
-probability maps; both release the GIL), and only hands the finished bytes to HDF5
-(``write_direct_chunk``): the bytes are what HDF5's filters would decode, so any reader reads
-them, and the writers compress side by side.
+shuffle filter and deflate (gzip), which every HDF5 reader decodes (h5py, Fiji, ilastik,
+MATLAB). HDF5 compresses a chunk inside the library, one chunk at a time, under h5py's lock: a
+near-free net wrote HDF5 three times slower than zarr, TIFF or MRC
+(``benchmarks/file_outputs.py``). Here each writer shuffles and deflates the chunks its box
+covers itself, with Intel ISA-L's deflate (python-isal: a standard zlib stream, 10x faster than
+zlib's at level 1 and as small on probability maps; both release the GIL), and only hands the
+finished bytes to HDF5 (``write_direct_chunk``): the bytes are what HDF5's filters would
+decode, so any reader reads them, and the writers compress side by side.
 
 The parts of chunks a box covers (a model's exact window inside the chunks) are written through
 h5py, as is every box of a dataset with other filters.

@@ -5,7 +5,8 @@ The same specs as for input (see :mod:`densepred.arrays`):
 * ``out.zarr`` - an OME-Zarr 0.5 image: a zarr v3 group with multiscales metadata and the
   array ``0`` in it, chunked like the output tiles (napari and neuroglancer open it).
   ``out.zarr:name`` puts that image group at ``name`` inside the store.
-* ``out.h5:dataset`` - an HDF5 dataset in chunks that divide the tiles (about 64 a side), gzip-compressed.
+* ``out.h5:dataset`` - an HDF5 dataset in chunks that divide the tiles (about 64 a side),
+  gzip-compressed by the writers (:mod:`.hdf5_chunks`).
 * ``out.tif`` - an uncompressed TIFF (BigTIFF when large), written through a memory map.
 * ``out.mrc`` - an MRC2014 file (``.rec``, ``.map`` too) for cryo-ET software, written
   through a memory map (:mod:`.mrc_output`).
