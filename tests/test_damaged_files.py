@@ -180,7 +180,7 @@ def test_any_damaged_input_predicts_or_is_one_line(tmp_path_factory, capsys, net
     damaged_input_predicts_or_is_one_line(tmp_path_factory, capsys, net, kind, drawn)
 
 
-OUTPUTS = ["out.zarr", "out.h5:pred", "out.tif", "out.npy"]
+OUTPUTS = ["out.zarr", "out.h5:pred", "out.tif", "out.mrc", "out.npy"]
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,8 @@ def undamaged(tmp_path_factory, net):
 
 
 def resume_args(net: Path, source: Path, output: str) -> list[str]:
-    return ["predict", str(net), "--input", str(source), "--output", output, "--mirror", "--levels", "2",
+    pyramid = ["--levels", "2"] if ".zarr" in output else []  # only OME-Zarr holds one
+    return ["predict", str(net), "--input", str(source), "--output", output, "--mirror", *pyramid,
             "--tile", "9,12,12", "--quiet", "--device", "cpu"]
 
 

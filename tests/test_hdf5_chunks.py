@@ -4,14 +4,20 @@ the parts of chunks a box covers go through h5py, and datasets with other filter
 
 from __future__ import annotations
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
 
 from densepred.interfaces.cli import main
+from densepred.io.encoding import Encoding
 from densepred.io.hdf5_chunks import DirectChunks
 from densepred.io.outputs import h5_chunk_shape
+from densepred.running import PredictJob
+from densepred.running.jobs.layout import file_chunks
 from tests.test_predict_files import in_memory, predict
+from tests.test_reliability_files import one_error_line
 
 
 @pytest.fixture
@@ -77,6 +83,26 @@ def test_a_predicted_hdf5_output_is_the_in_memory_prediction(config, volume, tmp
     # compressed once by a writer, none written in part through h5py
 
 
-def test_chunks_divide_the_tile_about_64_a_side_with_every_class():
-    assert h5_chunk_shape((2, 64, 256, 200), (2, 500, 900, 900), np.dtype("float32"), True) == (2, 64, 64, 50)
-    assert h5_chunk_shape((12, 20, 300), (11, 20, 90), np.dtype("uint8"), False) == (11, 20, 60)
+def test_chunks_divide_the_tile_about_64_a_side_with_every_class_or_as_chunks_says():
+    job = PredictJob("net.toml", "in.npy", "o.h5:p")
+    assert file_chunks(job, (64, 256, 200), Encoding(2)) == (2, 64, 64, 50)
+    assert file_chunks(job, (12, 20, 300), Encoding(2, argmax=True)) == (12, 20, 60)
+    assert file_chunks(dataclasses.replace(job, chunks=(8, 32, 32)), (12, 20, 300), Encoding(2)) == (2, 6, 20, 30)
+    assert h5_chunk_shape((11, 20, 60), (9, 20, 90), np.dtype("uint8")) == (9, 20, 60)  # no larger than the data
+
+
+@pytest.mark.parametrize(("output", "extra", "message"), [
+    ("o.h5:p", ("--levels", "3"), "only OME-Zarr outputs hold a pyramid"),
+    ("o.tif", ("--chunks", "8,16,16"), "which has none: leave --chunks out"),
+    ("o.mrc", ("--chunks", "8"), "which has none: leave --chunks out")])
+def test_options_an_output_cannot_take_are_refused_not_ignored(config, volume, tmp_path, capsys, output, extra,
+                                                               message):
+    one_error_line(capsys, predict(config, tmp_path, f"{tmp_path / output}", *extra), message)
+    assert not (tmp_path / output.split(":")[0]).exists()
+
+
+def test_an_hdf5_output_takes_its_chunks_from_chunks(config, volume, tmp_path):
+    assert predict(config, tmp_path, f"{tmp_path / 'o.h5'}:p", "--chunks", "2,6,5", "--levels", "1") == 0
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["p"].chunks == (3, 2, 6, 5)  # inside the 4 x 12 x 10 tiles
+        np.testing.assert_array_equal(f["p"][...], in_memory(config, volume))

@@ -113,3 +113,14 @@ def test_a_run_stopped_by_a_full_disk_resumes_to_the_same_bytes(config, tomogram
     assert predict(config, tmp_path, "part.mrc", "--classes", "1", "--resume") == 0
     assert (tmp_path / "part.mrc").read_bytes() == (tmp_path / "whole.mrc").read_bytes()
     assert predict(config, tmp_path, "part.mrc", "--classes", "1", "--overwrite") == 0  # its own output: replaced
+
+
+def test_a_damaged_header_met_on_resume_is_one_line(config, tomogram, tmp_path, monkeypatch, capsys):
+    disk_full_at(monkeypatch, 9)
+    assert predict(config, tmp_path, "part.mrc", "--batch-size", "2") == 2
+    monkeypatch.undo()
+    raw = bytearray((tmp_path / "part.mrc").read_bytes())
+    raw[212:216] = b"ED\x00\x00"  # a machine stamp mrcfile does not know: it warned, and the warning reached stderr
+    (tmp_path / "part.mrc").write_bytes(bytes(raw))
+    capsys.readouterr()
+    one_error_line(capsys, predict(config, tmp_path, "part.mrc", "--resume"), "start again with --overwrite")

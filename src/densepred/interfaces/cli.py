@@ -168,7 +168,8 @@ def _add_predict(sub: Any) -> None:
                       help="stop at input windows with NaN or inf (default: a warning with their count)")
     pred.add_argument("--levels", type=int,
                       help="OME-Zarr pyramid levels (default: down to 256 voxels per side; 1 = none)")
-    pred.add_argument("--chunks", metavar="Z,Y,X", help="OME-Zarr inner chunk shape (default: about 64 per side)")
+    pred.add_argument("--chunks", metavar="Z,Y,X",
+                      help="OME-Zarr inner chunks, HDF5 chunks (default: about 64 per side)")
     pred.add_argument("--voxel-size", metavar="Z,Y,X",
                       help="physical voxel size for the OME-Zarr metadata (default: the input's, else 1)")
     pred.add_argument("--unit", help="unit of --voxel-size, a UDUNITS name such as nanometer or micrometer")

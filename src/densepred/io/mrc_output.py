@@ -18,6 +18,7 @@ written tile by tile through a memory map.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,12 @@ def open_mrc_output(path: Path, shape: tuple[int, ...] | None = None) -> Any:
     import mrcfile
     from mrcfile.utils import data_dtype_from_header, data_shape_from_header
 
-    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-        header = mrc.header
-        dtype, stored = data_dtype_from_header(header), data_shape_from_header(header)
-        offset = header.nbytes + int(header.nsymbt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # densepred writes the standard: a header off it is damaged, not read
+        with mrcfile.open(path, header_only=True) as mrc:
+            header = mrc.header
+            dtype, stored = data_dtype_from_header(header), data_shape_from_header(header)
+            offset = header.nbytes + int(header.nsymbt)
     if dtype == np.int8:
         dtype = np.dtype(np.uint8)
     array = np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=stored)

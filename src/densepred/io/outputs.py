@@ -30,7 +30,6 @@ import numpy as np
 
 from ..errors import DensePredError
 from ..files import fsync_folder
-from ..geometry.pyramid import inner_chunks
 from .arrays import ArraySpec
 from .chunk_files import array_folder
 from .hdf5_chunks import DirectChunks
@@ -167,7 +166,7 @@ class OutputArray:
 def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
                   attributes: dict[str, Any] | None = None, layout: OmeLayout | None = None,
                   channel_axis: bool = True, placement: Placement | None = None) -> OutputArray:
-    """A new output array of ``shape``; ``chunks`` (the output tile) lays out HDF5, ``layout``
+    """A new output array of ``shape``; ``chunks`` (blocks of the output tile) lay out HDF5, ``layout``
     the levels, shards and metadata of an OME-Zarr output (required for zarr);
     ``channel_axis``: whether the first axis holds classes (not for argmax labels), for the
     axes a TIFF names.
@@ -186,7 +185,7 @@ def create_output(spec: ArraySpec, shape: Sequence[int], dtype: Any, chunks: Seq
             assert layout is not None, "a zarr output needs its OME-Zarr layout"
             return _create_zarr(spec, dtype, layout, attributes)
         if spec.kind == "hdf5":
-            return _create_hdf5(spec, shape, dtype, chunks, channel_axis, attributes, placement)
+            return _create_hdf5(spec, shape, dtype, chunks, attributes, placement)
         if spec.kind == "tiff":
             from .tiff_output import create_tiff
 
@@ -333,14 +332,14 @@ def _for_writing(array: Any) -> Any:
     return array.with_config({"write_empty_chunks": True})
 
 
-def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, tile: tuple[int, ...], channel_axis: bool,
+def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  attributes: dict[str, Any], placement: Placement | None) -> OutputArray:
     import h5py
 
     handle = h5py.File(spec.path, "a")
     try:
         array = handle.create_dataset(h5_key(spec), shape=shape, dtype=dtype,
-                                      chunks=h5_chunk_shape(tile, shape, dtype, channel_axis),
+                                      chunks=h5_chunk_shape(chunks, shape, dtype),
                                       compression="gzip", compression_opts=1, shuffle=True, fillvalue=0)
         if placement is not None:
             array.attrs["resolution"] = np.asarray(placement.voxel_size, np.float64)
@@ -359,15 +358,11 @@ def _create_hdf5(spec: ArraySpec, shape: tuple[int, ...], dtype: np.dtype, tile:
     return output
 
 
-def h5_chunk_shape(tile: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype,
-                   channel_axis: bool) -> tuple[int, ...]:
-    """Chunks that divide the output tile (a model's shard), about 64 voxels a side as zarr's
-    inner chunks, every class in each: a tile is whole chunks, which the writers compress
-    (:mod:`.hdf5_chunks`), and a viewer decodes a small block for a small view. No larger than
-    the dataset (HDF5 refuses that; a model's shard may be larger than its cropped output), and
+def h5_chunk_shape(chunks: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """``chunks`` (blocks that divide the output tile, as the job chooses them) no larger than
+    the dataset (HDF5 refuses that; a model's shard may be larger than its cropped output),
     halved along the longest axis until under HDF5's 4 GiB limit."""
-    tile = tile[:channel_axis] + inner_chunks(tile[channel_axis:])
-    chunks = [min(c, s) for c, s in zip(tile, shape, strict=True)]
+    chunks = [min(c, s) for c, s in zip(chunks, shape, strict=True)]
     while int(np.prod(chunks)) * dtype.itemsize >= 2**32 - 1:
         axis = int(np.argmax(chunks))
         chunks[axis] = (chunks[axis] + 1) // 2

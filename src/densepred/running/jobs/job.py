@@ -46,7 +46,7 @@ class PredictJob:
     progress: ProgressOption = True  # or a callback that may cancel (:mod:`densepred.progress`)
     strict: bool = False  # refuse input windows with NaN or inf instead of warning
     levels: int | None = None  # OME-Zarr pyramid levels (1 = none); default down to ~256 per side
-    chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks (default about 64 per side)
+    chunks: Sequence[int] | int | None = None  # OME-Zarr inner chunks, HDF5 chunks (default about 64 per side)
     voxel_size: Sequence[float] | None = None  # physical voxel size (z, y, x); default the input's
     unit: str | None = None  # UDUNITS space unit of voxel_size, e.g. "nanometer"
     memory_limit: int | None = None  # bytes the process may use at its peak (default: half the available)

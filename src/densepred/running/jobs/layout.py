@@ -9,9 +9,10 @@ from typing import Any
 from ...config import Config
 from ...errors import DensePredError
 from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
+from ...geometry.pyramid import inner_chunks
 from ...geometry.scale import origin
 from ...io import ArraySpec
-from ...io.arrays import input_placement
+from ...io.arrays import FORMAT_NAMES, input_placement
 from ...io.encoding import Encoding
 from ...io.mrc_output import check_mrc_values
 from ...io.ome_zarr import OmeLayout, Placement, channel_names, check_unit, check_zarr_dtype
@@ -42,7 +43,7 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
     placed = output_placement(job, in_spec, dims, start, scale, in_voxels=True)
     assert placed is not None
     voxel_size, translation, unit = placed.voxel_size, placed.translation, placed.unit
-    chunk_target = _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
+    chunk_target = _chunk_target(job, dims)
     classes = range(encoding.n_classes) if encoding.classes is None else encoding.classes
     spatial_axes = tuple("zyx"[3 - dims:])
     return OmeLayout(
@@ -53,11 +54,32 @@ def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int],
         label=encoding.argmax, name=name, value_range=(0.0, 255.0 if encoding.dtype == "uint8" else 1.0))
 
 
-def check_stored(out_spec: ArraySpec, encoding: Encoding) -> None:
-    """Refuse, before anything is written, stored values the output's format cannot keep as they
-    are (an MRC file's signed bytes; zarr's dtypes are checked by :func:`layout_for`)."""
+def check_output_options(job: PredictJob, out_spec: ArraySpec, encoding: Encoding) -> None:
+    """Refuse, before anything is written, what the output's format cannot take: stored values
+    it cannot keep as they are (an MRC file's signed bytes; zarr's dtypes are checked by
+    :func:`layout_for`), a pyramid (``--levels``) in any but OME-Zarr, chunks (``--chunks``) in
+    a memory-mapped file. Never ignored without a word."""
     if out_spec.kind == "mrc":
         check_mrc_values(encoding.stored_dtype, encoding.argmax, encoding.n_classes)
+    name = FORMAT_NAMES.get(out_spec.kind, out_spec.kind)
+    if job.levels not in (None, 1) and out_spec.kind != "zarr":
+        raise DensePredError(f"--levels {job.levels}: only OME-Zarr outputs hold a pyramid, and {out_spec} is "
+                             f"{name}; write out.zarr for one, or leave --levels out")
+    if job.chunks is not None and out_spec.kind not in ("zarr", "hdf5"):
+        raise DensePredError(f"--chunks sets the chunks of OME-Zarr and HDF5 outputs; {out_spec} is a {name} file, "
+                             "written through a memory map, which has none: leave --chunks out")
+
+
+def file_chunks(job: PredictJob, tile: Sequence[int], encoding: Encoding) -> tuple[int, ...]:
+    """The chunks of an HDF5 output written in ``tile`` boxes: blocks of about ``--chunks`` (64)
+    voxels a side that divide the tile, as an OME-Zarr shard's inner chunks, every class in each;
+    a tile is whole chunks, which the writers compress (``io/hdf5_chunks.py``)."""
+    spatial = inner_chunks(tuple(tile), _chunk_target(job, len(tile)))
+    return spatial if encoding.argmax else (int(encoding.channels or 1), *spatial)
+
+
+def _chunk_target(job: PredictJob, dims: int) -> tuple[int, ...]:
+    return _per_axis_ints(job.chunks if job.chunks is not None else INNER_CHUNK, dims, "--chunks")
 
 
 def output_start(job: PredictJob, plan: TilePlan, offset: Sequence[int]) -> tuple[int, ...]:

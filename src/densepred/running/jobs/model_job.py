@@ -52,7 +52,7 @@ from ..compute.sink import NonFinite, Sink
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..executors.model_blocks import ModelBlockJob, ModelPayload, run_model_block
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import check_stored, file_placement, layout_for
+from .layout import check_output_options, file_chunks, file_placement, layout_for
 
 log = logging.getLogger("densepred")
 
@@ -135,7 +135,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
                               window_given=job.tile is not None, precision=job.precision)
     written = run.written
     encoding = Encoding(written.channels, job.dtype, None if job.classes is None else tuple(job.classes), job.argmax)
-    check_stored(out_spec, encoding)
+    check_output_options(job, out_spec, encoding)
     layout = layout_for(job, in_spec, written.shape, written.shard, run.contract.crop, encoding, None,
                         "prediction", run.contract.scale) if out_spec.kind == "zarr" else None
     placement = file_placement(job, in_spec, out_spec, len(written.shape), run.contract.crop, run.contract.scale)
@@ -145,7 +145,7 @@ def plan_model(job: PredictJob) -> PlannedJob:
     if previous is not None:
         check_same(previous, record, out_spec)
     shards = ModelShards(job, run, encoding, in_spec, out_spec, record_dir)
-    chunks = written.shard if encoding.argmax else (encoding.channels, *written.shard)
+    chunks = file_chunks(job, written.shard, encoding)  # HDF5's
     return PlannedJob(shards, out_spec, record_dir, record, previous, encoding, layout, shape, chunks,
                       len(written.shards), run.window, run.contract.origin(),
                       input_fingerprint=fingerprint, placement=placement)

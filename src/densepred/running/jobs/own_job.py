@@ -47,7 +47,7 @@ from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import check_stored, file_placement, ome_layout, output_start
+from .layout import check_output_options, file_chunks, file_placement, ome_layout, output_start
 
 log = logging.getLogger("densepred")
 
@@ -143,7 +143,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     check_files(in_spec, out_spec)
     source = ChannelFirst(open_array(in_spec), cfg.network.in_channels, geometry.ndim)
     encoding = Encoding(cfg.network.n_classes, job.dtype, _classes(job.classes), job.argmax)
-    check_stored(out_spec, encoding)
+    check_output_options(job, out_spec, encoding)
     record_dir = record_folder(out_spec)
     previous = resumable_record(out_spec, record_dir) if job.resume else None
     pyramid = out_spec.kind == "zarr" and job.levels != 1  # OME-Zarr levels, built by the writers
@@ -165,7 +165,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
     tile = (stream_shard(plan.output_tile[0]), *plan.output_tile[1:]) if engine_mode == "stream" else plan.output_tile
-    chunks = tile if encoding.argmax else (encoding.channels, *tile)  # HDF5's, as zarr's shards (ome_layout)
+    chunks = file_chunks(job, tile, encoding)  # HDF5's, inside the boxes of zarr's shards (ome_layout)
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
                       _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
                       fingerprint, placement)
