@@ -24,11 +24,15 @@ def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan,
     """Levels, shards, chunks and physical metadata of an OME-Zarr output; shards are the
     tiles, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
     start = output_start(job, plan, offset)
-    tile = plan.output_tile
-    if engine_mode == "stream":
-        tile = (stream_shard(tile[0]), *tile[1:])
-    return layout_for(job, in_spec, plan.output_shape, tile, start, encoding, cfg.network.class_names or None,
-                      cfg.name)
+    return layout_for(job, in_spec, plan.output_shape, written_tile(plan, engine_mode), start, encoding,
+                      cfg.network.class_names or None, cfg.name)
+
+
+def written_tile(plan: TilePlan, engine_mode: str) -> tuple[int, ...]:
+    """The box an own net's output is stored in whole (a zarr shard; HDF5 chunks lie inside it):
+    the output tile, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
+    tile = tuple(plan.output_tile)
+    return (stream_shard(tile[0]), *tile[1:]) if engine_mode == "stream" else tile
 
 
 def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int], tile: Sequence[int],
@@ -75,7 +79,7 @@ def file_chunks(job: PredictJob, tile: Sequence[int], encoding: Encoding) -> tup
     voxels a side that divide the tile, as an OME-Zarr shard's inner chunks, every class in each;
     a tile is whole chunks, which the writers compress (``io/hdf5_chunks.py``)."""
     spatial = inner_chunks(tuple(tile), _chunk_target(job, len(tile)))
-    return spatial if encoding.argmax else (int(encoding.channels or 1), *spatial)
+    return spatial if encoding.argmax else (encoding.channels, *spatial)
 
 
 def _chunk_target(job: PredictJob, dims: int) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ import torch
 
 from ...config import Config, load_config
 from ...errors import DensePredError
-from ...geometry import BlockPlan, Geometry, Tile, TilePlan, stream_shard
+from ...geometry import BlockPlan, Geometry, Tile, TilePlan
 from ...io import (
     ArraySpec,
     ChannelFirst,
@@ -47,7 +47,7 @@ from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
 from ..planning.tiling import job_tiles, writer_threads
 from .job import BlockWork, PlannedJob, PredictJob
-from .layout import check_output_options, file_chunks, file_placement, ome_layout, output_start
+from .layout import check_output_options, file_chunks, file_placement, ome_layout, output_start, written_tile
 
 log = logging.getLogger("densepred")
 
@@ -164,8 +164,7 @@ def plan_net(job: PredictJob) -> PlannedJob:
     placement = file_placement(job, in_spec, out_spec, len(shift), shift)
     tiles = NetTiles(cfg, net, source, plan, engine_mode, batch_size, encoding, out_spec, record_dir, weights,
                      in_spec.resolved(), device, precision, shift)
-    tile = (stream_shard(plan.output_tile[0]), *plan.output_tile[1:]) if engine_mode == "stream" else plan.output_tile
-    chunks = file_chunks(job, tile, encoding)  # HDF5's, inside the boxes of zarr's shards (ome_layout)
+    chunks = file_chunks(job, written_tile(plan, engine_mode), encoding)  # HDF5's, inside zarr's shards
     return PlannedJob(tiles, out_spec, record_dir, record, previous, encoding, layout,
                       _output_shape(plan, encoding), chunks, len(plan), plan.input_tile, shift, estimate,
                       fingerprint, placement)
