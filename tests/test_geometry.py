@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from densepred import DensePredError, Geometry, config_from_dict
 from densepred.config import network_geometry
-from densepred.geometry import LayerGeometry, TilePlan, axis_starts, default_output_tile, reflect_index, source_window
+from densepred.geometry import (
+    LayerGeometry,
+    TilePlan,
+    axis_starts,
+    columns,
+    default_output_tile,
+    reflect_index,
+    source_window,
+    stream_shards,
+)
 
 
 def geometry_of(layers):
@@ -243,3 +252,42 @@ def test_a_plan_of_a_billion_tiles_is_listed_without_making_them():
     assert tiles[0].index == (0, 0, 2)
     assert tiles[-1].index == (999, 999, 999)
     assert tiles.ranges == [range(2, 10**9)]
+
+
+boxes = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 400), st.integers(1, 70)), min_size=2, max_size=3)
+
+
+@given(boxes, st.integers(1, 5))
+@settings(max_examples=300, deadline=None)
+def test_columns_partition_a_box_across_its_first_axis_without_splitting_a_unit(axes, count):
+    box = tuple((a, a + n) for a, n, _ in axes)
+    unit = tuple(u for _, _, u in axes)
+    cut = columns(box, unit, count)
+    assert cut
+    assert len(cut) <= count
+    varying = {i for c in cut for i, (r, b) in enumerate(zip(c, box, strict=True)) if r != b}
+    assert 0 not in varying
+    assert len(varying) <= 1  # whole along the first axis, cut along one other
+    for axis in varying:
+        edges = [c[axis] for c in cut]
+        assert edges[0][0] == box[axis][0]
+        assert edges[-1][1] == box[axis][1]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))  # side by side: a partition
+        assert all(a < b for a, b in edges)
+        assert all(b % unit[axis] == 0 for _, b in edges[:-1])  # cuts between units, none split
+        assert len(cut) <= (box[axis][1] - 1) // unit[axis] - box[axis][0] // unit[axis] + 1
+    if count > 1 and len(cut) == 1:  # not cut: no axis has a unit boundary inside the box
+        assert all(a // u == (b - 1) // u for (a, b), u in zip(box[1:], unit[1:], strict=True))
+    if len(cut) > 1:  # as even as the cuts allow: no column holds twice another's units and more
+        axis = varying.pop()
+        sizes = [(b - 1) // unit[axis] - a // unit[axis] + 1 for a, b in (c[axis] for c in cut)]
+        assert max(sizes) <= 2 * min(sizes) + 1
+
+
+@given(st.lists(st.integers(1, 2000), min_size=2, max_size=3))
+def test_a_streams_shards_divide_its_tile(tile):
+    shards = stream_shards(tile)
+    assert all(t % s == 0 for t, s in zip(tile, shards, strict=True))  # tiles (and blocks of them) are whole shards
+    assert shards[0] <= 64 or shards[0] == tile[0]
+    assert all(s <= 256 or s == t for t, s in zip(tile[1:], shards[1:], strict=True))
+    assert all(s >= 64 or s == t for t, s in zip(tile[1:], shards[1:], strict=True))

@@ -41,6 +41,27 @@ def test_every_batch_is_written_once_and_a_keys_batches_by_one_writer_in_order()
     assert len(threads) == 3  # the keys were dealt out
 
 
+def test_a_results_parts_go_to_writers_after_its_own_and_each_part_keeps_its_writer():
+    batches = [(key, slab) for key in range(4) for slab in range(6)]  # 4 tiles of 6 slabs, cut in 3 columns
+    written: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    lock = threading.Lock()
+
+    def write(part, value):
+        time.sleep(0.001 * (part[2] % 2))
+        with lock:
+            written.setdefault((part[0], part[2]), []).append((threading.get_ident(), part[1], value))
+
+    run_pipeline(batches, read=lambda b: b, compute=lambda b: b[0] * 100 + b[1], write=write, writers=2,
+                 writer_of=lambda b: b[0], parts=lambda b, r: [((*b, c), r * 10 + c) for c in range(3)])
+    assert sorted(written) == [(key, c) for key in range(4) for c in range(3)]
+    for (key, column), events in written.items():
+        assert len({thread for thread, _, _ in events}) == 1  # a column keeps its writer
+        assert [(slab, value) for _, slab, value in events] == [(s, (key * 100 + s) * 10 + column) for s in range(6)]
+    for key in range(4):
+        first, second = ({t for t, _, _ in written[key, c]} for c in (0, 1))
+        assert first != second  # a tile's columns are shared out
+
+
 def test_a_failing_writer_stops_the_run_and_its_error_is_raised():
     written = []
 

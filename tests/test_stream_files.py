@@ -93,6 +93,44 @@ def test_a_long_stream_is_written_in_shards_cut_along_it(config, tmp_path):
     np.testing.assert_allclose(level[...], expected, rtol=0, atol=1e-5)
 
 
+def test_a_wide_streams_slabs_are_cut_into_columns_of_shards_that_the_writers_share(config, tmp_path, monkeypatch):
+    import threading
+
+    from densepred.io.outputs import OutputArray
+
+    volume = np.random.default_rng(24).random((21, 300, 23), dtype=np.float32)
+    np.save(tmp_path / "in.npy", volume)
+    net = densepred.create_prediction_net(config)
+    tile = tuple(n + f - 1 for n, f in zip(volume.shape, net.geometry.fov, strict=True))  # one mirrored tile
+    writes, original = [], OutputArray.write_box
+
+    def job(output, **options):
+        return densepred.PredictJob(config, str(tmp_path / "in.npy"), str(tmp_path / output), mode="stream",
+                                    tile=tile, mirror=True, progress=False, levels=1, **options)
+
+    def recorded(self, box, values, labels):
+        writes.append((threading.get_ident(), box[1].start, box[0].stop))
+        if box[1].start == 150 and box[0].stop == 21 and "cut" in str(self.spec):
+            raise OSError(5, "Input/output error")  # the second column's last rows
+        return original(self, box, values, labels)
+
+    monkeypatch.setattr(OutputArray, "write_box", recorded)
+    densepred.predict_to_file(job("whole.zarr"))
+    level = zarr.open_group(tmp_path / "whole.zarr", mode="r")["0"]
+    assert level.shards[1:] == (21, 150, 23)  # 300 = 2 x 150 across: the largest divisor from 64 to 256
+    np.testing.assert_allclose(level[...], densepred.predict_dense(net, volume, tile_shape=tile, mode="dilated",
+                                                                   mirror=True), rtol=0, atol=1e-5)
+    by_column = {start: {thread for thread, s, _ in writes if s == start} for start in (0, 150)}
+    assert {len(threads) for threads in by_column.values()} == {1}  # a column's shards from one writer
+    assert by_column[0] != by_column[150]  # the two writers share the slab
+    with pytest.raises(densepred.DensePredError, match="Input/output error"):
+        densepred.predict_to_file(job("cut.zarr"))
+    assert (tmp_path / "cut.zarr.densepred" / "done.log").read_text() == ""  # not done while a column is not
+    monkeypatch.setattr(OutputArray, "write_box", original)
+    densepred.predict_to_file(job("cut.zarr", resume=True))
+    assert zarr.open_group(tmp_path / "cut.zarr", mode="r")["0"][...].tobytes() == level[...].tobytes()
+
+
 def test_the_default_stream_tile_is_long_and_its_cross_section_fits_the_budget(config):
     import torch
 

@@ -14,7 +14,9 @@ encoding, compression) runs beside the next batch's compute on the other cores.
 
 Each batch goes to one writer (``writer_of``), which writes its batches in order: batches
 that touch the same output storage (a stream's slabs of one tile) go to the same writer, so
-no two threads ever write one shard.
+no two threads ever write one shard. A batch's result may also be cut into ``parts`` (a
+stream's slab into columns of whole shards), the ``i``-th part to the writer ``i`` places
+after the batch's own: each part of a key keeps its writer, and a slab's work is shared out.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ POLL_SECONDS = 0.2
 
 def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute: Callable[[Any], Any],
                  write: Callable[[Batch, Any], None], *, prefetch: int = 2, pending: int = 2, writers: int = 1,
-                 writer_of: Callable[[Batch], Hashable] | None = None) -> None:
+                 writer_of: Callable[[Batch], Hashable] | None = None,
+                 parts: Callable[[Batch, Any], Sequence[tuple[Batch, Any]]] | None = None) -> None:
     """``write(batch, compute(read(batch)))`` for every batch, with reading and writing in threads.
 
     ``writers`` threads write; ``writer_of(batch)`` is a key, and batches of one key are
     written by one thread in order (default: every batch its own key, dealt out in turn).
+    ``parts(batch, result)`` cuts a result into ``(batch, result)`` pairs, each written as if it
+    were a batch of its own; part ``i`` goes to the writer ``i`` places after the batch's.
     The first error in any stage stops the others and is raised here; a ``KeyboardInterrupt``
     stops reading, and the batches already computed are still written before it propagates.
     """
@@ -82,8 +87,7 @@ def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute
             if item is _END or item is None:
                 break
             batch, data = item
-            result = compute(data)
-            if not _put(results[route(batch)], (batch, result), stop):
+            if not _hand_out(batch, compute(data), results, route(batch), parts, stop):
                 break
     except BaseException:
         stop.set()
@@ -96,6 +100,13 @@ def run_pipeline(batches: Iterable[Batch], read: Callable[[Batch], Any], compute
             thread.join()
     if errors:
         raise errors[0]
+
+
+def _hand_out(batch: Any, result: Any, results: Sequence[queue.Queue], first: int,
+              parts: Callable[[Any, Any], Sequence[tuple[Any, Any]]] | None, stop: threading.Event) -> bool:
+    """Queue a batch's result (or each of its parts, from writer ``first`` on); False once stopped."""
+    shares = [(batch, result)] if parts is None else parts(batch, result)
+    return all(_put(results[(first + i) % len(results)], share, stop) for i, share in enumerate(shares))
 
 
 def _router(writers: int, writer_of: Callable[[Any], Hashable] | None) -> Callable[[Any], int]:

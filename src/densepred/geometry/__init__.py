@@ -10,7 +10,7 @@ arithmetic on tuples and can be tested in microseconds.
 * :mod:`.pyramid` - multiscale levels, shards and inner chunks of viewer-ready outputs
 """
 
-from .blocks import BlockPlan
+from .blocks import BlockPlan, columns
 from .memory import (
     SMALL_CONV_INPUTS,
     STREAM_SLAB,
@@ -20,6 +20,7 @@ from .memory import (
     halved_tile,
     slices_that_fit,
     stream_shard,
+    stream_shards,
     tile_bytes,
 )
 from .network_geometry import MODES, Geometry, LayerGeometry, LayerRow
@@ -56,6 +57,7 @@ __all__ = [
     "axis_starts",
     "balanced_tile",
     "box_above",
+    "columns",
     "default_output_tile",
     "halved_tile",
     "inner_chunks",
@@ -70,5 +72,6 @@ __all__ = [
     "source_box",
     "source_window",
     "stream_shard",
+    "stream_shards",
     "tile_bytes",
 ]

@@ -111,3 +111,30 @@ class BlockPlan:
     def read_amplification(self) -> float:
         """Input voxels read per output voxel: 1 plus the halo each block reads again."""
         return self.input_voxels() / math.prod(self.output_shape)
+
+
+def columns(box: Sequence[tuple[int, int]], unit: Sequence[int], count: int) -> list[tuple[tuple[int, int], ...]]:
+    """``box`` cut into at most ``count`` columns, side by side across its first axis: along the
+    first other axis with room for ``count`` (else the one with the most room) in units of
+    storage (``unit``: a shard's or chunk's shape). Cuts fall on multiples of the unit, so no
+    unit is split between columns, and the columns hold as nearly equal numbers of units as the
+    cuts allow. A stream's slab is cut so that several writers share it, each its own shards.
+
+    Example:
+        >>> columns(((0, 8), (0, 1000), (0, 900)), unit=(64, 256, 128), count=2)
+        [((0, 8), (0, 512), (0, 900)), ((0, 8), (512, 1000), (0, 900))]
+        >>> columns(((0, 8), (40, 200)), unit=(64, 256), count=4)  # inside one unit: not cut
+        [((0, 8), (40, 200))]
+    """
+    box = tuple((int(a), int(b)) for a, b in box)
+    cuts = [list(range((a // u + 1) * u, b, u)) for (a, b), u in zip(box[1:], unit[1:], strict=True)]
+    if count < 2 or not any(cuts):
+        return [box]
+    most = max(range(len(cuts)), key=lambda i: len(cuts[i]))
+    axis = next((i for i, c in enumerate(cuts) if len(c) >= count - 1), most)
+    start, stop = box[axis + 1]
+    edges = [start, *cuts[axis], stop]
+    pieces = min(count, len(edges) - 1)
+    chosen = [edges[round(i * (len(edges) - 1) / pieces)] for i in range(pieces + 1)]
+    return [tuple((a, b) if i != axis + 1 else (lo, hi) for i, (a, b) in enumerate(box))
+            for lo, hi in itertools.pairwise(chosen)]

@@ -15,6 +15,7 @@ SMALL_CONV_INPUTS = 64
 # The stream engine feeds this many input slices at a time along the first spatial axis.
 STREAM_SLAB = 8
 STREAM_SHARD = 64  # the most output slices of a stream written as one shard
+STREAM_SHARD_SIDE = 256  # the most output voxels across a stream's shard on its other axes
 STREAM_LENGTH = 512  # the default stream (output slices per tile along z): a resume redoes at most one
 
 
@@ -28,10 +29,26 @@ def stream_shard(length: int) -> int:
         >>> stream_shard(2048), stream_shard(300), stream_shard(40), stream_shard(257)
         (64, 60, 40, 257)
     """
-    for shard in range(min(length, STREAM_SHARD), STREAM_SLAB - 1, -1):
-        if length % shard == 0:
-            return shard
-    return length
+    return _divisor_in(length, STREAM_SLAB, STREAM_SHARD)
+
+
+def stream_shards(tile: Sequence[int]) -> Shape:
+    """The output shards of a stream's ``tile``: :func:`stream_shard` along the stream, and
+    across it the largest divisor of each side from a quarter of :data:`STREAM_SHARD_SIDE` to
+    it (else the whole side). A wide tile is then several shards side by side, which the
+    writers share (each its own); shards stay about the size of the other engines' tiles.
+
+    Example:
+        >>> stream_shards((512, 1024, 1000)), stream_shards((512, 90, 1021))
+        ((64, 256, 250), (64, 90, 1021))
+    """
+    return (stream_shard(tile[0]), *(_divisor_in(side, STREAM_SHARD_SIDE // 4, STREAM_SHARD_SIDE) for side in tile[1:]))
+
+
+def _divisor_in(n: int, low: int, high: int) -> int:
+    """The largest divisor of ``n`` from ``low`` to ``high`` (``n`` itself where it is at most
+    ``high``), else ``n``."""
+    return next((d for d in range(min(n, high), low - 1, -1) if n % d == 0), n)
 
 
 @dataclass(frozen=True)

@@ -89,13 +89,20 @@ class OutputArray:
     def block_length(self, axis: int) -> int | None:
         """The length along ``axis`` of the blocks the output is stored in (a zarr shard, an HDF5
         chunk), which a write of part of one decodes and encodes again; None for a memory map."""
-        if self.spec.kind == "zarr":
-            blocks = self.array.shards or self.array.chunks
-        elif self.spec.kind == "hdf5":
-            blocks = self.array.chunks
-        else:
-            return None
+        blocks = self._blocks()
         return int(blocks[axis]) if blocks is not None else None
+
+    def write_unit(self, ndim: int) -> tuple[int, ...] | None:
+        """The spatial shape of the units the output is stored in, which two threads must not
+        write at once (zarr shards, HDF5 chunks); None for a memory map, whose writes are plain
+        copies and whose ``msync`` covers the whole map."""
+        blocks = self._blocks()
+        return tuple(int(b) for b in blocks[-ndim:]) if blocks is not None else None
+
+    def _blocks(self) -> tuple[int, ...] | None:
+        if self.spec.kind == "zarr":
+            return self.array.shards or self.array.chunks
+        return self.array.chunks if self.spec.kind == "hdf5" else None
 
     def flush(self) -> None:
         """Hand written tiles to the operating system (they survive a crash of this process)."""

@@ -39,7 +39,8 @@ from .output_checks import check_replaceable, output_exists
 
 log = logging.getLogger("densepred")
 
-RECORD_VERSION = 4  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision
+RECORD_VERSION = 5  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision;
+# 5: a stream's output shards cut across its tile (geometry.stream_shards)
 DONE_LOG = "done.log"
 CHUNK_IDS = 1 << 16  # ids read from a log before they are set in its bitmap at once
 MAX_PIECES = 2**32  # a line naming a piece beyond is not believed (its bitmap alone would pass 512 MB)

@@ -127,53 +127,67 @@ class StreamRows:
     :data:`~densepred.geometry.memory.STREAM_SHARD` of them, and a write of part of one decodes
     and encodes the whole block again: once per slab (``benchmarks/file_outputs.py --modes
     mfp,stream``: a zarr output took 3.3x as long from a stream as from MFP tiles, HDF5 13x).
-    Here a tile's slabs are encoded as they come and kept until they fill the rows of a block
-    (or the tile ends), which are then written at once. A block row is what the memory estimate
-    of a stream already holds per writer (its ``written`` shard); memory-mapped outputs are
-    written as the slabs come. Each tile's slabs come from one writer thread, in order.
+    Here a tile's slabs are encoded as they come and copied into a row of blocks (or up to the
+    tile's end), which is written once full. A block row is what the memory estimate of a
+    stream already holds per writer (its ``written`` shard); memory-mapped outputs are written
+    as the slabs come. A slab may be a column of the tile's cross-section (see
+    :func:`~densepred.running.compute.tiles.predict_tiles`): each column has its own row, and
+    its slabs come from one writer thread, in order. A column's row buffer is reused from one
+    row to the next: writes are done (encoded, compressed, stored) when ``write_box`` returns.
     """
 
     sink: Sink
     limit: int = STREAM_SHARD  # the longest block kept whole; longer ones (an older output's): slab by slab
-    _kept: dict[Any, list[tuple[tuple[slice, ...], np.ndarray]]] = field(default_factory=dict)
+    _rows: dict[Any, _Row] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.axis = 0 if self.sink.encoding.argmax else 1  # the stream's axis in the encoded values
-        length = self.sink.output.block_length(self.axis)
+        self.lead = (slice(None),) * (0 if self.sink.encoding.argmax else 1)  # axes before the stream's
+        length = self.sink.output.block_length(len(self.lead))
         self.length = length if length is not None and length <= self.limit else None
 
     def write(self, tile: Any, box: tuple[slice, ...], values: np.ndarray, last: bool) -> int:
-        """Take slab ``values`` (``(K, *box)``) of ``tile``, ``last`` where it ends the tile;
-        returns the voxels taken."""
+        """Take slab ``values`` (``(K, *box)``) of ``tile``, ``last`` where it ends the tile's
+        rows (in its column); returns the voxels taken."""
         if self.length is None:
             return self.sink.write(box, values)
         encoded = self.sink.encode(box, values)
-        if encoded is values:  # kept past this call: not a view of a buffer the pipeline may reuse
-            encoded = values.copy()
+        column = (tile, *(s.start for s in box[1:]))
         with self._lock:
-            kept = self._kept.setdefault(tile, [])
-        kept.append((box, encoded))
-        end = box[0].stop if last else box[0].stop // self.length * self.length
-        if end > kept[0][0][0].start:
-            self._put(kept, end)
-        if last:
+            row = self._rows.get(column)
+        if row is None:
+            shape = (*encoded.shape[:len(self.lead)], self.length, *encoded.shape[len(self.lead) + 1:])
+            row = _Row(box[1:], np.empty(shape, encoded.dtype), box[0].start)
             with self._lock:
-                del self._kept[tile]
+                self._rows[column] = row
+        taken, rows = 0, box[0].stop - box[0].start
+        while taken < rows:
+            end = (row.start // self.length + 1) * self.length  # the end of the block row
+            take = min(rows - taken, end - row.start - row.filled)
+            row.buffer[(*self.lead, slice(row.filled, row.filled + take))] = encoded[(*self.lead,
+                                                                                     slice(taken, taken + take))]
+            row.filled, taken = row.filled + take, taken + take
+            if row.start + row.filled == end:
+                self._put(row)
+        if last:
+            if row.filled:
+                self._put(row)
+            with self._lock:
+                del self._rows[column]
         return int(np.prod(values.shape[1:]))
 
-    def _put(self, kept: list[tuple[tuple[slice, ...], np.ndarray]], end: int) -> None:
-        """Write the kept rows before ``end`` as one box; keep the rest."""
-        parts, rest = [], []
-        lead = (slice(None),) * self.axis
-        for box, encoded in kept:
-            rows = box[0].stop - box[0].start
-            cut = min(max(end - box[0].start, 0), rows)
-            if cut:
-                parts.append(encoded[(*lead, slice(0, cut))])
-            if cut < rows:
-                rest.append(((slice(box[0].start + cut, box[0].stop), *box[1:]), encoded[(*lead, slice(cut, rows))]))
-        first = kept[0][0]
-        self.sink.put((slice(first[0].start, end), *first[1:]),
-                      parts[0] if len(parts) == 1 else np.concatenate(parts, axis=self.axis))
-        kept[:] = rest
+    def _put(self, row: _Row) -> None:
+        """Write the rows kept and start the next block row."""
+        self.sink.put((slice(row.start, row.start + row.filled), *row.cross),
+                      row.buffer[(*self.lead, slice(0, row.filled))])
+        row.start, row.filled = row.start + row.filled, 0
+
+
+@dataclass
+class _Row:
+    """A column's rows kept in ``buffer`` (one block row long): ``filled`` rows from ``start``."""
+
+    cross: tuple[slice, ...]
+    buffer: np.ndarray
+    start: int
+    filled: int = 0

@@ -8,13 +8,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...geometry import STREAM_SLAB, Tile, TileList, TilePlan
+from ...geometry import STREAM_SLAB, Tile, TileList, TilePlan, columns
 from ...io import ChannelFirst, read_window
 from ...networks import DenseEngine, DenseNet, StackEngine
 from ...networks.precision import FLOAT32, Precision
@@ -24,32 +25,40 @@ from .transfers import Download, Transfers, Upload
 
 log = logging.getLogger("densepred")
 
-# write(tile, probabilities, part, done): part None = the tile's whole owned box (see predict_tiles)
+# write(tile, probabilities, part, last): part None = the tile's whole owned box (see predict_tiles)
 TileWriter = Callable[[Tile, np.ndarray, "tuple[slice, ...] | None", bool], None]
 
 
 def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
                   write: TileWriter, *, batch_size: int = 1, progress: ProgressOption = False,
-                  prefetch: int = 2, pending: int = 2, writers: int = 1) -> None:
+                  prefetch: int = 2, pending: int = 2, writers: int = 1, stream_unit: Sequence[int] | None = None,
+                  finished: Callable[[Tile], None] | None = None) -> None:
     """Compute ``tiles`` in batches of ``batch_size`` and hand each tile's probabilities, cropped to
-    the box it owns, to ``write(tile, probabilities, part, done)`` in a background thread.
+    the box it owns, to ``write(tile, probabilities, part, last)`` in a background thread;
+    ``finished(tile)`` follows once every write of the tile has returned.
 
     ``part`` is None for the whole owned box (``tile.owned_slices()``). The stream engine hands
-    a tile over in slabs instead: ``part`` is each slab's box in the output, and ``done`` is
-    True with the tile's last slab. Tiles are batched in the order given; a caller that needs
-    identical numbers on a rerun passes the same batches (see :mod:`densepred.running.jobs.own_job`).
+    a tile over in slabs instead: ``part`` is each slab's box in the output, and ``last`` is
+    True with the slab that ends the tile's rows. With ``stream_unit`` (the spatial shape of
+    the output's units of storage: shards, chunks) each slab is also cut
+    into columns of whole units (:func:`~densepred.geometry.columns`), one per writer, so the
+    writers share a stream's work; ``last`` then ends a column. Tiles are batched in the order
+    given; a caller that needs identical numbers on a rerun passes the same batches (see
+    :mod:`densepred.running.jobs.own_job`).
 
-    ``writers`` threads call ``write``, each tile's calls from one thread: more than one only
-    where no two tiles share a unit of storage (an output whose shards or chunks are the
-    tiles, a memory map, an array in memory), since a shard written from two threads at once
-    loses one of the writes.
+    ``writers`` threads call ``write``, each tile's (column's) calls from one thread: more than
+    one only where no two tiles share a unit of storage (an output whose shards or chunks are
+    the tiles, a memory map, an array in memory), since a shard written from two threads at
+    once loses one of the writes.
     """
     voxels = tiles.voxels() if isinstance(tiles, TileList) else sum(math.prod(t.owned_shape) for t in tiles)
     bar = Progress(voxels, f"predict ({engine.mode})", progress, terminal=True)
     transfers = Transfers(engine.device)
+    finished = finished or (lambda tile: None)
     try:
         if isinstance(engine, DenseEngine) and engine.mode == "stream":
-            _stream_tiles(engine, source, plan, tiles, write, bar, transfers, prefetch, pending, writers)
+            split = Columns(stream_unit, writers, finished)
+            _stream_tiles(engine, source, plan, tiles, write, bar, transfers, prefetch, pending, writers, split)
             return
         batches = _batches(tiles, batch_size)  # made as they are read
 
@@ -63,6 +72,7 @@ def predict_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         def write_batch(batch: list[Tile], result: Download) -> None:
             for tile, tile_probs in zip(batch, result.numpy(), strict=True):
                 write(tile, tile_probs[(slice(None), *tile.owned_in_tile())], None, True)
+                finished(tile)
                 bar.update(math.prod(tile.owned_shape))
 
         run_pipeline(batches, read, compute, write_batch, prefetch=prefetch, pending=pending, writers=writers)
@@ -77,9 +87,41 @@ def _batches(tiles: Iterable[Tile], size: int) -> Iterator[list[Tile]]:
         yield batch
 
 
+class Columns:
+    """The columns a streamed tile's slabs are cut into, one per writer (a single column without
+    a ``unit``), and the columns still to end per tile: ``finished(tile)`` is called by the
+    writer that ends its last one."""
+
+    def __init__(self, unit: Sequence[int] | None, writers: int, finished: Callable[[Tile], None]):
+        self.unit, self.count, self.finished = unit, writers if unit is not None else 1, finished
+        self._of: tuple[Tile | None, list[tuple[slice, ...]]] = (None, [])
+        self._left: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def of(self, tile: Tile) -> list[tuple[slice, ...]]:
+        """The cross-sections of ``tile``'s columns, in the tile's own output (as ``owned_in_tile``)."""
+        if self._of[0] is not tile:
+            owned = [(s.start, s.stop) for s in tile.owned_slices()]  # in the output: units lie on its grid
+            cut = columns(owned, self.unit, self.count) if self.unit is not None else [tuple(owned)]
+            start = tile.output_start[1:]
+            self._of = (tile, [tuple(slice(a - o, b - o) for (a, b), o in zip(c[1:], start, strict=True)) for c in cut])
+        return self._of[1]
+
+    def ended(self, tile: Tile, count: int) -> None:
+        """One of ``tile``'s ``count`` columns has ended (from a writer thread)."""
+        with self._lock:
+            left = self._left.get(tile.index, count) - 1
+            if left:
+                self._left[tile.index] = left
+            else:
+                self._left.pop(tile.index, None)
+        if not left:
+            self.finished(tile)
+
+
 def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, tiles: Sequence[Tile],
                   write: TileWriter, bar: Progress, transfers: Transfers, prefetch: int, pending: int,
-                  writers: int) -> None:
+                  writers: int, split: Columns) -> None:
     """``mode="stream"``: each tile read, computed and written slab by slab along its first axis,
     so memory depends on the slab and the cross-section, not on the tile's length."""
     length = plan.input_tile[0]
@@ -103,23 +145,31 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
         # a fresh tensor: the stream's buffers hold only its ops' inputs
         return first, transfers.download(logits, probabilities)
 
-    def write_slab(slab: tuple[Tile, int, int], result: tuple[int, Download | None]) -> None:
+    def parts(slab: tuple[Tile, int, int], result: tuple[int, Download | None]) -> list[tuple[Any, Any]]:
+        """The slab's owned rows, one part per column (nothing is waited for or finished here)."""
         tile, (first, down) = slab[0], result
-        if down is None:
-            return
-        probs = down.numpy()[0]
-        owned = tile.owned_in_tile()
-        lo, hi = max(first, owned[0].start), min(first + probs.shape[1], owned[0].stop)
-        if lo >= hi:
-            return
-        values = probs[(slice(None), slice(lo - first, hi - first), *owned[1:])]
-        part = (slice(tile.output_start[0] + lo, tile.output_start[0] + hi), *tile.owned_slices()[1:])
-        write(tile, values, part, hi == owned[0].stop)
-        bar.update(values[0].size)
+        rows = tile.owned_in_tile()[0]
+        if down is None or max(first, rows.start) >= min(first + down.tensor.shape[2], rows.stop):
+            return []
+        lo, hi = max(first, rows.start), min(first + down.tensor.shape[2], rows.stop)
+        cut = split.of(tile)
+        return [((tile, lo, hi, cross, len(cut)), down.part((slice(0, 1), slice(None), slice(lo - first, hi - first),
+                                                               *cross))) for cross in cut]
 
-    # a tile's slabs rewrite its shards: one writer takes them all, in order
-    run_pipeline(slabs, read, compute, write_slab, prefetch=prefetch, pending=pending, writers=writers,
-                 writer_of=lambda slab: slab[0].index)
+    def write_column(part: tuple[Tile, int, int, tuple[slice, ...], int], down: Download) -> None:
+        tile, lo, hi, cross, count = part
+        values = down.numpy()[0]
+        box = (slice(tile.output_start[0] + lo, tile.output_start[0] + hi),
+               *(slice(o + c.start, o + c.stop) for o, c in zip(tile.output_start[1:], cross, strict=True)))
+        last = hi == tile.owned_in_tile()[0].stop
+        write(tile, values, box, last)
+        bar.update(values[0].size)
+        if last:
+            split.ended(tile, count)
+
+    # a tile's slabs rewrite its shards: each column of a tile is taken by one writer, in order
+    run_pipeline(slabs, read, compute, write_column, prefetch=prefetch, pending=pending, writers=writers,
+                 writer_of=lambda slab: slab[0].index, parts=parts)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ writer thread, beside the next batch's compute on the other cores, as it always 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,20 +43,28 @@ class Upload:
 @dataclass
 class Download:
     """A result on its way to the host. ``numpy()`` waits for it (on CUDA) or finishes it
-    (on the CPU) and returns a C-ordered array."""
+    (on the CPU) and returns it as an array: C-ordered, or its ``part`` (an index) of one."""
 
     tensor: torch.Tensor
     finish: Finish | None = None
     event: torch.cuda.Event | None = None
+    index: Any = ()
 
     def numpy(self) -> np.ndarray:
         if self.event is not None:
             self.event.synchronize()
         tensor = self.tensor
         if self.finish is not None:
-            with torch.inference_mode():
-                tensor = self.finish(tensor)
-        return tensor.cpu().contiguous().numpy()
+            with torch.inference_mode():  # a per-voxel finish: only the part is finished
+                tensor = self.finish(tensor[self.index] if self.index else tensor)
+            return tensor.cpu().contiguous().numpy()
+        array = tensor.cpu().contiguous().numpy()  # the whole result is on the host: its part is a view
+        return array[self.index] if self.index else array
+
+    def part(self, index: Any) -> Download:
+        """The part ``index`` of this result (``index`` keeps every axis, so a finish along the
+        classes still applies), for a writer that finishes and writes only that part."""
+        return replace(self, index=index)
 
 
 class Transfers:

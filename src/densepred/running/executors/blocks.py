@@ -133,7 +133,8 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
                            rows.write(tile_id, part, probabilities, last))
 
     try:
-        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=writer_threads(device))
+        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=writer_threads(device),
+                      stream_unit=output.write_unit(len(plan.output_tile)))
     finally:
         output.close()
     non_finite = sink.non_finite

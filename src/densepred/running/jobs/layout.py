@@ -8,7 +8,7 @@ from typing import Any
 
 from ...config import Config
 from ...errors import DensePredError
-from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shard
+from ...geometry import INNER_CHUNK, TilePlan, pyramid, stream_shards
 from ...geometry.pyramid import inner_chunks
 from ...geometry.scale import origin
 from ...io import ArraySpec
@@ -22,7 +22,7 @@ from .job import PredictJob
 def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan, encoding: Encoding,
                offset: Sequence[int], engine_mode: str) -> OmeLayout:
     """Levels, shards, chunks and physical metadata of an OME-Zarr output; shards are the
-    tiles, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
+    tiles, cut for a stream (:func:`~densepred.geometry.stream_shards`)."""
     start = output_start(job, plan, offset)
     return layout_for(job, in_spec, plan.output_shape, written_tile(plan, engine_mode), start, encoding,
                       cfg.network.class_names or None, cfg.name)
@@ -30,9 +30,9 @@ def ome_layout(job: PredictJob, cfg: Config, in_spec: ArraySpec, plan: TilePlan,
 
 def written_tile(plan: TilePlan, engine_mode: str) -> tuple[int, ...]:
     """The box an own net's output is stored in whole (a zarr shard; HDF5 chunks lie inside it):
-    the output tile, cut along a stream (:func:`~densepred.geometry.stream_shard`)."""
+    the output tile, cut for a stream (:func:`~densepred.geometry.stream_shards`)."""
     tile = tuple(plan.output_tile)
-    return (stream_shard(tile[0]), *tile[1:]) if engine_mode == "stream" else tile
+    return stream_shards(tile) if engine_mode == "stream" else tile
 
 
 def layout_for(job: PredictJob, in_spec: ArraySpec, output_shape: Sequence[int], tile: Sequence[int],

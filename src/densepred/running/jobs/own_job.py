@@ -90,14 +90,18 @@ class NetTiles:
                 sink.write(tile.owned_slices(), probabilities)
             else:
                 rows.write(tile_id, part, probabilities, last)
-            if last:  # a streamed tile is done with its last slab
+
+        def finished(tile: Tile) -> None:  # every write of the tile has returned: it is durable
+            if (tile_id := plan.tile_id(tile)) not in done:
                 done_log.append(tile_id)
 
         try:
             # the output's shards (zarr), chunks (HDF5, written under h5py's lock) or bytes (a
-            # memory map) are never shared by two tiles: several writers may finish tiles at once
+            # memory map) are never shared by two tiles (or a stream's columns): several writers
+            # may finish tiles at once
             predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress,
-                          writers=writer_threads(self.device))
+                          writers=writer_threads(self.device), stream_unit=output.write_unit(len(plan.output_tile)),
+                          finished=finished)
         finally:
             done_log.close()
             output.flush()
