@@ -41,7 +41,31 @@ def test_a_stream_reads_each_input_slice_once_in_slabs_and_equals_dilated(config
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     read = sorted(z for r in source.reads for z in r)
     assert read == list(range(volume.shape[0]))  # every slice once
-    assert max(len(r) for r in source.reads) <= STREAM_SLAB
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_streams_slabs_are_read_in_blocks_that_end_on_chunk_rows(mirror):
+    from densepred.geometry import TilePlan
+    from densepred.io import ChannelFirst, WindowRows, read_window
+
+    volume = np.random.default_rng(25).random((150, 20, 17), dtype=np.float32)
+    roi = ((5, 148), (0, 18), (0, 15)) if not mirror else ((5, 150), (0, 20), (0, 17))  # windows from row 5
+    plan = TilePlan.create(volume.shape, (3, 3, 3), (100, 20, 17), mirror, roi)
+    counting = CountingReads(volume)
+    windows = WindowRows(ChannelFirst(counting, 1, 3), plan, 64)
+    for tile in plan.tiles():
+        counting.reads.clear()
+        length = plan.input_tile[0]
+        for a in range(0, length, STREAM_SLAB):
+            b = min(a + STREAM_SLAB, length)
+            np.testing.assert_array_equal(windows.read(tile, a, b),
+                                          read_window(ChannelFirst(volume, 1, 3), plan, tile, rows=(a, b)))
+        lo, hi, take = plan.source_window(tile)[0]
+        if take is None:  # blocks end on multiples of 64 in the image: each 64-deep chunk decoded once
+            ends = [*range(64 * (lo // 64 + 1), hi, 64), hi]
+            assert [(r.start, r.stop) for r in counting.reads] == list(zip([lo, *ends[:-1]], ends, strict=True))
+        else:  # mirrored: blocks of 64 window rows
+            assert len(counting.reads) == math.ceil(length / 64)
 
 
 def test_a_mirrored_stream_in_several_tiles_equals_dilated(config, volume):

@@ -83,12 +83,15 @@ class Footprint:
         written = output_tile
         stored = self.n_classes if self.stored_channels is None else self.stored_channels
         levels = self.writers * 3 * stored * math.prod(output_tile) * self.stored_itemsize if self.pyramid else 0
-        if mode == "stream":
+        read_block = 0
+        if mode == "stream":  # the reader keeps up to two blocks of the window's rows as stored (io.WindowRows)
+            read_block = 2 * min(STREAM_SHARD, input_tile[0]) * math.prod(input_tile[1:]) * self.input_itemsize
             input_tile = (min(STREAM_SLAB, input_tile[0]), *input_tile[1:])
             written = (stream_shard(output_tile[0]), *output_tile[1:])
             output_tile = (min(STREAM_SLAB, output_tile[0]), *output_tile[1:])
         input_voxels, output_voxels = math.prod(input_tile), math.prod(output_tile)
         windows = (self.prefetch + 2) * self.batch * self.in_channels * input_voxels * (4 + self.input_itemsize)
+        windows += self.in_channels * read_block
         compute = self.batch * tile_bytes(geometry, output_tile, mode)
         results = (self.pending + 3) * self.batch * self.n_classes * output_voxels * 4
         encoded = 2 * (self.pending + 1) * stored * math.prod(written) * self.stored_itemsize

@@ -19,7 +19,7 @@
 
 from .arrays import ArraySpec, open_array
 from .fingerprint import array_fingerprint, file_stamp, input_stamp
-from .images import ChannelFirst, read_window, to_float32
+from .images import ChannelFirst, WindowRows, read_window, to_float32
 from .output_checks import check_not_input, check_writable, output_exists, remove_output
 from .outputs import OUTPUT_DTYPES, OutputArray, create_output, open_output
 from .tiff_chunks import kept_bytes_of
@@ -29,6 +29,7 @@ __all__ = [
     "ArraySpec",
     "ChannelFirst",
     "OutputArray",
+    "WindowRows",
     "array_fingerprint",
     "check_not_input",
     "check_writable",

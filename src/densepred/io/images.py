@@ -143,6 +143,11 @@ class OneSliceStack:
 def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile, rows: tuple[int, int] | None = None) -> np.ndarray:
     """The tile's input window as float32 ``(C, *input_tile)``, mirrored where it leaves the image;
     with ``rows``, only the slices ``[a, b)`` of the window along its first axis (a stream slab)."""
+    return to_float32(_window(source, plan, tile, rows))
+
+
+def _window(source: ChannelFirst, plan: TilePlan, tile: Tile, rows: tuple[int, int] | None) -> np.ndarray:
+    """:func:`read_window` as stored (not yet float32)."""
     axes = plan.source_window(tile)
     if rows is not None:
         axes[0] = _rows_of(axes[0], *rows)
@@ -150,7 +155,44 @@ def read_window(source: ChannelFirst, plan: TilePlan, tile: Tile, rows: tuple[in
     if any(take is not None for _, _, take in axes):
         index = [np.arange(hi - lo) if take is None else np.asarray(take) for lo, hi, take in axes]
         data = data[(slice(None), *np.ix_(*index))]
-    return to_float32(data)
+    return data
+
+
+class WindowRows:
+    """A stream's slabs of tile windows, read in blocks of rows along the first axis.
+
+    A slab is a few rows; the input's chunks (zarr, N5, HDF5) are often 64 deep, and each read
+    of part of a chunk decodes all of it: read slab by slab, every chunk was decoded once per
+    slab (8 times for 8-row slabs and 64-deep chunks), which made the reader the slow part of a
+    stream of a light net. The window's rows are read in blocks that end on multiples of
+    ``depth`` image rows (blocks of ``depth`` window rows where the window is mirrored along
+    that axis), so each chunk of a depth that divides ``depth`` is read once; a slab across two
+    blocks is joined from both. Blocks are kept as stored until their rows are read. One
+    reader thread calls :meth:`read`, a tile's slabs in order.
+    """
+
+    def __init__(self, source: ChannelFirst, plan: TilePlan, depth: int):
+        self.source, self.plan, self.depth = source, plan, depth
+        self._tile: Tile | None = None
+        self._blocks: list[tuple[int, int, np.ndarray]] = []
+
+    def read(self, tile: Tile, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` of ``tile``'s window as float32, as :func:`read_window` reads them."""
+        if tile is not self._tile:
+            self._tile, self._blocks = tile, []
+        self._blocks = [block for block in self._blocks if block[1] > a]
+        start = self._blocks[-1][1] if self._blocks else a
+        while start < b:
+            end = self._block_end(tile, start)
+            self._blocks.append((start, end, _window(self.source, self.plan, tile, (start, end))))
+            start = end
+        parts = [data[:, max(a, lo) - lo:min(b, hi) - lo] for lo, hi, data in self._blocks if lo < b]
+        return to_float32(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+
+    def _block_end(self, tile: Tile, start: int) -> int:
+        first, _, take = self.plan.source_window(tile)[0]
+        step = self.depth - (first + start) % self.depth if take is None else self.depth
+        return min(start + step, self.plan.input_tile[0])
 
 
 def _rows_of(axis: tuple[int, int, list[int] | None], a: int, b: int) -> tuple[int, int, list[int] | None]:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ...geometry import STREAM_SLAB, Tile, TileList, TilePlan, columns
-from ...io import ChannelFirst, read_window
+from ...geometry.memory import STREAM_SHARD
+from ...io import ChannelFirst, WindowRows, read_window
 from ...networks import DenseEngine, DenseNet, StackEngine
 from ...networks.precision import FLOAT32, Precision
 from ...pipeline import run_pipeline
@@ -127,10 +128,11 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     length = plan.input_tile[0]
     slabs = ((tile, a, min(a + STREAM_SLAB, length)) for tile in tiles for a in range(0, length, STREAM_SLAB))
     current: dict[str, Any] = {"tile": None}
+    windows = WindowRows(source, plan, STREAM_SHARD)  # whole chunk rows read at once, not once per slab
 
     def read(slab: tuple[Tile, int, int]) -> tuple[Tile, Upload]:
         tile, a, b = slab
-        return tile, transfers.upload(read_window(source, plan, tile, rows=(a, b))[None])
+        return tile, transfers.upload(windows.read(tile, a, b)[None])
 
     def compute(item: tuple[Tile, Upload]) -> tuple[int, Download | None]:
         bar.poll()
