@@ -96,7 +96,7 @@ class Columns:
     def __init__(self, unit: Sequence[int] | None, writers: int, finished: Callable[[Tile], None]):
         self.unit, self.count, self.finished = unit, writers if unit is not None else 1, finished
         self._of: tuple[Tile | None, list[tuple[slice, ...]]] = (None, [])
-        self._left: dict[int, int] = {}
+        self._left: dict[Any, int] = {}  # by tile index
         self._lock = threading.Lock()
 
     def of(self, tile: Tile) -> list[tuple[slice, ...]]:
@@ -150,10 +150,12 @@ def _stream_tiles(engine: DenseEngine, source: ChannelFirst, plan: TilePlan, til
     def parts(slab: tuple[Tile, int, int], result: tuple[int, Download | None]) -> list[tuple[Any, Any]]:
         """The slab's owned rows, one part per column (nothing is waited for or finished here)."""
         tile, (first, down) = slab[0], result
-        rows = tile.owned_in_tile()[0]
-        if down is None or max(first, rows.start) >= min(first + down.tensor.shape[2], rows.stop):
+        if down is None:
             return []
+        rows = tile.owned_in_tile()[0]
         lo, hi = max(first, rows.start), min(first + down.tensor.shape[2], rows.stop)
+        if lo >= hi:
+            return []
         cut = split.of(tile)
         return [((tile, lo, hi, cross, len(cut)), down.part((slice(0, 1), slice(None), slice(lo - first, hi - first),
                                                                *cross))) for cross in cut]
