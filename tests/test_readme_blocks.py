@@ -70,6 +70,7 @@ def test_the_ten_lines_print_the_geometry_they_show():
     assert run_python(code, README.parent).strip() == shown.strip()
 
 
+@pytest.mark.slow  # 8-10 s: make test-slow; training, -LAST and a larger net stay in make test (test_training.py)
 def test_training_then_a_larger_prediction_net(tmp_path):
     write_example(tmp_path, steps=6, test_shape=(8, 40, 40))  # a config not trained yet
     block = python_blocks(section("Training and prediction nets"))[0]
@@ -88,6 +89,7 @@ def test_the_training_section_shown_is_a_valid_config(demo):
     assert training.optimizer == "adam"
 
 
+@pytest.mark.slow  # 12-15 s (CLI processes): make test-slow; the newcomer's commands stay in make test (test_readme.py)
 def test_file_to_file_prediction_as_shown(demo):
     block = shell_blocks(section("Predicting files larger than memory"))[0]
     run_shell(block, demo, **{"0:64,0:2048,0:2048": "0:8,0:48,0:48"})
