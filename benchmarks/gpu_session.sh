@@ -43,7 +43,8 @@ run() {
       nproc
       python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$out/device.txt"
     cat "$out/device.txt"
-    timeout 240 python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_cuda.py 2>&1 \
+    # -o addopts: the project's addopts load pytest-xdist, which the device image lacks
+    timeout 240 python3 -m pytest -q -m cuda -rs -p no:cacheprovider -o addopts=-ra tests/test_cuda.py 2>&1 \
         | tee "$out/cuda_tests.log" || true
     # shellcheck disable=SC2086  # SUITE_ARGS: e.g. "--device cpu --quick" for a smoke run without a GPU
     timeout 330 python3 benchmarks/gpu_suite.py --parts "$parts" ${SUITE_ARGS:-} 2>&1 | tee "$out/gpu_suite.md" || true

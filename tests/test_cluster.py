@@ -23,6 +23,7 @@ from densepred.errors import DensePredError
 from densepred.interfaces.cli import main
 from densepred.running.jobs import PredictJob, predict_to_file
 from densepred.running.jobs import cluster_job as cluster_run
+from tests.test_foreign_files import tiny_job
 
 TILE = (6, 19, 17)  # output tiles of 4 x 12 x 10
 BIN = Path(sys.executable).parent
@@ -53,13 +54,19 @@ def test_local_cluster_equals_the_in_process_run_and_reruns_byte_identically(con
     volume = tmp_path / "small.npy"  # 75 tiles: blocks of 1-6 of them on each worker
     np.save(volume, np.random.default_rng(12).random((13, 61, 53), dtype=np.float32))
     predict_to_file(job(config, volume, tmp_path / "one.zarr"))
+    (tmp_path / "model").mkdir()
+    model_job = tiny_job(tmp_path / "model", 3, (29, 47, 41), mode="exact", tile=(16, 20, 20), levels=2)
+    predict_to_file(model_job("one.zarr"))
     from distributed import LocalCluster
 
-    # one cluster for both runs (densepred's own --workers clusters start in test_foreign_files, test_n5_inputs, ...)
+    # one cluster for all runs (densepred's own --workers clusters start in test_readme, test_newcomer_errors, ...)
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
         address = cluster.scheduler_address
         first = predict_to_file(job(config, volume, tmp_path / "a.zarr", scheduler=address, tiles_per_block=(1, 2, 3)))
         predict_to_file(job(config, volume, tmp_path / "b.zarr", scheduler=address, tiles_per_block=2))
+        model = predict_to_file(model_job("two.zarr", scheduler=address, tiles_per_block=1))
+    assert model.tiles > 4  # a model from elsewhere, in several blocks
+    assert same_bytes(tmp_path / "model" / "one.zarr", tmp_path / "model" / "two.zarr")
     assert first.computed == first.tiles > 1
     for here, there in zip(levels(tmp_path / "one.zarr"), levels(tmp_path / "a.zarr"), strict=True):
         np.testing.assert_allclose(there, here, rtol=0, atol=1e-5)

@@ -274,6 +274,7 @@ def tiny_job(tmp_path, seed, shape, **fixed):
     return job
 
 
+@pytest.mark.slow  # 16 s; make test runs this model's blocks on a cluster in test_cluster
 def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(tmp_path):
     job = tiny_job(tmp_path, 3, (29, 47, 41), mode="exact", tile=(16, 20, 20), levels=2)
 
@@ -293,7 +294,7 @@ def test_exact_blocks_on_a_local_cluster_equal_the_one_process_run_then_resume(t
     np.testing.assert_allclose(stored(tmp_path / "two.zarr"), stored(tmp_path / "one.zarr"), rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow  # 15 s; exact blocks on a cluster: test_exact_blocks_on_a_local_cluster_equal_the_one_process_run
+@pytest.mark.slow  # 15 s; exact blocks on a cluster: the test above and test_cluster
 def test_blend_on_a_local_cluster_equals_the_one_process_blend_and_resumes_anywhere(tmp_path):
     job = tiny_job(tmp_path, 5, (27, 45, 39), mode="blend", tile=(12, 16, 16), overlap=0.5, levels=1)
 
