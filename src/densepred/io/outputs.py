@@ -51,6 +51,7 @@ class OutputArray:
         self._local = LocalZarr(array) if spec.kind == "zarr" else None  # by its files where it can
         self._direct = DirectChunks.of(array) if spec.kind == "hdf5" else None  # compressed by the writers
         self._levels: dict[int, OutputArray] = {0: self}
+        self._deferred = False  # a memory map synced by commit(), not by each write_box
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
 
@@ -114,20 +115,31 @@ class OutputArray:
     def sync(self, box: tuple[slice, ...]) -> None:
         """Make the data written in ``box`` durable on disk (it survives a power loss).
 
-        HDF5: the file is flushed and fsynced; memory maps: ``msync``; zarr: every chunk
-        file the box touches, and their folders, are fsynced.
+        HDF5: the file is flushed and fsynced; memory maps: ``msync`` (none after
+        :meth:`defer_syncs`); zarr: every chunk file the box touches, and their folders, are
+        fsynced.
         """
         if self._handle is not None:
             self._handle.flush()
             os.fsync(self._handle.id.get_vfd_handle())
         elif isinstance(self.array, np.memmap):
-            self.array.flush()  # msync(MS_SYNC)
+            if not self._deferred:
+                self.array.flush()  # msync(MS_SYNC)
         elif self.spec.kind == "zarr":
             paths = self._chunk_files(box)
             for path in paths:
                 _fsync_file(path)
             for folder in {path.parent for path in paths}:
                 fsync_folder(folder)
+
+    def defer_syncs(self) -> Callable[[], None] | None:
+        """For a memory map: leave its ``msync`` to the function returned, which makes every
+        write so far durable (:class:`~.run_record.DoneLog` calls it once for a group of tiles);
+        None, and nothing changed, for other outputs."""
+        if not isinstance(self.array, np.memmap):
+            return None
+        self._deferred = True
+        return self.array.flush
 
     def write_box(self, box: tuple[slice, ...], values: np.ndarray, labels: bool) -> None:
         """Write ``values`` over the spatial ``box`` (every channel, unless the output holds

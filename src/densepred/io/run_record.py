@@ -13,6 +13,12 @@ files, msync of a memory map), and the line itself is fsynced. So after a crash 
 loss every tile the log names is on disk. A line torn by a crash fails its checksum and is
 ignored; before appending, the log is cut back to its last complete line, so a new entry can
 never merge with a torn one ("17" + "3" is not tile 173).
+
+A memory-mapped output (NumPy, TIFF, MRC) is synced in groups instead
+(:meth:`densepred.io.OutputArray.defer_syncs`): tiles finished within ``COMMIT_SECONDS`` of
+each other wait in the log until one ``msync`` of the whole map has made them all durable,
+then their lines are appended. Tiles whose boxes share pages (rows of a tile narrower than
+the image) then cost one write of each page to disk, not one per tile.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import json
 import logging
 import os
 import threading
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,8 @@ from .done_ids import DoneIds
 from .output_checks import check_replaceable, output_exists
 
 log = logging.getLogger("densepred")
+
+COMMIT_SECONDS = 1.0  # a group of tiles made durable by one commit (see the module docstring)
 
 RECORD_VERSION = 5  # 3: a model run's done.log names shards, record folders percent-encode keys; 4: precision;
 # 5: a stream's output shards cut across its tile (geometry.stream_shards)
@@ -107,9 +117,12 @@ class DoneLog:
     """``done.log`` (or a pyramid level's log) opened for appending durable lines; a torn last
     line is cut off first."""
 
-    def __init__(self, record_dir: Path, name: str = DONE_LOG):
+    def __init__(self, record_dir: Path, name: str = DONE_LOG, commit: Callable[[], None] | None = None):
+        """``commit``: makes every write so far durable; given, lines are appended in groups,
+        each after one commit (a memory map's ``msync``), not after each tile's own sync."""
         path = Path(record_dir) / name
-        self._lock = threading.Lock()
+        self._lock, self._file_lock = threading.Lock(), threading.Lock()
+        self._commit, self._pending, self._committed = commit, [], time.monotonic()
         self._file = open(path, "a+b")  # noqa: SIM115 - closed by close()
         self._file.seek(0)
         content = self._file.read()
@@ -119,14 +132,50 @@ class DoneLog:
             os.fsync(self._file.fileno())
 
     def append(self, tile_id: int) -> None:
-        """Append a durable line (from any thread: the pipeline's writers share the log)."""
+        """Append a durable line (from any thread: the pipeline's writers share the log); with a
+        ``commit``, the lines waiting are appended at the first append ``COMMIT_SECONDS`` after
+        the last commit, by that thread, once it has committed (the other writers go on)."""
         with self._lock:
-            self._file.write(done_line(tile_id).encode("ascii"))
+            self._pending.append(tile_id)
+            if self._commit is not None and time.monotonic() - self._committed < COMMIT_SECONDS:
+                return
+            group, self._pending, self._committed = self._pending, [], time.monotonic()
+        self._write(group)
+
+    def _write(self, group: list[int]) -> None:
+        if self._commit is not None:
+            self._commit()
+        with self._file_lock:
+            self._file.write("".join(done_line(i) for i in group).encode("ascii"))
             self._file.flush()
             os.fsync(self._file.fileno())
 
+    def flush(self) -> None:
+        """Commit and append the lines still waiting (a run's last tiles); raises what the
+        commit raises (a disk that failed a write), so the run is not taken for finished."""
+        with self._lock:
+            group, self._pending = self._pending, []
+        if group:
+            self._write(group)
+
     def close(self) -> None:
+        """Close the log; lines still waiting for a commit are left out (their tiles are
+        computed again on resume)."""
         self._file.close()
+
+    def __enter__(self) -> DoneLog:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """Commit the lines still waiting, then close. After a failure (a write that failed, a
+        cancel) the tiles finished before it are kept if the disk still takes the commit."""
+        try:
+            self.flush()
+        except OSError:
+            if kind is None:
+                raise
+        finally:
+            self.close()
 
 
 def read_record(record_dir: Path) -> dict[str, Any] | None:

@@ -80,12 +80,9 @@ class ModelShards:
         """Exact windows or blended rows of windows, in this process."""
         sink = Sink(output, self.encoding, NonFinite(self.run.contract.crop, job.strict, self.run.contract.scale))
         with large_blocks_returned(not self.run.heap_kept):
-            if self.run.mode == "exact":
-                done_log = DoneLog(self.record_dir)
-                try:
+            if self.run.mode == "exact":  # a memory map's windows made durable in groups (DoneLog)
+                with DoneLog(self.record_dir, commit=output.defer_syncs()) as done_log:
                     computed = self.run.write_exact(sink, done, done_log, job.progress)
-                finally:
-                    done_log.close()
             else:
                 computed = _blend(self.run, sink, self.record_dir, job.progress, done)
         sink.non_finite.report()

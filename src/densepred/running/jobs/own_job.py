@@ -78,7 +78,7 @@ class NetTiles:
         plan = self.plan
         engine = make_engine(self.net, self.engine_mode, self.device, self.source.stacked, self.precision)
         todo = plan.batches_to_run(done, self.batch_size)
-        done_log = DoneLog(self.record_dir)
+        done_log = DoneLog(self.record_dir, commit=output.defer_syncs())  # memory maps: in groups
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
         rows = StreamRows(sink)  # a stream's slabs, written in whole shards (chunks)
 
@@ -91,7 +91,7 @@ class NetTiles:
             else:
                 rows.write(tile_id, part, probabilities, last)
 
-        def finished(tile: Tile) -> None:  # every write of the tile has returned: it is durable
+        def finished(tile: Tile) -> None:  # every write of the tile has returned: durable, or at the log's commit
             if (tile_id := plan.tile_id(tile)) not in done:
                 done_log.append(tile_id)
 
@@ -99,11 +99,11 @@ class NetTiles:
             # the output's shards (zarr), chunks (HDF5, written under h5py's lock) or bytes (a
             # memory map) are never shared by two tiles (or a stream's columns): several writers
             # may finish tiles at once
-            predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size, progress=job.progress,
-                          writers=writer_threads(self.device), stream_unit=output.write_unit(len(plan.output_tile)),
-                          finished=finished)
+            with done_log:  # a memory map's last group committed on the way out
+                predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size,
+                              progress=job.progress, writers=writer_threads(self.device),
+                              stream_unit=output.write_unit(len(plan.output_tile)), finished=finished)
         finally:
-            done_log.close()
             output.flush()
         sink.non_finite.report()
         return len(todo)
