@@ -51,7 +51,7 @@ class OutputArray:
         self._local = LocalZarr(array) if spec.kind == "zarr" else None  # by its files where it can
         self._direct = DirectChunks.of(array) if spec.kind == "hdf5" else None  # compressed by the writers
         self._levels: dict[int, OutputArray] = {0: self}
-        self._deferred = False  # a memory map synced by commit(), not by each write_box
+        self._deferred = False  # a memory map synced by what defer_syncs returns, not by each write_box
         # called with (spatial box, values) after each write_box, from the writing thread
         self.after_write: Callable[[tuple[slice, ...], np.ndarray], None] | None = None
 
