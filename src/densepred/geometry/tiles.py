@@ -103,7 +103,7 @@ class TilePlan:
         if any(o < 1 for o in output):
             raise DensePredError(
                 f"image spatial shape {list(image_shape)} is smaller than the network's field of view "
-                f"{list(fov)}; use mirror=True or an image at least that large"
+                f"{list(fov)}; use --mirror (mirror=True) or an image at least that large"
             )
         if any(t < f for t, f in zip(input_tile, fov, strict=True)):
             raise DensePredError(f"tile shape {list(input_tile)} is smaller than the field of view {list(fov)}")
