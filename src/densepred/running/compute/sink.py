@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,3 +191,21 @@ class _Row:
     buffer: np.ndarray
     start: int
     filled: int = 0
+
+
+def tile_writes(sink: Sink, tile_id: Callable[[Tile], int], done: Container[int]) -> Callable[..., int]:
+    """The ``write`` that :func:`~densepred.running.compute.tiles.predict_tiles` calls for an own
+    net's tiles: a whole tile over the output box it owns, a streamed tile's slabs through
+    :class:`StreamRows`. A tile in ``done`` is durable already (recomputed only because its
+    batch has a missing tile) and is not written again. It returns the voxels written."""
+    rows = StreamRows(sink)
+
+    def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> int:
+        key = tile_id(tile)
+        if key in done:
+            return 0
+        if part is None:
+            return sink.write(tile.owned_slices(), probabilities)
+        return rows.write(key, part, probabilities, last)
+
+    return write

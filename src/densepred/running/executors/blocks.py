@@ -26,14 +26,14 @@ import torch
 
 from ...config import Config
 from ...errors import DensePredError
-from ...geometry import BlockPlan, Tile, TilePlan
+from ...geometry import BlockPlan, TilePlan
 from ...io import ArraySpec, ChannelFirst, open_array, open_output
 from ...io.encoding import Encoding
 from ...io.pyramid import write_level_block
 from ...networks import create_prediction_net
 from ...networks.devices import resolve_device
 from ...system import available_cores
-from ..compute.sink import NonFinite, Sink, StreamRows
+from ..compute.sink import NonFinite, Sink, tile_writes
 from ..compute.tiles import make_engine, predict_tiles
 from ..planning.tiling import writer_threads
 
@@ -123,17 +123,12 @@ def _run_block(payload: NetPayload, job: BlockJob, block_id: int, done: set[int]
     engine = make_engine(_net(payload, job), job.engine_mode, device, source.stacked, job.precision)
     output = open_output(job.output, clean=False)
     sink = Sink(output, job.encoding, NonFinite(job.shift, strict=job.strict))
-    rows = StreamRows(sink)  # a stream's slabs, written in whole shards
+    write = tile_writes(sink, plan.tile_id, done)
     written: list[int] = []  # voxels per write; list.append is atomic across the writer threads
 
-    def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
-        tile_id = plan.tile_id(tile)
-        if tile_id not in done:
-            written.append(sink.write(tile.owned_slices(), probabilities) if part is None else
-                           rows.write(tile_id, part, probabilities, last))
-
     try:
-        predict_tiles(engine, source, plan, todo, write, batch_size=job.batch_size, writers=writer_threads(device),
+        predict_tiles(engine, source, plan, todo, lambda *args: written.append(write(*args)),
+                      batch_size=job.batch_size, writers=writer_threads(device),
                       stream_unit=output.write_unit(len(plan.output_tile)))
     finally:
         output.close()

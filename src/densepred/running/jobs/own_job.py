@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...config import Config, load_config
@@ -41,7 +40,7 @@ from ...networks import config_last, create_prediction_net
 from ...networks.devices import resolve_device
 from ...networks.precision import Precision, precision_for
 from ...networks.precision_speed import refuse_if_slower
-from ..compute.sink import NonFinite, Sink, StreamRows
+from ..compute.sink import NonFinite, Sink, tile_writes
 from ..compute.tiles import make_engine, predict_tiles
 from ..executors.blocks import BlockJob, NetPayload, run_block
 from ..executors.cluster import Task, box_text, shared, tiles_per_block
@@ -80,16 +79,7 @@ class NetTiles:
         todo = plan.batches_to_run(done, self.batch_size)
         done_log = DoneLog(self.record_dir, commit=output.defer_syncs())  # memory maps: in groups
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
-        rows = StreamRows(sink)  # a stream's slabs, written in whole shards (chunks)
-
-        def write(tile: Tile, probabilities: np.ndarray, part: tuple[slice, ...] | None, last: bool) -> None:
-            tile_id = plan.tile_id(tile)
-            if tile_id in done:
-                return  # recomputed only because its batch had a missing tile
-            if part is None:
-                sink.write(tile.owned_slices(), probabilities)
-            else:
-                rows.write(tile_id, part, probabilities, last)
+        write = tile_writes(sink, plan.tile_id, done)
 
         def finished(tile: Tile) -> None:  # every write of the tile has returned: durable, or at the log's commit
             if (tile_id := plan.tile_id(tile)) not in done:
