@@ -34,7 +34,7 @@ def test_the_smallest_exact_window_is_the_smallest_an_exact_prediction_accepts(t
     window = lines[2].split("window ")[1].split(" ")[0]
     assert window == "36x36x36"
     assert "bytes per input voxel on cpu" in lines[3]
-    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((45, 50, 47), dtype=np.float32))
+    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((37, 41, 39), dtype=np.float32))
     predict = ["predict", *MODEL, "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.npy"),
                "--mode", "exact", "--quiet", "--overwrite"]
     assert main([*predict, "--tile", window.replace("x", ",")]) == 0
