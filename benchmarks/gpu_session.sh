@@ -35,7 +35,7 @@ fetch() {
 }
 
 run() {
-    local parts=${1:-exactness,precisions,profile,unet,models,training,pipeline} out=${OUT:-out}
+    local parts=${1:-exactness,precisions,profile,unet,models,training,pipeline,host} out=${OUT:-out}
     mkdir -p "$out"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="$PWD/src:/tmp/site" PYTHONUNBUFFERED=1

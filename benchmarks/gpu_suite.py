@@ -3,7 +3,8 @@ error and speed, the profiler's walk, an exact U-Net beside a whole forward (and
 sliding window when MONAI is installed), its windows profiled (densepred profile --model),
 memory estimates against measured peaks, training
 steps/s per precision, and the file pipeline end to end (the near-free net of
-pipeline_ceiling.py, and m36 against its engine alone on the same tile).
+pipeline_ceiling.py, and m36 against its engine alone on the same tile; last, the near-free net
+on the host's CPU with 2 writer threads and with more).
 
     python benchmarks/gpu_suite.py                     # on cuda
     python benchmarks/gpu_suite.py --device cpu --quick  # a smoke run of the same code
@@ -260,6 +261,41 @@ def pipeline(device: torch.device, quick: bool) -> list[str]:
             "|---|---|---|---|---|---|---|---|", *rows]
 
 
+def host(device: torch.device, quick: bool) -> list[str]:
+    """The near-free net file to file on this host's CPU (issue 25's ``--device cpu`` row, the
+    settings of ``pipeline``), with the CPU's writer threads (``tiling.WRITERS``, 2) and with
+    more: whether two writers cap a many-core CPU when the network costs nothing."""
+    from pipeline_ceiling import textured_volume, trivial_net
+
+    from densepred.running.jobs import PredictJob, predict_to_file
+    from densepred.running.planning import tiling
+    from densepred.system import available_cores
+
+    cores, default = available_cores(), tiling.WRITERS
+    counts = sorted({default, max(default, cores // 4), max(default, cores // 2)})
+    shape = (64, 256, 256) if quick else (256, 1024, 1024)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        source = textured_volume(work / "in.zarr", shape)
+        job = PredictJob(str(trivial_net(work)), str(source), str(work / "out.zarr"), mirror=True, dtype="uint8",
+                         device="cpu", overwrite=True, progress=False)
+        predict_to_file(job)  # warm-up: the page cache
+        try:
+            for count in counts:
+                tiling.WRITERS = count
+                start, cpu = time.perf_counter(), time.process_time()
+                result = predict_to_file(job)
+                seconds = time.perf_counter() - start
+                rows.append(f"| {count} | {seconds:.2f} | {math.prod(result.shape[1:]) / seconds / 1e6:.1f} | "
+                            f"{(time.process_time() - cpu) / seconds:.1f} |")
+        finally:
+            tiling.WRITERS = default
+    return [f"The near-free net on the host's CPU ({cores} cores), {'x'.join(map(str, shape))} uint8 zarr to "
+            "OME-Zarr (two classes, uint8, default pyramid), --device cpu:", "",
+            "| writer threads | seconds | end to end Mvox/s | cores used |", "|---|---|---|---|", *rows]
+
+
 def _m36_run(work: Path) -> Path:
     """examples/m36.toml with its run folder in ``work``, and random sharp weights saved there."""
     from densepred.networks.weights import save_weights
@@ -276,13 +312,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
-    parser.add_argument("--parts", default="exactness,precisions,profile,unet,models,training,pipeline")
+    parser.add_argument("--parts", default="exactness,precisions,profile,unet,models,training,pipeline,host")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, precisions: {', '.join(runnable(device))}\n")
     parts = {"exactness": exactness, "precisions": precisions, "profile": profile_walk, "unet": unet,
-             "models": model_windows, "training": training, "pipeline": pipeline}
+             "models": model_windows, "training": training, "pipeline": pipeline, "host": host}
     start = time.perf_counter()
     for part in args.parts.split(","):
         begun = time.perf_counter()
