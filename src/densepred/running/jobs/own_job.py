@@ -77,7 +77,6 @@ class NetTiles:
         plan = self.plan
         engine = make_engine(self.net, self.engine_mode, self.device, self.source.stacked, self.precision)
         todo = plan.batches_to_run(done, self.batch_size)
-        done_log = DoneLog(self.record_dir, commit=output.defer_syncs())  # memory maps: in groups
         sink = Sink(output, self.encoding, NonFinite(self.shift, strict=job.strict))
         write = tile_writes(sink, plan.tile_id, done)
 
@@ -88,8 +87,9 @@ class NetTiles:
         try:
             # the output's shards (zarr), chunks (HDF5, written under h5py's lock) or bytes (a
             # memory map) are never shared by two tiles (or a stream's columns): several writers
-            # may finish tiles at once
-            with done_log:  # a memory map's last group committed on the way out
+            # may finish tiles at once. A memory map's tiles are made durable in groups (the log's
+            # commit), the last group on the way out
+            with DoneLog(self.record_dir, commit=output.defer_syncs()) as done_log:
                 predict_tiles(engine, self.source, plan, todo, write, batch_size=self.batch_size,
                               progress=job.progress, writers=writer_threads(self.device),
                               stream_unit=output.write_unit(len(plan.output_tile)), finished=finished)
