@@ -185,3 +185,36 @@ def test_a_models_contract_asked_for_from_threads_at_once_is_probed_once(monkeyp
     assert len(probes) == 1
     assert len(contracts) == 3
     assert all(c is contracts[0] for c in contracts)
+
+
+def test_training_draws_its_history_without_touching_the_callers_matplotlib(tmp_path):
+    """``history.png`` came from pyplot after ``matplotlib.use("Agg")``: a notebook that trained
+    lost its inline plots, and pyplot's list of figures grew behind the user's back."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    mine = plt.figure()
+    try:
+        densepred.train(write_config(tmp_path, steps=3), progress=False)
+        assert matplotlib.get_backend() == "pdf"
+        assert plt.get_fignums() == [mine.number]
+    finally:
+        plt.close(mine)
+        matplotlib.use(previous)
+    assert (tmp_path / "run" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_history_picture_that_cannot_be_drawn_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    from densepred.running.training import history
+
+    def fails(rows, path, name):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(history, "plot_history", fails)
+    result = densepred.train(write_config(tmp_path, steps=3), progress=False)
+    assert result.step == 3
+    assert "could not draw" in caplog.text
+    assert "No space left on device" in caplog.text
+    assert not (tmp_path / "run" / "history.png").exists()

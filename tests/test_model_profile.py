@@ -26,7 +26,7 @@ from tests.test_reliability_files import one_error_line
 
 KWARGS = {"dims": 3, "depth": 2, "width": 4}
 CPU = torch.device("cpu")
-SHAPE = (37, 90, 77)  # odd sizes; a generous memory limit makes predict's default window cover it
+SHAPE = (37, 62, 57)  # odd sizes; a generous memory limit makes predict's default window cover it
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,15 @@ def test_walk_grows_with_the_aspect_and_every_input_is_mfp_valid():
 
 
 def test_profile_writes_a_csv_of_valid_measured_shapes_and_a_plot(tiny_config, tmp_path):
-    result = profile(tiny_config, device="cpu", max_seconds=6, out=tmp_path / "out", progress=False)
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        result = profile(tiny_config, device="cpu", max_seconds=3, out=tmp_path / "out", progress=False)
+        assert matplotlib.get_backend() == "pdf"  # the plot leaves the caller's backend alone
+    finally:
+        matplotlib.use(previous)
     header, rows = read_rows(result.csv_path)
     assert tuple(header) == CSV_COLUMNS
     assert result.png_path.stat().st_size > 1000

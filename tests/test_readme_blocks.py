@@ -5,10 +5,12 @@ machine without SLURM allows (its cluster and job built, its job script rendered
 recipe, a model's profile, and the plan transcripts (what ``densepred plan`` prints, line for
 line). The profiler, the MONAI U-Net, precision, make demo, the model's profile and the plan
 transcripts take 10-40 s each and run in ``make test-slow``, keeping the default run under 5
-minutes."""
+minutes. The ten lines and the SLURM example run in this process (``run_python_here``)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -29,6 +31,14 @@ from tests.test_readme import BIN, README, section, shell_blocks
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+def run_python_here(code: str, cwd: Path) -> str:
+    """``code`` run as a script in this process, in ``cwd``; what it prints."""
+    printed = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(printed):
+        exec(compile(code, "<README>", "exec"), {"__name__": "__main__"})
+    return printed.getvalue()
 
 
 def run_python(code: str, cwd: Path) -> str:
@@ -67,7 +77,7 @@ def test_the_ten_lines_print_the_geometry_they_show():
     block = python_blocks(section("Ten lines"))[0]
     shown = re.search(r"print\(.*\)\s+# (.*)", block).group(1)
     code = block.replace("(40, 300, 300)", "(12, 70, 70)") + "\nassert probs.shape == (2, 12, 70, 70)\n"
-    assert run_python(code, README.parent).strip() == shown.strip()
+    assert run_python_here(code, README.parent).strip() == shown.strip()
 
 
 @pytest.mark.slow  # 8-10 s: make test-slow; training, -LAST and a larger net stay in make test (test_training.py)
@@ -156,7 +166,7 @@ def test_the_slurm_example_builds_its_cluster_and_job(tmp_path):
     code = before.replace("cluster.scale(jobs=16)", "script = cluster.job_script()")
     code += ("\nassert '--gres=gpu:1' in script and '--resources GPU=1' in script, script\n"
              "from densepred.running.jobs.job import check_job\ncheck_job(job)\ncluster.close()\n")
-    run_python(code, tmp_path)
+    run_python_here(code, tmp_path)
 
 
 @pytest.mark.slow  # 10-15 s: make test-slow

@@ -256,11 +256,7 @@ def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_p
     _wait_for_step(tmp_path / "run" / "history.csv", 20, process)
     process.kill()  # SIGKILL: no chance to clean up
     process.wait()
-    last = tmp_path / "run" / "tiny-LAST.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(last, "pt") as f:
-        step = int(f.metadata()["step"])
+    step = _saved_step(tmp_path / "run" / "tiny-LAST.safetensors")
     assert step >= 10
     assert step % 10 == 0
     create_prediction_net(config)  # loads
@@ -271,7 +267,32 @@ def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_p
     assert read_history(tmp_path / "run" / "history.csv")[-1]["step"] == step + 10
 
 
-def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    """SIGINT (a terminal's Ctrl-C) to this process during step 12: the step ends, LAST is saved at
+    it, and the command says how to continue. The same to a training process: make test-slow."""
+    from densepred.interfaces.cli import main
+    from densepred.running.training.loop import _Run
+
+    config = write_config(tmp_path, steps=100000)
+    step_once = _Run.train_step
+
+    def train_step(self, step):
+        if step == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_once(self, step)
+
+    monkeypatch.setattr(_Run, "train_step", train_step)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["train", str(config), "--quiet"]) == 130
+    stderr = capsys.readouterr().err
+    assert "interrupted at step 12" in stderr
+    assert "continue with --resume" in stderr
+    assert _saved_step(tmp_path / "run" / "tiny-LAST.safetensors") == 12
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
+
+
+@pytest.mark.slow  # 10-12 s (a training process): make test-slow
+def test_ctrl_c_to_a_training_process_saves_last_and_exits_cleanly(tmp_path):
     config = write_config(tmp_path, steps=100000)
     process = _train_process(config)
     _wait_for_step(tmp_path / "run" / "history.csv", 10, process)
@@ -280,7 +301,11 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
     assert process.returncode == 130, stderr
     assert "continue with --resume" in stderr
     assert "Traceback" not in stderr
+    assert _saved_step(tmp_path / "run" / "tiny-LAST.safetensors") >= 10
+
+
+def _saved_step(weights: Path) -> int:
     from safetensors import safe_open
 
-    with safe_open(tmp_path / "run" / "tiny-LAST.safetensors", "pt") as f:
-        assert int(f.metadata()["step"]) >= 10
+    with safe_open(weights, "pt") as f:
+        return int(f.metadata()["step"])

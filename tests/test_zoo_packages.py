@@ -269,23 +269,18 @@ def test_a_package_whose_model_does_not_give_the_scale_it_describes_is_refused_i
 
 def test_the_readme_test_model_example_prints_what_it_shows(tmp_path):
     import re
-    import subprocess
-    import sys
     import zipfile
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if "densepred test-model" in b)
+    from tests.test_readme import README, run_as_written
+
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL)
+    block = next(b for b in blocks if "densepred test-model" in b)
     command, *shown = block.strip().splitlines()
     rdf = package(tmp_path / "p", ("state_dict_url", "torchscript"))
     with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
         for path in rdf.parent.iterdir():
             archive.write(path, path.name)
-    densepred_command = Path(sys.executable).parent / "densepred"
-    run = subprocess.run([str(densepred_command), *command.split()[1:]], check=False, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    printed = run.stdout.splitlines()
+    printed = run_as_written(command, tmp_path).splitlines()
     for line in shown:
         assert any(p.startswith(line.removeprefix("# ").removesuffix("...")) for p in printed), line
 

@@ -130,13 +130,11 @@ def membrane_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float
 
 
 def draw(raw: np.ndarray, membrane: np.ndarray, truth: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     sections = np.linspace(4, raw.shape[0] - 5, 3).astype(int)
-    fig, axes = plt.subplots(len(sections), 3, figsize=(9, 3 * len(sections)))
+    fig = Figure(figsize=(9, 3 * len(sections)), layout="tight")
+    axes = fig.subplots(len(sections), 3)
     for row, z in zip(axes, sections, strict=True):
         for ax, image, title, cmap in zip(row, (raw[z], membrane[z], truth[z]),
                                           ("raw", "membrane probability", "truth"),
@@ -144,9 +142,7 @@ def draw(raw: np.ndarray, membrane: np.ndarray, truth: np.ndarray, path: Path) -
             ax.imshow(image, cmap=cmap, vmin=0, vmax=255 if title == "raw" else 1)
             ax.set_title(f"{title}, z = {z}", fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from ...config import load_config, set_prediction_settings
 from ...errors import DensePredError
-from ...files import atomic_write_text
+from ...files import atomic_path, atomic_write_text
 from ...progress import shape_text
 
 PROFILE_MODES = ("mfp", "dilated", "naive", "stream")
@@ -147,12 +146,10 @@ def profile_csv(rows: Sequence[ProfileRow]) -> str:
 
 
 def plot_profile(result: ProfileResult, path: Path, name: str = "") -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend and figures stay as they are
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5), layout="tight")
+    ax = fig.subplots()
     for mode in PROFILE_MODES:
         rows = [r for r in result.rows if r.mode == mode and r.status == "ok" and r.precision == result.precision]
         if rows:
@@ -173,11 +170,8 @@ def plot_profile(result: ProfileResult, path: Path, name: str = "") -> None:
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def write_prediction_settings(path: str | Path, tile_shape: Sequence[int], mode: str) -> None:

@@ -16,7 +16,6 @@ draws the same patches as an uninterrupted one. Ctrl-C saves LAST and returns.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import signal
@@ -48,11 +47,11 @@ from ...networks.weights import (
     save_weights,
     saved_optimizer_kind,
 )
+from .history import HistoryPlot, read_history, write_history
 from .samplers import augmentation_for, build_samplers
 from .save_dir import trained_config_path, trained_config_text, training_lock
 
 log = logging.getLogger("densepred")
-HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr", "skipped_batches")
 
 
 class _Window:
@@ -209,7 +208,7 @@ class _Run:
         bar = _bar(progress, self.start, self.steps)
         step, window = self.start, _Window()
         try:
-            with StopOnInterrupt() as stop:
+            with StopOnInterrupt() as stop, HistoryPlot(self.save_dir / "history.png", self.cfg.name) as plots:
                 while step < self.steps and not stop.requested:
                     step += 1
                     window.add(self.train_step(step))
@@ -220,9 +219,9 @@ class _Run:
                         self.record(step, seconds0 + time.perf_counter() - clock0, window)
                         window = _Window()
                     if step % self.training.save_every == 0 or step == self.steps:
-                        self.save(step)
+                        self.save(step, plots)
                 if stop.requested:
-                    self.save(step)
+                    self.save(step, plots)
                     log.warning("interrupted at step %d; LAST saved to %s (continue with --resume)",
                                 step, self.last)
         finally:
@@ -316,11 +315,11 @@ class _Run:
             self.best_loss = score
             save_weights(self.net, self.best, {"step": step, "score": score, "name": self.cfg.name})
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, plots: HistoryPlot) -> None:
         save_optimizer(self.optimizer, self.optimizer_file, step)
         save_weights(self.net, self.last, {"step": step, "name": self.cfg.name})
         if self.history:
-            plot_history(self.history, self.save_dir / "history.png", self.cfg.name)
+            plots.update(self.history)
 
 
 class StopOnInterrupt:
@@ -343,55 +342,6 @@ class StopOnInterrupt:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``history.csv``; columns a file from an older version lacks are None."""
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({key: _history_value(key, row.get(key)) for key in HISTORY_FIELDS})
-    return rows
-
-
-def _history_value(key: str, text: str | None) -> Any:
-    if text in ("", None):
-        return None
-    return int(text) if key in ("step", "skipped_batches") else float(text)
-
-
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    lines = [",".join(HISTORY_FIELDS)]
-    for row in rows:
-        lines.append(",".join("" if row[key] is None else f"{row[key]:.6g}" if isinstance(row[key], float)
-                              else str(row[key]) for key in HISTORY_FIELDS))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def plot_history(rows: list[dict[str, Any]], path: Path, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(steps, [math.nan if r["train_loss"] is None else r["train_loss"] for r in rows], label="train loss")
-    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
-    if val:
-        ax_loss.plot(*zip(*val, strict=True), label="validation loss")
-        ax_acc.plot(*zip(*[(r["step"], r["val_accuracy"]) for r in rows if r["val_accuracy"] is not None],
-                         strict=True), color="tab:green")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", title=f"{name}: loss", yscale="log")
-    ax_loss.legend()
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation accuracy")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def _bar(enabled: bool, start: int, total: int) -> Any:

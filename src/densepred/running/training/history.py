@@ -1,0 +1,104 @@
+"""A training run's history: ``history.csv`` (one row per record) and ``history.png``.
+
+The picture is drawn in a thread of its own (:class:`HistoryPlot`), so a training step never
+waits for matplotlib, and with matplotlib's object API, never ``pyplot``: the caller's backend
+(a notebook's inline plots) and figures stay as they were.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ...files import atomic_path, atomic_write_text
+
+log = logging.getLogger("densepred")
+HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "lr", "skipped_batches")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``history.csv``; columns a file from an older version lacks are None."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({key: _history_value(key, row.get(key)) for key in HISTORY_FIELDS})
+    return rows
+
+
+def _history_value(key: str, text: str | None) -> Any:
+    if text in ("", None):
+        return None
+    return int(text) if key in ("step", "skipped_batches") else float(text)
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    lines = [",".join(HISTORY_FIELDS)]
+    for row in rows:
+        lines.append(",".join("" if row[key] is None else f"{row[key]:.6g}" if isinstance(row[key], float)
+                              else str(row[key]) for key in HISTORY_FIELDS))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_history(rows: list[dict[str, Any]], path: Path, name: str) -> None:
+    """Loss and validation accuracy against the step, written atomically to ``path`` (PNG)."""
+    from matplotlib.figure import Figure
+
+    steps = [r["step"] for r in rows]
+    fig = Figure(figsize=(10, 3.6), layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(steps, [math.nan if r["train_loss"] is None else r["train_loss"] for r in rows], label="train loss")
+    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
+    if val:
+        ax_loss.plot(*zip(*val, strict=True), label="validation loss")
+        ax_acc.plot(*zip(*[(r["step"], r["val_accuracy"]) for r in rows if r["val_accuracy"] is not None],
+                         strict=True), color="tab:green")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", title=f"{name}: loss", yscale="log")
+    ax_loss.legend()
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation accuracy")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+
+
+class HistoryPlot:
+    """``history.png`` redrawn in the background: :meth:`update` hands over the rows and returns
+    at once; a drawing not begun when newer rows come is skipped, so the picture lags at most one
+    drawing behind. :meth:`close` waits for the last one. A drawing that fails is a warning: the
+    picture is an aid, the weights and ``history.csv`` are the record."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        self._rows: list[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="densepred-history")
+
+    def update(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows = list(rows)
+        self._pool.submit(self._draw).add_done_callback(self._report)
+
+    def _draw(self) -> None:
+        with self._lock:
+            rows, self._rows = self._rows, None
+        if rows:
+            plot_history(rows, self.path, self.name)
+
+    def _report(self, drawing: Future) -> None:
+        error = drawing.exception()
+        if error is not None:
+            log.warning("could not draw %s: %s", self.path, error)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> HistoryPlot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
