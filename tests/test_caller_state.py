@@ -206,6 +206,26 @@ def test_training_draws_its_history_without_touching_the_callers_matplotlib(tmp_
     assert (tmp_path / "run" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_history_is_drawn_at_the_first_save_then_every_half_minute_and_at_the_end(tmp_path, monkeypatch):
+    from densepred.running.training import history
+
+    drawn = []
+    draw = history.plot_history
+
+    def counted(rows, path, name):
+        drawn.append(rows[-1]["step"])
+        draw(rows, path, name)
+
+    monkeypatch.setattr(history, "plot_history", counted)
+    config = write_config(tmp_path, steps=40)
+    densepred.train(config, progress=False)  # saves at 10, 20, 30 and 40
+    assert drawn == [10, 40]  # well within DRAW_SECONDS of each other
+    monkeypatch.setattr(history, "DRAW_SECONDS", 0.0)
+    densepred.train(config, progress=False, resume=True, steps=60)
+    assert drawn == [10, 40, 50, 60]
+    assert (tmp_path / "run" / "history.png").stat().st_size > 1000
+
+
 def test_a_history_picture_that_cannot_be_drawn_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
     from densepred.running.training import history
 

@@ -150,7 +150,7 @@ def test_a_strict_non_finite_input_stops_at_once_naming_the_block(config, tmp_pa
 ])
 def test_cluster_mistakes_are_one_line_exit_2(config, volume, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "3s")  # nothing listens on port 1
+    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "1s")  # nothing listens on port 1
     args = ["predict", str(config), "--input", str(volume), "--tile", "6,19,17", "--quiet", *extra]
     if "--workers" not in extra and "--scheduler" not in extra:
         args += ["--workers", "1"]

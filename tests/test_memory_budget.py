@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -105,11 +106,9 @@ def test_mapped_zeros_is_a_writable_zero_array_of_any_shape():
 
 @pytest.mark.parametrize(("environment", "expected"), [
     ({}, True),                                    # import densepred asks for huge pages
-    ({"THP_MEM_ALLOC_ENABLE": "0"}, False),        # a value the user set is kept
     ({"DENSEPRED_NO_MALLOC_TUNING": "1"}, False),  # the opt-out of all allocator tuning
 ])
 def test_import_asks_pytorch_for_huge_pages_unless_the_user_said_otherwise(environment, expected):
-    import os
     import subprocess
     import sys
 
@@ -118,6 +117,21 @@ def test_import_asks_pytorch_for_huge_pages_unless_the_user_said_otherwise(envir
     out = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == str(expected)
+
+
+@pytest.mark.parametrize(("value", "asked"), [(None, True), ("0", False), ("1", True)])
+def test_a_huge_pages_setting_the_user_made_is_kept(monkeypatch, value, asked):
+    """What ``import densepred`` leaves in the variable PyTorch reads (the processes above show
+    that PyTorch follows it)."""
+    from densepred.system import request_huge_pages
+
+    monkeypatch.delenv("DENSEPRED_NO_MALLOC_TUNING", raising=False)
+    if value is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", value)
+    assert request_huge_pages() is asked
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == (value or "1")
 
 
 def test_a_gpu_run_finishes_tiles_on_a_quarter_of_the_host_cores_and_counts_their_batches(monkeypatch):

@@ -135,7 +135,7 @@ def test_mlp_head_nets_profile_like_any_other(tmp_path):
 
 
 def test_write_round_trips_and_becomes_the_prediction_default(tiny_config, tmp_path, capsys):
-    code = main(["profile", str(tiny_config), "--write", "--max-seconds", "2", "--quiet", "--modes", "mfp",
+    code = main(["profile", str(tiny_config), "--write", "--max-seconds", "1", "--quiet", "--modes", "mfp",
                  "--out", str(tmp_path / "p")])
     assert code == 0
     printed = capsys.readouterr().out

@@ -238,7 +238,7 @@ def test_model_cluster_options_are_refused_before_anything_is_written(tmp_path, 
 
 
 def test_an_unreachable_scheduler_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr("densepred.running.executors.cluster.CONNECT_TIMEOUT", "1s")
     trained_for_cli(tmp_path)
     one_error_line(capsys, predict_model(tmp_path, "o.zarr", "--scheduler", "tcp://127.0.0.1:1"),
                    "cannot reach the Dask scheduler")

@@ -9,6 +9,7 @@
 * ``<name>.toml``: the config as trained (paths made absolute, ``save_dir = "."``); where that
   is the user's own config, ``<name>.trained.toml`` instead
 * ``history.csv`` (step, seconds, train_loss, val_loss, val_accuracy, lr) and ``history.png``
+  (:mod:`.history`)
 
 Each step draws its samples from a generator seeded by ``(seed, step)``, so a resumed run
 draws the same patches as an uninterrupted one. Ctrl-C saves LAST and returns.
@@ -207,8 +208,9 @@ class _Run:
         clock0 = time.perf_counter()
         bar = _bar(progress, self.start, self.steps)
         step, window = self.start, _Window()
+        plots = HistoryPlot(self.save_dir / "history.png", self.cfg.name)
         try:
-            with StopOnInterrupt() as stop, HistoryPlot(self.save_dir / "history.png", self.cfg.name) as plots:
+            with StopOnInterrupt() as stop:
                 while step < self.steps and not stop.requested:
                     step += 1
                     window.add(self.train_step(step))
@@ -219,9 +221,9 @@ class _Run:
                         self.record(step, seconds0 + time.perf_counter() - clock0, window)
                         window = _Window()
                     if step % self.training.save_every == 0 or step == self.steps:
-                        self.save(step, plots)
+                        self.save(step, plots, final=step == self.steps)
                 if stop.requested:
-                    self.save(step, plots)
+                    self.save(step, plots, final=True)
                     log.warning("interrupted at step %d; LAST saved to %s (continue with --resume)",
                                 step, self.last)
         finally:
@@ -315,11 +317,10 @@ class _Run:
             self.best_loss = score
             save_weights(self.net, self.best, {"step": step, "score": score, "name": self.cfg.name})
 
-    def save(self, step: int, plots: HistoryPlot) -> None:
+    def save(self, step: int, plots: HistoryPlot, final: bool = False) -> None:
         save_optimizer(self.optimizer, self.optimizer_file, step)
         save_weights(self.net, self.last, {"step": step, "name": self.cfg.name})
-        if self.history:
-            plots.update(self.history)
+        plots.update(self.history, final)
 
 
 class StopOnInterrupt:
