@@ -238,3 +238,13 @@ def test_a_history_picture_that_cannot_be_drawn_is_a_warning_and_training_goes_o
     assert "could not draw" in caplog.text
     assert "No space left on device" in caplog.text
     assert not (tmp_path / "run" / "history.png").exists()
+
+
+def test_training_closes_its_data_files_when_it_returns(tmp_path):
+    """The run stayed alive in garbage cycles (frames of torch's and matplotlib's first calls)
+    until the collector ran, and with it the HDF5 file: rewriting one's own training data in
+    the same session failed with "unable to truncate a file which is already open"."""
+    config = write_config(tmp_path, steps=3)
+    densepred.train(config, progress=False)
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f["raw"] = np.zeros((4, 4), np.uint8)

@@ -111,7 +111,10 @@ def train(config: Config | str | Path, *, resume: bool = False, steps: int | Non
     checked = precision_for(precision, device)
     with training_lock(cfg), rng_kept(device):  # seeded for the run; the caller's random state kept
         run = _Run(cfg, steps or cfg.training.steps, device, resume, checked)
-        return run.loop(progress)
+        try:
+            return run.loop(progress)
+        finally:  # the data files close now: torch's and matplotlib's first calls leave garbage cycles
+            run.sampler = run.validation = None  # whose frames keep the run until the collector runs
 
 
 class _Run:
