@@ -250,3 +250,20 @@ def test_an_unfinished_densepred_output_is_refused_as_training_data(tmp_path, ca
     with h5py.File(tmp_path / "data.h5", "a") as f:
         f["raw"].attrs["densepred"] = json.dumps({"complete": True})
     assert main(["train", str(config), "--quiet"]) == 0
+
+
+def test_a_damaged_history_stops_a_resume_in_one_line_and_a_missing_one_starts_afresh(tmp_path, capsys):
+    """An edited history.csv ended a resume in a ValueError traceback."""
+    config = write_config(tmp_path, steps=10)
+    densepred.train(config, progress=False)
+    history = tmp_path / "run" / "history.csv"
+    kept = history.read_text()
+    history.write_text(kept.replace("\n10,", "\nten,", 1))
+    code = main(["train", str(config), "--quiet", "--resume", "--steps", "20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"densepred: error: {history}, line 2: step 'ten' is not a whole number; repair the file, or "
+                   "move it away to resume with a history that starts at LAST's step"]
+    history.unlink()
+    assert main(["train", str(config), "--quiet", "--resume", "--steps", "20"]) == 0
+    assert [row["step"] for row in read_history(history)] == [20]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...errors import DensePredError
 from ...files import atomic_path, atomic_write_text
 
 log = logging.getLogger("densepred")
@@ -22,20 +23,26 @@ HISTORY_FIELDS = ("step", "seconds", "train_loss", "val_loss", "val_accuracy", "
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``history.csv``; columns a file from an older version lacks are None."""
+    """The rows of ``history.csv``; columns a file from an older version lacks are None. A row
+    that is not numbers (a file edited or damaged) is one error naming it."""
     if not path.exists():
         return []
     rows = []
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({key: _history_value(key, row.get(key)) for key in HISTORY_FIELDS})
+        for number, row in enumerate(csv.DictReader(f), start=2):
+            rows.append({key: _history_value(key, row.get(key), path, number) for key in HISTORY_FIELDS})
     return rows
 
 
-def _history_value(key: str, text: str | None) -> Any:
+def _history_value(key: str, text: str | None, path: Path, line: int) -> Any:
     if text in ("", None):
         return None
-    return int(text) if key in ("step", "skipped_batches") else float(text)
+    try:
+        return int(text) if key in ("step", "skipped_batches") else float(text)
+    except ValueError:
+        kind = "a whole number" if key in ("step", "skipped_batches") else "a number"
+        raise DensePredError(f"{path}, line {line}: {key} {text!r} is not {kind}; repair the file, or move it "
+                             "away to resume with a history that starts at LAST's step") from None
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
