@@ -216,6 +216,19 @@ def test_a_window_whose_process_the_machine_kills_is_out_of_memory_and_ends_the_
     assert "fastest: window " in printed
 
 
+def test_a_profile_whose_first_window_is_killed_is_one_line(monkeypatch, capsys):
+    import subprocess
+
+    from densepred.running.profiling import model_window_process
+
+    def killed(command, **kwargs):
+        return subprocess.CompletedProcess(command, -9, "", "")
+
+    monkeypatch.setattr(model_window_process.subprocess, "run", killed)
+    one_error_line(capsys, main(["profile", *model_args("--shape", "21,60,57", "--repeats", "1")]),
+                   "no window could be measured: ")
+
+
 def test_a_window_process_takes_its_parents_contract_and_probes_nothing_with_the_disk_cache_off(monkeypatch):
     """A read-only home on a cluster node (or DENSEPRED_NO_CONTRACT_CACHE) must not make every
     window's process probe the model again."""

@@ -181,8 +181,15 @@ def test_set_prediction_settings_accepts_every_valid_spelling(spelling):
     (["--modes", "mfp,fast"], "modes ['mfp', 'fast'] are invalid; choose from mfp, dilated, naive"),
     (["--aspect", "1,2,3"], "--aspect '1,2,3' is invalid; expected 2 positive numbers"),
     (["--device", "tpu"], "device 'tpu' is invalid"),
+    (["--max-seconds", "nan"], "--max-seconds must be a positive number of seconds"),
+    (["--out", "FILE/profile"], "FILE is a file; name a folder (--out, out=)"),  # told before minutes of measuring
+    (["--memory-limit", "50MiB"], "no tile shape could be measured: even the smallest tile is estimated to exceed "
+                                  "the memory limit of 0.05 GiB"),
 ])
 def test_bad_profile_options_are_one_line_with_exit_code_2(tiny_config, capsys, args, message):
+    (tiny_config.parent / "FILE").write_text("")
+    args = [a.replace("FILE", str(tiny_config.parent / "FILE")) for a in args]
+    message = message.replace("FILE", str(tiny_config.parent / "FILE"))
     assert main(["profile", str(tiny_config), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err

@@ -6,6 +6,7 @@ Every error a user can cause is printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -277,8 +278,8 @@ def run_profile(args: argparse.Namespace) -> int:
     dims = cfg.network.dims
     aspect = parse_numbers(args.aspect, dims, "--aspect") if args.aspect else None
     limit = parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None
-    if args.max_seconds <= 0 or args.repeats < 1:
-        raise DensePredError("--max-seconds must be positive and --repeats at least 1")
+    if not 0 < args.max_seconds < math.inf or args.repeats < 1:
+        raise DensePredError("--max-seconds must be a positive number of seconds and --repeats at least 1")
     result = profile(cfg, device=args.device, modes=args.modes or "mfp,dilated", memory_limit=limit,
                      max_seconds=args.max_seconds, out=args.out, write=args.write, aspect=aspect,
                      repeats=args.repeats, progress=not args.quiet, precision=args.precision)
@@ -293,10 +294,10 @@ def run_profile(args: argparse.Namespace) -> int:
               f"{min(ratios):.2f} to {max(ratios):.2f} (tiles estimated at 64 MiB or more)")
     if result.csv_path is not None:
         print(f"wrote {result.csv_path} and {result.png_path}")
-    print(result.recommendation())
     best = result.best
     if best is None:
-        return 1
+        raise DensePredError(f"no tile shape could be measured: {'; '.join(result.stops) or 'every one failed'}")
+    print(result.recommendation())
     if args.write:
         print(f"stored [prediction] tile_shape = {list(best.input_shape)}, mode = \"{best.mode}\" in {args.config}")
     else:

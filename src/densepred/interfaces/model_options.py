@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from ..errors import DensePredError
@@ -113,8 +114,8 @@ def run_model_profile(args: argparse.Namespace) -> int:
         if given:
             raise DensePredError(f"{option} is for densepred's own nets; a model's profile measures its exact "
                                  "windows for the image of --input or --shape")
-    if args.max_seconds <= 0 or args.repeats < 1:
-        raise DensePredError("--max-seconds must be positive and --repeats at least 1")
+    if not 0 < args.max_seconds < math.inf or args.repeats < 1:
+        raise DensePredError("--max-seconds must be a positive number of seconds and --repeats at least 1")
     result = profile_model(
         **model_fields(args), input=args.input, shape=parse_ints(args.shape, None, "--shape"), device=args.device,
         precision=args.precision, memory_limit=parse_size(args.memory_limit, "--memory-limit")
@@ -129,8 +130,10 @@ def run_model_profile(args: argparse.Namespace) -> int:
         print(f"  stopped: {stop}")
     if result.csv_path is not None:
         print(f"wrote {result.csv_path}")
+    if result.best is None:
+        raise DensePredError(f"no window could be measured: {'; '.join(result.stops) or 'each one failed'}")
     print(result.recommendation())
-    return 0 if result.best is not None else 1
+    return 0
 
 
 def run_model_plan(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from ..compute.preprocess import Prepared
 from ..compute.windows import timed_window
 from ..planning.model_window import LadderStep, window_ladder
 from .model_window_process import measure_in_process, model_for
-from .report import check_measure_budget, shape_text
+from .report import check_measure_budget, check_out_folder, shape_text
 
 CSV_NAME = "model_profile.csv"
 CSV_COLUMNS = ["precision", "window", "windows", "seconds_per_window", "image_seconds", "voxels_per_s",
@@ -154,6 +154,7 @@ def profile_model(model: str | None = None, *, model_file: str | Path | None = N
         >>> result.best.window                                                      # doctest: +SKIP
     """
     check_measure_budget(max_seconds, repeats)
+    check_out_folder(out)
     memory_limit = bytes_limit(memory_limit)
     fields = {"model": model, "model_file": model_file, "model_kwargs": model_kwargs, "weights": weights,
               "trust_imports": tuple(trust_imports), "dims": dims, "in_channels": in_channels, "activation": activation,

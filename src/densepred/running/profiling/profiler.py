@@ -38,6 +38,7 @@ from .report import (
     PROFILE_MODES,
     ProfileResult,
     check_measure_budget,
+    check_out_folder,
     save_profile,
     shape_text,
     write_prediction_settings,
@@ -92,6 +93,7 @@ def profile(config: Config | str | Path, *, device: str | None = None,
     if write and cfg.path is None:
         raise DensePredError("write=True needs a config loaded from a file")
     check_measure_budget(max_seconds, repeats)
+    check_out_folder(out if out is not None else cfg.save_dir)
     memory_limit = bytes_limit(memory_limit)
     geometry = network_geometry(cfg.network)
     ratio = _aspect(cfg, geometry, aspect)
@@ -121,7 +123,10 @@ def _walk(worker: Worker, geometry: Geometry, modes: Sequence[str], aspect: Sequ
     bar = _bar(progress, len(shapes))
     index: int | None = 0 if shapes else None
     if index is None:
-        result.stops.append("even the smallest tile is estimated to exceed the memory limit")
+        result.stops.append(f"even the smallest tile is estimated to exceed the memory limit of "
+                            f"{limit / 2**30:.2f} GiB (the measuring process holds {worker.baseline / 2**30:.2f} GiB "
+                            "before a tile); "
+                            "raise --memory-limit (memory_limit=)")
     while index is not None and walk.active:
         for mode in list(walk.active):
             output_shape = walk.shape_for(mode, index)

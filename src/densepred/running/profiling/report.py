@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,20 @@ def check_measure_budget(max_seconds: object, repeats: object) -> None:
             or isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise DensePredError(f"max_seconds = {max_seconds!r}, repeats = {repeats!r}: max_seconds must be a positive "
                              "number of seconds and repeats a whole number of at least 1")
+
+
+def check_out_folder(folder: str | Path | None) -> None:
+    """The folder a profile writes its table (and plot) to, refused before the measuring starts
+    (a walk takes minutes) if it cannot be made or written; None: nothing is written."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise DensePredError(f"cannot write the profile to {folder}: {existing} is a file; name a folder "
+                             "(--out, out=)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DensePredError(f"cannot write the profile to {folder}: no permission to write in {existing}")
 
 
 def _plain(value: object) -> object:
