@@ -267,9 +267,12 @@ def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_p
     assert read_history(tmp_path / "run" / "history.csv")[-1]["step"] == step + 10
 
 
-def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys):
-    """SIGINT (a terminal's Ctrl-C) to this process during step 12: the step ends, LAST is saved at
-    it, and the command says how to continue. The same to a training process: make test-slow."""
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys, number):
+    """SIGINT (a terminal's Ctrl-C) or SIGTERM (a batch system's cancel or time limit; it ended
+    the step at once and lost the steps since the last save) to this process during step 12: the
+    step ends, LAST is saved at it, and the command says how to continue. The same to a training
+    process: make test-slow."""
     from densepred.interfaces.cli import main
     from densepred.running.training.loop import _Run
 
@@ -278,17 +281,17 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys):
 
     def train_step(self, step):
         if step == 12:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), number)
         return step_once(self, step)
 
     monkeypatch.setattr(_Run, "train_step", train_step)
-    handler = signal.getsignal(signal.SIGINT)
+    handler = signal.getsignal(number)
     assert main(["train", str(config), "--quiet"]) == 130
     stderr = capsys.readouterr().err
     assert "interrupted at step 12" in stderr
     assert "continue with --resume" in stderr
     assert _saved_step(tmp_path / "run" / "tiny-LAST.safetensors") == 12
-    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
+    assert signal.getsignal(number) is handler  # the caller's handler is back
 
 
 @pytest.mark.slow  # 10-12 s (a training process): make test-slow

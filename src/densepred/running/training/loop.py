@@ -12,7 +12,7 @@
   (:mod:`.history`)
 
 Each step draws its samples from a generator seeded by ``(seed, step)``, so a resumed run
-draws the same patches as an uninterrupted one. Ctrl-C saves LAST and returns.
+draws the same patches as an uninterrupted one. Ctrl-C, SIGTERM and SIGHUP save LAST and return.
 """
 
 from __future__ import annotations
@@ -327,25 +327,37 @@ class _Run:
 
 
 class StopOnInterrupt:
-    """Turns the first Ctrl-C into a request to stop after the current step (so a save is
-    never cut in half); a second Ctrl-C interrupts at once. Main thread only."""
+    """Turns the first Ctrl-C (SIGINT), SIGTERM (a batch system's cancel or time limit, which
+    kills a few seconds later) or SIGHUP (the session closed) into a request to stop after the
+    current step, so LAST is saved at it and a save is never cut in half; a second one
+    interrupts at once. Main thread only."""
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for number in self.SIGNALS:
+                if signal.getsignal(number) is not signal.SIG_IGN:  # nohup's stays ignored
+                    previous = signal.signal(number, self._handle)
+                    self._previous[number] = signal.SIG_DFL if previous is None else previous  # None: set in C
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number in self._previous:
+            signal.signal(number, _interrupt_now)
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _interrupt_now(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _bar(enabled: bool, start: int, total: int) -> Any:
