@@ -294,12 +294,13 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys, numb
     assert signal.getsignal(number) is handler  # the caller's handler is back
 
 
-@pytest.mark.slow  # 10-12 s (a training process): make test-slow
-def test_ctrl_c_to_a_training_process_saves_last_and_exits_cleanly(tmp_path):
+@pytest.mark.slow  # 10-12 s each (a training process): make test-slow
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_to_a_training_process_saves_last_and_exits_cleanly(tmp_path, number):
     config = write_config(tmp_path, steps=100000)
     process = _train_process(config)
     _wait_for_step(tmp_path / "run" / "history.csv", 10, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(number)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "continue with --resume" in stderr
