@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -80,8 +81,8 @@ def run_as_written(block: str, cwd: Path) -> str:
         with contextlib.chdir(cwd), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
             try:
                 code = run_command(Path(program).name, arguments)
-            except SystemExit as exit:  # argparse, a script's sys.exit
-                code = exit.code or 0
+            except SystemExit as ended:  # argparse, a script's sys.exit
+                code = ended.code or 0
         assert code == 0, f"{line}\n{errors.getvalue()}"
     return printed.getvalue()
 
@@ -91,7 +92,7 @@ def run_command(program: str, arguments: list[str]) -> int:
         return main(arguments)
     if program == "python":
         script, *rest = arguments
-        with patched_argv([script, *rest]):
+        with mock.patch.object(sys, "argv", [script, *rest]):
             runpy.run_path(script, run_name="__main__")
         return 0
     if program == "napari":
@@ -99,16 +100,6 @@ def run_command(program: str, arguments: list[str]) -> int:
             get_reader(path)(path)
         return 0
     raise AssertionError(f"the README runs {program}: teach run_command to run it")
-
-
-@contextlib.contextmanager
-def patched_argv(argv: list[str]):
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def complete(demo: Path, output: str) -> bool:
