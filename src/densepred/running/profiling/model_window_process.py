@@ -32,7 +32,7 @@ from ...errors import DensePredError
 from ...networks import contract_cache
 from ...networks.bioimageio import unpacked_here
 
-# the process ends once it has replied: letting the interpreter tear torch down took about 0.9 s a window
+# the process ends once it has replied: the interpreter's teardown of torch took 0.7-0.9 s a window
 CHILD_MAIN = ("import os, sys; from densepred.running.profiling.model_window_process import serve; serve(); "
               "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)")
 

@@ -32,7 +32,7 @@ from ...system import available_ram, proc_values, release_free_memory, reset_pea
 from .report import ProfileRow
 from .walk import repeats_for
 
-# after serving, the process ends at once: letting the interpreter tear torch down took 0.9 s of each profile
+# after serving, the process ends at once: the interpreter's teardown of torch took 0.7-0.9 s of each profile
 WORKER_MAIN = ("import os, sys; from multiprocessing.connection import Connection; "
                "from densepred.running.profiling.worker import serve; serve(Connection(int(sys.argv[1]))); "
                "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)")
