@@ -267,3 +267,16 @@ def test_a_damaged_history_stops_a_resume_in_one_line_and_a_missing_one_starts_a
     history.unlink()
     assert main(["train", str(config), "--quiet", "--resume", "--steps", "20"]) == 0
     assert [row["step"] for row in read_history(history)] == [20]
+
+
+def test_a_damaged_best_is_told_and_replaced_by_the_resumed_runs_next_validation(tmp_path, caplog):
+    """It was replaced without a word, even by weights worse than those it held."""
+    config = write_config(tmp_path, steps=10)
+    densepred.train(config, progress=False)
+    best = tmp_path / "run" / "tiny-BEST.safetensors"
+    best.write_bytes(b"damaged")
+    result = densepred.train(config, progress=False, resume=True, steps=20)
+    assert f"{best} cannot be read" in caplog.text
+    assert "the next validation replaces it" in caplog.text
+    assert int(read_safetensors(best)[1]["step"]) == 20
+    assert result.best == best

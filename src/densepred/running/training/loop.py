@@ -195,7 +195,8 @@ class _Run:
             return math.inf
         try:
             return float(read_safetensors(self.best)[1].get("score", math.inf))
-        except ValueError:
+        except ValueError as exc:  # DensePredError too: a damaged file
+            log.warning("%s cannot be read (%s); the next validation replaces it", self.best, exc)
             return math.inf
 
     def lr(self, step: int) -> float:
