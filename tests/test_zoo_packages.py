@@ -268,13 +268,11 @@ def test_a_package_whose_model_does_not_give_the_scale_it_describes_is_refused_i
 
 
 def test_the_readme_test_model_example_prints_what_it_shows(tmp_path):
-    import re
     import zipfile
 
-    from tests.test_readme import README, run_as_written
+    from tests.test_readme import README, run_as_written, shell_blocks
 
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL)
-    block = next(b for b in blocks if "densepred test-model" in b)
+    block = next(b for b in shell_blocks(README.read_text()) if "densepred test-model" in b)
     command, *shown = block.strip().splitlines()
     rdf = package(tmp_path / "p", ("state_dict_url", "torchscript"))
     with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:

@@ -6,7 +6,6 @@ Every error a user can cause is printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -17,7 +16,14 @@ from ..errors import DensePredError
 from ..io.outputs import OUTPUT_DTYPES
 from .elektronn_command import add_import_elektronn
 from .info import run_info
-from .model_options import add_model_options, model_job, refuse_model_options, run_model_plan, run_model_profile
+from .model_options import (
+    add_model_options,
+    check_budget_options,
+    model_job,
+    refuse_model_options,
+    run_model_plan,
+    run_model_profile,
+)
 from .signals import terminate_cleanly
 from .values import add_precision, parse_indices, parse_numbers, parse_roi, parse_shape, parse_size, positive_int
 from .zoo_command import add_test_model
@@ -278,8 +284,7 @@ def run_profile(args: argparse.Namespace) -> int:
     dims = cfg.network.dims
     aspect = parse_numbers(args.aspect, dims, "--aspect") if args.aspect else None
     limit = parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None
-    if not 0 < args.max_seconds < math.inf or args.repeats < 1:
-        raise DensePredError("--max-seconds must be a positive number of seconds and --repeats at least 1")
+    check_budget_options(args)
     result = profile(cfg, device=args.device, modes=args.modes or "mfp,dilated", memory_limit=limit,
                      max_seconds=args.max_seconds, out=args.out, write=args.write, aspect=aspect,
                      repeats=args.repeats, progress=not args.quiet, precision=args.precision)

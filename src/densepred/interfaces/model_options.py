@@ -106,6 +106,12 @@ def model_job(args: argparse.Namespace) -> Any:
         memory_limit=parse_size(args.memory_limit, "--memory-limit") if args.memory_limit else None)
 
 
+def check_budget_options(args: argparse.Namespace) -> None:
+    """A profile's ``--max-seconds`` and ``--repeats``, told with the command line's names."""
+    if not 0 < args.max_seconds < math.inf or args.repeats < 1:
+        raise DensePredError("--max-seconds must be a positive number of seconds and --repeats at least 1")
+
+
 def run_model_profile(args: argparse.Namespace) -> int:
     """``densepred profile --model ...``: the model's exact windows measured for an image."""
     from ..running.profiling.model_profile import profile_model
@@ -114,8 +120,7 @@ def run_model_profile(args: argparse.Namespace) -> int:
         if given:
             raise DensePredError(f"{option} is for densepred's own nets; a model's profile measures its exact "
                                  "windows for the image of --input or --shape")
-    if not 0 < args.max_seconds < math.inf or args.repeats < 1:
-        raise DensePredError("--max-seconds must be a positive number of seconds and --repeats at least 1")
+    check_budget_options(args)
     result = profile_model(
         **model_fields(args), input=args.input, shape=parse_ints(args.shape, None, "--shape"), device=args.device,
         precision=args.precision, memory_limit=parse_size(args.memory_limit, "--memory-limit")
