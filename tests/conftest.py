@@ -126,6 +126,17 @@ def _probe_cache_in_a_temporary_folder(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture
+def emulated_precision(monkeypatch):
+    """bfloat16 and float16 run on this CPU even without their instructions (PyTorch's generic
+    kernels, same arithmetic, slower), so every reduced-precision path is tested on any CPU. A
+    profile's matrix-product peak is then measured on 256^2 (emulated, 1024^2 took 15 s)."""
+    from densepred.networks.precision import EMULATE_VARIABLE
+
+    monkeypatch.setenv(EMULATE_VARIABLE, "1")
+    monkeypatch.setenv("DENSEPRED_PEAK_MATRIX", "256")
+
+
 @pytest.fixture(autouse=True)
 def _every_ome_zarr_output_is_valid(request):
     """After each test, every OME-Zarr image a test left in its tmp_path must validate with

@@ -8,10 +8,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from densepred.interfaces.cli import main
-from densepred.networks.precision import runnable_precisions
 from densepred.running.compute.model_run import ModelRun
 from densepred.running.jobs import model_plan
 from densepred.running.jobs.model_plan import plan_model_job
@@ -64,7 +62,7 @@ def test_the_time_comes_from_the_windows_profile_row_or_one_timed_now(tmp_path, 
     assert plan.seconds == pytest.approx(plan.windows * 2.5 / 3)
 
 
-@pytest.mark.skipif("bfloat16" not in runnable_precisions(torch.device("cpu")), reason="no bfloat16 kernels")
+@pytest.mark.usefixtures("emulated_precision")
 def test_plan_measure_of_a_slower_precision_is_refused_and_remembered(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(model_plan, "timed_window",
                         lambda run, window, repeats: ({"float32": 1.0, "bfloat16": 2.0}[run.precision.name], None))

@@ -16,7 +16,6 @@ import torch
 from densepred.interfaces.cli import main
 from densepred.io import ChannelFirst
 from densepred.networks.foreign import from_torch
-from densepred.networks.precision import runnable_precisions
 from densepred.networks.precision_speed import model_layers, remember
 from densepred.running.compute.model_run import ModelRun
 from densepred.running.planning.model_window import LADDER_RATIO, smallest_exact
@@ -80,7 +79,7 @@ def test_the_ladder_runs_from_the_smallest_exact_window_to_predicts_default(tmp_
     assert float(table[0]["voxels_per_s"]) == pytest.approx(math.prod(SHAPE) / result.rows[0].image_seconds, rel=1e-5)
 
 
-@pytest.mark.skipif("bfloat16" not in runnable_precisions(CPU), reason="this CPU has no bfloat16 kernels")
+@pytest.mark.usefixtures("emulated_precision")
 def test_a_precision_measured_slower_for_a_model_is_refused_until_measured_faster(tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.random.default_rng(4).random((21, 40, 37), dtype=np.float32))
     predict = ["predict", *model_args(), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.npy"),

@@ -14,7 +14,7 @@ import torch
 import densepred
 from densepred import DensePredError
 from densepred.interfaces.cli import main
-from densepred.networks.precision import PRECISIONS, runnable_precisions
+from densepred.networks.precision import PRECISIONS
 from tests.conftest import NETS, make_config, make_net, mark_interrupted, reference_logits, softmax
 
 CPU = torch.device("cpu")
@@ -23,14 +23,12 @@ CPU = torch.device("cpu")
 BOUNDS = {"bfloat16": (1e-2, 1e-3), "float16": (2e-3, 1e-3)}  # max |dp|, share of argmax flips
 
 
-def _runs_here(precision: str) -> bool:
-    return precision in runnable_precisions(CPU)
+# on a CPU without their instructions the 16-bit types run through PyTorch's generic kernels
+# (the emulated_precision fixture): the same arithmetic, so the same bounds hold
+REDUCED = ("bfloat16", "float16")
 
 
-REDUCED = [pytest.param(p, marks=pytest.mark.skipif(not _runs_here(p), reason=f"this CPU has no {p} kernels"))
-           for p in ("bfloat16", "float16")]
-
-
+@pytest.mark.usefixtures("emulated_precision")
 @pytest.mark.parametrize("precision", REDUCED)
 @pytest.mark.parametrize("name", ["2d_pool3_mixed", "3d_aniso", "3d_mlp"])
 def test_every_engine_keeps_to_the_bound_in_reduced_precision(name, precision, rng):
@@ -58,6 +56,7 @@ def test_float32_is_the_default_and_stays_exact(rng):
     np.testing.assert_array_equal(got, densepred.predict_dense(net, image, mode="mfp"))
 
 
+@pytest.mark.usefixtures("emulated_precision")
 @pytest.mark.parametrize("precision", REDUCED)
 def test_a_model_from_elsewhere_runs_under_autocast_and_is_left_as_it_was(precision, rng):
     torch.manual_seed(0)
@@ -83,6 +82,7 @@ def test_a_model_from_elsewhere_runs_under_autocast_and_is_left_as_it_was(precis
 
 
 
+@pytest.mark.usefixtures("emulated_precision")
 @pytest.mark.parametrize("precision", REDUCED)
 def test_class_probabilities_keep_to_the_bound_and_leave_the_net_as_it_was(precision, rng):
     net = make_net(NETS["2d_mlp"], seed=8)
@@ -118,7 +118,27 @@ def test_refusals_are_one_line_naming_what_runs(tmp_path, capsys):
     assert exit_.value.code == 2
 
 
-@pytest.mark.skipif(not _runs_here("bfloat16"), reason="this CPU has no bfloat16 kernels")
+def test_a_cpu_without_the_instructions_refuses_unless_emulation_is_asked_for(monkeypatch, caplog):
+    from densepred.networks.precision import EMULATE_VARIABLE, runnable_precisions, warn_emulated
+
+    monkeypatch.delenv(EMULATE_VARIABLE, raising=False)
+    lacking = [p for p in REDUCED if p not in runnable_precisions(CPU)]
+    if not lacking:
+        pytest.skip("this CPU has bfloat16 and float16 instructions")
+    net = make_net(NETS["2d_pool2"]).float()
+    image = np.random.default_rng(3).random((30, 31), dtype=np.float32)
+    with pytest.raises(DensePredError, match=rf"precision {lacking[0]} cannot run on cpu: this CPU has no "
+                                             rf"{lacking[0]} instructions .*{EMULATE_VARIABLE}=1 runs it all the same"):
+        densepred.predict_dense(net, image, precision=lacking[0])
+    monkeypatch.setenv(EMULATE_VARIABLE, "1")
+    caplog.set_level("WARNING", logger="densepred")
+    warn_emulated.cache_clear()  # said once per process: another test may have run it emulated
+    got = densepred.predict_dense(net, image, precision=lacking[0])
+    assert 0 < np.abs(got - densepred.predict_dense(net, image)).max() <= BOUNDS[lacking[0]][0]
+    assert f"{lacking[0]} is emulated on this CPU" in caplog.text
+
+
+@pytest.mark.usefixtures("emulated_precision")
 def test_a_run_records_its_precision_and_a_resume_keeps_it(tmp_path, capsys):
     config = make_config(tmp_path)
     volume = np.random.default_rng(2).random((13, 47, 39), dtype=np.float32)
@@ -144,7 +164,7 @@ def test_a_run_records_its_precision_and_a_resume_keeps_it(tmp_path, capsys):
     assert main([*args, "--resume", "--precision", "bfloat16"]) == 0
 
 
-@pytest.mark.skipif(not _runs_here("bfloat16"), reason="this CPU has no bfloat16 kernels")
+@pytest.mark.usefixtures("emulated_precision")
 def test_mixed_precision_training_keeps_float32_weights_and_learns(tmp_path):
     from tests.test_training import write_config
 

@@ -14,13 +14,12 @@ import densepred
 from densepred import DensePredError
 from densepred.interfaces.cli import main
 from densepred.networks import precision_speed
-from densepred.networks.precision import runnable_precisions
 from densepred.networks.precision_speed import refuse_if_slower, remember
 from densepred.running.planning import job_plan
 from tests.conftest import make_config
 
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.skipif("bfloat16" not in runnable_precisions(CPU), reason="this CPU has no bfloat16 kernels")
+pytestmark = pytest.mark.usefixtures("emulated_precision")  # bfloat16 on any CPU
 
 
 def predict(tmp_path, config, *extra):

@@ -19,12 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 import zarr
 
 import densepred
 from densepred.interfaces.demo import write_example
-from densepred.networks.precision import runnable_precisions
 from densepred.networks.weights import save_weights
 from tests.test_readme import BIN, README, section, shell_blocks
 
@@ -110,10 +108,9 @@ def test_file_to_file_prediction_as_shown(demo):
 
 
 @pytest.mark.slow  # 10-15 s: make test-slow
+@pytest.mark.usefixtures("emulated_precision")  # a CPU without bfloat16 instructions runs it all the same
 def test_precision_as_shown(demo, tmp_path):
     predict, train = shell_blocks(section("Precision"))[0].strip().splitlines()
-    if "bfloat16" not in runnable_precisions(torch.device("cpu")):
-        pytest.skip("this CPU has no bfloat16 kernels")
     run_shell(predict, demo)
     assert zarr.open_group(demo / "pred.zarr", mode="r").attrs["densepred"]["complete"] is True
     write_example(tmp_path, steps=2, test_shape=(8, 40, 40))  # a config not trained yet

@@ -10,11 +10,19 @@
 
 The TF32 switches are PyTorch globals: :func:`precision_flags` sets them only while densepred's
 own calls compute and gives the caller's settings back, so the user's code keeps its choice.
+
+A CPU without bfloat16 or float16 instructions refuses them: PyTorch's generic kernels compute
+the same arithmetic several times slower than float32. ``DENSEPRED_EMULATE_PRECISION=1`` runs
+them there all the same, to check on a laptop what a GPU's 16-bit run will give (the test suite
+checks every reduced-precision path so on any CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +32,8 @@ from ..config.schema import PRECISIONS
 from ..errors import DensePredError
 
 # float64 is no user choice, but the engines' exactness is checked in it against the definition
+log = logging.getLogger("densepred")
+EMULATE_VARIABLE = "DENSEPRED_EMULATE_PRECISION"
 _DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "float64": torch.float64}
 
@@ -98,9 +108,20 @@ def _missing_on_cpu(name: str) -> str:
     supported = {"bfloat16": (torch.ops.mkldnn._is_mkldnn_bf16_supported, "AVX-512-BF16 or AMX"),
                  "float16": (torch.ops.mkldnn._is_mkldnn_fp16_supported, "AVX-512-FP16 or AMX-FP16")}
     check, instructions = supported[name]
-    if not check():
-        return f"this CPU has no {name} instructions ({instructions}); it would run slower than float32"
-    return ""
+    if check():
+        return ""
+    if os.environ.get(EMULATE_VARIABLE) == "1":
+        warn_emulated(name, instructions)
+        return ""
+    return (f"this CPU has no {name} instructions ({instructions}); it would run slower than float32 "
+            f"({EMULATE_VARIABLE}=1 runs it all the same, to check its numbers)")
+
+
+@functools.cache
+def warn_emulated(name: str, instructions: str) -> None:
+    """Says once per process (``warn_emulated.cache_clear()`` resets it) that ``name`` is emulated."""
+    log.warning("%s is emulated on this CPU (it has no %s; %s=1): %s's numbers at several times float32's "
+                "time", name, instructions, EMULATE_VARIABLE, name)
 
 
 @contextlib.contextmanager
