@@ -77,6 +77,8 @@ def precision_for(name: str | Precision | torch.dtype | None, device: torch.devi
     if missing:
         valid = ", ".join(runnable_precisions(device))
         raise DensePredError(f"precision {name} cannot run on {device}: {missing}; valid there: {valid}")
+    if device.type == "cpu" and _cpu_instructions(name)[1]:
+        warn_emulated(name, _cpu_instructions(name)[0])
     return Precision(name)
 
 
@@ -105,16 +107,22 @@ def _missing_on_cuda(name: str, device: torch.device) -> str:
 def _missing_on_cpu(name: str) -> str:
     if name == "tf32":
         return "TF32 is a mode of NVIDIA GPUs"
-    supported = {"bfloat16": (torch.ops.mkldnn._is_mkldnn_bf16_supported, "AVX-512-BF16 or AMX"),
-                 "float16": (torch.ops.mkldnn._is_mkldnn_fp16_supported, "AVX-512-FP16 or AMX-FP16")}
-    check, instructions = supported[name]
-    if check():
-        return ""
-    if os.environ.get(EMULATE_VARIABLE) == "1":
-        warn_emulated(name, instructions)
+    instructions, lacking = _cpu_instructions(name)
+    if not lacking or os.environ.get(EMULATE_VARIABLE) == "1":
         return ""
     return (f"this CPU has no {name} instructions ({instructions}); it would run slower than float32 "
             f"({EMULATE_VARIABLE}=1 runs it all the same, to check its numbers)")
+
+
+def _cpu_instructions(name: str) -> tuple[str, bool]:
+    """The instructions a CPU computes 16-bit type ``name`` with, and whether this one lacks them
+    (float32 and tf32: none needed)."""
+    supported = {"bfloat16": (torch.ops.mkldnn._is_mkldnn_bf16_supported, "AVX-512-BF16 or AMX"),
+                 "float16": (torch.ops.mkldnn._is_mkldnn_fp16_supported, "AVX-512-FP16 or AMX-FP16")}
+    if name not in supported:
+        return "", False
+    check, instructions = supported[name]
+    return instructions, not check()
 
 
 @functools.cache
