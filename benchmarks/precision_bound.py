@@ -8,6 +8,7 @@ voxels whose argmax differs, and for the demo net its membrane F1 on the held-ou
 speed rows time m36's engine on one tile (the median of three after a warm-up).
 
     python benchmarks/precision_bound.py [--device cpu] [--steps 1000] [--tile 80,150,150]
+    DENSEPRED_EMULATE_PRECISION=1 python benchmarks/precision_bound.py --device cpu --nets unet,demo
 
 Prints Markdown tables for docs/PRECISION.md and docs/BENCHMARKS.md.
 """
@@ -163,22 +164,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=1000, help="demo training steps (default: 1000, as make demo)")
     parser.add_argument("--tile", default="80,150,150", help="m36 input tile z,y,x")
+    parser.add_argument("--nets", default="m36,unet,demo",
+                        help="which of m36, unet, demo (emulated 16-bit types run m36's 80-channel layers far too "
+                             "slowly: leave it out there)")
     parser.add_argument("--skip-demo", action="store_true", help="no training: m36 and the U-Net only")
     args = parser.parse_args()
+    nets = set(args.nets.split(",")) - ({"demo"} if args.skip_demo else set())
     device = torch.device(args.device)
     precisions = runnable(device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}; precisions here: {', '.join(precisions)}")
     tile = tuple(int(v) for v in args.tile.split(","))
-    accuracy, speed = m36_rows(device, precisions, tile)
-    accuracy += unet_rows(device, precisions)
-    if not args.skip_demo:
+    accuracy, speed = m36_rows(device, precisions, tile) if "m36" in nets else ([], [])
+    accuracy += unet_rows(device, precisions) if "unet" in nets else []
+    if "demo" in nets:
         with tempfile.TemporaryDirectory() as name:
             accuracy += demo_rows(device, precisions, args.steps, Path(name))
     print("\n| net | precision | max abs dp vs float32 | argmax flips | score |\n|---|---|---|---|---|")
     print("\n".join(accuracy))
-    print("\n| engine | precision | time | rate |\n|---|---|---|---|")
-    print("\n".join(speed))
+    if speed:
+        print("\n| engine | precision | time | rate |\n|---|---|---|---|")
+        print("\n".join(speed))
 
 
 if __name__ == "__main__":
