@@ -8,7 +8,7 @@ voxels whose argmax differs, and for the demo net its membrane F1 on the held-ou
 speed rows time m36's engine on one tile (the median of three after a warm-up).
 
     python benchmarks/precision_bound.py [--device cpu] [--steps 1000] [--tile 80,150,150]
-    DENSEPRED_EMULATE_PRECISION=1 python benchmarks/precision_bound.py --device cpu --nets unet,demo
+    DENSEPRED_EMULATE_PRECISION=1 python benchmarks/precision_bound.py --device cpu --nets demo --train-in float16
 
 Prints Markdown tables for docs/PRECISION.md and docs/BENCHMARKS.md.
 """
@@ -43,12 +43,13 @@ def difference(p: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return float(np.abs(p - reference).max()), float(np.mean(p.argmax(0) != reference.argmax(0)))
 
 
-def demo_rows(device: torch.device, precisions: list[str], steps: int, folder: Path) -> list[str]:
+def demo_rows(device: torch.device, precisions: list[str], steps: int, folder: Path,
+              train_in: list[str]) -> list[str]:
     """The trained demo net: each precision's prediction against float32's, and its F1; then the
     same net trained with mixed precision (validation loss and F1 against float32 training)."""
     rows = []
     trained = {}
-    for training in [p for p in precisions if p in ("float32", "bfloat16", "float16")]:
+    for training in ["float32", *(p for p in precisions if p in train_in and p != "float32")]:
         out = folder / f"demo-{training}"
         out.mkdir()
         config = write_example(out, steps)
@@ -168,6 +169,8 @@ def main() -> None:
                         help="which of m36, unet, demo (emulated 16-bit types run m36's 80-channel layers far too "
                              "slowly: leave it out there)")
     parser.add_argument("--skip-demo", action="store_true", help="no training: m36 and the U-Net only")
+    parser.add_argument("--train-in", default="bfloat16,float16",
+                        help="precisions the demo net is also trained in (beside float32), where the device runs them")
     args = parser.parse_args()
     nets = set(args.nets.split(",")) - ({"demo"} if args.skip_demo else set())
     device = torch.device(args.device)
@@ -179,7 +182,7 @@ def main() -> None:
     accuracy += unet_rows(device, precisions) if "unet" in nets else []
     if "demo" in nets:
         with tempfile.TemporaryDirectory() as name:
-            accuracy += demo_rows(device, precisions, args.steps, Path(name))
+            accuracy += demo_rows(device, precisions, args.steps, Path(name), args.train_in.split(","))
     print("\n| net | precision | max abs dp vs float32 | argmax flips | score |\n|---|---|---|---|---|")
     print("\n".join(accuracy))
     if speed:
