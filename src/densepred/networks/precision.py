@@ -31,9 +31,9 @@ import torch
 from ..config.schema import PRECISIONS
 from ..errors import DensePredError
 
-# float64 is no user choice, but the engines' exactness is checked in it against the definition
 log = logging.getLogger("densepred")
-EMULATE_VARIABLE = "DENSEPRED_EMULATE_PRECISION"
+EMULATE_VARIABLE = "DENSEPRED_EMULATE_PRECISION"  # "1": 16-bit types on CPUs without their instructions
+# float64 is no user choice, but the engines' exactness is checked in it against the definition
 _DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "float64": torch.float64}
 
@@ -77,8 +77,10 @@ def precision_for(name: str | Precision | torch.dtype | None, device: torch.devi
     if missing:
         valid = ", ".join(runnable_precisions(device))
         raise DensePredError(f"precision {name} cannot run on {device}: {missing}; valid there: {valid}")
-    if device.type == "cpu" and _cpu_instructions(name)[1]:
-        warn_emulated(name, _cpu_instructions(name)[0])
+    if device.type == "cpu":
+        instructions, lacking = _cpu_instructions(name)
+        if lacking:  # allowed above only through EMULATE_VARIABLE
+            warn_emulated(name, instructions)
     return Precision(name)
 
 
