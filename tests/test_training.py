@@ -268,11 +268,11 @@ def test_sigkill_leaves_a_loadable_last_and_resume_continues_from_its_step(tmp_p
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys, number):
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys, caplog, number):
     """SIGINT (a terminal's Ctrl-C) or SIGTERM (a batch system's cancel or time limit; it ended
     the step at once and lost the steps since the last save) to this process during step 12: the
-    step ends, LAST is saved at it, and the command says how to continue. The same to a training
-    process: make test-slow."""
+    step ends, LAST is saved at it, and the command says how to continue (the warning, which a
+    command's log writes to stderr). The same to a training process: make test-slow."""
     from densepred.interfaces.cli import main
     from densepred.running.training.loop import _Run
 
@@ -286,12 +286,50 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, monkeypatch, capsys, numb
 
     monkeypatch.setattr(_Run, "train_step", train_step)
     handler = signal.getsignal(number)
+    caplog.set_level("WARNING", logger="densepred")
     assert main(["train", str(config), "--quiet"]) == 130
-    stderr = capsys.readouterr().err
-    assert "interrupted at step 12" in stderr
-    assert "continue with --resume" in stderr
+    said = caplog.text + capsys.readouterr().err
+    assert "interrupted at step 12" in said
+    assert "continue with --resume" in said
     assert _saved_step(tmp_path / "run" / "tiny-LAST.safetensors") == 12
     assert signal.getsignal(number) is handler  # the caller's handler is back
+
+
+def test_in_python_sigterm_reaches_the_callers_handler_after_last_is_saved(tmp_path, monkeypatch):
+    """A script a batch system cancels must not go on to its next step: found when a benchmark
+    that trained three nets in turn, sent SIGTERM, stopped the first and started the second.
+    SIGTERM now reaches the caller's own handler (or the default, which ends the process) once
+    LAST is saved; Ctrl-C still returns, with ``interrupted``."""
+    from densepred.running.training.loop import _Run
+
+    class Cancelled(Exception):
+        pass
+
+    def cancelled(signum, frame):
+        raise Cancelled(signum)
+
+    step_once = _Run.train_step
+    sent = {"signal": signal.SIGTERM, "at": 7}
+
+    def train_step(self, step):
+        if step == sent["at"]:
+            os.kill(os.getpid(), sent["signal"])
+        return step_once(self, step)
+
+    monkeypatch.setattr(_Run, "train_step", train_step)
+    previous = signal.signal(signal.SIGTERM, cancelled)
+    try:
+        config = write_config(tmp_path, steps=100000)
+        with pytest.raises(Cancelled):
+            densepred.train(config, progress=False)
+        assert _saved_step(tmp_path / "run" / "tiny-LAST.safetensors") == 7
+        assert signal.getsignal(signal.SIGTERM) is cancelled
+        sent.update(signal=signal.SIGINT, at=11)
+        result = densepred.train(config, resume=True, progress=False)
+        assert result.interrupted
+        assert result.step == 11
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.slow  # 10-12 s each (a training process): make test-slow

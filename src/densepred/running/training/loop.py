@@ -12,7 +12,10 @@
   (:mod:`.history`)
 
 Each step draws its samples from a generator seeded by ``(seed, step)``, so a resumed run
-draws the same patches as an uninterrupted one. Ctrl-C, SIGTERM and SIGHUP save LAST and return.
+draws the same patches as an uninterrupted one. Ctrl-C, SIGTERM and SIGHUP save LAST after the
+current step; then Ctrl-C returns (``interrupted``), while SIGTERM and SIGHUP reach the caller as
+it arranged (its own handler, or the default, which ends the process): a script a batch system
+cancels does not go on to its next step.
 """
 
 from __future__ import annotations
@@ -331,12 +334,16 @@ class StopOnInterrupt:
     """Turns the first Ctrl-C (SIGINT), SIGTERM (a batch system's cancel or time limit, which
     kills a few seconds later) or SIGHUP (the session closed) into a request to stop after the
     current step, so LAST is saved at it and a save is never cut in half; a second one
-    interrupts at once. Main thread only."""
+    interrupts at once. When the block has ended (LAST saved), the caller's handlers are back
+    and a SIGTERM or SIGHUP is raised again for them: the process ends, or the caller's own
+    handler runs, as it would have without densepred. Main thread only."""
 
     SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+    PASSED_ON = tuple(s for s in SIGNALS if s != signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal: int | None = None  # the first one received
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnInterrupt:
@@ -348,13 +355,15 @@ class StopOnInterrupt:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.requested, self.signal = True, signum
         for number in self._previous:
             signal.signal(number, _interrupt_now)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+        if kind is None and self.signal in self.PASSED_ON:
+            signal.raise_signal(self.signal)
 
 
 def _interrupt_now(signum: int, frame: Any) -> None:
